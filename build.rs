@@ -1,0 +1,111 @@
+//! Compiles the seccomp policy in `policy/seccomp/*.json` into BPF at build time.
+//!
+//! The policy is reviewed data, not code: every rule must carry a `comment`
+//! naming its caller, or the build fails. Each `<process>.json` key becomes one
+//! variant of the generated `PolicyFilter` enum (`frontend.json` key `main` ->
+//! `FrontendMain`), which `src/sandbox/seccomp.rs` maps exhaustively onto the
+//! threads the code actually runs, so a thread without a filter, or a filter
+//! without a thread, does not compile. Debug and release builds get the same
+//! filters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use seccompiler::{BpfMap, TargetArch};
+
+fn main() {
+    let dir = Path::new("policy/seccomp");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86_64") => TargetArch::x86_64,
+        Ok("aarch64") => TargetArch::aarch64,
+        other => panic!("no seccomp policy for target architecture {other:?}"),
+    };
+
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("policy/seccomp must exist")
+        .map(|e| e.expect("readable policy dir").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+
+    let mut filters: BTreeMap<String, Vec<(u16, u8, u8, u32)>> = BTreeMap::new();
+    for path in &files {
+        println!("cargo:rerun-if-changed={}", path.display());
+        let process = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 file name");
+        let text = std::fs::read_to_string(path).expect("readable policy file");
+        require_comments(path, &text);
+        let map: BpfMap = seccompiler::compile_from_json(text.as_bytes(), arch)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (thread, program) in map {
+            let insns = program.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect();
+            filters.insert(format!("{}{}", camel(process), camel(&thread)), insns);
+        }
+    }
+
+    let mut out = String::new();
+    out.push_str("/// One variant per `<process>.json` key in `policy/seccomp/`.\n");
+    out.push_str("#[derive(Clone, Copy, Debug, PartialEq, Eq)]\npub enum PolicyFilter {\n");
+    for name in filters.keys() {
+        let _ = writeln!(out, "    /// Compiled from `policy/seccomp/`.\n    {name},");
+    }
+    out.push_str("}\n\nimpl PolicyFilter {\n");
+    out.push_str("    /// Every compiled filter.\n    pub const ALL: &'static [PolicyFilter] = &[");
+    for name in filters.keys() {
+        let _ = write!(out, "PolicyFilter::{name}, ");
+    }
+    out.push_str("];\n\n");
+    out.push_str("    /// BPF instructions as (code, jt, jf, k).\n");
+    out.push_str(
+        "    pub fn instructions(self) -> &'static [(u16, u8, u8, u32)] {\n        match self {\n",
+    );
+    for (name, insns) in &filters {
+        let _ = writeln!(out, "            PolicyFilter::{name} => &{insns:?},");
+    }
+    out.push_str("        }\n    }\n}\n");
+    let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("seccomp_filters.rs");
+    std::fs::write(dest, out).expect("writable OUT_DIR");
+}
+
+/// Fails the build when a rule has no `comment`: an unexplained syscall is not reviewable.
+fn require_comments(path: &Path, text: &str) {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let threads = doc
+        .as_object()
+        .unwrap_or_else(|| panic!("{}: not an object", path.display()));
+    for (thread, filter) in threads {
+        let rules = filter["filter"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{thread}: no filter"));
+        for rule in rules {
+            let commented = rule
+                .get("comment")
+                .and_then(|c| c.as_str())
+                .is_some_and(|c| !c.is_empty());
+            if !commented {
+                panic!(
+                    "{}: {thread}: rule {} has no comment",
+                    path.display(),
+                    rule["syscall"]
+                );
+            }
+        }
+    }
+}
+
+fn camel(s: &str) -> String {
+    s.split(['_', '-'])
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}

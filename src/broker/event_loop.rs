@@ -1,0 +1,525 @@
+//! The broker's event loop: signals, the frontend channel, restarts, the idle timeout.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::audit::{Auditor, Value, peer_fields};
+use super::link::{FrontendLink, Restart, describe};
+use super::listen::Listeners;
+use super::permit::{Phase, permitted};
+use super::pidfile::PidFile;
+use super::readiness::Readiness;
+use super::{StartError, apply_verbosity, spawn};
+use crate::cli::Cli;
+use crate::config::{Config, DefaultPaths, Mode};
+use crate::logging::{self, LogState};
+use crate::privsep::{
+    BrokerError, BrokerReply, ChannelError, Envelope, FrontendConfig, FrontendRequest,
+    PROTOCOL_VERSION,
+};
+use crate::sandbox;
+
+const SIGNALS: Token = Token(0);
+const FRONTEND: Token = Token(1);
+/// How long a stopping frontend gets before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything `start` prepared.
+pub struct Setup {
+    pub cli: Cli,
+    pub mode: Mode,
+    pub paths: DefaultPaths,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub listeners: Listeners,
+    pub auditor: Auditor,
+    pub _pidfile: PidFile,
+}
+
+/// The running broker.
+pub struct Broker {
+    setup: Setup,
+    poll: Poll,
+    signals: SignalFd,
+    link: Option<FrontendLink>,
+    restart: Restart,
+    ever_ready: bool,
+    idle_since: Option<Instant>,
+    exit: Option<ExitCode>,
+}
+
+impl Broker {
+    /// Blocks the signals we take through signalfd and sets up the poller.
+    pub fn new(setup: Setup) -> Result<Broker, StartError> {
+        let err = |what: &str, e: &dyn std::fmt::Display| StartError::Setup(format!("{what}: {e}"));
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGHUP,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGCHLD,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block()
+            .map_err(|e| err("blocking signals", &e))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| err("signalfd", &e))?;
+        let poll = Poll::new().map_err(|e| err("epoll", &e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.as_fd().as_raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(|e| err("epoll", &e))?;
+        let mut restart = Restart::default();
+        restart.due = Some(Instant::now());
+        Ok(Broker {
+            setup,
+            poll,
+            signals,
+            link: None,
+            restart,
+            ever_ready: false,
+            idle_since: None,
+            exit: None,
+        })
+    }
+
+    /// Runs until SIGTERM/SIGINT, the idle timeout, or a fatal start-up failure.
+    pub fn run(&mut self, readiness: &mut Readiness) -> ExitCode {
+        let mut events = Events::with_capacity(64);
+        while self.exit.is_none() {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("event loop: {e}");
+                    self.exit = Some(ExitCode::FAILURE);
+                }
+                continue;
+            }
+            for ev in &events {
+                match ev.token() {
+                    SIGNALS => self.on_signals(),
+                    FRONTEND => self.on_frontend(readiness),
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            if self.restart.due.is_some_and(|d| d <= now) {
+                self.restart.due = None;
+                self.start_frontend(readiness);
+            }
+            self.check_idle(now);
+        }
+        self.shutdown();
+        self.exit.take().unwrap_or(ExitCode::SUCCESS)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let idle = match (self.idle_since, self.setup.cli.timeout) {
+            (Some(since), Some(secs)) => Some(since + Duration::from_secs(secs.into())),
+            _ => None,
+        };
+        [idle, self.restart.due].into_iter().flatten().min()
+    }
+
+    /// `--timeout`: exit after that long with no clients and no running guests.
+    fn check_idle(&mut self, now: Instant) {
+        let Some(secs) = self.setup.cli.timeout else {
+            return;
+        };
+        let busy = self.link.as_ref().is_some_and(|l| !l.clients.is_empty());
+        if busy || !self.ever_ready {
+            self.idle_since = None;
+            return;
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        if now.duration_since(since) >= Duration::from_secs(secs.into()) {
+            log::info!("no clients and no running domains for {secs} s, exiting (--timeout)");
+            self.exit = Some(ExitCode::SUCCESS);
+        }
+    }
+
+    fn on_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGHUP) => self.reload(),
+                Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                    log::info!("received {sig}, shutting down");
+                    self.exit = Some(ExitCode::SUCCESS);
+                }
+                Ok(Signal::SIGCHLD) => self.reap_children(),
+                _ => {}
+            }
+        }
+    }
+
+    fn reap_children(&mut self) {
+        loop {
+            let status = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG));
+            let pid = match status {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(ref s) => s.pid(),
+            };
+            if pid.is_some() && pid == self.link.as_ref().map(|l| l.pid) {
+                self.frontend_gone(describe(status));
+            }
+        }
+    }
+
+    fn start_frontend(&mut self, readiness: &mut Readiness) {
+        match spawn::frontend() {
+            Ok(sp) => {
+                let raw = sp.channel.raw_fd();
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut SourceFd(&raw), FRONTEND, Interest::READABLE)
+                {
+                    log::error!("cannot watch the frontend channel: {e}");
+                }
+                log::debug!("started frontend pid {}", sp.pid);
+                self.link = Some(FrontendLink {
+                    pid: sp.pid,
+                    channel: sp.channel,
+                    phase: Phase::AwaitHello,
+                    clients: Default::default(),
+                    started: Instant::now(),
+                });
+            }
+            Err(e) => self.startup_or_retry(readiness, format!("cannot start the frontend: {e}")),
+        }
+    }
+
+    /// Before the first frontend was ever ready, a failure ends the daemon;
+    /// afterwards, it is retried with backoff.
+    fn startup_or_retry(&mut self, readiness: &mut Readiness, why: String) {
+        if self.ever_ready {
+            log::error!("{why}; retrying in {:?}", self.restart.delay());
+            self.restart.schedule(Duration::ZERO, Instant::now());
+        } else {
+            let msg = StartError::Frontend(why).to_string();
+            log::error!("{msg}");
+            readiness.fail(&msg);
+            if !self.setup.cli.daemon {
+                eprintln!("libvirtd: error: {msg}");
+            }
+            self.exit = Some(ExitCode::FAILURE);
+        }
+    }
+
+    fn on_frontend(&mut self, readiness: &mut Readiness) {
+        loop {
+            let Some(link) = &self.link else { return };
+            match link
+                .channel
+                .recv::<Envelope<FrontendRequest>>(|e| e.body.fd_count())
+            {
+                Ok((env, _)) => self.handle(env, readiness),
+                Err(ChannelError::WouldBlock) => return,
+                Err(ChannelError::Closed) => {
+                    let status = link.reap();
+                    self.frontend_gone(status);
+                }
+                Err(e) => self.violation(&format!("malformed message: {e}")),
+            }
+            if !self.ever_ready && self.link.is_none() {
+                self.startup_or_retry(readiness, "it exited before serving".into());
+                return;
+            }
+        }
+    }
+
+    /// The OpenSSH-monitor rule: anything outside the permit table ends that frontend.
+    fn violation(&mut self, what: &str) {
+        let Some(link) = &self.link else { return };
+        log::error!(
+            "frontend pid {} violated the broker protocol: {what}; restarting it",
+            link.pid
+        );
+        let pid = link.pid.as_raw().into();
+        self.setup.auditor.record(
+            "frontend-violation",
+            &[("pid", Value::Num(pid)), ("reason", Value::Text(what))],
+            false,
+        );
+        let status = link.reap();
+        self.frontend_gone(status);
+    }
+
+    /// Forgets the frontend (its clients are gone with it) and schedules the next.
+    fn frontend_gone(&mut self, status: String) {
+        let Some(link) = self.link.take() else { return };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&link.channel.raw_fd()));
+        for (conn, peer) in &link.clients {
+            let mut f = vec![("conn", Value::Num(*conn as i64))];
+            f.extend(peer_fields(peer));
+            f.push(("reason", Value::Text("frontend-exit")));
+            self.setup.auditor.record("client-close", &f, true);
+        }
+        if self.exit.is_some() {
+            return;
+        }
+        self.restart
+            .schedule(link.started.elapsed(), Instant::now());
+        if self.ever_ready {
+            log::error!(
+                "frontend pid {} {status}; starting a new one in {:?}",
+                link.pid,
+                self.restart.delay()
+            );
+        } else {
+            log::error!("frontend pid {} {status}", link.pid);
+        }
+    }
+
+    fn handle(&mut self, env: Envelope<FrontendRequest>, readiness: &mut Readiness) {
+        let Some(link) = &self.link else { return };
+        if !permitted(link.phase, &env.body) {
+            self.violation(&format!(
+                "'{}' is not permitted while {:?}",
+                env.body.name(),
+                link.phase
+            ));
+            return;
+        }
+        let reply = match env.body {
+            FrontendRequest::Hello { version } => return self.welcome(env.id, version),
+            FrontendRequest::Ready => return self.ready(readiness),
+            FrontendRequest::ClientOpened { conn, peer } => self.client_opened(conn, peer),
+            FrontendRequest::ClientClosed { conn } => match self.client_closed(conn) {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        self.reply(env.id, &reply, &[]);
+    }
+
+    fn reply(&mut self, id: u32, body: &BrokerReply, fds: &[BorrowedFd<'_>]) {
+        let Some(link) = &self.link else { return };
+        if let Err(e) = link.channel.send(&Envelope { id, body }, fds) {
+            let status = link.reap();
+            self.frontend_gone(format!("stopped reading its channel ({e}); {status}"));
+        }
+    }
+
+    fn welcome(&mut self, id: u32, version: u32) {
+        if version != PROTOCOL_VERSION {
+            return self.violation(&format!(
+                "protocol version {version}, expected {PROTOCOL_VERSION}"
+            ));
+        }
+        let (config, log_fds) = self.frontend_config();
+        let kinds = self
+            .setup
+            .listeners
+            .sockets
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        let mut fds: Vec<BorrowedFd<'_>> = self
+            .setup
+            .listeners
+            .sockets
+            .iter()
+            .map(|(_, fd)| fd.as_fd())
+            .collect();
+        fds.extend(log_fds.iter().map(|f| f.as_fd()));
+        let body = BrokerReply::Welcome {
+            broker_pid: std::process::id() as i32,
+            config,
+            listeners: kinds,
+        };
+        let Some(link) = &mut self.link else { return };
+        link.phase = Phase::AwaitReady;
+        if let Err(e) = link.channel.send(&Envelope { id, body: &body }, &fds) {
+            drop(fds);
+            let status = self.link.as_ref().map(|l| l.reap()).unwrap_or_default();
+            self.frontend_gone(format!("did not take its configuration ({e}); {status}"));
+        }
+    }
+
+    fn ready(&mut self, readiness: &mut Readiness) {
+        let uid = self.frontend_ids().map(|(u, _)| u);
+        let Some(link) = &mut self.link else { return };
+        if let Err(e) = sandbox::check_process(link.pid.as_raw(), uid) {
+            return self.violation(&format!(
+                "reported ready but its sandbox does not hold: {e}"
+            ));
+        }
+        link.phase = Phase::Serving;
+        let pid = link.pid;
+        log::info!("frontend pid {pid} is confined and serving");
+        self.setup.auditor.record(
+            "frontend-start",
+            &[("pid", Value::Num(pid.as_raw().into()))],
+            true,
+        );
+        if !self.ever_ready {
+            self.ever_ready = true;
+            readiness.ok();
+        }
+    }
+
+    fn client_opened(&mut self, conn: u64, peer: crate::privsep::PeerIdentity) -> BrokerReply {
+        let Some(link) = &mut self.link else {
+            return BrokerReply::Ok;
+        };
+        let max = self.setup.config.max_clients as usize;
+        let known_socket = self
+            .setup
+            .listeners
+            .sockets
+            .iter()
+            .any(|(k, _)| *k == peer.socket);
+        let refusal = if link.clients.contains_key(&conn) {
+            Some(BrokerError::Invalid(format!(
+                "connection {conn} is already open"
+            )))
+        } else if !known_socket {
+            Some(BrokerError::Invalid(format!(
+                "no {} socket is listening",
+                peer.socket.name()
+            )))
+        } else if link.clients.len() >= max {
+            Some(BrokerError::Limit(format!("max_clients ({max}) reached")))
+        } else {
+            None
+        };
+        let mut fields = vec![("conn", Value::Num(conn as i64))];
+        fields.extend(peer_fields(&peer));
+        self.setup
+            .auditor
+            .record("client-open", &fields, refusal.is_none());
+        match refusal {
+            Some(e) => BrokerReply::Refused(e),
+            None => {
+                log::debug!(
+                    "client {conn} connected through {} ({:?})",
+                    peer.socket.name(),
+                    peer
+                );
+                link.clients.insert(conn, peer);
+                BrokerReply::Ok
+            }
+        }
+    }
+
+    fn client_closed(&mut self, conn: u64) -> Option<BrokerReply> {
+        let peer = self.link.as_mut()?.clients.remove(&conn);
+        let Some(peer) = peer else {
+            self.violation(&format!("closed connection {conn}, which is not open"));
+            return None;
+        };
+        let mut fields = vec![("conn", Value::Num(conn as i64))];
+        fields.extend(peer_fields(&peer));
+        self.setup.auditor.record("client-close", &fields, true);
+        log::debug!("client {conn} disconnected");
+        Some(BrokerReply::Ok)
+    }
+
+    fn frontend_ids(&self) -> Option<(u32, u32)> {
+        (self.setup.mode == Mode::System).then_some((
+            self.setup.config.frontend_uid,
+            self.setup.config.frontend_gid,
+        ))
+    }
+
+    /// The frontend's share of the configuration, with duplicated log fds.
+    fn frontend_config(&self) -> (FrontendConfig, Vec<std::os::fd::OwnedFd>) {
+        let c = &self.setup.config;
+        let (log, log_sinks, fds) = logging::with_state(|s| s.handoff()).unwrap_or_default();
+        let ids = self.frontend_ids();
+        let config = FrontendConfig {
+            uid: ids.map(|(u, _)| u),
+            gid: ids.map(|(_, g)| g),
+            max_clients: c.max_clients,
+            max_anonymous_clients: c.max_anonymous_clients,
+            max_client_requests: c.max_client_requests,
+            keepalive_interval: c.keepalive_interval,
+            keepalive_count: c.keepalive_count,
+            log,
+            log_sinks,
+        };
+        (config, fds)
+    }
+
+    /// SIGHUP: re-read the file; a broken one keeps the running configuration.
+    fn reload(&mut self) {
+        let path = self.setup.config_path.clone();
+        let loaded = match Config::load(&path, &self.setup.paths) {
+            Err(crate::config::ConfigError::Read { source, .. })
+                if self.setup.cli.config.is_none()
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok((Config::defaults(&self.setup.paths), Vec::new()))
+            }
+            other => other,
+        };
+        let (mut new, warnings) = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("failed to reload configuration: {e}; keeping the previous one");
+                return;
+            }
+        };
+        for w in warnings {
+            log::warn!("{w}");
+        }
+        apply_verbosity(&mut new, self.setup.cli.verbose);
+        for key in self.setup.config.apply_reload(new) {
+            log::warn!(
+                "configuration key '{key}' changed; the change takes effect when the daemon restarts"
+            );
+        }
+        let c = &self.setup.config;
+        let (state, log_warnings) = LogState::open(&c.log, self.setup.cli.daemon, &c.syslog_socket);
+        logging::install(state);
+        for w in log_warnings {
+            log::warn!("{w}");
+        }
+        self.setup.auditor = Auditor::new(&c.syslog_socket, c.audit_level, c.audit_logging);
+        log::info!("configuration reloaded from {}", path.display());
+        if self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.phase == Phase::Serving)
+        {
+            let (config, fds) = self.frontend_config();
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            self.reply(0, &BrokerReply::Reconfigure(config), &borrowed);
+        }
+    }
+
+    /// Stops the frontend (SIGTERM, then SIGKILL after a grace period); the
+    /// sockets and PID file go when `setup` drops.
+    fn shutdown(&mut self) {
+        if let Some(link) = self.link.take() {
+            let _ = kill(link.pid, Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                match waitpid(link.pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+                    _ => break,
+                }
+            }
+            link.reap();
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The broker's view of one running frontend, and when to start the next.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::permit::Phase;
+use crate::privsep::{Channel, ConnId, PeerIdentity};
+
+/// A frontend process and what the broker knows of its clients.
+#[derive(Debug)]
+pub struct FrontendLink {
+    /// Its pid.
+    pub pid: Pid,
+    /// The broker's end of its channel.
+    pub channel: Channel,
+    /// Where it is in its life; decides what it may ask.
+    pub phase: Phase,
+    /// Clients it reported open, with their identity.
+    pub clients: HashMap<ConnId, PeerIdentity>,
+    /// When it was started.
+    pub started: Instant,
+}
+
+impl FrontendLink {
+    /// Stops the process (if still running) and reaps it; returns how it ended.
+    pub fn reap(&self) -> String {
+        let status = match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                let _ = kill(self.pid, Signal::SIGKILL);
+                waitpid(self.pid, None)
+            }
+            other => other,
+        };
+        describe(status)
+    }
+}
+
+/// A human description of how a child ended.
+pub fn describe(status: nix::Result<WaitStatus>) -> String {
+    match status {
+        Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+        Ok(WaitStatus::Signaled(_, Signal::SIGSYS, _)) => {
+            "killed by SIGSYS: it made a system call outside its seccomp policy".into()
+        }
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+        Ok(other) => format!("ended ({other:?})"),
+        Err(e) => format!("already reaped ({e})"),
+    }
+}
+
+/// Backoff between frontend restarts: quick after a long, healthy run,
+/// slower when it keeps dying young (a crash loop should not spin a core).
+#[derive(Debug)]
+pub struct Restart {
+    delay: Duration,
+    /// When the next start is due.
+    pub due: Option<Instant>,
+}
+
+const FIRST_DELAY: Duration = Duration::from_millis(200);
+const MAX_DELAY: Duration = Duration::from_secs(10);
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            delay: FIRST_DELAY,
+            due: None,
+        }
+    }
+}
+
+impl Restart {
+    /// Schedules a start after a frontend that ran for `ran` ended.
+    pub fn schedule(&mut self, ran: Duration, now: Instant) {
+        self.delay = if ran >= HEALTHY_RUN {
+            FIRST_DELAY
+        } else {
+            (self.delay * 2).min(MAX_DELAY)
+        };
+        self.due = Some(now + self.delay);
+    }
+
+    /// The current delay, for logs.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loops_back_off_and_healthy_runs_reset() {
+        let now = Instant::now();
+        let mut r = Restart::default();
+        r.schedule(Duration::from_millis(5), now);
+        r.schedule(Duration::from_millis(5), now);
+        assert_eq!(r.delay(), Duration::from_millis(800));
+        for _ in 0..10 {
+            r.schedule(Duration::ZERO, now);
+        }
+        assert_eq!(r.delay(), MAX_DELAY);
+        r.schedule(HEALTHY_RUN, now);
+        assert_eq!(r.delay(), FIRST_DELAY);
+        assert_eq!(r.due, Some(now + FIRST_DELAY));
+    }
+}

@@ -1,0 +1,191 @@
+//! The privileged process: owns state, sockets and files, validates every frontend request.
+//!
+//! Start-up, in order: configuration and logging; socket activation (which
+//! must be read before `-d` changes our pid); daemonizing; the PID file lock;
+//! the sockets; trimming our own capabilities; then the event loop, which
+//! starts the frontend and reports readiness once the frontend is confined.
+
+mod activation;
+mod audit;
+mod event_loop;
+mod link;
+mod listen;
+mod permit;
+mod pidfile;
+mod readiness;
+mod spawn;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub use audit::{TAG as AUDIT_TAG, format as format_audit};
+pub use permit::{Phase, permitted};
+
+use crate::cli::Cli;
+use crate::config::{Config, ConfigError, DefaultPaths, Mode, UserEnv};
+use crate::logging::{self, LogState};
+use crate::privsep::ListenerKind;
+use crate::sandbox::{self, SandboxError};
+use event_loop::Broker;
+use readiness::Readiness;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration file is unusable.
+    #[error("Can't load config file: {0}")]
+    Config(#[from] ConfigError),
+    /// systemd passed sockets we cannot use.
+    #[error(transparent)]
+    Activation(#[from] activation::ActivationError),
+    /// `--listen` together with socket activation.
+    #[error(
+        "--listen parameter not permitted with systemd activation sockets, see 'man libvirtd' for further guidance"
+    )]
+    ListenWithActivation,
+    /// The PID file is held or unwritable.
+    #[error(transparent)]
+    PidFile(#[from] pidfile::PidFileError),
+    /// A socket could not be created.
+    #[error(transparent)]
+    Listen(#[from] listen::ListenError),
+    /// Trimming the broker's own privileges failed.
+    #[error("cannot restrict the broker: {0}")]
+    Sandbox(#[from] SandboxError),
+    /// `audit_level = 2` but no syslog socket answers.
+    #[error("audit_level = 2 requires auditing, but the syslog socket '{0}' is not reachable")]
+    AuditUnavailable(PathBuf),
+    /// Setting up the event loop, signals or the frontend failed.
+    #[error("{0}")]
+    Setup(String),
+    /// The first frontend never became ready.
+    #[error("the frontend failed to start: {0}")]
+    Frontend(String),
+}
+
+/// Runs the daemon for `cli`; returns when it exits.
+pub fn run(cli: Cli) -> ExitCode {
+    logging::install_bootstrap();
+    let mut readiness = Readiness::default();
+    match start(&cli, &mut readiness) {
+        Ok(mut broker) => broker.run(&mut readiness),
+        Err(e) => {
+            let msg = e.to_string();
+            log::error!("{msg}");
+            readiness.fail(&msg);
+            if !cli.daemon {
+                eprintln!("libvirtd: error: {msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
+    let mode = if nix::unistd::geteuid().is_root() {
+        Mode::System
+    } else {
+        Mode::Session
+    };
+    let paths = DefaultPaths::for_mode(mode, &UserEnv::from_process());
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| paths.config_file.clone());
+    let (mut config, warnings) = match Config::load(&config_path, &paths) {
+        Ok(c) => c,
+        Err(ConfigError::Read { source, .. })
+            if cli.config.is_none() && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            (Config::defaults(&paths), Vec::new())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    apply_verbosity(&mut config, cli.verbose);
+    let (state, log_warnings) = LogState::open(&config.log, cli.daemon, &config.syslog_socket);
+    logging::install(state);
+    for w in warnings.iter().chain(&log_warnings) {
+        log::warn!("{w}");
+    }
+
+    let activated = activation::take(&config)?;
+    if activated.is_some() && cli.listen {
+        return Err(StartError::ListenWithActivation);
+    }
+    if cli.daemon {
+        *readiness = Readiness::daemonize()
+            .map_err(|e| StartError::Setup(format!("cannot daemonize: {e}")))?;
+    }
+
+    let pid_path = cli
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| paths.pid_file.clone());
+    if let Some(dir) = pid_path.parent() {
+        create_private_dir(dir, mode)?;
+    }
+    let pidfile = pidfile::PidFile::acquire(&pid_path)?;
+
+    let listeners = match activated {
+        Some(l) => l,
+        None => listen::bind_all(&config, cli.listen, mode == Mode::Session)?,
+    };
+    if listeners
+        .sockets
+        .iter()
+        .any(|(k, _)| *k == ListenerKind::Tls)
+    {
+        return Err(StartError::Setup(
+            "a TLS socket was passed, but TLS is not implemented yet".into(),
+        ));
+    }
+    if mode == Mode::System {
+        sandbox::restrict_to(sandbox::BROKER_CAPS)?;
+    }
+    let auditor = audit::Auditor::new(
+        &config.syslog_socket,
+        config.audit_level,
+        config.audit_logging,
+    );
+    if config.audit_level == 2 && !auditor.is_connected() {
+        return Err(StartError::AuditUnavailable(config.syslog_socket.clone()));
+    }
+    Broker::new(event_loop::Setup {
+        cli: cli.clone(),
+        mode,
+        paths,
+        config_path,
+        config,
+        listeners,
+        auditor,
+        _pidfile: pidfile,
+    })
+}
+
+/// `-v` makes info messages visible, `-vv` debug ones, as libvirtd's `-v` does.
+fn apply_verbosity(config: &mut Config, verbose: u8) {
+    let floor = match verbose {
+        0 => return,
+        1 => 2,
+        _ => 1,
+    };
+    config.log.level = config.log.level.min(floor);
+    for out in &mut config.log.outputs {
+        out.priority = out.priority.min(floor);
+    }
+}
+
+/// Creates the PID file's directory if missing (private in session mode).
+fn create_private_dir(dir: &std::path::Path, mode: Mode) -> Result<(), StartError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    if mode == Mode::Session {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| StartError::Setup(format!("cannot create '{}': {e}", dir.display())))
+}

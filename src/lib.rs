@@ -1,0 +1,26 @@
+//! libvirtd in Rust: a privilege-separated libvirt management daemon.
+//!
+//! The code map below is also the README's; `tests/layout.rs` checks that every
+//! path named here exists.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+/// The privileged process: owns state, sockets and files, validates every frontend request.
+pub mod broker;
+/// The manual page's command line.
+pub mod cli;
+/// `libvirtd.conf` and the default paths for root and non-root daemons.
+pub mod config;
+/// The unprivileged process that talks to clients; holds no privilege and opens no file.
+pub mod frontend;
+/// Log levels, filters and outputs in libvirt's syntax, written to stderr, syslog or files.
+pub mod logging;
+/// The messages between frontend and broker, and the channel that carries them.
+pub mod privsep;
+/// Confinement shared by all processes: ids, capabilities, landlock, seccomp, self-checks.
+pub mod sandbox;
+
+/// The name `--version` reports, as `libvirtd (<project>) <version>`.
+pub const PROJECT: &str = "libvirtd-rs";
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,187 @@
+//! The closed set of messages on the frontend/broker channel.
+
+use serde::{Deserialize, Serialize};
+
+use crate::logging::{LogConfig, SinkSpec};
+
+/// Bumped whenever a message changes shape; frontend and broker are the same
+/// binary, so a mismatch means a half-upgraded install.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Frontend-chosen number of one client connection, unique while it is open.
+pub type ConnId = u64;
+
+/// Which listening socket a client came through. It decides what the client may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ListenerKind {
+    /// `libvirt-sock`: full access.
+    ReadWrite,
+    /// `libvirt-sock-ro`: monitoring only.
+    ReadOnly,
+    /// `libvirt-admin-sock`: the daemon's own administration.
+    Admin,
+    /// Plain TCP (`--listen`, `listen_tcp`).
+    Tcp,
+    /// TLS (`--listen`, `listen_tls`).
+    Tls,
+}
+
+impl ListenerKind {
+    /// Short name used in audit records and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::ReadWrite => "rw",
+            ListenerKind::ReadOnly => "ro",
+            ListenerKind::Admin => "admin",
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+        }
+    }
+}
+
+/// Who is on the other end of a client connection, as the kernel reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerIdentity {
+    /// The socket the client connected through.
+    pub socket: ListenerKind,
+    /// SO_PEERCRED uid (Unix sockets).
+    pub uid: Option<u32>,
+    /// SO_PEERCRED gid.
+    pub gid: Option<u32>,
+    /// SO_PEERCRED pid.
+    pub pid: Option<i32>,
+    /// Remote address (TCP and TLS).
+    pub addr: Option<String>,
+}
+
+/// Request and reply numbers pair up; 0 marks a message nobody asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Request number, echoed by the reply; 0 for unsolicited broker messages.
+    pub id: u32,
+    /// The message.
+    pub body: T,
+}
+
+/// Everything the frontend may ask of the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrontendRequest {
+    /// First message of a new frontend: asks for its configuration and sockets.
+    Hello {
+        /// The frontend's [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// The frontend has confined itself and checked that the confinement holds.
+    Ready,
+    /// A client connected.
+    ClientOpened {
+        /// The frontend's number for it.
+        conn: ConnId,
+        /// Who it is.
+        peer: PeerIdentity,
+    },
+    /// A client went away.
+    ClientClosed {
+        /// The frontend's number for it.
+        conn: ConnId,
+    },
+}
+
+impl FrontendRequest {
+    /// Short name for logs and audit records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FrontendRequest::Hello { .. } => "hello",
+            FrontendRequest::Ready => "ready",
+            FrontendRequest::ClientOpened { .. } => "client-opened",
+            FrontendRequest::ClientClosed { .. } => "client-closed",
+        }
+    }
+}
+
+/// Values the frontend needs from the configuration. It never sees the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontendConfig {
+    /// Uid to run as; `None` in session mode (no uid change).
+    pub uid: Option<u32>,
+    /// Gid to run as.
+    pub gid: Option<u32>,
+    /// Most clients at once.
+    pub max_clients: u32,
+    /// Most unauthenticated clients at once.
+    pub max_anonymous_clients: u32,
+    /// Most calls in progress per client.
+    pub max_client_requests: u32,
+    /// Keepalive ping interval in seconds; -1 disables.
+    pub keepalive_interval: i32,
+    /// Unanswered pings before a client is dropped.
+    pub keepalive_count: u32,
+    /// Log settings; the sinks' fds follow the listeners' fds.
+    pub log: LogConfig,
+    /// One entry per log fd, in order.
+    pub log_sinks: Vec<SinkSpec>,
+}
+
+impl FrontendConfig {
+    /// How many fds accompany a message carrying this configuration.
+    pub fn fd_count(&self) -> usize {
+        self.log_sinks
+            .iter()
+            .filter(|s| !matches!(s, SinkSpec::Stderr { .. }))
+            .count()
+    }
+}
+
+/// Why the broker refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum BrokerError {
+    /// The request is not allowed in this state or for this identity.
+    #[error("operation forbidden: {0}")]
+    Forbidden(String),
+    /// The daemon is at a configured limit.
+    #[error("limit reached: {0}")]
+    Limit(String),
+    /// The request was malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Everything the broker sends the frontend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerReply {
+    /// Answer to `Hello`: the configuration, then one fd per listener, then the log fds.
+    Welcome {
+        /// The broker's pid: the frontend dies with it, and checks it is still its parent.
+        broker_pid: i32,
+        /// Configuration values.
+        config: FrontendConfig,
+        /// The listening sockets, one fd each, in this order.
+        listeners: Vec<ListenerKind>,
+    },
+    /// The request was carried out.
+    Ok,
+    /// The request was refused.
+    Refused(BrokerError),
+    /// Unsolicited: the configuration was reloaded (SIGHUP); log fds follow.
+    Reconfigure(FrontendConfig),
+}
+
+impl BrokerReply {
+    /// How many fds must accompany this message.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            BrokerReply::Welcome {
+                config, listeners, ..
+            } => listeners.len() + config.fd_count(),
+            BrokerReply::Reconfigure(config) => config.fd_count(),
+            BrokerReply::Ok | BrokerReply::Refused(_) => 0,
+        }
+    }
+}
+
+impl FrontendRequest {
+    /// Frontend requests carry no fds.
+    pub fn fd_count(&self) -> usize {
+        0
+    }
+}

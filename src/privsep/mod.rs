@@ -1,0 +1,15 @@
+//! The messages between frontend and broker, and the channel that carries them.
+//!
+//! One `SOCK_SEQPACKET` socketpair joins the two processes: each record is one
+//! postcard-encoded [`Envelope`], with any fds beside it (SCM_RIGHTS). The
+//! message says how many fds it carries, and the receiver checks that it got
+//! exactly that many. Both ends import these types; nothing else crosses.
+
+mod channel;
+mod messages;
+
+pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};
+pub use messages::{
+    BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, ListenerKind,
+    PROTOCOL_VERSION, PeerIdentity,
+};

@@ -1,0 +1,263 @@
+//! Starts the real `libvirtd` binary in a private temporary tree, with its own
+//! syslog socket, and cleans up every process it started.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_libvirtd");
+
+/// Fails the test under CI when a precondition is missing; elsewhere says why it returns early.
+pub fn require(cond: bool, what: &str) -> bool {
+    if !cond {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI requires {what}"
+        );
+        eprintln!("not run here: needs {what}");
+    }
+    cond
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A daemon's private tree: config, sockets, PID file, syslog socket, stderr capture.
+pub struct Tree {
+    pub dir: tempfile::TempDir,
+    pub syslog: UnixDatagram,
+}
+
+impl Tree {
+    pub fn new() -> Tree {
+        let dir = tempfile::Builder::new()
+            .prefix("libvirtd-test")
+            .tempdir()
+            .unwrap();
+        let syslog = UnixDatagram::bind(dir.path().join("syslog")).unwrap();
+        syslog
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Tree { dir, syslog }
+    }
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    pub fn sock(&self, name: &str) -> PathBuf {
+        self.path("run").join(name)
+    }
+    pub fn conf_path(&self) -> PathBuf {
+        self.path("libvirtd.conf")
+    }
+    pub fn pid_path(&self) -> PathBuf {
+        self.path("libvirtd.pid")
+    }
+    /// Writes the config: the tree's paths plus `extra` lines.
+    pub fn write_conf(&self, extra: &str) {
+        let base = format!(
+            "unix_sock_dir = \"{}\"\nsyslog_socket = \"{}\"\ndomain_config_dir = \"{}\"\ndomain_state_dir = \"{}\"\n",
+            self.path("run").display(),
+            self.path("syslog").display(),
+            self.path("etc/qemu").display(),
+            self.path("run/qemu").display(),
+        );
+        std::fs::write(self.conf_path(), base + extra).unwrap();
+    }
+    /// Waits for an audit record containing every one of `needles`.
+    pub fn audit(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        while Instant::now() < end {
+            if let Ok(n) = self.syslog.recv(&mut buf) {
+                let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if line.contains("libvirtd-audit:") && needles.iter().all(|n| line.contains(n)) {
+                    return Some(line);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A running daemon (the broker's process).
+pub struct Daemon {
+    pub tree: Tree,
+    pub child: Option<Child>,
+    pub pid: i32,
+}
+
+impl Daemon {
+    /// Starts `libvirtd -f conf -p pid ARGS` in the foreground and waits for the rw socket.
+    pub fn start(extra_conf: &str, args: &[&str]) -> Daemon {
+        let tree = Tree::new();
+        tree.write_conf(extra_conf);
+        Self::start_in(tree, args)
+    }
+
+    pub fn start_in(tree: Tree, args: &[&str]) -> Daemon {
+        let child = command(&tree, args).spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut d = Daemon {
+            tree,
+            child: Some(child),
+            pid,
+        };
+        assert!(
+            d.wait_serving(Duration::from_secs(10)),
+            "daemon did not start:\n{}",
+            d.stderr()
+        );
+        d
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.tree.path("stderr")).unwrap_or_default()
+    }
+
+    /// The rw socket accepts and a frontend is confined and serving.
+    pub fn wait_serving(&mut self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.frontend_pid()
+                .is_some_and(|f| status_field(f, "Seccomp").as_deref() == Some("2"))
+                && UnixStream::connect(self.tree.sock("libvirt-sock")).is_ok()
+        })
+    }
+
+    pub fn frontend_pid(&self) -> Option<i32> {
+        children_of(self.pid)
+            .into_iter()
+            .find(|p| cmdline(*p).contains("--frontend-process"))
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).unwrap();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Waits for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        kill_tree(self.pid);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// SIGKILLs `pid` and every descendant.
+pub fn kill_tree(pid: i32) {
+    for c in children_of(pid) {
+        kill_tree(c);
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+pub fn command(tree: &Tree, args: &[&str]) -> Command {
+    command_with_pid_file(tree, &tree.pid_path(), args)
+}
+
+pub fn command_with_pid_file(tree: &Tree, pid_file: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-f")
+        .arg(tree.conf_path())
+        .arg("-p")
+        .arg(pid_file)
+        .args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tree.path("stderr")).unwrap())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS");
+    // A daemon of a test must not outlive it.
+    // SAFETY: setpgid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if status_field(p, "PPid").and_then(|s| s.parse().ok()) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// One field of `/proc/<pid>/status`, trimmed.
+pub fn status_field(pid: i32, name: &str) -> Option<String> {
+    task_status_field(&format!("/proc/{pid}/status"), name)
+}
+
+pub fn task_status_field(path: &str, name: &str) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    s.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// Connects, lets the daemon register the client, and returns the stream.
+pub fn connect(path: &Path) -> UnixStream {
+    UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()))
+}
+
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
