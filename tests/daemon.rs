@@ -335,3 +335,72 @@ fn listen_with_unauthenticated_tcp_accepts_and_warns() {
             .is_some()
     );
 }
+
+#[test]
+fn clients_beyond_max_clients_are_turned_away_and_others_keep_working() {
+    use std::io::Read;
+    let d = Daemon::start("max_clients = 2\n", &[]);
+    // Daemon::start's own probe connection must be gone before counting.
+    assert!(d.tree.audit(&["op=client-close"], SECS).is_some());
+    let a = connect(&d.tree.sock("libvirt-sock"));
+    let b = connect(&d.tree.sock("libvirt-sock-ro"));
+    assert!(
+        d.tree
+            .audit(&["op=client-open", "sock=\"rw\""], SECS)
+            .is_some()
+    );
+    assert!(
+        d.tree
+            .audit(&["op=client-open", "sock=\"ro\""], SECS)
+            .is_some()
+    );
+    let mut c = connect(&d.tree.sock("libvirt-sock"));
+    c.set_read_timeout(Some(SECS)).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        c.read(&mut buf).unwrap(),
+        0,
+        "the third client was not closed"
+    );
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let err = (&*s).read(&mut buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "an admitted client was dropped"
+        );
+    }
+    drop(a);
+    assert!(d.tree.audit(&["op=client-close"], SECS).is_some());
+    let _again = connect(&d.tree.sock("libvirt-sock"));
+    assert!(
+        d.tree.audit(&["op=client-open"], SECS).is_some(),
+        "no room again after a client left"
+    );
+}
+
+#[test]
+fn verbose_shows_info_messages_in_the_foreground() {
+    let quiet = Daemon::start("", &[]);
+    let verbose = Daemon::start("", &["-v"]);
+    assert!(
+        verbose.stderr().contains("is confined and serving"),
+        "{}",
+        verbose.stderr()
+    );
+    assert!(
+        !quiet.stderr().contains("is confined and serving"),
+        "{}",
+        quiet.stderr()
+    );
+}
+
+#[test]
+fn sigint_exits_like_sigterm() {
+    let mut d = Daemon::start("", &[]);
+    d.signal(Signal::SIGINT);
+    assert!(d.wait_exit(SECS).expect("no exit").success());
+    assert!(!d.tree.sock("libvirt-sock").exists());
+}

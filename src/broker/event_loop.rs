@@ -315,7 +315,7 @@ impl Broker {
         let Some(link) = &self.link else { return };
         if let Err(e) = link.channel.send(&Envelope { id, body }, fds) {
             let status = link.reap();
-            self.frontend_gone(format!("stopped reading its channel ({e}); {status}"));
+            self.frontend_gone(format!("went away ({e}); {status}"));
         }
     }
 

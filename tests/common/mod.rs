@@ -43,6 +43,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct Tree {
     pub dir: tempfile::TempDir,
     pub syslog: UnixDatagram,
+    /// Audit records received and not yet matched by [`Tree::audit`].
+    unmatched: std::cell::RefCell<Vec<String>>,
 }
 
 impl Tree {
@@ -55,7 +57,11 @@ impl Tree {
         syslog
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        Tree { dir, syslog }
+        Tree {
+            dir,
+            syslog,
+            unmatched: Default::default(),
+        }
     }
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
@@ -80,19 +86,29 @@ impl Tree {
         );
         std::fs::write(self.conf_path(), base + extra).unwrap();
     }
-    /// Waits for an audit record containing every one of `needles`.
+    /// Waits for an audit record containing every one of `needles`, in any
+    /// order of arrival; each record is returned at most once.
     pub fn audit(&self, needles: &[&str], timeout: Duration) -> Option<String> {
         let end = Instant::now() + timeout;
         let mut buf = vec![0u8; 8192];
-        while Instant::now() < end {
+        loop {
+            let mut pending = self.unmatched.borrow_mut();
+            if let Some(i) = pending
+                .iter()
+                .position(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return Some(pending.remove(i));
+            }
+            if Instant::now() >= end {
+                return None;
+            }
             if let Ok(n) = self.syslog.recv(&mut buf) {
                 let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if line.contains("libvirtd-audit:") && needles.iter().all(|n| line.contains(n)) {
-                    return Some(line);
+                if line.contains("libvirtd-audit:") {
+                    pending.push(line);
                 }
             }
         }
-        None
     }
 }
 
