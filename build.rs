@@ -15,6 +15,98 @@ use std::path::Path;
 use seccompiler::{BpfMap, TargetArch};
 
 fn main() {
+    seccomp_filters();
+    procedure_table();
+}
+
+/// Generates `rpc::RemoteProc` and its access classes from `policy/procedures.tsv`.
+fn procedure_table() {
+    let path = Path::new("policy/procedures.tsv");
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text = std::fs::read_to_string(path).expect("policy/procedures.tsv");
+    let mut rows: Vec<(i32, String, String, &str, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let [number, name, access, args, api] = cols[..] else {
+            panic!("procedures.tsv:{}: expected 5 columns", i + 1);
+        };
+        let number: i32 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("procedures.tsv:{}: bad number", i + 1));
+        let access = match access {
+            "read-only" => "ReadOnly",
+            "read-write" => "ReadWrite",
+            other => panic!("procedures.tsv:{}: unknown access class {other}", i + 1),
+        };
+        if access == "ReadOnly" && args == "path" {
+            panic!(
+                "procedures.tsv:{}: read-only procedure {name} takes a host path",
+                i + 1
+            );
+        }
+        assert!(
+            !rows.iter().any(|(n, ..)| *n == number),
+            "procedures.tsv: {number} listed twice"
+        );
+        rows.push((
+            number,
+            camel(&name.to_ascii_lowercase()),
+            name.to_owned(),
+            access,
+            api.to_owned(),
+        ));
+    }
+    let mut out = String::new();
+    out.push_str(
+        "/// Every REMOTE procedure the daemon dispatches (from `policy/procedures.tsv`).\n",
+    );
+    out.push_str("#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]\npub enum RemoteProc {\n");
+    for (number, variant, name, ..) in &rows {
+        let _ = writeln!(
+            out,
+            "    /// `REMOTE_PROC_{name}`.\n    {variant} = {number},"
+        );
+    }
+    out.push_str("}\n\nimpl RemoteProc {\n    /// Every listed procedure.\n    pub const ALL: &'static [RemoteProc] = &[");
+    for (_, variant, ..) in &rows {
+        let _ = write!(out, "RemoteProc::{variant}, ");
+    }
+    out.push_str("];\n\n    /// The procedure with this number, if the daemon dispatches it.\n");
+    out.push_str("    pub fn from_number(n: i32) -> Option<RemoteProc> {\n        match n {\n");
+    for (number, variant, ..) in &rows {
+        let _ = writeln!(out, "            {number} => Some(RemoteProc::{variant}),");
+    }
+    out.push_str("            _ => None,\n        }\n    }\n\n    /// Its access class.\n");
+    out.push_str("    pub fn access(self) -> Access {\n        match self {\n");
+    for (_, variant, _, access, _) in &rows {
+        let _ = writeln!(
+            out,
+            "            RemoteProc::{variant} => Access::{access},"
+        );
+    }
+    out.push_str(
+        "        }\n    }\n\n    /// The public C API it implements, as denial messages name it.\n",
+    );
+    out.push_str("    pub fn api(self) -> &'static str {\n        match self {\n");
+    for (_, variant, _, _, api) in &rows {
+        let _ = writeln!(out, "            RemoteProc::{variant} => \"{api}\",");
+    }
+    out.push_str("        }\n    }\n\n    /// `REMOTE_PROC_` name without the prefix.\n");
+    out.push_str("    pub fn name(self) -> &'static str {\n        match self {\n");
+    for (_, variant, name, ..) in &rows {
+        let _ = writeln!(out, "            RemoteProc::{variant} => \"{name}\",");
+    }
+    out.push_str("        }\n    }\n}\n");
+    let dest =
+        Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("procedures.rs");
+    std::fs::write(dest, out).expect("writable OUT_DIR");
+}
+
+fn seccomp_filters() {
     let dir = Path::new("policy/seccomp");
     println!("cargo:rerun-if-changed={}", dir.display());
     let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {

@@ -11,12 +11,16 @@ pub mod broker;
 pub mod cli;
 /// `libvirtd.conf` and the default paths for root and non-root daemons.
 pub mod config;
+/// Domain XML: the subset of libvirt's format this daemon runs, parsed and emitted.
+pub mod domain;
 /// The unprivileged process that talks to clients; holds no privilege and opens no file.
 pub mod frontend;
 /// Log levels, filters and outputs in libvirt's syntax, written to stderr, syslog or files.
 pub mod logging;
 /// The messages between frontend and broker, and the channel that carries them.
 pub mod privsep;
+/// The libvirt wire protocol: XDR, framing, procedures, error replies.
+pub mod rpc;
 /// Confinement shared by all processes: ids, capabilities, landlock, seccomp, self-checks.
 pub mod sandbox;
 

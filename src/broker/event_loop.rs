@@ -13,7 +13,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::audit::{Auditor, Value, peer_fields};
-use super::link::{FrontendLink, Restart, describe};
+use super::calls::{self, Caller, Ctx};
+use super::link::{Client, FrontendLink, Restart, describe};
 use super::listen::Listeners;
 use super::permit::{Phase, permitted};
 use super::pidfile::PidFile;
@@ -43,6 +44,7 @@ pub struct Setup {
     pub listeners: Listeners,
     pub auditor: Auditor,
     pub _pidfile: PidFile,
+    pub ctx: Ctx,
 }
 
 /// The running broker.
@@ -267,9 +269,9 @@ impl Broker {
             .poll
             .registry()
             .deregister(&mut SourceFd(&link.channel.raw_fd()));
-        for (conn, peer) in &link.clients {
+        for (conn, client) in &link.clients {
             let mut f = vec![("conn", Value::Num(*conn as i64))];
-            f.extend(peer_fields(peer));
+            f.extend(peer_fields(&client.peer));
             f.push(("reason", Value::Text("frontend-exit")));
             self.setup.auditor.record("client-close", &f, true);
         }
@@ -307,6 +309,31 @@ impl Broker {
                 Some(r) => r,
                 None => return,
             },
+            FrontendRequest::ReadOnly { conn } => match self.client_mut(conn) {
+                Some(c) => {
+                    c.readonly = true;
+                    BrokerReply::Ok
+                }
+                None => return,
+            },
+            FrontendRequest::Call { conn, call } => {
+                let Some(link) = &self.link else { return };
+                let Some(client) = link.clients.get(&conn) else {
+                    return self
+                        .violation(&format!("call on connection {conn}, which is not open"));
+                };
+                let caller = Caller {
+                    conn,
+                    peer: &client.peer,
+                    readonly: client.readonly,
+                };
+                BrokerReply::Value(calls::handle(
+                    &mut self.setup.ctx,
+                    &mut self.setup.auditor,
+                    &caller,
+                    call,
+                ))
+            }
         };
         self.reply(env.id, &reply, &[]);
     }
@@ -415,15 +442,30 @@ impl Broker {
                     peer.socket.name(),
                     peer
                 );
-                link.clients.insert(conn, peer);
+                let readonly = peer.socket == crate::privsep::ListenerKind::ReadOnly;
+                link.clients.insert(conn, Client { peer, readonly });
                 BrokerReply::Ok
             }
         }
     }
 
+    /// The client `conn`; a frontend naming a connection that is not open has
+    /// broken the protocol.
+    fn client_mut(&mut self, conn: u64) -> Option<&mut Client> {
+        if self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.clients.contains_key(&conn))
+        {
+            return self.link.as_mut()?.clients.get_mut(&conn);
+        }
+        self.violation(&format!("connection {conn} is not open"));
+        None
+    }
+
     fn client_closed(&mut self, conn: u64) -> Option<BrokerReply> {
-        let peer = self.link.as_mut()?.clients.remove(&conn);
-        let Some(peer) = peer else {
+        let client = self.link.as_mut()?.clients.remove(&conn);
+        let Some(Client { peer, .. }) = client else {
             self.violation(&format!("closed connection {conn}, which is not open"));
             return None;
         };
@@ -454,6 +496,10 @@ impl Broker {
             max_client_requests: c.max_client_requests,
             keepalive_interval: c.keepalive_interval,
             keepalive_count: c.keepalive_count,
+            uri: match self.setup.mode {
+                Mode::System => "qemu:///system".into(),
+                Mode::Session => "qemu:///session".into(),
+            },
             log,
             log_sinks,
         };

@@ -10,6 +10,15 @@ use nix::unistd::Pid;
 use super::permit::Phase;
 use crate::privsep::{Channel, ConnId, PeerIdentity};
 
+/// What the broker knows of one client.
+#[derive(Debug)]
+pub struct Client {
+    /// Who it is and which socket it came through.
+    pub peer: PeerIdentity,
+    /// Read-only: came through the read-only socket, or asked for it.
+    pub readonly: bool,
+}
+
 /// A frontend process and what the broker knows of its clients.
 #[derive(Debug)]
 pub struct FrontendLink {
@@ -20,7 +29,7 @@ pub struct FrontendLink {
     /// Where it is in its life; decides what it may ask.
     pub phase: Phase,
     /// Clients it reported open, with their identity.
-    pub clients: HashMap<ConnId, PeerIdentity>,
+    pub clients: HashMap<ConnId, Client>,
     /// When it was started.
     pub started: Instant,
 }

@@ -7,13 +7,17 @@
 
 mod activation;
 mod audit;
+mod calls;
+mod domains;
 mod event_loop;
+mod host;
 mod link;
 mod listen;
 mod permit;
 mod pidfile;
 mod readiness;
 mod spawn;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -150,6 +154,12 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
     if config.audit_level == 2 && !auditor.is_connected() {
         return Err(StartError::AuditUnavailable(config.syslog_socket.clone()));
     }
+    let store = store::Store::open(&config.domain_config_dir)
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let ctx = calls::Ctx {
+        domains: domains::Domains::load(store),
+        host_uuid: host::host_uuid(config.host_uuid.as_deref()),
+    };
     Broker::new(event_loop::Setup {
         cli: cli.clone(),
         mode,
@@ -159,6 +169,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         listeners,
         auditor,
         _pidfile: pidfile,
+        ctx,
     })
 }
 

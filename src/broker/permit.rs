@@ -26,6 +26,8 @@ pub fn permitted(phase: Phase, req: &FrontendRequest) -> bool {
         FrontendRequest::Ready => phase == Phase::AwaitReady,
         FrontendRequest::ClientOpened { .. } => phase == Phase::Serving,
         FrontendRequest::ClientClosed { .. } => phase == Phase::Serving,
+        FrontendRequest::ReadOnly { .. } => phase == Phase::Serving,
+        FrontendRequest::Call { .. } => phase == Phase::Serving,
     }
 }
 

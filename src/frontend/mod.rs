@@ -8,6 +8,7 @@
 //! without serving.
 
 mod conn;
+mod dispatch;
 mod server;
 
 use std::os::fd::{FromRawFd, OwnedFd};

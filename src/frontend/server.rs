@@ -4,20 +4,25 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UnixListener};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::conn::{Admission, Client, Stream};
+use super::dispatch::{self, Action, Facts, Session};
 use crate::logging::{self, LogState};
 use crate::privsep::{
     BrokerReply, Channel, ChannelError, ConnId, Envelope, FrontendConfig, FrontendRequest,
     ListenerKind,
 };
+use crate::rpc::frame::{self, Header};
 
 const CHANNEL: Token = Token(0);
 const FIRST_CLIENT: usize = 1024;
+/// Keepalive PING.
+const PING: i32 = 1;
 
 enum Listener {
     Unix(UnixListener),
@@ -48,6 +53,14 @@ impl Listener {
     }
 }
 
+/// What an outstanding broker request was for.
+enum Pending {
+    /// `ClientOpened` for this connection.
+    Admission(ConnId),
+    /// A client's call: reply to this header on this connection.
+    Call(Token, Header),
+}
+
 /// The frontend's state.
 pub struct Server {
     poll: Poll,
@@ -55,8 +68,7 @@ pub struct Server {
     listeners: Vec<(ListenerKind, Listener)>,
     clients: HashMap<Token, Client>,
     by_conn: HashMap<ConnId, Token>,
-    /// Outstanding `ClientOpened` requests: request id to connection.
-    admissions: HashMap<u32, ConnId>,
+    pending: HashMap<u32, Pending>,
     next_id: u32,
     next_conn: ConnId,
     next_token: usize,
@@ -93,7 +105,7 @@ impl Server {
             listeners,
             clients: HashMap::new(),
             by_conn: HashMap::new(),
-            admissions: HashMap::new(),
+            pending: HashMap::new(),
             next_id: 2,
             next_conn: 1,
             next_token: FIRST_CLIENT,
@@ -116,7 +128,10 @@ impl Server {
     pub fn run(&mut self) -> ExitCode {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let timeout = self
+                .next_keepalive()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -124,15 +139,14 @@ impl Server {
                 return ExitCode::FAILURE;
             }
             for ev in &events {
-                let token = ev.token();
-                let outcome = match token {
+                let outcome = match ev.token() {
                     CHANNEL => self.on_channel(),
                     Token(t) if t < FIRST_CLIENT => {
                         self.on_listener(t - 1);
                         Ok(())
                     }
-                    _ => {
-                        self.on_client(token);
+                    token => {
+                        self.on_client(token, ev.is_readable());
                         Ok(())
                     }
                 };
@@ -141,6 +155,7 @@ impl Server {
                     return ExitCode::SUCCESS;
                 }
             }
+            self.keepalive_tick();
         }
     }
 
@@ -201,31 +216,148 @@ impl Server {
                     continue;
                 }
             };
-            self.admissions.insert(id, conn);
+            self.pending.insert(id, Pending::Admission(conn));
             self.by_conn.insert(conn, token);
+            let session = Session {
+                readonly: kind == ListenerKind::ReadOnly,
+                secure: !matches!(kind, ListenerKind::Tcp),
+                ..Session::default()
+            };
             let client = Client {
                 conn,
                 stream,
                 peer,
                 admission: Admission::Pending,
-                hung_up: false,
+                closing: false,
+                gone: false,
                 inbuf: Vec::new(),
+                outbuf: Vec::new(),
+                session,
+                in_flight: 0,
+                last_rx: Instant::now(),
+                pings: 0,
             };
             self.clients.insert(token, client);
         }
     }
 
-    fn on_client(&mut self, token: Token) {
+    fn on_client(&mut self, token: Token, readable: bool) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        let alive = client.read_available();
-        // The libvirt RPC layer consumes these bytes; until it is wired in,
-        // input is bounded by MAX_BUFFERED and then discarded.
-        client.inbuf.clear();
-        if !alive {
-            self.hang_up(token);
+        if readable && !client.gone && !client.read_available() {
+            client.kill();
         }
+        self.process(token);
+    }
+
+    /// Dispatches complete packets (once admitted, and within
+    /// max_client_requests), writes what is queued, and settles closing.
+    fn process(&mut self, token: Token) {
+        let max_in_flight = self.config.max_client_requests.max(1);
+        let facts = Facts {
+            uri: &self.config.uri,
+        };
+        let mut forwards = Vec::new();
+        let mut became_readonly = false;
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        while client.admission == Admission::Admitted
+            && !client.closing
+            && client.in_flight + (forwards.len() as u32) < max_in_flight
+        {
+            let (header, range, len) = match frame::split(&client.inbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("client {}: {e}; closing it", client.conn);
+                    client.kill();
+                    break;
+                }
+            };
+            let action =
+                dispatch::dispatch(&mut client.session, &facts, &header, &client.inbuf[range]);
+            client.inbuf.drain(..len);
+            let queued = match action {
+                Action::Send(bytes) => client.queue(&bytes),
+                Action::SendAndClose(bytes) => {
+                    client.closing = true;
+                    client.queue(&bytes)
+                }
+                Action::BecameReadOnly(bytes) => {
+                    became_readonly = true;
+                    client.queue(&bytes)
+                }
+                Action::Forward(call) => {
+                    forwards.push((header, call));
+                    true
+                }
+                Action::Nothing => true,
+                Action::Close(why) => {
+                    log::warn!("client {}: {why}; closing it", client.conn);
+                    client.kill();
+                    true
+                }
+            };
+            if !queued {
+                log::warn!(
+                    "client {} does not read its replies; closing it",
+                    client.conn
+                );
+                client.kill();
+            }
+        }
+        let conn = client.conn;
+        if became_readonly && self.request(FrontendRequest::ReadOnly { conn }).is_err() {
+            log::error!("cannot tell the broker client {conn} is read-only");
+        }
+        for (header, call) in forwards {
+            match self.request(FrontendRequest::Call { conn, call }) {
+                Ok(id) => {
+                    self.pending.insert(id, Pending::Call(token, header));
+                    if let Some(c) = self.clients.get_mut(&token) {
+                        c.in_flight += 1;
+                    }
+                }
+                Err(e) => {
+                    log::error!("cannot forward a call to the broker: {e}");
+                    let bytes = dispatch::error_reply(
+                        &header,
+                        &crate::rpc::error::RpcError::BrokerUnavailable,
+                    );
+                    if let Some(c) = self.clients.get_mut(&token) {
+                        c.queue(&bytes);
+                    }
+                }
+            }
+        }
+        self.settle(token);
+    }
+
+    /// Flushes output, updates interest, and drops the client once it is
+    /// closing with nothing left to send or wait for.
+    fn settle(&mut self, token: Token) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        if !client.gone && !client.flush() {
+            client.kill();
+        }
+        let done =
+            client.gone || (client.closing && client.outbuf.is_empty() && client.in_flight == 0);
+        if done {
+            return self.hang_up(token);
+        }
+        let interest = if client.outbuf.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let _ = self
+            .poll
+            .registry()
+            .reregister(&mut client.stream, token, interest);
     }
 
     /// Drops a client; the broker hears of it once it has answered the admission.
@@ -234,8 +366,8 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut client.stream);
+        client.kill();
         if client.admission == Admission::Pending {
-            client.hung_up = true;
             return;
         }
         let conn = client.conn;
@@ -267,18 +399,33 @@ impl Server {
             };
             match env.body {
                 BrokerReply::Reconfigure(config) => self.reconfigure(config, fds),
-                BrokerReply::Ok | BrokerReply::Refused(_) => self.answered(env.id, env.body),
                 BrokerReply::Welcome { .. } => {
                     log::warn!("ignoring a second Welcome from the broker")
                 }
+                body => self.answered(env.id, body),
             }
         }
     }
 
     fn answered(&mut self, id: u32, reply: BrokerReply) {
-        let Some(conn) = self.admissions.remove(&id) else {
-            return;
-        };
+        match (self.pending.remove(&id), reply) {
+            (Some(Pending::Admission(conn)), reply) => self.admitted(conn, reply),
+            (Some(Pending::Call(token, header)), BrokerReply::Value(result)) => {
+                let Some(client) = self.clients.get_mut(&token) else {
+                    return;
+                };
+                client.in_flight = client.in_flight.saturating_sub(1);
+                if !client.gone && !client.queue(&dispatch::reply(&header, result)) {
+                    client.kill();
+                }
+                self.process(token);
+            }
+            (_, BrokerReply::Refused(e)) => log::warn!("broker refused request {id}: {e}"),
+            _ => {}
+        }
+    }
+
+    fn admitted(&mut self, conn: ConnId, reply: BrokerReply) {
         let Some(&token) = self.by_conn.get(&conn) else {
             return;
         };
@@ -288,9 +435,10 @@ impl Server {
         match reply {
             BrokerReply::Ok => {
                 client.admission = Admission::Admitted;
-                if client.hung_up {
-                    self.hang_up(token);
+                if client.gone {
+                    return self.hang_up(token);
                 }
+                self.process(token);
             }
             BrokerReply::Refused(e) => {
                 log::warn!("broker refused client {conn}: {e}");
@@ -298,6 +446,56 @@ impl Server {
                 self.forget(token);
             }
             _ => {}
+        }
+    }
+
+    fn keepalive_interval(&self) -> Option<Duration> {
+        u64::try_from(self.config.keepalive_interval)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    }
+
+    fn next_keepalive(&self) -> Option<Instant> {
+        let interval = self.keepalive_interval()?;
+        self.clients
+            .values()
+            .filter(|c| c.session.keepalive && !c.gone)
+            .map(|c| c.last_rx + interval * (c.pings + 1))
+            .min()
+    }
+
+    /// Pings clients that negotiated keepalive and have been silent for an
+    /// interval; drops those that left `keepalive_count` pings unanswered.
+    fn keepalive_tick(&mut self) {
+        let Some(interval) = self.keepalive_interval() else {
+            return;
+        };
+        let now = Instant::now();
+        let due: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.session.keepalive && !c.gone && c.last_rx + interval * (c.pings + 1) <= now
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for token in due {
+            let Some(client) = self.clients.get_mut(&token) else {
+                continue;
+            };
+            if client.pings >= self.config.keepalive_count {
+                log::warn!(
+                    "client {} did not answer {} keepalive pings; closing it",
+                    client.conn,
+                    client.pings
+                );
+                client.kill();
+            } else {
+                client.pings += 1;
+                client.queue(&dispatch::keepalive(PING));
+            }
+            self.settle(token);
         }
     }
 

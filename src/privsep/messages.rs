@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::calls::{Call, CallError, CallValue};
 use crate::logging::{LogConfig, SinkSpec};
 
 /// Bumped whenever a message changes shape; frontend and broker are the same
@@ -85,6 +86,19 @@ pub enum FrontendRequest {
         /// The frontend's number for it.
         conn: ConnId,
     },
+    /// A client opened its connection read-only (`VIR_CONNECT_RO`) on a
+    /// read-write socket; from now on it may only read.
+    ReadOnly {
+        /// The frontend's number for it.
+        conn: ConnId,
+    },
+    /// A client's hypervisor call.
+    Call {
+        /// The frontend's number for the client.
+        conn: ConnId,
+        /// The decoded call.
+        call: Call,
+    },
 }
 
 impl FrontendRequest {
@@ -95,6 +109,8 @@ impl FrontendRequest {
             FrontendRequest::Ready => "ready",
             FrontendRequest::ClientOpened { .. } => "client-opened",
             FrontendRequest::ClientClosed { .. } => "client-closed",
+            FrontendRequest::ReadOnly { .. } => "read-only",
+            FrontendRequest::Call { .. } => "call",
         }
     }
 }
@@ -116,6 +132,8 @@ pub struct FrontendConfig {
     pub keepalive_interval: i32,
     /// Unanswered pings before a client is dropped.
     pub keepalive_count: u32,
+    /// The URI this daemon answers to (`qemu:///system` or `qemu:///session`).
+    pub uri: String,
     /// Log settings; the sinks' fds follow the listeners' fds.
     pub log: LogConfig,
     /// One entry per log fd, in order.
@@ -162,6 +180,8 @@ pub enum BrokerReply {
     Ok,
     /// The request was refused.
     Refused(BrokerError),
+    /// The outcome of a [`FrontendRequest::Call`].
+    Value(Result<CallValue, CallError>),
     /// Unsolicited: the configuration was reloaded (SIGHUP); log fds follow.
     Reconfigure(FrontendConfig),
 }
@@ -174,7 +194,7 @@ impl BrokerReply {
                 config, listeners, ..
             } => listeners.len() + config.fd_count(),
             BrokerReply::Reconfigure(config) => config.fd_count(),
-            BrokerReply::Ok | BrokerReply::Refused(_) => 0,
+            BrokerReply::Ok | BrokerReply::Refused(_) | BrokerReply::Value(_) => 0,
         }
     }
 }

@@ -5,9 +5,11 @@
 //! message says how many fds it carries, and the receiver checks that it got
 //! exactly that many. Both ends import these types; nothing else crosses.
 
+mod calls;
 mod channel;
 mod messages;
 
+pub use calls::{Call, CallError, CallValue, DomainInfo, DomainRef, NodeInfo, Query};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};
 pub use messages::{
     BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, ListenerKind,

@@ -1,0 +1,414 @@
+//! The broker's table of domains: definitions, persistence flags, state.
+//!
+//! Names and UUIDs are unique. Every change to a persistent domain is written
+//! to the [`Store`] before it is made visible, so what clients see is what a
+//! restarted daemon will load.
+
+use super::store::{Store, StoreError};
+use crate::domain::{self, DomainDef, DomainError, uuid_string};
+use crate::privsep::{CallError, DomainInfo, DomainRef};
+
+/// `virDomainState` values used so far.
+pub const STATE_SHUTOFF: i32 = 5;
+/// `VIR_DOMAIN_SHUTOFF_UNKNOWN`: defined, never started.
+pub const SHUTOFF_UNKNOWN: i32 = 0;
+
+/// `virConnectListAllDomainsFlags` bits.
+mod list {
+    pub const ACTIVE: u32 = 1;
+    pub const INACTIVE: u32 = 2;
+    pub const PERSISTENT: u32 = 4;
+    pub const TRANSIENT: u32 = 8;
+    pub const RUNNING: u32 = 16;
+    pub const PAUSED: u32 = 32;
+    pub const SHUTOFF: u32 = 64;
+    pub const OTHER: u32 = 128;
+    pub const MANAGEDSAVE: u32 = 256;
+    pub const NO_MANAGEDSAVE: u32 = 512;
+    pub const AUTOSTART: u32 = 1024;
+    pub const NO_AUTOSTART: u32 = 2048;
+    pub const HAS_SNAPSHOT: u32 = 4096;
+    pub const NO_SNAPSHOT: u32 = 8192;
+    pub const HAS_CHECKPOINT: u32 = 16384;
+    pub const NO_CHECKPOINT: u32 = 32768;
+    pub const ALL: u32 = 65535;
+}
+
+/// `VIR_DOMAIN_DEFINE_VALIDATE`.
+const DEFINE_VALIDATE: u32 = 1;
+/// Undefine flags we accept: we keep no managed save, snapshot, NVRAM,
+/// checkpoint or TPM state, so there is nothing extra to remove or keep.
+const UNDEFINE_KNOWN: u32 = 1 | 2 | 4 | 8 | 16 | 32 | 64;
+
+/// One domain.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its definition.
+    pub def: DomainDef,
+    /// Defined (has a file), as opposed to transient.
+    pub persistent: bool,
+    /// Starts with the daemon.
+    pub autostart: bool,
+    /// Running id; `None` while shut off.
+    pub id: Option<i32>,
+    /// `virDomainState` and reason.
+    pub state: (i32, i32),
+}
+
+impl Entry {
+    /// The handle clients get.
+    pub fn handle(&self) -> DomainRef {
+        DomainRef {
+            name: self.def.name.clone(),
+            uuid: self.def.uuid,
+            id: self.id.unwrap_or(-1),
+        }
+    }
+
+    /// `virDomainGetInfo`.
+    pub fn info(&self) -> DomainInfo {
+        DomainInfo {
+            state: self.state.0 as u8,
+            max_mem: self.def.memory_kib,
+            memory: self.def.current_memory_kib,
+            vcpus: self.def.vcpus as u16,
+            cpu_time: 0,
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.id.is_some()
+    }
+
+    fn matches(&self, flags: u32) -> bool {
+        let group = |yes: u32, no: u32, is: bool| {
+            flags & (yes | no) == 0 || (is && flags & yes != 0) || (!is && flags & no != 0)
+        };
+        let state = self.state.0;
+        let state_bits = list::RUNNING | list::PAUSED | list::SHUTOFF | list::OTHER;
+        let state_ok = flags & state_bits == 0
+            || (state == 1 && flags & list::RUNNING != 0)
+            || (state == 3 && flags & list::PAUSED != 0)
+            || (state == STATE_SHUTOFF && flags & list::SHUTOFF != 0)
+            || (![1, 3, STATE_SHUTOFF].contains(&state) && flags & list::OTHER != 0);
+        group(list::ACTIVE, list::INACTIVE, self.is_active())
+            && group(list::PERSISTENT, list::TRANSIENT, self.persistent)
+            && state_ok
+            && group(list::MANAGEDSAVE, list::NO_MANAGEDSAVE, false)
+            && group(list::AUTOSTART, list::NO_AUTOSTART, self.autostart)
+            && group(list::HAS_SNAPSHOT, list::NO_SNAPSHOT, false)
+            && group(list::HAS_CHECKPOINT, list::NO_CHECKPOINT, false)
+    }
+}
+
+/// Maps XML failures to the typed errors clients see.
+impl From<DomainError> for CallError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Syntax { line, detail } => CallError::XmlSyntax { line, detail },
+            DomainError::TooLarge(_) | DomainError::TooDeep(_) | DomainError::Invalid(_) => {
+                CallError::XmlInvalid(e.to_string())
+            }
+            DomainError::Unsupported(m) => CallError::ConfigUnsupported(m),
+            DomainError::Schema { .. } => CallError::XmlSchema(e.to_string()),
+        }
+    }
+}
+
+fn store_err(e: StoreError) -> CallError {
+    CallError::OperationFailed(e.to_string())
+}
+
+/// All domains.
+pub struct Domains {
+    store: Store,
+    entries: Vec<Entry>,
+}
+
+/// What a successful define did.
+pub struct Defined {
+    /// The domain's handle.
+    pub handle: DomainRef,
+    /// Elements dropped from the XML (unknown to us).
+    pub dropped: Vec<String>,
+    /// Whether it replaced an existing definition.
+    pub updated: bool,
+}
+
+impl Domains {
+    /// Loads every stored definition.
+    pub fn load(store: Store) -> Domains {
+        let mut entries: Vec<Entry> = Vec::new();
+        for s in store.load_all() {
+            if entries
+                .iter()
+                .any(|e| e.def.uuid == s.def.uuid || e.def.name == s.def.name)
+            {
+                log::error!(
+                    "skipping domain '{}': its name or UUID is already taken",
+                    s.def.name
+                );
+                continue;
+            }
+            entries.push(Entry {
+                def: s.def,
+                persistent: true,
+                autostart: s.autostart,
+                id: None,
+                state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
+            });
+        }
+        log::info!("loaded {} domain definition(s)", entries.len());
+        Domains { store, entries }
+    }
+
+    /// By UUID, or the libvirt "no domain" error.
+    pub fn by_uuid(&self, uuid: &[u8; 16]) -> Result<&Entry, CallError> {
+        self.entries
+            .iter()
+            .find(|e| &e.def.uuid == uuid)
+            .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))
+    }
+
+    /// By name.
+    pub fn by_name(&self, name: &str) -> Result<&Entry, CallError> {
+        self.entries
+            .iter()
+            .find(|e| e.def.name == name)
+            .ok_or_else(|| CallError::NoDomainName(name.to_owned()))
+    }
+
+    /// By running id.
+    pub fn by_id(&self, id: i32) -> Result<&Entry, CallError> {
+        self.entries
+            .iter()
+            .find(|e| e.id == Some(id))
+            .ok_or(CallError::NoDomainId(id))
+    }
+
+    /// `virConnectListAllDomains`.
+    pub fn list(&self, flags: u32) -> Result<Vec<DomainRef>, CallError> {
+        if flags & !list::ALL != 0 {
+            return Err(CallError::UnsupportedFlags {
+                flags,
+                function: "virConnectListAllDomains".into(),
+            });
+        }
+        Ok(self
+            .entries
+            .iter()
+            .filter(|e| e.matches(flags))
+            .map(Entry::handle)
+            .collect())
+    }
+
+    /// `virDomainDefineXMLFlags`: new, or an update of the same name and UUID.
+    pub fn define(&mut self, xml: &str, flags: u32) -> Result<Defined, CallError> {
+        if flags & !DEFINE_VALIDATE != 0 {
+            return Err(CallError::UnsupportedFlags {
+                flags,
+                function: "domainDefineXMLFlags".into(),
+            });
+        }
+        let (def, dropped) = domain::parse(xml, flags & DEFINE_VALIDATE != 0)?;
+        let by_name = self.entries.iter().position(|e| e.def.name == def.name);
+        let by_uuid = self.entries.iter().position(|e| e.def.uuid == def.uuid);
+        match (by_name, by_uuid) {
+            (Some(n), u) if u != Some(n) => {
+                let other = &self.entries[n].def;
+                return Err(CallError::NameTaken {
+                    name: other.name.clone(),
+                    uuid: uuid_string(&other.uuid),
+                });
+            }
+            (None, Some(u)) => {
+                let other = &self.entries[u].def;
+                return Err(CallError::UuidTaken {
+                    name: other.name.clone(),
+                    uuid: uuid_string(&other.uuid),
+                });
+            }
+            _ => {}
+        }
+        self.store.save(&def).map_err(store_err)?;
+        let updated = by_name.is_some();
+        let entry = match by_name {
+            Some(i) => {
+                let e = &mut self.entries[i];
+                e.def = def;
+                e.persistent = true;
+                e
+            }
+            None => {
+                self.entries.push(Entry {
+                    def,
+                    persistent: true,
+                    autostart: false,
+                    id: None,
+                    state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
+                });
+                self.entries
+                    .last_mut()
+                    .ok_or_else(|| CallError::Internal("domain table".into()))?
+            }
+        };
+        Ok(Defined {
+            handle: entry.handle(),
+            dropped,
+            updated,
+        })
+    }
+
+    /// `virDomainUndefineFlags`. A running persistent domain becomes transient.
+    pub fn undefine(&mut self, uuid: &[u8; 16], flags: u32) -> Result<String, CallError> {
+        if flags & !UNDEFINE_KNOWN != 0 {
+            return Err(CallError::UnsupportedFlags {
+                flags,
+                function: "qemuDomainUndefineFlags".into(),
+            });
+        }
+        let i = self
+            .entries
+            .iter()
+            .position(|e| &e.def.uuid == uuid)
+            .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))?;
+        if !self.entries[i].persistent {
+            return Err(CallError::OperationInvalid(
+                "cannot undefine transient domain".into(),
+            ));
+        }
+        let name = self.entries[i].def.name.clone();
+        self.store.remove(&name).map_err(store_err)?;
+        if self.entries[i].is_active() {
+            let e = &mut self.entries[i];
+            e.persistent = false;
+            e.autostart = false;
+        } else {
+            self.entries.remove(i);
+        }
+        Ok(name)
+    }
+
+    /// `virDomainSetAutostart`.
+    pub fn set_autostart(&mut self, uuid: &[u8; 16], on: bool) -> Result<String, CallError> {
+        let e = self
+            .entries
+            .iter_mut()
+            .find(|e| &e.def.uuid == uuid)
+            .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))?;
+        if !e.persistent {
+            return Err(CallError::OperationInvalid(
+                "cannot set autostart for transient domain".into(),
+            ));
+        }
+        self.store
+            .set_autostart(&e.def.name, on)
+            .map_err(store_err)?;
+        e.autostart = on;
+        Ok(e.def.name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xml(name: &str, uuid: Option<&str>) -> String {
+        let uuid = uuid
+            .map(|u| format!("<uuid>{u}</uuid>"))
+            .unwrap_or_default();
+        format!(
+            "<domain type='kvm'><name>{name}</name>{uuid}<memory unit='MiB'>64</memory>\
+             <os><type>hvm</type><kernel>/k</kernel></os></domain>"
+        )
+    }
+
+    const U1: &str = "11111111-2222-3333-4444-555555555555";
+    const U2: &str = "21111111-2222-3333-4444-555555555555";
+
+    fn table() -> (tempfile::TempDir, Domains) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, Domains::load(store))
+    }
+
+    #[test]
+    fn definitions_persist_and_reload() {
+        let (dir, mut d) = table();
+        let h = d.define(&xml("a", Some(U1)), 0).unwrap().handle;
+        d.set_autostart(&h.uuid, true).unwrap();
+        let again = Domains::load(Store::open(dir.path()).unwrap());
+        let e = again.by_name("a").unwrap();
+        assert_eq!(e.def.uuid, h.uuid);
+        assert!(e.autostart && e.persistent);
+        assert_eq!(e.handle().id, -1);
+    }
+
+    #[test]
+    fn names_and_uuids_are_unique_and_a_redefine_updates() {
+        let (_dir, mut d) = table();
+        d.define(&xml("a", Some(U1)), 0).unwrap();
+        assert!(d.define(&xml("a", Some(U1)), 0).unwrap().updated);
+        assert!(matches!(
+            d.define(&xml("a", Some(U2)), 0),
+            Err(CallError::NameTaken { .. })
+        ));
+        assert!(matches!(
+            d.define(&xml("a", None), 0),
+            Err(CallError::NameTaken { .. })
+        ));
+        assert!(matches!(
+            d.define(&xml("b", Some(U1)), 0),
+            Err(CallError::UuidTaken { .. })
+        ));
+        assert_eq!(d.list(0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn undefine_removes_file_and_entry() {
+        let (dir, mut d) = table();
+        let h = d.define(&xml("a", Some(U1)), 0).unwrap().handle;
+        assert_eq!(d.undefine(&h.uuid, 0).unwrap(), "a");
+        assert!(!dir.path().join("a.xml").exists());
+        assert!(matches!(
+            d.undefine(&h.uuid, 0),
+            Err(CallError::NoDomainUuid(_))
+        ));
+        assert!(matches!(
+            d.undefine(&h.uuid, 1 << 20),
+            Err(CallError::UnsupportedFlags { .. })
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_skipped_and_kept() {
+        let (dir, mut d) = table();
+        d.define(&xml("good", Some(U1)), 0).unwrap();
+        std::fs::write(dir.path().join("bad.xml"), "<domain").unwrap();
+        let again = Domains::load(Store::open(dir.path()).unwrap());
+        assert_eq!(again.list(0).unwrap().len(), 1);
+        assert!(dir.path().join("bad.xml").exists());
+    }
+
+    #[test]
+    fn list_filters_follow_libvirt_groups() {
+        let (_dir, mut d) = table();
+        let a = d.define(&xml("a", Some(U1)), 0).unwrap().handle;
+        d.define(&xml("b", Some(U2)), 0).unwrap();
+        d.set_autostart(&a.uuid, true).unwrap();
+        let names = |f| {
+            d.list(f)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0).len(), 2);
+        assert!(names(list::ACTIVE).is_empty());
+        assert_eq!(names(list::ACTIVE | list::INACTIVE).len(), 2);
+        assert_eq!(names(list::AUTOSTART), ["a"]);
+        assert_eq!(names(list::NO_AUTOSTART), ["b"]);
+        assert_eq!(names(list::SHUTOFF | list::PERSISTENT).len(), 2);
+        assert!(names(list::TRANSIENT).is_empty());
+    }
+}

@@ -1,0 +1,166 @@
+//! [`DomainDef`] to its canonical XML element tree.
+
+use super::xml::Element;
+use super::{CharDev, CharSource, DiskKind, DomainDef, KEPT_DEVICE_ORDER, KEPT_ORDER, uuid_string};
+
+/// Builds the `<domain>` element in libvirt's element order.
+pub fn domain(d: &DomainDef) -> Element {
+    let kept = |name: &'static str| d.kept.iter().filter(move |e| e.name == name).cloned();
+    let mut root = Element::new("domain")
+        .attr("type", "kvm")
+        .child(Element::new("name").with_text(&d.name))
+        .child(Element::new("uuid").with_text(uuid_string(&d.uuid)));
+    if let Some(t) = &d.title {
+        root = root.child(Element::new("title").with_text(t));
+    }
+    if let Some(desc) = &d.description {
+        root = root.child(Element::new("description").with_text(desc));
+    }
+    let [metadata, resource, features, cpu, clock, pm, seclabel] = KEPT_ORDER else {
+        unreachable!()
+    };
+    root.children.extend(kept(metadata));
+    root = root
+        .child(
+            Element::new("memory")
+                .attr("unit", "KiB")
+                .with_text(d.memory_kib.to_string()),
+        )
+        .child(
+            Element::new("currentMemory")
+                .attr("unit", "KiB")
+                .with_text(d.current_memory_kib.to_string()),
+        )
+        .child(
+            Element::new("vcpu")
+                .attr("placement", "static")
+                .with_text(d.vcpus.to_string()),
+        );
+    root.children.extend(kept(resource));
+    root = root.child(os(d));
+    for name in [features, cpu, clock] {
+        root.children.extend(kept(name));
+    }
+    root = root
+        .child(Element::new("on_poweroff").with_text(d.on_poweroff.as_str()))
+        .child(Element::new("on_reboot").with_text(d.on_reboot.as_str()))
+        .child(Element::new("on_crash").with_text(d.on_crash.as_str()));
+    root.children.extend(kept(pm));
+    root = root.child(devices(d));
+    root.children.extend(kept(seclabel));
+    root
+}
+
+fn os(d: &DomainDef) -> Element {
+    let mut ty = Element::new("type").attr("arch", &d.os.arch);
+    if let Some(m) = &d.os.machine {
+        ty = ty.attr("machine", m);
+    }
+    let mut os = Element::new("os")
+        .child(ty.with_text("hvm"))
+        .child(Element::new("kernel").with_text(&d.os.kernel));
+    if let Some(i) = &d.os.initrd {
+        os = os.child(Element::new("initrd").with_text(i));
+    }
+    if let Some(c) = &d.os.cmdline {
+        os = os.child(Element::new("cmdline").with_text(c));
+    }
+    for b in &d.os.boot {
+        os = os.child(Element::new("boot").attr("dev", b));
+    }
+    os
+}
+
+fn devices(d: &DomainDef) -> Element {
+    let kept = |name: &'static str| {
+        d.kept_devices
+            .iter()
+            .filter(move |e| e.name == name)
+            .cloned()
+    };
+    let mut devs = Element::new("devices");
+    let [emulator, controller, rest @ ..] = KEPT_DEVICE_ORDER else {
+        unreachable!()
+    };
+    devs.children.extend(kept(emulator));
+    for disk in &d.disks {
+        let (ty, attr) = match disk.kind {
+            DiskKind::File => ("file", "file"),
+            DiskKind::Block => ("block", "dev"),
+        };
+        let mut e = Element::new("disk")
+            .attr("type", ty)
+            .attr("device", "disk")
+            .child(
+                Element::new("driver")
+                    .attr("name", "qemu")
+                    .attr("type", "raw"),
+            )
+            .child(Element::new("source").attr(attr, &disk.path))
+            .child(
+                Element::new("target")
+                    .attr("dev", &disk.target)
+                    .attr("bus", "virtio"),
+            );
+        if disk.readonly {
+            e = e.child(Element::new("readonly"));
+        }
+        if disk.shareable {
+            e = e.child(Element::new("shareable"));
+        }
+        if let Some(s) = &disk.serial {
+            e = e.child(Element::new("serial").with_text(s));
+        }
+        devs = devs.child(e);
+    }
+    devs.children.extend(kept(controller));
+    for nic in &d.interfaces {
+        let m = nic.mac;
+        let mac = format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        );
+        let mut e = Element::new("interface")
+            .attr("type", &nic.kind)
+            .child(Element::new("mac").attr("address", mac));
+        match (nic.kind.as_str(), &nic.source) {
+            ("network", Some(s)) => e = e.child(Element::new("source").attr("network", s)),
+            ("bridge", Some(s)) => e = e.child(Element::new("source").attr("bridge", s)),
+            _ => {}
+        }
+        if let Some(t) = &nic.target {
+            e = e.child(Element::new("target").attr("dev", t));
+        }
+        devs = devs.child(e.child(Element::new("model").attr("type", "virtio")));
+    }
+    for s in &d.serials {
+        devs = devs.child(chardev(
+            "serial",
+            s,
+            Element::new("target").attr("port", s.port.to_string()),
+        ));
+    }
+    for c in &d.consoles {
+        let target = Element::new("target")
+            .attr("type", "serial")
+            .attr("port", c.port.to_string());
+        devs = devs.child(chardev("console", c, target));
+    }
+    for name in rest {
+        devs.children.extend(kept(name));
+    }
+    devs
+}
+
+fn chardev(name: &str, c: &CharDev, target: Element) -> Element {
+    let (ty, source) = match &c.source {
+        CharSource::Pty => ("pty", None),
+        CharSource::Null => ("null", None),
+        CharSource::File(p) => ("file", Some(Element::new("source").attr("path", p))),
+    };
+    let mut e = Element::new(name).attr("type", ty);
+    if let Some(s) = source {
+        e = e.child(s);
+    }
+    e.child(target)
+}

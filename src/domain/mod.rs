@@ -1,0 +1,236 @@
+//! Domain XML: parsing and emitting libvirt's domain format for the subset
+//! this daemon runs.
+//!
+//! Pure code. Every element falls in one of four classes (see `parse.rs`):
+//! modelled (parsed into [`DomainDef`]), harmless (kept as XML and written
+//! back: `<clock>`, `<pm>`, `<cpu>`, ...), unsupported (it would change what
+//! the guest sees and we cannot run it: refused naming it), or unknown
+//! (dropped, as libvirt does, or refused under `VIR_DOMAIN_DEFINE_VALIDATE`).
+
+#![deny(missing_docs)]
+
+mod emit;
+mod parse;
+mod units;
+pub mod xml;
+
+pub use parse::{MAX_VCPUS, parse};
+pub use units::to_kib;
+
+use xml::Element;
+
+/// Order in which kept top-level elements are written (libvirt's order).
+const KEPT_ORDER: &[&str] = &[
+    "metadata", "resource", "features", "cpu", "clock", "pm", "seclabel",
+];
+/// Order in which kept devices are written, around the modelled ones.
+const KEPT_DEVICE_ORDER: &[&str] = &[
+    "emulator",
+    "controller",
+    "input",
+    "audio",
+    "video",
+    "memballoon",
+];
+
+fn rank(order: &[&str], name: &str) -> usize {
+    order.iter().position(|n| *n == name).unwrap_or(order.len())
+}
+
+/// Why a domain XML was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// Not well-formed XML.
+    #[error("line {line}: {detail}")]
+    Syntax {
+        /// Line of the error.
+        line: u32,
+        /// The parser's words.
+        detail: String,
+    },
+    /// Larger than allowed.
+    #[error("domain XML of {0} bytes is larger than {max} bytes", max = xml::MAX_XML_BYTES)]
+    TooLarge(usize),
+    /// Nested deeper than allowed.
+    #[error("domain XML nests deeper than {0} elements")]
+    TooDeep(usize),
+    /// Well-formed, but not a valid domain description.
+    #[error("{0}")]
+    Invalid(String),
+    /// Valid, but asks for something this daemon cannot run.
+    #[error("{0}")]
+    Unsupported(String),
+    /// An element outside what we accept, under `VIR_DOMAIN_DEFINE_VALIDATE`.
+    #[error("Extra element {element} in {parent}")]
+    Schema {
+        /// The element.
+        element: String,
+        /// Its parent.
+        parent: String,
+    },
+}
+
+/// What the guest does on power-off, reboot or crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleAction {
+    /// Stop the domain.
+    Destroy,
+    /// Start it again.
+    Restart,
+    /// Keep it in its state for inspection.
+    Preserve,
+}
+
+impl LifecycleAction {
+    /// The XML word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleAction::Destroy => "destroy",
+            LifecycleAction::Restart => "restart",
+            LifecycleAction::Preserve => "preserve",
+        }
+    }
+}
+
+/// `<os>`: direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsDef {
+    /// `arch` of `<type>` (always x86_64 here).
+    pub arch: String,
+    /// `machine` of `<type>`, kept for round-trips; our platform is our own.
+    pub machine: Option<String>,
+    /// Kernel image path.
+    pub kernel: String,
+    /// Initrd path.
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// `<boot dev=...>` entries, kept.
+    pub boot: Vec<String>,
+}
+
+/// A disk backed by a raw file or block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// `file` or `block`.
+    pub kind: DiskKind,
+    /// Source path (absolute).
+    pub path: String,
+    /// Target device name (`vda`).
+    pub target: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// Shareable.
+    pub shareable: bool,
+    /// `<serial>`.
+    pub serial: Option<String>,
+}
+
+/// Where a disk's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    /// A regular file.
+    File,
+    /// A block device.
+    Block,
+}
+
+/// A virtio network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// `network`, `bridge`, `ethernet` or `user`.
+    pub kind: String,
+    /// The network or bridge name, when the kind has one.
+    pub source: Option<String>,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Host-side device name.
+    pub target: Option<String>,
+}
+
+/// Where a serial port or console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CharSource {
+    /// A pseudo-terminal (what `virsh console` attaches to).
+    Pty,
+    /// Appended to a file.
+    File(String),
+    /// Discarded.
+    Null,
+}
+
+/// A serial port or console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CharDev {
+    /// Backend.
+    pub source: CharSource,
+    /// Port number.
+    pub port: u32,
+}
+
+/// A domain definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainDef {
+    /// Name, unique on the host.
+    pub name: String,
+    /// UUID, unique on the host.
+    pub uuid: [u8; 16],
+    /// Short title.
+    pub title: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Maximum memory in KiB.
+    pub memory_kib: u64,
+    /// Current memory in KiB.
+    pub current_memory_kib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Boot.
+    pub os: OsDef,
+    /// On guest power-off.
+    pub on_poweroff: LifecycleAction,
+    /// On guest reboot.
+    pub on_reboot: LifecycleAction,
+    /// On guest crash.
+    pub on_crash: LifecycleAction,
+    /// Disks.
+    pub disks: Vec<Disk>,
+    /// Network interfaces.
+    pub interfaces: Vec<Interface>,
+    /// Serial ports.
+    pub serials: Vec<CharDev>,
+    /// Consoles.
+    pub consoles: Vec<CharDev>,
+    /// Harmless top-level elements kept as written (features, cpu, clock, pm, ...).
+    pub kept: Vec<Element>,
+    /// Harmless devices kept as written (emulator, controllers, memballoon none, ...).
+    pub kept_devices: Vec<Element>,
+}
+
+impl DomainDef {
+    /// The canonical XML, as dumpxml shows it and as it is stored.
+    pub fn to_xml(&self) -> String {
+        emit::domain(self).to_xml()
+    }
+
+    /// Whether `<features>` asks for `name` (e.g. `acpi`).
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.kept
+            .iter()
+            .any(|e| e.name == "features" && e.find(name).is_some())
+    }
+}
+
+/// The UUID in libvirt's text form.
+pub fn uuid_string(u: &[u8; 16]) -> String {
+    uuid::Uuid::from_bytes(*u).hyphenated().to_string()
+}
+
+/// Parses a UUID in either text form (with or without dashes).
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.trim().chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    uuid::Uuid::try_parse(&hex).ok().map(|u| *u.as_bytes())
+}

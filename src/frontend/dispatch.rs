@@ -1,0 +1,636 @@
+//! One incoming packet to one action: answer it here, forward it to the
+//! broker as a typed [`Call`], or end the connection.
+//!
+//! The read-only rule is enforced here, from the access table in `policy/`,
+//! before anything reaches the broker (which checks again).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::privsep::{Call, CallValue, DomainRef, Query};
+use crate::rpc::error::{RpcError, to_remote};
+use crate::rpc::frame::{
+    self, Header, KEEPALIVE_PROGRAM, LXC_PROGRAM, MessageType, QEMU_PROGRAM, REMOTE_PROGRAM, Status,
+};
+use crate::rpc::remote::*;
+use crate::rpc::xdr;
+
+/// Keepalive procedures.
+const PING: i32 = 1;
+const PONG: i32 = 2;
+/// libvirt's own protocol version we speak (9.0.0).
+const LIB_VERSION: u64 = 9_000_000;
+/// `VIR_CONNECT_RO`.
+const CONNECT_RO: u32 = 1;
+
+/// A client's protocol state.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// CONNECT_OPEN succeeded.
+    pub opened: bool,
+    /// Read-only (socket or flag).
+    pub readonly: bool,
+    /// The client negotiated keepalive (feature 10).
+    pub keepalive: bool,
+    /// A close callback is registered.
+    pub close_callback: bool,
+    /// The transport is local (Unix socket) or encrypted.
+    pub secure: bool,
+}
+
+/// What the connection must do about one packet.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Send these bytes (a reply or a PONG).
+    Send(Vec<u8>),
+    /// Send these bytes, then close once everything is flushed.
+    SendAndClose(Vec<u8>),
+    /// Ask the broker; shape its answer with [`reply`].
+    Forward(Call),
+    /// Tell the broker the connection became read-only, then send these bytes.
+    BecameReadOnly(Vec<u8>),
+    /// Nothing to send.
+    Nothing,
+    /// The peer broke the protocol: close the connection.
+    Close(&'static str),
+}
+
+/// Values of the daemon the dispatcher reports.
+pub struct Facts<'a> {
+    /// `qemu:///system` or `qemu:///session`.
+    pub uri: &'a str,
+}
+
+/// Handles one packet from a client.
+pub fn dispatch(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Action {
+    if h.prog == KEEPALIVE_PROGRAM && h.kind == MessageType::Message {
+        return match h.proc_ {
+            PING => Action::Send(keepalive(PONG)),
+            _ => Action::Nothing,
+        };
+    }
+    match h.kind {
+        MessageType::Call => {}
+        MessageType::CallWithFds => {
+            return Action::Close("file descriptor passing is not supported");
+        }
+        // No streams are open yet: stray stream packets are dropped, as libvirtd does.
+        MessageType::Stream | MessageType::StreamHole => return Action::Nothing,
+        MessageType::Reply | MessageType::ReplyWithFds | MessageType::Message => {
+            return Action::Close("unexpected message type from client");
+        }
+    }
+    match call(s, facts, h, payload) {
+        Ok(action) => action,
+        Err(e) => Action::Send(error_reply(h, &e)),
+    }
+}
+
+fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Action, RpcError> {
+    if h.vers != frame::PROTOCOL_VERSION
+        || ![REMOTE_PROGRAM, QEMU_PROGRAM, LXC_PROGRAM].contains(&h.prog)
+    {
+        return Err(RpcError::UnknownProgram {
+            prog: h.prog,
+            vers: h.vers,
+        });
+    }
+    if h.status != Status::Ok as i32 {
+        return Err(RpcError::UnexpectedStatus(h.status));
+    }
+    let proc_ = RemoteProc::from_number(h.proc_)
+        .filter(|_| h.prog == REMOTE_PROGRAM)
+        .ok_or(RpcError::UnknownProcedure(h.proc_))?;
+    use RemoteProc as P;
+    let before_open = matches!(
+        proc_,
+        P::AuthList | P::ConnectSupportsFeature | P::ConnectOpen | P::ConnectClose
+    );
+    if !s.opened && !before_open {
+        return Err(RpcError::NotOpen);
+    }
+    if s.readonly && proc_.access() == Access::ReadWrite {
+        return Err(RpcError::ReadOnly(proc_.api()));
+    }
+    let ok = |v: &dyn ErasedRet| Ok(Action::Send(ok_reply(h, v)?));
+    let fwd = |c: Call| Ok(Action::Forward(c));
+    match proc_ {
+        P::AuthList => ok(&AuthListRet { types: vec![0] }),
+        P::ConnectSupportsFeature => {
+            let f: IntArg = args(payload)?;
+            let supported = match f.value {
+                9 | 14 | 15 => 1,
+                10 => {
+                    s.keepalive = true;
+                    1
+                }
+                _ => 0,
+            };
+            ok(&supported)
+        }
+        P::ConnectOpen => {
+            let a: ConnectOpenArgs = args(payload)?;
+            if s.opened {
+                return Err(RpcError::AlreadyOpen);
+            }
+            let name = a.name.unwrap_or_default();
+            if !name.is_empty() && !uri_matches(&name, facts.uri) {
+                return Err(RpcError::NoDriver(name));
+            }
+            s.opened = true;
+            if a.flags & CONNECT_RO != 0 && !s.readonly {
+                s.readonly = true;
+                return Ok(Action::BecameReadOnly(ok_reply(h, &())?));
+            }
+            ok(&())
+        }
+        P::ConnectClose => {
+            args::<()>(payload)?;
+            Ok(Action::SendAndClose(ok_reply(h, &())?))
+        }
+        P::ConnectGetType => ok(&"QEMU"),
+        P::ConnectGetVersion => ok(&hypervisor_version()),
+        P::ConnectGetLibVersion => ok(&LIB_VERSION),
+        P::ConnectGetUri => ok(&facts.uri),
+        P::ConnectIsSecure => ok(&i32::from(s.secure)),
+        P::ConnectRegisterCloseCallback => {
+            s.close_callback = true;
+            ok(&())
+        }
+        P::ConnectUnregisterCloseCallback => {
+            s.close_callback = false;
+            ok(&())
+        }
+        P::NodeGetSecurityModel => ok(&SecurityModelRet {
+            model: c_chars("none"),
+            doi: c_chars("0"),
+        }),
+        P::ConnectGetHostname => fwd(Call::GetHostname),
+        P::ConnectGetCapabilities => fwd(Call::GetCapabilities),
+        P::NodeGetInfo => fwd(Call::NodeGetInfo),
+        P::NodeGetFreeMemory => fwd(Call::NodeGetFreeMemory),
+        P::NodeGetCellsFreeMemory => {
+            let a: CellsFreeMemoryArgs = args(payload)?;
+            fwd(Call::NodeGetCellsFreeMemory {
+                start: a.start_cell,
+                max: a.maxcells,
+            })
+        }
+        P::ConnectGetMaxVcpus => fwd(Call::GetMaxVcpus {
+            kind: args::<OptStringArg>(payload)?.value,
+        }),
+        P::ConnectGetSysinfo => fwd(Call::GetSysinfo {
+            flags: args::<FlagsArgs>(payload)?.flags,
+        }),
+        P::ConnectListAllDomains => {
+            let a: ListAllDomainsArgs = args(payload)?;
+            fwd(Call::ListAll {
+                flags: a.flags,
+                need_results: a.need_results != 0,
+            })
+        }
+        P::ConnectNumOfDomains => fwd(Call::NumOfDomains),
+        P::ConnectListDomains => fwd(Call::ListDomainIds {
+            max: args::<IntArg>(payload)?.value,
+        }),
+        P::ConnectNumOfDefinedDomains => fwd(Call::NumOfDefined),
+        P::ConnectListDefinedDomains => fwd(Call::ListDefinedNames {
+            max: args::<IntArg>(payload)?.value,
+        }),
+        P::DomainLookupById => fwd(Call::LookupById(args::<IntArg>(payload)?.value)),
+        P::DomainLookupByName => fwd(Call::LookupByName(args::<StringArg>(payload)?.value)),
+        P::DomainLookupByUuid => fwd(Call::LookupByUuid(args::<UuidArg>(payload)?.uuid.0)),
+        P::DomainDefineXml => fwd(Call::Define {
+            xml: args::<StringArg>(payload)?.value,
+            flags: 0,
+        }),
+        P::DomainDefineXmlFlags => {
+            let a: XmlFlagsArgs = args(payload)?;
+            fwd(Call::Define {
+                xml: a.xml,
+                flags: a.flags,
+            })
+        }
+        P::DomainUndefine => fwd(Call::Undefine {
+            uuid: args::<DomainArg>(payload)?.dom.uuid.0,
+            flags: 0,
+        }),
+        P::DomainUndefineFlags => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::Undefine {
+                uuid: a.dom.uuid.0,
+                flags: a.flags,
+            })
+        }
+        P::DomainSetAutostart => {
+            let a: DomainSetAutostartArgs = args(payload)?;
+            fwd(Call::SetAutostart {
+                uuid: a.dom.uuid.0,
+                on: a.autostart != 0,
+            })
+        }
+        P::DomainGetXmlDesc => {
+            let a: DomainFlagsArgs = args(payload)?;
+            // VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE reveal secrets.
+            if s.readonly && a.flags & (1 | 8) != 0 {
+                return Err(RpcError::SecureXmlReadOnly);
+            }
+            query(a.dom, Query::XmlDesc { flags: a.flags })
+        }
+        P::DomainGetInfo => query(args::<DomainArg>(payload)?.dom, Query::Info),
+        P::DomainGetState => {
+            let a: DomainFlagsArgs = args(payload)?;
+            query(a.dom, Query::State { flags: a.flags })
+        }
+        P::DomainIsActive => query(args::<DomainArg>(payload)?.dom, Query::IsActive),
+        P::DomainIsPersistent => query(args::<DomainArg>(payload)?.dom, Query::IsPersistent),
+        P::DomainIsUpdated => query(args::<DomainArg>(payload)?.dom, Query::IsUpdated),
+        P::DomainGetOsType => query(args::<DomainArg>(payload)?.dom, Query::OsType),
+        P::DomainGetMaxMemory => query(args::<DomainArg>(payload)?.dom, Query::MaxMemory),
+        P::DomainGetMaxVcpus => query(args::<DomainArg>(payload)?.dom, Query::MaxVcpus),
+        P::DomainGetAutostart => query(args::<DomainArg>(payload)?.dom, Query::Autostart),
+        P::DomainHasManagedSaveImage => {
+            let a: DomainFlagsArgs = args(payload)?;
+            query(a.dom, Query::HasManagedSave { flags: a.flags })
+        }
+        P::DomainGetSecurityLabel => query(args::<DomainArg>(payload)?.dom, Query::SecurityLabel),
+        P::DomainGetMessages => {
+            let a: DomainFlagsArgs = args(payload)?;
+            query(a.dom, Query::Messages { flags: a.flags })
+        }
+        P::DomainSnapshotNum => {
+            let a: DomainFlagsArgs = args(payload)?;
+            query(a.dom, Query::SnapshotNum { flags: a.flags })
+        }
+    }
+}
+
+fn query(dom: NonnullDomain, query: Query) -> Result<Action, RpcError> {
+    Ok(Action::Forward(Call::Query {
+        uuid: dom.uuid.0,
+        query,
+    }))
+}
+
+/// `qemu:///system` matches `qemu:///system`, with or without a trailing
+/// slash or query; the client has already stripped the transport.
+fn uri_matches(requested: &str, ours: &str) -> bool {
+    let bare = requested
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    bare == ours
+}
+
+/// Our version as a hypervisor version number (major * 1e6 + minor * 1e3 + micro).
+fn hypervisor_version() -> u64 {
+    let mut parts = crate::VERSION
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b, c) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    a * 1_000_000 + b * 1_000 + c
+}
+
+fn args<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RpcError> {
+    xdr::from_bytes(payload).map_err(|_| RpcError::Decode)
+}
+
+/// Object-safe serialization, so `ok` can take any return struct.
+trait ErasedRet {
+    fn encode(&self) -> Result<Vec<u8>, xdr::XdrError>;
+}
+
+impl<T: Serialize> ErasedRet for T {
+    fn encode(&self) -> Result<Vec<u8>, xdr::XdrError> {
+        xdr::to_bytes(self)
+    }
+}
+
+fn ok_reply(h: &Header, ret: &dyn ErasedRet) -> Result<Vec<u8>, RpcError> {
+    let payload = ret
+        .encode()
+        .map_err(|_| RpcError::Internal("reply encoding"))?;
+    let mut out = Vec::with_capacity(frame::HEADER_LEN + payload.len());
+    frame::encode(&mut out, &h.reply(Status::Ok), &payload)
+        .map_err(|_| RpcError::Internal("reply encoding"))?;
+    Ok(out)
+}
+
+/// The error reply to the call `h`.
+pub fn error_reply(h: &Header, e: &RpcError) -> Vec<u8> {
+    let payload = xdr::to_bytes(&to_remote(e)).unwrap_or_default();
+    let mut out = Vec::new();
+    let header = Header {
+        prog: h.prog,
+        vers: h.vers,
+        ..h.reply(Status::Error)
+    };
+    let _ = frame::encode(&mut out, &header, &payload);
+    out
+}
+
+/// A keepalive message (PING or PONG).
+pub fn keepalive(proc_: i32) -> Vec<u8> {
+    let h = Header {
+        prog: KEEPALIVE_PROGRAM,
+        vers: 1,
+        proc_,
+        kind: MessageType::Message,
+        serial: 0,
+        status: 0,
+    };
+    let mut out = Vec::new();
+    let _ = frame::encode(&mut out, &h, &[]);
+    out
+}
+
+fn nonnull(d: DomainRef) -> NonnullDomain {
+    NonnullDomain {
+        name: d.name,
+        uuid: xdr::FixedOpaque(d.uuid),
+        id: d.id,
+    }
+}
+
+/// Shapes the broker's answer to call `h` into its reply packet.
+pub fn reply(h: &Header, result: Result<CallValue, crate::privsep::CallError>) -> Vec<u8> {
+    let shaped = result.map_err(RpcError::from).and_then(|v| shape(h, v));
+    match shaped {
+        Ok(bytes) => bytes,
+        Err(e) => error_reply(h, &e),
+    }
+}
+
+fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
+    use RemoteProc as P;
+    let proc_ = RemoteProc::from_number(h.proc_).ok_or(RpcError::Internal("procedure"))?;
+    let mismatch = RpcError::Internal(proc_.name());
+    match (proc_, v) {
+        (_, CallValue::Unit) => ok_reply(h, &()),
+        (_, CallValue::Domain(d)) => ok_reply(h, &DomainRet { dom: nonnull(d) }),
+        (P::ConnectListAllDomains, CallValue::Domains { list, count }) => ok_reply(
+            h,
+            &ListAllDomainsRet {
+                domains: list.into_iter().map(nonnull).collect(),
+                ret: count,
+            },
+        ),
+        (_, CallValue::Text(t)) => ok_reply(h, &t),
+        (_, CallValue::Texts(t)) => ok_reply(h, &StringListRet { values: t }),
+        (_, CallValue::Ints(i)) => ok_reply(h, &IntListRet { values: i }),
+        (_, CallValue::U64s(u)) => ok_reply(h, &U64ListRet { values: u }),
+        (P::NodeGetFreeMemory | P::DomainGetMaxMemory, CallValue::Int(n)) => {
+            ok_reply(h, &(n as u64))
+        }
+        (_, CallValue::Int(n)) => ok_reply(h, &(i32::try_from(n).map_err(|_| mismatch)?)),
+        (_, CallValue::NodeInfo(n)) => {
+            let mut model = [0i8; 32];
+            for (dst, b) in model.iter_mut().zip(n.model.bytes().take(31)) {
+                *dst = b as i8;
+            }
+            let ret = NodeInfoRet {
+                model,
+                memory: n.memory_kib,
+                cpus: n.cpus,
+                mhz: n.mhz,
+                nodes: n.nodes,
+                sockets: n.sockets,
+                cores: n.cores,
+                threads: n.threads,
+            };
+            ok_reply(h, &ret)
+        }
+        (_, CallValue::DomainInfo(i)) => ok_reply(
+            h,
+            &DomainInfoRet {
+                state: i.state,
+                max_mem: i.max_mem,
+                memory: i.memory,
+                nr_virt_cpu: i.vcpus,
+                cpu_time: i.cpu_time,
+            },
+        ),
+        (_, CallValue::State { state, reason }) => ok_reply(h, &DomainStateRet { state, reason }),
+        (_, CallValue::Label { label, enforcing }) => ok_reply(
+            h,
+            &SecurityLabelRet {
+                label: c_chars(&label),
+                enforcing: enforcing.into(),
+            },
+        ),
+        (_, CallValue::Domains { .. }) => Err(mismatch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FACTS: Facts = Facts {
+        uri: "qemu:///system",
+    };
+
+    fn call_header(proc_: i32, serial: u32) -> Header {
+        Header {
+            prog: REMOTE_PROGRAM,
+            vers: 1,
+            proc_,
+            kind: MessageType::Call,
+            serial,
+            status: 0,
+        }
+    }
+
+    fn decode_error(bytes: &[u8]) -> (Header, RemoteError) {
+        let (h, payload, _) = frame::split(bytes).unwrap().unwrap();
+        assert_eq!(h.status, Status::Error as i32);
+        (h, xdr::from_bytes(&bytes[payload]).unwrap())
+    }
+
+    fn open(s: &mut Session, flags: u32) -> Action {
+        let payload = xdr::to_bytes(&ConnectOpenArgs {
+            name: Some("qemu:///system".into()),
+            flags,
+        })
+        .unwrap();
+        dispatch(s, &FACTS, &call_header(1, 2), &payload)
+    }
+
+    #[test]
+    fn auth_list_offers_none_before_open() {
+        let mut s = Session::default();
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(66, 0), &[]) else {
+            panic!()
+        };
+        let (h, payload, _) = frame::split(&bytes).unwrap().unwrap();
+        assert_eq!((h.kind, h.serial, h.status), (MessageType::Reply, 0, 0));
+        assert_eq!(&bytes[payload], &[0, 0, 0, 1, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn hypervisor_calls_need_an_open_connection() {
+        let mut s = Session::default();
+        let Action::Send(bytes) = dispatch(
+            &mut s,
+            &FACTS,
+            &call_header(273, 3),
+            &[0, 0, 0, 1, 0, 0, 0, 3],
+        ) else {
+            panic!()
+        };
+        let (_, e) = decode_error(&bytes);
+        assert_eq!(
+            e.message.as_deref(),
+            Some("internal error: hypervisor connection not open")
+        );
+        assert!(matches!(open(&mut s, 0), Action::Send(_)));
+        assert!(matches!(
+            dispatch(
+                &mut s,
+                &FACTS,
+                &call_header(273, 4),
+                &[0, 0, 0, 1, 0, 0, 0, 3]
+            ),
+            Action::Forward(Call::ListAll {
+                flags: 3,
+                need_results: true
+            })
+        ));
+        let Action::Send(again) = open(&mut s, 0) else {
+            panic!()
+        };
+        assert_eq!(
+            decode_error(&again).1.message.as_deref(),
+            Some("internal error: connection already open")
+        );
+    }
+
+    #[test]
+    fn a_read_only_connection_is_refused_mutators_with_libvirts_message() {
+        let mut s = Session::default();
+        assert!(matches!(
+            open(&mut s, CONNECT_RO),
+            Action::BecameReadOnly(_)
+        ));
+        let payload = xdr::to_bytes(&"<domain/>").unwrap();
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(11, 9), &payload) else {
+            panic!()
+        };
+        let (h, e) = decode_error(&bytes);
+        assert_eq!(h.serial, 9);
+        assert_eq!((e.code, e.domain), (29, 20));
+        assert_eq!(
+            e.message.as_deref(),
+            Some("operation forbidden: read only access prevents virDomainDefineXML")
+        );
+    }
+
+    #[test]
+    fn every_read_write_procedure_is_refused_on_a_read_only_connection() {
+        let mut s = Session {
+            opened: true,
+            readonly: true,
+            ..Session::default()
+        };
+        for &p in RemoteProc::ALL
+            .iter()
+            .filter(|p| p.access() == Access::ReadWrite)
+        {
+            let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(p as i32, 1), &[])
+            else {
+                panic!("{p:?}")
+            };
+            assert_eq!(decode_error(&bytes).1.code, 29, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_procedures_get_the_not_supported_rewrite_text() {
+        let mut s = Session {
+            opened: true,
+            ..Session::default()
+        };
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(9999, 1), &[]) else {
+            panic!()
+        };
+        let (_, e) = decode_error(&bytes);
+        assert_eq!((e.code, e.domain), (39, 7));
+        assert!(e.message.unwrap().starts_with("unknown procedure"));
+    }
+
+    #[test]
+    fn keepalive_pings_are_answered_with_pongs() {
+        let mut s = Session::default();
+        let ping = Header {
+            prog: KEEPALIVE_PROGRAM,
+            vers: 1,
+            proc_: PING,
+            kind: MessageType::Message,
+            serial: 0,
+            status: 0,
+        };
+        let pong = [
+            0, 0, 0, 0x1c, 0x6b, 0x65, 0x65, 0x70, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0,
+            0, 0, 0, 0,
+        ];
+        assert_eq!(
+            dispatch(&mut s, &FACTS, &ping, &[]),
+            Action::Send(pong.to_vec())
+        );
+    }
+
+    #[test]
+    fn garbage_arguments_are_a_decode_error() {
+        let mut s = Session {
+            opened: true,
+            ..Session::default()
+        };
+        let Action::Send(bytes) = dispatch(
+            &mut s,
+            &FACTS,
+            &call_header(23, 1),
+            &[0xff, 0xff, 0xff, 0xff],
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            decode_error(&bytes).1.message.as_deref(),
+            Some("Unable to decode message payload")
+        );
+    }
+
+    #[test]
+    fn secure_xml_is_refused_read_only() {
+        let mut s = Session {
+            opened: true,
+            readonly: true,
+            ..Session::default()
+        };
+        let dom = NonnullDomain {
+            name: "a".into(),
+            uuid: xdr::FixedOpaque([1; 16]),
+            id: -1,
+        };
+        let payload = xdr::to_bytes(&DomainFlagsArgs { dom, flags: 1 }).unwrap();
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(14, 1), &payload) else {
+            panic!()
+        };
+        assert_eq!(
+            decode_error(&bytes).1.message.as_deref(),
+            Some("operation forbidden: virDomainGetXMLDesc with secure flag")
+        );
+    }
+
+    #[test]
+    fn uris_of_another_mode_are_refused() {
+        assert!(uri_matches("qemu:///system", "qemu:///system"));
+        assert!(uri_matches("qemu:///system/", "qemu:///system"));
+        assert!(!uri_matches("qemu:///session", "qemu:///system"));
+        assert!(!uri_matches("xen:///", "qemu:///system"));
+    }
+}

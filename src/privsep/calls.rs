@@ -1,0 +1,311 @@
+//! The hypervisor calls the frontend forwards to the broker, their results and
+//! their typed failures. The frontend decodes a client's XDR into a [`Call`];
+//! the broker never sees client bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// A domain handle as it goes back to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRef {
+    /// Name.
+    pub name: String,
+    /// Raw UUID.
+    pub uuid: [u8; 16],
+    /// Running id, -1 when inactive.
+    pub id: i32,
+}
+
+/// A question about one domain, identified by UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// `virDomainGetInfo`.
+    Info,
+    /// `virDomainGetState`.
+    State {
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainIsActive`.
+    IsActive,
+    /// `virDomainIsPersistent`.
+    IsPersistent,
+    /// `virDomainIsUpdated`.
+    IsUpdated,
+    /// `virDomainGetOSType`.
+    OsType,
+    /// `virDomainGetMaxMemory`.
+    MaxMemory,
+    /// `virDomainGetMaxVcpus`.
+    MaxVcpus,
+    /// `virDomainGetAutostart`.
+    Autostart,
+    /// `virDomainHasManagedSaveImage`.
+    HasManagedSave {
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainGetSecurityLabel`.
+    SecurityLabel,
+    /// `virDomainGetMessages`.
+    Messages {
+        /// Message kinds.
+        flags: u32,
+    },
+    /// `virDomainSnapshotNum`.
+    SnapshotNum {
+        /// Snapshot filter flags.
+        flags: u32,
+    },
+    /// `virDomainGetXMLDesc`.
+    XmlDesc {
+        /// `virDomainXMLFlags`.
+        flags: u32,
+    },
+}
+
+/// Everything a client may ask of the broker through the frontend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    /// `virConnectGetHostname`.
+    GetHostname,
+    /// `virConnectGetCapabilities`.
+    GetCapabilities,
+    /// `virNodeGetInfo`.
+    NodeGetInfo,
+    /// `virNodeGetFreeMemory`.
+    NodeGetFreeMemory,
+    /// `virNodeGetCellsFreeMemory`.
+    NodeGetCellsFreeMemory {
+        /// First cell.
+        start: i32,
+        /// Most cells.
+        max: i32,
+    },
+    /// `virConnectGetMaxVcpus`.
+    GetMaxVcpus {
+        /// Hypervisor type, if given.
+        kind: Option<String>,
+    },
+    /// `virConnectGetSysinfo`.
+    GetSysinfo {
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virConnectListAllDomains`.
+    ListAll {
+        /// Filter flags.
+        flags: u32,
+        /// Whether the domains themselves are wanted.
+        need_results: bool,
+    },
+    /// `virConnectNumOfDomains`.
+    NumOfDomains,
+    /// `virConnectListDomains`.
+    ListDomainIds {
+        /// Most ids.
+        max: i32,
+    },
+    /// `virConnectNumOfDefinedDomains`.
+    NumOfDefined,
+    /// `virConnectListDefinedDomains`.
+    ListDefinedNames {
+        /// Most names.
+        max: i32,
+    },
+    /// `virDomainLookupByID`.
+    LookupById(i32),
+    /// `virDomainLookupByName`.
+    LookupByName(String),
+    /// `virDomainLookupByUUID`.
+    LookupByUuid([u8; 16]),
+    /// `virDomainDefineXML(Flags)`.
+    Define {
+        /// The XML.
+        xml: String,
+        /// `virDomainDefineFlags`.
+        flags: u32,
+    },
+    /// `virDomainUndefine(Flags)`.
+    Undefine {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainUndefineFlagsValues`.
+        flags: u32,
+    },
+    /// `virDomainSetAutostart`.
+    SetAutostart {
+        /// The domain.
+        uuid: [u8; 16],
+        /// On or off.
+        on: bool,
+    },
+    /// A read-only question about one domain.
+    Query {
+        /// The domain.
+        uuid: [u8; 16],
+        /// The question.
+        query: Query,
+    },
+}
+
+impl Call {
+    /// Whether the call changes state; refused on read-only connections (by
+    /// the frontend first, and by the broker again).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Call::Define { .. } | Call::Undefine { .. } | Call::SetAutostart { .. }
+        )
+    }
+}
+
+/// `virDomainInfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// `virDomainState`.
+    pub state: u8,
+    /// KiB.
+    pub max_mem: u64,
+    /// KiB.
+    pub memory: u64,
+    /// vCPUs.
+    pub vcpus: u16,
+    /// Nanoseconds.
+    pub cpu_time: u64,
+}
+
+/// `virNodeInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// CPU architecture ("x86_64").
+    pub model: String,
+    /// KiB.
+    pub memory_kib: u64,
+    /// Online CPUs.
+    pub cpus: i32,
+    /// MHz.
+    pub mhz: i32,
+    /// NUMA nodes.
+    pub nodes: i32,
+    /// Sockets per node.
+    pub sockets: i32,
+    /// Cores per socket.
+    pub cores: i32,
+    /// Threads per core.
+    pub threads: i32,
+}
+
+/// A call's result; the frontend shapes it into the procedure's XDR reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallValue {
+    /// No value.
+    Unit,
+    /// One domain.
+    Domain(DomainRef),
+    /// Domains and how many matched.
+    Domains {
+        /// The domains (empty if not asked for).
+        list: Vec<DomainRef>,
+        /// The number that matched.
+        count: u32,
+    },
+    /// A string.
+    Text(String),
+    /// Strings.
+    Texts(Vec<String>),
+    /// A number.
+    Int(i64),
+    /// Numbers.
+    Ints(Vec<i32>),
+    /// Unsigned 64-bit numbers.
+    U64s(Vec<u64>),
+    /// Host facts.
+    NodeInfo(NodeInfo),
+    /// Domain facts.
+    DomainInfo(DomainInfo),
+    /// State and reason.
+    State {
+        /// `virDomainState`.
+        state: i32,
+        /// Reason.
+        reason: i32,
+    },
+    /// Security label.
+    Label {
+        /// Label text.
+        label: String,
+        /// Enforced.
+        enforcing: bool,
+    },
+}
+
+/// Why a call failed, in terms the frontend maps to a libvirt error (in
+/// `rpc::error`, the one place codes are chosen).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CallError {
+    /// Lookup by name found nothing.
+    #[error("no domain with matching name '{0}'")]
+    NoDomainName(String),
+    /// Lookup by UUID found nothing.
+    #[error("no domain with matching uuid '{0}'")]
+    NoDomainUuid(String),
+    /// Lookup by id found nothing.
+    #[error("no domain with matching id {0}")]
+    NoDomainId(i32),
+    /// A define reused a name held by another UUID.
+    #[error("domain '{name}' already exists with uuid {uuid}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The UUID that holds it.
+        uuid: String,
+    },
+    /// A define reused a UUID held by another name.
+    #[error("domain '{name}' is already defined with uuid {uuid}")]
+    UuidTaken {
+        /// The name that holds the UUID.
+        name: String,
+        /// The UUID.
+        uuid: String,
+    },
+    /// The XML is not well formed.
+    #[error("(domain_definition):{line}: {detail}")]
+    XmlSyntax {
+        /// Line of the error.
+        line: u32,
+        /// The parser's message.
+        detail: String,
+    },
+    /// The XML is well formed but not a valid domain.
+    #[error("{0}")]
+    XmlInvalid(String),
+    /// `VIR_DOMAIN_DEFINE_VALIDATE` found something outside the schema we accept.
+    #[error("{0}")]
+    XmlSchema(String),
+    /// Valid XML asking for something this daemon cannot run.
+    #[error("{0}")]
+    ConfigUnsupported(String),
+    /// A bad argument.
+    #[error("{0}")]
+    InvalidArg(String),
+    /// Flags the call does not know.
+    #[error("unsupported flags (0x{flags:x}) in function {function}")]
+    UnsupportedFlags {
+        /// The flags given.
+        flags: u32,
+        /// Our function's name.
+        function: String,
+    },
+    /// Not valid in the domain's current state.
+    #[error("{0}")]
+    OperationInvalid(String),
+    /// The operation failed.
+    #[error("{0}")]
+    OperationFailed(String),
+    /// The connection is read-only (the broker's own check).
+    #[error("read only access prevents {0}")]
+    ReadOnly(String),
+    /// Something went wrong inside the daemon.
+    #[error("{0}")]
+    Internal(String),
+}

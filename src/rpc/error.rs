@@ -1,0 +1,295 @@
+//! The one place where failures become libvirt errors: (code, domain, message).
+//!
+//! Every failure a client can see is an [`RpcError`]; [`to_remote`] is the
+//! single `match` that picks its `virErrorNumber`, `virErrorDomain` and text,
+//! built the way libvirt builds them (a template, with the detail for `%s`).
+
+use super::remote::RemoteError;
+use crate::privsep::CallError;
+
+/// `virErrorNumber` values used here.
+mod code {
+    pub const INTERNAL_ERROR: i32 = 1;
+    pub const INVALID_ARG: i32 = 8;
+    pub const OPERATION_FAILED: i32 = 9;
+    pub const XML_ERROR: i32 = 27;
+    pub const OPERATION_DENIED: i32 = 29;
+    pub const XML_DETAIL: i32 = 35;
+    pub const RPC: i32 = 39;
+    pub const NO_DOMAIN: i32 = 42;
+    pub const OPERATION_INVALID: i32 = 55;
+    pub const CONFIG_UNSUPPORTED: i32 = 67;
+    pub const XML_INVALID_SCHEMA: i32 = 92;
+}
+
+/// `virErrorDomain` values used here.
+mod from {
+    pub const XML: i32 = 5;
+    pub const RPC: i32 = 7;
+    pub const QEMU: i32 = 10;
+    pub const DOMAIN: i32 = 20;
+}
+
+/// Everything that can go wrong with one call, as the client will see it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// The broker refused or failed the call.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// No such procedure here (clients read this as "not supported").
+    #[error("unknown procedure: {0}")]
+    UnknownProcedure(i32),
+    /// No such program or version on this socket.
+    #[error("Cannot find program {prog} version {vers}")]
+    UnknownProgram {
+        /// Program number.
+        prog: u32,
+        /// Version.
+        vers: u32,
+    },
+    /// A call's status word was not OK.
+    #[error("Unexpected message status {0}")]
+    UnexpectedStatus(i32),
+    /// The arguments did not decode.
+    #[error("Unable to decode message payload")]
+    Decode,
+    /// A mutating call on a read-only connection.
+    #[error("read only access prevents {0}")]
+    ReadOnly(&'static str),
+    /// `virDomainGetXMLDesc` with SECURE/MIGRATABLE on a read-only connection.
+    #[error("virDomainGetXMLDesc with secure flag")]
+    SecureXmlReadOnly,
+    /// A hypervisor call before CONNECT_OPEN.
+    #[error("hypervisor connection not open")]
+    NotOpen,
+    /// A second CONNECT_OPEN.
+    #[error("connection already open")]
+    AlreadyOpen,
+    /// CONNECT_OPEN for a URI this daemon does not serve.
+    #[error("no connection driver available for {0}")]
+    NoDriver(String),
+    /// Flags a frontend-answered call does not know.
+    #[error("unsupported flags (0x{flags:x}) in function {function}")]
+    UnsupportedFlags {
+        /// The flags.
+        flags: u32,
+        /// Our function.
+        function: &'static str,
+    },
+    /// The broker did not answer (restarting, or a violation).
+    #[error("the daemon's privileged process is unavailable")]
+    BrokerUnavailable,
+    /// A result of the wrong shape came back: a bug, not the client's fault.
+    #[error("unexpected result for {0}")]
+    Internal(&'static str),
+}
+
+fn err(code: i32, domain: i32, template: &str, detail: Option<String>) -> RemoteError {
+    let message = match &detail {
+        Some(d) => template.replace("%s", d),
+        None => template
+            .trim_end_matches(": %s")
+            .trim_end_matches(" %s")
+            .to_owned(),
+    };
+    RemoteError {
+        code,
+        domain,
+        message: Some(message),
+        level: 2,
+        dom: None,
+        str1: Some(template.to_owned()),
+        str2: detail,
+        str3: None,
+        int1: -1,
+        int2: -1,
+        net: None,
+    }
+}
+
+/// The libvirt error for `e`.
+pub fn to_remote(e: &RpcError) -> RemoteError {
+    let detail = Some(e.to_string());
+    match e {
+        RpcError::Call(c) => {
+            let detail = Some(c.to_string());
+            match c {
+                CallError::NoDomainName(_)
+                | CallError::NoDomainUuid(_)
+                | CallError::NoDomainId(_) => {
+                    err(code::NO_DOMAIN, from::QEMU, "Domain not found: %s", detail)
+                }
+                CallError::NameTaken { .. }
+                | CallError::UuidTaken { .. }
+                | CallError::OperationFailed(_) => err(
+                    code::OPERATION_FAILED,
+                    from::DOMAIN,
+                    "operation failed: %s",
+                    detail,
+                ),
+                CallError::XmlSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
+                CallError::XmlInvalid(_) => {
+                    err(code::XML_ERROR, from::DOMAIN, "XML error: %s", detail)
+                }
+                CallError::XmlSchema(_) => err(
+                    code::XML_INVALID_SCHEMA,
+                    from::XML,
+                    "XML document failed to validate against schema: %s",
+                    detail,
+                ),
+                CallError::ConfigUnsupported(_) => err(
+                    code::CONFIG_UNSUPPORTED,
+                    from::DOMAIN,
+                    "unsupported configuration: %s",
+                    detail,
+                ),
+                CallError::InvalidArg(_) => err(
+                    code::INVALID_ARG,
+                    from::DOMAIN,
+                    "invalid argument: %s",
+                    detail,
+                ),
+                CallError::UnsupportedFlags { .. } => err(
+                    code::INVALID_ARG,
+                    from::QEMU,
+                    "invalid argument: %s",
+                    detail,
+                ),
+                CallError::OperationInvalid(_) => err(
+                    code::OPERATION_INVALID,
+                    from::QEMU,
+                    "Requested operation is not valid: %s",
+                    detail,
+                ),
+                CallError::ReadOnly(_) => err(
+                    code::OPERATION_DENIED,
+                    from::DOMAIN,
+                    "operation forbidden: %s",
+                    detail,
+                ),
+                CallError::Internal(_) => err(
+                    code::INTERNAL_ERROR,
+                    from::QEMU,
+                    "internal error: %s",
+                    detail,
+                ),
+            }
+        }
+        RpcError::UnknownProcedure(_)
+        | RpcError::UnknownProgram { .. }
+        | RpcError::UnexpectedStatus(_)
+        | RpcError::Decode => err(code::RPC, from::RPC, "%s", detail),
+        RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly => err(
+            code::OPERATION_DENIED,
+            from::DOMAIN,
+            "operation forbidden: %s",
+            detail,
+        ),
+        RpcError::NotOpen
+        | RpcError::AlreadyOpen
+        | RpcError::BrokerUnavailable
+        | RpcError::Internal(_) => err(
+            code::INTERNAL_ERROR,
+            from::RPC,
+            "internal error: %s",
+            detail,
+        ),
+        RpcError::NoDriver(_) => err(
+            5,
+            from::RPC,
+            "no connection driver available for %s",
+            Some(detail_of_uri(e)),
+        ),
+        RpcError::UnsupportedFlags { .. } => {
+            err(code::INVALID_ARG, from::RPC, "invalid argument: %s", detail)
+        }
+    }
+}
+
+fn detail_of_uri(e: &RpcError) -> String {
+    match e {
+        RpcError::NoDriver(uri) => uri.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn triple(e: RpcError) -> (i32, i32, String) {
+        let r = to_remote(&e);
+        (r.code, r.domain, r.message.unwrap())
+    }
+
+    #[test]
+    fn observed_libvirt_errors_are_reproduced() {
+        assert_eq!(
+            triple(RpcError::ReadOnly("virDomainDefineXML")),
+            (
+                29,
+                20,
+                "operation forbidden: read only access prevents virDomainDefineXML".into()
+            )
+        );
+        assert_eq!(
+            triple(CallError::NoDomainName("base-missing".into()).into()),
+            (
+                42,
+                10,
+                "Domain not found: no domain with matching name 'base-missing'".into()
+            )
+        );
+        assert_eq!(
+            triple(CallError::ConfigUnsupported("invalid domain type bogus".into()).into()),
+            (
+                67,
+                20,
+                "unsupported configuration: invalid domain type bogus".into()
+            )
+        );
+        assert_eq!(
+            triple(
+                CallError::NameTaken {
+                    name: "base-foo".into(),
+                    uuid: "d4".into()
+                }
+                .into()
+            ),
+            (
+                9,
+                20,
+                "operation failed: domain 'base-foo' already exists with uuid d4".into()
+            )
+        );
+        assert_eq!(
+            triple(RpcError::UnknownProcedure(999)),
+            (39, 7, "unknown procedure: 999".into())
+        );
+        assert_eq!(
+            triple(
+                CallError::XmlSyntax {
+                    line: 4,
+                    detail: "unexpected end of stream".into()
+                }
+                .into()
+            ),
+            (
+                35,
+                20,
+                "(domain_definition):4: unexpected end of stream".into()
+            )
+        );
+    }
+
+    #[test]
+    fn error_replies_carry_template_and_detail_as_libvirtd_does() {
+        let r = to_remote(&CallError::NoDomainName("vm2".into()).into());
+        assert_eq!(r.str1.as_deref(), Some("Domain not found: %s"));
+        assert_eq!(
+            r.str2.as_deref(),
+            Some("no domain with matching name 'vm2'")
+        );
+        assert_eq!((r.level, r.int1, r.int2), (2, -1, -1));
+    }
+}

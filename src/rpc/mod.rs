@@ -1,0 +1,11 @@
+//! The libvirt RPC protocol: XDR, framing, programs and procedures, error replies.
+//!
+//! Pure code: no sockets, no state. The frontend drives it; the fuzz targets
+//! in `fuzz/` feed it hostile bytes.
+
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod frame;
+pub mod remote;
+pub mod xdr;
