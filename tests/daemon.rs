@@ -404,3 +404,24 @@ fn sigint_exits_like_sigterm() {
     assert!(d.wait_exit(SECS).expect("no exit").success());
     assert!(!d.tree.sock("libvirt-sock").exists());
 }
+
+#[test]
+fn a_syslog_daemon_that_stops_reading_does_not_wedge_the_daemon() {
+    let tree = Tree::new();
+    let stuck = tree.path("stuck-syslog");
+    let _never_read = std::os::unix::net::UnixDatagram::bind(&stuck).unwrap();
+    tree.write_conf(&format!("syslog_socket = \"{}\"\n", stuck.display()));
+    let d = Daemon::start_in(tree, &[]);
+    // Each connection is two audit records; the socket's queue holds ten.
+    for _ in 0..40 {
+        drop(connect(&d.tree.sock("libvirt-sock")));
+    }
+    let mut c = RawClient::connect(&d.tree.sock("libvirt-sock"));
+    let (h, payload) = c.call(66, &[]);
+    assert_eq!((h.status, payload), (0, vec![0, 0, 0, 1, 0, 0, 0, 0]));
+    assert!(
+        wait_until(SECS, || d.stderr().contains("audit record(s) dropped")),
+        "{}",
+        d.stderr()
+    );
+}

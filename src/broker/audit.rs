@@ -120,6 +120,12 @@ impl Auditor {
         if self.copy_to_log || (!delivered && self.level >= 2) {
             log::info!(target: "libvirtd::audit", "{line}");
         }
+        let dropped = self.sink.take_dropped();
+        if dropped > 0 {
+            log::warn!(
+                "{dropped} audit record(s) dropped: the syslog daemon is not reading its socket"
+            );
+        }
     }
 }
 

@@ -213,12 +213,11 @@ impl Broker {
             log::error!("{why}; retrying in {:?}", self.restart.delay());
             self.restart.schedule(Duration::ZERO, Instant::now());
         } else {
-            let msg = StartError::Frontend(why).to_string();
-            log::error!("{msg}");
-            readiness.fail(&msg);
-            if !self.setup.cli.daemon {
-                eprintln!("libvirtd: error: {msg}");
-            }
+            super::report_start_failure(
+                &self.setup.cli,
+                readiness,
+                &StartError::Frontend(why).to_string(),
+            );
             self.exit = Some(ExitCode::FAILURE);
         }
     }

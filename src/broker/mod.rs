@@ -74,12 +74,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match start(&cli, &mut readiness) {
         Ok(mut broker) => broker.run(&mut readiness),
         Err(e) => {
-            let msg = e.to_string();
-            log::error!("{msg}");
-            readiness.fail(&msg);
-            if !cli.daemon {
-                eprintln!("libvirtd: error: {msg}");
-            }
+            report_start_failure(&cli, &mut readiness, &e.to_string());
             ExitCode::FAILURE
         }
     }
@@ -171,6 +166,18 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         _pidfile: pidfile,
         ctx,
     })
+}
+
+/// Reports a failed start once on stderr in the foreground (or to the `-d`
+/// parent), and to the log outputs unless that would repeat it on stderr.
+fn report_start_failure(cli: &Cli, readiness: &mut Readiness, msg: &str) {
+    readiness.fail(msg);
+    if !cli.daemon {
+        eprintln!("libvirtd: error: {msg}");
+    }
+    if cli.daemon || !logging::writes_to_stderr() {
+        log::error!("{msg}");
+    }
 }
 
 /// `-v` makes info messages visible, `-vv` debug ones, as libvirtd's `-v` does.

@@ -229,7 +229,9 @@ impl log::Log for GlobalLogger {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_mut() {
             Some(state) => state.write(record),
-            None if record.level() <= log::Level::Warn => {
+            // Errors before the configuration is read are returned to main,
+            // which prints them once; warnings have no other way out.
+            None if record.level() == log::Level::Warn => {
                 let _ = writeln!(
                     std::io::stderr(),
                     "libvirtd: {}: {}",
@@ -255,6 +257,11 @@ pub fn install(state: LogState) {
 pub fn install_bootstrap() {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Debug);
+}
+
+/// Whether the installed outputs include standard error.
+pub fn writes_to_stderr() -> bool {
+    with_state(|s| s.targets.iter().any(|(_, t)| matches!(t, Target::Stderr))).unwrap_or(false)
 }
 
 /// Applies `f` to the installed state (for handoff to a new frontend).

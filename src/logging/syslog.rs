@@ -4,6 +4,10 @@
 //! datagram socket; the broker keeps the path and reconnects lazily, since a
 //! host may have no syslog daemon at all (then records are dropped, and the
 //! daemon keeps working).
+//!
+//! Sockets are non-blocking: a syslog daemon that stops reading fills the
+//! socket's small queue (ten datagrams by default on Linux), and a blocking
+//! send would then wedge the daemon. Such records are dropped and counted.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
@@ -55,6 +59,7 @@ pub struct SyslogSink {
     path: Option<PathBuf>,
     formatter: Rfc3164Utc,
     last_attempt: Option<Instant>,
+    dropped: u64,
 }
 
 impl SyslogSink {
@@ -69,6 +74,7 @@ impl SyslogSink {
                 pid: std::process::id(),
             },
             last_attempt: None,
+            dropped: 0,
         };
         sink.reconnect();
         sink
@@ -81,12 +87,19 @@ impl SyslogSink {
             ident: ident.to_owned(),
             pid: std::process::id(),
         };
+        let _ = sock.set_nonblocking(true);
         SyslogSink {
             logger: Some(Logger::new(LoggerBackend::Unix(sock), formatter.clone())),
             path: None,
             formatter,
             last_attempt: None,
+            dropped: 0,
         }
+    }
+
+    /// Records dropped because syslog was not reading, since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// The syslog tag.
@@ -116,7 +129,11 @@ impl SyslogSink {
             return;
         }
         self.last_attempt = Some(Instant::now());
-        let sock = UnixDatagram::unbound().and_then(|s| s.connect(path).map(|()| s));
+        let sock = UnixDatagram::unbound().and_then(|s| {
+            s.connect(path)
+                .and_then(|()| s.set_nonblocking(true))
+                .map(|()| s)
+        });
         self.logger = sock
             .ok()
             .map(|s| Logger::new(LoggerBackend::Unix(s), self.formatter.clone()));
@@ -135,6 +152,10 @@ impl SyslogSink {
             .format(&mut logger.backend, severity, message)
         {
             Ok(()) => true,
+            Err(syslog::Error::Write(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.dropped += 1;
+                false
+            }
             Err(_) => {
                 self.logger = None;
                 false
@@ -162,6 +183,19 @@ mod tests {
             line.ends_with(&format!("libvirtd[{}]: hello", std::process::id())),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_syslog_that_stops_reading_never_blocks_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let _server = UnixDatagram::bind(&path).unwrap();
+        let mut sink = SyslogSink::at_path(&path, Facility::LOG_AUTHPRIV, "libvirtd");
+        let sent = (0..1000)
+            .filter(|_| sink.send(Severity::LOG_INFO, "flood"))
+            .count();
+        assert!(sent < 1000);
+        assert_eq!(sink.take_dropped(), (1000 - sent) as u64);
     }
 
     #[test]

@@ -42,9 +42,9 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// A daemon's private tree: config, sockets, PID file, syslog socket, stderr capture.
 pub struct Tree {
     pub dir: tempfile::TempDir,
-    pub syslog: UnixDatagram,
-    /// Audit records received and not yet matched by [`Tree::audit`].
-    unmatched: std::cell::RefCell<Vec<String>>,
+    /// Audit records received (by a reader thread, so the daemon's sends never
+    /// find the socket full) and not yet matched by [`Tree::audit`].
+    unmatched: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Tree {
@@ -54,14 +54,24 @@ impl Tree {
             .tempdir()
             .unwrap();
         let syslog = UnixDatagram::bind(dir.path().join("syslog")).unwrap();
-        syslog
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Tree {
-            dir,
-            syslog,
-            unmatched: Default::default(),
-        }
+        let unmatched: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = std::sync::Arc::downgrade(&unmatched);
+        std::thread::spawn(move || {
+            syslog
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = vec![0u8; 8192];
+            // Ends when the tree (and its Arc) is gone.
+            while let Some(records) = sink.upgrade() {
+                if let Ok(n) = syslog.recv(&mut buf) {
+                    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if line.contains("libvirtd-audit:") {
+                        records.lock().unwrap().push(line);
+                    }
+                }
+            }
+        });
+        Tree { dir, unmatched }
     }
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
@@ -75,39 +85,43 @@ impl Tree {
     pub fn pid_path(&self) -> PathBuf {
         self.path("libvirtd.pid")
     }
-    /// Writes the config: the tree's paths plus `extra` lines.
+    /// Writes the config: the tree's paths plus `extra` lines (which win).
     pub fn write_conf(&self, extra: &str) {
-        let base = format!(
-            "unix_sock_dir = \"{}\"\nsyslog_socket = \"{}\"\ndomain_config_dir = \"{}\"\ndomain_state_dir = \"{}\"\n",
-            self.path("run").display(),
-            self.path("syslog").display(),
-            self.path("etc/qemu").display(),
-            self.path("run/qemu").display(),
-        );
-        std::fs::write(self.conf_path(), base + extra).unwrap();
+        let base = [
+            ("unix_sock_dir", self.path("run")),
+            ("syslog_socket", self.path("syslog")),
+            ("domain_config_dir", self.path("etc/qemu")),
+            ("domain_state_dir", self.path("run/qemu")),
+        ];
+        let mut text = String::new();
+        for (key, path) in base {
+            if !extra
+                .lines()
+                .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+            {
+                text.push_str(&format!("{key} = \"{}\"\n", path.display()));
+            }
+        }
+        std::fs::write(self.conf_path(), text + extra).unwrap();
     }
     /// Waits for an audit record containing every one of `needles`, in any
     /// order of arrival; each record is returned at most once.
     pub fn audit(&self, needles: &[&str], timeout: Duration) -> Option<String> {
         let end = Instant::now() + timeout;
-        let mut buf = vec![0u8; 8192];
         loop {
-            let mut pending = self.unmatched.borrow_mut();
-            if let Some(i) = pending
-                .iter()
-                .position(|l| needles.iter().all(|n| l.contains(n)))
             {
-                return Some(pending.remove(i));
+                let mut pending = self.unmatched.lock().unwrap();
+                if let Some(i) = pending
+                    .iter()
+                    .position(|l| needles.iter().all(|n| l.contains(n)))
+                {
+                    return Some(pending.remove(i));
+                }
             }
             if Instant::now() >= end {
                 return None;
             }
-            if let Ok(n) = self.syslog.recv(&mut buf) {
-                let line = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if line.contains("libvirtd-audit:") {
-                    pending.push(line);
-                }
-            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -276,4 +290,129 @@ pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();
     let _ = r.read_to_string(&mut s);
     s
+}
+
+/// The URI the stock clients use to reach `socket`.
+pub fn uri(socket: &Path) -> String {
+    format!("qemu+unix:///system?socket={}", socket.display())
+}
+
+/// Runs the real virsh against `socket`; returns (exit code, stdout, stderr).
+pub fn virsh(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg(uri(socket))
+        .args(args)
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run virsh ({e}); tests/run installs libvirt-clients"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether the stock client tools are installed (CI requires them).
+pub fn have_virsh() -> bool {
+    require(
+        Command::new("virsh")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "virsh (libvirt-clients)",
+    )
+}
+
+/// A minimal domain the daemon accepts.
+pub fn domain_xml(name: &str, uuid: &str) -> String {
+    format!(
+        "<domain type='kvm'>\n  <name>{name}</name>\n  <uuid>{uuid}</uuid>\n  <memory unit='MiB'>128</memory>\n  \
+         <currentMemory unit='MiB'>128</currentMemory>\n  <vcpu placement='static'>1</vcpu>\n  <os>\n    \
+         <type arch='x86_64' machine='pc'>hvm</type>\n    <kernel>/var/tmp/guestkit/vmlinuz</kernel>\n    \
+         <cmdline>console=ttyS0</cmdline>\n  </os>\n  <features><acpi/></features>\n  <clock offset='utc'/>\n  \
+         <on_poweroff>destroy</on_poweroff>\n  <devices>\n    <serial type='pty'><target port='0'/></serial>\n    \
+         <console type='pty'><target type='serial' port='0'/></console>\n    <controller type='usb' model='none'/>\n    \
+         <memballoon model='none'/>\n  </devices>\n</domain>\n"
+    )
+}
+
+/// A raw libvirt RPC client, for what the stock clients will not send.
+pub struct RawClient {
+    pub stream: UnixStream,
+    serial: u32,
+}
+
+impl RawClient {
+    pub fn connect(path: &Path) -> RawClient {
+        let stream = connect(path);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawClient { stream, serial: 0 }
+    }
+
+    /// Encodes a CALL packet without sending it.
+    pub fn packet(&mut self, proc_: i32, payload: &[u8]) -> (u32, Vec<u8>) {
+        use libvirtd::rpc::frame::{self, Header, MessageType, REMOTE_PROGRAM};
+        let serial = self.serial;
+        self.serial += 1;
+        let h = Header {
+            prog: REMOTE_PROGRAM,
+            vers: 1,
+            proc_,
+            kind: MessageType::Call,
+            serial,
+            status: 0,
+        };
+        let mut out = Vec::new();
+        frame::encode(&mut out, &h, payload).unwrap();
+        (serial, out)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one packet: header and payload.
+    pub fn read(&mut self) -> std::io::Result<(libvirtd::rpc::frame::Header, Vec<u8>)> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let n = u32::from_be_bytes(len) as usize;
+        let mut rest = vec![0u8; n - 4];
+        self.stream.read_exact(&mut rest)?;
+        let mut whole = len.to_vec();
+        whole.extend_from_slice(&rest);
+        let (h, payload, _) = libvirtd::rpc::frame::split(&whole).unwrap().unwrap();
+        Ok((h, whole[payload].to_vec()))
+    }
+
+    /// One call and its reply.
+    pub fn call(&mut self, proc_: i32, payload: &[u8]) -> (libvirtd::rpc::frame::Header, Vec<u8>) {
+        let (serial, bytes) = self.packet(proc_, payload);
+        self.send(&bytes);
+        let (h, p) = self.read().unwrap();
+        assert_eq!(h.serial, serial);
+        (h, p)
+    }
+
+    /// AUTH_LIST and CONNECT_OPEN with `flags`.
+    pub fn open(&mut self, flags: u32) {
+        use libvirtd::rpc::remote::ConnectOpenArgs;
+        self.call(66, &[]);
+        let args = libvirtd::rpc::xdr::to_bytes(&ConnectOpenArgs {
+            name: Some("qemu:///system".into()),
+            flags,
+        })
+        .unwrap();
+        let (h, _) = self.call(1, &args);
+        assert_eq!(h.status, 0, "CONNECT_OPEN failed");
+    }
+}
+
+/// Decodes an error reply's payload.
+pub fn remote_error(payload: &[u8]) -> libvirtd::rpc::remote::RemoteError {
+    libvirtd::rpc::xdr::from_bytes(payload).unwrap()
 }
