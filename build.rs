@@ -34,44 +34,27 @@ fn procedure_table() {
         let [number, name, access, args, api] = cols[..] else {
             panic!("procedures.tsv:{}: expected 5 columns", i + 1);
         };
-        let number: i32 = number
-            .parse()
-            .unwrap_or_else(|_| panic!("procedures.tsv:{}: bad number", i + 1));
+        let number: i32 = number.parse().unwrap_or_else(|_| panic!("procedures.tsv:{}: bad number", i + 1));
         let access = match access {
             "read-only" => "ReadOnly",
             "read-write" => "ReadWrite",
             other => panic!("procedures.tsv:{}: unknown access class {other}", i + 1),
         };
         if access == "ReadOnly" && args == "path" {
-            panic!(
-                "procedures.tsv:{}: read-only procedure {name} takes a host path",
-                i + 1
-            );
+            panic!("procedures.tsv:{}: read-only procedure {name} takes a host path", i + 1);
         }
-        assert!(
-            !rows.iter().any(|(n, ..)| *n == number),
-            "procedures.tsv: {number} listed twice"
-        );
-        rows.push((
-            number,
-            camel(&name.to_ascii_lowercase()),
-            name.to_owned(),
-            access,
-            api.to_owned(),
-        ));
+        assert!(!rows.iter().any(|(n, ..)| *n == number), "procedures.tsv: {number} listed twice");
+        rows.push((number, camel(&name.to_ascii_lowercase()), name.to_owned(), access, api.to_owned()));
     }
     let mut out = String::new();
-    out.push_str(
-        "/// Every REMOTE procedure the daemon dispatches (from `policy/procedures.tsv`).\n",
-    );
+    out.push_str("/// Every REMOTE procedure the daemon dispatches (from `policy/procedures.tsv`).\n");
     out.push_str("#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]\npub enum RemoteProc {\n");
     for (number, variant, name, ..) in &rows {
-        let _ = writeln!(
-            out,
-            "    /// `REMOTE_PROC_{name}`.\n    {variant} = {number},"
-        );
+        let _ = writeln!(out, "    /// `REMOTE_PROC_{name}`.\n    {variant} = {number},");
     }
-    out.push_str("}\n\nimpl RemoteProc {\n    /// Every listed procedure.\n    pub const ALL: &'static [RemoteProc] = &[");
+    out.push_str(
+        "}\n\nimpl RemoteProc {\n    /// Every listed procedure.\n    pub const ALL: &'static [RemoteProc] = &[",
+    );
     for (_, variant, ..) in &rows {
         let _ = write!(out, "RemoteProc::{variant}, ");
     }
@@ -83,14 +66,9 @@ fn procedure_table() {
     out.push_str("            _ => None,\n        }\n    }\n\n    /// Its access class.\n");
     out.push_str("    pub fn access(self) -> Access {\n        match self {\n");
     for (_, variant, _, access, _) in &rows {
-        let _ = writeln!(
-            out,
-            "            RemoteProc::{variant} => Access::{access},"
-        );
+        let _ = writeln!(out, "            RemoteProc::{variant} => Access::{access},");
     }
-    out.push_str(
-        "        }\n    }\n\n    /// The public C API it implements, as denial messages name it.\n",
-    );
+    out.push_str("        }\n    }\n\n    /// The public C API it implements, as denial messages name it.\n");
     out.push_str("    pub fn api(self) -> &'static str {\n        match self {\n");
     for (_, variant, _, _, api) in &rows {
         let _ = writeln!(out, "            RemoteProc::{variant} => \"{api}\",");
@@ -101,8 +79,7 @@ fn procedure_table() {
         let _ = writeln!(out, "            RemoteProc::{variant} => \"{name}\",");
     }
     out.push_str("        }\n    }\n}\n");
-    let dest =
-        Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("procedures.rs");
+    let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("procedures.rs");
     std::fs::write(dest, out).expect("writable OUT_DIR");
 }
 
@@ -125,14 +102,11 @@ fn seccomp_filters() {
     let mut filters: BTreeMap<String, Vec<(u16, u8, u8, u32)>> = BTreeMap::new();
     for path in &files {
         println!("cargo:rerun-if-changed={}", path.display());
-        let process = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .expect("utf-8 file name");
+        let process = path.file_stem().and_then(|s| s.to_str()).expect("utf-8 file name");
         let text = std::fs::read_to_string(path).expect("readable policy file");
         require_comments(path, &text);
-        let map: BpfMap = seccompiler::compile_from_json(text.as_bytes(), arch)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let map: BpfMap =
+            seccompiler::compile_from_json(text.as_bytes(), arch).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for (thread, program) in map {
             let insns = program.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect();
             filters.insert(format!("{}{}", camel(process), camel(&thread)), insns);
@@ -152,40 +126,25 @@ fn seccomp_filters() {
     }
     out.push_str("];\n\n");
     out.push_str("    /// BPF instructions as (code, jt, jf, k).\n");
-    out.push_str(
-        "    pub fn instructions(self) -> &'static [(u16, u8, u8, u32)] {\n        match self {\n",
-    );
+    out.push_str("    pub fn instructions(self) -> &'static [(u16, u8, u8, u32)] {\n        match self {\n");
     for (name, insns) in &filters {
         let _ = writeln!(out, "            PolicyFilter::{name} => &{insns:?},");
     }
     out.push_str("        }\n    }\n}\n");
-    let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .join("seccomp_filters.rs");
+    let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("seccomp_filters.rs");
     std::fs::write(dest, out).expect("writable OUT_DIR");
 }
 
 /// Fails the build when a rule has no `comment`: an unexplained syscall is not reviewable.
 fn require_comments(path: &Path, text: &str) {
-    let doc: serde_json::Value =
-        serde_json::from_str(text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let threads = doc
-        .as_object()
-        .unwrap_or_else(|| panic!("{}: not an object", path.display()));
+    let doc: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let threads = doc.as_object().unwrap_or_else(|| panic!("{}: not an object", path.display()));
     for (thread, filter) in threads {
-        let rules = filter["filter"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{thread}: no filter"));
+        let rules = filter["filter"].as_array().unwrap_or_else(|| panic!("{thread}: no filter"));
         for rule in rules {
-            let commented = rule
-                .get("comment")
-                .and_then(|c| c.as_str())
-                .is_some_and(|c| !c.is_empty());
+            let commented = rule.get("comment").and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty());
             if !commented {
-                panic!(
-                    "{}: {thread}: rule {} has no comment",
-                    path.display(),
-                    rule["syscall"]
-                );
+                panic!("{}: {thread}: rule {} has no comment", path.display(), rule["syscall"]);
             }
         }
     }
@@ -195,9 +154,7 @@ fn camel(s: &str) -> String {
     s.split(['_', '-'])
         .map(|w| {
             let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
         })
         .collect()
 }

@@ -92,17 +92,7 @@ mod tests {
     #[test]
     fn short_and_long_forms_agree() {
         let short = run(&["-d", "-f", "/c", "-l", "-p", "/p", "-t", "5", "-v"]);
-        let long = run(&[
-            "--daemon",
-            "--config",
-            "/c",
-            "--listen",
-            "--pid-file",
-            "/p",
-            "--timeout",
-            "5",
-            "--verbose",
-        ]);
+        let long = run(&["--daemon", "--config", "/c", "--listen", "--pid-file", "/p", "--timeout", "5", "--verbose"]);
         match (short, long) {
             (Parsed::Run(a), Parsed::Run(b)) => {
                 assert_eq!(a, b);
@@ -118,12 +108,7 @@ mod tests {
 
     #[test]
     fn bad_values_fail_in_one_line() {
-        for args in [
-            &["--timeout", "soon"][..],
-            &["--bogus"],
-            &["-t", "0"],
-            &["-f"],
-        ] {
+        for args in [&["--timeout", "soon"][..], &["--bogus"], &["-t", "0"], &["-f"]] {
             match run(args) {
                 Parsed::Fail(line) => {
                     assert!(!line.contains('\n'), "{line}");
@@ -148,15 +133,7 @@ mod tests {
     fn help_lists_every_option() {
         match run(&["-h"]) {
             Parsed::Print(s) => {
-                for opt in [
-                    "--daemon",
-                    "--config",
-                    "--listen",
-                    "--pid-file",
-                    "--timeout",
-                    "--verbose",
-                    "--version",
-                ] {
+                for opt in ["--daemon", "--config", "--listen", "--pid-file", "--timeout", "--verbose", "--version"] {
                     assert!(s.contains(opt), "{opt} missing from help");
                 }
             }

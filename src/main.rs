@@ -5,10 +5,7 @@ use std::process::ExitCode;
 use libvirtd::cli::{self, Parsed};
 
 fn main() -> ExitCode {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == libvirtd::frontend::FRONTEND_ARG)
-    {
+    if std::env::args_os().nth(1).is_some_and(|a| a == libvirtd::frontend::FRONTEND_ARG) {
         return libvirtd::frontend::main();
     }
     match cli::parse(std::env::args_os()) {

@@ -17,10 +17,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn version_prints_the_project_and_exits_zero() {
     let (code, out, _) = run(&["--version"]);
     assert_eq!(code, 0);
-    assert_eq!(
-        out,
-        format!("libvirtd (libvirtd-rs) {}\n", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(out, format!("libvirtd (libvirtd-rs) {}\n", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
@@ -44,13 +41,7 @@ fn help_describes_every_option_in_both_forms() {
 
 #[test]
 fn bad_options_and_values_fail_with_one_line_and_status_1() {
-    for args in [
-        &["--no-such-option"][..],
-        &["-t", "soon"],
-        &["--timeout", "-3"],
-        &["-f"],
-        &["extra"],
-    ] {
+    for args in [&["--no-such-option"][..], &["-t", "soon"], &["--timeout", "-3"], &["-f"], &["extra"]] {
         let (code, out, err) = run(args);
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(out.is_empty());
@@ -71,12 +62,7 @@ fn a_bad_config_value_is_rejected_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("c.conf");
     std::fs::write(&conf, "tcp_port = \"many\"\n").unwrap();
-    let (code, _, err) = run(&[
-        "-f",
-        conf.to_str().unwrap(),
-        "-p",
-        dir.path().join("p").to_str().unwrap(),
-    ]);
+    let (code, _, err) = run(&["-f", conf.to_str().unwrap(), "-p", dir.path().join("p").to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("'tcp_port'"), "{err}");
 }

@@ -24,16 +24,10 @@ fn every_frontend_thread_is_unprivileged_and_confined() {
     }
     let uid = 1_879_300_000u32;
     let gid = 1_879_300_007u32;
-    let d = Daemon::start(
-        &format!("frontend_uid = {uid}\nfrontend_gid = {gid}\n"),
-        &[],
-    );
+    let d = Daemon::start(&format!("frontend_uid = {uid}\nfrontend_gid = {gid}\n"), &[]);
     let f = d.frontend_pid().unwrap();
     let mut threads = 0;
-    for task in std::fs::read_dir(format!("/proc/{f}/task"))
-        .unwrap()
-        .flatten()
-    {
+    for task in std::fs::read_dir(format!("/proc/{f}/task")).unwrap().flatten() {
         let status = format!("{}/status", task.path().display());
         let field = |n| task_status_field(&status, n).unwrap();
         assert_eq!(field("Uid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
@@ -63,11 +57,7 @@ fn the_default_frontend_uid_needs_no_account_on_a_fresh_host() {
     let f = d.frontend_pid().unwrap();
     let uid = status_field(f, "Uid").unwrap();
     assert!(uid.starts_with(&SANDBOX_ID_BASE.to_string()), "{uid}");
-    assert!(
-        nix::unistd::User::from_uid(SANDBOX_ID_BASE.into())
-            .unwrap()
-            .is_none()
-    );
+    assert!(nix::unistd::User::from_uid(SANDBOX_ID_BASE.into()).unwrap().is_none());
 }
 
 #[test]
@@ -82,13 +72,9 @@ fn the_broker_keeps_only_the_capabilities_it_needs() {
     for (name, bit) in [("CAP_SETUID", 7), ("CAP_SETGID", 6), ("CAP_KILL", 5)] {
         assert_ne!(eff & (1 << bit), 0, "{name} missing");
     }
-    for (name, bit) in [
-        ("CAP_SYS_MODULE", 16),
-        ("CAP_SYS_RAWIO", 17),
-        ("CAP_SYS_PTRACE", 19),
-        ("CAP_SYS_BOOT", 22),
-        ("CAP_MKNOD", 27),
-    ] {
+    for (name, bit) in
+        [("CAP_SYS_MODULE", 16), ("CAP_SYS_RAWIO", 17), ("CAP_SYS_PTRACE", 19), ("CAP_SYS_BOOT", 22), ("CAP_MKNOD", 27)]
+    {
         assert_eq!(eff & (1 << bit), 0, "{name} kept");
         assert_eq!(bnd & (1 << bit), 0, "{name} left in the bounding set");
     }
@@ -101,10 +87,7 @@ fn probe(kind: &str) -> (std::process::ExitStatus, String) {
         .env(PROBE_ENV, kind)
         .output()
         .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn probe_ids() -> Option<(u32, u32)> {
@@ -122,10 +105,7 @@ fn probe_entry() {
         return;
     };
     let frontend = Profile::frontend(probe_ids(), None);
-    let landlock_only = Profile {
-        seccomp: None,
-        ..frontend.clone()
-    };
+    let landlock_only = Profile { seccomp: None, ..frontend.clone() };
     match kind.as_str() {
         "verify" => {
             sandbox::confine(&frontend).unwrap();
@@ -146,9 +126,7 @@ fn probe_entry() {
         }
         "landlock" => {
             sandbox::confine(&landlock_only).unwrap();
-            let open = std::fs::File::open("/etc/hostname")
-                .map(|_| ())
-                .map_err(|e| e.raw_os_error());
+            let open = std::fs::File::open("/etc/hostname").map(|_| ()).map_err(|e| e.raw_os_error());
             println!("open: {open:?}");
             let exec = nix::unistd::execv(c"/bin/true", &[c"true"]);
             println!("exec: {exec:?}");
@@ -178,21 +156,13 @@ fn the_frontend_profile_kills_a_process_that_execs() {
 fn landlock_alone_denies_opening_and_executing_files() {
     let (status, out) = probe("landlock");
     assert!(status.success(), "{status:?} {out}");
-    assert!(
-        out.contains(&format!("open: Err(Some({}))", libc::EACCES)),
-        "{out}"
-    );
+    assert!(out.contains(&format!("open: Err(Some({}))", libc::EACCES)), "{out}");
     assert!(out.contains("exec: Err(EACCES)"), "{out}");
 }
 
 #[test]
 fn the_broker_refuses_a_frontend_whose_sandbox_does_not_hold() {
     // The broker's outside check, run against a process that is not confined: this one.
-    let err = sandbox::check_process(std::process::id() as i32, None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("Seccomp") || err.contains("NoNewPrivs"),
-        "{err}"
-    );
+    let err = sandbox::check_process(std::process::id() as i32, None).unwrap_err().to_string();
+    assert!(err.contains("Seccomp") || err.contains("NoNewPrivs"), "{err}");
 }

@@ -13,15 +13,9 @@ const UUID: &str = "bcddda92-2bd4-42ea-b525-077265d27c4c";
 fn define(d: &Daemon, name: &str, uuid: &str) -> std::path::PathBuf {
     let file = d.tree.path(&format!("{name}.xml"));
     std::fs::write(&file, domain_xml(name, uuid)).unwrap();
-    let (code, out, err) = virsh(
-        &d.tree.sock("libvirt-sock"),
-        &["define", file.to_str().unwrap()],
-    );
+    let (code, out, err) = virsh(&d.tree.sock("libvirt-sock"), &["define", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out.trim(),
-        format!("Domain '{name}' defined from {}", file.display())
-    );
+    assert_eq!(out.trim(), format!("Domain '{name}' defined from {}", file.display()));
     file
 }
 
@@ -35,34 +29,16 @@ fn host_commands_answer_like_libvirt() {
     let (code, out, err) = virsh(&rw, &["version"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Using API: QEMU 9.0.0"), "{out}");
-    assert!(
-        out.contains(&format!(
-            "Running hypervisor: QEMU {}",
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&format!("Running hypervisor: QEMU {}", env!("CARGO_PKG_VERSION"))), "{out}");
     let (_, out, _) = virsh(&rw, &["hostname"]);
-    assert_eq!(
-        out.trim(),
-        nix::unistd::gethostname().unwrap().to_string_lossy()
-    );
+    assert_eq!(out.trim(), nix::unistd::gethostname().unwrap().to_string_lossy());
     let (_, out, _) = virsh(&rw, &["uri"]);
     assert_eq!(out.trim(), uri(&rw));
     let (code, out, _) = virsh(&rw, &["nodeinfo"]);
     assert_eq!(code, 0);
     let cpus = std::thread::available_parallelism().unwrap().get();
-    assert!(
-        out.contains(&format!("CPU(s):              {cpus}\n")),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!(
-            "CPU model:           {}\n",
-            std::env::consts::ARCH
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&format!("CPU(s):              {cpus}\n")), "{out}");
+    assert!(out.contains(&format!("CPU model:           {}\n", std::env::consts::ARCH)), "{out}");
     let total_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .unwrap()
         .lines()
@@ -73,16 +49,10 @@ fn host_commands_answer_like_libvirt() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(
-        out.contains(&format!("Memory size:         {total_kib} KiB")),
-        "{out}"
-    );
+    assert!(out.contains(&format!("Memory size:         {total_kib} KiB")), "{out}");
     let (code, out, _) = virsh(&rw, &["capabilities"]);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("<domain type='kvm'/>") && out.contains("<arch>x86_64</arch>"),
-        "{out}"
-    );
+    assert!(out.contains("<domain type='kvm'/>") && out.contains("<arch>x86_64</arch>"), "{out}");
     let (code, out, _) = virsh(&rw, &["maxvcpus"]);
     assert_eq!(code, 0);
     assert!(out.trim().parse::<u32>().unwrap() >= 1);
@@ -100,15 +70,9 @@ fn a_domain_is_defined_inspected_and_undefined() {
     let rw = d.tree.sock("libvirt-sock");
     define(&d, "base-x", UUID);
     let (_, out, _) = virsh(&rw, &["list", "--all"]);
-    assert_eq!(
-        out,
-        " Id   Name     State\n-------------------------\n -    base-x   shut off\n\n"
-    );
+    assert_eq!(out, " Id   Name     State\n-------------------------\n -    base-x   shut off\n\n");
     let (_, out, _) = virsh(&rw, &["list"]);
-    assert!(
-        !out.contains("base-x"),
-        "an inactive domain in the active list: {out}"
-    );
+    assert!(!out.contains("base-x"), "an inactive domain in the active list: {out}");
     let (code, out, err) = virsh(&rw, &["dominfo", "base-x"]);
     assert_eq!(code, 0, "{err}");
     let expected = format!(
@@ -117,36 +81,21 @@ fn a_domain_is_defined_inspected_and_undefined() {
          Autostart:      disable\nManaged save:   no\nSecurity model: none\nSecurity DOI:   0\n\n"
     );
     assert_eq!(out, expected);
-    assert_eq!(
-        virsh(&rw, &["domstate", "--reason", "base-x"]).1,
-        "shut off (unknown)\n\n"
-    );
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "base-x"]).1, "shut off (unknown)\n\n");
     assert_eq!(virsh(&rw, &["domstate", "base-x"]).1, "shut off\n\n");
     assert_eq!(virsh(&rw, &["domuuid", "base-x"]).1.trim(), UUID);
     assert_eq!(virsh(&rw, &["domname", UUID]).1.trim(), "base-x");
     assert_eq!(virsh(&rw, &["domid", "base-x"]).1.trim(), "-");
     let (_, xml, _) = virsh(&rw, &["dumpxml", "base-x"]);
     assert!(
-        xml.contains(&format!("<uuid>{UUID}</uuid>"))
-            && xml.contains("<memory unit='KiB'>131072</memory>"),
+        xml.contains(&format!("<uuid>{UUID}</uuid>")) && xml.contains("<memory unit='KiB'>131072</memory>"),
         "{xml}"
     );
-    assert!(
-        xml.contains("<clock offset='utc'/>") && xml.contains("<memballoon model='none'/>"),
-        "{xml}"
-    );
+    assert!(xml.contains("<clock offset='utc'/>") && xml.contains("<memballoon model='none'/>"), "{xml}");
     let (_, out, _) = virsh(&rw, &["autostart", "base-x"]);
     assert_eq!(out.trim(), "Domain 'base-x' marked as autostarted");
-    assert!(
-        virsh(&rw, &["dominfo", "base-x"])
-            .1
-            .contains("Autostart:      enable")
-    );
-    assert!(
-        virsh(&rw, &["list", "--all", "--autostart"])
-            .1
-            .contains("base-x")
-    );
+    assert!(virsh(&rw, &["dominfo", "base-x"]).1.contains("Autostart:      enable"));
+    assert!(virsh(&rw, &["list", "--all", "--autostart"]).1.contains("base-x"));
     let (_, out, _) = virsh(&rw, &["autostart", "--disable", "base-x"]);
     assert_eq!(out.trim(), "Domain 'base-x' unmarked as autostarted");
     let (code, out, _) = virsh(&rw, &["undefine", "base-x"]);
@@ -177,35 +126,18 @@ fn the_read_only_socket_inspects_but_refuses_every_change() {
         let (code, _, err) = virsh(&ro, &args);
         assert_eq!(code, 1, "{args:?}");
         assert!(
-            err.contains(&format!(
-                "error: operation forbidden: read only access prevents {api}"
-            )),
+            err.contains(&format!("error: operation forbidden: read only access prevents {api}")),
             "{args:?}: {err}"
         );
     }
     let (code, _, err) = virsh(&ro, &["dumpxml", "--security-info", "base-r"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("operation forbidden: virDomainGetXMLDesc with secure flag"),
-        "{err}"
-    );
+    assert!(err.contains("operation forbidden: virDomainGetXMLDesc with secure flag"), "{err}");
     // Still defined, still not autostarted.
-    assert!(
-        virsh(&d.tree.sock("libvirt-sock"), &["dominfo", "base-r"])
-            .1
-            .contains("Autostart:      disable")
-    );
+    assert!(virsh(&d.tree.sock("libvirt-sock"), &["dominfo", "base-r"]).1.contains("Autostart:      disable"));
     assert!(
         d.tree
-            .audit(
-                &[
-                    "op=undefine",
-                    "sock=\"ro\"",
-                    "reason=\"read-only\"",
-                    "res=failed"
-                ],
-                Duration::from_secs(1)
-            )
+            .audit(&["op=undefine", "sock=\"ro\"", "reason=\"read-only\"", "res=failed"], Duration::from_secs(1))
             .is_none(),
         "the frontend must refuse before the broker is asked"
     );
@@ -225,70 +157,42 @@ fn bad_xml_gets_libvirts_errors() {
     };
     let good = domain_xml("base-y", UUID);
 
-    let malformed = write(
-        "malformed.xml",
-        "<domain type='kvm'>\n  <name>x</name>\n  <memory>1</memory>\n",
-    );
+    let malformed = write("malformed.xml", "<domain type='kvm'>\n  <name>x</name>\n  <memory>1</memory>\n");
     let (code, _, err) = virsh(&rw, &["define", &malformed]);
     assert_eq!(code, 1);
     assert!(
-        err.starts_with(&format!(
-            "error: Failed to define domain from {malformed}\nerror: (domain_definition):"
-        )),
+        err.starts_with(&format!("error: Failed to define domain from {malformed}\nerror: (domain_definition):")),
         "{err}"
     );
 
-    let graphics = write(
-        "graphics.xml",
-        &good.replace("<devices>", "<devices><graphics type='vnc'/>"),
-    );
+    let graphics = write("graphics.xml", &good.replace("<devices>", "<devices><graphics type='vnc'/>"));
     let (code, _, err) = virsh(&rw, &["define", &graphics]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(
-            "error: unsupported configuration: <graphics> devices are not supported by this daemon"
-        ),
+        err.contains("error: unsupported configuration: <graphics> devices are not supported by this daemon"),
         "{err}"
     );
 
     let bogus = write("bogus.xml", &good.replace("type='kvm'", "type='bogus'"));
-    assert!(
-        virsh(&rw, &["define", &bogus])
-            .2
-            .contains("error: unsupported configuration: invalid domain type bogus")
-    );
+    assert!(virsh(&rw, &["define", &bogus]).2.contains("error: unsupported configuration: invalid domain type bogus"));
 
     let unknown = write("unknown.xml", &good.replace("<devices>", "<devices><foo/>"));
     let (code, _, err) = virsh(&rw, &["define", "--validate", &unknown]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(
-            "error: XML document failed to validate against schema: Extra element foo in devices"
-        ),
+        err.contains("error: XML document failed to validate against schema: Extra element foo in devices"),
         "{err}"
     );
-    assert_eq!(
-        virsh(&rw, &["list", "--all", "--name"]).1.trim(),
-        "",
-        "nothing may be defined by failures"
-    );
+    assert_eq!(virsh(&rw, &["list", "--all", "--name"]).1.trim(), "", "nothing may be defined by failures");
     let (code, _, err) = virsh(&rw, &["define", &unknown]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        !virsh(&rw, &["dumpxml", "base-y"]).1.contains("foo"),
-        "unknown elements are dropped"
-    );
+    assert!(!virsh(&rw, &["dumpxml", "base-y"]).1.contains("foo"), "unknown elements are dropped");
 
-    let other_uuid = write(
-        "clash.xml",
-        &domain_xml("base-y", "00000000-0000-4000-8000-000000000001"),
-    );
+    let other_uuid = write("clash.xml", &domain_xml("base-y", "00000000-0000-4000-8000-000000000001"));
     let (code, _, err) = virsh(&rw, &["define", &other_uuid]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(&format!(
-            "error: operation failed: domain 'base-y' already exists with uuid {UUID}"
-        )),
+        err.contains(&format!("error: operation failed: domain 'base-y' already exists with uuid {UUID}")),
         "{err}"
     );
 }
@@ -304,13 +208,7 @@ fn definitions_survive_a_daemon_restart_and_are_audited() {
     assert!(
         d.tree
             .audit(
-                &[
-                    "op=define",
-                    "vm=\"base-p\"",
-                    &format!("uuid=\"{UUID}\""),
-                    &format!("uid={uid} "),
-                    "res=success"
-                ],
+                &["op=define", "vm=\"base-p\"", &format!("uuid=\"{UUID}\""), &format!("uid={uid} "), "res=success"],
                 SECS
             )
             .is_some()
@@ -322,9 +220,5 @@ fn definitions_survive_a_daemon_restart_and_are_audited() {
     let d2 = Daemon::start_in(tree, &[]);
     let (_, after, _) = virsh(&d2.tree.sock("libvirt-sock"), &["dumpxml", "base-p"]);
     assert_eq!(after, before);
-    assert!(
-        virsh(&d2.tree.sock("libvirt-sock"), &["list", "--all"])
-            .1
-            .contains("base-p")
-    );
+    assert!(virsh(&d2.tree.sock("libvirt-sock"), &["list", "--all"]).1.contains("base-p"));
 }

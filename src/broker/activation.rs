@@ -7,9 +7,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use nix::sys::socket::{
-    AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
-};
+use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
 
 use crate::config::Config;
 use crate::config::paths::{ADMIN_SOCKET, RO_SOCKET, RW_SOCKET};
@@ -61,28 +59,18 @@ pub fn take(config: &Config) -> Result<Option<Listeners>, ActivationError> {
         .parse()
         .ok()
         .filter(|n| (1..=MAX_FDS).contains(n))
-        .ok_or_else(|| {
-            ActivationError::Invalid(format!("LISTEN_FDS={fds} is not 1 to {MAX_FDS}"))
-        })?;
-    let names: Vec<&str> = names
-        .as_deref()
-        .map(|n| n.split(':').collect())
-        .unwrap_or_default();
+        .ok_or_else(|| ActivationError::Invalid(format!("LISTEN_FDS={fds} is not 1 to {MAX_FDS}")))?;
+    let names: Vec<&str> = names.as_deref().map(|n| n.split(':').collect()).unwrap_or_default();
     let mut out = Listeners::default();
     for i in 0..count {
         let raw = FIRST_FD + i as RawFd;
         // SAFETY: systemd passed fds 3..3+LISTEN_FDS to this pid (checked above)
         // and nothing in this process has claimed them.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(|e| ActivationError::Invalid(format!("fd {raw}: {e}")))?;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(|e| ActivationError::Invalid(format!("fd {raw}: {e}")))?;
         if !getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false) {
-            return Err(ActivationError::Invalid(format!(
-                "fd {raw} is not a listening socket"
-            )));
+            return Err(ActivationError::Invalid(format!("fd {raw} is not a listening socket")));
         }
         let kind = names
             .get(i)
@@ -95,21 +83,12 @@ pub fn take(config: &Config) -> Result<Option<Listeners>, ActivationError> {
                 ))
             })?;
         if out.sockets.iter().any(|(k, _)| *k == kind) {
-            return Err(ActivationError::Invalid(format!(
-                "two sockets passed for {}",
-                kind.name()
-            )));
+            return Err(ActivationError::Invalid(format!("two sockets passed for {}", kind.name())));
         }
         out.sockets.push((kind, fd));
     }
-    if !out
-        .sockets
-        .iter()
-        .any(|(k, _)| *k == ListenerKind::ReadWrite)
-    {
-        return Err(ActivationError::Invalid(
-            "no socket for libvirt-sock (libvirtd.socket) was passed".into(),
-        ));
+    if !out.sockets.iter().any(|(k, _)| *k == ListenerKind::ReadWrite) {
+        return Err(ActivationError::Invalid("no socket for libvirt-sock (libvirtd.socket) was passed".into()));
     }
     Ok(Some(out))
 }
@@ -131,10 +110,7 @@ fn kind_for_address(raw: RawFd, config: &Config) -> Option<ListenerKind> {
             .map(|(_, k)| k)
         }
         AddressFamily::Inet | AddressFamily::Inet6 => {
-            let port = addr
-                .as_sockaddr_in()
-                .map(|a| a.port())
-                .or_else(|| addr.as_sockaddr_in6().map(|a| a.port()))?;
+            let port = addr.as_sockaddr_in().map(|a| a.port()).or_else(|| addr.as_sockaddr_in6().map(|a| a.port()))?;
             if port == config.tls_port {
                 Some(ListenerKind::Tls)
             } else if port == config.tcp_port {

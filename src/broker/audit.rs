@@ -49,19 +49,12 @@ pub fn format(op: &str, fields: &[(&str, Value<'_>)], success: bool) -> String {
             }
         }
     }
-    line.push_str(if success {
-        " res=success"
-    } else {
-        " res=failed"
-    });
+    line.push_str(if success { " res=success" } else { " res=failed" });
     line
 }
 
 fn is_safe(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:/@+-,=*".contains(&b))
+    !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-,=*".contains(&b))
 }
 
 /// The client's identity as audit fields.
@@ -93,11 +86,7 @@ impl Auditor {
     /// Audits to the syslog socket at `path`. `level` is `audit_level`
     /// (0 off, 1 on, 2 required); `copy_to_log` is `audit_logging`.
     pub fn new(path: &Path, level: u8, copy_to_log: bool) -> Self {
-        Auditor {
-            sink: SyslogSink::at_path(path, Facility::LOG_AUTHPRIV, "libvirtd"),
-            level,
-            copy_to_log,
-        }
+        Auditor { sink: SyslogSink::at_path(path, Facility::LOG_AUTHPRIV, "libvirtd"), level, copy_to_log }
     }
 
     /// Whether records can be delivered now (checked at start for `audit_level = 2`).
@@ -111,20 +100,14 @@ impl Auditor {
             return;
         }
         let line = format(op, fields, success);
-        let severity = if success {
-            Severity::LOG_INFO
-        } else {
-            Severity::LOG_WARNING
-        };
+        let severity = if success { Severity::LOG_INFO } else { Severity::LOG_WARNING };
         let delivered = self.sink.send(severity, &line);
         if self.copy_to_log || (!delivered && self.level >= 2) {
             log::info!(target: "libvirtd::audit", "{line}");
         }
         let dropped = self.sink.take_dropped();
         if dropped > 0 {
-            log::warn!(
-                "{dropped} audit record(s) dropped: the syslog daemon is not reading its socket"
-            );
+            log::warn!("{dropped} audit record(s) dropped: the syslog daemon is not reading its socket");
         }
     }
 }
@@ -136,13 +119,8 @@ mod tests {
 
     #[test]
     fn records_have_a_fixed_shape() {
-        let peer = PeerIdentity {
-            socket: ListenerKind::ReadOnly,
-            uid: Some(1000),
-            gid: Some(100),
-            pid: Some(42),
-            addr: None,
-        };
+        let peer =
+            PeerIdentity { socket: ListenerKind::ReadOnly, uid: Some(1000), gid: Some(100), pid: Some(42), addr: None };
         let mut fields = vec![("conn", Value::Num(3))];
         fields.extend(peer_fields(&peer));
         assert_eq!(
@@ -154,9 +132,6 @@ mod tests {
     #[test]
     fn unsafe_text_is_hex_encoded_so_it_cannot_forge_fields() {
         let line = format("define", &[("vm", Value::Text("x res=success"))], false);
-        assert!(
-            line.ends_with("vm=78207265733D73756363657373 res=failed"),
-            "{line}"
-        );
+        assert!(line.ends_with("vm=78207265733D73756363657373 res=failed"), "{line}");
     }
 }

@@ -32,21 +32,10 @@ pub struct Caller<'a> {
 }
 
 /// Carries out `call` for `caller`.
-pub fn handle(
-    ctx: &mut Ctx,
-    auditor: &mut Auditor,
-    caller: &Caller,
-    call: Call,
-) -> Result<CallValue, CallError> {
+pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) -> Result<CallValue, CallError> {
     if call.mutates() && caller.readonly {
         let api = api_of(&call);
-        audit(
-            auditor,
-            caller,
-            op_of(&call),
-            &[("reason", Value::Text("read-only"))],
-            false,
-        );
+        audit(auditor, caller, op_of(&call), &[("reason", Value::Text("read-only"))], false);
         return Err(CallError::ReadOnly(api.into()));
     }
     match call {
@@ -54,86 +43,39 @@ pub fn handle(
         Call::GetCapabilities => host::capabilities(&ctx.host_uuid).map(CallValue::Text),
         Call::NodeGetInfo => host::node_info().map(CallValue::NodeInfo),
         Call::NodeGetFreeMemory => host::free_memory().map(|m| CallValue::Int(m as i64)),
-        Call::NodeGetCellsFreeMemory { start, max } => {
-            host::cells_free_memory(start, max).map(CallValue::U64s)
-        }
-        Call::GetMaxVcpus { kind } => {
-            host::max_vcpus(kind.as_deref()).map(|n| CallValue::Int(n.into()))
-        }
+        Call::NodeGetCellsFreeMemory { start, max } => host::cells_free_memory(start, max).map(CallValue::U64s),
+        Call::GetMaxVcpus { kind } => host::max_vcpus(kind.as_deref()).map(|n| CallValue::Int(n.into())),
         Call::GetSysinfo { flags } => host::sysinfo(flags).map(CallValue::Text),
-        Call::ListAll {
-            flags,
-            need_results,
-        } => {
+        Call::ListAll { flags, need_results } => {
             let list = ctx.domains.list(flags)?;
             let count = list.len() as u32;
-            Ok(CallValue::Domains {
-                list: if need_results { list } else { Vec::new() },
-                count,
-            })
+            Ok(CallValue::Domains { list: if need_results { list } else { Vec::new() }, count })
         }
         Call::NumOfDomains => Ok(CallValue::Int(ctx.domains.list(1)?.len() as i64)),
         Call::ListDomainIds { max } => {
-            let ids = ctx
-                .domains
-                .list(1)?
-                .into_iter()
-                .map(|h| h.id)
-                .take(bound(max)?)
-                .collect();
+            let ids = ctx.domains.list(1)?.into_iter().map(|h| h.id).take(bound(max)?).collect();
             Ok(CallValue::Ints(ids))
         }
         Call::NumOfDefined => Ok(CallValue::Int(ctx.domains.list(2 | 4)?.len() as i64)),
         Call::ListDefinedNames { max } => {
-            let names = ctx
-                .domains
-                .list(2 | 4)?
-                .into_iter()
-                .map(|h| h.name)
-                .take(bound(max)?)
-                .collect();
+            let names = ctx.domains.list(2 | 4)?.into_iter().map(|h| h.name).take(bound(max)?).collect();
             Ok(CallValue::Texts(names))
         }
         Call::LookupById(id) => ctx.domains.by_id(id).map(|e| CallValue::Domain(e.handle())),
-        Call::LookupByName(name) => ctx
-            .domains
-            .by_name(&name)
-            .map(|e| CallValue::Domain(e.handle())),
-        Call::LookupByUuid(uuid) => ctx
-            .domains
-            .by_uuid(&uuid)
-            .map(|e| CallValue::Domain(e.handle())),
+        Call::LookupByName(name) => ctx.domains.by_name(&name).map(|e| CallValue::Domain(e.handle())),
+        Call::LookupByUuid(uuid) => ctx.domains.by_uuid(&uuid).map(|e| CallValue::Domain(e.handle())),
         Call::Define { xml, flags } => {
             let result = ctx.domains.define(&xml, flags);
             match &result {
                 Ok(d) => {
                     if !d.dropped.is_empty() {
-                        log::warn!(
-                            "domain '{}': ignored unknown XML {}",
-                            d.handle.name,
-                            d.dropped.join(", ")
-                        );
+                        log::warn!("domain '{}': ignored unknown XML {}", d.handle.name, d.dropped.join(", "));
                     }
                     let uuid = uuid_string(&d.handle.uuid);
-                    let fields = [
-                        ("vm", Value::Text(&d.handle.name)),
-                        ("uuid", Value::Text(&uuid)),
-                    ];
-                    audit(
-                        auditor,
-                        caller,
-                        if d.updated { "redefine" } else { "define" },
-                        &fields,
-                        true,
-                    );
+                    let fields = [("vm", Value::Text(&d.handle.name)), ("uuid", Value::Text(&uuid))];
+                    audit(auditor, caller, if d.updated { "redefine" } else { "define" }, &fields, true);
                 }
-                Err(e) => audit(
-                    auditor,
-                    caller,
-                    "define",
-                    &[("reason", Value::Text(&e.to_string()))],
-                    false,
-                ),
+                Err(e) => audit(auditor, caller, "define", &[("reason", Value::Text(&e.to_string()))], false),
             }
             result.map(|d| CallValue::Domain(d.handle))
         }
@@ -141,21 +83,14 @@ pub fn handle(
             let u = uuid_string(&uuid);
             let result = ctx.domains.undefine(&uuid, flags);
             match &result {
-                Ok(name) => audit(
-                    auditor,
-                    caller,
-                    "undefine",
-                    &[("vm", Value::Text(name)), ("uuid", Value::Text(&u))],
-                    true,
-                ),
+                Ok(name) => {
+                    audit(auditor, caller, "undefine", &[("vm", Value::Text(name)), ("uuid", Value::Text(&u))], true)
+                }
                 Err(e) => audit(
                     auditor,
                     caller,
                     "undefine",
-                    &[
-                        ("uuid", Value::Text(&u)),
-                        ("reason", Value::Text(&e.to_string())),
-                    ],
+                    &[("uuid", Value::Text(&u)), ("reason", Value::Text(&e.to_string()))],
                     false,
                 ),
             }
@@ -170,21 +105,14 @@ pub fn handle(
                     auditor,
                     caller,
                     "autostart",
-                    &[
-                        ("vm", Value::Text(name)),
-                        ("uuid", Value::Text(&u)),
-                        ("on", state),
-                    ],
+                    &[("vm", Value::Text(name)), ("uuid", Value::Text(&u)), ("on", state)],
                     true,
                 ),
                 Err(e) => audit(
                     auditor,
                     caller,
                     "autostart",
-                    &[
-                        ("uuid", Value::Text(&u)),
-                        ("reason", Value::Text(&e.to_string())),
-                    ],
+                    &[("uuid", Value::Text(&u)), ("reason", Value::Text(&e.to_string()))],
                     false,
                 ),
             }
@@ -196,38 +124,25 @@ pub fn handle(
 
 fn bound(max: i32) -> Result<usize, CallError> {
     if !(0..=LIST_MAX).contains(&max) {
-        return Err(CallError::InvalidArg(format!(
-            "count {max} out of range 0-{LIST_MAX}"
-        )));
+        return Err(CallError::InvalidArg(format!("count {max} out of range 0-{LIST_MAX}")));
     }
     Ok(max as usize)
 }
 
 fn no_flags(flags: u32, function: &str) -> Result<(), CallError> {
     if flags != 0 {
-        return Err(CallError::UnsupportedFlags {
-            flags,
-            function: function.into(),
-        });
+        return Err(CallError::UnsupportedFlags { flags, function: function.into() });
     }
     Ok(())
 }
 
-fn query_domain(
-    ctx: &Ctx,
-    uuid: &[u8; 16],
-    query: Query,
-    readonly: bool,
-) -> Result<CallValue, CallError> {
+fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Result<CallValue, CallError> {
     let e = ctx.domains.by_uuid(uuid)?;
     Ok(match query {
         Query::Info => CallValue::DomainInfo(e.info()),
         Query::State { flags } => {
             no_flags(flags, "qemuDomainGetState")?;
-            CallValue::State {
-                state: e.state.0,
-                reason: e.state.1,
-            }
+            CallValue::State { state: e.state.0, reason: e.state.1 }
         }
         Query::IsActive => CallValue::Int(e.id.is_some().into()),
         Query::IsPersistent => CallValue::Int(e.persistent.into()),
@@ -240,25 +155,16 @@ fn query_domain(
             no_flags(flags, "qemuDomainHasManagedSaveImage")?;
             CallValue::Int(0)
         }
-        Query::SecurityLabel => CallValue::Label {
-            label: String::new(),
-            enforcing: false,
-        },
+        Query::SecurityLabel => CallValue::Label { label: String::new(), enforcing: false },
         Query::Messages { flags } => {
             if flags & !3 != 0 {
-                return Err(CallError::UnsupportedFlags {
-                    flags,
-                    function: "qemuDomainGetMessages".into(),
-                });
+                return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainGetMessages".into() });
             }
             CallValue::Texts(Vec::new())
         }
         Query::SnapshotNum { flags } => {
             if flags & !0x7ff != 0 {
-                return Err(CallError::UnsupportedFlags {
-                    flags,
-                    function: "qemuDomainSnapshotNum".into(),
-                });
+                return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainSnapshotNum".into() });
             }
             CallValue::Int(0)
         }
@@ -266,15 +172,10 @@ fn query_domain(
             // SECURE | INACTIVE | UPDATE_CPU | MIGRATABLE; SECURE and
             // MIGRATABLE would reveal secrets, so a read-only caller cannot.
             if flags & !0xf != 0 {
-                return Err(CallError::UnsupportedFlags {
-                    flags,
-                    function: "qemuDomainGetXMLDesc".into(),
-                });
+                return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainGetXMLDesc".into() });
             }
             if readonly && flags & (1 | 8) != 0 {
-                return Err(CallError::ReadOnly(
-                    "virDomainGetXMLDesc with secure flag".into(),
-                ));
+                return Err(CallError::ReadOnly("virDomainGetXMLDesc with secure flag".into()));
             }
             CallValue::Text(e.def.to_xml())
         }

@@ -58,11 +58,7 @@ pub struct Entry {
 impl Entry {
     /// The handle clients get.
     pub fn handle(&self) -> DomainRef {
-        DomainRef {
-            name: self.def.name.clone(),
-            uuid: self.def.uuid,
-            id: self.id.unwrap_or(-1),
-        }
+        DomainRef { name: self.def.name.clone(), uuid: self.def.uuid, id: self.id.unwrap_or(-1) }
     }
 
     /// `virDomainGetInfo`.
@@ -140,14 +136,8 @@ impl Domains {
     pub fn load(store: Store) -> Domains {
         let mut entries: Vec<Entry> = Vec::new();
         for s in store.load_all() {
-            if entries
-                .iter()
-                .any(|e| e.def.uuid == s.def.uuid || e.def.name == s.def.name)
-            {
-                log::error!(
-                    "skipping domain '{}': its name or UUID is already taken",
-                    s.def.name
-                );
+            if entries.iter().any(|e| e.def.uuid == s.def.uuid || e.def.name == s.def.name) {
+                log::error!("skipping domain '{}': its name or UUID is already taken", s.def.name);
                 continue;
             }
             entries.push(Entry {
@@ -164,51 +154,31 @@ impl Domains {
 
     /// By UUID, or the libvirt "no domain" error.
     pub fn by_uuid(&self, uuid: &[u8; 16]) -> Result<&Entry, CallError> {
-        self.entries
-            .iter()
-            .find(|e| &e.def.uuid == uuid)
-            .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))
+        self.entries.iter().find(|e| &e.def.uuid == uuid).ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))
     }
 
     /// By name.
     pub fn by_name(&self, name: &str) -> Result<&Entry, CallError> {
-        self.entries
-            .iter()
-            .find(|e| e.def.name == name)
-            .ok_or_else(|| CallError::NoDomainName(name.to_owned()))
+        self.entries.iter().find(|e| e.def.name == name).ok_or_else(|| CallError::NoDomainName(name.to_owned()))
     }
 
     /// By running id.
     pub fn by_id(&self, id: i32) -> Result<&Entry, CallError> {
-        self.entries
-            .iter()
-            .find(|e| e.id == Some(id))
-            .ok_or(CallError::NoDomainId(id))
+        self.entries.iter().find(|e| e.id == Some(id)).ok_or(CallError::NoDomainId(id))
     }
 
     /// `virConnectListAllDomains`.
     pub fn list(&self, flags: u32) -> Result<Vec<DomainRef>, CallError> {
         if flags & !list::ALL != 0 {
-            return Err(CallError::UnsupportedFlags {
-                flags,
-                function: "virConnectListAllDomains".into(),
-            });
+            return Err(CallError::UnsupportedFlags { flags, function: "virConnectListAllDomains".into() });
         }
-        Ok(self
-            .entries
-            .iter()
-            .filter(|e| e.matches(flags))
-            .map(Entry::handle)
-            .collect())
+        Ok(self.entries.iter().filter(|e| e.matches(flags)).map(Entry::handle).collect())
     }
 
     /// `virDomainDefineXMLFlags`: new, or an update of the same name and UUID.
     pub fn define(&mut self, xml: &str, flags: u32) -> Result<Defined, CallError> {
         if flags & !DEFINE_VALIDATE != 0 {
-            return Err(CallError::UnsupportedFlags {
-                flags,
-                function: "domainDefineXMLFlags".into(),
-            });
+            return Err(CallError::UnsupportedFlags { flags, function: "domainDefineXMLFlags".into() });
         }
         let (def, dropped) = domain::parse(xml, flags & DEFINE_VALIDATE != 0)?;
         let by_name = self.entries.iter().position(|e| e.def.name == def.name);
@@ -216,17 +186,11 @@ impl Domains {
         match (by_name, by_uuid) {
             (Some(n), u) if u != Some(n) => {
                 let other = &self.entries[n].def;
-                return Err(CallError::NameTaken {
-                    name: other.name.clone(),
-                    uuid: uuid_string(&other.uuid),
-                });
+                return Err(CallError::NameTaken { name: other.name.clone(), uuid: uuid_string(&other.uuid) });
             }
             (None, Some(u)) => {
                 let other = &self.entries[u].def;
-                return Err(CallError::UuidTaken {
-                    name: other.name.clone(),
-                    uuid: uuid_string(&other.uuid),
-                });
+                return Err(CallError::UuidTaken { name: other.name.clone(), uuid: uuid_string(&other.uuid) });
             }
             _ => {}
         }
@@ -247,25 +211,16 @@ impl Domains {
                     id: None,
                     state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
                 });
-                self.entries
-                    .last_mut()
-                    .ok_or_else(|| CallError::Internal("domain table".into()))?
+                self.entries.last_mut().ok_or_else(|| CallError::Internal("domain table".into()))?
             }
         };
-        Ok(Defined {
-            handle: entry.handle(),
-            dropped,
-            updated,
-        })
+        Ok(Defined { handle: entry.handle(), dropped, updated })
     }
 
     /// `virDomainUndefineFlags`. A running persistent domain becomes transient.
     pub fn undefine(&mut self, uuid: &[u8; 16], flags: u32) -> Result<String, CallError> {
         if flags & !UNDEFINE_KNOWN != 0 {
-            return Err(CallError::UnsupportedFlags {
-                flags,
-                function: "qemuDomainUndefineFlags".into(),
-            });
+            return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainUndefineFlags".into() });
         }
         let i = self
             .entries
@@ -273,9 +228,7 @@ impl Domains {
             .position(|e| &e.def.uuid == uuid)
             .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))?;
         if !self.entries[i].persistent {
-            return Err(CallError::OperationInvalid(
-                "cannot undefine transient domain".into(),
-            ));
+            return Err(CallError::OperationInvalid("cannot undefine transient domain".into()));
         }
         let name = self.entries[i].def.name.clone();
         self.store.remove(&name).map_err(store_err)?;
@@ -297,13 +250,9 @@ impl Domains {
             .find(|e| &e.def.uuid == uuid)
             .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))?;
         if !e.persistent {
-            return Err(CallError::OperationInvalid(
-                "cannot set autostart for transient domain".into(),
-            ));
+            return Err(CallError::OperationInvalid("cannot set autostart for transient domain".into()));
         }
-        self.store
-            .set_autostart(&e.def.name, on)
-            .map_err(store_err)?;
+        self.store.set_autostart(&e.def.name, on).map_err(store_err)?;
         e.autostart = on;
         Ok(e.def.name.clone())
     }
@@ -314,9 +263,7 @@ mod tests {
     use super::*;
 
     fn xml(name: &str, uuid: Option<&str>) -> String {
-        let uuid = uuid
-            .map(|u| format!("<uuid>{u}</uuid>"))
-            .unwrap_or_default();
+        let uuid = uuid.map(|u| format!("<uuid>{u}</uuid>")).unwrap_or_default();
         format!(
             "<domain type='kvm'><name>{name}</name>{uuid}<memory unit='MiB'>64</memory>\
              <os><type>hvm</type><kernel>/k</kernel></os></domain>"
@@ -349,18 +296,9 @@ mod tests {
         let (_dir, mut d) = table();
         d.define(&xml("a", Some(U1)), 0).unwrap();
         assert!(d.define(&xml("a", Some(U1)), 0).unwrap().updated);
-        assert!(matches!(
-            d.define(&xml("a", Some(U2)), 0),
-            Err(CallError::NameTaken { .. })
-        ));
-        assert!(matches!(
-            d.define(&xml("a", None), 0),
-            Err(CallError::NameTaken { .. })
-        ));
-        assert!(matches!(
-            d.define(&xml("b", Some(U1)), 0),
-            Err(CallError::UuidTaken { .. })
-        ));
+        assert!(matches!(d.define(&xml("a", Some(U2)), 0), Err(CallError::NameTaken { .. })));
+        assert!(matches!(d.define(&xml("a", None), 0), Err(CallError::NameTaken { .. })));
+        assert!(matches!(d.define(&xml("b", Some(U1)), 0), Err(CallError::UuidTaken { .. })));
         assert_eq!(d.list(0).unwrap().len(), 1);
     }
 
@@ -370,14 +308,8 @@ mod tests {
         let h = d.define(&xml("a", Some(U1)), 0).unwrap().handle;
         assert_eq!(d.undefine(&h.uuid, 0).unwrap(), "a");
         assert!(!dir.path().join("a.xml").exists());
-        assert!(matches!(
-            d.undefine(&h.uuid, 0),
-            Err(CallError::NoDomainUuid(_))
-        ));
-        assert!(matches!(
-            d.undefine(&h.uuid, 1 << 20),
-            Err(CallError::UnsupportedFlags { .. })
-        ));
+        assert!(matches!(d.undefine(&h.uuid, 0), Err(CallError::NoDomainUuid(_))));
+        assert!(matches!(d.undefine(&h.uuid, 1 << 20), Err(CallError::UnsupportedFlags { .. })));
     }
 
     #[test]
@@ -396,13 +328,7 @@ mod tests {
         let a = d.define(&xml("a", Some(U1)), 0).unwrap().handle;
         d.define(&xml("b", Some(U2)), 0).unwrap();
         d.set_autostart(&a.uuid, true).unwrap();
-        let names = |f| {
-            d.list(f)
-                .unwrap()
-                .into_iter()
-                .map(|h| h.name)
-                .collect::<Vec<_>>()
-        };
+        let names = |f| d.list(f).unwrap().into_iter().map(|h| h.name).collect::<Vec<_>>();
         assert_eq!(names(0).len(), 2);
         assert!(names(list::ACTIVE).is_empty());
         assert_eq!(names(list::ACTIVE | list::INACTIVE).len(), 2);

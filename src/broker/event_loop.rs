@@ -24,8 +24,7 @@ use crate::cli::Cli;
 use crate::config::{Config, DefaultPaths, Mode};
 use crate::logging::{self, LogState};
 use crate::privsep::{
-    BrokerError, BrokerReply, ChannelError, Envelope, FrontendConfig, FrontendRequest,
-    PROTOCOL_VERSION,
+    BrokerError, BrokerReply, ChannelError, Envelope, FrontendConfig, FrontendRequest, PROTOCOL_VERSION,
 };
 use crate::sandbox;
 
@@ -64,47 +63,26 @@ impl Broker {
     pub fn new(setup: Setup) -> Result<Broker, StartError> {
         let err = |what: &str, e: &dyn std::fmt::Display| StartError::Setup(format!("{what}: {e}"));
         let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGHUP,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGCHLD,
-        ] {
+        for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
             mask.add(s);
         }
-        mask.thread_block()
-            .map_err(|e| err("blocking signals", &e))?;
+        mask.thread_block().map_err(|e| err("blocking signals", &e))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| err("signalfd", &e))?;
         let poll = Poll::new().map_err(|e| err("epoll", &e))?;
         poll.registry()
-            .register(
-                &mut SourceFd(&signals.as_fd().as_raw_fd()),
-                SIGNALS,
-                Interest::READABLE,
-            )
+            .register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)
             .map_err(|e| err("epoll", &e))?;
         let mut restart = Restart::default();
         restart.due = Some(Instant::now());
-        Ok(Broker {
-            setup,
-            poll,
-            signals,
-            link: None,
-            restart,
-            ever_ready: false,
-            idle_since: None,
-            exit: None,
-        })
+        Ok(Broker { setup, poll, signals, link: None, restart, ever_ready: false, idle_since: None, exit: None })
     }
 
     /// Runs until SIGTERM/SIGINT, the idle timeout, or a fatal start-up failure.
     pub fn run(&mut self, readiness: &mut Readiness) -> ExitCode {
         let mut events = Events::with_capacity(64);
         while self.exit.is_none() {
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("event loop: {e}");
@@ -186,11 +164,7 @@ impl Broker {
         match spawn::frontend() {
             Ok(sp) => {
                 let raw = sp.channel.raw_fd();
-                if let Err(e) =
-                    self.poll
-                        .registry()
-                        .register(&mut SourceFd(&raw), FRONTEND, Interest::READABLE)
-                {
+                if let Err(e) = self.poll.registry().register(&mut SourceFd(&raw), FRONTEND, Interest::READABLE) {
                     log::error!("cannot watch the frontend channel: {e}");
                 }
                 log::debug!("started frontend pid {}", sp.pid);
@@ -213,11 +187,7 @@ impl Broker {
             log::error!("{why}; retrying in {:?}", self.restart.delay());
             self.restart.schedule(Duration::ZERO, Instant::now());
         } else {
-            super::report_start_failure(
-                &self.setup.cli,
-                readiness,
-                &StartError::Frontend(why).to_string(),
-            );
+            super::report_start_failure(&self.setup.cli, readiness, &StartError::Frontend(why).to_string());
             self.exit = Some(ExitCode::FAILURE);
         }
     }
@@ -225,10 +195,7 @@ impl Broker {
     fn on_frontend(&mut self, readiness: &mut Readiness) {
         loop {
             let Some(link) = &self.link else { return };
-            match link
-                .channel
-                .recv::<Envelope<FrontendRequest>>(|e| e.body.fd_count())
-            {
+            match link.channel.recv::<Envelope<FrontendRequest>>(|e| e.body.fd_count()) {
                 Ok((env, _)) => self.handle(env, readiness),
                 Err(ChannelError::WouldBlock) => return,
                 Err(ChannelError::Closed) => {
@@ -247,10 +214,7 @@ impl Broker {
     /// The OpenSSH-monitor rule: anything outside the permit table ends that frontend.
     fn violation(&mut self, what: &str) {
         let Some(link) = &self.link else { return };
-        log::error!(
-            "frontend pid {} violated the broker protocol: {what}; restarting it",
-            link.pid
-        );
+        log::error!("frontend pid {} violated the broker protocol: {what}; restarting it", link.pid);
         let pid = link.pid.as_raw().into();
         self.setup.auditor.record(
             "frontend-violation",
@@ -264,10 +228,7 @@ impl Broker {
     /// Forgets the frontend (its clients are gone with it) and schedules the next.
     fn frontend_gone(&mut self, status: String) {
         let Some(link) = self.link.take() else { return };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&link.channel.raw_fd()));
+        let _ = self.poll.registry().deregister(&mut SourceFd(&link.channel.raw_fd()));
         for (conn, client) in &link.clients {
             let mut f = vec![("conn", Value::Num(*conn as i64))];
             f.extend(peer_fields(&client.peer));
@@ -277,14 +238,9 @@ impl Broker {
         if self.exit.is_some() {
             return;
         }
-        self.restart
-            .schedule(link.started.elapsed(), Instant::now());
+        self.restart.schedule(link.started.elapsed(), Instant::now());
         if self.ever_ready {
-            log::error!(
-                "frontend pid {} {status}; starting a new one in {:?}",
-                link.pid,
-                self.restart.delay()
-            );
+            log::error!("frontend pid {} {status}; starting a new one in {:?}", link.pid, self.restart.delay());
         } else {
             log::error!("frontend pid {} {status}", link.pid);
         }
@@ -293,11 +249,7 @@ impl Broker {
     fn handle(&mut self, env: Envelope<FrontendRequest>, readiness: &mut Readiness) {
         let Some(link) = &self.link else { return };
         if !permitted(link.phase, &env.body) {
-            self.violation(&format!(
-                "'{}' is not permitted while {:?}",
-                env.body.name(),
-                link.phase
-            ));
+            self.violation(&format!("'{}' is not permitted while {:?}", env.body.name(), link.phase));
             return;
         }
         let reply = match env.body {
@@ -318,20 +270,10 @@ impl Broker {
             FrontendRequest::Call { conn, call } => {
                 let Some(link) = &self.link else { return };
                 let Some(client) = link.clients.get(&conn) else {
-                    return self
-                        .violation(&format!("call on connection {conn}, which is not open"));
+                    return self.violation(&format!("call on connection {conn}, which is not open"));
                 };
-                let caller = Caller {
-                    conn,
-                    peer: &client.peer,
-                    readonly: client.readonly,
-                };
-                BrokerReply::Value(calls::handle(
-                    &mut self.setup.ctx,
-                    &mut self.setup.auditor,
-                    &caller,
-                    call,
-                ))
+                let caller = Caller { conn, peer: &client.peer, readonly: client.readonly };
+                BrokerReply::Value(calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call))
             }
         };
         self.reply(env.id, &reply, &[]);
@@ -347,31 +289,13 @@ impl Broker {
 
     fn welcome(&mut self, id: u32, version: u32) {
         if version != PROTOCOL_VERSION {
-            return self.violation(&format!(
-                "protocol version {version}, expected {PROTOCOL_VERSION}"
-            ));
+            return self.violation(&format!("protocol version {version}, expected {PROTOCOL_VERSION}"));
         }
         let (config, log_fds) = self.frontend_config();
-        let kinds = self
-            .setup
-            .listeners
-            .sockets
-            .iter()
-            .map(|(k, _)| *k)
-            .collect();
-        let mut fds: Vec<BorrowedFd<'_>> = self
-            .setup
-            .listeners
-            .sockets
-            .iter()
-            .map(|(_, fd)| fd.as_fd())
-            .collect();
+        let kinds = self.setup.listeners.sockets.iter().map(|(k, _)| *k).collect();
+        let mut fds: Vec<BorrowedFd<'_>> = self.setup.listeners.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         fds.extend(log_fds.iter().map(|f| f.as_fd()));
-        let body = BrokerReply::Welcome {
-            broker_pid: std::process::id() as i32,
-            config,
-            listeners: kinds,
-        };
+        let body = BrokerReply::Welcome { broker_pid: std::process::id() as i32, config, listeners: kinds };
         let Some(link) = &mut self.link else { return };
         link.phase = Phase::AwaitReady;
         if let Err(e) = link.channel.send(&Envelope { id, body: &body }, &fds) {
@@ -385,18 +309,12 @@ impl Broker {
         let uid = self.frontend_ids().map(|(u, _)| u);
         let Some(link) = &mut self.link else { return };
         if let Err(e) = sandbox::check_process(link.pid.as_raw(), uid) {
-            return self.violation(&format!(
-                "reported ready but its sandbox does not hold: {e}"
-            ));
+            return self.violation(&format!("reported ready but its sandbox does not hold: {e}"));
         }
         link.phase = Phase::Serving;
         let pid = link.pid;
         log::info!("frontend pid {pid} is confined and serving");
-        self.setup.auditor.record(
-            "frontend-start",
-            &[("pid", Value::Num(pid.as_raw().into()))],
-            true,
-        );
+        self.setup.auditor.record("frontend-start", &[("pid", Value::Num(pid.as_raw().into()))], true);
         if !self.ever_ready {
             self.ever_ready = true;
             readiness.ok();
@@ -408,21 +326,11 @@ impl Broker {
             return BrokerReply::Ok;
         };
         let max = self.setup.config.max_clients as usize;
-        let known_socket = self
-            .setup
-            .listeners
-            .sockets
-            .iter()
-            .any(|(k, _)| *k == peer.socket);
+        let known_socket = self.setup.listeners.sockets.iter().any(|(k, _)| *k == peer.socket);
         let refusal = if link.clients.contains_key(&conn) {
-            Some(BrokerError::Invalid(format!(
-                "connection {conn} is already open"
-            )))
+            Some(BrokerError::Invalid(format!("connection {conn} is already open")))
         } else if !known_socket {
-            Some(BrokerError::Invalid(format!(
-                "no {} socket is listening",
-                peer.socket.name()
-            )))
+            Some(BrokerError::Invalid(format!("no {} socket is listening", peer.socket.name())))
         } else if link.clients.len() >= max {
             Some(BrokerError::Limit(format!("max_clients ({max}) reached")))
         } else {
@@ -430,17 +338,11 @@ impl Broker {
         };
         let mut fields = vec![("conn", Value::Num(conn as i64))];
         fields.extend(peer_fields(&peer));
-        self.setup
-            .auditor
-            .record("client-open", &fields, refusal.is_none());
+        self.setup.auditor.record("client-open", &fields, refusal.is_none());
         match refusal {
             Some(e) => BrokerReply::Refused(e),
             None => {
-                log::debug!(
-                    "client {conn} connected through {} ({:?})",
-                    peer.socket.name(),
-                    peer
-                );
+                log::debug!("client {conn} connected through {} ({:?})", peer.socket.name(), peer);
                 let readonly = peer.socket == crate::privsep::ListenerKind::ReadOnly;
                 link.clients.insert(conn, Client { peer, readonly });
                 BrokerReply::Ok
@@ -451,11 +353,7 @@ impl Broker {
     /// The client `conn`; a frontend naming a connection that is not open has
     /// broken the protocol.
     fn client_mut(&mut self, conn: u64) -> Option<&mut Client> {
-        if self
-            .link
-            .as_ref()
-            .is_some_and(|l| l.clients.contains_key(&conn))
-        {
+        if self.link.as_ref().is_some_and(|l| l.clients.contains_key(&conn)) {
             return self.link.as_mut()?.clients.get_mut(&conn);
         }
         self.violation(&format!("connection {conn} is not open"));
@@ -476,10 +374,7 @@ impl Broker {
     }
 
     fn frontend_ids(&self) -> Option<(u32, u32)> {
-        (self.setup.mode == Mode::System).then_some((
-            self.setup.config.frontend_uid,
-            self.setup.config.frontend_gid,
-        ))
+        (self.setup.mode == Mode::System).then_some((self.setup.config.frontend_uid, self.setup.config.frontend_gid))
     }
 
     /// The frontend's share of the configuration, with duplicated log fds.
@@ -510,8 +405,7 @@ impl Broker {
         let path = self.setup.config_path.clone();
         let loaded = match Config::load(&path, &self.setup.paths) {
             Err(crate::config::ConfigError::Read { source, .. })
-                if self.setup.cli.config.is_none()
-                    && source.kind() == std::io::ErrorKind::NotFound =>
+                if self.setup.cli.config.is_none() && source.kind() == std::io::ErrorKind::NotFound =>
             {
                 Ok((Config::defaults(&self.setup.paths), Vec::new()))
             }
@@ -529,9 +423,7 @@ impl Broker {
         }
         apply_verbosity(&mut new, self.setup.cli.verbose);
         for key in self.setup.config.apply_reload(new) {
-            log::warn!(
-                "configuration key '{key}' changed; the change takes effect when the daemon restarts"
-            );
+            log::warn!("configuration key '{key}' changed; the change takes effect when the daemon restarts");
         }
         let c = &self.setup.config;
         let (state, log_warnings) = LogState::open(&c.log, self.setup.cli.daemon, &c.syslog_socket);
@@ -541,11 +433,7 @@ impl Broker {
         }
         self.setup.auditor = Auditor::new(&c.syslog_socket, c.audit_level, c.audit_logging);
         log::info!("configuration reloaded from {}", path.display());
-        if self
-            .link
-            .as_ref()
-            .is_some_and(|l| l.phase == Phase::Serving)
-        {
+        if self.link.as_ref().is_some_and(|l| l.phase == Phase::Serving) {
             let (config, fds) = self.frontend_config();
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
             self.reply(0, &BrokerReply::Reconfigure(config), &borrowed);

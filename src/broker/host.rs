@@ -10,21 +10,13 @@ use crate::privsep::{CallError, NodeInfo};
 fn read(path: impl AsRef<Path>) -> Option<String> {
     use std::io::Read;
     let mut s = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(1 << 20)
-        .read_to_string(&mut s)
-        .ok()?;
+    std::fs::File::open(path).ok()?.take(1 << 20).read_to_string(&mut s).ok()?;
     Some(s.trim().to_owned())
 }
 
 /// `key : value` lines of `/proc/cpuinfo` for the first CPU listed.
 fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
-    cpuinfo.lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().to_owned())
-    })
+    cpuinfo.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_owned()))
 }
 
 /// A `/proc/meminfo`-style value in KiB.
@@ -32,10 +24,7 @@ fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
     meminfo.lines().find_map(|l| {
         let rest = l
             .split_once(':')
-            .filter(|(k, _)| {
-                k.trim_start_matches("Node ").ends_with(key)
-                    && k.split_whitespace().last() == Some(key)
-            })?
+            .filter(|(k, _)| k.trim_start_matches("Node ").ends_with(key) && k.split_whitespace().last() == Some(key))?
             .1;
         rest.split_whitespace().next()?.parse().ok()
     })
@@ -66,37 +55,21 @@ fn numa_nodes() -> Vec<u32> {
 /// `virNodeGetInfo`.
 pub fn node_info() -> Result<NodeInfo, CallError> {
     let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
-    let meminfo = read("/proc/meminfo")
-        .ok_or_else(|| CallError::Internal("cannot read /proc/meminfo".into()))?;
-    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
-        .ok()
-        .flatten()
-        .unwrap_or(1) as i32;
-    let mhz = cpuinfo_field(&cpuinfo, "cpu MHz")
-        .and_then(|m| m.parse::<f64>().ok())
-        .unwrap_or(0.0) as i32;
+    let meminfo = read("/proc/meminfo").ok_or_else(|| CallError::Internal("cannot read /proc/meminfo".into()))?;
+    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN).ok().flatten().unwrap_or(1) as i32;
+    let mhz = cpuinfo_field(&cpuinfo, "cpu MHz").and_then(|m| m.parse::<f64>().ok()).unwrap_or(0.0) as i32;
     let nodes = numa_nodes().len() as i32;
-    let cores = cpuinfo_field(&cpuinfo, "cpu cores")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(cpus.max(1));
-    let siblings: i32 = cpuinfo_field(&cpuinfo, "siblings")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(cores);
+    let cores = cpuinfo_field(&cpuinfo, "cpu cores").and_then(|c| c.parse().ok()).unwrap_or(cpus.max(1));
+    let siblings: i32 = cpuinfo_field(&cpuinfo, "siblings").and_then(|c| c.parse().ok()).unwrap_or(cores);
     let mut packages: Vec<&str> = cpuinfo
         .lines()
-        .filter_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.trim() == "physical id")
-                .map(|(_, v)| v.trim())
-        })
+        .filter_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == "physical id").map(|(_, v)| v.trim()))
         .collect();
     packages.sort_unstable();
     packages.dedup();
     let sockets = (packages.len().max(1) as i32 / nodes).max(1);
     Ok(NodeInfo {
-        model: nix::sys::utsname::uname()
-            .map(|u| u.machine().to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        model: nix::sys::utsname::uname().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default(),
         memory_kib: meminfo_kib(&meminfo, "MemTotal").unwrap_or(0),
         cpus,
         mhz,
@@ -109,8 +82,7 @@ pub fn node_info() -> Result<NodeInfo, CallError> {
 
 /// `virNodeGetFreeMemory`, in bytes.
 pub fn free_memory() -> Result<u64, CallError> {
-    let meminfo = read("/proc/meminfo")
-        .ok_or_else(|| CallError::Internal("cannot read /proc/meminfo".into()))?;
+    let meminfo = read("/proc/meminfo").ok_or_else(|| CallError::Internal("cannot read /proc/meminfo".into()))?;
     Ok(meminfo_kib(&meminfo, "MemFree").unwrap_or(0) * 1024)
 }
 
@@ -119,9 +91,7 @@ pub fn cells_free_memory(start: i32, max: i32) -> Result<Vec<u64>, CallError> {
     let nodes = numa_nodes();
     let last = nodes.len() as i32 - 1;
     if start < 0 || start > last {
-        return Err(CallError::InvalidArg(format!(
-            "start cell {start} out of range (0-{last})"
-        )));
+        return Err(CallError::InvalidArg(format!("start cell {start} out of range (0-{last})")));
     }
     if max <= 0 {
         return Err(CallError::InvalidArg("maxcells must be positive".into()));
@@ -129,23 +99,15 @@ pub fn cells_free_memory(start: i32, max: i32) -> Result<Vec<u64>, CallError> {
     let end = (start + max - 1).min(last);
     let mut out = Vec::new();
     for n in start..=end {
-        let info = read(format!("/sys/devices/system/node/node{n}/meminfo"))
-            .or_else(|| read("/proc/meminfo"));
-        out.push(
-            info.as_deref()
-                .and_then(|i| meminfo_kib(i, "MemFree"))
-                .unwrap_or(0)
-                * 1024,
-        );
+        let info = read(format!("/sys/devices/system/node/node{n}/meminfo")).or_else(|| read("/proc/meminfo"));
+        out.push(info.as_deref().and_then(|i| meminfo_kib(i, "MemFree")).unwrap_or(0) * 1024);
     }
     Ok(out)
 }
 
 /// The most vCPUs KVM allows in one guest, capped at what our domains accept.
 pub fn max_vcpus(kind: Option<&str>) -> Result<i32, CallError> {
-    if let Some(k) =
-        kind.filter(|k| !k.eq_ignore_ascii_case("kvm") && !k.eq_ignore_ascii_case("qemu"))
-    {
+    if let Some(k) = kind.filter(|k| !k.eq_ignore_ascii_case("kvm") && !k.eq_ignore_ascii_case("qemu")) {
         return Err(CallError::InvalidArg(format!("unknown type '{k}'")));
     }
     let cap = crate::domain::MAX_VCPUS as i32;
@@ -156,11 +118,7 @@ fn kvm_max_vcpus() -> Option<i32> {
     use std::os::fd::AsRawFd;
     const KVM_CHECK_EXTENSION: libc::c_ulong = 0xAE03;
     const KVM_CAP_MAX_VCPUS: libc::c_int = 66;
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .ok()?;
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").ok()?;
     // SAFETY: KVM_CHECK_EXTENSION takes an integer argument, reads nothing
     // from our memory and returns an integer; the fd is open for the call.
     let n = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPUS) };
@@ -174,18 +132,12 @@ pub fn host_uuid(configured: Option<&str>) -> String {
     }
     let smbios = read("/sys/class/dmi/id/product_uuid").and_then(|u| crate::domain::parse_uuid(&u));
     let machine = read("/etc/machine-id").and_then(|m| crate::domain::parse_uuid(&m));
-    let bytes = smbios
-        .filter(|u| u.iter().any(|b| *b != 0 && *b != 0xff))
-        .or(machine)
-        .unwrap_or([0x5a; 16]);
+    let bytes = smbios.filter(|u| u.iter().any(|b| *b != 0 && *b != 0xff)).or(machine).unwrap_or([0x5a; 16]);
     crate::domain::uuid_string(&bytes)
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;")
 }
 
 /// `virConnectGetCapabilities`: the host CPU and memory, and the one guest type we run.
@@ -193,11 +145,7 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
     let info = node_info()?;
     let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
     let mut x = String::from("<capabilities>\n\n  <host>\n");
-    let _ = writeln!(
-        x,
-        "    <uuid>{host_uuid}</uuid>\n    <cpu>\n      <arch>{}</arch>",
-        escape(&info.model)
-    );
+    let _ = writeln!(x, "    <uuid>{host_uuid}</uuid>\n    <cpu>\n      <arch>{}</arch>", escape(&info.model));
     if let Some(v) = cpuinfo_field(&cpuinfo, "vendor_id") {
         let vendor = match v.as_str() {
             "AuthenticAMD" => "AMD",
@@ -211,11 +159,7 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
         "      <topology sockets='{}' dies='1' cores='{}' threads='{}'/>",
         info.sockets, info.cores, info.threads
     );
-    for flag in cpuinfo_field(&cpuinfo, "flags")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(256)
-    {
+    for flag in cpuinfo_field(&cpuinfo, "flags").unwrap_or_default().split_whitespace().take(256) {
         let _ = writeln!(x, "      <feature name='{}'/>", escape(flag));
     }
     x.push_str("    </cpu>\n    <power_management/>\n    <iommu support='no'/>\n    <topology>\n");
@@ -228,10 +172,7 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
         let cpus: Vec<u32> = read(format!("/sys/devices/system/node/node{n}/cpulist"))
             .map(|l| parse_cpulist(&l))
             .unwrap_or_else(|| (0..info.cpus as u32).collect());
-        let _ = writeln!(
-            x,
-            "        <cell id='{n}'>\n          <memory unit='KiB'>{mem}</memory>"
-        );
+        let _ = writeln!(x, "        <cell id='{n}'>\n          <memory unit='KiB'>{mem}</memory>");
         let _ = writeln!(x, "          <cpus num='{}'>", cpus.len());
         for c in cpus {
             let _ = writeln!(x, "            <cpu id='{c}'/>");
@@ -269,10 +210,7 @@ fn parse_cpulist(list: &str) -> Vec<u32> {
 /// `virConnectGetSysinfo`: the host's SMBIOS data from sysfs.
 pub fn sysinfo(flags: u32) -> Result<String, CallError> {
     if flags != 0 {
-        return Err(CallError::UnsupportedFlags {
-            flags,
-            function: "virConnectGetSysinfo".into(),
-        });
+        return Err(CallError::UnsupportedFlags { flags, function: "virConnectGetSysinfo".into() });
     }
     let dmi = |f: &str| read(format!("/sys/class/dmi/id/{f}")).filter(|v| !v.is_empty());
     let section = |name: &str, fields: &[(&str, &str)]| {
@@ -282,20 +220,9 @@ pub fn sysinfo(flags: u32) -> Result<String, CallError> {
                 dmi(file).map(|v| format!("    <entry name='{entry}'>{}</entry>\n", escape(&v)))
             })
             .collect();
-        if entries.is_empty() {
-            String::new()
-        } else {
-            format!("  <{name}>\n{entries}  </{name}>\n")
-        }
+        if entries.is_empty() { String::new() } else { format!("  <{name}>\n{entries}  </{name}>\n") }
     };
-    let bios = section(
-        "bios",
-        &[
-            ("vendor", "bios_vendor"),
-            ("version", "bios_version"),
-            ("date", "bios_date"),
-        ],
-    );
+    let bios = section("bios", &[("vendor", "bios_vendor"), ("version", "bios_version"), ("date", "bios_date")]);
     let system = section(
         "system",
         &[
@@ -308,13 +235,9 @@ pub fn sysinfo(flags: u32) -> Result<String, CallError> {
         ],
     );
     if bios.is_empty() && system.is_empty() {
-        return Err(CallError::Internal(
-            "Host SMBIOS information is not available".into(),
-        ));
+        return Err(CallError::Internal("Host SMBIOS information is not available".into()));
     }
-    Ok(format!(
-        "<sysinfo type='smbios'>\n{bios}{system}</sysinfo>\n"
-    ))
+    Ok(format!("<sysinfo type='smbios'>\n{bios}{system}</sysinfo>\n"))
 }
 
 #[cfg(test)]
@@ -328,10 +251,7 @@ mod tests {
         assert!(info.cpus >= 1 && info.memory_kib > 0);
         assert_eq!(
             info.cpus as usize,
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .max(info.cpus as usize)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(info.cpus as usize)
         );
     }
 
@@ -342,10 +262,7 @@ mod tests {
 
     #[test]
     fn meminfo_values_parse_with_and_without_node_prefix() {
-        assert_eq!(
-            meminfo_kib("MemTotal:  100 kB\nMemFree: 5 kB", "MemFree"),
-            Some(5)
-        );
+        assert_eq!(meminfo_kib("MemTotal:  100 kB\nMemFree: 5 kB", "MemFree"), Some(5));
         assert_eq!(meminfo_kib("Node 0 MemFree:   7 kB", "MemFree"), Some(7));
     }
 

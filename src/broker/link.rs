@@ -76,21 +76,14 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 impl Default for Restart {
     fn default() -> Self {
-        Restart {
-            delay: FIRST_DELAY,
-            due: None,
-        }
+        Restart { delay: FIRST_DELAY, due: None }
     }
 }
 
 impl Restart {
     /// Schedules a start after a frontend that ran for `ran` ended.
     pub fn schedule(&mut self, ran: Duration, now: Instant) {
-        self.delay = if ran >= HEALTHY_RUN {
-            FIRST_DELAY
-        } else {
-            (self.delay * 2).min(MAX_DELAY)
-        };
+        self.delay = if ran >= HEALTHY_RUN { FIRST_DELAY } else { (self.delay * 2).min(MAX_DELAY) };
         self.due = Some(now + self.delay);
     }
 

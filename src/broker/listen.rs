@@ -58,11 +58,7 @@ impl Drop for Listeners {
 }
 
 /// Creates the three Unix sockets, and the TCP ones with `--listen`.
-pub fn bind_all(
-    config: &Config,
-    listen: bool,
-    private_dir: bool,
-) -> Result<Listeners, ListenError> {
+pub fn bind_all(config: &Config, listen: bool, private_dir: bool) -> Result<Listeners, ListenError> {
     let io = |what: &Path| {
         let what = what.display().to_string();
         move |source| ListenError::Io { what, source }
@@ -74,27 +70,15 @@ pub fn bind_all(
     }
     let gid = match &config.unix_sock_group {
         Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| ListenError::NoGroup(name.clone()))?
-                .gid,
+            nix::unistd::Group::from_name(name).ok().flatten().ok_or_else(|| ListenError::NoGroup(name.clone()))?.gid,
         ),
         None => None,
     };
     let mut out = Listeners::default();
     for (kind, name, mode) in [
-        (
-            ListenerKind::ReadWrite,
-            RW_SOCKET,
-            config.unix_sock_rw_perms,
-        ),
+        (ListenerKind::ReadWrite, RW_SOCKET, config.unix_sock_rw_perms),
         (ListenerKind::ReadOnly, RO_SOCKET, config.unix_sock_ro_perms),
-        (
-            ListenerKind::Admin,
-            ADMIN_SOCKET,
-            config.unix_sock_admin_perms,
-        ),
+        (ListenerKind::Admin, ADMIN_SOCKET, config.unix_sock_admin_perms),
     ] {
         let path = config.socket_path(name);
         let listener = bind_unix(&path, mode, gid)?;
@@ -116,13 +100,8 @@ pub fn bind_all(
             }
             let addr = (config.listen_addr.as_str(), config.tcp_port);
             let what = format!("{}:{}", config.listen_addr, config.tcp_port);
-            let l = TcpListener::bind(addr).map_err(|source| ListenError::Io {
-                what: what.clone(),
-                source,
-            })?;
-            log::warn!(
-                "listening for unauthenticated, unencrypted TCP clients on {what} (auth_tcp = \"none\")"
-            );
+            let l = TcpListener::bind(addr).map_err(|source| ListenError::Io { what: what.clone(), source })?;
+            log::warn!("listening for unauthenticated, unencrypted TCP clients on {what} (auth_tcp = \"none\")");
             out.sockets.push((ListenerKind::Tcp, OwnedFd::from(l)));
         }
     }
@@ -130,15 +109,8 @@ pub fn bind_all(
 }
 
 /// Binds one Unix socket, replacing a stale one but never a live one.
-fn bind_unix(
-    path: &Path,
-    mode: u32,
-    gid: Option<nix::unistd::Gid>,
-) -> Result<UnixListener, ListenError> {
-    let io = |source| ListenError::Io {
-        what: path.display().to_string(),
-        source,
-    };
+fn bind_unix(path: &Path, mode: u32, gid: Option<nix::unistd::Gid>) -> Result<UnixListener, ListenError> {
+    let io = |source| ListenError::Io { what: path.display().to_string(), source };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {

@@ -81,16 +81,9 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
-    let mode = if nix::unistd::geteuid().is_root() {
-        Mode::System
-    } else {
-        Mode::Session
-    };
+    let mode = if nix::unistd::geteuid().is_root() { Mode::System } else { Mode::Session };
     let paths = DefaultPaths::for_mode(mode, &UserEnv::from_process());
-    let config_path = cli
-        .config
-        .clone()
-        .unwrap_or_else(|| paths.config_file.clone());
+    let config_path = cli.config.clone().unwrap_or_else(|| paths.config_file.clone());
     let (mut config, warnings) = match Config::load(&config_path, &paths) {
         Ok(c) => c,
         Err(ConfigError::Read { source, .. })
@@ -112,14 +105,10 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         return Err(StartError::ListenWithActivation);
     }
     if cli.daemon {
-        *readiness = Readiness::daemonize()
-            .map_err(|e| StartError::Setup(format!("cannot daemonize: {e}")))?;
+        *readiness = Readiness::daemonize().map_err(|e| StartError::Setup(format!("cannot daemonize: {e}")))?;
     }
 
-    let pid_path = cli
-        .pid_file
-        .clone()
-        .unwrap_or_else(|| paths.pid_file.clone());
+    let pid_path = cli.pid_file.clone().unwrap_or_else(|| paths.pid_file.clone());
     if let Some(dir) = pid_path.parent() {
         create_private_dir(dir, mode)?;
     }
@@ -129,32 +118,19 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         Some(l) => l,
         None => listen::bind_all(&config, cli.listen, mode == Mode::Session)?,
     };
-    if listeners
-        .sockets
-        .iter()
-        .any(|(k, _)| *k == ListenerKind::Tls)
-    {
-        return Err(StartError::Setup(
-            "a TLS socket was passed, but TLS is not implemented yet".into(),
-        ));
+    if listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tls) {
+        return Err(StartError::Setup("a TLS socket was passed, but TLS is not implemented yet".into()));
     }
     if mode == Mode::System {
         sandbox::restrict_to(sandbox::BROKER_CAPS)?;
     }
-    let auditor = audit::Auditor::new(
-        &config.syslog_socket,
-        config.audit_level,
-        config.audit_logging,
-    );
+    let auditor = audit::Auditor::new(&config.syslog_socket, config.audit_level, config.audit_logging);
     if config.audit_level == 2 && !auditor.is_connected() {
         return Err(StartError::AuditUnavailable(config.syslog_socket.clone()));
     }
-    let store = store::Store::open(&config.domain_config_dir)
-        .map_err(|e| StartError::Setup(e.to_string()))?;
-    let ctx = calls::Ctx {
-        domains: domains::Domains::load(store),
-        host_uuid: host::host_uuid(config.host_uuid.as_deref()),
-    };
+    let store = store::Store::open(&config.domain_config_dir).map_err(|e| StartError::Setup(e.to_string()))?;
+    let ctx =
+        calls::Ctx { domains: domains::Domains::load(store), host_uuid: host::host_uuid(config.host_uuid.as_deref()) };
     Broker::new(event_loop::Setup {
         cli: cli.clone(),
         mode,
@@ -204,6 +180,5 @@ fn create_private_dir(dir: &std::path::Path, mode: Mode) -> Result<(), StartErro
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(dir)
-        .map_err(|e| StartError::Setup(format!("cannot create '{}': {e}", dir.display())))
+    b.create(dir).map_err(|e| StartError::Setup(format!("cannot create '{}': {e}", dir.display())))
 }

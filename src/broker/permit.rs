@@ -42,10 +42,7 @@ mod tests {
         let hello = FrontendRequest::Hello { version: 1 };
         let allowed: Vec<_> = PHASES.iter().filter(|p| permitted(**p, &hello)).collect();
         assert_eq!(allowed, [&Phase::AwaitHello]);
-        let allowed: Vec<_> = PHASES
-            .iter()
-            .filter(|p| permitted(**p, &FrontendRequest::Ready))
-            .collect();
+        let allowed: Vec<_> = PHASES.iter().filter(|p| permitted(**p, &FrontendRequest::Ready)).collect();
         assert_eq!(allowed, [&Phase::AwaitReady]);
     }
 

@@ -40,10 +40,7 @@ impl PidFile {
     /// Creates or opens `path`, locks it without waiting, and writes our pid.
     /// A file left by a crashed daemon is unlocked, so it is simply taken over.
     pub fn acquire(path: &Path) -> Result<PidFile, PidFileError> {
-        let io = |source| PidFileError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |source| PidFileError::Io { path: path.to_owned(), source };
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -58,25 +55,15 @@ impl PidFile {
             Err((mut file, _)) => {
                 let mut text = String::new();
                 let _ = Read::by_ref(&mut file).take(32).read_to_string(&mut text);
-                let by = text
-                    .trim()
-                    .parse::<u32>()
-                    .map(|p| format!(" by pid {p}"))
-                    .unwrap_or_default();
-                return Err(PidFileError::Locked {
-                    path: path.to_owned(),
-                    by,
-                });
+                let by = text.trim().parse::<u32>().map(|p| format!(" by pid {p}")).unwrap_or_default();
+                return Err(PidFileError::Locked { path: path.to_owned(), by });
             }
         };
         lock.set_len(0).map_err(io)?;
         lock.rewind().map_err(io)?;
         writeln!(lock, "{}", std::process::id()).map_err(io)?;
         lock.sync_all().map_err(io)?;
-        Ok(PidFile {
-            path: path.to_owned(),
-            _lock: lock,
-        })
+        Ok(PidFile { path: path.to_owned(), _lock: lock })
     }
 }
 
@@ -95,15 +82,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.pid");
         let held = PidFile::acquire(&path).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            format!("{}\n", std::process::id())
-        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
         let err = PidFile::acquire(&path).unwrap_err().to_string();
-        assert!(
-            err.contains(&format!("locked by pid {}", std::process::id())),
-            "{err}"
-        );
+        assert!(err.contains(&format!("locked by pid {}", std::process::id())), "{err}");
         drop(held);
         assert!(!path.exists());
     }
@@ -114,9 +95,6 @@ mod tests {
         let path = dir.path().join("d.pid");
         std::fs::write(&path, "999999\n").unwrap();
         let _held = PidFile::acquire(&path).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            format!("{}\n", std::process::id())
-        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
     }
 }

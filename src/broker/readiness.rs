@@ -41,9 +41,7 @@ impl Readiness {
                     ForkResult::Child => {
                         let _ = std::env::set_current_dir("/");
                         redirect_stdio_to_null();
-                        Ok(Readiness {
-                            parent: Some(std::fs::File::from(w)),
-                        })
+                        Ok(Readiness { parent: Some(std::fs::File::from(w)) })
                     }
                 }
             }
@@ -52,9 +50,7 @@ impl Readiness {
 
     fn wait_for_daemon(r: OwnedFd) -> ! {
         let mut text = String::new();
-        let _ = std::fs::File::from(r)
-            .take(64 * 1024)
-            .read_to_string(&mut text);
+        let _ = std::fs::File::from(r).take(64 * 1024).read_to_string(&mut text);
         match text.strip_prefix("ok\n") {
             Some(_) => std::process::exit(0),
             None if text.is_empty() => {
@@ -86,11 +82,7 @@ impl Readiness {
 }
 
 fn redirect_stdio_to_null() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         for fd in [0, 1, 2] {
             // SAFETY: fd 0-2 are the standard streams; dup2 atomically replaces them.
             let _ = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };

@@ -38,8 +38,7 @@ pub fn frontend() -> std::io::Result<Spawned> {
         cmd.pre_exec(move || {
             if child_fd == CHANNEL_FD {
                 let flags = libc::fcntl(child_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
+                if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             } else if libc::dup2(child_fd, CHANNEL_FD) < 0 {
@@ -55,8 +54,5 @@ pub fn frontend() -> std::io::Result<Spawned> {
     }
     let child = cmd.spawn()?;
     drop(theirs);
-    Ok(Spawned {
-        pid: Pid::from_raw(child.id() as i32),
-        channel: ours,
-    })
+    Ok(Spawned { pid: Pid::from_raw(child.id() as i32), channel: ours })
 }

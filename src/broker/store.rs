@@ -45,11 +45,7 @@ pub struct Store {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StoreError::Io { what, path: path.to_owned(), source }
 }
 
 impl Store {
@@ -61,9 +57,7 @@ impl Store {
             .mode(0o700)
             .create(dir.join("autostart"))
             .map_err(io("cannot create", dir))?;
-        Ok(Store {
-            dir: dir.to_owned(),
-        })
+        Ok(Store { dir: dir.to_owned() })
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -82,9 +76,7 @@ impl Store {
         };
         for entry in entries.flatten().take(MAX_FILES) {
             let path = entry.path();
-            if path.extension().is_none_or(|e| e != "xml")
-                || !entry.file_type().is_ok_and(|t| t.is_file())
-            {
+            if path.extension().is_none_or(|e| e != "xml") || !entry.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             match self.load_one(&path) {
@@ -109,10 +101,7 @@ impl Store {
         }
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if stem != def.name {
-            return Err(format!(
-                "file name does not match domain name '{}'",
-                def.name
-            ));
+            return Err(format!("file name does not match domain name '{}'", def.name));
         }
         Ok(def)
     }
@@ -129,8 +118,7 @@ impl Store {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io("cannot create", &tmp))?;
-        f.write_all(def.to_xml().as_bytes())
-            .map_err(io("cannot write", &tmp))?;
+        f.write_all(def.to_xml().as_bytes()).map_err(io("cannot write", &tmp))?;
         f.sync_all().map_err(io("cannot sync", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io("cannot rename into", &path))?;
         self.sync_dir()
@@ -152,15 +140,12 @@ impl Store {
         let link = self.link(name);
         let _ = std::fs::remove_file(&link);
         if on {
-            std::os::unix::fs::symlink(self.file(name), &link)
-                .map_err(io("cannot create", &link))?;
+            std::os::unix::fs::symlink(self.file(name), &link).map_err(io("cannot create", &link))?;
         }
         Ok(())
     }
 
     fn sync_dir(&self) -> Result<(), StoreError> {
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("cannot sync", &self.dir))
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("cannot sync", &self.dir))
     }
 }

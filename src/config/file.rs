@@ -47,17 +47,11 @@ const MAX_LIST: usize = 1024;
 
 /// Applies the keys of `text` (the contents of `path`) over `config`.
 /// Returns the configuration and one warning per ignored key.
-pub fn parse(
-    text: &str,
-    path: &Path,
-    mut config: Config,
-) -> Result<(Config, Vec<String>), ConfigError> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string().replace('\n', " ").trim().to_owned(),
-        })?;
+pub fn parse(text: &str, path: &Path, mut config: Config) -> Result<(Config, Vec<String>), ConfigError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string().replace('\n', " ").trim().to_owned(),
+    })?;
     let mut warnings = Vec::new();
     let mut log_level = None;
     let mut log_filters = None;
@@ -107,14 +101,9 @@ pub fn parse(
             "domain_config_dir" => c.domain_config_dir = v.abs_path()?,
             "domain_state_dir" => c.domain_state_dir = v.abs_path()?,
             "syslog_socket" => c.syslog_socket = v.abs_path()?,
-            k if UNSUPPORTED_LIBVIRT_KEYS.contains(&k) => warnings.push(format!(
-                "{}: configuration key '{k}' is not supported by this daemon (ignored)",
-                path.display()
-            )),
-            k => warnings.push(format!(
-                "{}: unknown configuration key '{k}' (ignored)",
-                path.display()
-            )),
+            k if UNSUPPORTED_LIBVIRT_KEYS.contains(&k) => warnings
+                .push(format!("{}: configuration key '{k}' is not supported by this daemon (ignored)", path.display())),
+            k => warnings.push(format!("{}: unknown configuration key '{k}' (ignored)", path.display())),
         }
     }
     if config.helper_uid_min > config.helper_uid_max {
@@ -124,8 +113,7 @@ pub fn parse(
             reason: "must not be below helper_uid_min".into(),
         });
     }
-    let frontend_in_helpers =
-        (config.helper_uid_min..=config.helper_uid_max).contains(&config.frontend_uid);
+    let frontend_in_helpers = (config.helper_uid_min..=config.helper_uid_max).contains(&config.frontend_uid);
     if frontend_in_helpers {
         return Err(ConfigError::Value {
             path: path.to_owned(),
@@ -136,15 +124,11 @@ pub fn parse(
     config.log = LogConfig {
         level: log_level.unwrap_or(config.log.level),
         filters: match log_filters {
-            Some(s) => {
-                parse_filters(&s).map_err(|reason| value_err(path, "log_filters", reason))?
-            }
+            Some(s) => parse_filters(&s).map_err(|reason| value_err(path, "log_filters", reason))?,
             None => config.log.filters,
         },
         outputs: match log_outputs {
-            Some(s) => {
-                parse_outputs(&s).map_err(|reason| value_err(path, "log_outputs", reason))?
-            }
+            Some(s) => parse_outputs(&s).map_err(|reason| value_err(path, "log_outputs", reason))?,
             None => config.log.outputs,
         },
     };
@@ -152,11 +136,7 @@ pub fn parse(
 }
 
 fn value_err(path: &Path, key: &str, reason: String) -> ConfigError {
-    ConfigError::Value {
-        path: path.to_owned(),
-        key: key.to_owned(),
-        reason,
-    }
+    ConfigError::Value { path: path.to_owned(), key: key.to_owned(), reason }
 }
 
 /// One key's value, with what is needed to name it in an error.
@@ -221,37 +201,18 @@ impl Val<'_> {
         if items.len() > MAX_LIST {
             return Err(self.bad(&format!("more than {MAX_LIST} entries")));
         }
-        items
-            .iter()
-            .map(|value| {
-                Val {
-                    path: self.path,
-                    key: self.key,
-                    value,
-                }
-                .string()
-            })
-            .collect()
+        items.iter().map(|value| Val { path: self.path, key: self.key, value }.string()).collect()
     }
 
     fn uuid(&self) -> Result<String, ConfigError> {
         let s = self.string()?.to_ascii_lowercase();
         let hex: String = s.chars().filter(|c| *c != '-').collect();
-        let dashes_ok =
-            s.len() == 32 || (s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| &s[i..=i] == "-"));
+        let dashes_ok = s.len() == 32 || (s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| &s[i..=i] == "-"));
         let all_same = hex.chars().all(|c| hex.starts_with(c));
-        if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || !dashes_ok || all_same
-        {
+        if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || !dashes_ok || all_same {
             return Err(self.bad("expected a UUID such as \"00000000-1111-2222-3333-444444444444\" with varied digits"));
         }
-        Ok(format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        ))
+        Ok(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
     }
 }
 
@@ -302,14 +263,7 @@ host_uuid = "00000000-1111-2222-3333-444444444444"
     #[test]
     fn defaults_match_libvirt() {
         let (c, _) = conf("").unwrap();
-        assert_eq!(
-            (
-                c.unix_sock_ro_perms,
-                c.unix_sock_rw_perms,
-                c.unix_sock_admin_perms
-            ),
-            (0o777, 0o700, 0o700)
-        );
+        assert_eq!((c.unix_sock_ro_perms, c.unix_sock_rw_perms, c.unix_sock_admin_perms), (0o777, 0o700, 0o700));
         assert_eq!((c.tcp_port, c.tls_port), (16509, 16514));
         assert!(c.listen_tls && !c.listen_tcp);
         assert_eq!(c.unix_sock_dir, PathBuf::from("/run/libvirt"));
@@ -319,10 +273,7 @@ host_uuid = "00000000-1111-2222-3333-444444444444"
     fn unknown_keys_are_warned_not_fatal() {
         let (_, w) = conf("frobnicate = 1\nmdns_adv = 0\n").unwrap();
         assert_eq!(w.len(), 2);
-        assert!(
-            w.iter()
-                .any(|w| w.contains("unknown configuration key 'frobnicate'"))
-        );
+        assert!(w.iter().any(|w| w.contains("unknown configuration key 'frobnicate'")));
         assert!(w.iter().any(|w| w.contains("'mdns_adv' is not supported")));
     }
 
@@ -336,10 +287,7 @@ host_uuid = "00000000-1111-2222-3333-444444444444"
             ("log_outputs = \"3:carrier-pigeon\"", "log_outputs"),
             ("log_filters = \"x:remote\"", "log_filters"),
             ("unix_sock_dir = \"relative\"", "unix_sock_dir"),
-            (
-                "host_uuid = \"11111111-1111-1111-1111-111111111111\"",
-                "host_uuid",
-            ),
+            ("host_uuid = \"11111111-1111-1111-1111-111111111111\"", "host_uuid"),
             ("helper_uid_min = 10\nhelper_uid_max = 5", "helper_uid_max"),
         ] {
             let err = conf(text).unwrap_err().to_string();

@@ -174,15 +174,10 @@ impl Config {
     /// whether the default file may be absent.
     pub fn load(path: &Path, paths: &DefaultPaths) -> Result<(Config, Vec<String>), ConfigError> {
         use std::io::Read;
-        let read_err = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
+        let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
         let f = std::fs::File::open(path).map_err(read_err)?;
         let mut text = String::new();
-        f.take(MAX_CONFIG_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(read_err)?;
+        f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(read_err)?;
         if text.len() as u64 > MAX_CONFIG_BYTES {
             return Err(ConfigError::TooLarge(path.to_owned()));
         }

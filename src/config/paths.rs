@@ -61,16 +61,8 @@ pub struct UserEnv {
 impl UserEnv {
     /// Reads the variables from the process environment; empty values count as unset.
     pub fn from_process() -> Self {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        UserEnv {
-            home: var("HOME"),
-            xdg_config_home: var("XDG_CONFIG_HOME"),
-            xdg_runtime_dir: var("XDG_RUNTIME_DIR"),
-        }
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        UserEnv { home: var("HOME"), xdg_config_home: var("XDG_CONFIG_HOME"), xdg_runtime_dir: var("XDG_RUNTIME_DIR") }
     }
 }
 
@@ -94,14 +86,8 @@ impl DefaultPaths {
             }
             Mode::Session => {
                 let home = env.home.clone().unwrap_or_else(|| PathBuf::from("/"));
-                let config = env
-                    .xdg_config_home
-                    .clone()
-                    .unwrap_or_else(|| home.join(".config"));
-                let runtime = env
-                    .xdg_runtime_dir
-                    .clone()
-                    .unwrap_or_else(|| home.join(".cache"));
+                let config = env.xdg_config_home.clone().unwrap_or_else(|| home.join(".config"));
+                let runtime = env.xdg_runtime_dir.clone().unwrap_or_else(|| home.join(".cache"));
                 let pki = home.join(".pki/libvirt");
                 DefaultPaths {
                     config_file: config.join("libvirt/libvirtd.conf"),
@@ -133,16 +119,10 @@ mod tests {
     fn root_paths_follow_the_manual_page() {
         let p = DefaultPaths::for_mode(Mode::System, &UserEnv::default());
         assert_eq!(p.config_file, PathBuf::from("/etc/libvirt/libvirtd.conf"));
-        assert_eq!(
-            p.sock_dir.join(RW_SOCKET),
-            PathBuf::from("/run/libvirt/libvirt-sock")
-        );
+        assert_eq!(p.sock_dir.join(RW_SOCKET), PathBuf::from("/run/libvirt/libvirt-sock"));
         assert_eq!(p.pid_file, PathBuf::from("/run/libvirtd.pid"));
         assert_eq!(p.ca_file, PathBuf::from("/etc/pki/CA/cacert.pem"));
-        assert_eq!(
-            p.key_file,
-            PathBuf::from("/etc/pki/libvirt/private/serverkey.pem")
-        );
+        assert_eq!(p.key_file, PathBuf::from("/etc/pki/libvirt/private/serverkey.pem"));
     }
 
     #[test]
@@ -156,27 +136,15 @@ mod tests {
         assert_eq!(p.config_file, PathBuf::from("/cfg/libvirt/libvirtd.conf"));
         assert_eq!(p.sock_dir, PathBuf::from("/rt/libvirt"));
         assert_eq!(p.pid_file, PathBuf::from("/rt/libvirt/libvirtd.pid"));
-        assert_eq!(
-            p.cert_file,
-            PathBuf::from("/home/u/.pki/libvirt/servercert.pem")
-        );
+        assert_eq!(p.cert_file, PathBuf::from("/home/u/.pki/libvirt/servercert.pem"));
     }
 
     #[test]
     fn session_paths_fall_back_to_home() {
-        let env = UserEnv {
-            home: Some("/home/u".into()),
-            ..UserEnv::default()
-        };
+        let env = UserEnv { home: Some("/home/u".into()), ..UserEnv::default() };
         let p = DefaultPaths::for_mode(Mode::Session, &env);
-        assert_eq!(
-            p.config_file,
-            PathBuf::from("/home/u/.config/libvirt/libvirtd.conf")
-        );
+        assert_eq!(p.config_file, PathBuf::from("/home/u/.config/libvirt/libvirtd.conf"));
         assert_eq!(p.sock_dir, PathBuf::from("/home/u/.cache/libvirt"));
-        assert_eq!(
-            p.pid_file,
-            PathBuf::from("/home/u/.cache/libvirt/libvirtd.pid")
-        );
+        assert_eq!(p.pid_file, PathBuf::from("/home/u/.cache/libvirt/libvirtd.pid"));
     }
 }

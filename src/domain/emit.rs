@@ -16,26 +16,12 @@ pub fn domain(d: &DomainDef) -> Element {
     if let Some(desc) = &d.description {
         root = root.child(Element::new("description").with_text(desc));
     }
-    let [metadata, resource, features, cpu, clock, pm, seclabel] = KEPT_ORDER else {
-        unreachable!()
-    };
+    let [metadata, resource, features, cpu, clock, pm, seclabel] = KEPT_ORDER else { unreachable!() };
     root.children.extend(kept(metadata));
     root = root
-        .child(
-            Element::new("memory")
-                .attr("unit", "KiB")
-                .with_text(d.memory_kib.to_string()),
-        )
-        .child(
-            Element::new("currentMemory")
-                .attr("unit", "KiB")
-                .with_text(d.current_memory_kib.to_string()),
-        )
-        .child(
-            Element::new("vcpu")
-                .attr("placement", "static")
-                .with_text(d.vcpus.to_string()),
-        );
+        .child(Element::new("memory").attr("unit", "KiB").with_text(d.memory_kib.to_string()))
+        .child(Element::new("currentMemory").attr("unit", "KiB").with_text(d.current_memory_kib.to_string()))
+        .child(Element::new("vcpu").attr("placement", "static").with_text(d.vcpus.to_string()));
     root.children.extend(kept(resource));
     root = root.child(os(d));
     for name in [features, cpu, clock] {
@@ -56,9 +42,7 @@ fn os(d: &DomainDef) -> Element {
     if let Some(m) = &d.os.machine {
         ty = ty.attr("machine", m);
     }
-    let mut os = Element::new("os")
-        .child(ty.with_text("hvm"))
-        .child(Element::new("kernel").with_text(&d.os.kernel));
+    let mut os = Element::new("os").child(ty.with_text("hvm")).child(Element::new("kernel").with_text(&d.os.kernel));
     if let Some(i) = &d.os.initrd {
         os = os.child(Element::new("initrd").with_text(i));
     }
@@ -72,16 +56,9 @@ fn os(d: &DomainDef) -> Element {
 }
 
 fn devices(d: &DomainDef) -> Element {
-    let kept = |name: &'static str| {
-        d.kept_devices
-            .iter()
-            .filter(move |e| e.name == name)
-            .cloned()
-    };
+    let kept = |name: &'static str| d.kept_devices.iter().filter(move |e| e.name == name).cloned();
     let mut devs = Element::new("devices");
-    let [emulator, controller, rest @ ..] = KEPT_DEVICE_ORDER else {
-        unreachable!()
-    };
+    let [emulator, controller, rest @ ..] = KEPT_DEVICE_ORDER else { unreachable!() };
     devs.children.extend(kept(emulator));
     for disk in &d.disks {
         let (ty, attr) = match disk.kind {
@@ -91,17 +68,9 @@ fn devices(d: &DomainDef) -> Element {
         let mut e = Element::new("disk")
             .attr("type", ty)
             .attr("device", "disk")
-            .child(
-                Element::new("driver")
-                    .attr("name", "qemu")
-                    .attr("type", "raw"),
-            )
+            .child(Element::new("driver").attr("name", "qemu").attr("type", "raw"))
             .child(Element::new("source").attr(attr, &disk.path))
-            .child(
-                Element::new("target")
-                    .attr("dev", &disk.target)
-                    .attr("bus", "virtio"),
-            );
+            .child(Element::new("target").attr("dev", &disk.target).attr("bus", "virtio"));
         if disk.readonly {
             e = e.child(Element::new("readonly"));
         }
@@ -116,13 +85,8 @@ fn devices(d: &DomainDef) -> Element {
     devs.children.extend(kept(controller));
     for nic in &d.interfaces {
         let m = nic.mac;
-        let mac = format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        );
-        let mut e = Element::new("interface")
-            .attr("type", &nic.kind)
-            .child(Element::new("mac").attr("address", mac));
+        let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
+        let mut e = Element::new("interface").attr("type", &nic.kind).child(Element::new("mac").attr("address", mac));
         match (nic.kind.as_str(), &nic.source) {
             ("network", Some(s)) => e = e.child(Element::new("source").attr("network", s)),
             ("bridge", Some(s)) => e = e.child(Element::new("source").attr("bridge", s)),
@@ -134,16 +98,10 @@ fn devices(d: &DomainDef) -> Element {
         devs = devs.child(e.child(Element::new("model").attr("type", "virtio")));
     }
     for s in &d.serials {
-        devs = devs.child(chardev(
-            "serial",
-            s,
-            Element::new("target").attr("port", s.port.to_string()),
-        ));
+        devs = devs.child(chardev("serial", s, Element::new("target").attr("port", s.port.to_string())));
     }
     for c in &d.consoles {
-        let target = Element::new("target")
-            .attr("type", "serial")
-            .attr("port", c.port.to_string());
+        let target = Element::new("target").attr("type", "serial").attr("port", c.port.to_string());
         devs = devs.child(chardev("console", c, target));
     }
     for name in rest {

@@ -20,18 +20,9 @@ pub use units::to_kib;
 use xml::Element;
 
 /// Order in which kept top-level elements are written (libvirt's order).
-const KEPT_ORDER: &[&str] = &[
-    "metadata", "resource", "features", "cpu", "clock", "pm", "seclabel",
-];
+const KEPT_ORDER: &[&str] = &["metadata", "resource", "features", "cpu", "clock", "pm", "seclabel"];
 /// Order in which kept devices are written, around the modelled ones.
-const KEPT_DEVICE_ORDER: &[&str] = &[
-    "emulator",
-    "controller",
-    "input",
-    "audio",
-    "video",
-    "memballoon",
-];
+const KEPT_DEVICE_ORDER: &[&str] = &["emulator", "controller", "input", "audio", "video", "memballoon"];
 
 fn rank(order: &[&str], name: &str) -> usize {
     order.iter().position(|n| *n == name).unwrap_or(order.len())
@@ -215,9 +206,7 @@ impl DomainDef {
 
     /// Whether `<features>` asks for `name` (e.g. `acpi`).
     pub fn has_feature(&self, name: &str) -> bool {
-        self.kept
-            .iter()
-            .any(|e| e.name == "features" && e.find(name).is_some())
+        self.kept.iter().any(|e| e.name == "features" && e.find(name).is_some())
     }
 }
 

@@ -1,9 +1,7 @@
 //! Domain XML to [`DomainDef`]: what we model, keep, refuse or drop.
 
 use super::xml::{self, Element};
-use super::{
-    CharDev, CharSource, Disk, DiskKind, DomainDef, DomainError, Interface, LifecycleAction, OsDef,
-};
+use super::{CharDev, CharSource, Disk, DiskKind, DomainDef, DomainError, Interface, LifecycleAction, OsDef};
 use super::{parse_uuid, to_kib};
 
 /// Most vCPUs a domain may have.
@@ -53,9 +51,7 @@ const UNSUPPORTED_TOP: &[&str] = &[
 
 /// Top-level elements kept as written: they do not change what the guest sees
 /// (or describe exactly what it gets anyway).
-const HARMLESS_TOP: &[&str] = &[
-    "metadata", "features", "cpu", "clock", "pm", "seclabel", "resource",
-];
+const HARMLESS_TOP: &[&str] = &["metadata", "features", "cpu", "clock", "pm", "seclabel", "resource"];
 
 /// Devices that would change the guest and that we cannot provide.
 const UNSUPPORTED_DEVICES: &[&str] = &[
@@ -83,26 +79,14 @@ const UNSUPPORTED_DEVICES: &[&str] = &[
 ];
 
 /// `<features>` children we accept (and keep).
-const FEATURES: &[&str] = &[
-    "acpi",
-    "apic",
-    "pae",
-    "hap",
-    "vmport",
-    "pmu",
-    "kvm",
-    "vmcoreinfo",
-];
+const FEATURES: &[&str] = &["acpi", "apic", "pae", "hap", "vmport", "pmu", "kvm", "vmcoreinfo"];
 
 /// Parses and checks a domain XML. `validate` is `VIR_DOMAIN_DEFINE_VALIDATE`:
 /// unknown elements are then errors instead of being dropped. Returns the
 /// definition and the names of dropped elements (for the log).
 pub fn parse(text: &str, validate: bool) -> Result<(DomainDef, Vec<String>), DomainError> {
     let root = xml::parse(text)?;
-    let mut p = Parser {
-        validate,
-        dropped: Vec::new(),
-    };
+    let mut p = Parser { validate, dropped: Vec::new() };
     let def = p.domain(&root)?;
     Ok((def, p.dropped))
 }
@@ -123,10 +107,7 @@ fn unsupported(msg: impl Into<String>) -> DomainError {
 impl Parser {
     fn unknown(&mut self, e: &Element, parent: &str) -> Result<(), DomainError> {
         if self.validate {
-            return Err(DomainError::Schema {
-                element: e.name.clone(),
-                parent: parent.to_owned(),
-            });
+            return Err(DomainError::Schema { element: e.name.clone(), parent: parent.to_owned() });
         }
         self.dropped.push(format!("<{}> in <{parent}>", e.name));
         Ok(())
@@ -134,25 +115,17 @@ impl Parser {
 
     fn domain(&mut self, root: &Element) -> Result<DomainDef, DomainError> {
         if root.name != "domain" {
-            return Err(invalid(format!(
-                "unexpected root element <{}>, expecting <domain>",
-                root.name
-            )));
+            return Err(invalid(format!("unexpected root element <{}>, expecting <domain>", root.name)));
         }
         match root.get("type") {
             Some("kvm") => {}
             Some(t) if KNOWN_TYPES.contains(&t) => {
-                return Err(unsupported(format!(
-                    "virt type '{t}' is not supported by this daemon, only 'kvm'"
-                )));
+                return Err(unsupported(format!("virt type '{t}' is not supported by this daemon, only 'kvm'")));
             }
             Some(t) => return Err(unsupported(format!("invalid domain type {t}"))),
             None => return Err(invalid("missing domain type attribute")),
         }
-        let name = root
-            .find("name")
-            .map(|e| e.text.clone())
-            .ok_or_else(|| invalid("missing name information"))?;
+        let name = root.find("name").map(|e| e.text.clone()).ok_or_else(|| invalid("missing name information"))?;
         check_name(&name)?;
         let uuid = match root.find("uuid") {
             Some(u) => parse_uuid(&u.text).ok_or_else(|| invalid("malformed uuid element"))?,
@@ -162,18 +135,13 @@ impl Parser {
         if title.as_deref().is_some_and(|t| t.contains('\n')) {
             return Err(invalid("Domain title can't contain newlines"));
         }
-        let memory_kib = memory(
-            root.find("memory")
-                .ok_or_else(|| invalid("missing memory element"))?,
-        )?;
+        let memory_kib = memory(root.find("memory").ok_or_else(|| invalid("missing memory element"))?)?;
         let current_memory_kib = match root.find("currentMemory") {
             Some(m) => memory(m)?.min(memory_kib),
             None => memory_kib,
         };
         let vcpus = vcpus(root.find("vcpu"))?;
-        let os = os(root
-            .find("os")
-            .ok_or_else(|| invalid("missing <os> element"))?)?;
+        let os = os(root.find("os").ok_or_else(|| invalid("missing <os> element"))?)?;
 
         let mut def = DomainDef {
             name,
@@ -213,9 +181,7 @@ impl Parser {
             if MODELLED.contains(&n) {
                 continue;
             } else if UNSUPPORTED_TOP.contains(&n) {
-                return Err(unsupported(format!(
-                    "<{n}> is not supported by this daemon"
-                )));
+                return Err(unsupported(format!("<{n}> is not supported by this daemon")));
             } else if HARMLESS_TOP.contains(&n) {
                 if n == "features" {
                     features(child)?;
@@ -229,10 +195,8 @@ impl Parser {
             self.devices(devices, &mut def)?;
         }
         // Canonical order, so that a definition and its own XML compare equal.
-        def.kept
-            .sort_by_key(|e| super::rank(super::KEPT_ORDER, &e.name));
-        def.kept_devices
-            .sort_by_key(|e| super::rank(super::KEPT_DEVICE_ORDER, &e.name));
+        def.kept.sort_by_key(|e| super::rank(super::KEPT_ORDER, &e.name));
+        def.kept_devices.sort_by_key(|e| super::rank(super::KEPT_DEVICE_ORDER, &e.name));
         Ok(def)
     }
 
@@ -245,23 +209,14 @@ impl Parser {
                 "console" => def.consoles.push(chardev(d, "console")?),
                 "emulator" => def.kept_devices.push(d.clone()),
                 "controller" => def.kept_devices.push(controller(d)?),
-                "memballoon" | "video" | "input" | "audio" => {
-                    def.kept_devices.push(harmless_device(d)?)
-                }
+                "memballoon" | "video" | "input" | "audio" => def.kept_devices.push(harmless_device(d)?),
                 n if UNSUPPORTED_DEVICES.contains(&n) => {
-                    return Err(unsupported(format!(
-                        "<{n}> devices are not supported by this daemon"
-                    )));
+                    return Err(unsupported(format!("<{n}> devices are not supported by this daemon")));
                 }
                 _ => self.unknown(d, "devices")?,
             }
         }
-        if def
-            .disks
-            .iter()
-            .enumerate()
-            .any(|(i, d)| def.disks[..i].iter().any(|o| o.target == d.target))
-        {
+        if def.disks.iter().enumerate().any(|(i, d)| def.disks[..i].iter().any(|o| o.target == d.target)) {
             return Err(invalid("target device names of disks must be unique"));
         }
         Ok(())
@@ -272,66 +227,39 @@ impl Parser {
             "file" => DiskKind::File,
             "block" => DiskKind::Block,
             t => {
-                return Err(unsupported(format!(
-                    "disk type '{t}' is not supported, only 'file' and 'block'"
-                )));
+                return Err(unsupported(format!("disk type '{t}' is not supported, only 'file' and 'block'")));
             }
         };
         match d.get("device").unwrap_or("disk") {
             "disk" => {}
             dev => {
-                return Err(unsupported(format!(
-                    "disk device '{dev}' is not supported, only 'disk'"
-                )));
+                return Err(unsupported(format!("disk device '{dev}' is not supported, only 'disk'")));
             }
         }
         if let Some(driver) = d.find("driver") {
             if let Some(name) = driver.get("name").filter(|n| *n != "qemu") {
-                return Err(unsupported(format!(
-                    "disk driver '{name}' is not supported"
-                )));
+                return Err(unsupported(format!("disk driver '{name}' is not supported")));
             }
             if let Some(fmt) = driver.get("type").filter(|t| *t != "raw") {
-                return Err(unsupported(format!(
-                    "disk format '{fmt}' is not supported, only 'raw'"
-                )));
+                return Err(unsupported(format!("disk format '{fmt}' is not supported, only 'raw'")));
             }
         }
-        let attr = if kind == DiskKind::File {
-            "file"
-        } else {
-            "dev"
-        };
+        let attr = if kind == DiskKind::File { "file" } else { "dev" };
         let path = d
             .find("source")
             .and_then(|s| s.get(attr))
             .ok_or_else(|| invalid(format!("disk has no <source {attr}='...'/>")))?;
         absolute(path, "disk source")?;
-        let target = d
-            .find("target")
-            .ok_or_else(|| invalid("missing target information for device"))?;
-        let dev = target
-            .get("dev")
-            .ok_or_else(|| invalid("missing target information for device"))?;
+        let target = d.find("target").ok_or_else(|| invalid("missing target information for device"))?;
+        let dev = target.get("dev").ok_or_else(|| invalid("missing target information for device"))?;
         if dev.is_empty() || dev.len() > 32 || !dev.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(invalid(format!("invalid disk target '{dev}'")));
         }
         if let Some(bus) = target.get("bus").filter(|b| *b != "virtio") {
-            return Err(unsupported(format!(
-                "disk bus '{bus}' is not supported, only 'virtio'"
-            )));
+            return Err(unsupported(format!("disk bus '{bus}' is not supported, only 'virtio'")));
         }
-        const DISK_CHILDREN: &[&str] = &[
-            "driver",
-            "source",
-            "target",
-            "readonly",
-            "shareable",
-            "serial",
-            "boot",
-            "address",
-            "alias",
-        ];
+        const DISK_CHILDREN: &[&str] =
+            &["driver", "source", "target", "readonly", "shareable", "serial", "boot", "address", "alias"];
         for c in &d.children {
             if !DISK_CHILDREN.contains(&c.name.as_str()) {
                 self.unknown(c, "disk")?;
@@ -352,11 +280,7 @@ fn check_name(name: &str) -> Result<(), DomainError> {
     if name.is_empty() {
         return Err(invalid("missing name information"));
     }
-    if name.len() > 255
-        || name == "."
-        || name == ".."
-        || name.chars().any(|c| c == '/' || c.is_control())
-    {
+    if name.len() > 255 || name == "." || name == ".." || name.chars().any(|c| c == '/' || c.is_control()) {
         return Err(invalid(format!("name '{name}' is not a valid domain name")));
     }
     Ok(())
@@ -370,12 +294,8 @@ fn absolute(path: &str, what: &str) -> Result<(), DomainError> {
 }
 
 fn memory(e: &Element) -> Result<u64, DomainError> {
-    let value: u64 = e
-        .text
-        .parse()
-        .map_err(|_| invalid(format!("invalid value '{}' for <{}>", e.text, e.name)))?;
-    let kib = to_kib(value, e.get("unit"))
-        .ok_or_else(|| invalid(format!("invalid unit for <{}>", e.name)))?;
+    let value: u64 = e.text.parse().map_err(|_| invalid(format!("invalid value '{}' for <{}>", e.text, e.name)))?;
+    let kib = to_kib(value, e.get("unit")).ok_or_else(|| invalid(format!("invalid unit for <{}>", e.name)))?;
     if kib == 0 {
         return Err(invalid(format!("<{}> must be greater than zero", e.name)));
     }
@@ -384,71 +304,44 @@ fn memory(e: &Element) -> Result<u64, DomainError> {
 
 fn vcpus(e: Option<&Element>) -> Result<u32, DomainError> {
     let Some(e) = e else { return Ok(1) };
-    let n: u32 = e
-        .text
-        .parse()
-        .map_err(|_| invalid(format!("invalid vcpu count '{}'", e.text)))?;
+    let n: u32 = e.text.parse().map_err(|_| invalid(format!("invalid vcpu count '{}'", e.text)))?;
     if n == 0 || n > MAX_VCPUS {
-        return Err(unsupported(format!(
-            "vcpu count {n} is out of range 1-{MAX_VCPUS}"
-        )));
+        return Err(unsupported(format!("vcpu count {n} is out of range 1-{MAX_VCPUS}")));
     }
     if let Some(p) = e.get("placement").filter(|p| *p != "static") {
-        return Err(unsupported(format!(
-            "vcpu placement '{p}' is not supported"
-        )));
+        return Err(unsupported(format!("vcpu placement '{p}' is not supported")));
     }
     if e.get("cpuset").is_some() {
         return Err(unsupported("vcpu cpuset is not supported"));
     }
     if e.get("current").is_some_and(|c| c != e.text) {
-        return Err(unsupported(
-            "vcpu hotplug ('current' below the maximum) is not supported",
-        ));
+        return Err(unsupported("vcpu hotplug ('current' below the maximum) is not supported"));
     }
     Ok(n)
 }
 
 fn os(e: &Element) -> Result<OsDef, DomainError> {
-    let ty = e
-        .find("type")
-        .ok_or_else(|| invalid("an os <type> must be specified"))?;
+    let ty = e.find("type").ok_or_else(|| invalid("an os <type> must be specified"))?;
     if ty.text != "hvm" {
-        return Err(unsupported(format!(
-            "os type '{}' is not supported, only 'hvm'",
-            ty.text
-        )));
+        return Err(unsupported(format!("os type '{}' is not supported, only 'hvm'", ty.text)));
     }
     let arch = ty.get("arch").unwrap_or("x86_64");
     if arch != "x86_64" {
-        return Err(unsupported(format!(
-            "architecture '{arch}' is not supported, only 'x86_64'"
-        )));
+        return Err(unsupported(format!("architecture '{arch}' is not supported, only 'x86_64'")));
     }
-    for n in [
-        "loader", "nvram", "bios", "smbios", "acpi", "init", "firmware",
-    ] {
+    for n in ["loader", "nvram", "bios", "smbios", "acpi", "init", "firmware"] {
         if e.find(n).is_some() {
-            return Err(unsupported(format!(
-                "<os><{n}> is not supported: use direct kernel boot"
-            )));
+            return Err(unsupported(format!("<os><{n}> is not supported: use direct kernel boot")));
         }
     }
     if e.get("firmware").is_some() {
-        return Err(unsupported(
-            "<os firmware=...> is not supported: use direct kernel boot",
-        ));
+        return Err(unsupported("<os firmware=...> is not supported: use direct kernel boot"));
     }
     let kernel = e.find("kernel").map(|k| k.text.clone()).ok_or_else(|| {
-        unsupported(
-            "booting without <kernel> (firmware boot) is not supported: use direct kernel boot",
-        )
+        unsupported("booting without <kernel> (firmware boot) is not supported: use direct kernel boot")
     })?;
     absolute(&kernel, "kernel")?;
-    let initrd = e
-        .find("initrd")
-        .map(|i| i.text.clone())
-        .filter(|i| !i.is_empty());
+    let initrd = e.find("initrd").map(|i| i.text.clone()).filter(|i| !i.is_empty());
     if let Some(i) = &initrd {
         absolute(i, "initrd")?;
     }
@@ -458,29 +351,19 @@ fn os(e: &Element) -> Result<OsDef, DomainError> {
         kernel,
         initrd,
         cmdline: e.find("cmdline").map(|c| c.text.clone()),
-        boot: e
-            .children
-            .iter()
-            .filter(|c| c.name == "boot")
-            .filter_map(|b| b.get("dev"))
-            .map(str::to_owned)
-            .collect(),
+        boot: e.children.iter().filter(|c| c.name == "boot").filter_map(|b| b.get("dev")).map(str::to_owned).collect(),
     })
 }
 
-fn lifecycle(
-    root: &Element,
-    name: &str,
-    default: LifecycleAction,
-) -> Result<LifecycleAction, DomainError> {
+fn lifecycle(root: &Element, name: &str, default: LifecycleAction) -> Result<LifecycleAction, DomainError> {
     match root.find(name).map(|e| e.text.as_str()) {
         None => Ok(default),
         Some("destroy") => Ok(LifecycleAction::Destroy),
         Some("restart") => Ok(LifecycleAction::Restart),
         Some("preserve") => Ok(LifecycleAction::Preserve),
-        Some(a @ ("rename-restart" | "coredump-destroy" | "coredump-restart")) => Err(unsupported(
-            format!("<{name}> action '{a}' is not supported"),
-        )),
+        Some(a @ ("rename-restart" | "coredump-destroy" | "coredump-restart")) => {
+            Err(unsupported(format!("<{name}> action '{a}' is not supported")))
+        }
         Some(a) => Err(invalid(format!("unknown {name} action: {a}"))),
     }
 }
@@ -488,10 +371,7 @@ fn lifecycle(
 fn features(e: &Element) -> Result<(), DomainError> {
     for f in &e.children {
         if !FEATURES.contains(&f.name.as_str()) {
-            return Err(unsupported(format!(
-                "<features><{}> is not supported by this daemon",
-                f.name
-            )));
+            return Err(unsupported(format!("<features><{}> is not supported by this daemon", f.name)));
         }
     }
     Ok(())
@@ -500,59 +380,33 @@ fn features(e: &Element) -> Result<(), DomainError> {
 fn interface(e: &Element) -> Result<Interface, DomainError> {
     let kind = e.get("type").unwrap_or("");
     let source = match kind {
-        "network" => e
-            .find("source")
-            .and_then(|s| s.get("network"))
-            .map(str::to_owned),
-        "bridge" => e
-            .find("source")
-            .and_then(|s| s.get("bridge"))
-            .map(str::to_owned),
+        "network" => e.find("source").and_then(|s| s.get("network")).map(str::to_owned),
+        "bridge" => e.find("source").and_then(|s| s.get("bridge")).map(str::to_owned),
         "ethernet" | "user" => None,
         t => {
-            return Err(unsupported(format!(
-                "interface type '{t}' is not supported"
-            )));
+            return Err(unsupported(format!("interface type '{t}' is not supported")));
         }
     };
     if matches!(kind, "network" | "bridge") && source.is_none() {
         return Err(invalid(format!("interface of type '{kind}' has no source")));
     }
-    if let Some(model) = e
-        .find("model")
-        .and_then(|m| m.get("type"))
-        .filter(|m| *m != "virtio")
-    {
-        return Err(unsupported(format!(
-            "interface model '{model}' is not supported, only 'virtio'"
-        )));
+    if let Some(model) = e.find("model").and_then(|m| m.get("type")).filter(|m| *m != "virtio") {
+        return Err(unsupported(format!("interface model '{model}' is not supported, only 'virtio'")));
     }
     let mac = match e.find("mac").and_then(|m| m.get("address")) {
-        Some(a) => {
-            parse_mac(a).ok_or_else(|| invalid(format!("unable to parse mac address '{a}'")))?
-        }
+        Some(a) => parse_mac(a).ok_or_else(|| invalid(format!("unable to parse mac address '{a}'")))?,
         None => {
             let r = *uuid::Uuid::new_v4().as_bytes();
             [0x52, 0x54, 0x00, r[0], r[1], r[2]]
         }
     };
-    let target = e
-        .find("target")
-        .and_then(|t| t.get("dev"))
-        .map(str::to_owned);
-    Ok(Interface {
-        kind: kind.to_owned(),
-        source,
-        mac,
-        target,
-    })
+    let target = e.find("target").and_then(|t| t.get("dev")).map(str::to_owned);
+    Ok(Interface { kind: kind.to_owned(), source, mac, target })
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
-        .collect::<Option<_>>()?;
+    let parts: Vec<u8> =
+        s.split(':').map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2)).collect::<Option<_>>()?;
     let mac: [u8; 6] = parts.try_into().ok()?;
     // Multicast addresses cannot be a NIC's own.
     (mac[0] & 1 == 0).then_some(mac)
@@ -574,23 +428,13 @@ fn chardev(e: &Element, what: &str) -> Result<CharDev, DomainError> {
     };
     let target = e.find("target");
     if let Some(t) = target.and_then(|t| t.get("type")) {
-        let ok = if what == "console" {
-            t == "serial"
-        } else {
-            t == "isa-serial"
-        };
+        let ok = if what == "console" { t == "serial" } else { t == "isa-serial" };
         if !ok {
-            return Err(unsupported(format!(
-                "{what} target type '{t}' is not supported"
-            )));
+            return Err(unsupported(format!("{what} target type '{t}' is not supported")));
         }
     }
     let port = match target.and_then(|t| t.get("port")) {
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p < 4)
-            .ok_or_else(|| invalid(format!("invalid {what} port '{p}'")))?,
+        Some(p) => p.parse().ok().filter(|p| *p < 4).ok_or_else(|| invalid(format!("invalid {what} port '{p}'")))?,
         None => 0,
     };
     Ok(CharDev { source, port })
@@ -611,19 +455,14 @@ fn harmless_device(e: &Element) -> Result<Element, DomainError> {
     let ok = match e.name.as_str() {
         "memballoon" => e.get("model") == Some("none"),
         "video" => e.find("model").and_then(|m| m.get("type")) == Some("none"),
-        "input" => {
-            e.get("bus") == Some("ps2") && matches!(e.get("type"), Some("mouse" | "keyboard"))
-        }
+        "input" => e.get("bus") == Some("ps2") && matches!(e.get("type"), Some("mouse" | "keyboard")),
         "audio" => e.get("type") == Some("none"),
         _ => false,
     };
     if ok {
         Ok(e.clone())
     } else {
-        Err(unsupported(format!(
-            "this <{}> device is not supported by this daemon",
-            e.name
-        )))
+        Err(unsupported(format!("this <{}> device is not supported by this daemon", e.name)))
     }
 }
 
@@ -678,10 +517,7 @@ mod tests {
         let (def, dropped) = parse(GOOD, false).unwrap();
         assert!(dropped.is_empty(), "{dropped:?}");
         assert_eq!(def.name, "base-x");
-        assert_eq!(
-            (def.memory_kib, def.current_memory_kib, def.vcpus),
-            (131_072, 131_072, 1)
-        );
+        assert_eq!((def.memory_kib, def.current_memory_kib, def.vcpus), (131_072, 131_072, 1));
         assert_eq!(def.os.kernel, "/var/tmp/guestkit/vmlinuz");
         assert_eq!(def.disks[0].path, "/var/lib/images/x.img");
         assert_eq!(def.interfaces[0].mac[..3], [0x52, 0x54, 0x00]);
@@ -698,10 +534,7 @@ mod tests {
             assert!(xml.contains(kept), "{kept} missing from\n{xml}");
         }
         let (again, _) = parse(&xml, true).unwrap();
-        assert_eq!(
-            again, def,
-            "canonical XML must parse back to the same definition"
-        );
+        assert_eq!(again, def, "canonical XML must parse back to the same definition");
         assert_eq!(again.to_xml(), xml);
     }
 
@@ -710,15 +543,10 @@ mod tests {
         let (a, _) = parse(GOOD, false).unwrap();
         let (b, _) = parse(GOOD, false).unwrap();
         assert_ne!(a.uuid, b.uuid);
-        let with = GOOD.replace(
-            "<name>base-x</name>",
-            "<name>base-x</name><uuid>bcddda92-2bd4-42ea-b525-077265d27c4c</uuid>",
-        );
+        let with =
+            GOOD.replace("<name>base-x</name>", "<name>base-x</name><uuid>bcddda92-2bd4-42ea-b525-077265d27c4c</uuid>");
         let (c, _) = parse(&with, false).unwrap();
-        assert_eq!(
-            super::super::uuid_string(&c.uuid),
-            "bcddda92-2bd4-42ea-b525-077265d27c4c"
-        );
+        assert_eq!(super::super::uuid_string(&c.uuid), "bcddda92-2bd4-42ea-b525-077265d27c4c");
     }
 
     #[test]
@@ -726,9 +554,7 @@ mod tests {
         for (xml, needle) in [
             (with_devices("<graphics type='vnc'/>"), "<graphics>"),
             (
-                with_devices(
-                    "<disk type='network'><source protocol='nbd'/><target dev='vdb'/></disk>",
-                ),
+                with_devices("<disk type='network'><source protocol='nbd'/><target dev='vdb'/></disk>"),
                 "disk type 'network'",
             ),
             (
@@ -739,18 +565,10 @@ mod tests {
             ),
             (with_devices("<memballoon model='virtio'/>"), "<memballoon>"),
             (
-                with_devices(
-                    "<interface type='network'><source network='d'/><model type='e1000'/></interface>",
-                ),
+                with_devices("<interface type='network'><source network='d'/><model type='e1000'/></interface>"),
                 "'e1000'",
             ),
-            (
-                GOOD.replace(
-                    "<vcpu placement='static'>1</vcpu>",
-                    "<vcpu>1</vcpu><cputune/>",
-                ),
-                "<cputune>",
-            ),
+            (GOOD.replace("<vcpu placement='static'>1</vcpu>", "<vcpu>1</vcpu><cputune/>"), "<cputune>"),
         ] {
             match reject(&xml) {
                 DomainError::Unsupported(m) => assert!(m.contains(needle), "{needle}: {m}"),
@@ -767,10 +585,7 @@ mod tests {
         assert!(!def.to_xml().contains("foo"));
         assert_eq!(
             parse(&xml, true).unwrap_err(),
-            DomainError::Schema {
-                element: "foo".into(),
-                parent: "devices".into()
-            }
+            DomainError::Schema { element: "foo".into(), parent: "devices".into() }
         );
     }
 
@@ -788,35 +603,20 @@ mod tests {
     #[test]
     fn names_that_could_escape_the_config_directory_are_refused() {
         for bad in ["../evil", "a/b", "..", "tab\there"] {
-            assert!(
-                matches!(
-                    reject(&GOOD.replace("base-x", bad)),
-                    DomainError::Invalid(_)
-                ),
-                "{bad}"
-            );
+            assert!(matches!(reject(&GOOD.replace("base-x", bad)), DomainError::Invalid(_)), "{bad}");
         }
     }
 
     #[test]
     fn malformed_xml_reports_its_line() {
         let err = reject("<domain type='kvm'>\n<name>x</name>\n<memory>1\n");
-        assert!(
-            matches!(err, DomainError::Syntax { line, .. } if line >= 3),
-            "{err:?}"
-        );
+        assert!(matches!(err, DomainError::Syntax { line, .. } if line >= 3), "{err:?}");
     }
 
     #[test]
     fn current_memory_is_clamped_to_memory() {
-        let (def, _) = parse(
-            &GOOD.replace(
-                "<currentMemory unit='MiB'>128",
-                "<currentMemory unit='MiB'>512",
-            ),
-            false,
-        )
-        .unwrap();
+        let (def, _) =
+            parse(&GOOD.replace("<currentMemory unit='MiB'>128", "<currentMemory unit='MiB'>512"), false).unwrap();
         assert_eq!(def.current_memory_kib, def.memory_kib);
     }
 }

@@ -31,10 +31,7 @@ pub struct Element {
 impl Element {
     /// A new element with no content.
     pub fn new(name: &str) -> Self {
-        Element {
-            name: name.to_owned(),
-            ..Default::default()
-        }
+        Element { name: name.to_owned(), ..Default::default() }
     }
 
     /// Adds an attribute (builder style).
@@ -57,10 +54,7 @@ impl Element {
 
     /// The value of attribute `k`.
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
     }
 
     /// The first child named `name`.
@@ -122,28 +116,18 @@ pub fn parse(text: &str) -> Result<Element, DomainError> {
     if text.len() > MAX_XML_BYTES {
         return Err(DomainError::TooLarge(text.len()));
     }
-    let opts = roxmltree::ParsingOptions {
-        allow_dtd: false,
-        nodes_limit: MAX_NODES,
-        ..Default::default()
-    };
+    let opts = roxmltree::ParsingOptions { allow_dtd: false, nodes_limit: MAX_NODES, ..Default::default() };
     let doc = roxmltree::Document::parse_with_options(text, opts).map_err(|e| {
         let line = match e {
             roxmltree::Error::UnclosedRootNode => text.lines().count() as u32 + 1,
             ref other => other.pos().row,
         };
         let msg = e.to_string();
-        let detail = msg
-            .rsplit_once(" at ")
-            .map(|(m, _)| m.to_owned())
-            .unwrap_or(msg);
+        let detail = msg.rsplit_once(" at ").map(|(m, _)| m.to_owned()).unwrap_or(msg);
         DomainError::Syntax { line, detail }
     })?;
     let root = doc.root_element();
-    if root
-        .descendants()
-        .any(|n| n.ancestors().count() > MAX_DEPTH + 1)
-    {
+    if root.descendants().any(|n| n.ancestors().count() > MAX_DEPTH + 1) {
         return Err(DomainError::TooDeep(MAX_DEPTH));
     }
     Ok(convert(root, text))
@@ -180,10 +164,7 @@ mod tests {
     #[test]
     fn elements_round_trip_in_libvirt_style() {
         let e = parse("<a x=\"1\"><b>t &amp; u</b><c y='&apos;'/></a>").unwrap();
-        assert_eq!(
-            e.to_xml(),
-            "<a x='1'>\n  <b>t &amp; u</b>\n  <c y='&apos;'/>\n</a>\n"
-        );
+        assert_eq!(e.to_xml(), "<a x='1'>\n  <b>t &amp; u</b>\n  <c y='&apos;'/>\n</a>\n");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::privsep::{Call, CallValue, DomainRef, Query};
 use crate::rpc::error::{RpcError, to_remote};
 use crate::rpc::frame::{
-    self, Header, KEEPALIVE_PROGRAM, LXC_PROGRAM, MessageType, QEMU_PROGRAM, REMOTE_PROGRAM, Status,
+    self, ADMIN_PROGRAM, Header, KEEPALIVE_PROGRAM, LXC_PROGRAM, MessageType, QEMU_PROGRAM, REMOTE_PROGRAM, Status,
 };
 use crate::rpc::remote::*;
 use crate::rpc::xdr;
@@ -36,6 +36,8 @@ pub struct Session {
     pub close_callback: bool,
     /// The transport is local (Unix socket) or encrypted.
     pub secure: bool,
+    /// The client came through the admin socket, which serves only the ADMIN program.
+    pub admin: bool,
 }
 
 /// What the connection must do about one packet.
@@ -87,13 +89,9 @@ pub fn dispatch(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> A
 }
 
 fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Action, RpcError> {
-    if h.vers != frame::PROTOCOL_VERSION
-        || ![REMOTE_PROGRAM, QEMU_PROGRAM, LXC_PROGRAM].contains(&h.prog)
-    {
-        return Err(RpcError::UnknownProgram {
-            prog: h.prog,
-            vers: h.vers,
-        });
+    let programs: &[u32] = if s.admin { &[ADMIN_PROGRAM] } else { &[REMOTE_PROGRAM, QEMU_PROGRAM, LXC_PROGRAM] };
+    if h.vers != frame::PROTOCOL_VERSION || !programs.contains(&h.prog) {
+        return Err(RpcError::UnknownProgram { prog: h.prog, vers: h.vers });
     }
     if h.status != Status::Ok as i32 {
         return Err(RpcError::UnexpectedStatus(h.status));
@@ -102,10 +100,7 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         .filter(|_| h.prog == REMOTE_PROGRAM)
         .ok_or(RpcError::UnknownProcedure(h.proc_))?;
     use RemoteProc as P;
-    let before_open = matches!(
-        proc_,
-        P::AuthList | P::ConnectSupportsFeature | P::ConnectOpen | P::ConnectClose
-    );
+    let before_open = matches!(proc_, P::AuthList | P::ConnectSupportsFeature | P::ConnectOpen | P::ConnectClose);
     if !s.opened && !before_open {
         return Err(RpcError::NotOpen);
     }
@@ -161,73 +156,41 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             s.close_callback = false;
             ok(&())
         }
-        P::NodeGetSecurityModel => ok(&SecurityModelRet {
-            model: c_chars("none"),
-            doi: c_chars("0"),
-        }),
+        P::NodeGetSecurityModel => ok(&SecurityModelRet { model: c_chars("none"), doi: c_chars("0") }),
         P::ConnectGetHostname => fwd(Call::GetHostname),
         P::ConnectGetCapabilities => fwd(Call::GetCapabilities),
         P::NodeGetInfo => fwd(Call::NodeGetInfo),
         P::NodeGetFreeMemory => fwd(Call::NodeGetFreeMemory),
         P::NodeGetCellsFreeMemory => {
             let a: CellsFreeMemoryArgs = args(payload)?;
-            fwd(Call::NodeGetCellsFreeMemory {
-                start: a.start_cell,
-                max: a.maxcells,
-            })
+            fwd(Call::NodeGetCellsFreeMemory { start: a.start_cell, max: a.maxcells })
         }
-        P::ConnectGetMaxVcpus => fwd(Call::GetMaxVcpus {
-            kind: args::<OptStringArg>(payload)?.value,
-        }),
-        P::ConnectGetSysinfo => fwd(Call::GetSysinfo {
-            flags: args::<FlagsArgs>(payload)?.flags,
-        }),
+        P::ConnectGetMaxVcpus => fwd(Call::GetMaxVcpus { kind: args::<OptStringArg>(payload)?.value }),
+        P::ConnectGetSysinfo => fwd(Call::GetSysinfo { flags: args::<FlagsArgs>(payload)?.flags }),
         P::ConnectListAllDomains => {
             let a: ListAllDomainsArgs = args(payload)?;
-            fwd(Call::ListAll {
-                flags: a.flags,
-                need_results: a.need_results != 0,
-            })
+            fwd(Call::ListAll { flags: a.flags, need_results: a.need_results != 0 })
         }
         P::ConnectNumOfDomains => fwd(Call::NumOfDomains),
-        P::ConnectListDomains => fwd(Call::ListDomainIds {
-            max: args::<IntArg>(payload)?.value,
-        }),
+        P::ConnectListDomains => fwd(Call::ListDomainIds { max: args::<IntArg>(payload)?.value }),
         P::ConnectNumOfDefinedDomains => fwd(Call::NumOfDefined),
-        P::ConnectListDefinedDomains => fwd(Call::ListDefinedNames {
-            max: args::<IntArg>(payload)?.value,
-        }),
+        P::ConnectListDefinedDomains => fwd(Call::ListDefinedNames { max: args::<IntArg>(payload)?.value }),
         P::DomainLookupById => fwd(Call::LookupById(args::<IntArg>(payload)?.value)),
         P::DomainLookupByName => fwd(Call::LookupByName(args::<StringArg>(payload)?.value)),
         P::DomainLookupByUuid => fwd(Call::LookupByUuid(args::<UuidArg>(payload)?.uuid.0)),
-        P::DomainDefineXml => fwd(Call::Define {
-            xml: args::<StringArg>(payload)?.value,
-            flags: 0,
-        }),
+        P::DomainDefineXml => fwd(Call::Define { xml: args::<StringArg>(payload)?.value, flags: 0 }),
         P::DomainDefineXmlFlags => {
             let a: XmlFlagsArgs = args(payload)?;
-            fwd(Call::Define {
-                xml: a.xml,
-                flags: a.flags,
-            })
+            fwd(Call::Define { xml: a.xml, flags: a.flags })
         }
-        P::DomainUndefine => fwd(Call::Undefine {
-            uuid: args::<DomainArg>(payload)?.dom.uuid.0,
-            flags: 0,
-        }),
+        P::DomainUndefine => fwd(Call::Undefine { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
         P::DomainUndefineFlags => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::Undefine {
-                uuid: a.dom.uuid.0,
-                flags: a.flags,
-            })
+            fwd(Call::Undefine { uuid: a.dom.uuid.0, flags: a.flags })
         }
         P::DomainSetAutostart => {
             let a: DomainSetAutostartArgs = args(payload)?;
-            fwd(Call::SetAutostart {
-                uuid: a.dom.uuid.0,
-                on: a.autostart != 0,
-            })
+            fwd(Call::SetAutostart { uuid: a.dom.uuid.0, on: a.autostart != 0 })
         }
         P::DomainGetXmlDesc => {
             let a: DomainFlagsArgs = args(payload)?;
@@ -266,33 +229,20 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
 }
 
 fn query(dom: NonnullDomain, query: Query) -> Result<Action, RpcError> {
-    Ok(Action::Forward(Call::Query {
-        uuid: dom.uuid.0,
-        query,
-    }))
+    Ok(Action::Forward(Call::Query { uuid: dom.uuid.0, query }))
 }
 
 /// `qemu:///system` matches `qemu:///system`, with or without a trailing
 /// slash or query; the client has already stripped the transport.
 fn uri_matches(requested: &str, ours: &str) -> bool {
-    let bare = requested
-        .split('?')
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('/');
+    let bare = requested.split('?').next().unwrap_or("").trim_end_matches('/');
     bare == ours
 }
 
 /// Our version as a hypervisor version number (major * 1e6 + minor * 1e3 + micro).
 fn hypervisor_version() -> u64 {
-    let mut parts = crate::VERSION
-        .split('.')
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (a, b, c) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
+    let mut parts = crate::VERSION.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b, c) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     a * 1_000_000 + b * 1_000 + c
 }
 
@@ -312,12 +262,9 @@ impl<T: Serialize> ErasedRet for T {
 }
 
 fn ok_reply(h: &Header, ret: &dyn ErasedRet) -> Result<Vec<u8>, RpcError> {
-    let payload = ret
-        .encode()
-        .map_err(|_| RpcError::Internal("reply encoding"))?;
+    let payload = ret.encode().map_err(|_| RpcError::Internal("reply encoding"))?;
     let mut out = Vec::with_capacity(frame::HEADER_LEN + payload.len());
-    frame::encode(&mut out, &h.reply(Status::Ok), &payload)
-        .map_err(|_| RpcError::Internal("reply encoding"))?;
+    frame::encode(&mut out, &h.reply(Status::Ok), &payload).map_err(|_| RpcError::Internal("reply encoding"))?;
     Ok(out)
 }
 
@@ -325,36 +272,21 @@ fn ok_reply(h: &Header, ret: &dyn ErasedRet) -> Result<Vec<u8>, RpcError> {
 pub fn error_reply(h: &Header, e: &RpcError) -> Vec<u8> {
     let payload = xdr::to_bytes(&to_remote(e)).unwrap_or_default();
     let mut out = Vec::new();
-    let header = Header {
-        prog: h.prog,
-        vers: h.vers,
-        ..h.reply(Status::Error)
-    };
+    let header = Header { prog: h.prog, vers: h.vers, ..h.reply(Status::Error) };
     let _ = frame::encode(&mut out, &header, &payload);
     out
 }
 
 /// A keepalive message (PING or PONG).
 pub fn keepalive(proc_: i32) -> Vec<u8> {
-    let h = Header {
-        prog: KEEPALIVE_PROGRAM,
-        vers: 1,
-        proc_,
-        kind: MessageType::Message,
-        serial: 0,
-        status: 0,
-    };
+    let h = Header { prog: KEEPALIVE_PROGRAM, vers: 1, proc_, kind: MessageType::Message, serial: 0, status: 0 };
     let mut out = Vec::new();
     let _ = frame::encode(&mut out, &h, &[]);
     out
 }
 
 fn nonnull(d: DomainRef) -> NonnullDomain {
-    NonnullDomain {
-        name: d.name,
-        uuid: xdr::FixedOpaque(d.uuid),
-        id: d.id,
-    }
+    NonnullDomain { name: d.name, uuid: xdr::FixedOpaque(d.uuid), id: d.id }
 }
 
 /// Shapes the broker's answer to call `h` into its reply packet.
@@ -373,20 +305,14 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
     match (proc_, v) {
         (_, CallValue::Unit) => ok_reply(h, &()),
         (_, CallValue::Domain(d)) => ok_reply(h, &DomainRet { dom: nonnull(d) }),
-        (P::ConnectListAllDomains, CallValue::Domains { list, count }) => ok_reply(
-            h,
-            &ListAllDomainsRet {
-                domains: list.into_iter().map(nonnull).collect(),
-                ret: count,
-            },
-        ),
+        (P::ConnectListAllDomains, CallValue::Domains { list, count }) => {
+            ok_reply(h, &ListAllDomainsRet { domains: list.into_iter().map(nonnull).collect(), ret: count })
+        }
         (_, CallValue::Text(t)) => ok_reply(h, &t),
         (_, CallValue::Texts(t)) => ok_reply(h, &StringListRet { values: t }),
         (_, CallValue::Ints(i)) => ok_reply(h, &IntListRet { values: i }),
         (_, CallValue::U64s(u)) => ok_reply(h, &U64ListRet { values: u }),
-        (P::NodeGetFreeMemory | P::DomainGetMaxMemory, CallValue::Int(n)) => {
-            ok_reply(h, &(n as u64))
-        }
+        (P::NodeGetFreeMemory | P::DomainGetMaxMemory, CallValue::Int(n)) => ok_reply(h, &(n as u64)),
         (_, CallValue::Int(n)) => ok_reply(h, &(i32::try_from(n).map_err(|_| mismatch)?)),
         (_, CallValue::NodeInfo(n)) => {
             let mut model = [0i8; 32];
@@ -416,13 +342,9 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
             },
         ),
         (_, CallValue::State { state, reason }) => ok_reply(h, &DomainStateRet { state, reason }),
-        (_, CallValue::Label { label, enforcing }) => ok_reply(
-            h,
-            &SecurityLabelRet {
-                label: c_chars(&label),
-                enforcing: enforcing.into(),
-            },
-        ),
+        (_, CallValue::Label { label, enforcing }) => {
+            ok_reply(h, &SecurityLabelRet { label: c_chars(&label), enforcing: enforcing.into() })
+        }
         (_, CallValue::Domains { .. }) => Err(mismatch),
     }
 }
@@ -431,19 +353,10 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
 mod tests {
     use super::*;
 
-    const FACTS: Facts = Facts {
-        uri: "qemu:///system",
-    };
+    const FACTS: Facts = Facts { uri: "qemu:///system" };
 
     fn call_header(proc_: i32, serial: u32) -> Header {
-        Header {
-            prog: REMOTE_PROGRAM,
-            vers: 1,
-            proc_,
-            kind: MessageType::Call,
-            serial,
-            status: 0,
-        }
+        Header { prog: REMOTE_PROGRAM, vers: 1, proc_, kind: MessageType::Call, serial, status: 0 }
     }
 
     fn decode_error(bytes: &[u8]) -> (Header, RemoteError) {
@@ -453,20 +366,14 @@ mod tests {
     }
 
     fn open(s: &mut Session, flags: u32) -> Action {
-        let payload = xdr::to_bytes(&ConnectOpenArgs {
-            name: Some("qemu:///system".into()),
-            flags,
-        })
-        .unwrap();
+        let payload = xdr::to_bytes(&ConnectOpenArgs { name: Some("qemu:///system".into()), flags }).unwrap();
         dispatch(s, &FACTS, &call_header(1, 2), &payload)
     }
 
     #[test]
     fn auth_list_offers_none_before_open() {
         let mut s = Session::default();
-        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(66, 0), &[]) else {
-            panic!()
-        };
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(66, 0), &[]) else { panic!() };
         let (h, payload, _) = frame::split(&bytes).unwrap().unwrap();
         assert_eq!((h.kind, h.serial, h.status), (MessageType::Reply, 0, 0));
         assert_eq!(&bytes[payload], &[0, 0, 0, 1, 0, 0, 0, 0]);
@@ -475,89 +382,45 @@ mod tests {
     #[test]
     fn hypervisor_calls_need_an_open_connection() {
         let mut s = Session::default();
-        let Action::Send(bytes) = dispatch(
-            &mut s,
-            &FACTS,
-            &call_header(273, 3),
-            &[0, 0, 0, 1, 0, 0, 0, 3],
-        ) else {
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(273, 3), &[0, 0, 0, 1, 0, 0, 0, 3]) else {
             panic!()
         };
         let (_, e) = decode_error(&bytes);
-        assert_eq!(
-            e.message.as_deref(),
-            Some("internal error: hypervisor connection not open")
-        );
+        assert_eq!(e.message.as_deref(), Some("internal error: hypervisor connection not open"));
         assert!(matches!(open(&mut s, 0), Action::Send(_)));
         assert!(matches!(
-            dispatch(
-                &mut s,
-                &FACTS,
-                &call_header(273, 4),
-                &[0, 0, 0, 1, 0, 0, 0, 3]
-            ),
-            Action::Forward(Call::ListAll {
-                flags: 3,
-                need_results: true
-            })
+            dispatch(&mut s, &FACTS, &call_header(273, 4), &[0, 0, 0, 1, 0, 0, 0, 3]),
+            Action::Forward(Call::ListAll { flags: 3, need_results: true })
         ));
-        let Action::Send(again) = open(&mut s, 0) else {
-            panic!()
-        };
-        assert_eq!(
-            decode_error(&again).1.message.as_deref(),
-            Some("internal error: connection already open")
-        );
+        let Action::Send(again) = open(&mut s, 0) else { panic!() };
+        assert_eq!(decode_error(&again).1.message.as_deref(), Some("internal error: connection already open"));
     }
 
     #[test]
     fn a_read_only_connection_is_refused_mutators_with_libvirts_message() {
         let mut s = Session::default();
-        assert!(matches!(
-            open(&mut s, CONNECT_RO),
-            Action::BecameReadOnly(_)
-        ));
+        assert!(matches!(open(&mut s, CONNECT_RO), Action::BecameReadOnly(_)));
         let payload = xdr::to_bytes(&"<domain/>").unwrap();
-        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(11, 9), &payload) else {
-            panic!()
-        };
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(11, 9), &payload) else { panic!() };
         let (h, e) = decode_error(&bytes);
         assert_eq!(h.serial, 9);
         assert_eq!((e.code, e.domain), (29, 20));
-        assert_eq!(
-            e.message.as_deref(),
-            Some("operation forbidden: read only access prevents virDomainDefineXML")
-        );
+        assert_eq!(e.message.as_deref(), Some("operation forbidden: read only access prevents virDomainDefineXML"));
     }
 
     #[test]
     fn every_read_write_procedure_is_refused_on_a_read_only_connection() {
-        let mut s = Session {
-            opened: true,
-            readonly: true,
-            ..Session::default()
-        };
-        for &p in RemoteProc::ALL
-            .iter()
-            .filter(|p| p.access() == Access::ReadWrite)
-        {
-            let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(p as i32, 1), &[])
-            else {
-                panic!("{p:?}")
-            };
+        let mut s = Session { opened: true, readonly: true, ..Session::default() };
+        for &p in RemoteProc::ALL.iter().filter(|p| p.access() == Access::ReadWrite) {
+            let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(p as i32, 1), &[]) else { panic!("{p:?}") };
             assert_eq!(decode_error(&bytes).1.code, 29, "{p:?}");
         }
     }
 
     #[test]
     fn unknown_procedures_get_the_not_supported_rewrite_text() {
-        let mut s = Session {
-            opened: true,
-            ..Session::default()
-        };
-        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(9999, 1), &[]) else {
-            panic!()
-        };
+        let mut s = Session { opened: true, ..Session::default() };
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(9999, 1), &[]) else { panic!() };
         let (_, e) = decode_error(&bytes);
         assert_eq!((e.code, e.domain), (39, 7));
         assert!(e.message.unwrap().starts_with("unknown procedure"));
@@ -566,60 +429,27 @@ mod tests {
     #[test]
     fn keepalive_pings_are_answered_with_pongs() {
         let mut s = Session::default();
-        let ping = Header {
-            prog: KEEPALIVE_PROGRAM,
-            vers: 1,
-            proc_: PING,
-            kind: MessageType::Message,
-            serial: 0,
-            status: 0,
-        };
-        let pong = [
-            0, 0, 0, 0x1c, 0x6b, 0x65, 0x65, 0x70, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0,
-            0, 0, 0, 0,
-        ];
-        assert_eq!(
-            dispatch(&mut s, &FACTS, &ping, &[]),
-            Action::Send(pong.to_vec())
-        );
+        let ping =
+            Header { prog: KEEPALIVE_PROGRAM, vers: 1, proc_: PING, kind: MessageType::Message, serial: 0, status: 0 };
+        let pong = [0, 0, 0, 0x1c, 0x6b, 0x65, 0x65, 0x70, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(dispatch(&mut s, &FACTS, &ping, &[]), Action::Send(pong.to_vec()));
     }
 
     #[test]
     fn garbage_arguments_are_a_decode_error() {
-        let mut s = Session {
-            opened: true,
-            ..Session::default()
-        };
-        let Action::Send(bytes) = dispatch(
-            &mut s,
-            &FACTS,
-            &call_header(23, 1),
-            &[0xff, 0xff, 0xff, 0xff],
-        ) else {
+        let mut s = Session { opened: true, ..Session::default() };
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(23, 1), &[0xff, 0xff, 0xff, 0xff]) else {
             panic!()
         };
-        assert_eq!(
-            decode_error(&bytes).1.message.as_deref(),
-            Some("Unable to decode message payload")
-        );
+        assert_eq!(decode_error(&bytes).1.message.as_deref(), Some("Unable to decode message payload"));
     }
 
     #[test]
     fn secure_xml_is_refused_read_only() {
-        let mut s = Session {
-            opened: true,
-            readonly: true,
-            ..Session::default()
-        };
-        let dom = NonnullDomain {
-            name: "a".into(),
-            uuid: xdr::FixedOpaque([1; 16]),
-            id: -1,
-        };
+        let mut s = Session { opened: true, readonly: true, ..Session::default() };
+        let dom = NonnullDomain { name: "a".into(), uuid: xdr::FixedOpaque([1; 16]), id: -1 };
         let payload = xdr::to_bytes(&DomainFlagsArgs { dom, flags: 1 }).unwrap();
-        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(14, 1), &payload) else {
-            panic!()
-        };
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(14, 1), &payload) else { panic!() };
         assert_eq!(
             decode_error(&bytes).1.message.as_deref(),
             Some("operation forbidden: virDomainGetXMLDesc with secure flag")

@@ -62,41 +62,25 @@ fn start() -> Result<server::Server, FrontendError> {
     // nothing else in this freshly exec'd process has claimed it.
     let fd = unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) };
     let channel = Channel::from_fd(fd).map_err(|e| FrontendError::Channel(e.into()))?;
-    channel.send(
-        &Envelope {
-            id: 1,
-            body: FrontendRequest::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        },
-        &[],
-    )?;
-    let (welcome, mut fds) = channel
-        .recv_blocking::<Envelope<BrokerReply>>(WELCOME_TIMEOUT_MS, |e| e.body.fd_count())?;
-    let BrokerReply::Welcome {
-        broker_pid,
-        config,
-        listeners,
-    } = welcome.body
-    else {
+    channel.send(&Envelope { id: 1, body: FrontendRequest::Hello { version: PROTOCOL_VERSION } }, &[])?;
+    let (welcome, mut fds) =
+        channel.recv_blocking::<Envelope<BrokerReply>>(WELCOME_TIMEOUT_MS, |e| e.body.fd_count())?;
+    let BrokerReply::Welcome { broker_pid, config, listeners } = welcome.body else {
         return Err(FrontendError::Handshake);
     };
     let log_fds = fds.split_off(listeners.len());
-    let state = LogState::from_handoff(config.log.clone(), config.log_sinks.clone(), log_fds)
-        .map_err(FrontendError::Log)?;
+    let state =
+        LogState::from_handoff(config.log.clone(), config.log_sinks.clone(), log_fds).map_err(FrontendError::Log)?;
     logging::install(state);
 
     let ids = config.uid.zip(config.gid);
     let profile = Profile::frontend(ids, Some(nix::unistd::Pid::from_raw(broker_pid)));
     // Everything that needs a syscall outside the seccomp policy happens before confine.
-    let server = server::Server::new(channel, listeners.into_iter().zip(fds).collect(), config)
-        .map_err(FrontendError::Setup)?;
+    let server =
+        server::Server::new(channel, listeners.into_iter().zip(fds).collect(), config).map_err(FrontendError::Setup)?;
     sandbox::confine(&profile)?;
     sandbox::verify(&profile)?;
     server.send_ready()?;
-    log::debug!(
-        "frontend confined (uid {:?}) and serving",
-        ids.map(|(u, _)| u)
-    );
+    log::debug!("frontend confined (uid {:?}) and serving", ids.map(|(u, _)| u));
     Ok(server)
 }

@@ -14,8 +14,7 @@ use super::conn::{Admission, Client, Stream};
 use super::dispatch::{self, Action, Facts, Session};
 use crate::logging::{self, LogState};
 use crate::privsep::{
-    BrokerReply, Channel, ChannelError, ConnId, Envelope, FrontendConfig, FrontendRequest,
-    ListenerKind,
+    BrokerReply, Channel, ChannelError, ConnId, Envelope, FrontendConfig, FrontendRequest, ListenerKind,
 };
 use crate::rpc::frame::{self, Header};
 
@@ -78,17 +77,9 @@ pub struct Server {
 impl Server {
     /// Builds the poller and registers the channel and listeners (before confinement,
     /// since creating an epoll instance is outside the frontend's seccomp policy).
-    pub fn new(
-        channel: Channel,
-        sockets: Vec<(ListenerKind, OwnedFd)>,
-        config: FrontendConfig,
-    ) -> io::Result<Server> {
+    pub fn new(channel: Channel, sockets: Vec<(ListenerKind, OwnedFd)>, config: FrontendConfig) -> io::Result<Server> {
         let poll = Poll::new()?;
-        poll.registry().register(
-            &mut SourceFd(&channel.raw_fd()),
-            CHANNEL,
-            Interest::READABLE,
-        )?;
+        poll.registry().register(&mut SourceFd(&channel.raw_fd()), CHANNEL, Interest::READABLE)?;
         let mut listeners = Vec::new();
         for (i, (kind, fd)) in sockets.into_iter().enumerate() {
             let mut l = Listener::from_fd(kind, fd)?;
@@ -115,22 +106,14 @@ impl Server {
 
     /// Tells the broker we are confined; it checks that for itself.
     pub fn send_ready(&self) -> Result<(), ChannelError> {
-        self.channel.send(
-            &Envelope {
-                id: 0,
-                body: FrontendRequest::Ready,
-            },
-            &[],
-        )
+        self.channel.send(&Envelope { id: 0, body: FrontendRequest::Ready }, &[])
     }
 
     /// Serves until the broker goes away.
     pub fn run(&mut self) -> ExitCode {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self
-                .next_keepalive()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = self.next_keepalive().map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -192,24 +175,14 @@ impl Server {
             let peer = stream.identity(kind);
             let token = Token(self.next_token);
             self.next_token += 1;
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut stream, token, Interest::READABLE)
-            {
+            if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
                 log::warn!("cannot watch a new client: {e}");
                 continue;
             }
             let conn = self.next_conn;
             self.next_conn += 1;
-            log::debug!(
-                "accepted client {conn} on the {} socket: {peer:?}",
-                kind.name()
-            );
-            let id = match self.request(FrontendRequest::ClientOpened {
-                conn,
-                peer: peer.clone(),
-            }) {
+            log::debug!("accepted client {conn} on the {} socket: {peer:?}", kind.name());
+            let id = match self.request(FrontendRequest::ClientOpened { conn, peer: peer.clone() }) {
                 Ok(id) => id,
                 Err(e) => {
                     log::error!("cannot report a client to the broker: {e}");
@@ -221,6 +194,7 @@ impl Server {
             let session = Session {
                 readonly: kind == ListenerKind::ReadOnly,
                 secure: !matches!(kind, ListenerKind::Tcp),
+                admin: kind == ListenerKind::Admin,
                 ..Session::default()
             };
             let client = Client {
@@ -255,9 +229,7 @@ impl Server {
     /// max_client_requests), writes what is queued, and settles closing.
     fn process(&mut self, token: Token) {
         let max_in_flight = self.config.max_client_requests.max(1);
-        let facts = Facts {
-            uri: &self.config.uri,
-        };
+        let facts = Facts { uri: &self.config.uri };
         let mut forwards = Vec::new();
         let mut became_readonly = false;
         let Some(client) = self.clients.get_mut(&token) else {
@@ -276,8 +248,7 @@ impl Server {
                     break;
                 }
             };
-            let action =
-                dispatch::dispatch(&mut client.session, &facts, &header, &client.inbuf[range]);
+            let action = dispatch::dispatch(&mut client.session, &facts, &header, &client.inbuf[range]);
             client.inbuf.drain(..len);
             let queued = match action {
                 Action::Send(bytes) => client.queue(&bytes),
@@ -301,10 +272,7 @@ impl Server {
                 }
             };
             if !queued {
-                log::warn!(
-                    "client {} does not read its replies; closing it",
-                    client.conn
-                );
+                log::warn!("client {} does not read its replies; closing it", client.conn);
                 client.kill();
             }
         }
@@ -322,10 +290,7 @@ impl Server {
                 }
                 Err(e) => {
                     log::error!("cannot forward a call to the broker: {e}");
-                    let bytes = dispatch::error_reply(
-                        &header,
-                        &crate::rpc::error::RpcError::BrokerUnavailable,
-                    );
+                    let bytes = dispatch::error_reply(&header, &crate::rpc::error::RpcError::BrokerUnavailable);
                     if let Some(c) = self.clients.get_mut(&token) {
                         c.queue(&bytes);
                     }
@@ -344,20 +309,13 @@ impl Server {
         if !client.gone && !client.flush() {
             client.kill();
         }
-        let done =
-            client.gone || (client.closing && client.outbuf.is_empty() && client.in_flight == 0);
+        let done = client.gone || (client.closing && client.outbuf.is_empty() && client.in_flight == 0);
         if done {
             return self.hang_up(token);
         }
-        let interest = if client.outbuf.is_empty() {
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
-        let _ = self
-            .poll
-            .registry()
-            .reregister(&mut client.stream, token, interest);
+        let interest =
+            if client.outbuf.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let _ = self.poll.registry().reregister(&mut client.stream, token, interest);
     }
 
     /// Drops a client; the broker hears of it once it has answered the admission.
@@ -371,10 +329,7 @@ impl Server {
             return;
         }
         let conn = client.conn;
-        log::debug!(
-            "client {conn} on the {} socket disconnected",
-            client.peer.socket.name()
-        );
+        log::debug!("client {conn} on the {} socket disconnected", client.peer.socket.name());
         self.forget(token);
         if let Err(e) = self.request(FrontendRequest::ClientClosed { conn }) {
             log::error!("cannot report a closed client to the broker: {e}");
@@ -389,10 +344,7 @@ impl Server {
 
     fn on_channel(&mut self) -> Result<(), ChannelError> {
         loop {
-            let (env, fds) = match self
-                .channel
-                .recv::<Envelope<BrokerReply>>(|e| e.body.fd_count())
-            {
+            let (env, fds) = match self.channel.recv::<Envelope<BrokerReply>>(|e| e.body.fd_count()) {
                 Ok(m) => m,
                 Err(ChannelError::WouldBlock) => return Ok(()),
                 Err(e) => return Err(e),
@@ -450,10 +402,7 @@ impl Server {
     }
 
     fn keepalive_interval(&self) -> Option<Duration> {
-        u64::try_from(self.config.keepalive_interval)
-            .ok()
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs)
+        u64::try_from(self.config.keepalive_interval).ok().filter(|s| *s > 0).map(Duration::from_secs)
     }
 
     fn next_keepalive(&self) -> Option<Instant> {
@@ -475,9 +424,7 @@ impl Server {
         let due: Vec<Token> = self
             .clients
             .iter()
-            .filter(|(_, c)| {
-                c.session.keepalive && !c.gone && c.last_rx + interval * (c.pings + 1) <= now
-            })
+            .filter(|(_, c)| c.session.keepalive && !c.gone && c.last_rx + interval * (c.pings + 1) <= now)
             .map(|(t, _)| *t)
             .collect();
         for token in due {
@@ -485,11 +432,7 @@ impl Server {
                 continue;
             };
             if client.pings >= self.config.keepalive_count {
-                log::warn!(
-                    "client {} did not answer {} keepalive pings; closing it",
-                    client.conn,
-                    client.pings
-                );
+                log::warn!("client {} did not answer {} keepalive pings; closing it", client.conn, client.pings);
                 client.kill();
             } else {
                 client.pings += 1;

@@ -22,16 +22,12 @@ pub struct Utc {
     pub milli: u32,
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 impl Utc {
     /// Now.
     pub fn now() -> Self {
-        let d = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         Self::from_unix_millis(d.as_millis() as i64)
     }
 
@@ -71,10 +67,7 @@ impl Utc {
     /// `Nov 26 06:22:55`, the RFC 3164 syslog timestamp.
     pub fn syslog_stamp(&self) -> String {
         let mon = MONTHS[(self.month as usize).saturating_sub(1) % 12];
-        format!(
-            "{mon} {:2} {:02}:{:02}:{:02}",
-            self.day, self.hour, self.minute, self.second
-        )
+        format!("{mon} {:2} {:02}:{:02}:{:02}", self.day, self.hour, self.minute, self.second)
     }
 }
 
@@ -87,10 +80,7 @@ mod tests {
         let t = Utc::from_unix_millis(1_795_674_175_123);
         assert_eq!(t.log_stamp(), "2026-11-26 06:22:55.123+0000");
         assert_eq!(t.syslog_stamp(), "Nov 26 06:22:55");
-        assert_eq!(
-            Utc::from_unix_millis(951_782_400_000).log_stamp(),
-            "2000-02-29 00:00:00.000+0000"
-        );
+        assert_eq!(Utc::from_unix_millis(951_782_400_000).log_stamp(), "2000-02-29 00:00:00.000+0000");
         assert_eq!(Utc::from_unix_millis(0).syslog_stamp(), "Jan  1 00:00:00");
     }
 }

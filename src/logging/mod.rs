@@ -19,9 +19,7 @@ use ::syslog::{Facility, Severity};
 use serde::{Deserialize, Serialize};
 
 pub use clock::Utc;
-pub use spec::{
-    Filter, LogConfig, Output, OutputKind, Priority, parse_filters, parse_outputs, priority_of,
-};
+pub use spec::{Filter, LogConfig, Output, OutputKind, Priority, parse_filters, parse_outputs, priority_of};
 use syslog::SyslogSink;
 
 /// An opened destination.
@@ -78,29 +76,17 @@ impl LogState {
                     }
                     Target::Syslog(sink)
                 }
-                OutputKind::File(path) => {
-                    match std::fs::OpenOptions::new()
-                        .append(true)
-                        .create(true)
-                        .open(path)
-                    {
-                        Ok(f) => Target::File(f),
-                        Err(e) => {
-                            warnings.push(format!("cannot open log file {path}: {e}"));
-                            continue;
-                        }
+                OutputKind::File(path) => match std::fs::OpenOptions::new().append(true).create(true).open(path) {
+                    Ok(f) => Target::File(f),
+                    Err(e) => {
+                        warnings.push(format!("cannot open log file {path}: {e}"));
+                        continue;
                     }
-                }
+                },
             };
             targets.push((out.priority, target));
         }
-        (
-            LogState {
-                config: config.clone(),
-                targets,
-            },
-            warnings,
-        )
+        (LogState { config: config.clone(), targets }, warnings)
     }
 
     /// Describes the outputs and duplicates their fds, for another process.
@@ -113,10 +99,7 @@ impl LogState {
                 Target::Stderr => specs.push(SinkSpec::Stderr { priority }),
                 Target::Syslog(sink) => {
                     if let Some(sock) = sink.connected_socket() {
-                        specs.push(SinkSpec::Syslog {
-                            priority,
-                            ident: sink_ident(sink),
-                        });
+                        specs.push(SinkSpec::Syslog { priority, ident: sink_ident(sink) });
                         fds.push(OwnedFd::from(sock));
                     }
                 }
@@ -133,11 +116,7 @@ impl LogState {
 
     /// Rebuilds outputs from a handoff (frontend side). Fails if the fds do not
     /// match the specs one for one.
-    pub fn from_handoff(
-        config: LogConfig,
-        specs: Vec<SinkSpec>,
-        fds: Vec<OwnedFd>,
-    ) -> Result<Self, String> {
+    pub fn from_handoff(config: LogConfig, specs: Vec<SinkSpec>, fds: Vec<OwnedFd>) -> Result<Self, String> {
         let mut fds = fds.into_iter();
         let mut targets = Vec::new();
         for spec in specs {
@@ -146,15 +125,11 @@ impl LogState {
                 SinkSpec::Syslog { priority, ident } => {
                     let fd = fds.next().ok_or("missing syslog fd")?;
                     let sock = UnixDatagram::from(fd);
-                    (
-                        priority,
-                        Target::Syslog(SyslogSink::from_socket(sock, Facility::LOG_DAEMON, &ident)),
-                    )
+                    (priority, Target::Syslog(SyslogSink::from_socket(sock, Facility::LOG_DAEMON, &ident)))
                 }
-                SinkSpec::File { priority } => (
-                    priority,
-                    Target::File(File::from(fds.next().ok_or("missing log file fd")?)),
-                ),
+                SinkSpec::File { priority } => {
+                    (priority, Target::File(File::from(fds.next().ok_or("missing log file fd")?)))
+                }
             };
             targets.push((priority, target));
         }
@@ -176,12 +151,7 @@ impl LogState {
             _ => "error",
         };
         let pid = std::process::id();
-        let line = format!(
-            "{}: {pid}: {level} : {}: {}\n",
-            Utc::now().log_stamp(),
-            record.target(),
-            record.args()
-        );
+        let line = format!("{}: {pid}: {level} : {}: {}\n", Utc::now().log_stamp(), record.target(), record.args());
         for (floor, target) in &mut self.targets {
             if priority < *floor {
                 continue;
@@ -216,9 +186,7 @@ struct GlobalLogger {
     state: Mutex<Option<LogState>>,
 }
 
-static LOGGER: GlobalLogger = GlobalLogger {
-    state: Mutex::new(None),
-};
+static LOGGER: GlobalLogger = GlobalLogger { state: Mutex::new(None) };
 
 impl log::Log for GlobalLogger {
     fn enabled(&self, _: &log::Metadata) -> bool {
@@ -232,12 +200,7 @@ impl log::Log for GlobalLogger {
             // Errors before the configuration is read are returned to main,
             // which prints them once; warnings have no other way out.
             None if record.level() == log::Level::Warn => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "libvirtd: {}: {}",
-                    record.level(),
-                    record.args()
-                );
+                let _ = writeln!(std::io::stderr(), "libvirtd: {}: {}", record.level(), record.args());
             }
             None => {}
         }
@@ -266,10 +229,5 @@ pub fn writes_to_stderr() -> bool {
 
 /// Applies `f` to the installed state (for handoff to a new frontend).
 pub fn with_state<R>(f: impl FnOnce(&mut LogState) -> R) -> Option<R> {
-    LOGGER
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_mut()
-        .map(f)
+    LOGGER.state.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(f)
 }

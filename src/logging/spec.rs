@@ -63,22 +63,15 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: 3,
-            filters: Vec::new(),
-            outputs: Vec::new(),
-        }
+        LogConfig { level: 3, filters: Vec::new(), outputs: Vec::new() }
     }
 }
 
 impl LogConfig {
     /// Whether a record of `priority` from `target` passes the level and filters.
     pub fn enabled(&self, priority: Priority, target: &str) -> bool {
-        let floor = self
-            .filters
-            .iter()
-            .find(|f| target.contains(f.pattern.as_str()))
-            .map_or(self.level, |f| f.priority);
+        let floor =
+            self.filters.iter().find(|f| target.contains(f.pattern.as_str())).map_or(self.level, |f| f.priority);
         priority >= floor
     }
 
@@ -88,15 +81,8 @@ impl LogConfig {
         if !self.outputs.is_empty() {
             return self.outputs.clone();
         }
-        let kind = if daemonized {
-            OutputKind::Syslog("libvirtd".into())
-        } else {
-            OutputKind::Stderr
-        };
-        vec![Output {
-            priority: self.level,
-            kind,
-        }]
+        let kind = if daemonized { OutputKind::Syslog("libvirtd".into()) } else { OutputKind::Stderr };
+        vec![Output { priority: self.level, kind }]
     }
 }
 
@@ -106,9 +92,7 @@ fn priority(s: &str) -> Result<Priority, String> {
         "2" => Ok(2),
         "3" => Ok(3),
         "4" => Ok(4),
-        _ => Err(format!(
-            "'{s}' is not a priority from 1 (debug) to 4 (error)"
-        )),
+        _ => Err(format!("'{s}' is not a priority from 1 (debug) to 4 (error)")),
     }
 }
 
@@ -125,17 +109,12 @@ pub fn parse_filters(s: &str) -> Result<Vec<Filter>, String> {
     entries(s)?
         .into_iter()
         .map(|e| {
-            let (p, name) = e
-                .split_once(':')
-                .ok_or_else(|| format!("'{e}' is not priority:name"))?;
+            let (p, name) = e.split_once(':').ok_or_else(|| format!("'{e}' is not priority:name"))?;
             let name = name.strip_prefix('+').unwrap_or(name);
             if name.is_empty() || name.len() > 256 {
                 return Err(format!("'{e}' has no usable name"));
             }
-            Ok(Filter {
-                priority: priority(p)?,
-                pattern: name.to_owned(),
-            })
+            Ok(Filter { priority: priority(p)?, pattern: name.to_owned() })
         })
         .collect()
 }
@@ -157,9 +136,7 @@ pub fn parse_outputs(s: &str) -> Result<Vec<Output>, String> {
                     OutputKind::File(path.to_owned())
                 }
                 (Some("journald"), None) => {
-                    return Err(format!(
-                        "'{e}': journald output is not supported, use syslog"
-                    ));
+                    return Err(format!("'{e}': journald output is not supported, use syslog"));
                 }
                 _ => return Err(format!("'{e}' is not stderr, syslog:NAME or file:/PATH")),
             };
@@ -174,11 +151,7 @@ mod tests {
 
     #[test]
     fn first_matching_filter_overrides_the_level() {
-        let cfg = LogConfig {
-            level: 3,
-            filters: parse_filters("1:broker 4:frontend").unwrap(),
-            outputs: vec![],
-        };
+        let cfg = LogConfig { level: 3, filters: parse_filters("1:broker 4:frontend").unwrap(), outputs: vec![] };
         assert!(cfg.enabled(1, "libvirtd::broker::audit"));
         assert!(!cfg.enabled(3, "libvirtd::frontend"));
         assert!(cfg.enabled(3, "libvirtd::config"));
@@ -188,27 +161,14 @@ mod tests {
     #[test]
     fn outputs_parse_each_kind() {
         let o = parse_outputs("1:stderr 3:syslog:libvirtd 2:file:/var/log/l.log").unwrap();
-        assert_eq!(
-            o[0],
-            Output {
-                priority: 1,
-                kind: OutputKind::Stderr
-            }
-        );
+        assert_eq!(o[0], Output { priority: 1, kind: OutputKind::Stderr });
         assert_eq!(o[1].kind, OutputKind::Syslog("libvirtd".into()));
         assert_eq!(o[2].kind, OutputKind::File("/var/log/l.log".into()));
     }
 
     #[test]
     fn bad_outputs_are_refused() {
-        for bad in [
-            "stderr",
-            "5:stderr",
-            "1:file:relative",
-            "1:syslog:",
-            "1:journald",
-            "1:tape",
-        ] {
+        for bad in ["stderr", "5:stderr", "1:file:relative", "1:syslog:", "1:journald", "1:tape"] {
             assert!(parse_outputs(bad).is_err(), "{bad}");
         }
     }
@@ -217,9 +177,6 @@ mod tests {
     fn default_output_depends_on_daemonizing() {
         let cfg = LogConfig::default();
         assert_eq!(cfg.effective_outputs(false)[0].kind, OutputKind::Stderr);
-        assert_eq!(
-            cfg.effective_outputs(true)[0].kind,
-            OutputKind::Syslog("libvirtd".into())
-        );
+        assert_eq!(cfg.effective_outputs(true)[0].kind, OutputKind::Syslog("libvirtd".into()));
     }
 }

@@ -31,21 +31,10 @@ pub struct Rfc3164Utc {
 }
 
 impl LogFormat<&str> for Rfc3164Utc {
-    fn format<W: io::Write>(
-        &self,
-        w: &mut W,
-        severity: Severity,
-        message: &str,
-    ) -> syslog::Result<()> {
+    fn format<W: io::Write>(&self, w: &mut W, severity: Severity, message: &str) -> syslog::Result<()> {
         let pri = self.facility as u8 | severity as u8;
-        write!(
-            w,
-            "<{pri}>{} {}[{}]: {message}",
-            Utc::now().syslog_stamp(),
-            self.ident,
-            self.pid
-        )
-        .map_err(syslog::Error::Write)
+        write!(w, "<{pri}>{} {}[{}]: {message}", Utc::now().syslog_stamp(), self.ident, self.pid)
+            .map_err(syslog::Error::Write)
     }
 }
 
@@ -68,11 +57,7 @@ impl SyslogSink {
         let mut sink = SyslogSink {
             logger: None,
             path: Some(path.to_owned()),
-            formatter: Rfc3164Utc {
-                facility,
-                ident: ident.to_owned(),
-                pid: std::process::id(),
-            },
+            formatter: Rfc3164Utc { facility, ident: ident.to_owned(), pid: std::process::id() },
             last_attempt: None,
             dropped: 0,
         };
@@ -82,11 +67,7 @@ impl SyslogSink {
 
     /// A sink over an already connected socket (the frontend's).
     pub fn from_socket(sock: UnixDatagram, facility: Facility, ident: &str) -> Self {
-        let formatter = Rfc3164Utc {
-            facility,
-            ident: ident.to_owned(),
-            pid: std::process::id(),
-        };
+        let formatter = Rfc3164Utc { facility, ident: ident.to_owned(), pid: std::process::id() };
         let _ = sock.set_nonblocking(true);
         SyslogSink {
             logger: Some(Logger::new(LoggerBackend::Unix(sock), formatter.clone())),
@@ -129,14 +110,9 @@ impl SyslogSink {
             return;
         }
         self.last_attempt = Some(Instant::now());
-        let sock = UnixDatagram::unbound().and_then(|s| {
-            s.connect(path)
-                .and_then(|()| s.set_nonblocking(true))
-                .map(|()| s)
-        });
-        self.logger = sock
-            .ok()
-            .map(|s| Logger::new(LoggerBackend::Unix(s), self.formatter.clone()));
+        let sock =
+            UnixDatagram::unbound().and_then(|s| s.connect(path).and_then(|()| s.set_nonblocking(true)).map(|()| s));
+        self.logger = sock.ok().map(|s| Logger::new(LoggerBackend::Unix(s), self.formatter.clone()));
     }
 
     /// Sends one record; returns whether it was handed to syslog.
@@ -147,10 +123,7 @@ impl SyslogSink {
         let Some(logger) = &mut self.logger else {
             return false;
         };
-        match logger
-            .formatter
-            .format(&mut logger.backend, severity, message)
-        {
+        match logger.formatter.format(&mut logger.backend, severity, message) {
             Ok(()) => true,
             Err(syslog::Error::Write(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 self.dropped += 1;
@@ -179,10 +152,7 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         let line = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(line.starts_with("<85>"), "{line}");
-        assert!(
-            line.ends_with(&format!("libvirtd[{}]: hello", std::process::id())),
-            "{line}"
-        );
+        assert!(line.ends_with(&format!("libvirtd[{}]: hello", std::process::id())), "{line}");
     }
 
     #[test]
@@ -191,17 +161,14 @@ mod tests {
         let path = dir.path().join("log");
         let _server = UnixDatagram::bind(&path).unwrap();
         let mut sink = SyslogSink::at_path(&path, Facility::LOG_AUTHPRIV, "libvirtd");
-        let sent = (0..1000)
-            .filter(|_| sink.send(Severity::LOG_INFO, "flood"))
-            .count();
+        let sent = (0..1000).filter(|_| sink.send(Severity::LOG_INFO, "flood")).count();
         assert!(sent < 1000);
         assert_eq!(sink.take_dropped(), (1000 - sent) as u64);
     }
 
     #[test]
     fn a_missing_socket_drops_records_without_failing() {
-        let mut sink =
-            SyslogSink::at_path(Path::new("/nonexistent/log"), Facility::LOG_DAEMON, "x");
+        let mut sink = SyslogSink::at_path(Path::new("/nonexistent/log"), Facility::LOG_DAEMON, "x");
         assert!(!sink.is_connected());
         assert!(!sink.send(Severity::LOG_INFO, "dropped"));
     }

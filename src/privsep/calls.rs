@@ -152,10 +152,7 @@ impl Call {
     /// Whether the call changes state; refused on read-only connections (by
     /// the frontend first, and by the broker again).
     pub fn mutates(&self) -> bool {
-        matches!(
-            self,
-            Call::Define { .. } | Call::Undefine { .. } | Call::SetAutostart { .. }
-        )
+        matches!(self, Call::Define { .. } | Call::Undefine { .. } | Call::SetAutostart { .. })
     }
 }
 

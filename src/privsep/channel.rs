@@ -11,8 +11,7 @@ use nix::cmsg_space;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -98,11 +97,7 @@ impl Channel {
             return Err(ChannelError::Oversized);
         }
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsgs = if raw.is_empty() {
-            vec![]
-        } else {
-            vec![ControlMessage::ScmRights(&raw)]
-        };
+        let cmsgs = if raw.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(&raw)] };
         loop {
             let iov = [IoSlice::new(&bytes)];
             match sendmsg::<()>(self.raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
@@ -142,35 +137,22 @@ impl Channel {
 
     /// Receives one record without waiting. `fd_count` says how many fds the
     /// decoded message must carry; any mismatch is an error and the fds are closed.
-    pub fn recv<T: DeserializeOwned>(
-        &self,
-        fd_count: impl Fn(&T) -> usize,
-    ) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+    pub fn recv<T: DeserializeOwned>(&self, fd_count: impl Fn(&T) -> usize) -> Result<(T, Vec<OwnedFd>), ChannelError> {
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         let mut cmsg = cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds, truncated) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                self.raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
+            match recvmsg::<()>(self.raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Ok(msg) => {
                     let mut fds = Vec::new();
                     for c in msg.cmsgs().map_err(ChannelError::Io)? {
                         if let ControlMessageOwned::ScmRights(list) = c {
                             // SAFETY: the kernel just installed these fds in our table
                             // for this message; nothing else owns them.
-                            fds.extend(
-                                list.into_iter()
-                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                            );
+                            fds.extend(list.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                         }
                     }
-                    let truncated = msg
-                        .flags
-                        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                    let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
                     break (msg.bytes, fds, truncated);
                 }
                 Err(Errno::EINTR) => continue,
@@ -188,10 +170,7 @@ impl Channel {
         let msg: T = postcard::from_bytes(&buf[..len]).map_err(ChannelError::Decode)?;
         let expected = fd_count(&msg);
         if expected != fds.len() {
-            return Err(ChannelError::FdCount {
-                expected,
-                got: fds.len(),
-            });
+            return Err(ChannelError::FdCount { expected, got: fds.len() });
         }
         Ok((msg, fds))
     }
@@ -206,10 +185,7 @@ mod tests {
     fn messages_and_fds_arrive_together() {
         let (a, b) = Channel::pair().unwrap();
         let (r, _w) = nix::unistd::pipe().unwrap();
-        let msg = Envelope {
-            id: 7,
-            body: FrontendRequest::Hello { version: 1 },
-        };
+        let msg = Envelope { id: 7, body: FrontendRequest::Hello { version: 1 } };
         a.send(&msg, &[r.as_fd()]).unwrap();
         let (got, fds): (Envelope<FrontendRequest>, _) = b.recv(|_| 1).unwrap();
         assert_eq!(got, msg);
@@ -219,22 +195,9 @@ mod tests {
     #[test]
     fn a_wrong_fd_count_is_refused() {
         let (a, b) = Channel::pair().unwrap();
-        a.send(
-            &Envelope {
-                id: 1,
-                body: FrontendRequest::Ready,
-            },
-            &[],
-        )
-        .unwrap();
+        a.send(&Envelope { id: 1, body: FrontendRequest::Ready }, &[]).unwrap();
         let err = b.recv::<Envelope<FrontendRequest>>(|_| 2).unwrap_err();
-        assert!(matches!(
-            err,
-            ChannelError::FdCount {
-                expected: 2,
-                got: 0
-            }
-        ));
+        assert!(matches!(err, ChannelError::FdCount { expected: 2, got: 0 }));
     }
 
     #[test]
@@ -260,9 +223,6 @@ mod tests {
     fn a_closed_peer_is_reported() {
         let (a, b) = Channel::pair().unwrap();
         drop(a);
-        assert!(matches!(
-            b.recv::<Envelope<FrontendRequest>>(|_| 0),
-            Err(ChannelError::Closed)
-        ));
+        assert!(matches!(b.recv::<Envelope<FrontendRequest>>(|_| 0), Err(ChannelError::Closed)));
     }
 }

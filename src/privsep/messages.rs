@@ -143,10 +143,7 @@ pub struct FrontendConfig {
 impl FrontendConfig {
     /// How many fds accompany a message carrying this configuration.
     pub fn fd_count(&self) -> usize {
-        self.log_sinks
-            .iter()
-            .filter(|s| !matches!(s, SinkSpec::Stderr { .. }))
-            .count()
+        self.log_sinks.iter().filter(|s| !matches!(s, SinkSpec::Stderr { .. })).count()
     }
 }
 
@@ -190,9 +187,7 @@ impl BrokerReply {
     /// How many fds must accompany this message.
     pub fn fd_count(&self) -> usize {
         match self {
-            BrokerReply::Welcome {
-                config, listeners, ..
-            } => listeners.len() + config.fd_count(),
+            BrokerReply::Welcome { config, listeners, .. } => listeners.len() + config.fd_count(),
             BrokerReply::Reconfigure(config) => config.fd_count(),
             BrokerReply::Ok | BrokerReply::Refused(_) | BrokerReply::Value(_) => 0,
         }

@@ -87,10 +87,7 @@ pub enum RpcError {
 fn err(code: i32, domain: i32, template: &str, detail: Option<String>) -> RemoteError {
     let message = match &detail {
         Some(d) => template.replace("%s", d),
-        None => template
-            .trim_end_matches(": %s")
-            .trim_end_matches(" %s")
-            .to_owned(),
+        None => template.trim_end_matches(": %s").trim_end_matches(" %s").to_owned(),
     };
     RemoteError {
         code,
@@ -114,95 +111,46 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
         RpcError::Call(c) => {
             let detail = Some(c.to_string());
             match c {
-                CallError::NoDomainName(_)
-                | CallError::NoDomainUuid(_)
-                | CallError::NoDomainId(_) => {
+                CallError::NoDomainName(_) | CallError::NoDomainUuid(_) | CallError::NoDomainId(_) => {
                     err(code::NO_DOMAIN, from::QEMU, "Domain not found: %s", detail)
                 }
-                CallError::NameTaken { .. }
-                | CallError::UuidTaken { .. }
-                | CallError::OperationFailed(_) => err(
-                    code::OPERATION_FAILED,
-                    from::DOMAIN,
-                    "operation failed: %s",
-                    detail,
-                ),
-                CallError::XmlSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
-                CallError::XmlInvalid(_) => {
-                    err(code::XML_ERROR, from::DOMAIN, "XML error: %s", detail)
+                CallError::NameTaken { .. } | CallError::UuidTaken { .. } | CallError::OperationFailed(_) => {
+                    err(code::OPERATION_FAILED, from::DOMAIN, "operation failed: %s", detail)
                 }
+                CallError::XmlSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
+                CallError::XmlInvalid(_) => err(code::XML_ERROR, from::DOMAIN, "XML error: %s", detail),
                 CallError::XmlSchema(_) => err(
                     code::XML_INVALID_SCHEMA,
                     from::XML,
                     "XML document failed to validate against schema: %s",
                     detail,
                 ),
-                CallError::ConfigUnsupported(_) => err(
-                    code::CONFIG_UNSUPPORTED,
-                    from::DOMAIN,
-                    "unsupported configuration: %s",
-                    detail,
-                ),
-                CallError::InvalidArg(_) => err(
-                    code::INVALID_ARG,
-                    from::DOMAIN,
-                    "invalid argument: %s",
-                    detail,
-                ),
-                CallError::UnsupportedFlags { .. } => err(
-                    code::INVALID_ARG,
-                    from::QEMU,
-                    "invalid argument: %s",
-                    detail,
-                ),
-                CallError::OperationInvalid(_) => err(
-                    code::OPERATION_INVALID,
-                    from::QEMU,
-                    "Requested operation is not valid: %s",
-                    detail,
-                ),
-                CallError::ReadOnly(_) => err(
-                    code::OPERATION_DENIED,
-                    from::DOMAIN,
-                    "operation forbidden: %s",
-                    detail,
-                ),
-                CallError::Internal(_) => err(
-                    code::INTERNAL_ERROR,
-                    from::QEMU,
-                    "internal error: %s",
-                    detail,
-                ),
+                CallError::ConfigUnsupported(_) => {
+                    err(code::CONFIG_UNSUPPORTED, from::DOMAIN, "unsupported configuration: %s", detail)
+                }
+                CallError::InvalidArg(_) => err(code::INVALID_ARG, from::DOMAIN, "invalid argument: %s", detail),
+                CallError::UnsupportedFlags { .. } => {
+                    err(code::INVALID_ARG, from::QEMU, "invalid argument: %s", detail)
+                }
+                CallError::OperationInvalid(_) => {
+                    err(code::OPERATION_INVALID, from::QEMU, "Requested operation is not valid: %s", detail)
+                }
+                CallError::ReadOnly(_) => err(code::OPERATION_DENIED, from::DOMAIN, "operation forbidden: %s", detail),
+                CallError::Internal(_) => err(code::INTERNAL_ERROR, from::QEMU, "internal error: %s", detail),
             }
         }
         RpcError::UnknownProcedure(_)
         | RpcError::UnknownProgram { .. }
         | RpcError::UnexpectedStatus(_)
         | RpcError::Decode => err(code::RPC, from::RPC, "%s", detail),
-        RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly => err(
-            code::OPERATION_DENIED,
-            from::DOMAIN,
-            "operation forbidden: %s",
-            detail,
-        ),
-        RpcError::NotOpen
-        | RpcError::AlreadyOpen
-        | RpcError::BrokerUnavailable
-        | RpcError::Internal(_) => err(
-            code::INTERNAL_ERROR,
-            from::RPC,
-            "internal error: %s",
-            detail,
-        ),
-        RpcError::NoDriver(_) => err(
-            5,
-            from::RPC,
-            "no connection driver available for %s",
-            Some(detail_of_uri(e)),
-        ),
-        RpcError::UnsupportedFlags { .. } => {
-            err(code::INVALID_ARG, from::RPC, "invalid argument: %s", detail)
+        RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly => {
+            err(code::OPERATION_DENIED, from::DOMAIN, "operation forbidden: %s", detail)
         }
+        RpcError::NotOpen | RpcError::AlreadyOpen | RpcError::BrokerUnavailable | RpcError::Internal(_) => {
+            err(code::INTERNAL_ERROR, from::RPC, "internal error: %s", detail)
+        }
+        RpcError::NoDriver(_) => err(5, from::RPC, "no connection driver available for %s", Some(detail_of_uri(e))),
+        RpcError::UnsupportedFlags { .. } => err(code::INVALID_ARG, from::RPC, "invalid argument: %s", detail),
     }
 }
 
@@ -226,59 +174,24 @@ mod tests {
     fn observed_libvirt_errors_are_reproduced() {
         assert_eq!(
             triple(RpcError::ReadOnly("virDomainDefineXML")),
-            (
-                29,
-                20,
-                "operation forbidden: read only access prevents virDomainDefineXML".into()
-            )
+            (29, 20, "operation forbidden: read only access prevents virDomainDefineXML".into())
         );
         assert_eq!(
             triple(CallError::NoDomainName("base-missing".into()).into()),
-            (
-                42,
-                10,
-                "Domain not found: no domain with matching name 'base-missing'".into()
-            )
+            (42, 10, "Domain not found: no domain with matching name 'base-missing'".into())
         );
         assert_eq!(
             triple(CallError::ConfigUnsupported("invalid domain type bogus".into()).into()),
-            (
-                67,
-                20,
-                "unsupported configuration: invalid domain type bogus".into()
-            )
+            (67, 20, "unsupported configuration: invalid domain type bogus".into())
         );
         assert_eq!(
-            triple(
-                CallError::NameTaken {
-                    name: "base-foo".into(),
-                    uuid: "d4".into()
-                }
-                .into()
-            ),
-            (
-                9,
-                20,
-                "operation failed: domain 'base-foo' already exists with uuid d4".into()
-            )
+            triple(CallError::NameTaken { name: "base-foo".into(), uuid: "d4".into() }.into()),
+            (9, 20, "operation failed: domain 'base-foo' already exists with uuid d4".into())
         );
+        assert_eq!(triple(RpcError::UnknownProcedure(999)), (39, 7, "unknown procedure: 999".into()));
         assert_eq!(
-            triple(RpcError::UnknownProcedure(999)),
-            (39, 7, "unknown procedure: 999".into())
-        );
-        assert_eq!(
-            triple(
-                CallError::XmlSyntax {
-                    line: 4,
-                    detail: "unexpected end of stream".into()
-                }
-                .into()
-            ),
-            (
-                35,
-                20,
-                "(domain_definition):4: unexpected end of stream".into()
-            )
+            triple(CallError::XmlSyntax { line: 4, detail: "unexpected end of stream".into() }.into()),
+            (35, 20, "(domain_definition):4: unexpected end of stream".into())
         );
     }
 
@@ -286,10 +199,7 @@ mod tests {
     fn error_replies_carry_template_and_detail_as_libvirtd_does() {
         let r = to_remote(&CallError::NoDomainName("vm2".into()).into());
         assert_eq!(r.str1.as_deref(), Some("Domain not found: %s"));
-        assert_eq!(
-            r.str2.as_deref(),
-            Some("no domain with matching name 'vm2'")
-        );
+        assert_eq!(r.str2.as_deref(), Some("no domain with matching name 'vm2'"));
         assert_eq!((r.level, r.int1, r.int2), (2, -1, -1));
     }
 }

@@ -87,11 +87,7 @@ pub struct Header {
 impl Header {
     /// The reply header for this call.
     pub fn reply(&self, status: Status) -> Header {
-        Header {
-            kind: MessageType::Reply,
-            status: status as i32,
-            ..*self
-        }
+        Header { kind: MessageType::Reply, status: status as i32, ..*self }
     }
 }
 
@@ -139,15 +135,9 @@ pub fn split(buf: &[u8]) -> Result<Option<(Header, std::ops::Range<usize>, usize
 pub fn encode(out: &mut Vec<u8>, header: &Header, payload: &[u8]) -> Result<(), XdrError> {
     let len = HEADER_LEN + payload.len();
     let len32 = u32::try_from(len).map_err(|_| XdrError::TooLong(len as u64))?;
-    for w in [
-        len32,
-        header.prog,
-        header.vers,
-        header.proc_ as u32,
-        header.kind as u32,
-        header.serial,
-        header.status as u32,
-    ] {
+    for w in
+        [len32, header.prog, header.vers, header.proc_ as u32, header.kind as u32, header.serial, header.status as u32]
+    {
         out.extend_from_slice(&w.to_be_bytes());
     }
     out.extend_from_slice(payload);
@@ -159,10 +149,8 @@ mod tests {
     use super::*;
 
     /// CONNECT_GET_VERSION, serial 5, from the protocol reference.
-    const CALL: [u8; 28] = [
-        0, 0, 0, 0x1c, 0x20, 0, 0x80, 0x86, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0,
-        0, 0,
-    ];
+    const CALL: [u8; 28] =
+        [0, 0, 0, 0x1c, 0x20, 0, 0x80, 0x86, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0];
 
     #[test]
     fn the_reference_call_splits_into_its_header() {
@@ -171,14 +159,7 @@ mod tests {
         assert!(payload.is_empty());
         assert_eq!(
             h,
-            Header {
-                prog: REMOTE_PROGRAM,
-                vers: 1,
-                proc_: 4,
-                kind: MessageType::Call,
-                serial: 5,
-                status: 0
-            }
+            Header { prog: REMOTE_PROGRAM, vers: 1, proc_: 4, kind: MessageType::Call, serial: 5, status: 0 }
         );
     }
 
@@ -188,8 +169,8 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, &h.reply(Status::Ok), &7_002_000u64.to_be_bytes()).unwrap();
         let want = [
-            0, 0, 0, 0x24, 0x20, 0, 0x80, 0x86, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 5, 0,
-            0, 0, 0, 0, 0, 0, 0, 0, 0x6a, 0xd7, 0x90,
+            0, 0, 0, 0x24, 0x20, 0, 0x80, 0x86, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0x6a, 0xd7, 0x90,
         ];
         assert_eq!(out, want);
     }
@@ -203,10 +184,7 @@ mod tests {
     #[test]
     fn bad_lengths_and_types_are_errors() {
         assert_eq!(split(&[0, 0, 0, 4]), Err(FrameError::BadLength(4)));
-        assert_eq!(
-            split(&[0x7f, 0, 0, 0]),
-            Err(FrameError::BadLength(0x7f00_0000))
-        );
+        assert_eq!(split(&[0x7f, 0, 0, 0]), Err(FrameError::BadLength(0x7f00_0000)));
         let mut bad = CALL;
         bad[19] = 9;
         assert_eq!(split(&bad), Err(FrameError::BadType(9)));

@@ -271,10 +271,7 @@ pub struct U64ListRet {
 
 /// A C string as XDR chars, NUL included, as libvirtd sends security labels.
 pub fn c_chars(s: &str) -> Vec<i8> {
-    s.bytes()
-        .map(|b| b as i8)
-        .chain(std::iter::once(0))
-        .collect()
+    s.bytes().map(|b| b as i8).chain(std::iter::once(0)).collect()
 }
 
 #[cfg(test)]
@@ -284,26 +281,15 @@ mod tests {
 
     #[test]
     fn node_info_model_is_128_bytes() {
-        let ret = NodeInfoRet {
-            model: [0; 32],
-            memory: 1,
-            cpus: 2,
-            mhz: 3,
-            nodes: 1,
-            sockets: 1,
-            cores: 2,
-            threads: 1,
-        };
+        let ret =
+            NodeInfoRet { model: [0; 32], memory: 1, cpus: 2, mhz: 3, nodes: 1, sockets: 1, cores: 2, threads: 1 };
         assert_eq!(to_bytes(&ret).unwrap().len(), 128 + 8 + 6 * 4);
     }
 
     #[test]
     fn security_model_matches_the_observed_reply_size() {
         // libvirtd answered 64 bytes in all (28 of header) for model "none", doi "0".
-        let ret = SecurityModelRet {
-            model: c_chars("none"),
-            doi: c_chars("0"),
-        };
+        let ret = SecurityModelRet { model: c_chars("none"), doi: c_chars("0") };
         assert_eq!(to_bytes(&ret).unwrap().len(), 64 - 28);
     }
 
@@ -316,16 +302,11 @@ mod tests {
         p.extend_from_slice(b"Domain not found: %s");
         p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0x22]);
         p.extend_from_slice(b"no domain with matching name 'vm2'\0\0");
-        p.extend_from_slice(&[
-            0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
-        ]);
+        p.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
         assert_eq!(p.len(), 192 - 28);
         let e: RemoteError = from_bytes(&p).unwrap();
         assert_eq!((e.code, e.domain, e.level), (42, 10, 2));
-        assert_eq!(
-            e.str2.as_deref(),
-            Some("no domain with matching name 'vm2'")
-        );
+        assert_eq!(e.str2.as_deref(), Some("no domain with matching name 'vm2'"));
         assert_eq!(to_bytes(&e).unwrap(), p);
     }
 

@@ -20,12 +20,7 @@ pub fn drop_bounding_set() -> Result<(), SandboxError> {
 
 /// Empties the ambient, inheritable, effective and permitted sets.
 pub fn clear_all() -> Result<(), SandboxError> {
-    for set in [
-        CapSet::Ambient,
-        CapSet::Inheritable,
-        CapSet::Effective,
-        CapSet::Permitted,
-    ] {
+    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
         caps::clear(None, set).map_err(err)?;
     }
     Ok(())

@@ -23,26 +23,16 @@ pub fn deny_filesystem() -> Result<(), SandboxError> {
         .restrict_self()
         .map_err(err)?;
     if status.ruleset == RulesetStatus::NotEnforced {
-        return Err(SandboxError::Landlock(
-            "the kernel does not enforce landlock".into(),
-        ));
+        return Err(SandboxError::Landlock("the kernel does not enforce landlock".into()));
     }
     Ok(())
 }
 
 /// Proves the domain holds: opening `/` must now fail with EACCES.
 pub fn probe_denied() -> Result<(), SandboxError> {
-    match open(
-        "/",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
+    match open("/", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()) {
         Err(Errno::EACCES) => Ok(()),
-        Ok(_) => Err(SandboxError::NotHolding(
-            "landlock: opening / succeeded".into(),
-        )),
-        Err(e) => Err(SandboxError::NotHolding(format!(
-            "landlock: opening / failed with {e}, not EACCES"
-        ))),
+        Ok(_) => Err(SandboxError::NotHolding("landlock: opening / succeeded".into())),
+        Err(e) => Err(SandboxError::NotHolding(format!("landlock: opening / failed with {e}, not EACCES"))),
     }
 }

@@ -86,9 +86,7 @@ pub fn confine(profile: &Profile) -> Result<(), SandboxError> {
     }
     caps::clear_all()?;
     if let Some(parent) = profile.parent {
-        prctl("parent-death signal", || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        })?;
+        prctl("parent-death signal", || nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL))?;
         if nix::unistd::getppid() != parent {
             return Err(SandboxError::Orphaned);
         }

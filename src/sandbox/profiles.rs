@@ -53,11 +53,6 @@ pub struct Profile {
 impl Profile {
     /// The frontend: no privilege, no filesystem, a strict allow-list.
     pub fn frontend(ids: Option<(u32, u32)>, parent: Option<Pid>) -> Self {
-        Profile {
-            ids,
-            parent,
-            no_filesystem: true,
-            seccomp: Some(Thread::FrontendMain),
-        }
+        Profile { ids, parent, no_filesystem: true, seccomp: Some(Thread::FrontendMain) }
     }
 }

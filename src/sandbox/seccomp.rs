@@ -45,12 +45,8 @@ pub fn apply(thread: Thread) -> Result<(), SandboxError> {
     let err = |reason: String| SandboxError::Seccomp { thread, reason };
     let name = std::ffi::CString::new(thread.comm()).map_err(|e| err(e.to_string()))?;
     nix::sys::prctl::set_name(&name).map_err(|e| err(e.to_string()))?;
-    let program: Vec<sock_filter> = thread
-        .policy()
-        .instructions()
-        .iter()
-        .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
-        .collect();
+    let program: Vec<sock_filter> =
+        thread.policy().instructions().iter().map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k }).collect();
     seccompiler::apply_filter(&program).map_err(|e| err(e.to_string()))
 }
 

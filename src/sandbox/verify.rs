@@ -26,11 +26,7 @@ pub fn verify(profile: &Profile) -> Result<(), SandboxError> {
             }
         }
     }
-    for set in [
-        caps::CapSet::Effective,
-        caps::CapSet::Permitted,
-        caps::CapSet::Inheritable,
-    ] {
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable] {
         let held = caps::read(None, set).map_err(|e| SandboxError::NotHolding(e.to_string()))?;
         if !held.is_empty() {
             return fail(format!("{set:?} capabilities remain: {held:?}"));
@@ -59,8 +55,7 @@ pub fn check_process(pid: i32, uid: Option<u32>) -> Result<(), SandboxError> {
     let mut seen = 0;
     for task in tasks {
         let task = task.map_err(|e| fail(e.to_string()))?;
-        let status =
-            std::fs::read_to_string(task.path().join("status")).map_err(|e| fail(e.to_string()))?;
+        let status = std::fs::read_to_string(task.path().join("status")).map_err(|e| fail(e.to_string()))?;
         let field = |name: &str| {
             status
                 .lines()
@@ -79,9 +74,7 @@ pub fn check_process(pid: i32, uid: Option<u32>) -> Result<(), SandboxError> {
             }
         }
         if let Some(uid) = uid
-            && field("Uid")
-                .split_whitespace()
-                .any(|u| u.parse() != Ok(uid))
+            && field("Uid").split_whitespace().any(|u| u.parse() != Ok(uid))
         {
             return Err(fail(format!("Uid is '{}', not {uid}", field("Uid"))));
         }

@@ -15,10 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_libvirtd");
 /// Fails the test under CI when a precondition is missing; elsewhere says why it returns early.
 pub fn require(cond: bool, what: &str) -> bool {
     if !cond {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI requires {what}"
-        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI requires {what}");
         eprintln!("not run here: needs {what}");
     }
     cond
@@ -49,17 +46,12 @@ pub struct Tree {
 
 impl Tree {
     pub fn new() -> Tree {
-        let dir = tempfile::Builder::new()
-            .prefix("libvirtd-test")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("libvirtd-test").tempdir().unwrap();
         let syslog = UnixDatagram::bind(dir.path().join("syslog")).unwrap();
         let unmatched: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
         let sink = std::sync::Arc::downgrade(&unmatched);
         std::thread::spawn(move || {
-            syslog
-                .set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
+            syslog.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
             let mut buf = vec![0u8; 8192];
             // Ends when the tree (and its Arc) is gone.
             while let Some(records) = sink.upgrade() {
@@ -95,10 +87,7 @@ impl Tree {
         ];
         let mut text = String::new();
         for (key, path) in base {
-            if !extra
-                .lines()
-                .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
-            {
+            if !extra.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == key)) {
                 text.push_str(&format!("{key} = \"{}\"\n", path.display()));
             }
         }
@@ -111,10 +100,7 @@ impl Tree {
         loop {
             {
                 let mut pending = self.unmatched.lock().unwrap();
-                if let Some(i) = pending
-                    .iter()
-                    .position(|l| needles.iter().all(|n| l.contains(n)))
-                {
+                if let Some(i) = pending.iter().position(|l| needles.iter().all(|n| l.contains(n))) {
                     return Some(pending.remove(i));
                 }
             }
@@ -144,16 +130,8 @@ impl Daemon {
     pub fn start_in(tree: Tree, args: &[&str]) -> Daemon {
         let child = command(&tree, args).spawn().unwrap();
         let pid = child.id() as i32;
-        let mut d = Daemon {
-            tree,
-            child: Some(child),
-            pid,
-        };
-        assert!(
-            d.wait_serving(Duration::from_secs(10)),
-            "daemon did not start:\n{}",
-            d.stderr()
-        );
+        let mut d = Daemon { tree, child: Some(child), pid };
+        assert!(d.wait_serving(Duration::from_secs(10)), "daemon did not start:\n{}", d.stderr());
         d
     }
 
@@ -164,16 +142,13 @@ impl Daemon {
     /// The rw socket accepts and a frontend is confined and serving.
     pub fn wait_serving(&mut self, timeout: Duration) -> bool {
         wait_until(timeout, || {
-            self.frontend_pid()
-                .is_some_and(|f| status_field(f, "Seccomp").as_deref() == Some("2"))
+            self.frontend_pid().is_some_and(|f| status_field(f, "Seccomp").as_deref() == Some("2"))
                 && UnixStream::connect(self.tree.sock("libvirt-sock")).is_ok()
         })
     }
 
     pub fn frontend_pid(&self) -> Option<i32> {
-        children_of(self.pid)
-            .into_iter()
-            .find(|p| cmdline(*p).contains("--frontend-process"))
+        children_of(self.pid).into_iter().find(|p| cmdline(*p).contains("--frontend-process"))
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -181,9 +156,7 @@ impl Daemon {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// Waits for the daemon to exit by itself.
@@ -214,10 +187,7 @@ pub fn kill_tree(pid: i32) {
     for c in children_of(pid) {
         kill_tree(c);
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
 }
 
 pub fn command(tree: &Tree, args: &[&str]) -> Command {
@@ -226,11 +196,7 @@ pub fn command(tree: &Tree, args: &[&str]) -> Command {
 
 pub fn command_with_pid_file(tree: &Tree, pid_file: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.arg("-f")
-        .arg(tree.conf_path())
-        .arg("-p")
-        .arg(pid_file)
-        .args(args);
+    cmd.arg("-f").arg(tree.conf_path()).arg("-p").arg(pid_file).args(args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(tree.path("stderr")).unwrap())
@@ -274,11 +240,7 @@ pub fn status_field(pid: i32, name: &str) -> Option<String> {
 
 pub fn task_status_field(path: &str, name: &str) -> Option<String> {
     let s = std::fs::read_to_string(path).ok()?;
-    s.lines().find_map(|l| {
-        l.strip_prefix(name)?
-            .strip_prefix(':')
-            .map(|v| v.trim().to_owned())
-    })
+    s.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
 }
 
 /// Connects, lets the daemon register the client, and returns the stream.
@@ -317,10 +279,7 @@ pub fn virsh(socket: &Path, args: &[&str]) -> (i32, String, String) {
 /// Whether the stock client tools are installed (CI requires them).
 pub fn have_virsh() -> bool {
     require(
-        Command::new("virsh")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
+        Command::new("virsh").arg("--version").output().is_ok_and(|o| o.status.success()),
         "virsh (libvirt-clients)",
     )
 }
@@ -347,9 +306,7 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(path: &Path) -> RawClient {
         let stream = connect(path);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         RawClient { stream, serial: 0 }
     }
 
@@ -358,14 +315,7 @@ impl RawClient {
         use libvirtd::rpc::frame::{self, Header, MessageType, REMOTE_PROGRAM};
         let serial = self.serial;
         self.serial += 1;
-        let h = Header {
-            prog: REMOTE_PROGRAM,
-            vers: 1,
-            proc_,
-            kind: MessageType::Call,
-            serial,
-            status: 0,
-        };
+        let h = Header { prog: REMOTE_PROGRAM, vers: 1, proc_, kind: MessageType::Call, serial, status: 0 };
         let mut out = Vec::new();
         frame::encode(&mut out, &h, payload).unwrap();
         (serial, out)
@@ -402,11 +352,8 @@ impl RawClient {
     pub fn open(&mut self, flags: u32) {
         use libvirtd::rpc::remote::ConnectOpenArgs;
         self.call(66, &[]);
-        let args = libvirtd::rpc::xdr::to_bytes(&ConnectOpenArgs {
-            name: Some("qemu:///system".into()),
-            flags,
-        })
-        .unwrap();
+        let args =
+            libvirtd::rpc::xdr::to_bytes(&ConnectOpenArgs { name: Some("qemu:///system".into()), flags }).unwrap();
         let (h, _) = self.call(1, &args);
         assert_eq!(h.status, 0, "CONNECT_OPEN failed");
     }

@@ -124,32 +124,18 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         self.deserialize_bytes(v)
     }
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, XdrError> {
-        if self.discriminant()? {
-            v.visit_some(self)
-        } else {
-            v.visit_none()
-        }
+        if self.discriminant()? { v.visit_some(self) } else { v.visit_none() }
     }
     fn deserialize_unit<V: Visitor<'de>>(self, v: V) -> Result<V::Value, XdrError> {
         v.visit_unit()
     }
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        v: V,
-    ) -> Result<V::Value, XdrError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, XdrError> {
         v.visit_unit()
     }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        v: V,
-    ) -> Result<V::Value, XdrError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, v: V) -> Result<V::Value, XdrError> {
         match name.strip_prefix(FIXED_OPAQUE) {
             Some(n) => {
-                let n: usize = n
-                    .parse()
-                    .map_err(|_| XdrError::Unsupported("fixed opaque size"))?;
+                let n: usize = n.parse().map_err(|_| XdrError::Unsupported("fixed opaque size"))?;
                 v.visit_borrowed_bytes(self.padded(n)?)
             }
             None => v.visit_newtype_struct(self),
@@ -179,10 +165,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         fields: &'static [&'static str],
         v: V,
     ) -> Result<V::Value, XdrError> {
-        v.visit_seq(Items {
-            d: self,
-            left: fields.len(),
-        })
+        v.visit_seq(Items { d: self, left: fields.len() })
     }
     fn deserialize_enum<V: Visitor<'de>>(
         self,
@@ -207,10 +190,7 @@ struct Items<'a, 'de> {
 
 impl<'de> de::SeqAccess<'de> for Items<'_, 'de> {
     type Error = XdrError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, XdrError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, XdrError> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -244,14 +224,7 @@ impl<'de> de::VariantAccess<'de> for &mut Decoder<'de> {
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, XdrError> {
         v.visit_seq(Items { d: self, left: len })
     }
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        fields: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, XdrError> {
-        v.visit_seq(Items {
-            d: self,
-            left: fields.len(),
-        })
+    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], v: V) -> Result<V::Value, XdrError> {
+        v.visit_seq(Items { d: self, left: fields.len() })
     }
 }

@@ -122,9 +122,7 @@ impl<'de, const N: usize> Deserialize<'de> for FixedOpaque<N> {
                 write!(f, "{N} opaque bytes")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<FixedOpaque<N>, E> {
-                v.try_into()
-                    .map(FixedOpaque)
-                    .map_err(|_| E::invalid_length(v.len(), &self))
+                v.try_into().map(FixedOpaque).map_err(|_| E::invalid_length(v.len(), &self))
             }
         }
         d.deserialize_newtype_struct(fixed_name(N), V::<N>)
@@ -157,15 +155,8 @@ mod tests {
 
     #[test]
     fn the_spec_worked_example_encodes_byte_for_byte() {
-        let uuid = [
-            0x4d, 0xea, 0x22, 0xb3, 0x1d, 0x52, 0x4f, 0x86, 0x80, 0xbb, 0x2a, 0x6a, 0x7a, 0x1d,
-            0x3d, 0x6f,
-        ];
-        let d = Domain {
-            name: "vm1".into(),
-            uuid: FixedOpaque(uuid),
-            id: -1,
-        };
+        let uuid = [0x4d, 0xea, 0x22, 0xb3, 0x1d, 0x52, 0x4f, 0x86, 0x80, 0xbb, 0x2a, 0x6a, 0x7a, 0x1d, 0x3d, 0x6f];
+        let d = Domain { name: "vm1".into(), uuid: FixedOpaque(uuid), id: -1 };
         let bytes = to_bytes(&d).unwrap();
         let mut want = vec![0, 0, 0, 3, b'v', b'm', b'1', 0];
         want.extend_from_slice(&uuid);
@@ -190,11 +181,7 @@ mod tests {
         let bytes = to_bytes(&m).unwrap();
         assert_eq!(bytes.len() % 4, 0);
         assert_eq!(&bytes[4..8], &[0, 0, 0, 0xc3]);
-        assert_eq!(
-            &bytes[12..16],
-            &[0xff, 0xff, 0xff, 0xc3],
-            "char sign-extends as glibc does"
-        );
+        assert_eq!(&bytes[12..16], &[0xff, 0xff, 0xff, 0xc3], "char sign-extends as glibc does");
         assert_eq!(from_bytes::<Mixed>(&bytes).unwrap(), m);
     }
 
@@ -206,39 +193,18 @@ mod tests {
     #[test]
     fn hostile_lengths_are_refused_before_allocation() {
         let huge_string = [0x7f, 0xff, 0xff, 0xff, b'a', 0, 0, 0];
-        assert!(matches!(
-            from_bytes::<String>(&huge_string),
-            Err(XdrError::TooLong(_))
-        ));
+        assert!(matches!(from_bytes::<String>(&huge_string), Err(XdrError::TooLong(_))));
         let huge_list = [0x7f, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            from_bytes::<Vec<u64>>(&huge_list),
-            Err(XdrError::TooLong(_))
-        ));
-        assert!(matches!(
-            from_bytes::<Opaque>(&huge_list),
-            Err(XdrError::TooLong(_))
-        ));
+        assert!(matches!(from_bytes::<Vec<u64>>(&huge_list), Err(XdrError::TooLong(_))));
+        assert!(matches!(from_bytes::<Opaque>(&huge_list), Err(XdrError::TooLong(_))));
     }
 
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         assert_eq!(from_bytes::<u32>(&[0, 0]), Err(XdrError::Eof));
-        assert_eq!(
-            from_bytes::<u32>(&[0, 0, 0, 1, 0, 0, 0, 0]),
-            Err(XdrError::Trailing(4))
-        );
-        assert_eq!(
-            from_bytes::<bool>(&[0, 0, 0, 2]),
-            Err(XdrError::BadDiscriminant(2))
-        );
-        assert_eq!(
-            from_bytes::<Option<u32>>(&[0, 0, 0, 7]),
-            Err(XdrError::BadDiscriminant(7))
-        );
-        assert_eq!(
-            from_bytes::<String>(&[0, 0, 0, 1, 0xff, 0, 0, 0]),
-            Err(XdrError::NotUtf8)
-        );
+        assert_eq!(from_bytes::<u32>(&[0, 0, 0, 1, 0, 0, 0, 0]), Err(XdrError::Trailing(4)));
+        assert_eq!(from_bytes::<bool>(&[0, 0, 0, 2]), Err(XdrError::BadDiscriminant(2)));
+        assert_eq!(from_bytes::<Option<u32>>(&[0, 0, 0, 7]), Err(XdrError::BadDiscriminant(7)));
+        assert_eq!(from_bytes::<String>(&[0, 0, 0, 1, 0xff, 0, 0, 0]), Err(XdrError::NotUtf8));
     }
 }

@@ -122,20 +122,11 @@ impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
     fn serialize_unit_struct(self, _: &'static str) -> Result<(), XdrError> {
         Ok(())
     }
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        index: u32,
-        _: &'static str,
-    ) -> Result<(), XdrError> {
+    fn serialize_unit_variant(self, _: &'static str, index: u32, _: &'static str) -> Result<(), XdrError> {
         self.word(index);
         Ok(())
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        v: &T,
-    ) -> Result<(), XdrError> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, name: &'static str, v: &T) -> Result<(), XdrError> {
         self.fixed = name.starts_with(FIXED_OPAQUE);
         v.serialize(self)
     }
@@ -221,11 +212,7 @@ impl ser::SerializeTupleStruct for &mut Encoder<'_> {
 impl ser::SerializeStruct for &mut Encoder<'_> {
     type Ok = ();
     type Error = XdrError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), XdrError> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Result<(), XdrError> {
         v.serialize(&mut **self)
     }
     fn end(self) -> Result<(), XdrError> {
