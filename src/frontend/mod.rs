@@ -8,7 +8,7 @@
 //! without serving.
 
 mod conn;
-mod dispatch;
+pub mod dispatch;
 mod server;
 
 use std::os::fd::{FromRawFd, OwnedFd};
