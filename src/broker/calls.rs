@@ -9,6 +9,7 @@ use super::domains::Domains;
 use super::host;
 use crate::domain::uuid_string;
 use crate::privsep::{Call, CallError, CallValue, PeerIdentity, Query};
+use crate::rpc::remote::RemoteProc;
 
 /// Most domains or names returned by the legacy list calls.
 const LIST_MAX: i32 = 16_384;
@@ -199,6 +200,14 @@ fn op_of(call: &Call) -> &'static str {
         Call::SetAutostart { .. } => "autostart",
         _ => "call",
     }
+}
+
+/// Audits a call the frontend refused on a read-only connection.
+pub fn audit_denial(auditor: &mut Auditor, caller: &Caller, procedure: i32) {
+    let api = RemoteProc::from_number(procedure).map_or("unknown", RemoteProc::api);
+    let fields =
+        [("api", Value::Text(api)), ("proc", Value::Num(procedure.into())), ("reason", Value::Text("read-only"))];
+    audit(auditor, caller, "denied", &fields, false);
 }
 
 fn audit(auditor: &mut Auditor, caller: &Caller, op: &str, extra: &[(&str, Value<'_>)], ok: bool) {

@@ -267,6 +267,15 @@ impl Broker {
                 }
                 None => return,
             },
+            FrontendRequest::Denied { conn, procedure } => {
+                let Some(link) = &self.link else { return };
+                let Some(client) = link.clients.get(&conn) else {
+                    return self.violation(&format!("denial on connection {conn}, which is not open"));
+                };
+                let caller = Caller { conn, peer: &client.peer, readonly: client.readonly };
+                calls::audit_denial(&mut self.setup.auditor, &caller, procedure);
+                BrokerReply::Ok
+            }
             FrontendRequest::Call { conn, call } => {
                 let Some(link) = &self.link else { return };
                 let Some(client) = link.clients.get(&conn) else {

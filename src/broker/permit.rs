@@ -28,6 +28,7 @@ pub fn permitted(phase: Phase, req: &FrontendRequest) -> bool {
         FrontendRequest::ClientClosed { .. } => phase == Phase::Serving,
         FrontendRequest::ReadOnly { .. } => phase == Phase::Serving,
         FrontendRequest::Call { .. } => phase == Phase::Serving,
+        FrontendRequest::Denied { .. } => phase == Phase::Serving,
     }
 }
 

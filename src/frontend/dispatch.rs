@@ -51,6 +51,9 @@ pub enum Action {
     Forward(Call),
     /// Tell the broker the connection became read-only, then send these bytes.
     BecameReadOnly(Vec<u8>),
+    /// A read-only connection was refused a change: send these bytes, and
+    /// have the broker audit the refusal (the call itself never reaches it).
+    Denied(Vec<u8>),
     /// Nothing to send.
     Nothing,
     /// The peer broke the protocol: close the connection.
@@ -84,6 +87,7 @@ pub fn dispatch(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> A
     }
     match call(s, facts, h, payload) {
         Ok(action) => action,
+        Err(e @ (RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly)) => Action::Denied(error_reply(h, &e)),
         Err(e) => Action::Send(error_reply(h, &e)),
     }
 }
@@ -401,7 +405,7 @@ mod tests {
         let mut s = Session::default();
         assert!(matches!(open(&mut s, CONNECT_RO), Action::BecameReadOnly(_)));
         let payload = xdr::to_bytes(&"<domain/>").unwrap();
-        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(11, 9), &payload) else { panic!() };
+        let Action::Denied(bytes) = dispatch(&mut s, &FACTS, &call_header(11, 9), &payload) else { panic!() };
         let (h, e) = decode_error(&bytes);
         assert_eq!(h.serial, 9);
         assert_eq!((e.code, e.domain), (29, 20));
@@ -412,7 +416,9 @@ mod tests {
     fn every_read_write_procedure_is_refused_on_a_read_only_connection() {
         let mut s = Session { opened: true, readonly: true, ..Session::default() };
         for &p in RemoteProc::ALL.iter().filter(|p| p.access() == Access::ReadWrite) {
-            let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(p as i32, 1), &[]) else { panic!("{p:?}") };
+            let Action::Denied(bytes) = dispatch(&mut s, &FACTS, &call_header(p as i32, 1), &[]) else {
+                panic!("{p:?}")
+            };
             assert_eq!(decode_error(&bytes).1.code, 29, "{p:?}");
         }
     }
@@ -449,7 +455,7 @@ mod tests {
         let mut s = Session { opened: true, readonly: true, ..Session::default() };
         let dom = NonnullDomain { name: "a".into(), uuid: xdr::FixedOpaque([1; 16]), id: -1 };
         let payload = xdr::to_bytes(&DomainFlagsArgs { dom, flags: 1 }).unwrap();
-        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(14, 1), &payload) else { panic!() };
+        let Action::Denied(bytes) = dispatch(&mut s, &FACTS, &call_header(14, 1), &payload) else { panic!() };
         assert_eq!(
             decode_error(&bytes).1.message.as_deref(),
             Some("operation forbidden: virDomainGetXMLDesc with secure flag")

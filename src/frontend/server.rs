@@ -232,6 +232,7 @@ impl Server {
         let facts = Facts { uri: &self.config.uri };
         let mut forwards = Vec::new();
         let mut became_readonly = false;
+        let mut denied = Vec::new();
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
@@ -260,6 +261,10 @@ impl Server {
                     became_readonly = true;
                     client.queue(&bytes)
                 }
+                Action::Denied(bytes) => {
+                    denied.push(header.proc_);
+                    client.queue(&bytes)
+                }
                 Action::Forward(call) => {
                     forwards.push((header, call));
                     true
@@ -279,6 +284,11 @@ impl Server {
         let conn = client.conn;
         if became_readonly && self.request(FrontendRequest::ReadOnly { conn }).is_err() {
             log::error!("cannot tell the broker client {conn} is read-only");
+        }
+        for procedure in denied {
+            if self.request(FrontendRequest::Denied { conn, procedure }).is_err() {
+                log::error!("cannot report a refused call of client {conn} to the broker");
+            }
         }
         for (header, call) in forwards {
             match self.request(FrontendRequest::Call { conn, call }) {

@@ -92,6 +92,14 @@ pub enum FrontendRequest {
         /// The frontend's number for it.
         conn: ConnId,
     },
+    /// The frontend refused a client's call (read-only access); the broker
+    /// only audits it.
+    Denied {
+        /// The frontend's number for the client.
+        conn: ConnId,
+        /// The REMOTE procedure number refused.
+        procedure: i32,
+    },
     /// A client's hypervisor call.
     Call {
         /// The frontend's number for the client.
@@ -111,6 +119,7 @@ impl FrontendRequest {
             FrontendRequest::ClientClosed { .. } => "client-closed",
             FrontendRequest::ReadOnly { .. } => "read-only",
             FrontendRequest::Call { .. } => "call",
+            FrontendRequest::Denied { .. } => "denied",
         }
     }
 }

@@ -176,6 +176,30 @@ mod tests {
     }
 
     #[test]
+    fn every_message_type_and_status_round_trips() {
+        let types = [
+            MessageType::Call,
+            MessageType::Reply,
+            MessageType::Message,
+            MessageType::Stream,
+            MessageType::CallWithFds,
+            MessageType::ReplyWithFds,
+            MessageType::StreamHole,
+        ];
+        for (i, kind) in types.into_iter().enumerate() {
+            for status in [Status::Ok, Status::Error, Status::Continue] {
+                let h = Header { prog: KEEPALIVE_PROGRAM, vers: 1, proc_: -3, kind, serial: 77, status: status as i32 };
+                let mut out = Vec::new();
+                encode(&mut out, &h, b"abcd").unwrap();
+                assert_eq!(out[19], i as u8, "type word of {kind:?}");
+                assert_eq!(out[27], status as u8);
+                let (back, payload, len) = split(&out).unwrap().unwrap();
+                assert_eq!((back, &out[payload], len), (h, &b"abcd"[..], 32));
+            }
+        }
+    }
+
+    #[test]
     fn partial_packets_wait_for_more_bytes() {
         assert_eq!(split(&CALL[..3]), Ok(None));
         assert_eq!(split(&CALL[..27]), Ok(None));

@@ -306,7 +306,8 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(path: &Path) -> RawClient {
         let stream = connect(path);
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Generous: a first open of Debian's libvirtd probes QEMU for a while.
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         RawClient { stream, serial: 0 }
     }
 
