@@ -81,42 +81,13 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             result.map(|d| CallValue::Domain(d.handle))
         }
         Call::Undefine { uuid, flags } => {
-            let u = uuid_string(&uuid);
             let result = ctx.domains.undefine(&uuid, flags);
-            match &result {
-                Ok(name) => {
-                    audit(auditor, caller, "undefine", &[("vm", Value::Text(name)), ("uuid", Value::Text(&u))], true)
-                }
-                Err(e) => audit(
-                    auditor,
-                    caller,
-                    "undefine",
-                    &[("uuid", Value::Text(&u)), ("reason", Value::Text(&e.to_string()))],
-                    false,
-                ),
-            }
+            audit_change(auditor, caller, "undefine", &uuid, &result, &[]);
             result.map(|_| CallValue::Unit)
         }
         Call::SetAutostart { uuid, on } => {
-            let u = uuid_string(&uuid);
             let result = ctx.domains.set_autostart(&uuid, on);
-            let state = Value::Num(on.into());
-            match &result {
-                Ok(name) => audit(
-                    auditor,
-                    caller,
-                    "autostart",
-                    &[("vm", Value::Text(name)), ("uuid", Value::Text(&u)), ("on", state)],
-                    true,
-                ),
-                Err(e) => audit(
-                    auditor,
-                    caller,
-                    "autostart",
-                    &[("uuid", Value::Text(&u)), ("reason", Value::Text(&e.to_string()))],
-                    false,
-                ),
-            }
+            audit_change(auditor, caller, "autostart", &uuid, &result, &[("on", Value::Num(on.into()))]);
             result.map(|_| CallValue::Unit)
         }
         Call::Query { uuid, query } => query_domain(ctx, &uuid, query, caller.readonly),
@@ -199,6 +170,30 @@ fn op_of(call: &Call) -> &'static str {
         Call::Undefine { .. } => "undefine",
         Call::SetAutostart { .. } => "autostart",
         _ => "call",
+    }
+}
+
+/// Audits a change to the domain `uuid`: its name and `extra` on success,
+/// the reason on failure.
+fn audit_change(
+    auditor: &mut Auditor,
+    caller: &Caller,
+    op: &str,
+    uuid: &[u8; 16],
+    result: &Result<String, CallError>,
+    extra: &[(&str, Value<'_>)],
+) {
+    let u = uuid_string(uuid);
+    match result {
+        Ok(name) => {
+            let mut fields = vec![("vm", Value::Text(name)), ("uuid", Value::Text(&u))];
+            fields.extend(extra.iter().cloned());
+            audit(auditor, caller, op, &fields, true);
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            audit(auditor, caller, op, &[("uuid", Value::Text(&u)), ("reason", Value::Text(&reason))], false);
+        }
     }
 }
 

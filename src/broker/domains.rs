@@ -6,7 +6,8 @@
 
 use super::store::{Store, StoreError};
 use crate::domain::{self, DomainDef, DomainError, uuid_string};
-use crate::privsep::{CallError, DomainInfo, DomainRef};
+use crate::privsep::{CallError, DomainRef};
+use crate::rpc::remote::DomainInfoRet;
 
 /// `virDomainState` values used so far.
 pub const STATE_SHUTOFF: i32 = 5;
@@ -62,12 +63,12 @@ impl Entry {
     }
 
     /// `virDomainGetInfo`.
-    pub fn info(&self) -> DomainInfo {
-        DomainInfo {
+    pub fn info(&self) -> DomainInfoRet {
+        DomainInfoRet {
             state: self.state.0 as u8,
             max_mem: self.def.memory_kib,
             memory: self.def.current_memory_kib,
-            vcpus: self.def.vcpus as u16,
+            nr_virt_cpu: self.def.vcpus as u16,
             cpu_time: 0,
         }
     }

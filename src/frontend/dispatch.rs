@@ -335,16 +335,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
             };
             ok_reply(h, &ret)
         }
-        (_, CallValue::DomainInfo(i)) => ok_reply(
-            h,
-            &DomainInfoRet {
-                state: i.state,
-                max_mem: i.max_mem,
-                memory: i.memory,
-                nr_virt_cpu: i.vcpus,
-                cpu_time: i.cpu_time,
-            },
-        ),
+        (_, CallValue::DomainInfo(i)) => ok_reply(h, &i),
         (_, CallValue::State { state, reason }) => ok_reply(h, &DomainStateRet { state, reason }),
         (_, CallValue::Label { label, enforcing }) => {
             ok_reply(h, &SecurityLabelRet { label: c_chars(&label), enforcing: enforcing.into() })

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rpc::remote::DomainInfoRet;
+
 /// A domain handle as it goes back to the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainRef {
@@ -156,21 +158,6 @@ impl Call {
     }
 }
 
-/// `virDomainInfo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DomainInfo {
-    /// `virDomainState`.
-    pub state: u8,
-    /// KiB.
-    pub max_mem: u64,
-    /// KiB.
-    pub memory: u64,
-    /// vCPUs.
-    pub vcpus: u16,
-    /// Nanoseconds.
-    pub cpu_time: u64,
-}
-
 /// `virNodeInfo`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -218,8 +205,8 @@ pub enum CallValue {
     U64s(Vec<u64>),
     /// Host facts.
     NodeInfo(NodeInfo),
-    /// Domain facts.
-    DomainInfo(DomainInfo),
+    /// Domain facts, already in their wire shape.
+    DomainInfo(DomainInfoRet),
     /// State and reason.
     State {
         /// `virDomainState`.

@@ -9,7 +9,7 @@ mod calls;
 mod channel;
 mod messages;
 
-pub use calls::{Call, CallError, CallValue, DomainInfo, DomainRef, NodeInfo, Query};
+pub use calls::{Call, CallError, CallValue, DomainRef, NodeInfo, Query};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};
 pub use messages::{
     BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, ListenerKind, PROTOCOL_VERSION,

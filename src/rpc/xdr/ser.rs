@@ -176,38 +176,23 @@ impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
     }
 }
 
-impl ser::SerializeSeq for &mut Encoder<'_> {
-    type Ok = ();
-    type Error = XdrError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), XdrError> {
-        v.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), XdrError> {
-        Ok(())
-    }
+/// Sequences, tuples and tuple structs are their elements in order.
+macro_rules! elements {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for &mut Encoder<'_> {
+            type Ok = ();
+            type Error = XdrError;
+            fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), XdrError> {
+                v.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), XdrError> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for &mut Encoder<'_> {
-    type Ok = ();
-    type Error = XdrError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), XdrError> {
-        v.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), XdrError> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut Encoder<'_> {
-    type Ok = ();
-    type Error = XdrError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), XdrError> {
-        v.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), XdrError> {
-        Ok(())
-    }
-}
+elements!(SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field);
 
 impl ser::SerializeStruct for &mut Encoder<'_> {
     type Ok = ();
