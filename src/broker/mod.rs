@@ -24,6 +24,7 @@ use std::process::ExitCode;
 
 pub use audit::{TAG as AUDIT_TAG, format as format_audit};
 pub use permit::{Phase, permitted};
+pub use spawn::{Spawned, helper as spawn_helper};
 
 use crate::cli::Cli;
 use crate::config::{Config, ConfigError, DefaultPaths, Mode, UserEnv};

@@ -7,6 +7,7 @@
 
 mod calls;
 mod channel;
+pub mod helper;
 mod messages;
 
 pub use calls::{Call, CallError, CallValue, DomainRef, NodeInfo, Query};

@@ -1,0 +1,122 @@
+//! vCPU state at the first instruction, for each entry protocol.
+
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::boot::{BOOT_INFO, Entry};
+
+const GDT: u64 = 0x500;
+const PML4: u64 = 0x9000;
+const PDPT: u64 = 0xa000;
+const PD: u64 = 0xb000;
+const STACK: u64 = 0x8ff0;
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// A flat segment (`long`: 64-bit code; else 32-bit), as a GDT entry and as KVM's view.
+fn segment(selector: u16, code: bool, long: bool) -> (u64, kvm_segment) {
+    let seg = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: u8::from(!long),
+        s: 1,
+        l: u8::from(long),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    // Descriptor: limit 0xfffff, base 0, access (P | S | type), flags (G, D/B, L).
+    let access = 0x80 | 0x10 | u64::from(seg.type_);
+    let flags = (u64::from(seg.g) << 3) | (u64::from(seg.db) << 2) | (u64::from(seg.l) << 1);
+    let entry = 0xffff | (access << 40) | (0xf << 48) | (flags << 52);
+    (entry, seg)
+}
+
+/// Sets registers, segments, paging and FPU for `entry`.
+pub fn setup(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: Entry) -> Result<(), String> {
+    let long = matches!(entry, Entry::Linux64(_));
+    // Boot protocol selectors: __BOOT_CS 0x10, __BOOT_DS 0x18.
+    let (code_entry, code) = segment(0x10, true, long);
+    let (data_entry, data) = segment(0x18, false, false);
+    let gdt: [u64; 4] = [0, 0, code_entry, data_entry];
+    for (i, e) in gdt.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(GDT + 8 * i as u64)).map_err(|e| e.to_string())?;
+    }
+    let mut sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
+    sregs.gdt.base = GDT;
+    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    let mut regs = kvm_regs { rflags: 2, rsp: STACK, rbp: STACK, ..Default::default() };
+    match entry {
+        Entry::Linux64(rip) => {
+            identity_map(mem)?;
+            sregs.cr3 = PML4;
+            sregs.cr4 |= CR4_PAE;
+            sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
+            sregs.efer |= EFER_LME | EFER_LMA;
+            regs.rip = rip;
+            regs.rsi = BOOT_INFO;
+        }
+        Entry::Pvh(rip) => {
+            sregs.cr0 = CR0_PE | CR0_ET;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            regs.rip = rip;
+            regs.rbx = BOOT_INFO;
+        }
+    }
+    vcpu.set_sregs(&sregs).map_err(|e| e.to_string())?;
+    vcpu.set_regs(&regs).map_err(|e| e.to_string())?;
+    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    vcpu.set_fpu(&fpu).map_err(|e| e.to_string())
+}
+
+/// Identity-maps the first 1 GiB with 2 MiB pages.
+fn identity_map(mem: &GuestMemoryMmap) -> Result<(), String> {
+    let w = |v: u64, at: u64| mem.write_obj(v, GuestAddress(at)).map_err(|e| e.to_string());
+    w(PDPT | 3, PML4)?;
+    w(PD | 3, PDPT)?;
+    for i in 0..512u64 {
+        w((i << 21) | 0x83, PD + i * 8)?;
+    }
+    Ok(())
+}
+
+/// Lets the legacy PIC reach the CPU (LINT0 as ExtINT) and NMIs through LINT1.
+pub fn set_lint(vcpu: &VcpuFd) -> Result<(), String> {
+    const LVT_LINT0: usize = 0x350;
+    const LVT_LINT1: usize = 0x360;
+    let mut lapic = vcpu.get_lapic().map_err(|e| e.to_string())?;
+    let read = |l: &kvm_bindings::kvm_lapic_state, off: usize| {
+        let b: [u8; 4] = std::array::from_fn(|i| l.regs[off + i] as u8);
+        u32::from_le_bytes(b)
+    };
+    let write = |l: &mut kvm_bindings::kvm_lapic_state, off: usize, v: u32| {
+        for (i, b) in v.to_le_bytes().iter().enumerate() {
+            l.regs[off + i] = *b as _;
+        }
+    };
+    let lint0 = read(&lapic, LVT_LINT0);
+    write(&mut lapic, LVT_LINT0, (lint0 & !0x700) | (0x7 << 8));
+    let lint1 = read(&lapic, LVT_LINT1);
+    write(&mut lapic, LVT_LINT1, (lint1 & !0x700) | (0x4 << 8));
+    vcpu.set_lapic(&lapic).map_err(|e| e.to_string())
+}

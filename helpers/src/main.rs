@@ -1,0 +1,50 @@
+//! `libvirt-helper`: one guest, run with KVM directly (no QEMU).
+//!
+//! Started by the broker with its control channel on fd 3; receives
+//! `HelperCommand::Start` with every fd it needs (`/dev/kvm`, the kernel,
+//! the console), opens no path itself, runs the guest, and reports how it
+//! stopped. Written for hardware KVM; proven on emulating KVM with the test
+//! guest in `tests/guest/`.
+
+mod boot;
+mod bus;
+mod cpu;
+mod vm;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+
+use libvirtd::privsep::Channel;
+use libvirtd::privsep::helper::{HelperCommand, HelperEvent, StopReason};
+
+/// Where the broker puts the control channel.
+const CHANNEL_FD: i32 = 3;
+/// How long to wait for the broker's `Start`, in ms.
+const START_TIMEOUT_MS: u16 = 10_000;
+
+fn main() -> ExitCode {
+    // SAFETY: the broker's spawn placed the channel on fd 3 and nothing else
+    // in this freshly exec'd process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) };
+    let Ok(channel) = Channel::from_fd(fd) else {
+        eprintln!("libvirt-helper: no control channel on fd 3");
+        return ExitCode::FAILURE;
+    };
+    let (command, fds) = match channel.recv_blocking::<HelperCommand>(START_TIMEOUT_MS, HelperCommand::fd_count) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("libvirt-helper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (HelperCommand::Start(config), Ok([kvm, kernel, console])) = (command, <[OwnedFd; 3]>::try_from(fds)) else {
+        eprintln!("libvirt-helper: expected Start with three fds");
+        return ExitCode::FAILURE;
+    };
+    let (reason, detail) = match vm::run(&config, kvm, kernel, console, &channel) {
+        Ok(stop) => stop,
+        Err(e) => (StopReason::Failed, e),
+    };
+    let _ = channel.send(&HelperEvent::Stopped { reason, detail }, &[]);
+    if reason == StopReason::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}

@@ -1,0 +1,158 @@
+//! The VM: memory, in-kernel interrupt controllers, the vCPU thread, and the
+//! control loop that joins console input, broker commands and guest exits.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit};
+use libvirtd::privsep::Channel;
+use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::boot;
+use super::bus::{Bus, IrqTrigger};
+use super::cpu;
+
+/// Guest RAM must end below the 32-bit PCI hole.
+const MAX_MEMORY_MIB: u64 = 3 * 1024;
+const TSS_ADDRESS: usize = 0xfffb_d000;
+const COM1_IRQ: u32 = 4;
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// Runs the guest until it stops; returns why.
+pub fn run(
+    config: &GuestConfig,
+    kvm: OwnedFd,
+    kernel: OwnedFd,
+    console: OwnedFd,
+    channel: &Channel,
+) -> Result<(StopReason, String), String> {
+    if config.memory_mib < 2 || config.memory_mib > MAX_MEMORY_MIB {
+        return Err(format!("guest memory {} MiB is outside 2-{MAX_MEMORY_MIB} MiB", config.memory_mib));
+    }
+    if config.vcpus != 1 {
+        return Err(format!("{} vCPUs requested; this helper runs 1 so far", config.vcpus));
+    }
+    let mem_size = config.memory_mib << 20;
+    // SAFETY: the broker passed an open /dev/kvm fd that we now own.
+    let kvm = unsafe { Kvm::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(kvm)) };
+    let vm = kvm.create_vm().map_err(err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(TSS_ADDRESS).map_err(err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() })
+        .map_err(err("KVM_CREATE_PIT2"))?;
+
+    let mem: GuestMemoryMmap =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(err("guest memory"))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives the
+        // VM (both are dropped when this function returns, the VM first).
+        unsafe { vm.set_user_memory_region(r) }.map_err(err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    let mut kernel = File::from(kernel);
+    let entry = boot::load(&mem, &mut kernel, &config.cmdline, mem_size).map_err(|e| e.to_string())?;
+
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
+    vm.register_irqfd(&irq, COM1_IRQ).map_err(err("KVM_IRQFD"))?;
+    let out = File::from(console.try_clone().map_err(err("console"))?);
+    let bus = Arc::new(Bus {
+        serial: Arc::new(Mutex::new(Serial::new(IrqTrigger(irq), out))),
+        kbd_data: Arc::new(Mutex::new(None)),
+    });
+
+    let vcpu = vm.create_vcpu(0).map_err(err("KVM_CREATE_VCPU"))?;
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+    cpu::set_lint(&vcpu)?;
+    cpu::setup(&vcpu, &mem, entry)?;
+
+    let stopped = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
+    let stop_reason: Arc<Mutex<Option<(StopReason, String)>>> = Arc::default();
+    let vcpu_bus = bus.clone();
+    let (vcpu_stopped, vcpu_reason) = (stopped.try_clone().map_err(err("eventfd"))?, stop_reason.clone());
+    std::thread::Builder::new()
+        .name("vcpu0".into())
+        .spawn(move || {
+            let mut vcpu = vcpu;
+            let outcome = loop {
+                match vcpu.run() {
+                    Ok(VcpuExit::IoIn(port, data)) => vcpu_bus.read(port, data),
+                    Ok(VcpuExit::IoOut(port, data)) => {
+                        if let Some(reason) = vcpu_bus.write(port, data) {
+                            break (reason, format!("guest wrote port {port:#x}"));
+                        }
+                    }
+                    Ok(VcpuExit::Shutdown) => break (StopReason::Reset, "triple fault".into()),
+                    Ok(VcpuExit::Hlt) => break (StopReason::Failed, "vCPU halted with no interrupt controller".into()),
+                    Ok(other) => break (StopReason::Failed, format!("unexpected exit {other:?}")),
+                    Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                    Err(e) => break (StopReason::Failed, format!("KVM_RUN: {e}")),
+                }
+            };
+            if let Ok(mut r) = vcpu_reason.lock() {
+                *r = Some(outcome);
+            }
+            let _ = vcpu_stopped.write(1);
+        })
+        .map_err(err("vCPU thread"))?;
+
+    channel.send(&HelperEvent::Started, &[]).map_err(err("control channel"))?;
+    let mut console = File::from(console);
+    loop {
+        let mut fds = [
+            PollFd::new(channel.fd(), PollFlags::POLLIN),
+            PollFd::new(console.as_fd(), PollFlags::POLLIN),
+            // SAFETY: `stopped` is open for as long as this loop runs.
+            PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(stopped.as_raw_fd()) }, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+            Ok(_) => {}
+        }
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        let (control, input, guest) = (ready(0), ready(1), ready(2));
+        if guest {
+            let reason = stop_reason.lock().ok().and_then(|mut r| r.take());
+            return Ok(reason.unwrap_or((StopReason::Failed, "vCPU ended".into())));
+        }
+        if control {
+            match channel.recv::<HelperCommand>(HelperCommand::fd_count) {
+                Ok((HelperCommand::Stop, _)) => return Ok((StopReason::Destroyed, "stopped by the broker".into())),
+                Ok((HelperCommand::Start(_), _)) => return Err("second Start".into()),
+                Err(libvirtd::privsep::ChannelError::WouldBlock) => {}
+                Err(e) => return Ok((StopReason::Destroyed, format!("broker channel: {e}"))),
+            }
+        }
+        if input {
+            let mut buf = [0u8; 64];
+            match console.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    // Nobody on the console: keep running, stop watching it.
+                    console = File::from(std::fs::File::open("/dev/null").map(OwnedFd::from).map_err(err("console"))?);
+                }
+                Ok(n) => {
+                    if let Ok(mut s) = bus.serial.lock() {
+                        let _ = s.enqueue_raw_bytes(&buf[..n]);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The messages between the broker and a guest's helper process: one
+//! command enum and one event enum, shared by both ends.
+
+use serde::{Deserialize, Serialize};
+
+/// What the helper needs to know about the guest (everything else it gets as fds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Kernel command line.
+    pub cmdline: String,
+}
+
+/// Broker to helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelperCommand {
+    /// Build and run the guest. Fds follow: `/dev/kvm`, the kernel image,
+    /// the console (read for guest input, written with guest output).
+    Start(GuestConfig),
+    /// Stop the guest now (destroy).
+    Stop,
+}
+
+impl HelperCommand {
+    /// How many fds travel with the command.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            HelperCommand::Start(_) => 3,
+            HelperCommand::Stop => 0,
+        }
+    }
+}
+
+/// Why a guest stopped running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset (i8042 or triple fault).
+    Reset,
+    /// The guest reported a panic (pvpanic).
+    Crash,
+    /// The broker asked it to stop.
+    Destroyed,
+    /// The VMM failed.
+    Failed,
+}
+
+/// Helper to broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelperEvent {
+    /// The guest is running.
+    Started,
+    /// The guest stopped; the helper exits after sending this.
+    Stopped {
+        /// Why.
+        reason: StopReason,
+        /// Details for the log.
+        detail: String,
+    },
+}
+
+impl HelperEvent {
+    /// Events carry no fds.
+    pub fn fd_count(&self) -> usize {
+        0
+    }
+}

@@ -1,0 +1,469 @@
+/*
+ * The project's test guest: a few hundred instructions that boot through the
+ * Linux x86-64 boot protocol (bzImage, 64-bit entry) or through PVH (ELF
+ * note, 32-bit entry), report what they were given on COM1, and then serve a
+ * line shell on the serial console. It idles in `hlt` with interrupts on:
+ * under an emulating KVM a polling loop would burn a host core.
+ *
+ * COM1 output:  GUEST-READY / CPUS=<n> / MEM=<MiB> / CMDLINE=<...> / "> "
+ * Shell words:  echo WORDS | poweroff (ACPI PM1a S5) | reboot (i8042 0xFE)
+ *               | panic (pvpanic port 0x505) | spin MS
+ */
+
+        .set COM1, 0x3f8
+        .set PM1A_CNT, 0x604            /* helper's FADT; QEMU piix4/ich9 too */
+        .set SLP_EN_S5, 0x2000          /* SLP_EN with SLP_TYP 0, as _S5 says */
+        .set PVPANIC, 0x505
+        .set KBD_CMD, 0x64
+        .set STACK_TOP, 0x80000         /* below 512 KiB, inside every map */
+
+/* ---------------- bzImage real-mode header (never executed) ------------ */
+        .section .setup, "a"
+        .code16
+setup_start:
+        .fill 0x1f1, 1, 0
+setup_sects:    .byte 1                 /* one setup sector after the boot sector */
+root_flags:     .word 0
+syssize:        .long 0                 /* unused by 64-bit loaders */
+ram_size:       .word 0
+vid_mode:       .word 0xffff
+root_dev:       .word 0
+boot_flag:      .word 0xaa55
+jump:           .byte 0xeb, 0x66        /* jmp over the header */
+header:         .ascii "HdrS"
+version:        .word 0x020f
+realmode_swtch: .long 0
+start_sys_seg:  .word 0
+kernel_version: .word 0
+type_of_loader: .byte 0
+loadflags:      .byte 0x01              /* LOADED_HIGH */
+setup_move_size: .word 0
+code32_start:   .long 0x100000
+ramdisk_image:  .long 0
+ramdisk_size:   .long 0
+bootsect_kludge: .long 0
+heap_end_ptr:   .word 0
+ext_loader_ver: .byte 0
+ext_loader_type: .byte 0
+cmd_line_ptr:   .long 0
+initrd_addr_max: .long 0x7fffffff
+kernel_alignment: .long 0x200000
+relocatable_kernel: .byte 0
+min_alignment:  .byte 0
+xloadflags:     .word 0x0001            /* XLF_KERNEL_64: has the 64-bit entry */
+cmdline_size:   .long 255
+hardware_subarch: .long 0
+hardware_subarch_data: .quad 0
+payload_offset: .long 0
+payload_length: .long 0
+setup_data:     .quad 0
+pref_address:   .quad 0x100000
+init_size:      .long 0x100000
+handover_offset: .long 0
+kernel_info_offset: .long 0
+        .fill 1024 - (. - setup_start), 1, 0
+
+/* ---------------- protected-mode payload, loaded at 1 MiB -------------- */
+        .section .text, "ax"
+payload_start:
+        .code32
+        /* 32-bit boot-protocol entry (offset 0): not supported, stop. */
+        cli
+1:      hlt
+        jmp 1b
+
+        .fill 0x200 - (. - payload_start), 1, 0x90
+        .code64
+/* 64-bit entry (offset 0x200): long mode, identity map, %rsi = boot_params. */
+startup_64:
+        cli
+        movq $STACK_TOP, %rsp
+        movl 0x228(%rsi), %eax          /* hdr.cmd_line_ptr */
+        movq %rax, %r12                 /* r12: command line */
+        movzbl 0x1e8(%rsi), %r14d       /* e820_entries */
+        leaq 0x2d0(%rsi), %r13          /* r13: e820 table, 20-byte entries */
+        movq $20, %r15                  /* r15: entry stride */
+        jmp common
+
+/* PVH entry: 32-bit flat protected mode, paging off, %ebx = hvm_start_info. */
+        .code32
+        .globl pvh_start
+pvh_start:
+        cli
+        movl $STACK_TOP, %esp
+        movl %ebx, %esi
+        /* Identity-map the first 1 GiB with 2 MiB pages, then enter long mode. */
+        movl $pml4, %edi
+        movl $pdpt + 3, (%edi)
+        movl $pdpt, %edi
+        movl $pd + 3, (%edi)
+        movl $pd, %edi
+        movl $0x83, %eax                /* present | writable | 2 MiB */
+        movl $512, %ecx
+2:      movl %eax, (%edi)
+        movl $0, 4(%edi)
+        addl $0x200000, %eax
+        addl $8, %edi
+        loop 2b
+        movl $pml4, %eax
+        movl %eax, %cr3
+        movl %cr4, %eax
+        orl $0x20, %eax                 /* PAE */
+        movl %eax, %cr4
+        movl $0xc0000080, %ecx          /* EFER */
+        rdmsr
+        orl $0x100, %eax                /* LME */
+        wrmsr
+        movl %cr0, %eax
+        orl $0x80000001, %eax           /* PG | PE */
+        movl %eax, %cr0
+        lgdt gdt_desc
+        ljmp $0x08, $pvh_64
+
+        .code64
+pvh_64:
+        movl $0x10, %eax
+        movl %eax, %ds
+        movl %eax, %es
+        movl %eax, %ss
+        movq $STACK_TOP, %rsp
+        movl %esi, %esi
+        movq 24(%rsi), %r12             /* hvm_start_info.cmdline_paddr */
+        movl 48(%rsi), %r14d            /* .memmap_entries */
+        movq 40(%rsi), %r13             /* .memmap_paddr, 24-byte entries */
+        movq $24, %r15
+
+/* Common 64-bit code. r12 cmdline, r13 memory map, r14 entries, r15 stride. */
+common:
+        /* Our own GDT, and CS reloaded from it: the boot protocol's CS is
+           0x10, which is data here, and iretq would reload it. */
+        lgdt gdt_desc
+        pushq $0x08
+        leaq 27f(%rip), %rax
+        pushq %rax
+        lretq
+27:     movl $0x10, %eax
+        movl %eax, %ds
+        movl %eax, %es
+        movl %eax, %ss
+        lidt idt_desc
+        call install_idt
+        leaq msg_ready(%rip), %rsi
+        call puts
+        leaq msg_cpus(%rip), %rsi
+        call puts
+        movq $1, %rax
+        call putdec
+        call newline
+        /* MEM=: usable (type 1) bytes in the map, in MiB. */
+        xorq %rbx, %rbx
+        movq %r13, %rdi
+        movq %r14, %rcx
+3:      testq %rcx, %rcx
+        jz 4f
+        cmpl $1, 16(%rdi)
+        jne 5f
+        addq 8(%rdi), %rbx
+5:      addq %r15, %rdi
+        decq %rcx
+        jmp 3b
+4:      leaq msg_mem(%rip), %rsi
+        call puts
+        movq %rbx, %rax
+        shrq $20, %rax
+        call putdec
+        call newline
+        leaq msg_cmdline(%rip), %rsi
+        call puts
+        movq %r12, %rsi
+        testq %rsi, %rsi
+        jz 6f
+        call puts
+6:      call newline
+        call serial_init_irq
+shell:
+        leaq msg_prompt(%rip), %rsi
+        call puts
+        call readline                   /* line in linebuf, NUL-terminated */
+        leaq linebuf(%rip), %rsi
+        leaq w_echo(%rip), %rdi
+        call prefix
+        jnc 7f
+        call puts                       /* rsi now past "echo " */
+        call newline
+        jmp shell
+7:      leaq linebuf(%rip), %rsi
+        leaq w_poweroff(%rip), %rdi
+        call prefix
+        jnc 8f
+        movw $SLP_EN_S5, %ax
+        movw $PM1A_CNT, %dx
+        outw %ax, %dx
+        jmp halt_forever
+8:      leaq linebuf(%rip), %rsi
+        leaq w_reboot(%rip), %rdi
+        call prefix
+        jnc 9f
+        movb $0xfe, %al
+        outb %al, $KBD_CMD
+        jmp halt_forever
+9:      leaq linebuf(%rip), %rsi
+        leaq w_panic(%rip), %rdi
+        call prefix
+        jnc 10f
+        movb $1, %al
+        movw $PVPANIC, %dx
+        outb %al, %dx
+        jmp halt_forever
+10:     leaq linebuf(%rip), %rsi
+        leaq w_spin(%rip), %rdi
+        call prefix
+        jnc 11f
+        call parsedec                   /* rax = milliseconds */
+        imulq $300000, %rax             /* ~iterations per ms, roughly */
+12:     decq %rax
+        jnz 12b
+        leaq msg_spun(%rip), %rsi
+        call puts
+        jmp shell
+11:     leaq msg_unknown(%rip), %rsi
+        call puts
+        jmp shell
+
+halt_forever:
+        cli
+13:     hlt
+        jmp 13b
+
+/* prefix: CF set and rsi advanced past the word if rsi starts with rdi. */
+prefix:
+        pushq %rsi
+14:     movb (%rdi), %al
+        testb %al, %al
+        jz 15f
+        cmpb (%rsi), %al
+        jne 16f
+        incq %rdi
+        incq %rsi
+        jmp 14b
+15:     addq $8, %rsp
+        stc
+        ret
+16:     popq %rsi
+        clc
+        ret
+
+/* parsedec: decimal at rsi to rax. */
+parsedec:
+        xorq %rax, %rax
+17:     movzbq (%rsi), %rcx
+        subq $'0', %rcx
+        cmpq $9, %rcx
+        ja 18f
+        imulq $10, %rax
+        addq %rcx, %rax
+        incq %rsi
+        jmp 17b
+18:     ret
+
+/* putc: al to COM1, waiting for the transmitter. */
+putc:
+        pushq %rdx
+        pushq %rax
+19:     movw $COM1 + 5, %dx
+        inb %dx, %al
+        testb $0x20, %al
+        jz 19b
+        popq %rax
+        movw $COM1, %dx
+        outb %al, %dx
+        popq %rdx
+        ret
+
+/* puts: NUL-terminated string at rsi. */
+puts:
+        movb (%rsi), %al
+        testb %al, %al
+        jz 20f
+        call putc
+        incq %rsi
+        jmp puts
+20:     ret
+
+newline:
+        movb $'\r', %al
+        call putc
+        movb $'\n', %al
+        jmp putc
+
+/* putdec: rax in decimal. */
+putdec:
+        leaq numbuf+24(%rip), %rdi
+        movb $0, (%rdi)
+        movq $10, %rcx
+21:     xorq %rdx, %rdx
+        divq %rcx
+        addb $'0', %dl
+        decq %rdi
+        movb %dl, (%rdi)
+        testq %rax, %rax
+        jnz 21b
+        movq %rdi, %rsi
+        jmp puts
+
+/* readline: echo characters into linebuf until CR or LF; idles in hlt. */
+readline:
+        leaq linebuf(%rip), %rdi
+22:     call getc
+        cmpb $'\r', %al
+        je 23f
+        cmpb $'\n', %al
+        je 23f
+        leaq linebuf+126(%rip), %rcx
+        cmpq %rcx, %rdi
+        jae 22b
+        movb %al, (%rdi)
+        incq %rdi
+        call putc
+        jmp 22b
+23:     movb $0, (%rdi)
+        jmp newline
+
+/* getc: next received byte; sleeps in hlt until the UART interrupt. */
+getc:
+        cli
+        movw $COM1 + 5, %dx
+        inb %dx, %al
+        testb $1, %al
+        jnz 24f
+        sti
+        hlt                             /* sti's shadow: no lost wake-up */
+        jmp getc
+24:     movw $COM1, %dx
+        inb %dx, %al
+        sti
+        ret
+
+/* serial_init_irq: 8259 PICs remapped to 0x20/0x28, only IRQ4 (COM1) open;
+   UART raises its interrupt on received data; ctrl-alt-del via the i8042
+   keyboard IRQ1 is also unmasked and powers off. */
+serial_init_irq:
+        movb $0x11, %al
+        outb %al, $0x20
+        outb %al, $0xa0
+        movb $0x20, %al
+        outb %al, $0x21
+        movb $0x28, %al
+        outb %al, $0xa1
+        movb $0x04, %al
+        outb %al, $0x21
+        movb $0x02, %al
+        outb %al, $0xa1
+        movb $0x01, %al
+        outb %al, $0x21
+        outb %al, $0xa1
+        movb $0xed, %al                 /* unmask IRQ1 and IRQ4 */
+        outb %al, $0x21
+        movb $0xff, %al
+        outb %al, $0xa1
+        movw $COM1 + 1, %dx             /* IER: received data available */
+        movb $0x01, %al
+        outb %al, %dx
+        movw $COM1 + 4, %dx             /* MCR: DTR | RTS | OUT2 (IRQ gate) */
+        movb $0x0b, %al
+        outb %al, %dx
+        sti
+        ret
+
+/* install_idt: every vector to a handler that EOIs the PICs; vector 0x21
+   (keyboard) checks for the ctrl-alt-del the helper injects. */
+install_idt:
+        leaq idt(%rip), %rdi
+        leaq isr_default(%rip), %rax
+        movq $256, %rcx
+25:     call set_gate
+        addq $16, %rdi
+        loop 25b
+        leaq idt+0x21*16(%rip), %rdi
+        leaq isr_kbd(%rip), %rax
+        jmp set_gate
+
+/* set_gate: 64-bit interrupt gate at rdi for handler rax. */
+set_gate:
+        movw %ax, (%rdi)
+        movw $0x08, 2(%rdi)
+        movw $0x8e00, 4(%rdi)
+        movq %rax, %rdx
+        shrq $16, %rdx
+        movw %dx, 6(%rdi)
+        shrq $16, %rdx
+        movl %edx, 8(%rdi)
+        movl $0, 12(%rdi)
+        ret
+
+isr_default:
+        pushq %rax
+        movb $0x20, %al
+        outb %al, $0xa0
+        outb %al, $0x20
+        popq %rax
+        iretq
+
+isr_kbd:
+        pushq %rax
+        inb $0x60, %al                  /* scan code: 0x53 is Delete */
+        cmpb $0x53, %al
+        jne 26f
+        movw $SLP_EN_S5, %ax
+        pushq %rdx
+        movw $PM1A_CNT, %dx
+        outw %ax, %dx
+        popq %rdx
+26:     movb $0x20, %al
+        outb %al, $0x20
+        popq %rax
+        iretq
+
+        .section .rodata, "a"
+        .align 16
+gdt:    .quad 0
+        .quad 0x00af9a000000ffff        /* 0x08: 64-bit code */
+        .quad 0x00cf92000000ffff        /* 0x10: data */
+        .quad 0x00af9a000000ffff        /* 0x18: 64-bit code (boot protocol __BOOT_CS is 0x10) */
+gdt_end:
+gdt_desc:
+        .word gdt_end - gdt - 1
+        .quad gdt
+msg_ready:   .asciz "GUEST-READY\r\n"
+msg_cpus:    .asciz "CPUS="
+msg_mem:     .asciz "MEM="
+msg_cmdline: .asciz "CMDLINE="
+msg_prompt:  .asciz "> "
+msg_spun:    .asciz "SPUN\r\n"
+msg_unknown: .asciz "unknown command\r\n"
+w_echo:      .asciz "echo "
+w_poweroff:  .asciz "poweroff"
+w_reboot:    .asciz "reboot"
+w_panic:     .asciz "panic"
+w_spin:      .asciz "spin "
+idt_desc:
+        .word 256 * 16 - 1
+        .quad idt
+
+        .section .note.pvh, "a"
+        .align 4
+        .long 4                         /* name size: "Xen\0" */
+        .long 4                         /* descriptor size */
+        .long 18                        /* XEN_ELFNOTE_PHYS32_ENTRY */
+        .asciz "Xen"
+        .long pvh_start
+
+        .section .bss, "aw", @nobits
+        .align 4096
+pml4:   .fill 4096, 1, 0
+pdpt:   .fill 4096, 1, 0
+pd:     .fill 4096, 1, 0
+idt:    .fill 4096, 1, 0
+linebuf: .fill 128, 1, 0
+numbuf: .fill 32, 1, 0
+

@@ -1,0 +1,192 @@
+//! The per-guest helper boots the project's test guest with KVM, through
+//! the same spawn code the broker uses: both image formats, the console both
+//! ways, and each way a guest can stop.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::require;
+use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
+
+/// Builds the test guest once per test binary.
+fn guest() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("libvirtd-test-guest-{}", std::process::id()));
+        let status = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh"))
+            .arg(&dir)
+            .status()
+            .expect("tests/guest/build.sh (needs binutils)");
+        assert!(status.success(), "building the test guest failed");
+        dir
+    })
+}
+
+fn have_kvm() -> bool {
+    require(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(), "/dev/kvm")
+}
+
+/// A running helper, its console, and its control channel.
+struct Guest {
+    spawned: libvirtd::broker::Spawned,
+    console: UnixStream,
+    output: String,
+}
+
+impl Guest {
+    fn boot(image: &str, memory_mib: u64, cmdline: &str) -> Guest {
+        let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
+        let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
+        let kernel = std::fs::File::open(guest().join(image)).unwrap();
+        let (console, theirs) = UnixStream::pair().unwrap();
+        let config = GuestConfig { memory_mib, vcpus: 1, cmdline: cmdline.into() };
+        let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs)];
+        use std::os::fd::AsFd;
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();
+        let g = Guest { spawned, console, output: String::new() };
+        assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Started);
+        g
+    }
+
+    fn event(&self, timeout: Duration) -> HelperEvent {
+        let (e, _) = self
+            .spawned
+            .channel
+            .recv_blocking::<HelperEvent>(timeout.as_millis() as u16, HelperEvent::fd_count)
+            .expect("no event from the helper");
+        e
+    }
+
+    /// Reads console output until `needle` appears after what was consumed.
+    fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        self.console.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(i) = self.output.find(needle) {
+                let upto = self.output[..i + needle.len()].to_owned();
+                self.output.drain(..i + needle.len());
+                return upto;
+            }
+            assert!(Instant::now() < end, "no {needle:?} on the console; got {:?}", self.output);
+            if let Ok(n) = self.console.read(&mut buf) {
+                self.output.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        self.console.write_all(format!("{line}\r").as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.spawned.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.spawned.pid, None);
+    }
+}
+
+fn boots_and_reports_what_it_was_given(image: &str) {
+    let mut g = Guest::boot(image, 64, "console=ttyS0 marker=xyz");
+    g.expect("GUEST-READY", Duration::from_secs(30));
+    let report = g.expect("> ", Duration::from_secs(30));
+    assert!(report.contains("CPUS=1\r\n"), "{report}");
+    // 64 MiB less the legacy hole between 640 KiB and 1 MiB.
+    assert!(report.contains("MEM=63\r\n"), "{report}");
+    assert!(report.contains("CMDLINE=console=ttyS0 marker=xyz\r\n"), "{report}");
+    g.type_line("echo hello there");
+    g.expect("hello there\r\n", Duration::from_secs(30));
+    g.type_line("poweroff");
+    match g.event(Duration::from_secs(30)) {
+        HelperEvent::Stopped { reason, .. } => assert_eq!(reason, StopReason::PowerOff),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_bzimage_boots_and_powers_off() {
+    if have_kvm() {
+        boots_and_reports_what_it_was_given("vmlinuz");
+    }
+}
+
+#[test]
+fn the_pvh_elf_boots_and_powers_off() {
+    if have_kvm() {
+        boots_and_reports_what_it_was_given("pvh.elf");
+    }
+}
+
+#[test]
+fn reboot_and_panic_are_reported() {
+    if !have_kvm() {
+        return;
+    }
+    for (word, want) in [("reboot", StopReason::Reset), ("panic", StopReason::Crash)] {
+        let mut g = Guest::boot("vmlinuz", 32, "");
+        g.expect("> ", Duration::from_secs(30));
+        g.type_line(word);
+        match g.event(Duration::from_secs(30)) {
+            HelperEvent::Stopped { reason, .. } => assert_eq!(reason, want, "{word}"),
+            other => panic!("{word}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_broker_can_stop_a_guest() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot("pvh.elf", 32, "");
+    g.expect("GUEST-READY", Duration::from_secs(30));
+    g.spawned.channel.send(&HelperCommand::Stop, &[]).unwrap();
+    assert_eq!(
+        g.event(Duration::from_secs(10)),
+        HelperEvent::Stopped { reason: StopReason::Destroyed, detail: "stopped by the broker".into() }
+    );
+}
+
+#[test]
+fn a_helper_is_not_in_the_daemons_session() {
+    if !have_kvm() {
+        return;
+    }
+    let g = Guest::boot("pvh.elf", 32, "");
+    let sid = nix::unistd::getsid(Some(g.spawned.pid)).unwrap();
+    assert_eq!(sid, g.spawned.pid, "the helper leads a session of its own");
+    assert_ne!(sid, nix::unistd::getsid(None).unwrap());
+}
+
+#[test]
+fn a_kernel_that_is_neither_format_is_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), vec![0x42u8; 8192]).unwrap();
+    let kernel = std::fs::File::open(junk.path()).unwrap();
+    let (_console, theirs) = UnixStream::pair().unwrap();
+    use std::os::fd::AsFd;
+    let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new() };
+    spawned.channel.send(&HelperCommand::Start(config), &[kvm.as_fd(), kernel.as_fd(), theirs.as_fd()]).unwrap();
+    let (e, _) = spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
+    match e {
+        HelperEvent::Stopped { reason: StopReason::Failed, detail } => {
+            assert!(detail.contains("neither a bzImage nor a PVH ELF"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = nix::sys::wait::waitpid(spawned.pid, None);
+}
