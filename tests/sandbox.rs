@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::*;
 use libvirtd::config::SANDBOX_ID_BASE;
-use libvirtd::sandbox::{self, Profile};
+use libvirtd::sandbox::{self, Profile, Thread};
 
 const PROBE_ENV: &str = "LIBVIRTD_SANDBOX_PROBE";
 
@@ -124,6 +124,26 @@ fn probe_entry() {
             let r = nix::unistd::execv(c"/bin/true", &[c"true"]);
             println!("execve returned {r:?}");
         }
+        "helper-vcpu-open" | "helper-vmm-ioctl" => {
+            sandbox::confine(&Profile::helper(probe_ids())).unwrap();
+            let thread = if kind == "helper-vcpu-open" { Thread::HelperVcpu } else { Thread::HelperVmm };
+            sandbox::seccomp::apply(thread).unwrap();
+            println!("confined");
+            if kind == "helper-vcpu-open" {
+                let r = std::fs::File::open("/etc/hostname");
+                println!("open returned {r:?}");
+            } else {
+                // SAFETY: FIONREAD on stdin writes one int into `n`.
+                let mut n: libc::c_int = 0;
+                let r = unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) };
+                println!("ioctl returned {r}");
+            }
+        }
+        "helper-landlock" => {
+            sandbox::confine(&Profile::helper(probe_ids())).unwrap();
+            let open = std::fs::File::open("/etc/hostname").map(|_| ()).map_err(|e| e.raw_os_error());
+            println!("open: {open:?}");
+        }
         "landlock" => {
             sandbox::confine(&landlock_only).unwrap();
             let open = std::fs::File::open("/etc/hostname").map(|_| ()).map_err(|e| e.raw_os_error());
@@ -165,4 +185,21 @@ fn the_broker_refuses_a_frontend_whose_sandbox_does_not_hold() {
     // The broker's outside check, run against a process that is not confined: this one.
     let err = sandbox::check_process(std::process::id() as i32, None).unwrap_err().to_string();
     assert!(err.contains("Seccomp") || err.contains("NoNewPrivs"), "{err}");
+}
+
+#[test]
+fn the_helpers_filters_kill_what_they_do_not_allow() {
+    for probe_kind in ["helper-vcpu-open", "helper-vmm-ioctl"] {
+        let (status, out) = probe(probe_kind);
+        assert!(out.contains("confined"), "{probe_kind}: {out}");
+        assert!(!out.contains("returned"), "{probe_kind}: {out}");
+        assert_eq!(status.signal(), Some(libc::SIGSYS), "{probe_kind}: {status:?} {out}");
+    }
+}
+
+#[test]
+fn the_helper_profile_denies_every_host_path() {
+    let (status, out) = probe("helper-landlock");
+    assert!(status.success(), "{status:?} {out}");
+    assert!(out.contains(&format!("open: Err(Some({}))", libc::EACCES)), "{out}");
 }

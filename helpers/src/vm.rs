@@ -15,6 +15,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
+use libvirtd::sandbox::{self, Profile, Thread, seccomp};
+
 use super::boot;
 use super::bus::{Bus, IrqTrigger};
 use super::cpu;
@@ -82,6 +84,12 @@ pub fn run(
     cpu::set_lint(&vcpu)?;
     cpu::setup(&vcpu, &mem, entry)?;
 
+    // Everything that needs privilege or a path is done: confine the process
+    // before the guest runs a single instruction.
+    isolate_namespaces();
+    let profile = Profile::helper(config.ids);
+    sandbox::confine(&profile).map_err(err("sandbox"))?;
+
     let stopped = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
     let stop_reason: Arc<Mutex<Option<(StopReason, String)>>> = Arc::default();
     let vcpu_bus = bus.clone();
@@ -90,6 +98,14 @@ pub fn run(
         .name("vcpu0".into())
         .spawn(move || {
             let mut vcpu = vcpu;
+            // The vCPU's own, narrower filter goes on before it runs the guest.
+            if let Err(e) = seccomp::apply(Thread::HelperVcpu) {
+                if let Ok(mut r) = vcpu_reason.lock() {
+                    *r = Some((StopReason::Failed, format!("vCPU sandbox: {e}")));
+                }
+                let _ = vcpu_stopped.write(1);
+                return;
+            }
             let outcome = loop {
                 match vcpu.run() {
                     Ok(VcpuExit::IoIn(port, data)) => vcpu_bus.read(port, data),
@@ -112,6 +128,8 @@ pub fn run(
         })
         .map_err(err("vCPU thread"))?;
 
+    seccomp::apply(Thread::HelperVmm).map_err(err("sandbox"))?;
+    sandbox::verify(&Profile { seccomp: Some(Thread::HelperVmm), ..profile }).map_err(err("sandbox"))?;
     channel.send(&HelperEvent::Started, &[]).map_err(err("control channel"))?;
     let mut console = File::from(console);
     loop {
@@ -154,5 +172,19 @@ pub fn run(
                 }
             }
         }
+    }
+}
+
+/// New mount, IPC, network and UTS namespaces where the host allows (root):
+/// the guest's process then sees no host mounts, IPC objects or network.
+fn isolate_namespaces() {
+    use nix::sched::{CloneFlags, unshare};
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    if let Err(e) = unshare(flags) {
+        eprintln!("libvirt-helper: cannot create namespaces: {e}");
     }
 }

@@ -12,6 +12,8 @@ pub struct GuestConfig {
     pub vcpus: u32,
     /// Kernel command line.
     pub cmdline: String,
+    /// The guest's own uid and gid (system mode); `None` keeps the helper's.
+    pub ids: Option<(u32, u32)>,
 }
 
 /// Broker to helper.

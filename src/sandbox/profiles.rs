@@ -4,7 +4,7 @@
 //! |----------|--------------------------|---------------|--------------|--------------------|
 //! | broker   | root (system mode)       | [`BROKER_CAPS`] | full       | none yet           |
 //! | frontend | `frontend_uid` (system)  | none          | none (landlock) | `frontend.json` main |
-//! | helper   | one uid per guest        | none          | none (landlock) | `helper.json` (issue 5) |
+//! | helper   | one uid per guest        | none          | none (landlock) | `helper.json` vmm, vcpu |
 
 use caps::Capability;
 use nix::unistd::Pid;
@@ -51,6 +51,13 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// A guest helper: its guest's own ids, no filesystem. No parent-death
+    /// signal: a guest outlives the daemon. Seccomp goes on per thread
+    /// (`HelperVmm`, `HelperVcpu`) once the vCPU threads exist.
+    pub fn helper(ids: Option<(u32, u32)>) -> Self {
+        Profile { ids, parent: None, no_filesystem: true, seccomp: None }
+    }
+
     /// The frontend: no privilege, no filesystem, a strict allow-list.
     pub fn frontend(ids: Option<(u32, u32)>, parent: Option<Pid>) -> Self {
         Profile { ids, parent, no_filesystem: true, seccomp: Some(Thread::FrontendMain) }

@@ -13,6 +13,10 @@ use super::SandboxError;
 pub enum Thread {
     /// The frontend's only thread: its event loop.
     FrontendMain,
+    /// A guest helper's control loop (console input, broker commands).
+    HelperVmm,
+    /// A guest helper's vCPU threads.
+    HelperVcpu,
 }
 
 impl Thread {
@@ -20,6 +24,8 @@ impl Thread {
     pub fn policy(self) -> PolicyFilter {
         match self {
             Thread::FrontendMain => PolicyFilter::FrontendMain,
+            Thread::HelperVmm => PolicyFilter::HelperVmm,
+            Thread::HelperVcpu => PolicyFilter::HelperVcpu,
         }
     }
 
@@ -28,6 +34,8 @@ impl Thread {
     pub fn for_policy(filter: PolicyFilter) -> Thread {
         match filter {
             PolicyFilter::FrontendMain => Thread::FrontendMain,
+            PolicyFilter::HelperVmm => Thread::HelperVmm,
+            PolicyFilter::HelperVcpu => Thread::HelperVcpu,
         }
     }
 
@@ -35,6 +43,8 @@ impl Thread {
     pub fn comm(self) -> &'static str {
         match self {
             Thread::FrontendMain => "frontend-main",
+            Thread::HelperVmm => "helper-vmm",
+            Thread::HelperVcpu => "helper-vcpu",
         }
     }
 }
