@@ -133,8 +133,8 @@ fn probe_entry() {
                 let r = std::fs::File::open("/etc/hostname");
                 println!("open returned {r:?}");
             } else {
-                // SAFETY: FIONREAD on stdin writes one int into `n`.
                 let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD on stdin writes one int into `n`.
                 let r = unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) };
                 println!("ioctl returned {r}");
             }
