@@ -42,11 +42,15 @@ struct Guest {
 
 impl Guest {
     fn boot(image: &str, memory_mib: u64, cmdline: &str) -> Guest {
+        Self::boot_with(image, memory_mib, cmdline, 1)
+    }
+
+    fn boot_with(image: &str, memory_mib: u64, cmdline: &str, vcpus: u32) -> Guest {
         let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
         let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
         let kernel = std::fs::File::open(guest().join(image)).unwrap();
         let (console, theirs) = UnixStream::pair().unwrap();
-        let config = GuestConfig { memory_mib, vcpus: 1, cmdline: cmdline.into(), ids: guest_ids() };
+        let config = GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids() };
         let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs)];
         use std::os::fd::AsFd;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
@@ -233,4 +237,18 @@ fn every_helper_thread_runs_confined_under_the_guests_ids() {
     // Guest memory is not dumpable: the helper's /proc files are root's.
     let meta = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+}
+
+#[test]
+fn the_guest_counts_every_vcpu_it_was_given() {
+    if !have_kvm() {
+        return;
+    }
+    for (image, vcpus) in [("vmlinuz", 2), ("pvh.elf", 4)] {
+        let mut g = Guest::boot_with(image, 64, "", vcpus);
+        let report = g.expect("> ", Duration::from_secs(60));
+        assert!(report.contains(&format!("CPUS={vcpus}\r\n")), "{image}: {report}");
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", g.spawned.pid)).unwrap().count();
+        assert!(tasks > vcpus as usize, "one thread per vCPU plus the control loop: {tasks}");
+    }
 }

@@ -120,3 +120,22 @@ pub fn set_lint(vcpu: &VcpuFd) -> Result<(), String> {
     write(&mut lapic, LVT_LINT1, (lint1 & !0x700) | (0x4 << 8));
     vcpu.set_lapic(&lapic).map_err(|e| e.to_string())
 }
+
+/// Tells vCPU `index` of `count` who it is: APIC id and package size in
+/// leaf 1 (with HTT when there are several), x2APIC id in leaf 0xB.
+pub fn topology(cpuid: &mut kvm_bindings::CpuId, index: u32, count: u32) {
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0xffff) | ((count & 0xff) << 16) | ((index & 0xff) << 24);
+                if count > 1 {
+                    e.edx |= 1 << 28;
+                } else {
+                    e.edx &= !(1 << 28);
+                }
+            }
+            0xb => e.edx = index,
+            _ => {}
+        }
+    }
+}

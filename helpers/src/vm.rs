@@ -25,6 +25,8 @@ use super::cpu;
 const MAX_MEMORY_MIB: u64 = 3 * 1024;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const COM1_IRQ: u32 = 4;
+/// vCPUs per guest (the domain XML's limit).
+const MAX_VCPUS: u32 = 255;
 
 fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what}: {e}")
@@ -41,8 +43,8 @@ pub fn run(
     if config.memory_mib < 2 || config.memory_mib > MAX_MEMORY_MIB {
         return Err(format!("guest memory {} MiB is outside 2-{MAX_MEMORY_MIB} MiB", config.memory_mib));
     }
-    if config.vcpus != 1 {
-        return Err(format!("{} vCPUs requested; this helper runs 1 so far", config.vcpus));
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(format!("{} vCPUs requested; 1-{MAX_VCPUS} are possible", config.vcpus));
     }
     let mem_size = config.memory_mib << 20;
     // SAFETY: the broker passed an open /dev/kvm fd that we now own.
@@ -78,11 +80,20 @@ pub fn run(
         kbd_data: Arc::new(Mutex::new(None)),
     });
 
-    let vcpu = vm.create_vcpu(0).map_err(err("KVM_CREATE_VCPU"))?;
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
-    cpu::set_lint(&vcpu)?;
-    cpu::setup(&vcpu, &mem, entry)?;
+    let base_cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::new();
+    for index in 0..config.vcpus {
+        let vcpu = vm.create_vcpu(u64::from(index)).map_err(err("KVM_CREATE_VCPU"))?;
+        let mut cpuid = base_cpuid.clone();
+        cpu::topology(&mut cpuid, index, config.vcpus);
+        vcpu.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+        cpu::set_lint(&vcpu)?;
+        // The APs wait in KVM for the guest's INIT/SIPI; only the BSP gets a state.
+        if index == 0 {
+            cpu::setup(&vcpu, &mem, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
 
     // Everything that needs privilege or a path is done: confine the process
     // before the guest runs a single instruction.
@@ -92,41 +103,23 @@ pub fn run(
 
     let stopped = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
     let stop_reason: Arc<Mutex<Option<(StopReason, String)>>> = Arc::default();
-    let vcpu_bus = bus.clone();
-    let (vcpu_stopped, vcpu_reason) = (stopped.try_clone().map_err(err("eventfd"))?, stop_reason.clone());
-    std::thread::Builder::new()
-        .name("vcpu0".into())
-        .spawn(move || {
-            let mut vcpu = vcpu;
-            // The vCPU's own, narrower filter goes on before it runs the guest.
-            if let Err(e) = seccomp::apply(Thread::HelperVcpu) {
-                if let Ok(mut r) = vcpu_reason.lock() {
-                    *r = Some((StopReason::Failed, format!("vCPU sandbox: {e}")));
+    for (index, vcpu) in vcpus.into_iter().enumerate() {
+        let (bus, stopped, reason) = (bus.clone(), stopped.try_clone().map_err(err("eventfd"))?, stop_reason.clone());
+        std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                // The vCPU's own, narrower filter goes on before it runs the guest.
+                let outcome = match seccomp::apply(Thread::HelperVcpu) {
+                    Ok(()) => run_vcpu(vcpu, &bus),
+                    Err(e) => (StopReason::Failed, format!("vCPU sandbox: {e}")),
+                };
+                if let Ok(mut r) = reason.lock() {
+                    r.get_or_insert(outcome);
                 }
-                let _ = vcpu_stopped.write(1);
-                return;
-            }
-            let outcome = loop {
-                match vcpu.run() {
-                    Ok(VcpuExit::IoIn(port, data)) => vcpu_bus.read(port, data),
-                    Ok(VcpuExit::IoOut(port, data)) => {
-                        if let Some(reason) = vcpu_bus.write(port, data) {
-                            break (reason, format!("guest wrote port {port:#x}"));
-                        }
-                    }
-                    Ok(VcpuExit::Shutdown) => break (StopReason::Reset, "triple fault".into()),
-                    Ok(VcpuExit::Hlt) => break (StopReason::Failed, "vCPU halted with no interrupt controller".into()),
-                    Ok(other) => break (StopReason::Failed, format!("unexpected exit {other:?}")),
-                    Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                    Err(e) => break (StopReason::Failed, format!("KVM_RUN: {e}")),
-                }
-            };
-            if let Ok(mut r) = vcpu_reason.lock() {
-                *r = Some(outcome);
-            }
-            let _ = vcpu_stopped.write(1);
-        })
-        .map_err(err("vCPU thread"))?;
+                let _ = stopped.write(1);
+            })
+            .map_err(err("vCPU thread"))?;
+    }
 
     seccomp::apply(Thread::HelperVmm).map_err(err("sandbox"))?;
     sandbox::verify(&Profile { seccomp: Some(Thread::HelperVmm), ..profile }).map_err(err("sandbox"))?;
@@ -186,5 +179,23 @@ fn isolate_namespaces() {
         CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
     if let Err(e) = unshare(flags) {
         eprintln!("libvirt-helper: cannot create namespaces: {e}");
+    }
+}
+
+/// Runs one vCPU until the guest asks to stop or KVM fails.
+fn run_vcpu(mut vcpu: kvm_ioctls::VcpuFd, bus: &Bus) -> (StopReason, String) {
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if let Some(reason) = bus.write(port, data) {
+                    return (reason, format!("guest wrote port {port:#x}"));
+                }
+            }
+            Ok(VcpuExit::Shutdown) => return (StopReason::Reset, "triple fault".into()),
+            Ok(other) => return (StopReason::Failed, format!("unexpected exit {other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => return (StopReason::Failed, format!("KVM_RUN: {e}")),
+        }
     }
 }

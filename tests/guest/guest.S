@@ -16,6 +16,7 @@
         .set PVPANIC, 0x505
         .set KBD_CMD, 0x64
         .set STACK_TOP, 0x80000         /* below 512 KiB, inside every map */
+        .set TRAMPOLINE, 0x8000         /* APs start here in real mode (SIPI vector 8) */
 
 /* ---------------- bzImage real-mode header (never executed) ------------ */
         .section .setup, "a"
@@ -150,9 +151,11 @@ common:
         call install_idt
         leaq msg_ready(%rip), %rsi
         call puts
+        call start_aps                  /* rax = CPUs that have run */
+        pushq %rax
         leaq msg_cpus(%rip), %rsi
         call puts
-        movq $1, %rax
+        popq %rax
         call putdec
         call newline
         /* MEM=: usable (type 1) bytes in the map, in MiB. */
@@ -229,6 +232,51 @@ shell:
 11:     leaq msg_unknown(%rip), %rsi
         call puts
         jmp shell
+
+/* start_aps: wakes the other CPUs (CPUID leaf 1 says how many) with
+   INIT-SIPI through the x2APIC, and waits a bounded time for each to run
+   the trampoline. Returns 1 + the APs that checked in. */
+start_aps:
+        movl $1, %eax
+        cpuid
+        movl $1, %eax
+        btl $28, %edx                   /* HTT: EBX[23:16] is meaningful */
+        jnc 40f
+        btl $21, %ecx                   /* x2APIC */
+        jnc 40f
+        shrl $16, %ebx
+        movzbl %bl, %r8d                /* r8: CPUs in the package */
+        cmpl $1, %r8d
+        jbe 40f
+        leaq trampoline(%rip), %rsi
+        movq $TRAMPOLINE, %rdi
+        movq $(trampoline_end - trampoline), %rcx
+        rep movsb
+        movq %cr3, %rax
+        movl %eax, TRAMPOLINE + (tramp_cr3 - trampoline)
+        movl $0x1b, %ecx                /* IA32_APIC_BASE: enable x2APIC */
+        rdmsr
+        orl $0xc00, %eax
+        wrmsr
+        movl $0x830, %ecx               /* x2APIC ICR, all excluding self */
+        xorl %edx, %edx
+        movl $0x000c4500, %eax          /* INIT */
+        wrmsr
+        movl $0x000c4600 + (TRAMPOLINE >> 12), %eax
+        wrmsr                           /* SIPI */
+        movq $2000000, %rcx             /* bounded wait for the APs */
+        decl %r8d
+41:     movl ap_count(%rip), %eax
+        cmpl %r8d, %eax
+        jae 42f
+        pause
+        decq %rcx
+        jnz 41b
+42:     movl ap_count(%rip), %eax
+        incl %eax
+        ret
+40:     movl $1, %eax
+        ret
 
 halt_forever:
         cli
@@ -424,12 +472,57 @@ isr_kbd:
         popq %rax
         iretq
 
+/* The AP trampoline, copied to TRAMPOLINE: real mode to long mode with
+   the BSP's page tables, count in, then halt for good. */
+        .code16
+trampoline:
+        cli
+        xorw %ax, %ax
+        movw %ax, %ds
+        lgdtl TRAMPOLINE + (tramp_gdt - trampoline)
+        movl %cr0, %eax
+        orl $1, %eax
+        movl %eax, %cr0
+        ljmpl $0x18, $(TRAMPOLINE + (tramp32 - trampoline))
+        .code32
+tramp32:
+        movw $0x10, %ax
+        movw %ax, %ds
+        movw %ax, %es
+        movw %ax, %ss
+        movl %cr4, %eax
+        orl $0x20, %eax
+        movl %eax, %cr4
+        movl TRAMPOLINE + (tramp_cr3 - trampoline), %eax
+        movl %eax, %cr3
+        movl $0xc0000080, %ecx
+        rdmsr
+        orl $0x100, %eax
+        wrmsr
+        movl %cr0, %eax
+        orl $0x80000000, %eax
+        movl %eax, %cr0
+        ljmp $0x08, $(TRAMPOLINE + (tramp64 - trampoline))
+        .code64
+tramp64:
+        movq $ap_count, %rax
+        lock incl (%rax)
+43:     cli
+        hlt
+        jmp 43b
+tramp_gdt:
+        .word gdt_end - gdt - 1
+        .long gdt
+tramp_cr3:
+        .long 0
+trampoline_end:
+
         .section .rodata, "a"
         .align 16
 gdt:    .quad 0
         .quad 0x00af9a000000ffff        /* 0x08: 64-bit code */
         .quad 0x00cf92000000ffff        /* 0x10: data */
-        .quad 0x00af9a000000ffff        /* 0x18: 64-bit code (boot protocol __BOOT_CS is 0x10) */
+        .quad 0x00cf9a000000ffff        /* 0x18: 32-bit code, for the AP trampoline */
 gdt_end:
 gdt_desc:
         .word gdt_end - gdt - 1
@@ -466,4 +559,6 @@ pd:     .fill 4096, 1, 0
 idt:    .fill 4096, 1, 0
 linebuf: .fill 128, 1, 0
 numbuf: .fill 32, 1, 0
+        .align 4
+ap_count: .long 0
 
