@@ -252,3 +252,65 @@ fn the_guest_counts_every_vcpu_it_was_given() {
         assert!(tasks > vcpus as usize, "one thread per vCPU plus the control loop: {tasks}");
     }
 }
+
+fn stats(g: &Guest) -> libvirtd::privsep::helper::GuestStats {
+    g.spawned.channel.send(&HelperCommand::Stats, &[]).unwrap();
+    match g.event(Duration::from_secs(10)) {
+        HelperEvent::Stats(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ctrl_alt_del_through_the_i8042_powers_the_guest_off() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot("vmlinuz", 32, "");
+    g.expect("> ", Duration::from_secs(30));
+    g.spawned.channel.send(&HelperCommand::CtrlAltDel, &[]).unwrap();
+    match g.event(Duration::from_secs(30)) {
+        HelperEvent::Stopped { reason, .. } => assert_eq!(reason, StopReason::PowerOff),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_continues_it() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot_with("pvh.elf", 64, "", 2);
+    g.expect("> ", Duration::from_secs(30));
+    g.spawned.channel.send(&HelperCommand::Pause, &[]).unwrap();
+    assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Paused);
+    let before = stats(&g);
+    assert!(before.paused);
+    assert_eq!(before.vcpu_time_ns.len(), 2);
+    assert_eq!(before.memory_mib, 64);
+    assert!(before.rss_kib > 0);
+    g.type_line("echo while paused");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut buf = [0u8; 256];
+    g.console.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    assert!(g.console.read(&mut buf).is_err(), "the paused guest answered");
+    assert_eq!(stats(&g).vcpu_time_ns, before.vcpu_time_ns, "vCPU time moved while paused");
+    g.spawned.channel.send(&HelperCommand::Resume, &[]).unwrap();
+    assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Resumed);
+    g.expect("while paused\r\n", Duration::from_secs(30));
+    assert!(!stats(&g).paused);
+}
+
+#[test]
+fn vcpu_time_is_accounted() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot("vmlinuz", 32, "");
+    g.expect("> ", Duration::from_secs(30));
+    let before: u64 = stats(&g).vcpu_time_ns.iter().sum();
+    g.type_line("spin 100");
+    g.expect("SPUN", Duration::from_secs(60));
+    let after: u64 = stats(&g).vcpu_time_ns.iter().sum();
+    assert!(after > before + 10_000_000, "spinning used {} ns", after - before);
+}

@@ -37,8 +37,10 @@ pub type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, File>;
 pub struct Bus {
     /// COM1, shared with the thread that feeds it input.
     pub serial: Arc<Mutex<Console>>,
-    /// Scan code the guest reads next from the i8042 data port.
-    pub kbd_data: Arc<Mutex<Option<u8>>>,
+    /// Scan codes the guest has yet to read from the i8042 data port.
+    pub kbd_data: Arc<Mutex<std::collections::VecDeque<u8>>>,
+    /// Raises the keyboard interrupt (IRQ 1) through a KVM irqfd.
+    pub kbd_irq: EventFd,
 }
 
 impl Bus {
@@ -53,13 +55,25 @@ impl Bus {
             }
             I8042_DATA => {
                 if let Ok(mut k) = self.kbd_data.lock() {
-                    data[0] = k.take().unwrap_or(0);
+                    data[0] = k.pop_front().unwrap_or(0);
+                    if !k.is_empty() {
+                        let _ = self.kbd_irq.write(1);
+                    }
                 }
             }
             // Status: output buffer full when a scan code waits.
-            I8042_CMD => data[0] = u8::from(self.kbd_data.lock().is_ok_and(|k| k.is_some())),
+            I8042_CMD => data[0] = u8::from(self.kbd_data.lock().is_ok_and(|k| !k.is_empty())),
             _ => {}
         }
+    }
+
+    /// Queues the make codes of ctrl, alt and delete and raises IRQ 1; the
+    /// guest reads one per interrupt.
+    pub fn ctrl_alt_del(&self) {
+        if let Ok(mut k) = self.kbd_data.lock() {
+            k.extend([0x1d, 0x38, 0x53]);
+        }
+        let _ = self.kbd_irq.write(1);
     }
 
     /// A guest port write; `Some` when the guest asked to stop.

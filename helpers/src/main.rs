@@ -9,6 +9,7 @@
 mod boot;
 mod bus;
 mod cpu;
+mod vcpu;
 mod vm;
 
 use std::os::fd::{FromRawFd, OwnedFd};

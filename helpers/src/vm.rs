@@ -7,9 +7,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::Kvm;
 use libvirtd::privsep::Channel;
-use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
+use libvirtd::privsep::helper::{GuestConfig, GuestStats, HelperCommand, HelperEvent, StopReason};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::Serial;
@@ -20,11 +20,13 @@ use libvirtd::sandbox::{self, Profile, Thread, seccomp};
 use super::boot;
 use super::bus::{Bus, IrqTrigger};
 use super::cpu;
+use super::vcpu;
 
 /// Guest RAM must end below the 32-bit PCI hole.
 const MAX_MEMORY_MIB: u64 = 3 * 1024;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const COM1_IRQ: u32 = 4;
+const KBD_IRQ: u32 = 1;
 /// vCPUs per guest (the domain XML's limit).
 const MAX_VCPUS: u32 = 255;
 
@@ -75,9 +77,12 @@ pub fn run(
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
     vm.register_irqfd(&irq, COM1_IRQ).map_err(err("KVM_IRQFD"))?;
     let out = File::from(console.try_clone().map_err(err("console"))?);
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
+    vm.register_irqfd(&kbd_irq, KBD_IRQ).map_err(err("KVM_IRQFD"))?;
     let bus = Arc::new(Bus {
         serial: Arc::new(Mutex::new(Serial::new(IrqTrigger(irq), out))),
-        kbd_data: Arc::new(Mutex::new(None)),
+        kbd_data: Arc::default(),
+        kbd_irq,
     });
 
     let base_cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -98,19 +103,24 @@ pub fn run(
     // Everything that needs privilege or a path is done: confine the process
     // before the guest runs a single instruction.
     isolate_namespaces();
+    vcpu::install_kick_handler()?;
+    // Read later, when the filesystem is gone: the helper's own memory usage.
+    let statm = File::open("/proc/self/statm").map_err(err("/proc/self/statm"))?;
     let profile = Profile::helper(config.ids);
     sandbox::confine(&profile).map_err(err("sandbox"))?;
 
     let stopped = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
+    let control = Arc::new(vcpu::Control::default());
     let stop_reason: Arc<Mutex<Option<(StopReason, String)>>> = Arc::default();
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         let (bus, stopped, reason) = (bus.clone(), stopped.try_clone().map_err(err("eventfd"))?, stop_reason.clone());
+        let control = control.clone();
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
                 // The vCPU's own, narrower filter goes on before it runs the guest.
                 let outcome = match seccomp::apply(Thread::HelperVcpu) {
-                    Ok(()) => run_vcpu(vcpu, &bus),
+                    Ok(()) => vcpu::run(vcpu, &bus, &control),
                     Err(e) => (StopReason::Failed, format!("vCPU sandbox: {e}")),
                 };
                 if let Ok(mut r) = reason.lock() {
@@ -138,14 +148,32 @@ pub fn run(
             Ok(_) => {}
         }
         let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        let (control, input, guest) = (ready(0), ready(1), ready(2));
+        let (command, input, guest) = (ready(0), ready(1), ready(2));
         if guest {
             let reason = stop_reason.lock().ok().and_then(|mut r| r.take());
             return Ok(reason.unwrap_or((StopReason::Failed, "vCPU ended".into())));
         }
-        if control {
+        if command {
             match channel.recv::<HelperCommand>(HelperCommand::fd_count) {
                 Ok((HelperCommand::Stop, _)) => return Ok((StopReason::Destroyed, "stopped by the broker".into())),
+                Ok((HelperCommand::Pause, _)) => {
+                    control.pause(config.vcpus);
+                    channel.send(&HelperEvent::Paused, &[]).map_err(err("control channel"))?;
+                }
+                Ok((HelperCommand::Resume, _)) => {
+                    control.resume();
+                    channel.send(&HelperEvent::Resumed, &[]).map_err(err("control channel"))?;
+                }
+                Ok((HelperCommand::CtrlAltDel, _)) => bus.ctrl_alt_del(),
+                Ok((HelperCommand::Stats, _)) => {
+                    let stats = GuestStats {
+                        paused: control.paused(),
+                        vcpu_time_ns: control.threads().into_iter().map(thread_cpu_ns).collect(),
+                        memory_mib: config.memory_mib,
+                        rss_kib: rss_kib(&statm),
+                    };
+                    channel.send(&HelperEvent::Stats(stats), &[]).map_err(err("control channel"))?;
+                }
                 Ok((HelperCommand::Start(_), _)) => return Err("second Start".into()),
                 Err(libvirtd::privsep::ChannelError::WouldBlock) => {}
                 Err(e) => return Ok((StopReason::Destroyed, format!("broker channel: {e}"))),
@@ -182,20 +210,28 @@ fn isolate_namespaces() {
     }
 }
 
-/// Runs one vCPU until the guest asks to stop or KVM fails.
-fn run_vcpu(mut vcpu: kvm_ioctls::VcpuFd, bus: &Bus) -> (StopReason, String) {
-    loop {
-        match vcpu.run() {
-            Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if let Some(reason) = bus.write(port, data) {
-                    return (reason, format!("guest wrote port {port:#x}"));
-                }
-            }
-            Ok(VcpuExit::Shutdown) => return (StopReason::Reset, "triple fault".into()),
-            Ok(other) => return (StopReason::Failed, format!("unexpected exit {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-            Err(e) => return (StopReason::Failed, format!("KVM_RUN: {e}")),
-        }
-    }
+/// CPU time of one thread, from its CPU clock.
+fn thread_cpu_ns(thread: libc::pthread_t) -> u64 {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `thread` is a live thread of this process; both out-pointers
+    // are valid for the calls.
+    let ok =
+        unsafe { libc::pthread_getcpuclockid(thread, &mut clock) == 0 && libc::clock_gettime(clock, &mut ts) == 0 };
+    if ok { ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64 } else { 0 }
+}
+
+/// Resident set size from `/proc/self/statm` (opened before confinement).
+fn rss_kib(statm: &File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 128];
+    let n = statm.read_at(&mut buf, 0).unwrap_or(0);
+    let pages: u64 = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    pages * page / 1024
 }

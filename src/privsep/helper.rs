@@ -24,6 +24,14 @@ pub enum HelperCommand {
     Start(GuestConfig),
     /// Stop the guest now (destroy).
     Stop,
+    /// Stop every vCPU; answered with `Paused`.
+    Pause,
+    /// Let the vCPUs run again; answered with `Resumed`.
+    Resume,
+    /// Press ctrl-alt-del on the guest's i8042 keyboard.
+    CtrlAltDel,
+    /// Report state and usage; answered with `Stats`.
+    Stats,
 }
 
 impl HelperCommand {
@@ -31,7 +39,7 @@ impl HelperCommand {
     pub fn fd_count(&self) -> usize {
         match self {
             HelperCommand::Start(_) => 3,
-            HelperCommand::Stop => 0,
+            _ => 0,
         }
     }
 }
@@ -51,11 +59,30 @@ pub enum StopReason {
     Failed,
 }
 
+/// What `Stats` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// The vCPUs are paused.
+    pub paused: bool,
+    /// CPU time used by each vCPU thread, in nanoseconds.
+    pub vcpu_time_ns: Vec<u64>,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// The helper's resident set, guest memory it touched included, in KiB.
+    pub rss_kib: u64,
+}
+
 /// Helper to broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelperEvent {
     /// The guest is running.
     Started,
+    /// Every vCPU is stopped.
+    Paused,
+    /// The vCPUs run again.
+    Resumed,
+    /// Answer to `Stats`.
+    Stats(GuestStats),
     /// The guest stopped; the helper exits after sending this.
     Stopped {
         /// Why.

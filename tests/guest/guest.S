@@ -223,7 +223,7 @@ shell:
         call prefix
         jnc 11f
         call parsedec                   /* rax = milliseconds */
-        imulq $300000, %rax             /* ~iterations per ms, roughly */
+        imulq $1000, %rax               /* about a ms per MS under emulation, less on hardware */
 12:     decq %rax
         jnz 12b
         leaq msg_spun(%rip), %rsi
