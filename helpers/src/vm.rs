@@ -27,6 +27,8 @@ const MAX_MEMORY_MIB: u64 = 3 * 1024;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const COM1_IRQ: u32 = 4;
 const KBD_IRQ: u32 = 1;
+/// How soon to offer the UART queued console input again, in ms.
+const INPUT_RETRY_MS: u16 = 2;
 /// vCPUs per guest (the domain XML's limit).
 const MAX_VCPUS: u32 = 255;
 
@@ -104,6 +106,10 @@ pub fn run(
     // before the guest runs a single instruction.
     isolate_namespaces();
     vcpu::install_kick_handler()?;
+    // Made now, since confinement forbids it later: a socket pair whose one
+    // end never becomes readable, to watch once the console hangs up.
+    let idle_console = std::os::unix::net::UnixStream::pair().map_err(err("socketpair"))?;
+    let idle_console: (OwnedFd, OwnedFd) = (idle_console.0.into(), idle_console.1.into());
     // Read later, when the filesystem is gone: the helper's own memory usage.
     let statm = File::open("/proc/self/statm").map_err(err("/proc/self/statm"))?;
     let profile = Profile::helper(config.ids);
@@ -135,14 +141,19 @@ pub fn run(
     sandbox::verify(&Profile { seccomp: Some(Thread::HelperVmm), ..profile }).map_err(err("sandbox"))?;
     channel.send(&HelperEvent::Started, &[]).map_err(err("control channel"))?;
     let mut console = File::from(console);
+    let mut pending: Vec<u8> = Vec::new();
+    let (quiet, _silent_peer) = idle_console;
+    let mut idle_console = Some((quiet, ()));
     loop {
         let mut fds = [
             PollFd::new(channel.fd(), PollFlags::POLLIN),
-            PollFd::new(console.as_fd(), PollFlags::POLLIN),
+            // Input the UART has no room for waits here; read more only when it drains.
+            PollFd::new(console.as_fd(), if pending.is_empty() { PollFlags::POLLIN } else { PollFlags::empty() }),
             // SAFETY: `stopped` is open for as long as this loop runs.
             PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(stopped.as_raw_fd()) }, PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = if pending.is_empty() { PollTimeout::NONE } else { PollTimeout::from(INPUT_RETRY_MS) };
+        match poll(&mut fds, timeout) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(format!("poll: {e}")),
             Ok(_) => {}
@@ -180,18 +191,24 @@ pub fn run(
             }
         }
         if input {
-            let mut buf = [0u8; 64];
+            let mut buf = [0u8; 256];
             match console.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    // Nobody on the console: keep running, stop watching it.
-                    console = File::from(std::fs::File::open("/dev/null").map(OwnedFd::from).map_err(err("console"))?);
-                }
-                Ok(n) => {
-                    if let Ok(mut s) = bus.serial.lock() {
-                        let _ = s.enqueue_raw_bytes(&buf[..n]);
+                    // Nobody on the console: the guest keeps running, and we
+                    // watch a socket that never speaks instead.
+                    if let Some((quiet, _)) = idle_console.take() {
+                        console = File::from(quiet);
                     }
                 }
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
             }
+        }
+        // The 16550's receive FIFO holds 64 bytes: feed it as the guest drains it.
+        if !pending.is_empty()
+            && let Ok(mut s) = bus.serial.lock()
+            && let Ok(n) = s.enqueue_raw_bytes(&pending)
+        {
+            pending.drain(..n);
         }
     }
 }
