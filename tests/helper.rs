@@ -107,6 +107,7 @@ fn boots_and_reports_what_it_was_given(image: &str) {
     // 64 MiB less the legacy hole between 640 KiB and 1 MiB.
     assert!(report.contains("MEM=63\r\n"), "{report}");
     assert!(report.contains("CMDLINE=console=ttyS0 marker=xyz\r\n"), "{report}");
+    assert!(report.contains("ACPI=LVRTRS\r\n"), "the guest did not find our RSDP: {report}");
     g.type_line("echo hello there");
     g.expect("hello there\r\n", Duration::from_secs(30));
     g.type_line("poweroff");

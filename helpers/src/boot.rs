@@ -52,7 +52,16 @@ fn mem_err(e: impl std::fmt::Display) -> BootError {
 
 /// Loads `kernel` (bzImage first, then PVH ELF) and writes the command line
 /// and boot information for `mem_size` bytes of RAM.
-pub fn load(mem: &GuestMemoryMmap, kernel: &mut File, cmdline: &str, mem_size: u64) -> Result<Entry, BootError> {
+pub fn load(
+    mem: &GuestMemoryMmap,
+    kernel: &mut File,
+    cmdline: &str,
+    mem_size: u64,
+    vcpus: u32,
+) -> Result<Entry, BootError> {
+    for (addr, table) in super::acpi::tables(vcpus) {
+        mem.write_slice(&table, GuestAddress(addr)).map_err(mem_err)?;
+    }
     if cmdline.len() >= CMDLINE_MAX || cmdline.contains('\0') {
         return Err(BootError::Cmdline);
     }
@@ -67,6 +76,7 @@ pub fn load(mem: &GuestMemoryMmap, kernel: &mut File, cmdline: &str, mem_size: u
                 params.hdr = hdr;
             }
             params.hdr.type_of_loader = 0xff;
+            params.acpi_rsdp_addr = super::acpi::RSDP_ADDR;
             params.hdr.cmd_line_ptr = CMDLINE as u32;
             params.hdr.cmdline_size = cmdline.len() as u32 + 1;
             for (i, (addr, size)) in ram.iter().enumerate() {
@@ -94,6 +104,7 @@ pub fn load(mem: &GuestMemoryMmap, kernel: &mut File, cmdline: &str, mem_size: u
                 cmdline_paddr: CMDLINE,
                 memmap_paddr: PVH_MEMMAP,
                 memmap_entries: ram.len() as u32,
+                rsdp_paddr: super::acpi::RSDP_ADDR,
                 ..Default::default()
             };
             mem.write_obj(info, GuestAddress(BOOT_INFO)).map_err(mem_err)?;

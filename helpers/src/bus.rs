@@ -12,8 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use libvirtd::privsep::helper::StopReason;
 
 const COM1: u16 = 0x3f8;
-/// PM1a control block in our FADT (and where QEMU's piix4/ich9 put it).
-pub const PM1A_CNT: u16 = 0x604;
+use super::acpi::{PM1A_CNT, PM1A_EVT};
 const SLP_EN: u16 = 1 << 13;
 const I8042_DATA: u16 = 0x60;
 const I8042_CMD: u16 = 0x64;
@@ -52,6 +51,13 @@ impl Bus {
                 if let Ok(mut s) = self.serial.lock() {
                     data[0] = s.read((port - COM1) as u8);
                 }
+            }
+            // PM1a status and enable: nothing pending, nothing enabled.
+            PM1A_EVT..=0x603 => data.fill(0),
+            // PM1a control: SCI_EN, as ACPI is always on (there is no SMI_CMD).
+            PM1A_CNT => {
+                data.fill(0);
+                data[0] = 1;
             }
             I8042_DATA => {
                 if let Ok(mut k) = self.kbd_data.lock() {

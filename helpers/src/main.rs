@@ -6,6 +6,7 @@
 //! stopped. Written for hardware KVM; proven on emulating KVM with the test
 //! guest in `tests/guest/`.
 
+mod acpi;
 mod boot;
 mod bus;
 mod cpu;

@@ -74,7 +74,7 @@ pub fn run(
         unsafe { vm.set_user_memory_region(r) }.map_err(err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     let mut kernel = File::from(kernel);
-    let entry = boot::load(&mem, &mut kernel, &config.cmdline, mem_size).map_err(|e| e.to_string())?;
+    let entry = boot::load(&mem, &mut kernel, &config.cmdline, mem_size, config.vcpus).map_err(|e| e.to_string())?;
 
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
     vm.register_irqfd(&irq, COM1_IRQ).map_err(err("KVM_IRQFD"))?;

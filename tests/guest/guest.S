@@ -5,7 +5,8 @@
  * line shell on the serial console. It idles in `hlt` with interrupts on:
  * under an emulating KVM a polling loop would burn a host core.
  *
- * COM1 output:  GUEST-READY / CPUS=<n> / MEM=<MiB> / CMDLINE=<...> / "> "
+ * COM1 output:  GUEST-READY / CPUS=<n> / MEM=<MiB> / CMDLINE=<...> /
+ *               ACPI=<RSDP OEM id> / "> "
  * Shell words:  echo WORDS | poweroff (ACPI PM1a S5) | reboot (i8042 0xFE)
  *               | panic (pvpanic port 0x505) | spin MS
  */
@@ -183,6 +184,25 @@ common:
         jz 6f
         call puts
 6:      call newline
+        /* ACPI=: the OEM id of the RSDP found in the BIOS area, as Linux
+           finds it without firmware. */
+        leaq msg_acpi(%rip), %rsi
+        call puts
+        movq $0xe0000, %rdi
+        movabsq $0x2052545020445352, %rax   /* "RSD PTR " */
+50:     cmpq $0x100000, %rdi
+        jae 52f
+        cmpq %rax, (%rdi)
+        je 51f
+        addq $16, %rdi
+        jmp 50b
+51:     leaq 9(%rdi), %rsi
+        movq $6, %rcx
+53:     movb (%rsi), %al
+        call putc
+        incq %rsi
+        loop 53b
+52:     call newline
         call serial_init_irq
 shell:
         leaq msg_prompt(%rip), %rsi
@@ -531,6 +551,7 @@ msg_ready:   .asciz "GUEST-READY\r\n"
 msg_cpus:    .asciz "CPUS="
 msg_mem:     .asciz "MEM="
 msg_cmdline: .asciz "CMDLINE="
+msg_acpi:    .asciz "ACPI="
 msg_prompt:  .asciz "> "
 msg_spun:    .asciz "SPUN\r\n"
 msg_unknown: .asciz "unknown command\r\n"
