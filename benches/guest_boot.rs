@@ -40,7 +40,10 @@ impl Run {
         let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
         let kernel = std::fs::File::open(image).unwrap();
         let (console, theirs) = UnixStream::pair().unwrap();
-        let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs)];
+        // The control listener a restarted broker would reconnect on; unused here.
+        let (listener, _) = libvirtd::privsep::Channel::pair().unwrap();
+        let listener = listener.fd().try_clone_to_owned().unwrap();
+        let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), listener];
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let config = GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None };
         spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();

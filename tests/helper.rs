@@ -35,9 +35,13 @@ fn have_kvm() -> bool {
 
 /// A running helper, its console, and its control channel.
 struct Guest {
-    spawned: libvirtd::broker::Spawned,
+    pid: nix::unistd::Pid,
+    channel: libvirtd::privsep::Channel,
     console: UnixStream,
     output: String,
+    /// Where a restarted broker reconnects.
+    control_path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Guest {
@@ -50,19 +54,21 @@ impl Guest {
         let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
         let kernel = std::fs::File::open(guest().join(image)).unwrap();
         let (console, theirs) = UnixStream::pair().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let control_path = dir.path().join("guest.ctl");
         let config = GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids() };
-        let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs)];
+        let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), control_listener(&control_path)];
         use std::os::fd::AsFd;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();
-        let g = Guest { spawned, console, output: String::new() };
+        let libvirtd::broker::Spawned { pid, channel } = spawned;
+        let g = Guest { pid, channel, console, output: String::new(), control_path, _dir: dir };
         assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Started);
         g
     }
 
     fn event(&self, timeout: Duration) -> HelperEvent {
         let (e, _) = self
-            .spawned
             .channel
             .recv_blocking::<HelperEvent>(timeout.as_millis() as u16, HelperEvent::fd_count)
             .expect("no event from the helper");
@@ -94,8 +100,8 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.spawned.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(self.spawned.pid, None);
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.pid, None);
     }
 }
 
@@ -154,7 +160,7 @@ fn the_broker_can_stop_a_guest() {
     }
     let mut g = Guest::boot("pvh.elf", 32, "");
     g.expect("GUEST-READY", Duration::from_secs(30));
-    g.spawned.channel.send(&HelperCommand::Stop, &[]).unwrap();
+    g.channel.send(&HelperCommand::Stop, &[]).unwrap();
     assert_eq!(
         g.event(Duration::from_secs(10)),
         HelperEvent::Stopped { reason: StopReason::Destroyed, detail: "stopped by the broker".into() }
@@ -167,8 +173,8 @@ fn a_helper_is_not_in_the_daemons_session() {
         return;
     }
     let g = Guest::boot("pvh.elf", 32, "");
-    let sid = nix::unistd::getsid(Some(g.spawned.pid)).unwrap();
-    assert_eq!(sid, g.spawned.pid, "the helper leads a session of its own");
+    let sid = nix::unistd::getsid(Some(g.pid)).unwrap();
+    assert_eq!(sid, g.pid, "the helper leads a session of its own");
     assert_ne!(sid, nix::unistd::getsid(None).unwrap());
 }
 
@@ -183,9 +189,12 @@ fn a_kernel_that_is_neither_format_is_refused() {
     std::fs::write(junk.path(), vec![0x42u8; 8192]).unwrap();
     let kernel = std::fs::File::open(junk.path()).unwrap();
     let (_console, theirs) = UnixStream::pair().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = control_listener(&dir.path().join("guest.ctl"));
     use std::os::fd::AsFd;
     let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new(), ids: guest_ids() };
-    spawned.channel.send(&HelperCommand::Start(config), &[kvm.as_fd(), kernel.as_fd(), theirs.as_fd()]).unwrap();
+    let fds = [kvm.as_fd(), kernel.as_fd(), theirs.as_fd(), listener.as_fd()];
+    spawned.channel.send(&HelperCommand::Start(config), &fds).unwrap();
     let (e, _) = spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
     match e {
         HelperEvent::Stopped { reason: StopReason::Failed, detail } => {
@@ -211,7 +220,7 @@ fn every_helper_thread_runs_confined_under_the_guests_ids() {
     }
     let mut g = Guest::boot("pvh.elf", 32, "");
     g.expect("> ", Duration::from_secs(30));
-    let pid = g.spawned.pid.as_raw();
+    let pid = g.pid.as_raw();
     let mut comms = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let status = format!("{}/status", task.path().display());
@@ -249,13 +258,13 @@ fn the_guest_counts_every_vcpu_it_was_given() {
         let mut g = Guest::boot_with(image, 64, "", vcpus);
         let report = g.expect("> ", Duration::from_secs(60));
         assert!(report.contains(&format!("CPUS={vcpus}\r\n")), "{image}: {report}");
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", g.spawned.pid)).unwrap().count();
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", g.pid)).unwrap().count();
         assert!(tasks > vcpus as usize, "one thread per vCPU plus the control loop: {tasks}");
     }
 }
 
 fn stats(g: &Guest) -> libvirtd::privsep::helper::GuestStats {
-    g.spawned.channel.send(&HelperCommand::Stats, &[]).unwrap();
+    g.channel.send(&HelperCommand::Stats, &[]).unwrap();
     match g.event(Duration::from_secs(10)) {
         HelperEvent::Stats(s) => s,
         other => panic!("{other:?}"),
@@ -269,7 +278,7 @@ fn ctrl_alt_del_through_the_i8042_powers_the_guest_off() {
     }
     let mut g = Guest::boot("vmlinuz", 32, "");
     g.expect("> ", Duration::from_secs(30));
-    g.spawned.channel.send(&HelperCommand::CtrlAltDel, &[]).unwrap();
+    g.channel.send(&HelperCommand::CtrlAltDel, &[]).unwrap();
     match g.event(Duration::from_secs(30)) {
         HelperEvent::Stopped { reason, .. } => assert_eq!(reason, StopReason::PowerOff),
         other => panic!("{other:?}"),
@@ -283,7 +292,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
     }
     let mut g = Guest::boot_with("pvh.elf", 64, "", 2);
     g.expect("> ", Duration::from_secs(30));
-    g.spawned.channel.send(&HelperCommand::Pause, &[]).unwrap();
+    g.channel.send(&HelperCommand::Pause, &[]).unwrap();
     assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Paused);
     let before = stats(&g);
     assert!(before.paused);
@@ -301,7 +310,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
     for (b, a) in before.vcpu_time_ns.iter().zip(&paused_later) {
         assert!(a - b < 1_000_000, "vCPU time moved while paused: {b} -> {a}");
     }
-    g.spawned.channel.send(&HelperCommand::Resume, &[]).unwrap();
+    g.channel.send(&HelperCommand::Resume, &[]).unwrap();
     assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Resumed);
     g.expect("while paused\r\n", Duration::from_secs(30));
     assert!(!stats(&g).paused);
@@ -343,6 +352,58 @@ fn the_guest_outlives_its_console_hanging_up() {
     g.console.shutdown(std::net::Shutdown::Both).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(!stats(&g).paused, "the helper stopped answering");
-    g.spawned.channel.send(&HelperCommand::Stop, &[]).unwrap();
+    g.channel.send(&HelperCommand::Stop, &[]).unwrap();
     assert!(matches!(g.event(Duration::from_secs(10)), HelperEvent::Stopped { reason: StopReason::Destroyed, .. }));
+}
+
+/// A listening seqpacket socket at `path`, as the broker binds for each guest.
+fn control_listener(path: &Path) -> OwnedFd {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
+    listen(&fd, Backlog::new(4).unwrap()).unwrap();
+    fd
+}
+
+/// Connects to a helper's control socket as a restarted broker would.
+fn reconnect(path: &Path) -> libvirtd::privsep::Channel {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
+    libvirtd::privsep::Channel::from_fd(fd).unwrap()
+}
+
+#[test]
+fn the_guest_outlives_its_broker_and_a_new_one_reconnects() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot("pvh.elf", 32, "");
+    g.expect("> ", Duration::from_secs(30));
+    // The broker dies: its end of the channel closes.
+    g.channel = reconnect(&g.control_path);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::path::Path::new(&format!("/proc/{}", g.pid)).exists(), "the helper died with its broker");
+    assert!(!stats(&g).paused);
+    g.type_line("echo still here");
+    g.expect("still here\r\n", Duration::from_secs(30));
+}
+
+#[test]
+fn a_guest_that_stops_while_the_broker_is_away_reports_it_on_reconnect() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot("vmlinuz", 32, "");
+    g.expect("> ", Duration::from_secs(30));
+    // Drop the broker's end by replacing it with a throwaway pair.
+    let (a, _b) = libvirtd::privsep::Channel::pair().unwrap();
+    g.channel = a;
+    g.type_line("poweroff");
+    std::thread::sleep(Duration::from_millis(500));
+    g.channel = reconnect(&g.control_path);
+    match g.event(Duration::from_secs(10)) {
+        HelperEvent::Stopped { reason, .. } => assert_eq!(reason, StopReason::PowerOff),
+        other => panic!("{other:?}"),
+    }
 }

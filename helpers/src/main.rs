@@ -39,14 +39,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (HelperCommand::Start(config), Ok([kvm, kernel, console])) = (command, <[OwnedFd; 3]>::try_from(fds)) else {
-        eprintln!("libvirt-helper: expected Start with three fds");
+    let (HelperCommand::Start(config), Ok([kvm, kernel, console, listener])) = (command, <[OwnedFd; 4]>::try_from(fds))
+    else {
+        eprintln!("libvirt-helper: expected Start with four fds");
         return ExitCode::FAILURE;
     };
-    let (reason, detail) = match vm::run(&config, kvm, kernel, console, &channel) {
+    let mut link = Some(channel);
+    let (reason, detail) = match vm::run(&config, kvm, kernel, console, listener, &mut link) {
         Ok(stop) => stop,
         Err(e) => (StopReason::Failed, e),
     };
-    let _ = channel.send(&HelperEvent::Stopped { reason, detail }, &[]);
+    if let Some(channel) = link {
+        let _ = channel.send(&HelperEvent::Stopped { reason, detail }, &[]);
+    }
     if reason == StopReason::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -42,7 +42,8 @@ pub fn run(
     kvm: OwnedFd,
     kernel: OwnedFd,
     console: OwnedFd,
-    channel: &Channel,
+    listener: OwnedFd,
+    link: &mut Option<Channel>,
 ) -> Result<(StopReason, String), String> {
     if config.memory_mib < 2 || config.memory_mib > MAX_MEMORY_MIB {
         return Err(format!("guest memory {} MiB is outside 2-{MAX_MEMORY_MIB} MiB", config.memory_mib));
@@ -139,18 +140,29 @@ pub fn run(
 
     seccomp::apply(Thread::HelperVmm).map_err(err("sandbox"))?;
     sandbox::verify(&Profile { seccomp: Some(Thread::HelperVmm), ..profile }).map_err(err("sandbox"))?;
-    channel.send(&HelperEvent::Started, &[]).map_err(err("control channel"))?;
+    let started = link.as_ref().map(|c| c.send(&HelperEvent::Started, &[]));
+    if let Some(Err(e)) = started {
+        eprintln!("libvirt-helper: broker gone at start ({e}); the guest runs on");
+        *link = None;
+    }
     let mut console = File::from(console);
     let mut pending: Vec<u8> = Vec::new();
     let (quiet, _silent_peer) = idle_console;
     let mut idle_console = Some((quiet, ()));
     loop {
+        // Without a broker, the quiet socket stands in for its channel.
+        let link_fd = match (link.as_ref(), idle_console.as_ref()) {
+            (Some(c), _) => c.fd(),
+            (None, Some((q, ()))) => q.as_fd(),
+            (None, None) => listener.as_fd(),
+        };
         let mut fds = [
-            PollFd::new(channel.fd(), PollFlags::POLLIN),
+            PollFd::new(link_fd, if link.is_some() { PollFlags::POLLIN } else { PollFlags::empty() }),
             // Input the UART has no room for waits here; read more only when it drains.
             PollFd::new(console.as_fd(), if pending.is_empty() { PollFlags::POLLIN } else { PollFlags::empty() }),
             // SAFETY: `stopped` is open for as long as this loop runs.
             PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(stopped.as_raw_fd()) }, PollFlags::POLLIN),
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
         ];
         let timeout = if pending.is_empty() { PollTimeout::NONE } else { PollTimeout::from(INPUT_RETRY_MS) };
         match poll(&mut fds, timeout) {
@@ -159,12 +171,21 @@ pub fn run(
             Ok(_) => {}
         }
         let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        let (command, input, guest) = (ready(0), ready(1), ready(2));
+        let (command, input, guest, reconnect) = (ready(0) && link.is_some(), ready(1), ready(2), ready(3));
+        if reconnect && let Some(c) = accept(&listener) {
+            // A (re)started broker: it replaces whatever link we had.
+            *link = Some(c);
+            continue;
+        }
         if guest {
             let reason = stop_reason.lock().ok().and_then(|mut r| r.take());
+            if link.is_none() {
+                // Keep the stop reason for the broker that comes back.
+                *link = wait_for_broker(&listener);
+            }
             return Ok(reason.unwrap_or((StopReason::Failed, "vCPU ended".into())));
         }
-        if command {
+        if command && let Some(channel) = link.as_ref() {
             match channel.recv::<HelperCommand>(HelperCommand::fd_count) {
                 Ok((HelperCommand::Stop, _)) => return Ok((StopReason::Destroyed, "stopped by the broker".into())),
                 Ok((HelperCommand::Pause, _)) => {
@@ -187,7 +208,11 @@ pub fn run(
                 }
                 Ok((HelperCommand::Start(_), _)) => return Err("second Start".into()),
                 Err(libvirtd::privsep::ChannelError::WouldBlock) => {}
-                Err(e) => return Ok((StopReason::Destroyed, format!("broker channel: {e}"))),
+                Err(libvirtd::privsep::ChannelError::Closed) => {
+                    // The daemon went away: guests outlive it. Wait for it on the listener.
+                    *link = None;
+                }
+                Err(e) => return Err(format!("broker channel: {e}")),
             }
         }
         if input {
@@ -251,4 +276,27 @@ fn rss_kib(statm: &File) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
     pages * page / 1024
+}
+
+/// Accepts one broker connection on the control listener.
+fn accept(listener: &OwnedFd) -> Option<Channel> {
+    use nix::sys::socket::{SockFlag, accept4};
+    let fd = accept4(listener.as_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK).ok()?;
+    Some(Channel::from_nonblocking_fd(fd))
+}
+
+/// Blocks until a broker connects, to hear how the guest ended.
+fn wait_for_broker(listener: &OwnedFd) -> Option<Channel> {
+    loop {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                if let Some(c) = accept(listener) {
+                    return Some(c);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
 }

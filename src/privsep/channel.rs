@@ -80,6 +80,12 @@ impl Channel {
         Ok(Channel { fd })
     }
 
+    /// Wraps a socket that is already non-blocking (one accepted with
+    /// `SOCK_NONBLOCK`), without the `fcntl` a confined process may not make.
+    pub fn from_nonblocking_fd(fd: OwnedFd) -> Channel {
+        Channel { fd }
+    }
+
     /// The raw fd, for registering with a poller.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

@@ -20,7 +20,9 @@ pub struct GuestConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelperCommand {
     /// Build and run the guest. Fds follow: `/dev/kvm`, the kernel image,
-    /// the console (read for guest input, written with guest output).
+    /// the console (read for guest input, written with guest output), and a
+    /// listening `SOCK_SEQPACKET` socket in the run directory, on which a
+    /// restarted broker reconnects (the helper outlives the daemon).
     Start(GuestConfig),
     /// Stop the guest now (destroy).
     Stop,
@@ -38,7 +40,7 @@ impl HelperCommand {
     /// How many fds travel with the command.
     pub fn fd_count(&self) -> usize {
         match self {
-            HelperCommand::Start(_) => 3,
+            HelperCommand::Start(_) => 4,
             _ => 0,
         }
     }
