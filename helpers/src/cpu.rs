@@ -139,3 +139,25 @@ pub fn topology(cpuid: &mut kvm_bindings::CpuId, index: u32, count: u32) {
         }
     }
 }
+
+/// The MSRs a Linux guest expects from firmware: fast strings on, and all of
+/// memory write-back by default (without it, hardware KVM runs the guest
+/// uncached). Set on every vCPU.
+pub fn set_msrs(vcpu: &VcpuFd) -> Result<(), String> {
+    use kvm_bindings::{Msrs, kvm_msr_entry};
+    const IA32_MISC_ENABLE: u32 = 0x1a0;
+    const MISC_ENABLE_FAST_STRING: u64 = 1;
+    const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
+    const MTRR_ENABLE: u64 = 1 << 11;
+    const MTRR_TYPE_WB: u64 = 6;
+    let entries = [
+        kvm_msr_entry { index: IA32_MISC_ENABLE, data: MISC_ENABLE_FAST_STRING, ..Default::default() },
+        kvm_msr_entry { index: IA32_MTRR_DEF_TYPE, data: MTRR_ENABLE | MTRR_TYPE_WB, ..Default::default() },
+    ];
+    let msrs = Msrs::from_entries(&entries).map_err(|e| format!("{e:?}"))?;
+    let set = vcpu.set_msrs(&msrs).map_err(|e| e.to_string())?;
+    if set != entries.len() {
+        return Err(format!("KVM set {set} of {} MSRs", entries.len()));
+    }
+    Ok(())
+}

@@ -96,6 +96,7 @@ pub fn run(
         cpu::topology(&mut cpuid, index, config.vcpus);
         vcpu.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
         cpu::set_lint(&vcpu)?;
+        cpu::set_msrs(&vcpu)?;
         // The APs wait in KVM for the guest's INIT/SIPI; only the BSP gets a state.
         if index == 0 {
             cpu::setup(&vcpu, &mem, entry)?;
