@@ -112,8 +112,6 @@ pub fn run(
     // end never becomes readable, to watch once the console hangs up.
     let idle_console = std::os::unix::net::UnixStream::pair().map_err(err("socketpair"))?;
     let idle_console: (OwnedFd, OwnedFd) = (idle_console.0.into(), idle_console.1.into());
-    // Read later, when the filesystem is gone: the helper's own memory usage.
-    let statm = File::open("/proc/self/statm").map_err(err("/proc/self/statm"))?;
     let profile = Profile::helper(config.ids);
     sandbox::confine(&profile).map_err(err("sandbox"))?;
 
@@ -203,7 +201,7 @@ pub fn run(
                         paused: control.paused(),
                         vcpu_time_ns: control.threads().into_iter().map(thread_cpu_ns).collect(),
                         memory_mib: config.memory_mib,
-                        rss_kib: rss_kib(&statm),
+                        rss_kib: peak_rss_kib(),
                     };
                     channel.send(&HelperEvent::Stats(stats), &[]).map_err(err("control channel"))?;
                 }
@@ -264,19 +262,12 @@ fn thread_cpu_ns(thread: libc::pthread_t) -> u64 {
     if ok { ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64 } else { 0 }
 }
 
-/// Resident set size from `/proc/self/statm` (opened before confinement).
-fn rss_kib(statm: &File) -> u64 {
-    use std::os::unix::fs::FileExt;
-    let mut buf = [0u8; 128];
-    let n = statm.read_at(&mut buf, 0).unwrap_or(0);
-    let pages: u64 = std::str::from_utf8(&buf[..n])
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    pages * page / 1024
+/// The helper's peak resident set (guest memory it touched included), from
+/// getrusage: the helper opens no file, /proc included.
+fn peak_rss_kib() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| u.max_rss() as u64)
+        .unwrap_or(0)
 }
 
 /// Accepts one broker connection on the control listener.

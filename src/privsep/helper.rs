@@ -70,7 +70,7 @@ pub struct GuestStats {
     pub vcpu_time_ns: Vec<u64>,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// The helper's resident set, guest memory it touched included, in KiB.
+    /// The helper's peak resident set, guest memory it touched included, in KiB.
     pub rss_kib: u64,
 }
 
