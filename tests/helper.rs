@@ -56,7 +56,7 @@ impl Guest {
         let (console, theirs) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let control_path = dir.path().join("guest.ctl");
-        let config = GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids() };
+        let config = GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids(), initrd: false };
         let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), control_listener(&control_path)];
         use std::os::fd::AsFd;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
@@ -114,6 +114,7 @@ fn boots_and_reports_what_it_was_given(image: &str) {
     assert!(report.contains("MEM=63\r\n"), "{report}");
     assert!(report.contains("CMDLINE=console=ttyS0 marker=xyz\r\n"), "{report}");
     assert!(report.contains("ACPI=LVRTRS\r\n"), "the guest did not find our RSDP: {report}");
+    assert!(report.contains("INITRD=0\r\n"), "{report}");
     g.type_line("echo hello there");
     g.expect("hello there\r\n", Duration::from_secs(30));
     g.type_line("poweroff");
@@ -192,7 +193,7 @@ fn a_kernel_that_is_neither_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let listener = control_listener(&dir.path().join("guest.ctl"));
     use std::os::fd::AsFd;
-    let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new(), ids: guest_ids() };
+    let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new(), ids: guest_ids(), initrd: false };
     let fds = [kvm.as_fd(), kernel.as_fd(), theirs.as_fd(), listener.as_fd()];
     spawned.channel.send(&HelperCommand::Start(config), &fds).unwrap();
     let (e, _) = spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
@@ -405,5 +406,33 @@ fn a_guest_that_stops_while_the_broker_is_away_reports_it_on_reconnect() {
     match g.event(Duration::from_secs(10)) {
         HelperEvent::Stopped { reason, .. } => assert_eq!(reason, StopReason::PowerOff),
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_initrd_is_handed_to_both_boot_protocols() {
+    if !have_kvm() {
+        return;
+    }
+    let initrd = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(initrd.path(), vec![0x5a; 12345]).unwrap();
+    for image in ["vmlinuz", "pvh.elf"] {
+        let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
+        let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
+        let kernel = std::fs::File::open(guest().join(image)).unwrap();
+        let rd = std::fs::File::open(initrd.path()).unwrap();
+        let (console, theirs) = UnixStream::pair().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let control_path = dir.path().join("guest.ctl");
+        let listener = control_listener(&control_path);
+        let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new(), ids: guest_ids(), initrd: true };
+        use std::os::fd::AsFd;
+        let fds = [kvm.as_fd(), kernel.as_fd(), theirs.as_fd(), listener.as_fd(), rd.as_fd()];
+        spawned.channel.send(&HelperCommand::Start(config), &fds).unwrap();
+        let libvirtd::broker::Spawned { pid, channel } = spawned;
+        let mut g = Guest { pid, channel, console, output: String::new(), control_path, _dir: dir };
+        assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Started);
+        let report = g.expect("> ", Duration::from_secs(30));
+        assert!(report.contains("INITRD=12345\r\n"), "{image}: {report}");
     }
 }

@@ -4,7 +4,7 @@
 use std::fs::File;
 
 use linux_loader::bootparam::boot_params;
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -14,6 +14,8 @@ pub const KERNEL_START: u64 = 0x10_0000;
 pub const BOOT_INFO: u64 = 0x7000;
 /// The PVH memory map, right after the start-info.
 const PVH_MEMMAP: u64 = 0x7100;
+/// The PVH module list (the initrd).
+const PVH_MODLIST: u64 = 0x7200;
 /// The kernel command line.
 pub const CMDLINE: u64 = 0x2_0000;
 /// Longest command line accepted.
@@ -41,6 +43,9 @@ pub enum BootError {
     /// Writing boot data into guest memory failed.
     #[error("guest memory: {0}")]
     Memory(String),
+    /// The initrd does not fit in guest memory above the kernel.
+    #[error("initrd of {0} bytes does not fit in guest memory")]
+    InitrdTooLarge(u64),
     /// The command line is too long or contains NUL.
     #[error("kernel command line is too long or contains NUL")]
     Cmdline,
@@ -55,6 +60,7 @@ fn mem_err(e: impl std::fmt::Display) -> BootError {
 pub fn load(
     mem: &GuestMemoryMmap,
     kernel: &mut File,
+    initrd: Option<File>,
     cmdline: &str,
     mem_size: u64,
     vcpus: u32,
@@ -79,6 +85,11 @@ pub fn load(
             params.acpi_rsdp_addr = super::acpi::RSDP_ADDR;
             params.hdr.cmd_line_ptr = CMDLINE as u32;
             params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+            if let Some(f) = initrd {
+                let (addr, size) = load_initrd(mem, f, loaded.kernel_end, mem_size, params.hdr.initrd_addr_max)?;
+                params.hdr.ramdisk_image = addr as u32;
+                params.hdr.ramdisk_size = size as u32;
+            }
             for (i, (addr, size)) in ram.iter().enumerate() {
                 params.e820_table[i].addr = *addr;
                 params.e820_table[i].size = *size;
@@ -98,7 +109,16 @@ pub fn load(
                 let e = hvm_memmap_table_entry { addr: *addr, size: *size, type_: E820_RAM, reserved: 0 };
                 mem.write_obj(e, GuestAddress(PVH_MEMMAP + (i * e.as_slice().len()) as u64)).map_err(mem_err)?;
             }
+            let mut modules = 0;
+            if let Some(f) = initrd {
+                let (addr, size) = load_initrd(mem, f, loaded.kernel_end, mem_size, u32::MAX)?;
+                let module = hvm_modlist_entry { paddr: addr, size, cmdline_paddr: 0, reserved: 0 };
+                mem.write_obj(module, GuestAddress(PVH_MODLIST)).map_err(mem_err)?;
+                modules = 1;
+            }
             let info = hvm_start_info {
+                nr_modules: modules,
+                modlist_paddr: if modules > 0 { PVH_MODLIST } else { 0 },
                 magic: HVM_START_MAGIC,
                 version: 1,
                 cmdline_paddr: CMDLINE,
@@ -111,4 +131,24 @@ pub fn load(
             Ok(Entry::Pvh(entry.raw_value()))
         }
     }
+}
+
+/// Loads the initrd as high as it fits below `max` and the end of RAM,
+/// page-aligned and above the kernel; returns its address and size.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    mut f: File,
+    kernel_end: u64,
+    mem_size: u64,
+    max: u32,
+) -> Result<(u64, u64), BootError> {
+    let size = f.metadata().map_err(mem_err)?.len();
+    let top = mem_size.min(u64::from(max) + 1);
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|a| *a >= kernel_end)
+        .ok_or(BootError::InitrdTooLarge(size))?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize).map_err(mem_err)?;
+    Ok((addr, size))
 }

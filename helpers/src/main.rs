@@ -39,13 +39,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (HelperCommand::Start(config), Ok([kvm, kernel, console, listener])) = (command, <[OwnedFd; 4]>::try_from(fds))
-    else {
-        eprintln!("libvirt-helper: expected Start with four fds");
+    let HelperCommand::Start(config) = command else {
+        eprintln!("libvirt-helper: expected Start");
         return ExitCode::FAILURE;
     };
+    // The channel checked the count against the config: four, plus the initrd.
+    let mut fds = fds.into_iter();
+    let (Some(kvm), Some(kernel), Some(console), Some(listener)) = (fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        eprintln!("libvirt-helper: Start without its fds");
+        return ExitCode::FAILURE;
+    };
+    let files = vm::Files { kvm, kernel, initrd: fds.next(), console, listener };
     let mut link = Some(channel);
-    let (reason, detail) = match vm::run(&config, kvm, kernel, console, listener, &mut link) {
+    let (reason, detail) = match vm::run(&config, files, &mut link) {
         Ok(stop) => stop,
         Err(e) => (StopReason::Failed, e),
     };

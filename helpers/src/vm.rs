@@ -32,19 +32,27 @@ const INPUT_RETRY_MS: u16 = 2;
 /// vCPUs per guest (the domain XML's limit).
 const MAX_VCPUS: u32 = 255;
 
+/// Every fd the broker handed over with `Start`.
+pub struct Files {
+    /// `/dev/kvm`.
+    pub kvm: OwnedFd,
+    /// The kernel image.
+    pub kernel: OwnedFd,
+    /// The initrd, if any.
+    pub initrd: Option<OwnedFd>,
+    /// The console.
+    pub console: OwnedFd,
+    /// Where a restarted broker reconnects.
+    pub listener: OwnedFd,
+}
+
 fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what}: {e}")
 }
 
 /// Runs the guest until it stops; returns why.
-pub fn run(
-    config: &GuestConfig,
-    kvm: OwnedFd,
-    kernel: OwnedFd,
-    console: OwnedFd,
-    listener: OwnedFd,
-    link: &mut Option<Channel>,
-) -> Result<(StopReason, String), String> {
+pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Result<(StopReason, String), String> {
+    let Files { kvm, kernel, initrd, console, listener } = files;
     if config.memory_mib < 2 || config.memory_mib > MAX_MEMORY_MIB {
         return Err(format!("guest memory {} MiB is outside 2-{MAX_MEMORY_MIB} MiB", config.memory_mib));
     }
@@ -75,7 +83,8 @@ pub fn run(
         unsafe { vm.set_user_memory_region(r) }.map_err(err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     let mut kernel = File::from(kernel);
-    let entry = boot::load(&mem, &mut kernel, &config.cmdline, mem_size, config.vcpus).map_err(|e| e.to_string())?;
+    let entry = boot::load(&mem, &mut kernel, initrd.map(File::from), &config.cmdline, mem_size, config.vcpus)
+        .map_err(|e| e.to_string())?;
 
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
     vm.register_irqfd(&irq, COM1_IRQ).map_err(err("KVM_IRQFD"))?;
@@ -265,9 +274,7 @@ fn thread_cpu_ns(thread: libc::pthread_t) -> u64 {
 /// The helper's peak resident set (guest memory it touched included), from
 /// getrusage: the helper opens no file, /proc included.
 fn peak_rss_kib() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-        .map(|u| u.max_rss() as u64)
-        .unwrap_or(0)
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss() as u64).unwrap_or(0)
 }
 
 /// Accepts one broker connection on the control listener.

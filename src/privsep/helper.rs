@@ -14,6 +14,8 @@ pub struct GuestConfig {
     pub cmdline: String,
     /// The guest's own uid and gid (system mode); `None` keeps the helper's.
     pub ids: Option<(u32, u32)>,
+    /// An initrd fd follows the others.
+    pub initrd: bool,
 }
 
 /// Broker to helper.
@@ -22,7 +24,8 @@ pub enum HelperCommand {
     /// Build and run the guest. Fds follow: `/dev/kvm`, the kernel image,
     /// the console (read for guest input, written with guest output), and a
     /// listening `SOCK_SEQPACKET` socket in the run directory, on which a
-    /// restarted broker reconnects (the helper outlives the daemon).
+    /// restarted broker reconnects (the helper outlives the daemon); then,
+    /// if the config says so, the initrd.
     Start(GuestConfig),
     /// Stop the guest now (destroy).
     Stop,
@@ -40,7 +43,7 @@ impl HelperCommand {
     /// How many fds travel with the command.
     pub fn fd_count(&self) -> usize {
         match self {
-            HelperCommand::Start(_) => 4,
+            HelperCommand::Start(config) => 4 + usize::from(config.initrd),
             _ => 0,
         }
     }

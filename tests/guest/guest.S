@@ -6,7 +6,7 @@
  * under an emulating KVM a polling loop would burn a host core.
  *
  * COM1 output:  GUEST-READY / CPUS=<n> / MEM=<MiB> / CMDLINE=<...> /
- *               ACPI=<RSDP OEM id> / "> "
+ *               INITRD=<bytes> / ACPI=<RSDP OEM id> / "> "
  * Shell words:  echo WORDS | poweroff (ACPI PM1a S5) | reboot (i8042 0xFE)
  *               | panic (pvpanic port 0x505) | spin MS
  */
@@ -80,6 +80,8 @@ payload_start:
 startup_64:
         cli
         movq $STACK_TOP, %rsp
+        movl 0x21c(%rsi), %eax          /* hdr.ramdisk_size */
+        movq %rax, initrd_size(%rip)
         movl 0x228(%rsi), %eax          /* hdr.cmd_line_ptr */
         movq %rax, %r12                 /* r12: command line */
         movzbl 0x1e8(%rsi), %r14d       /* e820_entries */
@@ -130,7 +132,13 @@ pvh_64:
         movl %eax, %ss
         movq $STACK_TOP, %rsp
         movl %esi, %esi
-        movq 24(%rsi), %r12             /* hvm_start_info.cmdline_paddr */
+        movl 12(%rsi), %eax             /* .nr_modules: the first is the initrd */
+        testl %eax, %eax
+        jz 44f
+        movq 16(%rsi), %rax             /* .modlist_paddr */
+        movq 8(%rax), %rax              /* hvm_modlist_entry.size */
+        movq %rax, initrd_size(%rip)
+44:     movq 24(%rsi), %r12             /* hvm_start_info.cmdline_paddr */
         movl 48(%rsi), %r14d            /* .memmap_entries */
         movq 40(%rsi), %r13             /* .memmap_paddr, 24-byte entries */
         movq $24, %r15
@@ -184,6 +192,11 @@ common:
         jz 6f
         call puts
 6:      call newline
+        leaq msg_initrd(%rip), %rsi
+        call puts
+        movq initrd_size(%rip), %rax
+        call putdec
+        call newline
         /* ACPI=: the OEM id of the RSDP found in the BIOS area, as Linux
            finds it without firmware. */
         leaq msg_acpi(%rip), %rsi
@@ -552,6 +565,7 @@ msg_cpus:    .asciz "CPUS="
 msg_mem:     .asciz "MEM="
 msg_cmdline: .asciz "CMDLINE="
 msg_acpi:    .asciz "ACPI="
+msg_initrd:  .asciz "INITRD="
 msg_prompt:  .asciz "> "
 msg_spun:    .asciz "SPUN\r\n"
 msg_unknown: .asciz "unknown command\r\n"
@@ -582,4 +596,6 @@ linebuf: .fill 128, 1, 0
 numbuf: .fill 32, 1, 0
         .align 4
 ap_count: .long 0
+        .align 8
+initrd_size: .quad 0
 
