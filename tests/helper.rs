@@ -55,6 +55,13 @@ impl Guest {
 
     /// Spawns a helper as the broker does and starts `kernel` (and `initrd`).
     fn start(kernel: &Path, initrd: Option<&Path>, memory_mib: u64, cmdline: &str, vcpus: u32) -> Guest {
+        let g = Self::launch(kernel, initrd, memory_mib, cmdline, vcpus);
+        assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Started);
+        g
+    }
+
+    /// Like `start`, without waiting for the helper's first event.
+    fn launch(kernel: &Path, initrd: Option<&Path>, memory_mib: u64, cmdline: &str, vcpus: u32) -> Guest {
         let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
         let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
         let kernel = std::fs::File::open(kernel).unwrap();
@@ -70,9 +77,7 @@ impl Guest {
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();
         let libvirtd::broker::Spawned { pid, channel } = spawned;
-        let g = Guest { pid, channel, console, output: String::new(), control_path, _dir: dir };
-        assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Started);
-        g
+        Guest { pid, channel, console, output: String::new(), control_path, _dir: dir }
     }
 
     fn event(&self, timeout: Duration) -> HelperEvent {
@@ -192,26 +197,15 @@ fn a_kernel_that_is_neither_format_is_refused() {
     if !have_kvm() {
         return;
     }
-    let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), vec![0x42u8; 8192]).unwrap();
-    let kernel = std::fs::File::open(junk.path()).unwrap();
-    let (_console, theirs) = UnixStream::pair().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = control_listener(&dir.path().join("guest.ctl"));
-    use std::os::fd::AsFd;
-    let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new(), ids: guest_ids(), initrd: false };
-    let fds = [kvm.as_fd(), kernel.as_fd(), theirs.as_fd(), listener.as_fd()];
-    spawned.channel.send(&HelperCommand::Start(config), &fds).unwrap();
-    let (e, _) = spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
-    match e {
+    let g = Guest::launch(junk.path(), None, 32, "", 1);
+    match g.event(Duration::from_secs(10)) {
         HelperEvent::Stopped { reason: StopReason::Failed, detail } => {
             assert!(detail.contains("neither a bzImage nor a PVH ELF"), "{detail}")
         }
         other => panic!("{other:?}"),
     }
-    let _ = nix::sys::wait::waitpid(spawned.pid, None);
 }
 
 /// The ids a guest helper runs under in these tests (as the broker would

@@ -42,7 +42,7 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
     match call {
         Call::GetHostname => host::hostname().map(CallValue::Text),
         Call::GetCapabilities => host::capabilities(&ctx.host_uuid).map(CallValue::Text),
-        Call::NodeGetInfo => host::node_info().map(CallValue::NodeInfo),
+        Call::NodeGetInfo => host::node_info().map(|n| CallValue::NodeInfo(n.to_wire())),
         Call::NodeGetFreeMemory => host::free_memory().map(|m| CallValue::Int(m as i64)),
         Call::NodeGetCellsFreeMemory { start, max } => host::cells_free_memory(start, max).map(CallValue::U64s),
         Call::GetMaxVcpus { kind } => host::max_vcpus(kind.as_deref()).map(|n| CallValue::Int(n.into())),

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::privsep::{CallError, NodeInfo};
+use crate::privsep::CallError;
+use crate::rpc::remote::NodeInfoRet;
 
 /// Reads a small file, trimmed; `None` if absent or unreadable.
 fn read(path: impl AsRef<Path>) -> Option<String> {
@@ -28,6 +29,47 @@ fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
             .1;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// `virNodeInfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// CPU architecture ("x86_64").
+    pub model: String,
+    /// KiB.
+    pub memory_kib: u64,
+    /// Online CPUs.
+    pub cpus: i32,
+    /// MHz.
+    pub mhz: i32,
+    /// NUMA nodes.
+    pub nodes: i32,
+    /// Sockets per node.
+    pub sockets: i32,
+    /// Cores per socket.
+    pub cores: i32,
+    /// Threads per core.
+    pub threads: i32,
+}
+
+impl NodeInfo {
+    /// The reply shape: the model as 32 NUL-padded chars.
+    pub fn to_wire(&self) -> NodeInfoRet {
+        let mut model = [0i8; 32];
+        for (dst, b) in model.iter_mut().zip(self.model.bytes().take(31)) {
+            *dst = b as i8;
+        }
+        NodeInfoRet {
+            model,
+            memory: self.memory_kib,
+            cpus: self.cpus,
+            mhz: self.mhz,
+            nodes: self.nodes,
+            sockets: self.sockets,
+            cores: self.cores,
+            threads: self.threads,
+        }
+    }
 }
 
 /// The host's name.

@@ -318,23 +318,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
         (_, CallValue::U64s(u)) => ok_reply(h, &U64ListRet { values: u }),
         (P::NodeGetFreeMemory | P::DomainGetMaxMemory, CallValue::Int(n)) => ok_reply(h, &(n as u64)),
         (_, CallValue::Int(n)) => ok_reply(h, &(i32::try_from(n).map_err(|_| mismatch)?)),
-        (_, CallValue::NodeInfo(n)) => {
-            let mut model = [0i8; 32];
-            for (dst, b) in model.iter_mut().zip(n.model.bytes().take(31)) {
-                *dst = b as i8;
-            }
-            let ret = NodeInfoRet {
-                model,
-                memory: n.memory_kib,
-                cpus: n.cpus,
-                mhz: n.mhz,
-                nodes: n.nodes,
-                sockets: n.sockets,
-                cores: n.cores,
-                threads: n.threads,
-            };
-            ok_reply(h, &ret)
-        }
+        (_, CallValue::NodeInfo(n)) => ok_reply(h, &n),
         (_, CallValue::DomainInfo(i)) => ok_reply(h, &i),
         (_, CallValue::State { state, reason }) => ok_reply(h, &DomainStateRet { state, reason }),
         (_, CallValue::Label { label, enforcing }) => {

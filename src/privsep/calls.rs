@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::rpc::remote::DomainInfoRet;
+use crate::rpc::remote::{DomainInfoRet, NodeInfoRet};
 
 /// A domain handle as it goes back to the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,27 +158,6 @@ impl Call {
     }
 }
 
-/// `virNodeInfo`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// CPU architecture ("x86_64").
-    pub model: String,
-    /// KiB.
-    pub memory_kib: u64,
-    /// Online CPUs.
-    pub cpus: i32,
-    /// MHz.
-    pub mhz: i32,
-    /// NUMA nodes.
-    pub nodes: i32,
-    /// Sockets per node.
-    pub sockets: i32,
-    /// Cores per socket.
-    pub cores: i32,
-    /// Threads per core.
-    pub threads: i32,
-}
-
 /// A call's result; the frontend shapes it into the procedure's XDR reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallValue {
@@ -203,8 +182,8 @@ pub enum CallValue {
     Ints(Vec<i32>),
     /// Unsigned 64-bit numbers.
     U64s(Vec<u64>),
-    /// Host facts.
-    NodeInfo(NodeInfo),
+    /// Host facts, already in their wire shape.
+    NodeInfo(NodeInfoRet),
     /// Domain facts, already in their wire shape.
     DomainInfo(DomainInfoRet),
     /// State and reason.
