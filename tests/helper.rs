@@ -182,6 +182,20 @@ fn the_broker_can_stop_a_guest() {
 }
 
 #[test]
+fn a_broker_reset_ends_the_helper_with_reason_reset() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot("vmlinuz", 32, "");
+    g.expect("GUEST-READY", Duration::from_secs(30));
+    g.channel.send(&HelperCommand::Reset, &[]).unwrap();
+    assert_eq!(
+        g.event(Duration::from_secs(10)),
+        HelperEvent::Stopped { reason: StopReason::Reset, detail: "reset by the broker".into() }
+    );
+}
+
+#[test]
 fn a_helper_is_not_in_the_daemons_session() {
     if !have_kvm() {
         return;

@@ -196,6 +196,7 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
         if command && let Some(channel) = link.as_ref() {
             match channel.recv::<HelperCommand>(HelperCommand::fd_count) {
                 Ok((HelperCommand::Stop, _)) => return Ok((StopReason::Destroyed, "stopped by the broker".into())),
+                Ok((HelperCommand::Reset, _)) => return Ok((StopReason::Reset, "reset by the broker".into())),
                 Ok((HelperCommand::Pause, _)) => {
                     control.pause(config.vcpus);
                     channel.send(&HelperEvent::Paused, &[]).map_err(err("control channel"))?;

@@ -29,6 +29,10 @@ pub enum HelperCommand {
     Start(GuestConfig),
     /// Stop the guest now (destroy).
     Stop,
+    /// Hard reset: the helper ends with `Stopped { reason: Reset }`, and the
+    /// broker starts the guest again in a fresh helper (fresh memory and vCPU
+    /// state, as a real reset gives; no half-reset VMM state to get wrong).
+    Reset,
     /// Stop every vCPU; answered with `Paused`.
     Pause,
     /// Let the vCPUs run again; answered with `Resumed`.
