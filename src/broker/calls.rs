@@ -4,10 +4,14 @@
 //! a read-only connection is refused here too), validates content again, and
 //! audits every change and every refused change with the client's identity.
 
+use std::collections::HashMap;
+
 use super::audit::{Auditor, Value, peer_fields};
 use super::domains::Domains;
+use super::guests::{Launcher, Running};
 use super::host;
 use crate::domain::uuid_string;
+use crate::privsep::helper::{HelperCommand, HelperEvent};
 use crate::privsep::{Call, CallError, CallValue, PeerIdentity, Query};
 use crate::rpc::remote::RemoteProc;
 
@@ -20,6 +24,51 @@ pub struct Ctx {
     pub domains: Domains,
     /// Host UUID for capabilities.
     pub host_uuid: String,
+    /// Running guests by UUID.
+    pub guests: HashMap<[u8; 16], Running>,
+    /// How guests are started.
+    pub launcher: Launcher,
+    /// The next domain id.
+    pub next_id: i32,
+}
+
+/// `VIR_DOMAIN_RUNNING_BOOTED`.
+const RUNNING_BOOTED: (i32, i32) = (1, 1);
+/// `VIR_DOMAIN_SHUTOFF_DESTROYED`.
+pub const SHUTOFF_DESTROYED: i32 = 2;
+/// How long a destroyed guest's helper gets to confirm, in ms.
+const STOP_TIMEOUT_MS: u16 = 5_000;
+
+impl Ctx {
+    /// Starts the defined domain `uuid` in a new helper, as domain `id` (a
+    /// new one if `None`).
+    pub fn start(&mut self, uuid: &[u8; 16], id: Option<i32>) -> Result<crate::privsep::DomainRef, CallError> {
+        let entry = self.domains.by_uuid(uuid)?;
+        if entry.id.is_some() {
+            return Err(CallError::OperationInvalid("domain is already running".into()));
+        }
+        let id = id.unwrap_or_else(|| {
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        });
+        let running = self.launcher.start(&entry.def, id, &self.guests)?;
+        self.domains.set_running(uuid, id, running.pid, RUNNING_BOOTED);
+        self.guests.insert(*uuid, running);
+        Ok(self.domains.by_uuid(uuid)?.handle())
+    }
+
+    /// Stops guest `uuid` at once: asks its helper, then kills it.
+    pub fn destroy(&mut self, uuid: &[u8; 16]) -> Result<i32, CallError> {
+        let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
+        let confirmed = running.channel.send(&HelperCommand::Stop, &[]).is_ok()
+            && running.channel.recv_blocking::<HelperEvent>(STOP_TIMEOUT_MS, HelperEvent::fd_count).is_ok();
+        if !confirmed {
+            let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        self.domains.set_shutoff(uuid, SHUTOFF_DESTROYED);
+        Ok(running.pid.as_raw())
+    }
 }
 
 /// One client's call, with who made it and how it is connected.
@@ -91,6 +140,29 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             result.map(|_| CallValue::Unit)
         }
         Call::Query { uuid, query } => query_domain(ctx, &uuid, query, caller.readonly),
+        Call::Create { uuid, flags } => {
+            // VIR_DOMAIN_START_VALIDATE (16) is accepted: definitions are always validated.
+            if flags & !16 != 0 {
+                return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainCreateWithFlags".into() });
+            }
+            let result = ctx.start(&uuid, None);
+            let pid = result.as_ref().ok().and_then(|_| ctx.guests.get(&uuid)).map(|r| r.pid.as_raw());
+            let named = result.as_ref().map(|h| h.name.clone()).map_err(Clone::clone);
+            audit_change(auditor, caller, "start", &uuid, &named, &[("vm-pid", Value::Num(pid.unwrap_or(-1).into()))]);
+            result.map(CallValue::Domain)
+        }
+        Call::Destroy { uuid, flags } => {
+            // GRACEFUL (1) and REMOVE_LOGS (2) are accepted; there are no logs to remove.
+            if flags & !3 != 0 {
+                return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainDestroyFlags".into() });
+            }
+            let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone());
+            let result = name.and_then(|n| ctx.destroy(&uuid).map(|pid| (n, pid)));
+            let pid = result.as_ref().map_or(-1, |(_, p)| *p);
+            let named = result.as_ref().map(|(n, _)| n.clone()).map_err(Clone::clone);
+            audit_change(auditor, caller, "destroy", &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
+            result.map(|_| CallValue::Unit)
+        }
     }
 }
 
@@ -159,6 +231,10 @@ fn api_of(call: &Call) -> &'static str {
         Call::Define { flags: 0, .. } => "virDomainDefineXML",
         Call::Define { .. } => "virDomainDefineXMLFlags",
         Call::Undefine { .. } => "virDomainUndefineFlags",
+        Call::Create { flags: 0, .. } => "virDomainCreate",
+        Call::Create { .. } => "virDomainCreateWithFlags",
+        Call::Destroy { flags: 0, .. } => "virDomainDestroy",
+        Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
         _ => "this call",
     }
@@ -169,6 +245,8 @@ fn op_of(call: &Call) -> &'static str {
         Call::Define { .. } => "define",
         Call::Undefine { .. } => "undefine",
         Call::SetAutostart { .. } => "autostart",
+        Call::Create { .. } => "start",
+        Call::Destroy { .. } => "destroy",
         _ => "call",
     }
 }

@@ -52,6 +52,8 @@ pub struct Entry {
     pub autostart: bool,
     /// Running id; `None` while shut off.
     pub id: Option<i32>,
+    /// The helper running it.
+    pub pid: Option<nix::unistd::Pid>,
     /// `virDomainState` and reason.
     pub state: (i32, i32),
 }
@@ -69,7 +71,7 @@ impl Entry {
             max_mem: self.def.memory_kib,
             memory: self.def.current_memory_kib,
             nr_virt_cpu: self.def.vcpus as u16,
-            cpu_time: 0,
+            cpu_time: self.pid.map_or(0, super::guests::cpu_time_ns),
         }
     }
 
@@ -146,6 +148,7 @@ impl Domains {
                 persistent: true,
                 autostart: s.autostart,
                 id: None,
+                pid: None,
                 state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
             });
         }
@@ -210,6 +213,7 @@ impl Domains {
                     persistent: true,
                     autostart: false,
                     id: None,
+                    pid: None,
                     state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
                 });
                 self.entries.last_mut().ok_or_else(|| CallError::Internal("domain table".into()))?
@@ -241,6 +245,29 @@ impl Domains {
             self.entries.remove(i);
         }
         Ok(name)
+    }
+
+    /// Marks the domain running as `id` in helper `pid` (state and reason).
+    pub fn set_running(&mut self, uuid: &[u8; 16], id: i32, pid: nix::unistd::Pid, state: (i32, i32)) {
+        if let Some(e) = self.entries.iter_mut().find(|e| &e.def.uuid == uuid) {
+            e.id = Some(id);
+            e.pid = Some(pid);
+            e.state = state;
+        }
+    }
+
+    /// Marks the domain shut off for `reason`; a transient one is forgotten.
+    pub fn set_shutoff(&mut self, uuid: &[u8; 16], reason: i32) {
+        if let Some(i) = self.entries.iter().position(|e| &e.def.uuid == uuid) {
+            if !self.entries[i].persistent {
+                self.entries.remove(i);
+                return;
+            }
+            let e = &mut self.entries[i];
+            e.id = None;
+            e.pid = None;
+            e.state = (STATE_SHUTOFF, reason);
+        }
     }
 
     /// `virDomainSetAutostart`.

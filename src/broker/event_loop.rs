@@ -22,14 +22,34 @@ use super::readiness::Readiness;
 use super::{StartError, apply_verbosity, spawn};
 use crate::cli::Cli;
 use crate::config::{Config, DefaultPaths, Mode};
+use crate::domain::LifecycleAction;
 use crate::logging::{self, LogState};
+use crate::privsep::helper::{HelperEvent, StopReason};
 use crate::privsep::{
     BrokerError, BrokerReply, ChannelError, Envelope, FrontendConfig, FrontendRequest, PROTOCOL_VERSION,
 };
 use crate::sandbox;
+use std::collections::HashMap;
+use std::io::Read;
+
+/// `VIR_DOMAIN_SHUTOFF_SHUTDOWN`.
+const SHUTOFF_SHUTDOWN: i32 = 1;
+/// `VIR_DOMAIN_SHUTOFF_CRASHED`.
+const SHUTOFF_CRASHED: i32 = 3;
+/// `VIR_DOMAIN_SHUTOFF_FAILED`.
+const SHUTOFF_FAILED: i32 = 6;
 
 const SIGNALS: Token = Token(0);
 const FRONTEND: Token = Token(1);
+/// Guest channels and consoles get tokens from here up.
+const FIRST_GUEST: usize = 1000;
+
+/// Which of a guest's fds a token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestFd {
+    Channel,
+    Console,
+}
 /// How long a stopping frontend gets before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -56,6 +76,9 @@ pub struct Broker {
     ever_ready: bool,
     idle_since: Option<Instant>,
     exit: Option<ExitCode>,
+    /// Registered guest fds: token to (domain, helper pid, which fd).
+    guest_tokens: HashMap<Token, ([u8; 16], Pid, GuestFd)>,
+    next_guest_token: usize,
 }
 
 impl Broker {
@@ -75,7 +98,18 @@ impl Broker {
             .map_err(|e| err("epoll", &e))?;
         let mut restart = Restart::default();
         restart.due = Some(Instant::now());
-        Ok(Broker { setup, poll, signals, link: None, restart, ever_ready: false, idle_since: None, exit: None })
+        Ok(Broker {
+            setup,
+            poll,
+            signals,
+            link: None,
+            restart,
+            ever_ready: false,
+            idle_since: None,
+            exit: None,
+            guest_tokens: HashMap::new(),
+            next_guest_token: FIRST_GUEST,
+        })
     }
 
     /// Runs until SIGTERM/SIGINT, the idle timeout, or a fatal start-up failure.
@@ -94,7 +128,7 @@ impl Broker {
                 match ev.token() {
                     SIGNALS => self.on_signals(),
                     FRONTEND => self.on_frontend(readiness),
-                    _ => {}
+                    token => self.on_guest(token),
                 }
             }
             let now = Instant::now();
@@ -121,7 +155,7 @@ impl Broker {
         let Some(secs) = self.setup.cli.timeout else {
             return;
         };
-        let busy = self.link.as_ref().is_some_and(|l| !l.clients.is_empty());
+        let busy = self.link.as_ref().is_some_and(|l| !l.clients.is_empty()) || !self.setup.ctx.guests.is_empty();
         if busy || !self.ever_ready {
             self.idle_since = None;
             return;
@@ -282,7 +316,9 @@ impl Broker {
                     return self.violation(&format!("call on connection {conn}, which is not open"));
                 };
                 let caller = Caller { conn, peer: &client.peer, readonly: client.readonly };
-                BrokerReply::Value(calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call))
+                let value = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
+                self.sync_guests();
+                BrokerReply::Value(value)
             }
         };
         self.reply(env.id, &reply, &[]);
@@ -407,6 +443,83 @@ impl Broker {
             log_sinks,
         };
         (config, fds)
+    }
+
+    /// Watches the channel and console of every running guest, and forgets
+    /// the fds of guests that are gone.
+    fn sync_guests(&mut self) {
+        let guests = &self.setup.ctx.guests;
+        self.guest_tokens.retain(|_, (uuid, pid, _)| guests.get(uuid).is_some_and(|r| r.pid == *pid));
+        for (uuid, r) in guests {
+            if self.guest_tokens.values().any(|(_, pid, _)| *pid == r.pid) {
+                continue;
+            }
+            for (kind, raw) in [(GuestFd::Channel, r.channel.raw_fd()), (GuestFd::Console, r.console.as_raw_fd())] {
+                let token = Token(self.next_guest_token);
+                self.next_guest_token += 1;
+                if let Err(e) = self.poll.registry().register(&mut SourceFd(&raw), token, Interest::READABLE) {
+                    log::error!("cannot watch guest {}: {e}", r.id);
+                }
+                self.guest_tokens.insert(token, (*uuid, r.pid, kind));
+            }
+        }
+    }
+
+    fn on_guest(&mut self, token: Token) {
+        let Some(&(uuid, pid, kind)) = self.guest_tokens.get(&token) else { return };
+        let Some(running) = self.setup.ctx.guests.get(&uuid).filter(|r| r.pid == pid) else { return };
+        match kind {
+            GuestFd::Console => {
+                // Nobody is attached yet: keep the guest's output flowing.
+                let mut buf = [0u8; 4096];
+                while matches!((&running.console).read(&mut buf), Ok(n) if n > 0) {}
+            }
+            GuestFd::Channel => loop {
+                match running.channel.recv::<HelperEvent>(HelperEvent::fd_count) {
+                    Ok((HelperEvent::Stopped { reason, detail }, _)) => {
+                        return self.guest_stopped(uuid, reason, &detail);
+                    }
+                    Ok(_) => {}
+                    Err(ChannelError::WouldBlock) => return,
+                    Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
+                }
+            },
+        }
+    }
+
+    /// A guest ended by itself: record why, and start it again where its
+    /// `on_poweroff`/`on_reboot`/`on_crash` says so.
+    fn guest_stopped(&mut self, uuid: [u8; 16], reason: StopReason, detail: &str) {
+        let ctx = &mut self.setup.ctx;
+        let Some(running) = ctx.guests.remove(&uuid) else { return };
+        let Ok(entry) = ctx.domains.by_uuid(&uuid) else { return };
+        let (name, def) = (entry.def.name.clone(), &entry.def);
+        let (action, shutoff_reason, op) = match reason {
+            StopReason::PowerOff => (def.on_poweroff, SHUTOFF_SHUTDOWN, "shutdown"),
+            StopReason::Reset => (def.on_reboot, SHUTOFF_SHUTDOWN, "reboot"),
+            StopReason::Crash => (def.on_crash, SHUTOFF_CRASHED, "crash"),
+            StopReason::Destroyed => (LifecycleAction::Destroy, calls::SHUTOFF_DESTROYED, "destroy"),
+            StopReason::Failed => (LifecycleAction::Destroy, SHUTOFF_FAILED, "failed"),
+        };
+        log::info!("domain '{name}' (id {}): {op} ({detail})", running.id);
+        let u = crate::domain::uuid_string(&uuid);
+        let fields = [
+            ("vm", Value::Text(&name)),
+            ("uuid", Value::Text(&u)),
+            ("vm-pid", Value::Num(running.pid.as_raw().into())),
+            ("reason", Value::Text(op)),
+        ];
+        self.setup.auditor.record("stop", &fields, true);
+        let id = running.id;
+        drop(running);
+        self.setup.ctx.domains.set_shutoff(&uuid, shutoff_reason);
+        if action == LifecycleAction::Restart {
+            match self.setup.ctx.start(&uuid, Some(id)) {
+                Ok(_) => log::info!("domain '{name}' restarted ({op})"),
+                Err(e) => log::error!("domain '{name}' could not be restarted: {e}"),
+            }
+        }
+        self.sync_guests();
     }
 
     /// SIGHUP: re-read the file; a broken one keeps the running configuration.

@@ -10,6 +10,7 @@ mod audit;
 mod calls;
 mod domains;
 mod event_loop;
+mod guests;
 mod host;
 mod link;
 mod listen;
@@ -130,8 +131,20 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         return Err(StartError::AuditUnavailable(config.syslog_socket.clone()));
     }
     let store = store::Store::open(&config.domain_config_dir).map_err(|e| StartError::Setup(e.to_string()))?;
-    let ctx =
-        calls::Ctx { domains: domains::Domains::load(store), host_uuid: host::host_uuid(config.host_uuid.as_deref()) };
+    let helper_exe = std::env::current_exe()
+        .map(|e| e.with_file_name("libvirt-helper"))
+        .map_err(|e| StartError::Setup(format!("cannot find the helper binary: {e}")))?;
+    let ctx = calls::Ctx {
+        domains: domains::Domains::load(store),
+        host_uuid: host::host_uuid(config.host_uuid.as_deref()),
+        guests: Default::default(),
+        launcher: guests::Launcher {
+            exe: helper_exe,
+            state_dir: config.domain_state_dir.clone(),
+            uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
+        },
+        next_id: 1,
+    };
     Broker::new(event_loop::Setup {
         cli: cli.clone(),
         mode,

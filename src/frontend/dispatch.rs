@@ -192,6 +192,16 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainFlagsArgs = args(payload)?;
             fwd(Call::Undefine { uuid: a.dom.uuid.0, flags: a.flags })
         }
+        P::DomainCreate => fwd(Call::Create { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
+        P::DomainCreateWithFlags => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::Create { uuid: a.dom.uuid.0, flags: a.flags })
+        }
+        P::DomainDestroy => fwd(Call::Destroy { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
+        P::DomainDestroyFlags => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::Destroy { uuid: a.dom.uuid.0, flags: a.flags })
+        }
         P::DomainSetAutostart => {
             let a: DomainSetAutostartArgs = args(payload)?;
             fwd(Call::SetAutostart { uuid: a.dom.uuid.0, on: a.autostart != 0 })
@@ -307,7 +317,8 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
     let proc_ = RemoteProc::from_number(h.proc_).ok_or(RpcError::Internal("procedure"))?;
     let mismatch = RpcError::Internal(proc_.name());
     match (proc_, v) {
-        (_, CallValue::Unit) => ok_reply(h, &()),
+        // virDomainCreate has no return value; the client looks the id up itself.
+        (P::DomainCreate, _) | (_, CallValue::Unit) => ok_reply(h, &()),
         (_, CallValue::Domain(d)) => ok_reply(h, &DomainRet { dom: nonnull(d) }),
         (P::ConnectListAllDomains, CallValue::Domains { list, count }) => {
             ok_reply(h, &ListAllDomainsRet { domains: list.into_iter().map(nonnull).collect(), ret: count })

@@ -134,6 +134,20 @@ pub enum Call {
         /// `virDomainUndefineFlagsValues`.
         flags: u32,
     },
+    /// `virDomainCreate(WithFlags)`: start a defined domain.
+    Create {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainCreateFlags`.
+        flags: u32,
+    },
+    /// `virDomainDestroy(Flags)`: stop a running domain now.
+    Destroy {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainDestroyFlagsValues`.
+        flags: u32,
+    },
     /// `virDomainSetAutostart`.
     SetAutostart {
         /// The domain.
@@ -154,7 +168,14 @@ impl Call {
     /// Whether the call changes state; refused on read-only connections (by
     /// the frontend first, and by the broker again).
     pub fn mutates(&self) -> bool {
-        matches!(self, Call::Define { .. } | Call::Undefine { .. } | Call::SetAutostart { .. })
+        matches!(
+            self,
+            Call::Define { .. }
+                | Call::Undefine { .. }
+                | Call::SetAutostart { .. }
+                | Call::Create { .. }
+                | Call::Destroy { .. }
+        )
     }
 }
 
@@ -262,6 +283,9 @@ pub enum CallError {
     /// Not valid in the domain's current state.
     #[error("{0}")]
     OperationInvalid(String),
+    /// The generic "domain is not running" check.
+    #[error("domain is not running")]
+    NotRunning,
     /// The operation failed.
     #[error("{0}")]
     OperationFailed(String),

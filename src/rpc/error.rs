@@ -136,6 +136,9 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                     err(code::OPERATION_INVALID, from::QEMU, "Requested operation is not valid: %s", detail)
                 }
                 CallError::ReadOnly(_) => err(code::OPERATION_DENIED, from::DOMAIN, "operation forbidden: %s", detail),
+                CallError::NotRunning => {
+                    err(code::OPERATION_INVALID, from::DOMAIN, "Requested operation is not valid: %s", detail)
+                }
                 CallError::Internal(_) => err(code::INTERNAL_ERROR, from::QEMU, "internal error: %s", detail),
             }
         }

@@ -1,0 +1,152 @@
+//! Running guests: each is one `libvirt-helper` process the broker started.
+//!
+//! The broker opens everything the guest needs (the kernel and initrd it
+//! checks are regular files, `/dev/kvm`, the console, the helper's control
+//! socket in the run directory) and passes the fds; the helper opens nothing.
+//! Each helper runs under its own uid from `helper_uid_min..helper_uid_max`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::spawn;
+use crate::domain::DomainDef;
+use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent};
+use crate::privsep::{CallError, Channel};
+
+/// How long a new helper may take to report `Started`, in ms.
+const START_TIMEOUT_MS: u16 = 10_000;
+
+/// One running guest.
+#[derive(Debug)]
+pub struct Running {
+    /// Its domain id.
+    pub id: i32,
+    /// The helper's pid.
+    pub pid: Pid,
+    /// The helper's uid (and gid).
+    pub uid: u32,
+    /// The control channel.
+    pub channel: Channel,
+    /// The broker's end of the guest console.
+    pub console: UnixStream,
+}
+
+/// Where helpers come from and what they may use.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// The helper binary.
+    pub exe: PathBuf,
+    /// Run directory for control sockets.
+    pub state_dir: PathBuf,
+    /// Uids (and gids) for helpers, inclusive; `None` in session mode.
+    pub uids: Option<(u32, u32)>,
+}
+
+fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> CallError {
+    CallError::OperationFailed(format!("{what} '{}': {e}", path.display()))
+}
+
+/// Opens a file the guest will read, refusing anything but a regular file.
+fn open_regular(what: &str, path: &str) -> Result<OwnedFd, CallError> {
+    let p = Path::new(path);
+    let f = std::fs::File::open(p).map_err(|e| failed(&format!("cannot open {what}"), p, e))?;
+    let meta = f.metadata().map_err(|e| failed(&format!("cannot inspect {what}"), p, e))?;
+    if !meta.is_file() {
+        return Err(failed(&format!("{what} is not a regular file:"), p, "refusing it"));
+    }
+    Ok(f.into())
+}
+
+/// A listening seqpacket socket at `path` (replacing a stale one).
+fn control_listener(path: &Path) -> Result<OwnedFd, CallError> {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+    let _ = std::fs::remove_file(path);
+    let err = |e: nix::Error| failed("cannot create control socket", path, e);
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).map_err(err)?).map_err(err)?;
+    listen(&fd, Backlog::new(4).map_err(err)?).map_err(err)?;
+    Ok(fd)
+}
+
+impl Launcher {
+    /// The first helper uid no running guest uses.
+    fn free_uid(&self, running: &HashMap<[u8; 16], Running>) -> Result<Option<u32>, CallError> {
+        let Some((lo, hi)) = self.uids else { return Ok(None) };
+        (lo..=hi).find(|u| !running.values().any(|r| r.uid == *u)).map(Some).ok_or_else(|| {
+            CallError::OperationFailed("no free helper uid left in helper_uid_min..helper_uid_max".into())
+        })
+    }
+
+    /// Starts `def` as guest `id`: opens and checks its files, spawns the
+    /// helper, hands everything over and waits for `Started`.
+    pub fn start(&self, def: &DomainDef, id: i32, running: &HashMap<[u8; 16], Running>) -> Result<Running, CallError> {
+        let kernel = open_regular("kernel", &def.os.kernel)?;
+        let initrd = def.os.initrd.as_deref().map(|p| open_regular("initrd", p)).transpose()?;
+        let kvm: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map_err(|e| failed("cannot open", Path::new("/dev/kvm"), e))?
+            .into();
+        let uid = self.free_uid(running)?;
+        let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
+        console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
+        std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
+        let listener = control_listener(&self.state_dir.join(format!("{}.ctl", def.name)))?;
+
+        let spawned = spawn::helper(&self.exe).map_err(|e| failed("cannot start helper", &self.exe, e))?;
+        let config = GuestConfig {
+            memory_mib: def.memory_kib.div_ceil(1024),
+            vcpus: def.vcpus,
+            cmdline: def.os.cmdline.clone().unwrap_or_default(),
+            ids: uid.map(|u| (u, u)),
+            initrd: initrd.is_some(),
+        };
+        let guest_console: OwnedFd = guest_console.into();
+        let mut fds = vec![kvm.as_fd(), kernel.as_fd(), guest_console.as_fd(), listener.as_fd()];
+        fds.extend(initrd.as_ref().map(|f| f.as_fd()));
+        let started =
+            spawned.channel.send(&HelperCommand::Start(config), &fds).map_err(|e| e.to_string()).and_then(|()| {
+                spawned
+                    .channel
+                    .recv_blocking::<HelperEvent>(START_TIMEOUT_MS, HelperEvent::fd_count)
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok((HelperEvent::Started, _)) => Ok(Running {
+                id,
+                pid: spawned.pid,
+                uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+                channel: spawned.channel,
+                console,
+            }),
+            other => {
+                let _ = kill(spawned.pid, Signal::SIGKILL);
+                let why = match other {
+                    Ok((HelperEvent::Stopped { detail, .. }, _)) => detail,
+                    Ok((event, _)) => format!("unexpected {event:?}"),
+                    Err(e) => e,
+                };
+                Err(CallError::OperationFailed(format!("guest failed to start: {why}")))
+            }
+        }
+    }
+}
+
+/// CPU time a helper process has used, from `/proc/<pid>/stat`, in ns.
+pub fn cpu_time_ns(pid: Pid) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // utime and stime are fields 14 and 15: indexes 11 and 12 after the state letter.
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000_000 / hz
+}

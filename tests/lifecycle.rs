@@ -1,0 +1,125 @@
+//! Guests through the daemon with the stock virsh: start the test guest in a
+//! sandboxed helper, inspect it running, destroy it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+const SECS: Duration = Duration::from_secs(10);
+const UUID: &str = "6b756f5b-4608-417c-a706-f41a63ae86d9";
+
+fn have_kvm() -> bool {
+    require(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(), "/dev/kvm")
+}
+
+/// Builds the test guest into the daemon's tree and defines a domain booting it.
+fn define_guest(d: &Daemon, name: &str, kernel: Option<&str>) -> PathBuf {
+    let images = d.tree.path("guest");
+    let ok = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh"))
+        .arg(&images)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tests/guest/build.sh failed");
+    let kernel = kernel.map(PathBuf::from).unwrap_or_else(|| images.join("vmlinuz"));
+    let xml = domain_xml(name, UUID).replace("/var/tmp/guestkit/vmlinuz", kernel.to_str().unwrap());
+    let file = d.tree.path(&format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    let (code, _, err) = virsh(&d.tree.sock("libvirt-sock"), &["define", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    images
+}
+
+#[test]
+fn a_guest_starts_runs_in_its_own_sandboxed_helper_and_is_destroyed() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest(&d, "guest-a", None);
+    let (code, out, err) = virsh(&rw, &["start", "guest-a"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Domain 'guest-a' started");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-a"]).1, "running (booted)\n\n");
+    let (_, info, _) = virsh(&rw, &["dominfo", "guest-a"]);
+    assert!(info.starts_with("Id:             1\n"), "{info}");
+    assert!(info.contains("State:          running\n"), "{info}");
+    assert_eq!(
+        virsh(&rw, &["list"]).1,
+        " Id   Name      State\n-------------------------\n 1    guest-a   running\n\n"
+    );
+    assert_eq!(virsh(&rw, &["domid", "guest-a"]).1.trim(), "1");
+    let started = d.tree.audit(&["op=start", "vm=\"guest-a\"", &format!("uuid=\"{UUID}\""), "res=success"], SECS);
+    let pid: i32 =
+        started.expect("no start audit").split("vm-pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+
+    // The helper: the guest's own uid from the helper range, its own session, confined.
+    if is_root() {
+        let uid: u32 = status_field(pid, "Uid").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let base = libvirtd::config::SANDBOX_ID_BASE;
+        assert!((base + 1..=base + 0xffff).contains(&uid), "helper uid {uid}");
+        assert_eq!(status_field(pid, "Seccomp").as_deref(), Some("2"));
+        assert_eq!(status_field(pid, "CapEff").as_deref(), Some("0000000000000000"));
+    }
+    assert_eq!(nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).unwrap().as_raw(), pid);
+
+    // Read-only clients see it but cannot stop it.
+    let ro = d.tree.sock("libvirt-sock-ro");
+    assert!(virsh(&ro, &["list"]).1.contains("guest-a   running"));
+    let (code, _, err) = virsh(&ro, &["destroy", "guest-a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("read only access prevents virDomainDestroy"), "{err}");
+
+    let (code, _, err) = virsh(&rw, &["start", "guest-a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Domain is already active"), "{err}");
+
+    let (code, out, err) = virsh(&rw, &["destroy", "guest-a"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Domain 'guest-a' destroyed");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-a"]).1, "shut off (destroyed)\n\n");
+    assert!(d.tree.audit(&["op=destroy", "vm=\"guest-a\"", &format!("vm-pid={pid}"), "res=success"], SECS).is_some());
+    assert!(wait_until(SECS, || !std::path::Path::new(&format!("/proc/{pid}")).exists()), "the helper lingers");
+
+    let (code, _, err) = virsh(&rw, &["destroy", "guest-a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: Requested operation is not valid: domain is not running"), "{err}");
+    // A second start gets the next id.
+    assert_eq!(virsh(&rw, &["start", "guest-a"]).0, 0);
+    assert_eq!(virsh(&rw, &["domid", "guest-a"]).1.trim(), "2");
+    assert_eq!(virsh(&rw, &["destroy", "guest-a"]).0, 0);
+}
+
+#[test]
+fn a_missing_kernel_is_a_clear_error_and_nothing_starts() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest(&d, "guest-b", Some("/nonexistent/vmlinuz"));
+    let (code, _, err) = virsh(&rw, &["start", "guest-b"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: Failed to start domain 'guest-b'"), "{err}");
+    assert!(err.contains("cannot open kernel '/nonexistent/vmlinuz'"), "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "guest-b"]).1, "shut off\n\n");
+    assert!(d.tree.audit(&["op=start", "res=failed"], SECS).is_some());
+}
+
+#[test]
+fn the_daemon_does_not_time_out_while_a_guest_runs() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let mut d = Daemon::start("", &["--timeout", "2"]);
+    define_guest(&d, "guest-c", None);
+    assert_eq!(virsh(&d.tree.sock("libvirt-sock"), &["start", "guest-c"]).0, 0);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(d.is_running(), "timed out with a guest running");
+    assert_eq!(virsh(&d.tree.sock("libvirt-sock"), &["destroy", "guest-c"]).0, 0);
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+}
