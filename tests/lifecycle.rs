@@ -123,3 +123,47 @@ fn the_daemon_does_not_time_out_while_a_guest_runs() {
     assert_eq!(virsh(&d.tree.sock("libvirt-sock"), &["destroy", "guest-c"]).0, 0);
     assert!(d.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
+
+#[test]
+fn shutdown_reboot_and_reset_reach_the_guest() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest(&d, "guest-d", None);
+    let state = || virsh(&rw, &["domstate", "--reason", "guest-d"]).1;
+    let helper_pid = |op: &str| -> i32 {
+        let rec = d.tree.audit(&[&format!("op={op}"), "vm=\"guest-d\"", "res=success"], SECS).expect(op);
+        rec.split("vm-pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(virsh(&rw, &["start", "guest-d"]).0, 0);
+    let first = helper_pid("start");
+    // Give the guest a moment to reach its shell, where it takes interrupts.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (code, out, err) = virsh(&rw, &["reboot", "guest-d"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Domain 'guest-d' is being rebooted");
+    assert!(wait_until(SECS, || d.tree.audit(&["op=stop", "reason=\"reboot\""], Duration::ZERO).is_some()));
+    assert_eq!(state(), "running (booted)\n\n");
+    assert_eq!(virsh(&rw, &["domid", "guest-d"]).1.trim(), "1", "a reboot keeps the id");
+    assert!(wait_until(SECS, || !std::path::Path::new(&format!("/proc/{first}")).exists()), "old helper lingers");
+
+    let (code, out, err) = virsh(&rw, &["reset", "guest-d"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Domain 'guest-d' was reset");
+    assert!(wait_until(SECS, || d.tree.audit(&["op=stop", "reason=\"reset\""], Duration::ZERO).is_some()));
+    assert_eq!(state(), "running (booted)\n\n");
+
+    let (code, _, err) = virsh(&rw, &["shutdown", "--mode", "acpi", "guest-d"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unsupported flags (0x1)"), "{err}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out, err) = virsh(&rw, &["shutdown", "guest-d"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Domain 'guest-d' is being shutdown");
+    assert!(wait_until(SECS, || state() == "shut off (shutdown)\n\n"), "{}", state());
+    assert!(d.tree.audit(&["op=stop", "reason=\"shutdown\"", "vm=\"guest-d\""], SECS).is_some());
+}

@@ -30,6 +30,8 @@ pub struct Ctx {
     pub launcher: Launcher,
     /// The next domain id.
     pub next_id: i32,
+    /// Guests being reset by a client: they come back whatever `on_reboot` says.
+    pub resetting: std::collections::HashSet<[u8; 16]>,
 }
 
 /// `VIR_DOMAIN_RUNNING_BOOTED`.
@@ -56,6 +58,24 @@ impl Ctx {
         self.domains.set_running(uuid, id, running.pid, RUNNING_BOOTED);
         self.guests.insert(*uuid, running);
         Ok(self.domains.by_uuid(uuid)?.handle())
+    }
+
+    /// Sends a command the helper does not answer (its effect arrives as an
+    /// event); `hard_reset` makes a guest that resets come back regardless
+    /// of `on_reboot`.
+    pub fn request(
+        &mut self,
+        uuid: &[u8; 16],
+        command: HelperCommand,
+        hard_reset: bool,
+    ) -> Result<(String, i32), CallError> {
+        let name = self.domains.by_uuid(uuid)?.def.name.clone();
+        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
+        running.channel.send(&command, &[]).map_err(|e| CallError::OperationFailed(format!("guest helper: {e}")))?;
+        if hard_reset {
+            self.resetting.insert(*uuid);
+        }
+        Ok((name, running.pid.as_raw()))
     }
 
     /// Stops guest `uuid` at once: asks its helper, then kills it.
@@ -151,6 +171,24 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             audit_change(auditor, caller, "start", &uuid, &named, &[("vm-pid", Value::Num(pid.unwrap_or(-1).into()))]);
             result.map(CallValue::Domain)
         }
+        Call::Shutdown { uuid, flags } | Call::Reboot { uuid, flags } | Call::Reset { uuid, flags } => {
+            let (op, command, function) = match call {
+                Call::Shutdown { .. } => ("shutdown", HelperCommand::CtrlAltDel, "qemuDomainShutdownFlags"),
+                Call::Reboot { .. } => ("reboot", HelperCommand::Reset, "qemuDomainReboot"),
+                _ => ("reset", HelperCommand::Reset, "qemuDomainReset"),
+            };
+            // Only the default mode: the guest is asked through its i8042
+            // (ctrl-alt-del) or reset; ACPI power button, agent, initctl,
+            // signal and paravirt modes are not available.
+            if flags != 0 {
+                return Err(CallError::UnsupportedFlags { flags, function: function.into() });
+            }
+            let result = ctx.request(&uuid, command, op == "reset");
+            let named = result.as_ref().map(|(n, _)| n.clone()).map_err(Clone::clone);
+            let pid = result.as_ref().map_or(-1, |(_, p)| *p);
+            audit_change(auditor, caller, op, &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
+            result.map(|_| CallValue::Unit)
+        }
         Call::Destroy { uuid, flags } => {
             // GRACEFUL (1) and REMOVE_LOGS (2) are accepted; there are no logs to remove.
             if flags & !3 != 0 {
@@ -234,6 +272,10 @@ fn api_of(call: &Call) -> &'static str {
         Call::Create { flags: 0, .. } => "virDomainCreate",
         Call::Create { .. } => "virDomainCreateWithFlags",
         Call::Destroy { flags: 0, .. } => "virDomainDestroy",
+        Call::Shutdown { flags: 0, .. } => "virDomainShutdown",
+        Call::Shutdown { .. } => "virDomainShutdownFlags",
+        Call::Reboot { .. } => "virDomainReboot",
+        Call::Reset { .. } => "virDomainReset",
         Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
         _ => "this call",
@@ -247,6 +289,9 @@ fn op_of(call: &Call) -> &'static str {
         Call::SetAutostart { .. } => "autostart",
         Call::Create { .. } => "start",
         Call::Destroy { .. } => "destroy",
+        Call::Shutdown { .. } => "shutdown",
+        Call::Reboot { .. } => "reboot",
+        Call::Reset { .. } => "reset",
         _ => "call",
     }
 }

@@ -496,6 +496,7 @@ impl Broker {
         let (name, def) = (entry.def.name.clone(), &entry.def);
         let (action, shutoff_reason, op) = match reason {
             StopReason::PowerOff => (def.on_poweroff, SHUTOFF_SHUTDOWN, "shutdown"),
+            StopReason::Reset if ctx.resetting.remove(&uuid) => (LifecycleAction::Restart, SHUTOFF_SHUTDOWN, "reset"),
             StopReason::Reset => (def.on_reboot, SHUTOFF_SHUTDOWN, "reboot"),
             StopReason::Crash => (def.on_crash, SHUTOFF_CRASHED, "crash"),
             StopReason::Destroyed => (LifecycleAction::Destroy, calls::SHUTOFF_DESTROYED, "destroy"),

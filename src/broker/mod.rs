@@ -144,6 +144,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
         },
         next_id: 1,
+        resetting: Default::default(),
     };
     Broker::new(event_loop::Setup {
         cli: cli.clone(),

@@ -202,6 +202,19 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainFlagsArgs = args(payload)?;
             fwd(Call::Destroy { uuid: a.dom.uuid.0, flags: a.flags })
         }
+        P::DomainShutdown => fwd(Call::Shutdown { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
+        P::DomainShutdownFlags => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::Shutdown { uuid: a.dom.uuid.0, flags: a.flags })
+        }
+        P::DomainReboot => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::Reboot { uuid: a.dom.uuid.0, flags: a.flags })
+        }
+        P::DomainReset => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::Reset { uuid: a.dom.uuid.0, flags: a.flags })
+        }
         P::DomainSetAutostart => {
             let a: DomainSetAutostartArgs = args(payload)?;
             fwd(Call::SetAutostart { uuid: a.dom.uuid.0, on: a.autostart != 0 })

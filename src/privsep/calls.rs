@@ -148,6 +148,27 @@ pub enum Call {
         /// `virDomainDestroyFlagsValues`.
         flags: u32,
     },
+    /// `virDomainShutdown(Flags)`: ask the guest to power off.
+    Shutdown {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainShutdownFlagValues`.
+        flags: u32,
+    },
+    /// `virDomainReboot`: ask the guest to reboot.
+    Reboot {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainRebootFlagValues`.
+        flags: u32,
+    },
+    /// `virDomainReset`: hard reset.
+    Reset {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Must be 0.
+        flags: u32,
+    },
     /// `virDomainSetAutostart`.
     SetAutostart {
         /// The domain.
@@ -175,6 +196,9 @@ impl Call {
                 | Call::SetAutostart { .. }
                 | Call::Create { .. }
                 | Call::Destroy { .. }
+                | Call::Shutdown { .. }
+                | Call::Reboot { .. }
+                | Call::Reset { .. }
         )
     }
 }
