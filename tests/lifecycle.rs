@@ -167,3 +167,44 @@ fn shutdown_reboot_and_reset_reach_the_guest() {
     assert!(wait_until(SECS, || state() == "shut off (shutdown)\n\n"), "{}", state());
     assert!(d.tree.audit(&["op=stop", "reason=\"shutdown\"", "vm=\"guest-d\""], SECS).is_some());
 }
+
+#[test]
+fn a_file_serial_logs_the_console_and_disks_are_refused_at_start() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let images = define_guest(&d, "guest-e", None);
+    let log = d.tree.path("guest-e.log");
+    let xml = domain_xml("guest-e", UUID)
+        .replace("/var/tmp/guestkit/vmlinuz", images.join("pvh.elf").to_str().unwrap())
+        .replace(
+            "<serial type='pty'><target port='0'/></serial>",
+            &format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display()),
+        );
+    let file = d.tree.path("guest-e.xml");
+    std::fs::write(&file, xml).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    assert_eq!(virsh(&rw, &["start", "guest-e"]).0, 0);
+    assert!(
+        wait_until(SECS, || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("GUEST-READY"))),
+        "no console log"
+    );
+    assert_eq!(virsh(&rw, &["destroy", "guest-e"]).0, 0);
+
+    let disk = d.tree.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let with_disk = std::fs::read_to_string(&file).unwrap().replace(
+        "<devices>",
+        &format!(
+            "<devices><disk type='file' device='disk'><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
+            disk.display()
+        ),
+    );
+    std::fs::write(&file, with_disk).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "guest-e"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unsupported configuration: the guest helper cannot provide <disk> devices yet"), "{err}");
+}

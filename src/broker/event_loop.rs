@@ -470,9 +470,14 @@ impl Broker {
         let Some(running) = self.setup.ctx.guests.get(&uuid).filter(|r| r.pid == pid) else { return };
         match kind {
             GuestFd::Console => {
-                // Nobody is attached yet: keep the guest's output flowing.
+                // Nobody is attached: keep the guest's output flowing, into
+                // the serial log file if the domain has one.
                 let mut buf = [0u8; 4096];
-                while matches!((&running.console).read(&mut buf), Ok(n) if n > 0) {}
+                while let Ok(n @ 1..) = (&running.console).read(&mut buf) {
+                    if let Some(mut log) = running.log.as_ref() {
+                        let _ = std::io::Write::write_all(&mut log, &buf[..n]);
+                    }
+                }
             }
             GuestFd::Channel => loop {
                 match running.channel.recv::<HelperEvent>(HelperEvent::fd_count) {

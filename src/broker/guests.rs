@@ -34,6 +34,8 @@ pub struct Running {
     pub channel: Channel,
     /// The broker's end of the guest console.
     pub console: UnixStream,
+    /// Where console output goes while nobody is attached (`<serial type='file'>`).
+    pub log: Option<std::fs::File>,
 }
 
 /// Where helpers come from and what they may use.
@@ -85,6 +87,24 @@ impl Launcher {
     /// Starts `def` as guest `id`: opens and checks its files, spawns the
     /// helper, hands everything over and waits for `Started`.
     pub fn start(&self, def: &DomainDef, id: i32, running: &HashMap<[u8; 16], Running>) -> Result<Running, CallError> {
+        // Defined, but the helper cannot give them to the guest yet: refuse
+        // to start rather than boot a guest without its disks or network.
+        if !def.disks.is_empty() {
+            return Err(CallError::ConfigUnsupported("the guest helper cannot provide <disk> devices yet".into()));
+        }
+        if !def.interfaces.is_empty() {
+            return Err(CallError::ConfigUnsupported("the guest helper cannot provide <interface> devices yet".into()));
+        }
+        let log = match def.serials.first().map(|s| &s.source) {
+            Some(crate::domain::CharSource::File(path)) => Some(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)
+                    .map_err(|e| failed("cannot open serial log", Path::new(path), e))?,
+            ),
+            _ => None,
+        };
         let kernel = open_regular("kernel", &def.os.kernel)?;
         let initrd = def.os.initrd.as_deref().map(|p| open_regular("initrd", p)).transpose()?;
         let kvm: OwnedFd = std::fs::OpenOptions::new()
@@ -124,6 +144,7 @@ impl Launcher {
                 uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
                 channel: spawned.channel,
                 console,
+                log,
             }),
             other => {
                 let _ = kill(spawned.pid, Signal::SIGKILL);
