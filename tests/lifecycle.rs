@@ -208,3 +208,33 @@ fn a_file_serial_logs_the_console_and_disks_are_refused_at_start() {
     assert_eq!(code, 1);
     assert!(err.contains("unsupported configuration: the guest helper cannot provide <disk> devices yet"), "{err}");
 }
+
+#[test]
+fn suspend_and_resume_follow_libvirts_states() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest(&d, "guest-f", None);
+    let (code, _, err) = virsh(&rw, &["suspend", "guest-f"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Requested operation is not valid: domain is not running"), "{err}");
+    assert_eq!(virsh(&rw, &["start", "guest-f"]).0, 0);
+    let (code, out, err) = virsh(&rw, &["suspend", "guest-f"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Domain 'guest-f' suspended");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-f"]).1, "paused (user)\n\n");
+    assert!(virsh(&rw, &["dominfo", "guest-f"]).1.contains("State:          paused\n"));
+    assert_eq!(virsh(&rw, &["suspend", "guest-f"]).0, 0, "suspending a paused guest succeeds quietly");
+    let (code, out, err) = virsh(&rw, &["resume", "guest-f"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Domain 'guest-f' resumed");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-f"]).1, "running (unpaused)\n\n");
+    let (code, _, err) = virsh(&rw, &["resume", "guest-f"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Requested operation is not valid: domain is already running"), "{err}");
+    assert!(d.tree.audit(&["op=suspend", "vm=\"guest-f\"", "res=success"], SECS).is_some());
+    assert!(d.tree.audit(&["op=resume", "vm=\"guest-f\"", "res=success"], SECS).is_some());
+    assert_eq!(virsh(&rw, &["destroy", "guest-f"]).0, 0);
+}

@@ -32,10 +32,20 @@ pub struct Ctx {
     pub next_id: i32,
     /// Guests being reset by a client: they come back whatever `on_reboot` says.
     pub resetting: std::collections::HashSet<[u8; 16]>,
+    /// Helper events read while waiting for an answer, for the event loop.
+    pub stashed: Vec<([u8; 16], HelperEvent)>,
 }
 
 /// `VIR_DOMAIN_RUNNING_BOOTED`.
 const RUNNING_BOOTED: (i32, i32) = (1, 1);
+/// `VIR_DOMAIN_RUNNING_UNPAUSED`.
+const RUNNING_UNPAUSED: (i32, i32) = (1, 5);
+/// `VIR_DOMAIN_PAUSED`.
+const STATE_PAUSED: i32 = 3;
+/// `VIR_DOMAIN_PAUSED_USER`.
+const PAUSED_USER: i32 = 1;
+/// How long a helper may take to answer a pause or resume, in ms.
+const ASK_TIMEOUT_MS: u16 = 5_000;
 /// `VIR_DOMAIN_SHUTOFF_DESTROYED`.
 pub const SHUTOFF_DESTROYED: i32 = 2;
 /// How long a destroyed guest's helper gets to confirm, in ms.
@@ -76,6 +86,64 @@ impl Ctx {
             self.resetting.insert(*uuid);
         }
         Ok((name, running.pid.as_raw()))
+    }
+
+    /// Sends `command` and waits (bounded) for `answer`. Any other event that
+    /// arrives meanwhile (the guest stopping by itself) is kept for the
+    /// event loop. A helper that does not answer is an error naming the domain.
+    fn ask(
+        &mut self,
+        uuid: &[u8; 16],
+        command: HelperCommand,
+        answer: &HelperEvent,
+    ) -> Result<(String, i32), CallError> {
+        let name = self.domains.by_uuid(uuid)?.def.name.clone();
+        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
+        let pid = running.pid.as_raw();
+        let stuck =
+            |e: &dyn std::fmt::Display| CallError::OperationFailed(format!("guest '{name}' did not answer: {e}"));
+        running.channel.send(&command, &[]).map_err(|e| stuck(&e))?;
+        loop {
+            match running.channel.recv_blocking::<HelperEvent>(ASK_TIMEOUT_MS, HelperEvent::fd_count) {
+                Ok((event, _)) if &event == answer => return Ok((name, pid)),
+                Ok((event, _)) => {
+                    self.stashed.push((*uuid, event));
+                    return Err(CallError::NotRunning);
+                }
+                Err(e) => return Err(stuck(&e)),
+            }
+        }
+    }
+
+    /// `virDomainSuspend`: pauses every vCPU (a paused guest stays paused).
+    pub fn suspend(&mut self, uuid: &[u8; 16]) -> Result<(String, i32), CallError> {
+        let state = self.domains.by_uuid(uuid)?.state;
+        let answer = self.ask(uuid, HelperCommand::Pause, &HelperEvent::Paused)?;
+        if state.0 != STATE_PAUSED {
+            let entry = self.domains.by_uuid(uuid)?;
+            let (id, pid) = (entry.id.unwrap_or(-1), entry.pid);
+            if let Some(pid) = pid {
+                self.domains.set_running(uuid, id, pid, (STATE_PAUSED, PAUSED_USER));
+            }
+        }
+        Ok(answer)
+    }
+
+    /// `virDomainResume`.
+    pub fn resume(&mut self, uuid: &[u8; 16]) -> Result<(String, i32), CallError> {
+        let entry = self.domains.by_uuid(uuid)?;
+        if entry.id.is_none() {
+            return Err(CallError::NotRunning);
+        }
+        if entry.state.0 != STATE_PAUSED {
+            return Err(CallError::OperationInvalid("domain is already running".into()));
+        }
+        let answer = self.ask(uuid, HelperCommand::Resume, &HelperEvent::Resumed)?;
+        let entry = self.domains.by_uuid(uuid)?;
+        if let (Some(id), Some(pid)) = (entry.id, entry.pid) {
+            self.domains.set_running(uuid, id, pid, RUNNING_UNPAUSED);
+        }
+        Ok(answer)
     }
 
     /// Stops guest `uuid` at once: asks its helper, then kills it.
@@ -189,6 +257,15 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             audit_change(auditor, caller, op, &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
             result.map(|_| CallValue::Unit)
         }
+        Call::Suspend { uuid } | Call::Resume { uuid } => {
+            let suspend = matches!(call, Call::Suspend { .. });
+            let result = if suspend { ctx.suspend(&uuid) } else { ctx.resume(&uuid) };
+            let named = result.as_ref().map(|(n, _)| n.clone()).map_err(Clone::clone);
+            let pid = result.as_ref().map_or(-1, |(_, p)| *p);
+            let op = if suspend { "suspend" } else { "resume" };
+            audit_change(auditor, caller, op, &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
+            result.map(|_| CallValue::Unit)
+        }
         Call::Destroy { uuid, flags } => {
             // GRACEFUL (1) and REMOVE_LOGS (2) are accepted; there are no logs to remove.
             if flags & !3 != 0 {
@@ -276,6 +353,8 @@ fn api_of(call: &Call) -> &'static str {
         Call::Shutdown { .. } => "virDomainShutdownFlags",
         Call::Reboot { .. } => "virDomainReboot",
         Call::Reset { .. } => "virDomainReset",
+        Call::Suspend { .. } => "virDomainSuspend",
+        Call::Resume { .. } => "virDomainResume",
         Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
         _ => "this call",
@@ -292,6 +371,8 @@ fn op_of(call: &Call) -> &'static str {
         Call::Shutdown { .. } => "shutdown",
         Call::Reboot { .. } => "reboot",
         Call::Reset { .. } => "reset",
+        Call::Suspend { .. } => "suspend",
+        Call::Resume { .. } => "resume",
         _ => "call",
     }
 }

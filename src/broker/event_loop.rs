@@ -317,6 +317,11 @@ impl Broker {
                 };
                 let caller = Caller { conn, peer: &client.peer, readonly: client.readonly };
                 let value = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
+                for (uuid, event) in std::mem::take(&mut self.setup.ctx.stashed) {
+                    if let HelperEvent::Stopped { reason, detail } = event {
+                        self.guest_stopped(uuid, reason, &detail);
+                    }
+                }
                 self.sync_guests();
                 BrokerReply::Value(value)
             }

@@ -215,6 +215,8 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainFlagsArgs = args(payload)?;
             fwd(Call::Reset { uuid: a.dom.uuid.0, flags: a.flags })
         }
+        P::DomainSuspend => fwd(Call::Suspend { uuid: args::<DomainArg>(payload)?.dom.uuid.0 }),
+        P::DomainResume => fwd(Call::Resume { uuid: args::<DomainArg>(payload)?.dom.uuid.0 }),
         P::DomainSetAutostart => {
             let a: DomainSetAutostartArgs = args(payload)?;
             fwd(Call::SetAutostart { uuid: a.dom.uuid.0, on: a.autostart != 0 })

@@ -169,6 +169,16 @@ pub enum Call {
         /// Must be 0.
         flags: u32,
     },
+    /// `virDomainSuspend`: stop every vCPU.
+    Suspend {
+        /// The domain.
+        uuid: [u8; 16],
+    },
+    /// `virDomainResume`: let the vCPUs run again.
+    Resume {
+        /// The domain.
+        uuid: [u8; 16],
+    },
     /// `virDomainSetAutostart`.
     SetAutostart {
         /// The domain.
@@ -199,6 +209,8 @@ impl Call {
                 | Call::Shutdown { .. }
                 | Call::Reboot { .. }
                 | Call::Reset { .. }
+                | Call::Suspend { .. }
+                | Call::Resume { .. }
         )
     }
 }
