@@ -103,15 +103,14 @@ impl Ctx {
         let stuck =
             |e: &dyn std::fmt::Display| CallError::OperationFailed(format!("guest '{name}' did not answer: {e}"));
         running.channel.send(&command, &[]).map_err(|e| stuck(&e))?;
-        loop {
-            match running.channel.recv_blocking::<HelperEvent>(ASK_TIMEOUT_MS, HelperEvent::fd_count) {
-                Ok((event, _)) if &event == answer => return Ok((name, pid)),
-                Ok((event, _)) => {
-                    self.stashed.push((*uuid, event));
-                    return Err(CallError::NotRunning);
-                }
-                Err(e) => return Err(stuck(&e)),
+        match running.channel.recv_blocking::<HelperEvent>(ASK_TIMEOUT_MS, HelperEvent::fd_count) {
+            Ok((event, _)) if &event == answer => Ok((name, pid)),
+            Ok((event, _)) => {
+                // Only a stop can come unasked: hand it to the event loop.
+                self.stashed.push((*uuid, event));
+                Err(CallError::NotRunning)
             }
+            Err(e) => Err(stuck(&e)),
         }
     }
 
