@@ -17,14 +17,12 @@ use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent};
 const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
 const RUNS: usize = 10;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 fn build_guest() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("libvirtd-bench-guest-{}", std::process::id()));
-    let ok = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh"))
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tests/guest/build.sh failed");
+    common::build_guest(&dir);
     dir
 }
 

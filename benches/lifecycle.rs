@@ -27,12 +27,7 @@ fn main() {
     let d = Daemon::start("", &[]);
     let rw = d.tree.sock("libvirt-sock");
     let images = d.tree.path("guest");
-    let ok = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh"))
-        .arg(&images)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    common::build_guest(&images);
     let mut names = Vec::new();
     for i in 0..GUESTS {
         let name = format!("bench-{i}");

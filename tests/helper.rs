@@ -20,11 +20,7 @@ fn guest() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("libvirtd-test-guest-{}", std::process::id()));
-        let status = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh"))
-            .arg(&dir)
-            .status()
-            .expect("tests/guest/build.sh (needs binutils)");
-        assert!(status.success(), "building the test guest failed");
+        common::build_guest(&dir);
         dir
     })
 }

@@ -18,12 +18,7 @@ fn have_kvm() -> bool {
 /// Builds the test guest into the daemon's tree and defines a domain booting it.
 fn define_guest(d: &Daemon, name: &str, kernel: Option<&str>) -> PathBuf {
     let images = d.tree.path("guest");
-    let ok = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh"))
-        .arg(&images)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tests/guest/build.sh failed");
+    build_guest(&images);
     let kernel = kernel.map(PathBuf::from).unwrap_or_else(|| images.join("vmlinuz"));
     let xml = domain_xml(name, UUID).replace("/var/tmp/guestkit/vmlinuz", kernel.to_str().unwrap());
     let file = d.tree.path(&format!("{name}.xml"));

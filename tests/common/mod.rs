@@ -364,3 +364,12 @@ impl RawClient {
 pub fn remote_error(payload: &[u8]) -> libvirtd::rpc::remote::RemoteError {
     libvirtd::rpc::xdr::from_bytes(payload).unwrap()
 }
+
+/// Builds the project's test guest (both images) into `dir`.
+pub fn build_guest(dir: &Path) {
+    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh"))
+        .arg(dir)
+        .status()
+        .expect("tests/guest/build.sh (needs binutils)");
+    assert!(status.success(), "building the test guest failed");
+}
