@@ -233,3 +233,36 @@ fn suspend_and_resume_follow_libvirts_states() {
     assert!(d.tree.audit(&["op=resume", "vm=\"guest-f\"", "res=success"], SECS).is_some());
     assert_eq!(virsh(&rw, &["destroy", "guest-f"]).0, 0);
 }
+
+#[test]
+fn a_transient_guest_is_created_and_gone_when_destroyed_and_start_paused_works() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let images = define_guest(&d, "guest-g", None);
+    let (code, _, err) = virsh(&rw, &["start", "--paused", "guest-g"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-g"]).1, "paused (user)\n\n");
+    assert_eq!(virsh(&rw, &["destroy", "guest-g"]).0, 0);
+
+    let xml = domain_xml("guest-t", "7c756f5b-4608-417c-a706-f41a63ae86d9")
+        .replace("/var/tmp/guestkit/vmlinuz", images.join("pvh.elf").to_str().unwrap());
+    let file = d.tree.path("guest-t.xml");
+    std::fs::write(&file, xml).unwrap();
+    let (code, out, err) = virsh(&rw, &["create", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("Domain 'guest-t' created from {}", file.display()));
+    let (_, info, _) = virsh(&rw, &["dominfo", "guest-t"]);
+    assert!(info.contains("State:          running\n") && info.contains("Persistent:     no\n"), "{info}");
+    assert!(!d.tree.path("etc/qemu/guest-t.xml").exists(), "a transient domain was written to disk");
+    assert!(d.tree.audit(&["op=create", "vm=\"guest-t\"", "res=success"], SECS).is_some());
+    let (code, _, err) = virsh(&rw, &["undefine", "guest-t"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot undefine transient domain"), "{err}");
+    assert_eq!(virsh(&rw, &["destroy", "guest-t"]).0, 0);
+    let (code, _, err) = virsh(&rw, &["dominfo", "guest-t"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "error: failed to get domain 'guest-t'");
+}

@@ -44,6 +44,10 @@ const RUNNING_UNPAUSED: (i32, i32) = (1, 5);
 const STATE_PAUSED: i32 = 3;
 /// `VIR_DOMAIN_PAUSED_USER`.
 const PAUSED_USER: i32 = 1;
+/// `VIR_DOMAIN_START_PAUSED`.
+const START_PAUSED: u32 = 1;
+/// `VIR_DOMAIN_START_VALIDATE`.
+const START_VALIDATE: u32 = 16;
 /// How long a helper may take to answer a pause or resume, in ms.
 const ASK_TIMEOUT_MS: u16 = 5_000;
 /// `VIR_DOMAIN_SHUTOFF_DESTROYED`.
@@ -54,7 +58,12 @@ const STOP_TIMEOUT_MS: u16 = 5_000;
 impl Ctx {
     /// Starts the defined domain `uuid` in a new helper, as domain `id` (a
     /// new one if `None`).
-    pub fn start(&mut self, uuid: &[u8; 16], id: Option<i32>) -> Result<crate::privsep::DomainRef, CallError> {
+    pub fn start(
+        &mut self,
+        uuid: &[u8; 16],
+        id: Option<i32>,
+        paused: bool,
+    ) -> Result<crate::privsep::DomainRef, CallError> {
         let entry = self.domains.by_uuid(uuid)?;
         if entry.id.is_some() {
             return Err(CallError::OperationInvalid("domain is already running".into()));
@@ -67,6 +76,9 @@ impl Ctx {
         let running = self.launcher.start(&entry.def, id, &self.guests)?;
         self.domains.set_running(uuid, id, running.pid, RUNNING_BOOTED);
         self.guests.insert(*uuid, running);
+        if paused {
+            self.suspend(uuid)?;
+        }
         Ok(self.domains.by_uuid(uuid)?.handle())
     }
 
@@ -228,14 +240,31 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         }
         Call::Query { uuid, query } => query_domain(ctx, &uuid, query, caller.readonly),
         Call::Create { uuid, flags } => {
-            // VIR_DOMAIN_START_VALIDATE (16) is accepted: definitions are always validated.
-            if flags & !16 != 0 {
+            // START_PAUSED (1); START_VALIDATE (16) is accepted: definitions are always validated.
+            if flags & !(START_PAUSED | START_VALIDATE) != 0 {
                 return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainCreateWithFlags".into() });
             }
-            let result = ctx.start(&uuid, None);
+            let result = ctx.start(&uuid, None, flags & START_PAUSED != 0);
             let pid = result.as_ref().ok().and_then(|_| ctx.guests.get(&uuid)).map(|r| r.pid.as_raw());
             let named = result.as_ref().map(|h| h.name.clone()).map_err(Clone::clone);
             audit_change(auditor, caller, "start", &uuid, &named, &[("vm-pid", Value::Num(pid.unwrap_or(-1).into()))]);
+            result.map(CallValue::Domain)
+        }
+        Call::CreateXml { xml, flags } => {
+            if flags & !(START_PAUSED | START_VALIDATE) != 0 {
+                return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainCreateXML".into() });
+            }
+            let result = ctx.domains.add_transient(&xml, flags & START_VALIDATE != 0).and_then(|uuid| {
+                ctx.start(&uuid, None, flags & START_PAUSED != 0).inspect_err(|_| ctx.domains.forget(&uuid))
+            });
+            match &result {
+                Ok(h) => {
+                    let pid = ctx.guests.get(&h.uuid).map_or(-1, |r| r.pid.as_raw());
+                    let named = Ok(h.name.clone());
+                    audit_change(auditor, caller, "create", &h.uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
+                }
+                Err(e) => audit(auditor, caller, "create", &[("reason", Value::Text(&e.to_string()))], false),
+            }
             result.map(CallValue::Domain)
         }
         Call::Shutdown { uuid, flags } | Call::Reboot { uuid, flags } | Call::Reset { uuid, flags } => {
@@ -347,6 +376,7 @@ fn api_of(call: &Call) -> &'static str {
         Call::Undefine { .. } => "virDomainUndefineFlags",
         Call::Create { flags: 0, .. } => "virDomainCreate",
         Call::Create { .. } => "virDomainCreateWithFlags",
+        Call::CreateXml { .. } => "virDomainCreateXML",
         Call::Destroy { flags: 0, .. } => "virDomainDestroy",
         Call::Shutdown { flags: 0, .. } => "virDomainShutdown",
         Call::Shutdown { .. } => "virDomainShutdownFlags",
@@ -366,6 +396,7 @@ fn op_of(call: &Call) -> &'static str {
         Call::Undefine { .. } => "undefine",
         Call::SetAutostart { .. } => "autostart",
         Call::Create { .. } => "start",
+        Call::CreateXml { .. } => "create",
         Call::Destroy { .. } => "destroy",
         Call::Shutdown { .. } => "shutdown",
         Call::Reboot { .. } => "reboot",

@@ -185,19 +185,7 @@ impl Domains {
             return Err(CallError::UnsupportedFlags { flags, function: "domainDefineXMLFlags".into() });
         }
         let (def, dropped) = domain::parse(xml, flags & DEFINE_VALIDATE != 0)?;
-        let by_name = self.entries.iter().position(|e| e.def.name == def.name);
-        let by_uuid = self.entries.iter().position(|e| e.def.uuid == def.uuid);
-        match (by_name, by_uuid) {
-            (Some(n), u) if u != Some(n) => {
-                let other = &self.entries[n].def;
-                return Err(CallError::NameTaken { name: other.name.clone(), uuid: uuid_string(&other.uuid) });
-            }
-            (None, Some(u)) => {
-                let other = &self.entries[u].def;
-                return Err(CallError::UuidTaken { name: other.name.clone(), uuid: uuid_string(&other.uuid) });
-            }
-            _ => {}
-        }
+        let by_name = self.slot_for(&def)?;
         self.store.save(&def).map_err(store_err)?;
         let updated = by_name.is_some();
         let entry = match by_name {
@@ -220,6 +208,54 @@ impl Domains {
             }
         };
         Ok(Defined { handle: entry.handle(), dropped, updated })
+    }
+
+    /// Where a new definition goes: `None` for a new domain, or the entry
+    /// with the same name and UUID it replaces. A name or UUID that belongs
+    /// to another domain is refused, so both stay unique.
+    fn slot_for(&self, def: &DomainDef) -> Result<Option<usize>, CallError> {
+        let by_name = self.entries.iter().position(|e| e.def.name == def.name);
+        let by_uuid = self.entries.iter().position(|e| e.def.uuid == def.uuid);
+        match (by_name, by_uuid) {
+            (Some(n), u) if u != Some(n) => {
+                let other = &self.entries[n].def;
+                Err(CallError::NameTaken { name: other.name.clone(), uuid: uuid_string(&other.uuid) })
+            }
+            (None, Some(u)) => {
+                let other = &self.entries[u].def;
+                Err(CallError::UuidTaken { name: other.name.clone(), uuid: uuid_string(&other.uuid) })
+            }
+            (by_name, _) => Ok(by_name),
+        }
+    }
+
+    /// `virDomainCreateXML`: a transient domain, forgotten when it stops.
+    /// Returns its UUID; the caller starts it (and calls `forget` if that fails).
+    pub fn add_transient(&mut self, xml: &str, validate: bool) -> Result<[u8; 16], CallError> {
+        let (def, _) = domain::parse(xml, validate)?;
+        if let Some(i) = self.slot_for(&def)? {
+            let e = &self.entries[i];
+            return Err(if e.id.is_some() {
+                CallError::NameTaken { name: e.def.name.clone(), uuid: uuid_string(&e.def.uuid) }
+            } else {
+                CallError::OperationInvalid(format!("domain '{}' is defined: start it instead", e.def.name))
+            });
+        }
+        let uuid = def.uuid;
+        self.entries.push(Entry {
+            def,
+            persistent: false,
+            autostart: false,
+            id: None,
+            pid: None,
+            state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
+        });
+        Ok(uuid)
+    }
+
+    /// Drops a transient domain that never ran.
+    pub fn forget(&mut self, uuid: &[u8; 16]) {
+        self.entries.retain(|e| e.persistent || &e.def.uuid != uuid || e.id.is_some());
     }
 
     /// `virDomainUndefineFlags`. A running persistent domain becomes transient.

@@ -525,7 +525,7 @@ impl Broker {
         drop(running);
         self.setup.ctx.domains.set_shutoff(&uuid, shutoff_reason);
         if action == LifecycleAction::Restart {
-            match self.setup.ctx.start(&uuid, Some(id)) {
+            match self.setup.ctx.start(&uuid, Some(id), false) {
                 Ok(_) => log::info!("domain '{name}' restarted ({op})"),
                 Err(e) => log::error!("domain '{name}' could not be restarted: {e}"),
             }

@@ -197,6 +197,10 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainFlagsArgs = args(payload)?;
             fwd(Call::Create { uuid: a.dom.uuid.0, flags: a.flags })
         }
+        P::DomainCreateXml => {
+            let a: XmlFlagsArgs = args(payload)?;
+            fwd(Call::CreateXml { xml: a.xml, flags: a.flags })
+        }
         P::DomainDestroy => fwd(Call::Destroy { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
         P::DomainDestroyFlags => {
             let a: DomainFlagsArgs = args(payload)?;

@@ -141,6 +141,13 @@ pub enum Call {
         /// `virDomainCreateFlags`.
         flags: u32,
     },
+    /// `virDomainCreateXML`: start a transient domain.
+    CreateXml {
+        /// The XML.
+        xml: String,
+        /// `virDomainCreateFlags`.
+        flags: u32,
+    },
     /// `virDomainDestroy(Flags)`: stop a running domain now.
     Destroy {
         /// The domain.
@@ -205,6 +212,7 @@ impl Call {
                 | Call::Undefine { .. }
                 | Call::SetAutostart { .. }
                 | Call::Create { .. }
+                | Call::CreateXml { .. }
                 | Call::Destroy { .. }
                 | Call::Shutdown { .. }
                 | Call::Reboot { .. }
