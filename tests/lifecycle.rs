@@ -266,3 +266,42 @@ fn a_transient_guest_is_created_and_gone_when_destroyed_and_start_paused_works()
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "error: failed to get domain 'guest-t'");
 }
+
+#[test]
+fn virsh_event_sees_the_lifecycle() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let watcher = std::process::Command::new("virsh")
+        .arg("-c")
+        .arg(uri(&rw))
+        .args(["event", "--all", "--loop", "--timeout", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it register its callbacks.
+    std::thread::sleep(Duration::from_secs(1));
+    define_guest(&d, "guest-h", None);
+    for cmd in ["start", "suspend", "resume", "destroy", "undefine"] {
+        assert_eq!(virsh(&rw, &[cmd, "guest-h"]).0, 0, "{cmd}");
+    }
+    let out = watcher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = [
+        "Defined Added",
+        "Started Booted",
+        "Suspended Paused",
+        "Resumed Unpaused",
+        "Stopped Destroyed",
+        "Undefined Removed",
+    ];
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("event 'lifecycle'")).collect();
+    assert_eq!(lines.len(), want.len(), "{text}");
+    for (line, w) in lines.iter().zip(want) {
+        assert_eq!(*line, format!("event 'lifecycle' for domain 'guest-h': {w}"), "{text}");
+    }
+    assert!(text.contains("events received: 6"), "{text}");
+}

@@ -12,7 +12,7 @@ use super::guests::{Launcher, Running};
 use super::host;
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, HelperEvent};
-use crate::privsep::{Call, CallError, CallValue, PeerIdentity, Query};
+use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, PeerIdentity, Query};
 use crate::rpc::remote::RemoteProc;
 
 /// Most domains or names returned by the legacy list calls.
@@ -34,6 +34,26 @@ pub struct Ctx {
     pub resetting: std::collections::HashSet<[u8; 16]>,
     /// Helper events read while waiting for an answer, for the event loop.
     pub stashed: Vec<([u8; 16], HelperEvent)>,
+    /// Lifecycle events for clients, sent by the event loop after each call.
+    pub events: Vec<DomainEvent>,
+}
+
+/// `virDomainEventType` values and their details.
+pub mod event {
+    /// DEFINED: ADDED 0, UPDATED 1.
+    pub const DEFINED: i32 = 0;
+    /// UNDEFINED: REMOVED 0.
+    pub const UNDEFINED: i32 = 1;
+    /// STARTED: BOOTED 0.
+    pub const STARTED: i32 = 2;
+    /// SUSPENDED: PAUSED 0.
+    pub const SUSPENDED: i32 = 3;
+    /// RESUMED: UNPAUSED 0.
+    pub const RESUMED: i32 = 4;
+    /// STOPPED: SHUTDOWN 0, DESTROYED 1, CRASHED 2, FAILED 5.
+    pub const STOPPED: i32 = 5;
+    /// SHUTDOWN: FINISHED 0.
+    pub const SHUTDOWN: i32 = 6;
 }
 
 /// `VIR_DOMAIN_RUNNING_BOOTED`.
@@ -56,6 +76,11 @@ pub const SHUTOFF_DESTROYED: i32 = 2;
 const STOP_TIMEOUT_MS: u16 = 5_000;
 
 impl Ctx {
+    /// Queues a lifecycle event for `dom`.
+    pub fn emit(&mut self, dom: DomainRef, event: i32, detail: i32) {
+        self.events.push(DomainEvent { dom, event, detail });
+    }
+
     /// Starts the defined domain `uuid` in a new helper, as domain `id` (a
     /// new one if `None`).
     pub fn start(
@@ -68,6 +93,8 @@ impl Ctx {
         if entry.id.is_some() {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
+        // A restart in place (reboot, reset) keeps the id and is no new start.
+        let fresh = id.is_none();
         let id = id.unwrap_or_else(|| {
             let id = self.next_id;
             self.next_id += 1;
@@ -76,6 +103,10 @@ impl Ctx {
         let running = self.launcher.start(&entry.def, id, &self.guests)?;
         self.domains.set_running(uuid, id, running.pid, RUNNING_BOOTED);
         self.guests.insert(*uuid, running);
+        if fresh {
+            let dom = self.domains.by_uuid(uuid)?.handle();
+            self.emit(dom, event::STARTED, 0);
+        }
         if paused {
             self.suspend(uuid)?;
         }
@@ -136,6 +167,8 @@ impl Ctx {
             if let Some(pid) = pid {
                 self.domains.set_running(uuid, id, pid, (STATE_PAUSED, PAUSED_USER));
             }
+            let dom = self.domains.by_uuid(uuid)?.handle();
+            self.emit(dom, event::SUSPENDED, 0);
         }
         Ok(answer)
     }
@@ -154,6 +187,8 @@ impl Ctx {
         if let (Some(id), Some(pid)) = (entry.id, entry.pid) {
             self.domains.set_running(uuid, id, pid, RUNNING_UNPAUSED);
         }
+        let dom = self.domains.by_uuid(uuid)?.handle();
+        self.emit(dom, event::RESUMED, 0);
         Ok(answer)
     }
 
@@ -165,7 +200,11 @@ impl Ctx {
         if !confirmed {
             let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
         }
+        let dom = self.domains.by_uuid(uuid).map(|e| DomainRef { id: -1, ..e.handle() });
         self.domains.set_shutoff(uuid, SHUTOFF_DESTROYED);
+        if let Ok(dom) = dom {
+            self.emit(dom, event::STOPPED, 1);
+        }
         Ok(running.pid.as_raw())
     }
 }
@@ -223,14 +262,23 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
                     let uuid = uuid_string(&d.handle.uuid);
                     let fields = [("vm", Value::Text(&d.handle.name)), ("uuid", Value::Text(&uuid))];
                     audit(auditor, caller, if d.updated { "redefine" } else { "define" }, &fields, true);
+                    ctx.events.push(DomainEvent {
+                        dom: d.handle.clone(),
+                        event: event::DEFINED,
+                        detail: d.updated.into(),
+                    });
                 }
                 Err(e) => audit(auditor, caller, "define", &[("reason", Value::Text(&e.to_string()))], false),
             }
             result.map(|d| CallValue::Domain(d.handle))
         }
         Call::Undefine { uuid, flags } => {
+            let handle = ctx.domains.by_uuid(&uuid).map(|e| e.handle());
             let result = ctx.domains.undefine(&uuid, flags);
             audit_change(auditor, caller, "undefine", &uuid, &result, &[]);
+            if let (Ok(_), Ok(dom)) = (&result, handle) {
+                ctx.emit(dom, event::UNDEFINED, 0);
+            }
             result.map(|_| CallValue::Unit)
         }
         Call::SetAutostart { uuid, on } => {

@@ -327,6 +327,7 @@ impl Broker {
             }
         };
         self.reply(env.id, &reply, &[]);
+        self.flush_events();
     }
 
     fn reply(&mut self, id: u32, body: &BrokerReply, fds: &[BorrowedFd<'_>]) {
@@ -523,14 +524,44 @@ impl Broker {
         self.setup.auditor.record("stop", &fields, true);
         let id = running.id;
         drop(running);
+        let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| crate::privsep::DomainRef { id: -1, ..e.handle() });
         self.setup.ctx.domains.set_shutoff(&uuid, shutoff_reason);
+        let in_place = matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart;
+        if let (Ok(dom), false) = (dom, in_place) {
+            let ctx = &mut self.setup.ctx;
+            match reason {
+                StopReason::PowerOff => {
+                    ctx.emit(dom.clone(), calls::event::SHUTDOWN, 0);
+                    ctx.emit(dom, calls::event::STOPPED, 0);
+                }
+                StopReason::Crash => ctx.emit(dom, calls::event::STOPPED, 2),
+                StopReason::Destroyed => ctx.emit(dom, calls::event::STOPPED, 1),
+                StopReason::Failed => ctx.emit(dom, calls::event::STOPPED, 5),
+                StopReason::Reset => ctx.emit(dom, calls::event::STOPPED, 0),
+            }
+        }
         if action == LifecycleAction::Restart {
-            match self.setup.ctx.start(&uuid, Some(id), false) {
+            // A reboot keeps the domain running under its id; any other
+            // restart is a new start.
+            match self.setup.ctx.start(&uuid, in_place.then_some(id), false) {
                 Ok(_) => log::info!("domain '{name}' restarted ({op})"),
                 Err(e) => log::error!("domain '{name}' could not be restarted: {e}"),
             }
         }
         self.sync_guests();
+        self.flush_events();
+    }
+
+    /// Sends queued lifecycle events to the frontend, which routes them to
+    /// the clients that registered.
+    fn flush_events(&mut self) {
+        let events = std::mem::take(&mut self.setup.ctx.events);
+        if !self.link.as_ref().is_some_and(|l| l.phase == Phase::Serving) {
+            return;
+        }
+        for event in events {
+            self.reply(0, &BrokerReply::Event(event), &[]);
+        }
     }
 
     /// SIGHUP: re-read the file; a broken one keeps the running configuration.

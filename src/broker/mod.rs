@@ -146,6 +146,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         next_id: 1,
         resetting: Default::default(),
         stashed: Vec::new(),
+        events: Vec::new(),
     };
     Broker::new(event_loop::Setup {
         cli: cli.clone(),

@@ -364,8 +364,27 @@ impl Server {
                 BrokerReply::Welcome { .. } => {
                     log::warn!("ignoring a second Welcome from the broker")
                 }
+                BrokerReply::Event(event) => self.deliver(&event),
                 body => self.answered(env.id, body),
             }
+        }
+    }
+
+    /// Sends a lifecycle event to every client registered for it.
+    fn deliver(&mut self, event: &crate::privsep::DomainEvent) {
+        let tokens: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.admission == Admission::Admitted && !c.gone && !c.session.callbacks.is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            let Some(client) = self.clients.get_mut(&token) else { continue };
+            let bytes = client.session.event_messages(event);
+            if !bytes.is_empty() && !client.queue(&bytes) {
+                client.kill();
+            }
+            self.settle(token);
         }
     }
 

@@ -17,6 +17,18 @@ pub struct DomainRef {
     pub id: i32,
 }
 
+/// A domain lifecycle event (`virDomainEventType` and detail), for clients
+/// that registered for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainEvent {
+    /// The domain, as it is after the event.
+    pub dom: DomainRef,
+    /// `virDomainEventType`.
+    pub event: i32,
+    /// Its detail.
+    pub detail: i32,
+}
+
 /// A question about one domain, identified by UUID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::calls::{Call, CallError, CallValue};
+use super::calls::{Call, CallError, CallValue, DomainEvent};
 use crate::logging::{LogConfig, SinkSpec};
 
 /// Bumped whenever a message changes shape; frontend and broker are the same
@@ -190,6 +190,8 @@ pub enum BrokerReply {
     Value(Result<CallValue, CallError>),
     /// Unsolicited: the configuration was reloaded (SIGHUP); log fds follow.
     Reconfigure(FrontendConfig),
+    /// Unsolicited: a domain lifecycle event for registered clients.
+    Event(DomainEvent),
 }
 
 impl BrokerReply {
@@ -198,7 +200,7 @@ impl BrokerReply {
         match self {
             BrokerReply::Welcome { config, listeners, .. } => listeners.len() + config.fd_count(),
             BrokerReply::Reconfigure(config) => config.fd_count(),
-            BrokerReply::Ok | BrokerReply::Refused(_) | BrokerReply::Value(_) => 0,
+            BrokerReply::Ok | BrokerReply::Refused(_) | BrokerReply::Value(_) | BrokerReply::Event(_) => 0,
         }
     }
 }

@@ -76,6 +76,12 @@ pub enum RpcError {
         /// Our function.
         function: &'static str,
     },
+    /// Deregistering an event callback that is not registered.
+    #[error("domain event callback {0} not registered")]
+    NoCallback(i32),
+    /// A connection registering more event callbacks than allowed.
+    #[error("too many event callbacks (at most {0} per connection)")]
+    TooManyCallbacks(usize),
     /// The broker did not answer (restarting, or a violation).
     #[error("the daemon's privileged process is unavailable")]
     BrokerUnavailable,
@@ -149,9 +155,12 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
         RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly => {
             err(code::OPERATION_DENIED, from::DOMAIN, "operation forbidden: %s", detail)
         }
-        RpcError::NotOpen | RpcError::AlreadyOpen | RpcError::BrokerUnavailable | RpcError::Internal(_) => {
-            err(code::INTERNAL_ERROR, from::RPC, "internal error: %s", detail)
-        }
+        RpcError::NotOpen
+        | RpcError::AlreadyOpen
+        | RpcError::BrokerUnavailable
+        | RpcError::Internal(_)
+        | RpcError::NoCallback(_)
+        | RpcError::TooManyCallbacks(_) => err(code::INTERNAL_ERROR, from::RPC, "internal error: %s", detail),
         RpcError::NoDriver(_) => err(5, from::RPC, "no connection driver available for %s", Some(detail_of_uri(e))),
         RpcError::UnsupportedFlags { .. } => err(code::INVALID_ARG, from::RPC, "invalid argument: %s", detail),
     }

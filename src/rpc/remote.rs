@@ -162,6 +162,31 @@ pub struct CellsFreeMemoryArgs {
     pub maxcells: i32,
 }
 
+/// `remote_connect_domain_event_callback_register_any_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRegisterArgs {
+    /// `virDomainEventID`.
+    pub event_id: i32,
+    /// Only this domain, if given.
+    pub dom: Option<NonnullDomain>,
+}
+
+/// `remote_domain_event_callback_lifecycle_msg`, sent as a MESSAGE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleEventMsg {
+    /// The client's registration.
+    pub callback_id: i32,
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainEventType`.
+    pub event: i32,
+    /// Its detail.
+    pub detail: i32,
+}
+
+/// The MESSAGE procedure carrying lifecycle events to callback-style clients.
+pub const DOMAIN_EVENT_CALLBACK_LIFECYCLE: i32 = 318;
+
 /// `remote_auth_list_ret`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthListRet {
