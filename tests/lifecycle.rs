@@ -305,3 +305,37 @@ fn virsh_event_sees_the_lifecycle() {
     }
     assert!(text.contains("events received: 6"), "{text}");
 }
+
+#[test]
+fn virsh_console_attaches_types_detaches_and_is_exclusive() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest(&d, "guest-k", None);
+    assert_eq!(virsh(&rw, &["start", "guest-k"]).0, 0);
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
+        .arg(uri(&rw))
+        .arg("guest-k")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
+    assert!(text.contains("first detach: 0"), "{text}");
+    assert!(text.contains("second client: 1"), "{text}");
+    assert!(text.contains("second detach: 0"), "{text}");
+    assert!(d.tree.audit(&["op=console", "vm=\"guest-k\"", "res=success"], SECS).is_some());
+    // Read-only clients cannot open it.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
+        .arg(uri(&d.tree.sock("libvirt-sock-ro")))
+        .args(["guest-k", "read-only"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("read-only: 1"), "{text}");
+    assert_eq!(virsh(&rw, &["destroy", "guest-k"]).0, 0);
+}

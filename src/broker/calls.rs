@@ -36,6 +36,10 @@ pub struct Ctx {
     pub stashed: Vec<([u8; 16], HelperEvent)>,
     /// Lifecycle events for clients, sent by the event loop after each call.
     pub events: Vec<DomainEvent>,
+    /// Which client holds each guest's console.
+    pub consoles: HashMap<[u8; 16], u64>,
+    /// Consoles taken with FORCE, whose previous streams must end.
+    pub consoles_taken: Vec<[u8; 16]>,
 }
 
 /// `virDomainEventType` values and their details.
@@ -342,6 +346,27 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             audit_change(auditor, caller, op, &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
             result.map(|_| CallValue::Unit)
         }
+        Call::OpenConsole { uuid, flags } => {
+            // FORCE (1) takes the console from its current client; SAFE (2)
+            // is what we do anyway (one client at a time).
+            if flags & !3 != 0 {
+                return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainOpenConsole".into() });
+            }
+            let name = ctx.domains.by_uuid(&uuid)?.def.name.clone();
+            if !ctx.guests.contains_key(&uuid) {
+                return Err(CallError::NotRunning);
+            }
+            match ctx.consoles.get(&uuid) {
+                Some(&owner) if owner != caller.conn && flags & 1 == 0 => {
+                    return Err(CallError::OperationFailed("Active console session exists for this domain".into()));
+                }
+                Some(&owner) if owner != caller.conn => ctx.consoles_taken.push(uuid),
+                _ => {}
+            }
+            ctx.consoles.insert(uuid, caller.conn);
+            audit_change(auditor, caller, "console", &uuid, &Ok(name), &[]);
+            Ok(CallValue::Console)
+        }
         Call::Destroy { uuid, flags } => {
             // GRACEFUL (1) and REMOVE_LOGS (2) are accepted; there are no logs to remove.
             if flags & !3 != 0 {
@@ -432,6 +457,7 @@ fn api_of(call: &Call) -> &'static str {
         Call::Reset { .. } => "virDomainReset",
         Call::Suspend { .. } => "virDomainSuspend",
         Call::Resume { .. } => "virDomainResume",
+        Call::OpenConsole { .. } => "virDomainOpenConsole",
         Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
         _ => "this call",
@@ -451,6 +477,7 @@ fn op_of(call: &Call) -> &'static str {
         Call::Reset { .. } => "reset",
         Call::Suspend { .. } => "suspend",
         Call::Resume { .. } => "resume",
+        Call::OpenConsole { .. } => "console",
         _ => "call",
     }
 }

@@ -26,7 +26,7 @@ use crate::domain::LifecycleAction;
 use crate::logging::{self, LogState};
 use crate::privsep::helper::{HelperEvent, StopReason};
 use crate::privsep::{
-    BrokerError, BrokerReply, ChannelError, Envelope, FrontendConfig, FrontendRequest, PROTOCOL_VERSION,
+    BrokerError, BrokerReply, CallValue, ChannelError, Envelope, FrontendConfig, FrontendRequest, PROTOCOL_VERSION,
 };
 use crate::sandbox;
 use std::collections::HashMap;
@@ -262,6 +262,8 @@ impl Broker {
     /// Forgets the frontend (its clients are gone with it) and schedules the next.
     fn frontend_gone(&mut self, status: String) {
         let Some(link) = self.link.take() else { return };
+        // Its clients are gone, and with them every console they held.
+        self.release_consoles(|_| true);
         let _ = self.poll.registry().deregister(&mut SourceFd(&link.channel.raw_fd()));
         for (conn, client) in &link.clients {
             let mut f = vec![("conn", Value::Num(*conn as i64))];
@@ -310,12 +312,23 @@ impl Broker {
                 calls::audit_denial(&mut self.setup.auditor, &caller, procedure);
                 BrokerReply::Ok
             }
+            FrontendRequest::ConsoleClosed { conn, uuid } => {
+                if self.setup.ctx.consoles.get(&uuid) == Some(&conn) {
+                    self.setup.ctx.consoles.remove(&uuid);
+                    self.drain_console(&uuid);
+                }
+                BrokerReply::Ok
+            }
             FrontendRequest::Call { conn, call } => {
                 let Some(link) = &self.link else { return };
                 let Some(client) = link.clients.get(&conn) else {
                     return self.violation(&format!("call on connection {conn}, which is not open"));
                 };
                 let caller = Caller { conn, peer: &client.peer, readonly: client.readonly };
+                let console_of = match &call {
+                    crate::privsep::Call::OpenConsole { uuid, .. } => Some(*uuid),
+                    _ => None,
+                };
                 let value = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
                 for (uuid, event) in std::mem::take(&mut self.setup.ctx.stashed) {
                     if let HelperEvent::Stopped { reason, detail } = event {
@@ -323,6 +336,27 @@ impl Broker {
                     }
                 }
                 self.sync_guests();
+                for uuid in std::mem::take(&mut self.setup.ctx.consoles_taken) {
+                    self.reply(0, &BrokerReply::ConsoleTaken(uuid), &[]);
+                }
+                // The console's fd goes to the frontend with the answer: its
+                // bytes then flow between frontend and helper, not through us.
+                if let (Ok(CallValue::Console), Some(uuid)) = (&value, console_of) {
+                    let fd = self.setup.ctx.guests.get(&uuid).and_then(|r| r.console.try_clone().ok());
+                    match fd {
+                        Some(fd) => {
+                            let fd = std::os::fd::OwnedFd::from(fd);
+                            self.reply(env.id, &BrokerReply::Value(value), &[fd.as_fd()]);
+                        }
+                        None => {
+                            self.setup.ctx.consoles.remove(&uuid);
+                            let err = crate::privsep::CallError::Internal("cannot share the console".into());
+                            self.reply(env.id, &BrokerReply::Value(Err(err)), &[]);
+                        }
+                    }
+                    self.flush_events();
+                    return;
+                }
                 BrokerReply::Value(value)
             }
         };
@@ -421,6 +455,7 @@ impl Broker {
         fields.extend(peer_fields(&peer));
         self.setup.auditor.record("client-close", &fields, true);
         log::debug!("client {conn} disconnected");
+        self.release_consoles(|owner| owner == conn);
         Some(BrokerReply::Ok)
     }
 
@@ -475,6 +510,8 @@ impl Broker {
         let Some(&(uuid, pid, kind)) = self.guest_tokens.get(&token) else { return };
         let Some(running) = self.setup.ctx.guests.get(&uuid).filter(|r| r.pid == pid) else { return };
         match kind {
+            // A client holds the console: its bytes are the client's.
+            GuestFd::Console if self.setup.ctx.consoles.contains_key(&uuid) => {}
             GuestFd::Console => {
                 // Nobody is attached: keep the guest's output flowing, into
                 // the serial log file if the domain has one.
@@ -495,6 +532,27 @@ impl Broker {
                     Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
                 }
             },
+        }
+    }
+
+    /// Frees the consoles whose holder matches, and catches up on their output.
+    fn release_consoles(&mut self, held_by: impl Fn(u64) -> bool) {
+        let freed: Vec<[u8; 16]> =
+            self.setup.ctx.consoles.iter().filter(|(_, owner)| held_by(**owner)).map(|(u, _)| *u).collect();
+        for uuid in freed {
+            self.setup.ctx.consoles.remove(&uuid);
+            self.drain_console(&uuid);
+        }
+    }
+
+    /// Reads what the guest wrote while a client held its console.
+    fn drain_console(&mut self, uuid: &[u8; 16]) {
+        let Some(running) = self.setup.ctx.guests.get(uuid) else { return };
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = (&running.console).read(&mut buf) {
+            if let Some(mut log) = running.log.as_ref() {
+                let _ = std::io::Write::write_all(&mut log, &buf[..n]);
+            }
         }
     }
 

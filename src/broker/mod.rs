@@ -147,6 +147,8 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         resetting: Default::default(),
         stashed: Vec::new(),
         events: Vec::new(),
+        consoles: Default::default(),
+        consoles_taken: Vec::new(),
     };
     Broker::new(event_loop::Setup {
         cli: cli.clone(),

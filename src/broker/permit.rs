@@ -29,6 +29,7 @@ pub fn permitted(phase: Phase, req: &FrontendRequest) -> bool {
         FrontendRequest::ReadOnly { .. } => phase == Phase::Serving,
         FrontendRequest::Call { .. } => phase == Phase::Serving,
         FrontendRequest::Denied { .. } => phase == Phase::Serving,
+        FrontendRequest::ConsoleClosed { .. } => phase == Phase::Serving,
     }
 }
 

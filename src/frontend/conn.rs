@@ -125,6 +125,8 @@ pub struct Client {
     pub last_rx: Instant,
     /// Keepalive pings sent since then.
     pub pings: u32,
+    /// The guest console this client has open, if any.
+    pub console: Option<super::server::Console>,
 }
 
 impl Client {

@@ -96,6 +96,8 @@ pub enum Action {
     /// A read-only connection was refused a change: send these bytes, and
     /// have the broker audit the refusal (the call itself never reaches it).
     Denied(Vec<u8>),
+    /// A stream packet from the client (console input, finish, abort).
+    Stream(Header, Vec<u8>),
     /// Nothing to send.
     Nothing,
     /// The peer broke the protocol: close the connection.
@@ -121,8 +123,9 @@ pub fn dispatch(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> A
         MessageType::CallWithFds => {
             return Action::Close("file descriptor passing is not supported");
         }
-        // No streams are open yet: stray stream packets are dropped, as libvirtd does.
-        MessageType::Stream | MessageType::StreamHole => return Action::Nothing,
+        // The connection matches it to its open stream, or drops it as libvirtd does.
+        MessageType::Stream => return Action::Stream(*h, payload.to_vec()),
+        MessageType::StreamHole => return Action::Nothing,
         MessageType::Reply | MessageType::ReplyWithFds | MessageType::Message => {
             return Action::Close("unexpected message type from client");
         }
@@ -282,6 +285,10 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         }
         P::DomainSuspend => fwd(Call::Suspend { uuid: args::<DomainArg>(payload)?.dom.uuid.0 }),
         P::DomainResume => fwd(Call::Resume { uuid: args::<DomainArg>(payload)?.dom.uuid.0 }),
+        P::DomainOpenConsole => {
+            let a: OpenConsoleArgs = args(payload)?;
+            fwd(Call::OpenConsole { uuid: a.dom.uuid.0, flags: a.flags })
+        }
         P::DomainSetAutostart => {
             let a: DomainSetAutostartArgs = args(payload)?;
             fwd(Call::SetAutostart { uuid: a.dom.uuid.0, on: a.autostart != 0 })
@@ -371,6 +378,14 @@ pub fn error_reply(h: &Header, e: &RpcError) -> Vec<u8> {
     out
 }
 
+/// A stream packet for the stream opened by call `h`.
+pub fn stream_packet(h: &Header, status: Status, data: &[u8]) -> Vec<u8> {
+    let header = Header { kind: MessageType::Stream, status: status as i32, ..*h };
+    let mut out = Vec::with_capacity(frame::HEADER_LEN + data.len());
+    let _ = frame::encode(&mut out, &header, data);
+    out
+}
+
 /// A keepalive message (PING or PONG).
 pub fn keepalive(proc_: i32) -> Vec<u8> {
     let h = Header { prog: KEEPALIVE_PROGRAM, vers: 1, proc_, kind: MessageType::Message, serial: 0, status: 0 };
@@ -415,7 +430,9 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
         (_, CallValue::Label { label, enforcing }) => {
             ok_reply(h, &SecurityLabelRet { label: c_chars(&label), enforcing: enforcing.into() })
         }
-        (_, CallValue::Domains { .. }) => Err(mismatch),
+        // The stream itself is set up by the connection, with the fd that came along.
+        (P::DomainOpenConsole, CallValue::Console) => ok_reply(h, &()),
+        (_, CallValue::Domains { .. } | CallValue::Console) => Err(mismatch),
     }
 }
 

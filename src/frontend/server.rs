@@ -56,9 +56,24 @@ impl Listener {
 enum Pending {
     /// `ClientOpened` for this connection.
     Admission(ConnId),
-    /// A client's call: reply to this header on this connection.
-    Call(Token, Header),
+    /// A client's call: reply to this header on this connection (and, for
+    /// a console, the domain whose console it is).
+    Call(Token, Header, Option<[u8; 16]>),
 }
+
+/// A client's open console: the guest's console fd, joined to the stream
+/// the client opened with DOMAIN_OPEN_CONSOLE.
+#[derive(Debug)]
+pub struct Console {
+    fd: mio::net::UnixStream,
+    /// The opening call's header: stream packets echo its serial and proc.
+    call: Header,
+    uuid: [u8; 16],
+    token: Token,
+}
+
+/// Console tokens start here, above every client token.
+const FIRST_CONSOLE: usize = 1 << 30;
 
 /// The frontend's state.
 pub struct Server {
@@ -72,6 +87,8 @@ pub struct Server {
     next_conn: ConnId,
     next_token: usize,
     config: FrontendConfig,
+    /// Console fd tokens to the client that holds the console.
+    console_tokens: HashMap<Token, Token>,
 }
 
 impl Server {
@@ -101,6 +118,7 @@ impl Server {
             next_conn: 1,
             next_token: FIRST_CLIENT,
             config,
+            console_tokens: HashMap::new(),
         })
     }
 
@@ -126,6 +144,10 @@ impl Server {
                     CHANNEL => self.on_channel(),
                     Token(t) if t < FIRST_CLIENT => {
                         self.on_listener(t - 1);
+                        Ok(())
+                    }
+                    Token(t) if t >= FIRST_CONSOLE => {
+                        self.on_console(Token(t));
                         Ok(())
                     }
                     token => {
@@ -210,6 +232,7 @@ impl Server {
                 in_flight: 0,
                 last_rx: Instant::now(),
                 pings: 0,
+                console: None,
             };
             self.clients.insert(token, client);
         }
@@ -232,6 +255,7 @@ impl Server {
         let facts = Facts { uri: &self.config.uri };
         let mut forwards = Vec::new();
         let mut became_readonly = false;
+        let mut streams = Vec::new();
         let mut denied = Vec::new();
         let Some(client) = self.clients.get_mut(&token) else {
             return;
@@ -269,6 +293,10 @@ impl Server {
                     forwards.push((header, call));
                     true
                 }
+                Action::Stream(h, data) => {
+                    streams.push((h, data));
+                    true
+                }
                 Action::Nothing => true,
                 Action::Close(why) => {
                     log::warn!("client {}: {why}; closing it", client.conn);
@@ -290,10 +318,17 @@ impl Server {
                 log::error!("cannot report a refused call of client {conn} to the broker");
             }
         }
+        for (h, data) in streams {
+            self.client_stream(token, &h, &data);
+        }
         for (header, call) in forwards {
+            let console = match &call {
+                crate::privsep::Call::OpenConsole { uuid, .. } => Some(*uuid),
+                _ => None,
+            };
             match self.request(FrontendRequest::Call { conn, call }) {
                 Ok(id) => {
-                    self.pending.insert(id, Pending::Call(token, header));
+                    self.pending.insert(id, Pending::Call(token, header, console));
                     if let Some(c) = self.clients.get_mut(&token) {
                         c.in_flight += 1;
                     }
@@ -340,6 +375,10 @@ impl Server {
         }
         let conn = client.conn;
         log::debug!("client {conn} on the {} socket disconnected", client.peer.socket.name());
+        if let Some(mut console) = client.console.take() {
+            let _ = self.poll.registry().deregister(&mut console.fd);
+            self.console_tokens.remove(&console.token);
+        }
         self.forget(token);
         if let Err(e) = self.request(FrontendRequest::ClientClosed { conn }) {
             log::error!("cannot report a closed client to the broker: {e}");
@@ -365,7 +404,18 @@ impl Server {
                     log::warn!("ignoring a second Welcome from the broker")
                 }
                 BrokerReply::Event(event) => self.deliver(&event),
-                body => self.answered(env.id, body),
+                BrokerReply::ConsoleTaken(uuid) => {
+                    let holders: Vec<Token> = self
+                        .clients
+                        .iter()
+                        .filter(|(_, c)| c.console.as_ref().is_some_and(|k| k.uuid == uuid))
+                        .map(|(t, _)| *t)
+                        .collect();
+                    for t in holders {
+                        self.end_console(t, true, false);
+                    }
+                }
+                body => self.answered(env.id, body, fds),
             }
         }
     }
@@ -388,10 +438,13 @@ impl Server {
         }
     }
 
-    fn answered(&mut self, id: u32, reply: BrokerReply) {
+    fn answered(&mut self, id: u32, reply: BrokerReply, mut fds: Vec<OwnedFd>) {
         match (self.pending.remove(&id), reply) {
             (Some(Pending::Admission(conn)), reply) => self.admitted(conn, reply),
-            (Some(Pending::Call(token, header)), BrokerReply::Value(result)) => {
+            (Some(Pending::Call(token, header, console)), BrokerReply::Value(result)) => {
+                if let (Ok(crate::privsep::CallValue::Console), Some(uuid), Some(fd)) = (&result, console, fds.pop()) {
+                    self.attach_console(token, header, uuid, fd);
+                }
                 let Some(client) = self.clients.get_mut(&token) else {
                     return;
                 };
@@ -403,6 +456,106 @@ impl Server {
             }
             (_, BrokerReply::Refused(e)) => log::warn!("broker refused request {id}: {e}"),
             _ => {}
+        }
+    }
+
+    /// Joins the console fd the broker sent to the client's new stream.
+    fn attach_console(&mut self, token: Token, call: Header, uuid: [u8; 16], fd: OwnedFd) {
+        self.end_console(token, false, true);
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        // The broker's socket is already non-blocking (a shared file description).
+        let mut fd = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd));
+        let console_token = Token(FIRST_CONSOLE + self.next_token);
+        self.next_token += 1;
+        if let Err(e) = self.poll.registry().register(&mut fd, console_token, Interest::READABLE) {
+            log::warn!("cannot watch a console: {e}");
+            return;
+        }
+        self.console_tokens.insert(console_token, token);
+        client.console = Some(Console { fd, call, uuid, token: console_token });
+    }
+
+    /// A stream packet from the client: console input, finish or abort.
+    fn client_stream(&mut self, token: Token, h: &Header, data: &[u8]) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let Some(console) = client.console.as_mut().filter(|c| c.call.serial == h.serial && c.call.proc_ == h.proc_)
+        else {
+            // No such stream: dropped, as libvirtd does.
+            return;
+        };
+        match h.status {
+            s if s == crate::rpc::frame::Status::Continue as i32 => {
+                // Typed input is small; what the guest's side cannot take now is dropped.
+                let _ = std::io::Write::write(&mut console.fd, data);
+            }
+            s if s == crate::rpc::frame::Status::Ok as i32 => self.end_console(token, true, true),
+            _ => self.end_console(token, false, true),
+        }
+    }
+
+    /// Ends a client's console stream: optionally confirms it with a
+    /// finishing stream packet, and tells the broker when it was ours to end.
+    fn end_console(&mut self, token: Token, finish: bool, tell_broker: bool) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let Some(mut console) = client.console.take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut console.fd);
+        self.console_tokens.remove(&console.token);
+        if finish {
+            client.queue(&dispatch::stream_packet(&console.call, crate::rpc::frame::Status::Ok, &[]));
+        }
+        let conn = client.conn;
+        if tell_broker {
+            let _ = self.request(FrontendRequest::ConsoleClosed { conn, uuid: console.uuid });
+        }
+        self.settle(token);
+    }
+
+    /// Guest console output: to the client as stream data.
+    fn on_console(&mut self, console_token: Token) {
+        let Some(&token) = self.console_tokens.get(&console_token) else {
+            return;
+        };
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let Some(console) = client.console.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let mut ended = false;
+        let mut out = Vec::new();
+        loop {
+            match std::io::Read::read(&mut console.fd, &mut buf) {
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
+                Ok(n) => {
+                    out.extend(dispatch::stream_packet(&console.call, crate::rpc::frame::Status::Continue, &buf[..n]))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if !client.queue(&out) {
+            client.kill();
+        }
+        if ended {
+            self.end_console(token, true, true);
+        } else {
+            self.settle(token);
         }
     }
 

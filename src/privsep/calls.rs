@@ -198,6 +198,13 @@ pub enum Call {
         /// The domain.
         uuid: [u8; 16],
     },
+    /// `virDomainOpenConsole`: the guest console's fd comes back with the answer.
+    OpenConsole {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainConsoleFlags` (FORCE takes it from another client).
+        flags: u32,
+    },
     /// `virDomainSetAutostart`.
     SetAutostart {
         /// The domain.
@@ -231,6 +238,7 @@ impl Call {
                 | Call::Reset { .. }
                 | Call::Suspend { .. }
                 | Call::Resume { .. }
+                | Call::OpenConsole { .. }
         )
     }
 }
@@ -270,6 +278,8 @@ pub enum CallValue {
         /// Reason.
         reason: i32,
     },
+    /// The guest console: one fd travels with the reply.
+    Console,
     /// Security label.
     Label {
         /// Label text.

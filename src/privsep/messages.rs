@@ -100,6 +100,13 @@ pub enum FrontendRequest {
         /// The REMOTE procedure number refused.
         procedure: i32,
     },
+    /// A client's console stream on domain `uuid` ended.
+    ConsoleClosed {
+        /// The frontend's number for the client.
+        conn: ConnId,
+        /// The domain.
+        uuid: [u8; 16],
+    },
     /// A client's hypervisor call.
     Call {
         /// The frontend's number for the client.
@@ -120,6 +127,7 @@ impl FrontendRequest {
             FrontendRequest::ReadOnly { .. } => "read-only",
             FrontendRequest::Call { .. } => "call",
             FrontendRequest::Denied { .. } => "denied",
+            FrontendRequest::ConsoleClosed { .. } => "console-closed",
         }
     }
 }
@@ -192,6 +200,9 @@ pub enum BrokerReply {
     Reconfigure(FrontendConfig),
     /// Unsolicited: a domain lifecycle event for registered clients.
     Event(DomainEvent),
+    /// Unsolicited: another client took the console of `uuid` (FORCE); end
+    /// the streams on it.
+    ConsoleTaken([u8; 16]),
 }
 
 impl BrokerReply {
@@ -200,7 +211,12 @@ impl BrokerReply {
         match self {
             BrokerReply::Welcome { config, listeners, .. } => listeners.len() + config.fd_count(),
             BrokerReply::Reconfigure(config) => config.fd_count(),
-            BrokerReply::Ok | BrokerReply::Refused(_) | BrokerReply::Value(_) | BrokerReply::Event(_) => 0,
+            BrokerReply::Value(Ok(CallValue::Console)) => 1,
+            BrokerReply::Ok
+            | BrokerReply::Refused(_)
+            | BrokerReply::Value(_)
+            | BrokerReply::Event(_)
+            | BrokerReply::ConsoleTaken(_) => 0,
         }
     }
 }

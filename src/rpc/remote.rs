@@ -187,6 +187,17 @@ pub struct LifecycleEventMsg {
 /// The MESSAGE procedure carrying lifecycle events to callback-style clients.
 pub const DOMAIN_EVENT_CALLBACK_LIFECYCLE: i32 = 318;
 
+/// `remote_domain_open_console_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenConsoleArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Device alias; `None` is the first console.
+    pub dev_name: Option<String>,
+    /// `virDomainConsoleFlags`.
+    pub flags: u32,
+}
+
 /// `remote_auth_list_ret`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthListRet {
