@@ -17,10 +17,14 @@ fn have_kvm() -> bool {
 
 /// Builds the test guest into the daemon's tree and defines a domain booting it.
 fn define_guest(d: &Daemon, name: &str, kernel: Option<&str>) -> PathBuf {
+    define_guest_as(d, name, UUID, kernel)
+}
+
+fn define_guest_as(d: &Daemon, name: &str, uuid: &str, kernel: Option<&str>) -> PathBuf {
     let images = d.tree.path("guest");
     build_guest(&images);
     let kernel = kernel.map(PathBuf::from).unwrap_or_else(|| images.join("vmlinuz"));
-    let xml = domain_xml(name, UUID).replace("/var/tmp/guestkit/vmlinuz", kernel.to_str().unwrap());
+    let xml = domain_xml(name, uuid).replace("/var/tmp/guestkit/vmlinuz", kernel.to_str().unwrap());
     let file = d.tree.path(&format!("{name}.xml"));
     std::fs::write(&file, xml).unwrap();
     let (code, _, err) = virsh(&d.tree.sock("libvirt-sock"), &["define", file.to_str().unwrap()]);
@@ -338,4 +342,91 @@ fn virsh_console_attaches_types_detaches_and_is_exclusive() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("read-only: 1"), "{text}");
     assert_eq!(virsh(&rw, &["destroy", "guest-k"]).0, 0);
+}
+
+/// SIGKILLs the listed helpers when dropped: a restarted daemon's guests are
+/// not its children, so the daemon's own clean-up would miss them.
+struct Helpers(Vec<i32>);
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    status_field(pid, "State").is_some_and(|s| !s.starts_with('Z'))
+}
+
+fn helper_pid(d: &Daemon, name: &str) -> i32 {
+    let line = d.tree.audit(&["op=start", &format!("vm=\"{name}\""), "res=success"], SECS).expect("no start audit");
+    line.split("vm-pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let mut d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest_as(&d, "guest-r", UUID, None);
+    define_guest_as(&d, "guest-s", "0f3a6b52-1c8e-4d7b-9a64-2e5f8c1d3b70", None);
+    define_guest_as(&d, "guest-t", "7c2d9e41-5a3b-4f60-8e17-b94c0d6a2f58", None);
+    assert_eq!(virsh(&rw, &["start", "guest-r"]).0, 0);
+    assert_eq!(virsh(&rw, &["start", "guest-s"]).0, 0);
+    assert_eq!(virsh(&rw, &["suspend", "guest-r"]).0, 0);
+    let (code, _, err) = virsh(&rw, &["autostart", "guest-t"]);
+    assert_eq!(code, 0, "{err}");
+    let (r, s) = (helper_pid(&d, "guest-r"), helper_pid(&d, "guest-s"));
+    let _helpers = Helpers(vec![r, s]);
+
+    // The daemon dies without cleaning up; its guests keep running.
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(d.wait_exit(SECS).is_some());
+    assert!(wait_until(SECS, || d.frontend_pid().is_none()));
+    assert!(alive(r) && alive(s), "helpers died with the daemon");
+    // One guest ends while no daemon is there.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s), nix::sys::signal::Signal::SIGKILL);
+    assert!(wait_until(SECS, || !alive(s)));
+
+    let child = command(&d.tree, &[]).spawn().unwrap();
+    d.pid = child.id() as i32;
+    d.child = Some(child);
+    assert!(d.wait_serving(SECS), "daemon did not restart:\n{}", d.stderr());
+
+    // The survivor keeps its id and state; the dead one is shut off; the
+    // autostart domain started with the daemon, with an id not reused.
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-r"]).1.trim(), "paused (user)");
+    assert_eq!(virsh(&rw, &["domid", "guest-r"]).1.trim(), "1");
+    assert_eq!(virsh(&rw, &["resume", "guest-r"]).0, 0);
+    assert_eq!(virsh(&rw, &["domstate", "guest-r"]).1.trim(), "running");
+    assert_eq!(virsh(&rw, &["domstate", "guest-s"]).1.trim(), "shut off");
+    assert_eq!(virsh(&rw, &["domstate", "guest-t"]).1.trim(), "running", "{}", d.stderr());
+    assert_eq!(virsh(&rw, &["domid", "guest-t"]).1.trim(), "3");
+    let (_, list, _) = virsh(&rw, &["list", "--name"]);
+    assert_eq!(list, "guest-r\nguest-t\n\n");
+
+    // The re-attached guest answers on its console and is destroyed as usual.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
+        .arg(uri(&rw))
+        .arg("guest-r")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
+    assert!(text.contains("first detach: 0"), "{text}");
+    assert_eq!(virsh(&rw, &["destroy", "guest-r"]).0, 0);
+    assert!(wait_until(SECS, || !alive(r)), "destroy left the re-attached helper running");
+    assert_eq!(virsh(&rw, &["domstate", "guest-r"]).1.trim(), "shut off");
+    assert_eq!(virsh(&rw, &["destroy", "guest-t"]).0, 0);
+    // Nothing is left recorded as running for the next daemon.
+    let state = d.tree.path("run/qemu");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".status")), "{left:?}");
 }

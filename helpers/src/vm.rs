@@ -216,6 +216,15 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
                     channel.send(&HelperEvent::Stats(stats), &[]).map_err(err("control channel"))?;
                 }
                 Ok((HelperCommand::Start(_), _)) => return Err("second Start".into()),
+                Ok((HelperCommand::Console, fds)) => {
+                    let mut fds = fds.into_iter();
+                    if let (Some(input), Some(output)) = (fds.next(), fds.next()) {
+                        console = File::from(input);
+                        if let Ok(mut s) = bus.serial.lock() {
+                            *s.writer_mut() = File::from(output);
+                        }
+                    }
+                }
                 Err(libvirtd::privsep::ChannelError::WouldBlock) => {}
                 Err(libvirtd::privsep::ChannelError::Closed) => {
                     // The daemon went away: guests outlive it. Wait for it on the listener.

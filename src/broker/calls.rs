@@ -11,7 +11,7 @@ use super::domains::Domains;
 use super::guests::{Launcher, Running};
 use super::host;
 use crate::domain::uuid_string;
-use crate::privsep::helper::{HelperCommand, HelperEvent};
+use crate::privsep::helper::{HelperCommand, HelperEvent, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, PeerIdentity, Query};
 use crate::rpc::remote::RemoteProc;
 
@@ -80,6 +80,63 @@ pub const SHUTOFF_DESTROYED: i32 = 2;
 const STOP_TIMEOUT_MS: u16 = 5_000;
 
 impl Ctx {
+    /// Writes the run-state record of guest `uuid` (for a restarted broker).
+    pub fn record(&self, uuid: &[u8; 16]) {
+        let (Ok(e), Some(r)) = (self.domains.by_uuid(uuid), self.guests.get(uuid)) else { return };
+        let s = super::status::Status {
+            id: r.id,
+            pid: r.pid.as_raw(),
+            uid: r.uid,
+            state: e.state,
+            persistent: e.persistent,
+        };
+        if let Err(err) = super::status::save(&self.launcher.state_dir, &e.def, &s) {
+            log::error!("cannot record running domain '{}': {err}", e.def.name);
+        }
+    }
+
+    /// Removes guest `uuid`'s run-state record.
+    pub fn unrecord(&self, uuid: &[u8; 16]) {
+        if let Ok(e) = self.domains.by_uuid(uuid) {
+            super::status::remove(&self.launcher.state_dir, &e.def.name);
+        }
+    }
+
+    /// Re-attaches to the guests a previous broker left running; records of
+    /// guests that are gone become shut-off domains (transient ones vanish).
+    pub fn reattach(&mut self) {
+        for (s, def) in super::status::load_all(&self.launcher.state_dir) {
+            let uuid = def.uuid;
+            let name = def.name.clone();
+            if self.domains.by_uuid(&uuid).is_err() {
+                if s.persistent {
+                    log::warn!("domain '{name}' runs but is no longer defined; keeping it as transient");
+                }
+                self.domains.insert_transient(def.clone());
+            }
+            self.next_id = self.next_id.max(s.id + 1);
+            match self.launcher.reattach(&def, s.id, s.pid, s.uid) {
+                Some(Ok(running)) => {
+                    self.domains.set_running(&uuid, s.id, running.pid, s.state);
+                    self.guests.insert(uuid, running);
+                    log::info!("re-attached to domain '{name}' (id {}, helper pid {})", s.id, s.pid);
+                }
+                outcome => {
+                    let reason = match outcome {
+                        Some(Err(StopReason::PowerOff | StopReason::Reset)) => 1,
+                        Some(Err(StopReason::Destroyed)) => SHUTOFF_DESTROYED,
+                        Some(Err(StopReason::Crash)) => 3,
+                        Some(Err(StopReason::Failed)) => 6,
+                        _ => 0,
+                    };
+                    log::info!("domain '{name}' stopped while the daemon was away");
+                    super::status::remove(&self.launcher.state_dir, &name);
+                    self.domains.set_shutoff(&uuid, reason);
+                }
+            }
+        }
+    }
+
     /// Queues a lifecycle event for `dom`.
     pub fn emit(&mut self, dom: DomainRef, event: i32, detail: i32) {
         self.events.push(DomainEvent { dom, event, detail });
@@ -107,6 +164,7 @@ impl Ctx {
         let running = self.launcher.start(&entry.def, id, &self.guests)?;
         self.domains.set_running(uuid, id, running.pid, RUNNING_BOOTED);
         self.guests.insert(*uuid, running);
+        self.record(uuid);
         if fresh {
             let dom = self.domains.by_uuid(uuid)?.handle();
             self.emit(dom, event::STARTED, 0);
@@ -173,6 +231,7 @@ impl Ctx {
             }
             let dom = self.domains.by_uuid(uuid)?.handle();
             self.emit(dom, event::SUSPENDED, 0);
+            self.record(uuid);
         }
         Ok(answer)
     }
@@ -193,6 +252,7 @@ impl Ctx {
         }
         let dom = self.domains.by_uuid(uuid)?.handle();
         self.emit(dom, event::RESUMED, 0);
+        self.record(uuid);
         Ok(answer)
     }
 
@@ -205,6 +265,7 @@ impl Ctx {
             let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
         }
         let dom = self.domains.by_uuid(uuid).map(|e| DomainRef { id: -1, ..e.handle() });
+        self.unrecord(uuid);
         self.domains.set_shutoff(uuid, SHUTOFF_DESTROYED);
         if let Ok(dom) = dom {
             self.emit(dom, event::STOPPED, 1);

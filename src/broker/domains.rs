@@ -241,6 +241,12 @@ impl Domains {
                 CallError::OperationInvalid(format!("domain '{}' is defined: start it instead", e.def.name))
             });
         }
+        Ok(self.insert_transient(def))
+    }
+
+    /// Adds a transient domain without checks (a re-attached one whose
+    /// definition only its run-state record holds).
+    pub fn insert_transient(&mut self, def: DomainDef) -> [u8; 16] {
         let uuid = def.uuid;
         self.entries.push(Entry {
             def,
@@ -250,7 +256,12 @@ impl Domains {
             pid: None,
             state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
         });
-        Ok(uuid)
+        uuid
+    }
+
+    /// Domains marked autostart and not running.
+    pub fn autostart_pending(&self) -> Vec<[u8; 16]> {
+        self.entries.iter().filter(|e| e.autostart && e.id.is_none()).map(|e| e.def.uuid).collect()
     }
 
     /// Drops a transient domain that never ran.

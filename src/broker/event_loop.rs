@@ -114,6 +114,7 @@ impl Broker {
 
     /// Runs until SIGTERM/SIGINT, the idle timeout, or a fatal start-up failure.
     pub fn run(&mut self, readiness: &mut Readiness) -> ExitCode {
+        self.sync_guests();
         let mut events = Events::with_capacity(64);
         while self.exit.is_none() {
             let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
@@ -583,6 +584,7 @@ impl Broker {
         let id = running.id;
         drop(running);
         let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| crate::privsep::DomainRef { id: -1, ..e.handle() });
+        self.setup.ctx.unrecord(&uuid);
         self.setup.ctx.domains.set_shutoff(&uuid, shutoff_reason);
         let in_place = matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart;
         if let (Ok(dom), false) = (dom, in_place) {

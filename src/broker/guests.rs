@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 
 use super::spawn;
 use crate::domain::DomainDef;
-use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent};
+use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
 use crate::privsep::{CallError, Channel};
 
 /// How long a new helper may take to report `Started`, in ms.
@@ -158,6 +158,39 @@ impl Launcher {
         }
     }
 }
+
+impl Launcher {
+    /// Joins a helper that outlived the previous broker: connects to its
+    /// control socket and gives it a new console. `None` if it is gone;
+    /// `Err` with how the guest ended if it stopped while we were away.
+    pub fn reattach(&self, def: &DomainDef, id: i32, pid: i32, uid: u32) -> Option<Result<Running, StopReason>> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+        let path = self.state_dir.join(format!("{}.ctl", def.name));
+        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).ok()?;
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(&path).ok()?).ok()?;
+        let channel = Channel::from_fd(fd).ok()?;
+        // A helper whose guest stopped meanwhile says so at once.
+        if let Ok((HelperEvent::Stopped { reason, .. }, _)) =
+            channel.recv_blocking::<HelperEvent>(REATTACH_GRACE_MS, HelperEvent::fd_count)
+        {
+            return Some(Err(reason));
+        }
+        let (console, theirs) = UnixStream::pair().ok()?;
+        console.set_nonblocking(true).ok()?;
+        let theirs: OwnedFd = theirs.into();
+        channel.send(&HelperCommand::Console, &[theirs.as_fd(), theirs.as_fd()]).ok()?;
+        let log = match def.serials.first().map(|s| &s.source) {
+            Some(crate::domain::CharSource::File(path)) => {
+                std::fs::OpenOptions::new().append(true).create(true).open(path).ok()
+            }
+            _ => None,
+        };
+        Some(Ok(Running { id, pid: Pid::from_raw(pid), uid, channel, console, log }))
+    }
+}
+
+/// How long a re-attached helper gets to report a guest that stopped, in ms.
+const REATTACH_GRACE_MS: u16 = 300;
 
 /// CPU time a helper process has used, from `/proc/<pid>/stat`, in ns.
 pub fn cpu_time_ns(pid: Pid) -> u64 {

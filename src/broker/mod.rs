@@ -18,6 +18,7 @@ mod permit;
 mod pidfile;
 mod readiness;
 mod spawn;
+mod status;
 mod store;
 
 use std::path::PathBuf;
@@ -134,7 +135,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
     let helper_exe = std::env::current_exe()
         .map(|e| e.with_file_name("libvirt-helper"))
         .map_err(|e| StartError::Setup(format!("cannot find the helper binary: {e}")))?;
-    let ctx = calls::Ctx {
+    let mut ctx = calls::Ctx {
         domains: domains::Domains::load(store),
         host_uuid: host::host_uuid(config.host_uuid.as_deref()),
         guests: Default::default(),
@@ -150,6 +151,15 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         consoles: Default::default(),
         consoles_taken: Vec::new(),
     };
+    // Guests outlive the daemon: find the ones a previous broker left
+    // running, then start the autostart domains that are not.
+    ctx.reattach();
+    for uuid in ctx.domains.autostart_pending() {
+        if let Err(e) = ctx.start(&uuid, None, false) {
+            log::error!("autostart: {e}");
+        }
+    }
+    ctx.events.clear();
     Broker::new(event_loop::Setup {
         cli: cli.clone(),
         mode,

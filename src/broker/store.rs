@@ -14,6 +14,14 @@ use crate::domain::{self, DomainDef, xml::MAX_XML_BYTES};
 /// Most definition files read at start-up.
 const MAX_FILES: usize = 16_384;
 
+/// Reads a state or definition file, at most one byte past the XML limit
+/// (so an oversized file fails to parse rather than filling memory).
+pub fn read_bounded(path: &Path) -> std::io::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_XML_BYTES as u64 + 1).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,10 +99,7 @@ impl Store {
     }
 
     fn load_one(&self, path: &Path) -> Result<DomainDef, String> {
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_XML_BYTES as u64 + 1).read_to_string(&mut text))
-            .map_err(|e| e.to_string())?;
+        let text = read_bounded(path).map_err(|e| e.to_string())?;
         let (def, dropped) = domain::parse(&text, false).map_err(|e| e.to_string())?;
         if !dropped.is_empty() {
             log::warn!("{}: ignoring {}", path.display(), dropped.join(", "));

@@ -41,6 +41,9 @@ pub enum HelperCommand {
     CtrlAltDel,
     /// Report state and usage; answered with `Stats`.
     Stats,
+    /// A new console for the guest (a restarted broker's): two fds, the
+    /// same socket twice, one to read guest input from, one for its output.
+    Console,
 }
 
 impl HelperCommand {
@@ -48,6 +51,7 @@ impl HelperCommand {
     pub fn fd_count(&self) -> usize {
         match self {
             HelperCommand::Start(config) => 4 + usize::from(config.initrd),
+            HelperCommand::Console => 2,
             _ => 0,
         }
     }

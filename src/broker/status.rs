@@ -1,0 +1,108 @@
+//! Running-guest records in `domain_state_dir`, so that a restarted broker
+//! finds its guests: `NAME.status` (ids and state) beside `NAME.live.xml`
+//! (the definition the guest runs with; the only copy for a transient one)
+//! and the helper's control socket `NAME.ctl`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::store::read_bounded;
+use crate::domain::{self, DomainDef};
+
+/// Most records read at start-up.
+const MAX_RECORDS: usize = 4096;
+
+/// What a restarted broker needs to re-attach to a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Domain id.
+    pub id: i32,
+    /// The helper's pid.
+    pub pid: i32,
+    /// The helper's uid.
+    pub uid: u32,
+    /// `virDomainState` and reason.
+    pub state: (i32, i32),
+    /// Defined (persistent) or transient.
+    pub persistent: bool,
+}
+
+fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{name}.status")), dir.join(format!("{name}.live.xml")))
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes (or rewrites) the record of a running guest.
+pub fn save(dir: &Path, def: &DomainDef, s: &Status) -> std::io::Result<()> {
+    let (status, live) = paths(dir, &def.name);
+    write_atomic(&live, &def.to_xml())?;
+    let text = format!(
+        "id={}\npid={}\nuid={}\nstate={}\nreason={}\npersistent={}\n",
+        s.id,
+        s.pid,
+        s.uid,
+        s.state.0,
+        s.state.1,
+        u8::from(s.persistent)
+    );
+    write_atomic(&status, &text)
+}
+
+/// Removes a guest's record (it stopped).
+pub fn remove(dir: &Path, name: &str) {
+    let (status, live) = paths(dir, name);
+    let _ = std::fs::remove_file(status);
+    let _ = std::fs::remove_file(live);
+    let _ = std::fs::remove_file(dir.join(format!("{name}.ctl")));
+}
+
+fn parse(text: &str) -> Option<Status> {
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('='));
+    Some(Status {
+        id: field("id")?.parse().ok()?,
+        pid: field("pid")?.parse().ok()?,
+        uid: field("uid")?.parse().ok()?,
+        state: (field("state")?.parse().ok()?, field("reason")?.parse().ok()?),
+        persistent: field("persistent")? == "1",
+    })
+}
+
+/// Every readable record with the definition it was saved with; broken ones
+/// are logged and left for an operator.
+pub fn load_all(dir: &Path) -> Vec<(Status, DomainDef)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten().take(MAX_RECORDS) {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "status") {
+            continue;
+        }
+        let live = path.with_extension("live.xml");
+        let record = read_bounded(&path).ok().and_then(|t| parse(&t));
+        let def = read_bounded(&live).ok().and_then(|x| domain::parse(&x, false).ok()).map(|(d, _)| d);
+        match (record, def) {
+            (Some(s), Some(d)) => out.push((s, d)),
+            _ => log::error!("skipping unreadable guest record {}", path.display()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let s = Status { id: 7, pid: 1234, uid: 99, state: (3, 1), persistent: false };
+        assert_eq!(parse("id=7\npid=1234\nuid=99\nstate=3\nreason=1\npersistent=0\n"), Some(s));
+        assert_eq!(parse("id=x\n"), None);
+    }
+}
