@@ -360,8 +360,18 @@ fn alive(pid: i32) -> bool {
     status_field(pid, "State").is_some_and(|s| !s.starts_with('Z'))
 }
 
-fn helper_pid(d: &Daemon, name: &str) -> i32 {
-    let line = d.tree.audit(&["op=start", &format!("vm=\"{name}\""), "res=success"], SECS).expect("no start audit");
+/// Starts the daemon again in the same tree, after the previous one exited.
+fn restart(d: &mut Daemon) {
+    let child = command(&d.tree, &[]).spawn().unwrap();
+    d.pid = child.id() as i32;
+    d.child = Some(child);
+    assert!(d.wait_serving(SECS), "daemon did not restart:\n{}", d.stderr());
+}
+
+/// The helper's pid, from the audit record of the `op` that started it.
+fn helper_pid(d: &Daemon, op: &str, name: &str) -> i32 {
+    let line =
+        d.tree.audit(&[&format!("op={op} "), &format!("vm=\"{name}\""), "res=success"], SECS).expect("no start audit");
     line.split("vm-pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
 }
 
@@ -380,7 +390,7 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
     assert_eq!(virsh(&rw, &["suspend", "guest-r"]).0, 0);
     let (code, _, err) = virsh(&rw, &["autostart", "guest-t"]);
     assert_eq!(code, 0, "{err}");
-    let (r, s) = (helper_pid(&d, "guest-r"), helper_pid(&d, "guest-s"));
+    let (r, s) = (helper_pid(&d, "start", "guest-r"), helper_pid(&d, "start", "guest-s"));
     let _helpers = Helpers(vec![r, s]);
 
     // The daemon dies without cleaning up; its guests keep running.
@@ -392,10 +402,7 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s), nix::sys::signal::Signal::SIGKILL);
     assert!(wait_until(SECS, || !alive(s)));
 
-    let child = command(&d.tree, &[]).spawn().unwrap();
-    d.pid = child.id() as i32;
-    d.child = Some(child);
-    assert!(d.wait_serving(SECS), "daemon did not restart:\n{}", d.stderr());
+    restart(&mut d);
 
     // The survivor keeps its id and state; the dead one is shut off; the
     // autostart domain started with the daemon, with an id not reused.
@@ -422,6 +429,27 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
     assert_eq!(virsh(&rw, &["destroy", "guest-r"]).0, 0);
     assert!(wait_until(SECS, || !alive(r)), "destroy left the re-attached helper running");
     assert_eq!(virsh(&rw, &["domstate", "guest-r"]).1.trim(), "shut off");
+
+    // A clean stop (SIGTERM) leaves guests running too, transient ones
+    // included, and autostart does not start a running domain twice.
+    let xml = std::fs::read_to_string(d.tree.path("guest-r.xml")).unwrap();
+    let transient = d.tree.path("guest-u.xml");
+    std::fs::write(&transient, xml.replace("guest-r", "guest-u").replace(UUID, "3e8b1f27-9d4c-4a05-b6e2-58c7a0f91d34"))
+        .unwrap();
+    let (code, _, err) = virsh(&rw, &["create", transient.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (t, u) = (helper_pid(&d, "start", "guest-t"), helper_pid(&d, "create", "guest-u"));
+    let _more = Helpers(vec![t, u]);
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(d.wait_exit(SECS).is_some_and(|s| s.success()));
+    assert!(alive(t) && alive(u), "a clean daemon stop took its guests with it");
+    restart(&mut d);
+    assert_eq!(virsh(&rw, &["list", "--name"]).1, "guest-t\nguest-u\n\n", "{}", d.stderr());
+    assert_eq!(virsh(&rw, &["domid", "guest-t"]).1.trim(), "3");
+    assert_eq!(virsh(&rw, &["domid", "guest-u"]).1.trim(), "4");
+    assert!(children_of(d.pid).iter().all(|p| !cmdline(*p).contains("libvirt-helper")), "autostart ran twice");
+    assert_eq!(virsh(&rw, &["destroy", "guest-u"]).0, 0);
+    assert_ne!(virsh(&rw, &["domstate", "guest-u"]).0, 0, "a destroyed transient guest lingers");
     assert_eq!(virsh(&rw, &["destroy", "guest-t"]).0, 0);
     // Nothing is left recorded as running for the next daemon.
     let state = d.tree.path("run/qemu");

@@ -127,7 +127,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
     if mode == Mode::System {
         sandbox::restrict_to(sandbox::BROKER_CAPS)?;
     }
-    let auditor = audit::Auditor::new(&config.syslog_socket, config.audit_level, config.audit_logging);
+    let mut auditor = audit::Auditor::new(&config.syslog_socket, config.audit_level, config.audit_logging);
     if config.audit_level == 2 && !auditor.is_connected() {
         return Err(StartError::AuditUnavailable(config.syslog_socket.clone()));
     }
@@ -155,9 +155,20 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
     // running, then start the autostart domains that are not.
     ctx.reattach();
     for uuid in ctx.domains.autostart_pending() {
-        if let Err(e) = ctx.start(&uuid, None, false) {
+        let result = ctx.start(&uuid, None, false);
+        if let Err(e) = &result {
             log::error!("autostart: {e}");
         }
+        let u = crate::domain::uuid_string(&uuid);
+        let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+        let pid = ctx.guests.get(&uuid).map_or(-1, |r| r.pid.as_raw());
+        let fields = [
+            ("vm", audit::Value::Text(&name)),
+            ("uuid", audit::Value::Text(&u)),
+            ("vm-pid", audit::Value::Num(pid.into())),
+            ("reason", audit::Value::Text("autostart")),
+        ];
+        auditor.record("start", &fields, result.is_ok());
     }
     ctx.events.clear();
     Broker::new(event_loop::Setup {
