@@ -310,6 +310,21 @@ fn virsh_event_sees_the_lifecycle() {
     assert!(text.contains("events received: 6"), "{text}");
 }
 
+/// Runs tests/console.py (virsh console under a pty) against `name` on
+/// `socket`; returns what it printed, after checking it succeeded.
+fn console_session(d: &Daemon, socket: &std::path::Path, name: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
+        .arg(uri(socket))
+        .arg(name)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
+    text
+}
+
 #[test]
 fn virsh_console_attaches_types_detaches_and_is_exclusive() {
     if !have_virsh() || !have_kvm() {
@@ -319,27 +334,13 @@ fn virsh_console_attaches_types_detaches_and_is_exclusive() {
     let rw = d.tree.sock("libvirt-sock");
     define_guest(&d, "guest-k", None);
     assert_eq!(virsh(&rw, &["start", "guest-k"]).0, 0);
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
-        .arg(uri(&rw))
-        .arg("guest-k")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
+    let text = console_session(&d, &rw, "guest-k", &[]);
     assert!(text.contains("first detach: 0"), "{text}");
     assert!(text.contains("second client: 1"), "{text}");
     assert!(text.contains("second detach: 0"), "{text}");
     assert!(d.tree.audit(&["op=console", "vm=\"guest-k\"", "res=success"], SECS).is_some());
     // Read-only clients cannot open it.
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
-        .arg(uri(&d.tree.sock("libvirt-sock-ro")))
-        .args(["guest-k", "read-only"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let text = console_session(&d, &d.tree.sock("libvirt-sock-ro"), "guest-k", &["read-only"]);
     assert!(text.contains("read-only: 1"), "{text}");
     assert_eq!(virsh(&rw, &["destroy", "guest-k"]).0, 0);
 }
@@ -417,14 +418,7 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
     assert_eq!(list, "guest-r\nguest-t\n\n");
 
     // The re-attached guest answers on its console and is destroyed as usual.
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
-        .arg(uri(&rw))
-        .arg("guest-r")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
+    let text = console_session(&d, &rw, "guest-r", &[]);
     assert!(text.contains("first detach: 0"), "{text}");
     assert_eq!(virsh(&rw, &["destroy", "guest-r"]).0, 0);
     assert!(wait_until(SECS, || !alive(r)), "destroy left the re-attached helper running");
