@@ -412,6 +412,9 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
     assert_eq!(virsh(&rw, &["resume", "guest-r"]).0, 0);
     assert_eq!(virsh(&rw, &["domstate", "guest-r"]).1.trim(), "running");
     assert_eq!(virsh(&rw, &["domstate", "guest-s"]).1.trim(), "shut off");
+    let vm_pid = format!("vm-pid={r} ");
+    assert!(d.tree.audit(&["op=reattach ", "vm=\"guest-r\"", &vm_pid, "res=success"], SECS).is_some());
+    assert!(d.tree.audit(&["op=reattach ", "vm=\"guest-s\"", "res=failed"], SECS).is_some());
     assert_eq!(virsh(&rw, &["domstate", "guest-t"]).1.trim(), "running", "{}", d.stderr());
     assert_eq!(virsh(&rw, &["domid", "guest-t"]).1.trim(), "3");
     let (_, list, _) = virsh(&rw, &["list", "--name"]);

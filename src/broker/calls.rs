@@ -104,7 +104,10 @@ impl Ctx {
 
     /// Re-attaches to the guests a previous broker left running; records of
     /// guests that are gone become shut-off domains (transient ones vanish).
-    pub fn reattach(&mut self) {
+    /// Returns, for the audit trail, each guest's name, uuid, helper pid and
+    /// whether it was still running.
+    pub fn reattach(&mut self) -> Vec<(String, [u8; 16], i32, bool)> {
+        let mut found = Vec::new();
         for (s, def) in super::status::load_all(&self.launcher.state_dir) {
             let uuid = def.uuid;
             let name = def.name.clone();
@@ -120,6 +123,7 @@ impl Ctx {
                     self.domains.set_running(&uuid, s.id, running.pid, s.state);
                     self.guests.insert(uuid, running);
                     log::info!("re-attached to domain '{name}' (id {}, helper pid {})", s.id, s.pid);
+                    found.push((name, uuid, s.pid, true));
                 }
                 outcome => {
                     let reason = match outcome {
@@ -132,9 +136,11 @@ impl Ctx {
                     log::info!("domain '{name}' stopped while the daemon was away");
                     super::status::remove(&self.launcher.state_dir, &name);
                     self.domains.set_shutoff(&uuid, reason);
+                    found.push((name, uuid, s.pid, false));
                 }
             }
         }
+        found
     }
 
     /// Queues a lifecycle event for `dom`.

@@ -153,7 +153,16 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.
-    ctx.reattach();
+    for (name, uuid, pid, running) in ctx.reattach() {
+        let u = crate::domain::uuid_string(&uuid);
+        let fields = [
+            ("vm", audit::Value::Text(&name)),
+            ("uuid", audit::Value::Text(&u)),
+            ("vm-pid", audit::Value::Num(pid.into())),
+        ];
+        // Failure: the guest had stopped while no daemon was there.
+        auditor.record("reattach", &fields, running);
+    }
     for uuid in ctx.domains.autostart_pending() {
         let result = ctx.start(&uuid, None, false);
         if let Err(e) = &result {
