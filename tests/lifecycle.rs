@@ -455,3 +455,27 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
         .unwrap_or_default();
     assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".status")), "{left:?}");
 }
+
+#[test]
+fn a_wedged_helper_fails_a_graceful_destroy_and_a_plain_one_kills_it() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest(&d, "guest-w", None);
+    assert_eq!(virsh(&rw, &["start", "guest-w"]).0, 0);
+    let pid = helper_pid(&d, "start", "guest-w");
+    let _helper = Helpers(vec![pid]);
+    let helper = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (code, _, err) = virsh(&rw, &["destroy", "--graceful", "guest-w"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("guest 'guest-w' did not stop"), "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "guest-w"]).1.trim(), "running");
+    assert!(alive(pid));
+    let (code, _, err) = virsh(&rw, &["destroy", "guest-w"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_until(SECS, || !alive(pid)), "destroy left a stopped helper behind");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-w"]).1.trim(), "shut off (destroyed)");
+}

@@ -72,6 +72,8 @@ const PAUSED_USER: i32 = 1;
 const START_PAUSED: u32 = 1;
 /// `VIR_DOMAIN_START_VALIDATE`.
 const START_VALIDATE: u32 = 16;
+/// `VIR_DOMAIN_DESTROY_GRACEFUL`.
+const DESTROY_GRACEFUL: u32 = 1;
 /// How long a helper may take to answer a pause or resume, in ms.
 const ASK_TIMEOUT_MS: u16 = 5_000;
 /// `VIR_DOMAIN_SHUTOFF_DESTROYED`.
@@ -262,11 +264,21 @@ impl Ctx {
         Ok(answer)
     }
 
-    /// Stops guest `uuid` at once: asks its helper, then kills it.
-    pub fn destroy(&mut self, uuid: &[u8; 16]) -> Result<i32, CallError> {
+    /// Stops guest `uuid` at once: asks its helper, then kills it, unless
+    /// `graceful` (libvirt's DESTROY_GRACEFUL), which fails instead and
+    /// leaves the guest running.
+    pub fn destroy(&mut self, uuid: &[u8; 16], graceful: bool) -> Result<i32, CallError> {
         let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
         let confirmed = running.channel.send(&HelperCommand::Stop, &[]).is_ok()
             && running.channel.recv_blocking::<HelperEvent>(STOP_TIMEOUT_MS, HelperEvent::fd_count).is_ok();
+        if !confirmed && graceful {
+            let name = self.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+            self.guests.insert(*uuid, running);
+            return Err(CallError::OperationFailed(format!(
+                "guest '{name}' did not stop within {} s and a graceful destroy does not kill it",
+                STOP_TIMEOUT_MS / 1000
+            )));
+        }
         if !confirmed {
             let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
         }
@@ -435,12 +447,12 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             Ok(CallValue::Console)
         }
         Call::Destroy { uuid, flags } => {
-            // GRACEFUL (1) and REMOVE_LOGS (2) are accepted; there are no logs to remove.
+            // GRACEFUL (1) never kills; REMOVE_LOGS (2) is accepted, there are no logs to remove.
             if flags & !3 != 0 {
                 return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainDestroyFlags".into() });
             }
             let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone());
-            let result = name.and_then(|n| ctx.destroy(&uuid).map(|pid| (n, pid)));
+            let result = name.and_then(|n| ctx.destroy(&uuid, flags & DESTROY_GRACEFUL != 0).map(|pid| (n, pid)));
             let pid = result.as_ref().map_or(-1, |(_, p)| *p);
             let named = result.as_ref().map(|(n, _)| n.clone()).map_err(Clone::clone);
             audit_change(auditor, caller, "destroy", &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
