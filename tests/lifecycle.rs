@@ -457,7 +457,7 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
 }
 
 #[test]
-fn a_wedged_helper_fails_a_graceful_destroy_and_a_plain_one_kills_it() {
+fn a_wedged_helper_stalls_only_its_own_callers_and_destroy_still_works() {
     if !have_virsh() || !have_kvm() {
         return;
     }
@@ -469,6 +469,25 @@ fn a_wedged_helper_fails_a_graceful_destroy_and_a_plain_one_kills_it() {
     let _helper = Helpers(vec![pid]);
     let helper = nix::unistd::Pid::from_raw(pid);
     nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGSTOP).unwrap();
+
+    // A suspend waits for the helper; other clients are served meanwhile.
+    let mut suspend = std::process::Command::new("virsh")
+        .args(["-c", &uri(&rw), "suspend", "guest-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out, err) = virsh(&d.tree.sock("libvirt-sock-ro"), &["list", "--name"]);
+    assert_eq!((code, out.as_str()), (0, "guest-w\n\n"), "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "guest-w"]).1.trim(), "running");
+    assert!(suspend.try_wait().unwrap().is_none(), "the suspend returned before its helper could answer");
+    let out = suspend.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("guest 'guest-w' did not answer"), "{err}");
+    assert!(d.tree.audit(&["op=suspend ", "res=failed"], SECS).is_some());
+
     let (code, _, err) = virsh(&rw, &["destroy", "--graceful", "guest-w"]);
     assert_ne!(code, 0);
     assert!(err.contains("guest 'guest-w' did not stop"), "{err}");

@@ -40,7 +40,31 @@ pub struct Ctx {
     pub consoles: HashMap<[u8; 16], u64>,
     /// Consoles taken with FORCE, whose previous streams must end.
     pub consoles_taken: Vec<[u8; 16]>,
+    /// Suspends and resumes sent to helpers and not yet answered.
+    pub awaiting: HashMap<[u8; 16], Awaiting>,
+    /// Set by [`handle`] when the call it took waits for its helper: the
+    /// event loop answers the client later (see [`Awaiting`]).
+    pub deferred: Option<([u8; 16], bool)>,
 }
+
+/// A client's suspend (or resume) sent to the guest's helper: the broker
+/// answers when the helper does or the deadline passes, and serves other
+/// clients meanwhile, so a wedged helper stalls only its own callers.
+pub struct Awaiting {
+    /// Resume rather than suspend.
+    pub resume: bool,
+    /// The caller, for the audit record.
+    pub conn: u64,
+    /// The caller's identity.
+    pub peer: PeerIdentity,
+    /// The frontend request to answer.
+    pub reply_to: u32,
+    /// When to give up on the helper.
+    pub deadline: std::time::Instant,
+}
+
+/// How long a helper may take to answer a client's pause or resume.
+pub const AWAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(ASK_TIMEOUT_MS as u64);
 
 /// `virDomainEventType` values and their details.
 pub mod event {
@@ -227,49 +251,61 @@ impl Ctx {
         }
     }
 
-    /// `virDomainSuspend`: pauses every vCPU (a paused guest stays paused).
-    pub fn suspend(&mut self, uuid: &[u8; 16]) -> Result<(String, i32), CallError> {
-        let state = self.domains.by_uuid(uuid)?.state;
+    /// Pauses every vCPU of a guest being started with START_PAUSED (its
+    /// helper just said Started, so a bounded wait is enough).
+    fn suspend(&mut self, uuid: &[u8; 16]) -> Result<(String, i32), CallError> {
         let answer = self.ask(uuid, HelperCommand::Pause, &HelperEvent::Paused)?;
-        if state.0 != STATE_PAUSED {
-            let entry = self.domains.by_uuid(uuid)?;
-            let (id, pid) = (entry.id.unwrap_or(-1), entry.pid);
-            if let Some(pid) = pid {
-                self.domains.set_running(uuid, id, pid, (STATE_PAUSED, PAUSED_USER));
-            }
-            let dom = self.domains.by_uuid(uuid)?.handle();
-            self.emit(dom, event::SUSPENDED, 0);
-            self.record(uuid);
-        }
+        self.paused(uuid, false);
         Ok(answer)
     }
 
-    /// `virDomainResume`.
-    pub fn resume(&mut self, uuid: &[u8; 16]) -> Result<(String, i32), CallError> {
+    /// `virDomainSuspend` / `virDomainResume`: sends the command; the helper's
+    /// answer arrives through the event loop (see [`Awaiting`]).
+    pub fn begin_pause(&mut self, uuid: &[u8; 16], resume: bool) -> Result<(String, i32), CallError> {
         let entry = self.domains.by_uuid(uuid)?;
-        if entry.id.is_none() {
-            return Err(CallError::NotRunning);
+        let name = entry.def.name.clone();
+        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
+        if self.awaiting.contains_key(uuid) {
+            return Err(CallError::OperationFailed(format!(
+                "guest '{name}' has not answered its previous suspend or resume yet"
+            )));
         }
-        if entry.state.0 != STATE_PAUSED {
+        if resume && entry.state.0 != STATE_PAUSED {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
-        let answer = self.ask(uuid, HelperCommand::Resume, &HelperEvent::Resumed)?;
-        let entry = self.domains.by_uuid(uuid)?;
-        if let (Some(id), Some(pid)) = (entry.id, entry.pid) {
-            self.domains.set_running(uuid, id, pid, RUNNING_UNPAUSED);
-        }
-        let dom = self.domains.by_uuid(uuid)?.handle();
-        self.emit(dom, event::RESUMED, 0);
-        self.record(uuid);
-        Ok(answer)
+        let command = if resume { HelperCommand::Resume } else { HelperCommand::Pause };
+        running
+            .channel
+            .send(&command, &[])
+            .map_err(|e| CallError::OperationFailed(format!("guest '{name}' did not answer: {e}")))?;
+        Ok((name, running.pid.as_raw()))
     }
 
-    /// Stops guest `uuid` at once: asks its helper, then kills it, unless
-    /// `graceful` (libvirt's DESTROY_GRACEFUL), which fails instead and
-    /// leaves the guest running.
+    /// The helper paused (or resumed) guest `uuid`: record it and tell clients.
+    pub fn paused(&mut self, uuid: &[u8; 16], resumed: bool) {
+        let Ok(entry) = self.domains.by_uuid(uuid) else { return };
+        let (Some(id), Some(pid)) = (entry.id, entry.pid) else { return };
+        let was_paused = entry.state.0 == STATE_PAUSED;
+        if was_paused != resumed {
+            return;
+        }
+        let (state, kind) =
+            if resumed { (RUNNING_UNPAUSED, event::RESUMED) } else { ((STATE_PAUSED, PAUSED_USER), event::SUSPENDED) };
+        self.domains.set_running(uuid, id, pid, state);
+        if let Ok(dom) = self.domains.by_uuid(uuid).map(|e| e.handle()) {
+            self.emit(dom, kind, 0);
+        }
+        self.record(uuid);
+    }
+
+    /// Stops guest `uuid` at once: the helper holds nothing that needs a
+    /// clean exit, so it is killed without waiting. `graceful` (libvirt's
+    /// DESTROY_GRACEFUL) asks the helper instead and waits (bounded); one
+    /// that does not stop in time is an error and the guest keeps running.
     pub fn destroy(&mut self, uuid: &[u8; 16], graceful: bool) -> Result<i32, CallError> {
         let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
-        let confirmed = running.channel.send(&HelperCommand::Stop, &[]).is_ok()
+        let confirmed = graceful
+            && running.channel.send(&HelperCommand::Stop, &[]).is_ok()
             && running.channel.recv_blocking::<HelperEvent>(STOP_TIMEOUT_MS, HelperEvent::fd_count).is_ok();
         if !confirmed && graceful {
             let name = self.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
@@ -417,13 +453,17 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             result.map(|_| CallValue::Unit)
         }
         Call::Suspend { uuid } | Call::Resume { uuid } => {
-            let suspend = matches!(call, Call::Suspend { .. });
-            let result = if suspend { ctx.suspend(&uuid) } else { ctx.resume(&uuid) };
-            let named = result.as_ref().map(|(n, _)| n.clone()).map_err(Clone::clone);
-            let pid = result.as_ref().map_or(-1, |(_, p)| *p);
-            let op = if suspend { "suspend" } else { "resume" };
-            audit_change(auditor, caller, op, &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
-            result.map(|_| CallValue::Unit)
+            let resume = matches!(call, Call::Resume { .. });
+            match ctx.begin_pause(&uuid, resume) {
+                // Audited when the helper answers.
+                Ok(_) => ctx.deferred = Some((uuid, resume)),
+                Err(e) => {
+                    let op = if resume { "resume" } else { "suspend" };
+                    audit_change(auditor, caller, op, &uuid, &Err(e.clone()), &[]);
+                    return Err(e);
+                }
+            }
+            Ok(CallValue::Unit)
         }
         Call::OpenConsole { uuid, flags } => {
             // FORCE (1) takes the console from its current client; SAFE (2)
@@ -559,6 +599,18 @@ fn op_of(call: &Call) -> &'static str {
         Call::OpenConsole { .. } => "console",
         _ => "call",
     }
+}
+
+/// Audits the end of a client's suspend or resume that waited for its helper.
+pub fn audit_awaited(auditor: &mut Auditor, ctx: &Ctx, uuid: &[u8; 16], a: &Awaiting, result: &Result<(), CallError>) {
+    let caller = Caller { conn: a.conn, peer: &a.peer, readonly: false };
+    let op = if a.resume { "resume" } else { "suspend" };
+    let pid = ctx.guests.get(uuid).map_or(-1, |r| r.pid.as_raw());
+    let named = match result {
+        Ok(()) => ctx.domains.by_uuid(uuid).map(|e| e.def.name.clone()),
+        Err(e) => Err(e.clone()),
+    };
+    audit_change(auditor, &caller, op, uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
 }
 
 /// Audits a change to the domain `uuid`: its name and `extra` on success,

@@ -138,6 +138,7 @@ impl Broker {
                 self.start_frontend(readiness);
             }
             self.check_idle(now);
+            self.fail_awaiting(|_, a| a.deadline <= now);
         }
         self.shutdown();
         self.exit.take().unwrap_or(ExitCode::SUCCESS)
@@ -148,7 +149,8 @@ impl Broker {
             (Some(since), Some(secs)) => Some(since + Duration::from_secs(secs.into())),
             _ => None,
         };
-        [idle, self.restart.due].into_iter().flatten().min()
+        let awaiting = self.setup.ctx.awaiting.values().map(|a| a.deadline).min();
+        [idle, self.restart.due, awaiting].into_iter().flatten().min()
     }
 
     /// `--timeout`: exit after that long with no clients and no running guests.
@@ -330,7 +332,13 @@ impl Broker {
                     crate::privsep::Call::OpenConsole { uuid, .. } => Some(*uuid),
                     _ => None,
                 };
+                let peer = client.peer.clone();
                 let value = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
+                if let Some((uuid, resume)) = self.setup.ctx.deferred.take() {
+                    let deadline = Instant::now() + calls::AWAIT_TIMEOUT;
+                    let a = calls::Awaiting { resume, conn, peer, reply_to: env.id, deadline };
+                    self.setup.ctx.awaiting.insert(uuid, a);
+                }
                 for (uuid, event) in std::mem::take(&mut self.setup.ctx.stashed) {
                     if let HelperEvent::Stopped { reason, detail } = event {
                         self.guest_stopped(uuid, reason, &detail);
@@ -358,6 +366,12 @@ impl Broker {
                     self.flush_events();
                     return;
                 }
+                if self.setup.ctx.awaiting.values().any(|a| a.reply_to == env.id) {
+                    self.fail_awaiting(|_, _| false);
+                    self.flush_events();
+                    return;
+                }
+                self.fail_awaiting(|_, _| false);
                 BrokerReply::Value(value)
             }
         };
@@ -524,15 +538,58 @@ impl Broker {
                 }
             }
             GuestFd::Channel => loop {
+                let Some(running) = self.setup.ctx.guests.get(&uuid).filter(|r| r.pid == pid) else { return };
                 match running.channel.recv::<HelperEvent>(HelperEvent::fd_count) {
                     Ok((HelperEvent::Stopped { reason, detail }, _)) => {
                         return self.guest_stopped(uuid, reason, &detail);
+                    }
+                    Ok((event @ (HelperEvent::Paused | HelperEvent::Resumed), _)) => {
+                        self.pause_answered(uuid, event == HelperEvent::Resumed);
                     }
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
                     Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
                 }
             },
+        }
+    }
+
+    /// A helper answered a pause or resume: apply it and answer the client
+    /// that asked (one that gave up already got an error; the state still
+    /// follows the guest).
+    fn pause_answered(&mut self, uuid: [u8; 16], resumed: bool) {
+        self.setup.ctx.paused(&uuid, resumed);
+        let matches = self.setup.ctx.awaiting.get(&uuid).is_some_and(|a| a.resume == resumed);
+        if let Some(a) = matches.then(|| self.setup.ctx.awaiting.remove(&uuid)).flatten() {
+            calls::audit_awaited(&mut self.setup.auditor, &self.setup.ctx, &uuid, &a, &Ok(()));
+            self.reply(a.reply_to, &BrokerReply::Value(Ok(CallValue::Unit)), &[]);
+        }
+        self.flush_events();
+    }
+
+    /// Answers with an error the waiting suspends and resumes that `give_up`
+    /// picks, and those whose guest is no longer running.
+    fn fail_awaiting(&mut self, give_up: impl Fn(&[u8; 16], &calls::Awaiting) -> bool) {
+        let ctx = &self.setup.ctx;
+        let failed: Vec<[u8; 16]> = ctx
+            .awaiting
+            .iter()
+            .filter(|(u, a)| give_up(u, a) || !ctx.guests.contains_key(*u))
+            .map(|(u, _)| *u)
+            .collect();
+        for uuid in failed {
+            let Some(a) = self.setup.ctx.awaiting.remove(&uuid) else { continue };
+            let name = self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+            let err = if self.setup.ctx.guests.contains_key(&uuid) {
+                crate::privsep::CallError::OperationFailed(format!(
+                    "guest '{name}' did not answer within {} s",
+                    calls::AWAIT_TIMEOUT.as_secs()
+                ))
+            } else {
+                crate::privsep::CallError::NotRunning
+            };
+            calls::audit_awaited(&mut self.setup.auditor, &self.setup.ctx, &uuid, &a, &Err(err.clone()));
+            self.reply(a.reply_to, &BrokerReply::Value(Err(err)), &[]);
         }
     }
 
@@ -586,6 +643,7 @@ impl Broker {
         let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| crate::privsep::DomainRef { id: -1, ..e.handle() });
         self.setup.ctx.unrecord(&uuid);
         self.setup.ctx.domains.set_shutoff(&uuid, shutoff_reason);
+        self.fail_awaiting(|_, _| false);
         let in_place = matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart;
         if let (Ok(dom), false) = (dom, in_place) {
             let ctx = &mut self.setup.ctx;

@@ -150,6 +150,8 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         events: Vec::new(),
         consoles: Default::default(),
         consoles_taken: Vec::new(),
+        awaiting: Default::default(),
+        deferred: None,
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.
