@@ -310,6 +310,20 @@ fn virsh_event_sees_the_lifecycle() {
     assert!(text.contains("events received: 6"), "{text}");
 }
 
+/// A new daemon running the test guest as domain `name`, with its rw
+/// socket; `None` (the test skips) without virsh or /dev/kvm outside CI.
+fn running_guest(name: &str) -> Option<(Daemon, PathBuf)> {
+    if !have_virsh() || !have_kvm() {
+        return None;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    define_guest(&d, name, None);
+    let (code, _, err) = virsh(&rw, &["start", name]);
+    assert_eq!(code, 0, "{err}");
+    Some((d, rw))
+}
+
 /// Runs tests/console.py (virsh console under a pty) against `name` on
 /// `socket`; returns what it printed, after checking it succeeded.
 fn console_session(d: &Daemon, socket: &std::path::Path, name: &str, extra: &[&str]) -> String {
@@ -327,13 +341,7 @@ fn console_session(d: &Daemon, socket: &std::path::Path, name: &str, extra: &[&s
 
 #[test]
 fn virsh_console_attaches_types_detaches_and_is_exclusive() {
-    if !have_virsh() || !have_kvm() {
-        return;
-    }
-    let d = Daemon::start("", &[]);
-    let rw = d.tree.sock("libvirt-sock");
-    define_guest(&d, "guest-k", None);
-    assert_eq!(virsh(&rw, &["start", "guest-k"]).0, 0);
+    let Some((d, rw)) = running_guest("guest-k") else { return };
     let text = console_session(&d, &rw, "guest-k", &[]);
     assert!(text.contains("first detach: 0"), "{text}");
     assert!(text.contains("second client: 1"), "{text}");
@@ -458,13 +466,7 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
 
 #[test]
 fn a_wedged_helper_stalls_only_its_own_callers_and_destroy_still_works() {
-    if !have_virsh() || !have_kvm() {
-        return;
-    }
-    let d = Daemon::start("", &[]);
-    let rw = d.tree.sock("libvirt-sock");
-    define_guest(&d, "guest-w", None);
-    assert_eq!(virsh(&rw, &["start", "guest-w"]).0, 0);
+    let Some((d, rw)) = running_guest("guest-w") else { return };
     let pid = helper_pid(&d, "start", "guest-w");
     let _helper = Helpers(vec![pid]);
     let helper = nix::unistd::Pid::from_raw(pid);
