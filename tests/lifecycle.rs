@@ -53,8 +53,7 @@ fn a_guest_starts_runs_in_its_own_sandboxed_helper_and_is_destroyed() {
     );
     assert_eq!(virsh(&rw, &["domid", "guest-a"]).1.trim(), "1");
     let started = d.tree.audit(&["op=start", "vm=\"guest-a\"", &format!("uuid=\"{UUID}\""), "res=success"], SECS);
-    let pid: i32 =
-        started.expect("no start audit").split("vm-pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let pid = vm_pid(&started.expect("no start audit"));
 
     // The helper: the guest's own uid from the helper range, its own session, confined.
     if is_root() {
@@ -132,12 +131,8 @@ fn shutdown_reboot_and_reset_reach_the_guest() {
     let rw = d.tree.sock("libvirt-sock");
     define_guest(&d, "guest-d", None);
     let state = || virsh(&rw, &["domstate", "--reason", "guest-d"]).1;
-    let helper_pid = |op: &str| -> i32 {
-        let rec = d.tree.audit(&[&format!("op={op}"), "vm=\"guest-d\"", "res=success"], SECS).expect(op);
-        rec.split("vm-pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
-    };
     assert_eq!(virsh(&rw, &["start", "guest-d"]).0, 0);
-    let first = helper_pid("start");
+    let first = helper_pid(&d, "start", "guest-d");
     // Give the guest a moment to reach its shell, where it takes interrupts.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -369,19 +364,15 @@ fn alive(pid: i32) -> bool {
     status_field(pid, "State").is_some_and(|s| !s.starts_with('Z'))
 }
 
-/// Starts the daemon again in the same tree, after the previous one exited.
-fn restart(d: &mut Daemon) {
-    let child = command(&d.tree, &[]).spawn().unwrap();
-    d.pid = child.id() as i32;
-    d.child = Some(child);
-    assert!(d.wait_serving(SECS), "daemon did not restart:\n{}", d.stderr());
-}
-
 /// The helper's pid, from the audit record of the `op` that started it.
 fn helper_pid(d: &Daemon, op: &str, name: &str) -> i32 {
-    let line =
-        d.tree.audit(&[&format!("op={op} "), &format!("vm=\"{name}\""), "res=success"], SECS).expect("no start audit");
-    line.split("vm-pid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    let line = d.tree.audit(&[&format!("op={op} "), &format!("vm=\"{name}\""), "res=success"], SECS);
+    vm_pid(&line.unwrap_or_else(|| panic!("no {op} audit for {name}")))
+}
+
+/// The helper pid an audit record names.
+fn vm_pid(record: &str) -> i32 {
+    record.split("vm-pid=").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).expect(record)
 }
 
 #[test]
@@ -411,7 +402,7 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s), nix::sys::signal::Signal::SIGKILL);
     assert!(wait_until(SECS, || !alive(s)));
 
-    restart(&mut d);
+    d.restart();
 
     // The survivor keeps its id and state; the dead one is shut off; the
     // autostart domain started with the daemon, with an id not reused.
@@ -448,7 +439,7 @@ fn guests_outlive_a_daemon_restart_and_autostart_domains_start_with_it() {
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(d.wait_exit(SECS).is_some_and(|s| s.success()));
     assert!(alive(t) && alive(u), "a clean daemon stop took its guests with it");
-    restart(&mut d);
+    d.restart();
     assert_eq!(virsh(&rw, &["list", "--name"]).1, "guest-t\nguest-u\n\n", "{}", d.stderr());
     assert_eq!(virsh(&rw, &["domid", "guest-t"]).1.trim(), "3");
     assert_eq!(virsh(&rw, &["domid", "guest-u"]).1.trim(), "4");

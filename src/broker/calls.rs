@@ -40,11 +40,9 @@ pub struct Ctx {
     pub consoles: HashMap<[u8; 16], u64>,
     /// Consoles taken with FORCE, whose previous streams must end.
     pub consoles_taken: Vec<[u8; 16]>,
-    /// Suspends and resumes sent to helpers and not yet answered.
+    /// Suspends and resumes sent to helpers and not yet answered; the
+    /// event loop answers them.
     pub awaiting: HashMap<[u8; 16], Awaiting>,
-    /// Set by [`handle`] when the call it took waits for its helper: the
-    /// event loop answers the client later (see [`Awaiting`]).
-    pub deferred: Option<([u8; 16], bool)>,
 }
 
 /// A client's suspend (or resume) sent to the guest's helper: the broker
@@ -100,8 +98,24 @@ const START_VALIDATE: u32 = 16;
 const DESTROY_GRACEFUL: u32 = 1;
 /// How long a helper may take to answer a pause or resume, in ms.
 const ASK_TIMEOUT_MS: u16 = 5_000;
+/// `VIR_DOMAIN_SHUTOFF_SHUTDOWN`.
+const SHUTOFF_SHUTDOWN: i32 = 1;
 /// `VIR_DOMAIN_SHUTOFF_DESTROYED`.
-pub const SHUTOFF_DESTROYED: i32 = 2;
+const SHUTOFF_DESTROYED: i32 = 2;
+/// `VIR_DOMAIN_SHUTOFF_CRASHED`.
+const SHUTOFF_CRASHED: i32 = 3;
+/// `VIR_DOMAIN_SHUTOFF_FAILED`.
+const SHUTOFF_FAILED: i32 = 6;
+
+/// The `virDomainShutoffReason` a domain gets when its helper ends for `reason`.
+pub fn shutoff_reason(reason: StopReason) -> i32 {
+    match reason {
+        StopReason::PowerOff | StopReason::Reset => SHUTOFF_SHUTDOWN,
+        StopReason::Destroyed => SHUTOFF_DESTROYED,
+        StopReason::Crash => SHUTOFF_CRASHED,
+        StopReason::Failed => SHUTOFF_FAILED,
+    }
+}
 /// How long a destroyed guest's helper gets to confirm, in ms.
 const STOP_TIMEOUT_MS: u16 = 5_000;
 
@@ -152,12 +166,10 @@ impl Ctx {
                     found.push((name, uuid, s.pid, true));
                 }
                 outcome => {
+                    // A helper that is gone took its reason with it.
                     let reason = match outcome {
-                        Some(Err(StopReason::PowerOff | StopReason::Reset)) => 1,
-                        Some(Err(StopReason::Destroyed)) => SHUTOFF_DESTROYED,
-                        Some(Err(StopReason::Crash)) => 3,
-                        Some(Err(StopReason::Failed)) => 6,
-                        _ => 0,
+                        Some(Err(why)) => shutoff_reason(why),
+                        _ => super::domains::SHUTOFF_UNKNOWN,
                     };
                     log::info!("domain '{name}' stopped while the daemon was away");
                     super::status::remove(&self.launcher.state_dir, &name);
@@ -336,6 +348,9 @@ pub struct Caller<'a> {
     pub peer: &'a PeerIdentity,
     /// Read-only connection.
     pub readonly: bool,
+    /// The frontend request carrying the call: a call that waits for its
+    /// helper ([`Awaiting`]) is answered to it later.
+    pub request: u32,
 }
 
 /// Carries out `call` for `caller`.
@@ -455,8 +470,12 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         Call::Suspend { uuid } | Call::Resume { uuid } => {
             let resume = matches!(call, Call::Resume { .. });
             match ctx.begin_pause(&uuid, resume) {
-                // Audited when the helper answers.
-                Ok(_) => ctx.deferred = Some((uuid, resume)),
+                // Answered and audited when the helper answers.
+                Ok(_) => {
+                    let deadline = std::time::Instant::now() + AWAIT_TIMEOUT;
+                    let (conn, peer, reply_to) = (caller.conn, caller.peer.clone(), caller.request);
+                    ctx.awaiting.insert(uuid, Awaiting { resume, conn, peer, reply_to, deadline });
+                }
                 Err(e) => {
                     let op = if resume { "resume" } else { "suspend" };
                     audit_change(auditor, caller, op, &uuid, &Err(e.clone()), &[]);
@@ -601,9 +620,25 @@ fn op_of(call: &Call) -> &'static str {
     }
 }
 
+/// Audits what the daemon did to or saw of a guest by itself, with no
+/// client asking: the guest's name, uuid and helper pid, and why.
+pub fn audit_guest(
+    auditor: &mut Auditor,
+    op: &str,
+    (name, uuid): (&str, &[u8; 16]),
+    pid: i32,
+    reason: Option<&str>,
+    ok: bool,
+) {
+    let u = uuid_string(uuid);
+    let mut fields = vec![("vm", Value::Text(name)), ("uuid", Value::Text(&u)), ("vm-pid", Value::Num(pid.into()))];
+    fields.extend(reason.map(|r| ("reason", Value::Text(r))));
+    auditor.record(op, &fields, ok);
+}
+
 /// Audits the end of a client's suspend or resume that waited for its helper.
 pub fn audit_awaited(auditor: &mut Auditor, ctx: &Ctx, uuid: &[u8; 16], a: &Awaiting, result: &Result<(), CallError>) {
-    let caller = Caller { conn: a.conn, peer: &a.peer, readonly: false };
+    let caller = Caller { conn: a.conn, peer: &a.peer, readonly: false, request: a.reply_to };
     let op = if a.resume { "resume" } else { "suspend" };
     let pid = ctx.guests.get(uuid).map_or(-1, |r| r.pid.as_raw());
     let named = match result {

@@ -32,13 +32,6 @@ use crate::sandbox;
 use std::collections::HashMap;
 use std::io::Read;
 
-/// `VIR_DOMAIN_SHUTOFF_SHUTDOWN`.
-const SHUTOFF_SHUTDOWN: i32 = 1;
-/// `VIR_DOMAIN_SHUTOFF_CRASHED`.
-const SHUTOFF_CRASHED: i32 = 3;
-/// `VIR_DOMAIN_SHUTOFF_FAILED`.
-const SHUTOFF_FAILED: i32 = 6;
-
 const SIGNALS: Token = Token(0);
 const FRONTEND: Token = Token(1);
 /// Guest channels and consoles get tokens from here up.
@@ -311,7 +304,7 @@ impl Broker {
                 let Some(client) = link.clients.get(&conn) else {
                     return self.violation(&format!("denial on connection {conn}, which is not open"));
                 };
-                let caller = Caller { conn, peer: &client.peer, readonly: client.readonly };
+                let caller = Caller { conn, peer: &client.peer, readonly: client.readonly, request: env.id };
                 calls::audit_denial(&mut self.setup.auditor, &caller, procedure);
                 BrokerReply::Ok
             }
@@ -327,18 +320,12 @@ impl Broker {
                 let Some(client) = link.clients.get(&conn) else {
                     return self.violation(&format!("call on connection {conn}, which is not open"));
                 };
-                let caller = Caller { conn, peer: &client.peer, readonly: client.readonly };
+                let caller = Caller { conn, peer: &client.peer, readonly: client.readonly, request: env.id };
                 let console_of = match &call {
                     crate::privsep::Call::OpenConsole { uuid, .. } => Some(*uuid),
                     _ => None,
                 };
-                let peer = client.peer.clone();
                 let value = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
-                if let Some((uuid, resume)) = self.setup.ctx.deferred.take() {
-                    let deadline = Instant::now() + calls::AWAIT_TIMEOUT;
-                    let a = calls::Awaiting { resume, conn, peer, reply_to: env.id, deadline };
-                    self.setup.ctx.awaiting.insert(uuid, a);
-                }
                 for (uuid, event) in std::mem::take(&mut self.setup.ctx.stashed) {
                     if let HelperEvent::Stopped { reason, detail } = event {
                         self.guest_stopped(uuid, reason, &detail);
@@ -366,12 +353,13 @@ impl Broker {
                     self.flush_events();
                     return;
                 }
+                // What waited on a guest this call stopped fails now; a suspend
+                // or resume this call sent is answered when its helper answers.
+                self.fail_awaiting(|_, _| false);
                 if self.setup.ctx.awaiting.values().any(|a| a.reply_to == env.id) {
-                    self.fail_awaiting(|_, _| false);
                     self.flush_events();
                     return;
                 }
-                self.fail_awaiting(|_, _| false);
                 BrokerReply::Value(value)
             }
         };
@@ -559,8 +547,10 @@ impl Broker {
     /// follows the guest).
     fn pause_answered(&mut self, uuid: [u8; 16], resumed: bool) {
         self.setup.ctx.paused(&uuid, resumed);
-        let matches = self.setup.ctx.awaiting.get(&uuid).is_some_and(|a| a.resume == resumed);
-        if let Some(a) = matches.then(|| self.setup.ctx.awaiting.remove(&uuid)).flatten() {
+        // Only the answer to what the client asked ends its wait.
+        if self.setup.ctx.awaiting.get(&uuid).is_some_and(|a| a.resume == resumed)
+            && let Some(a) = self.setup.ctx.awaiting.remove(&uuid)
+        {
             calls::audit_awaited(&mut self.setup.auditor, &self.setup.ctx, &uuid, &a, &Ok(()));
             self.reply(a.reply_to, &BrokerReply::Value(Ok(CallValue::Unit)), &[]);
         }
@@ -621,28 +611,21 @@ impl Broker {
         let Some(running) = ctx.guests.remove(&uuid) else { return };
         let Ok(entry) = ctx.domains.by_uuid(&uuid) else { return };
         let (name, def) = (entry.def.name.clone(), &entry.def);
-        let (action, shutoff_reason, op) = match reason {
-            StopReason::PowerOff => (def.on_poweroff, SHUTOFF_SHUTDOWN, "shutdown"),
-            StopReason::Reset if ctx.resetting.remove(&uuid) => (LifecycleAction::Restart, SHUTOFF_SHUTDOWN, "reset"),
-            StopReason::Reset => (def.on_reboot, SHUTOFF_SHUTDOWN, "reboot"),
-            StopReason::Crash => (def.on_crash, SHUTOFF_CRASHED, "crash"),
-            StopReason::Destroyed => (LifecycleAction::Destroy, calls::SHUTOFF_DESTROYED, "destroy"),
-            StopReason::Failed => (LifecycleAction::Destroy, SHUTOFF_FAILED, "failed"),
+        let (action, op) = match reason {
+            StopReason::PowerOff => (def.on_poweroff, "shutdown"),
+            StopReason::Reset if ctx.resetting.remove(&uuid) => (LifecycleAction::Restart, "reset"),
+            StopReason::Reset => (def.on_reboot, "reboot"),
+            StopReason::Crash => (def.on_crash, "crash"),
+            StopReason::Destroyed => (LifecycleAction::Destroy, "destroy"),
+            StopReason::Failed => (LifecycleAction::Destroy, "failed"),
         };
         log::info!("domain '{name}' (id {}): {op} ({detail})", running.id);
-        let u = crate::domain::uuid_string(&uuid);
-        let fields = [
-            ("vm", Value::Text(&name)),
-            ("uuid", Value::Text(&u)),
-            ("vm-pid", Value::Num(running.pid.as_raw().into())),
-            ("reason", Value::Text(op)),
-        ];
-        self.setup.auditor.record("stop", &fields, true);
+        calls::audit_guest(&mut self.setup.auditor, "stop", (&name, &uuid), running.pid.as_raw(), Some(op), true);
         let id = running.id;
         drop(running);
         let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| crate::privsep::DomainRef { id: -1, ..e.handle() });
         self.setup.ctx.unrecord(&uuid);
-        self.setup.ctx.domains.set_shutoff(&uuid, shutoff_reason);
+        self.setup.ctx.domains.set_shutoff(&uuid, calls::shutoff_reason(reason));
         self.fail_awaiting(|_, _| false);
         let in_place = matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart;
         if let (Ok(dom), false) = (dom, in_place) {

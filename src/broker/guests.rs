@@ -64,6 +64,19 @@ fn open_regular(what: &str, path: &str) -> Result<OwnedFd, CallError> {
     Ok(f.into())
 }
 
+/// The file a `<serial type='file'>` console is logged to, opened for appending.
+fn serial_log(def: &DomainDef) -> Result<Option<std::fs::File>, CallError> {
+    match def.serials.first().map(|s| &s.source) {
+        Some(crate::domain::CharSource::File(path)) => std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map(Some)
+            .map_err(|e| failed("cannot open serial log", Path::new(path), e)),
+        _ => Ok(None),
+    }
+}
+
 /// A listening seqpacket socket at `path` (replacing a stale one).
 fn control_listener(path: &Path) -> Result<OwnedFd, CallError> {
     use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
@@ -95,16 +108,7 @@ impl Launcher {
         if !def.interfaces.is_empty() {
             return Err(CallError::ConfigUnsupported("the guest helper cannot provide <interface> devices yet".into()));
         }
-        let log = match def.serials.first().map(|s| &s.source) {
-            Some(crate::domain::CharSource::File(path)) => Some(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(path)
-                    .map_err(|e| failed("cannot open serial log", Path::new(path), e))?,
-            ),
-            _ => None,
-        };
+        let log = serial_log(def)?;
         let kernel = open_regular("kernel", &def.os.kernel)?;
         let initrd = def.os.initrd.as_deref().map(|p| open_regular("initrd", p)).transpose()?;
         let kvm: OwnedFd = std::fs::OpenOptions::new()
@@ -117,7 +121,7 @@ impl Launcher {
         let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
         console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
         std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
-        let listener = control_listener(&self.state_dir.join(format!("{}.ctl", def.name)))?;
+        let listener = control_listener(&super::status::control_socket(&self.state_dir, &def.name))?;
 
         let spawned = spawn::helper(&self.exe).map_err(|e| failed("cannot start helper", &self.exe, e))?;
         let config = GuestConfig {
@@ -165,7 +169,7 @@ impl Launcher {
     /// `Err` with how the guest ended if it stopped while we were away.
     pub fn reattach(&self, def: &DomainDef, id: i32, pid: i32, uid: u32) -> Option<Result<Running, StopReason>> {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-        let path = self.state_dir.join(format!("{}.ctl", def.name));
+        let path = super::status::control_socket(&self.state_dir, &def.name);
         let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).ok()?;
         connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(&path).ok()?).ok()?;
         let channel = Channel::from_fd(fd).ok()?;
@@ -179,12 +183,11 @@ impl Launcher {
         console.set_nonblocking(true).ok()?;
         let theirs: OwnedFd = theirs.into();
         channel.send(&HelperCommand::Console, &[theirs.as_fd(), theirs.as_fd()]).ok()?;
-        let log = match def.serials.first().map(|s| &s.source) {
-            Some(crate::domain::CharSource::File(path)) => {
-                std::fs::OpenOptions::new().append(true).create(true).open(path).ok()
-            }
-            _ => None,
-        };
+        // The guest runs on whether or not its log can be reopened.
+        let log = serial_log(def).unwrap_or_else(|e| {
+            log::warn!("domain '{}': {e}", def.name);
+            None
+        });
         Some(Ok(Running { id, pid: Pid::from_raw(pid), uid, channel, console, log }))
     }
 }

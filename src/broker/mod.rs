@@ -151,35 +151,21 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         consoles: Default::default(),
         consoles_taken: Vec::new(),
         awaiting: Default::default(),
-        deferred: None,
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.
     for (name, uuid, pid, running) in ctx.reattach() {
-        let u = crate::domain::uuid_string(&uuid);
-        let fields = [
-            ("vm", audit::Value::Text(&name)),
-            ("uuid", audit::Value::Text(&u)),
-            ("vm-pid", audit::Value::Num(pid.into())),
-        ];
         // Failure: the guest had stopped while no daemon was there.
-        auditor.record("reattach", &fields, running);
+        calls::audit_guest(&mut auditor, "reattach", (&name, &uuid), pid, None, running);
     }
     for uuid in ctx.domains.autostart_pending() {
         let result = ctx.start(&uuid, None, false);
         if let Err(e) = &result {
             log::error!("autostart: {e}");
         }
-        let u = crate::domain::uuid_string(&uuid);
         let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
         let pid = ctx.guests.get(&uuid).map_or(-1, |r| r.pid.as_raw());
-        let fields = [
-            ("vm", audit::Value::Text(&name)),
-            ("uuid", audit::Value::Text(&u)),
-            ("vm-pid", audit::Value::Num(pid.into())),
-            ("reason", audit::Value::Text("autostart")),
-        ];
-        auditor.record("start", &fields, result.is_ok());
+        calls::audit_guest(&mut auditor, "start", (&name, &uuid), pid, Some("autostart"), result.is_ok());
     }
     ctx.events.clear();
     Broker::new(event_loop::Setup {

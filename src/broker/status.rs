@@ -27,6 +27,11 @@ pub struct Status {
     pub persistent: bool,
 }
 
+/// Where guest `name`'s helper listens for a (re)connecting broker.
+pub fn control_socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.ctl"))
+}
+
 fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{name}.status")), dir.join(format!("{name}.live.xml")))
 }
@@ -60,7 +65,7 @@ pub fn remove(dir: &Path, name: &str) {
     let (status, live) = paths(dir, name);
     let _ = std::fs::remove_file(status);
     let _ = std::fs::remove_file(live);
-    let _ = std::fs::remove_file(dir.join(format!("{name}.ctl")));
+    let _ = std::fs::remove_file(control_socket(dir, name));
 }
 
 fn parse(text: &str) -> Option<Status> {

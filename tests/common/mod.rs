@@ -129,10 +129,21 @@ impl Daemon {
 
     pub fn start_in(tree: Tree, args: &[&str]) -> Daemon {
         let child = command(&tree, args).spawn().unwrap();
-        let pid = child.id() as i32;
-        let mut d = Daemon { tree, child: Some(child), pid };
-        assert!(d.wait_serving(Duration::from_secs(10)), "daemon did not start:\n{}", d.stderr());
+        let mut d = Daemon { pid: child.id() as i32, child: Some(child), tree };
+        d.wait_started();
         d
+    }
+
+    /// Starts the daemon again in the same tree, after the previous one exited.
+    pub fn restart(&mut self) {
+        let child = command(&self.tree, &[]).spawn().unwrap();
+        self.pid = child.id() as i32;
+        self.child = Some(child);
+        self.wait_started();
+    }
+
+    fn wait_started(&mut self) {
+        assert!(self.wait_serving(Duration::from_secs(10)), "daemon did not start:\n{}", self.stderr());
     }
 
     pub fn stderr(&self) -> String {
