@@ -89,7 +89,11 @@ fn a_guest_starts_runs_in_its_own_sandboxed_helper_and_is_destroyed() {
     // A second start gets the next id.
     assert_eq!(virsh(&rw, &["start", "guest-a"]).0, 0);
     assert_eq!(virsh(&rw, &["domid", "guest-a"]).1.trim(), "2");
-    assert_eq!(virsh(&rw, &["destroy", "guest-a"]).0, 0);
+    // A graceful destroy asks the helper to stop the guest, and waits for it.
+    let (code, out, err) = virsh(&rw, &["destroy", "--graceful", "guest-a"]);
+    assert_eq!((code, out.trim()), (0, "Domain 'guest-a' destroyed"), "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-a"]).1, "shut off (destroyed)\n\n");
+    assert!(d.tree.audit(&["op=destroy", "vm=\"guest-a\"", "res=success"], SECS).is_some());
 }
 
 #[test]
@@ -481,13 +485,97 @@ fn a_wedged_helper_stalls_only_its_own_callers_and_destroy_still_works() {
     assert!(err.contains("guest 'guest-w' did not answer"), "{err}");
     assert!(d.tree.audit(&["op=suspend ", "res=failed"], SECS).is_some());
 
-    let (code, _, err) = virsh(&rw, &["destroy", "--graceful", "guest-w"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("guest 'guest-w' did not stop"), "{err}");
+    // So does a graceful destroy, which never kills.
+    let graceful = std::process::Command::new("virsh")
+        .args(["-c", &uri(&rw), "destroy", "--graceful", "guest-w"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(virsh(&d.tree.sock("libvirt-sock-ro"), &["domstate", "guest-w"]).1.trim(), "running");
+    let out = graceful.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("guest 'guest-w' did not stop within 5 s"), "{err}");
+    assert!(d.tree.audit(&["op=destroy ", "res=failed"], SECS).is_some());
     assert_eq!(virsh(&rw, &["domstate", "guest-w"]).1.trim(), "running");
     assert!(alive(pid));
     let (code, _, err) = virsh(&rw, &["destroy", "guest-w"]);
     assert_eq!(code, 0, "{err}");
     assert!(wait_until(SECS, || !alive(pid)), "destroy left a stopped helper behind");
     assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-w"]).1.trim(), "shut off (destroyed)");
+}
+
+#[test]
+fn a_helper_that_never_starts_stalls_nobody_and_the_start_fails_naming_the_domain() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    // The daemon runs the helper found beside its own binary: give it a
+    // stand-in that never reports Started, or exits when told to.
+    let tree = Tree::new();
+    tree.write_conf("");
+    let bin = tree.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(BIN, bin.join("libvirtd")).unwrap();
+    let exit_now = tree.path("exit-now");
+    let script = format!("#!/bin/sh\n[ -e '{}' ] && exit 3\nexec sleep 60\n", exit_now.display());
+    std::fs::write(bin.join("libvirt-helper"), script).unwrap();
+    std::fs::set_permissions(bin.join("libvirt-helper"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::start_binary(tree, &bin.join("libvirtd"));
+    let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
+    define_guest_as(&d, "stuck-1", "0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b01", None);
+    define_guest_as(&d, "stuck-2", "0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b02", None);
+    let start = |name: &str| {
+        std::process::Command::new("virsh")
+            .args(["-c", &uri(&rw), "start", name])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (mut one, mut two) = (start("stuck-1"), start("stuck-2"));
+    let state = |name: &str| virsh(&ro, &["domstate", "--reason", name]).1;
+    assert!(wait_until(SECS, || state("stuck-1").trim() == "paused (starting up)"), "{}", state("stuck-1"));
+    assert!(wait_until(SECS, || state("stuck-2").trim() == "paused (starting up)"), "{}", state("stuck-2"));
+    let helpers: Vec<i32> = children_of(d.pid).into_iter().filter(|p| cmdline(*p).contains("sleep")).collect();
+    assert_eq!(helpers.len(), 2, "stand-in helpers: {helpers:?}");
+    let _guard = Helpers(helpers.clone());
+
+    // Both starts wait on their helpers; the read-only socket answers meanwhile.
+    let (code, out, err) = virsh(&ro, &["list", "--name"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stuck-1\n") && out.contains("stuck-2\n"), "{out}");
+    assert!(one.try_wait().unwrap().is_none() && two.try_wait().unwrap().is_none(), "a start did not wait");
+    // Nothing else may act on a guest that is still starting, except destroy.
+    let (code, _, err) = virsh(&rw, &["suspend", "stuck-2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("guest 'stuck-2' has not finished its start yet"), "{err}");
+    let (code, _, err) = virsh(&rw, &["destroy", "stuck-1"]);
+    assert_eq!(code, 0, "{err}");
+    let out = one.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("domain is not running"), "{out:?}");
+    assert_eq!(state("stuck-1").trim(), "shut off (destroyed)");
+
+    // The other gives up at the deadline, names the domain, and leaves nothing behind.
+    let out = two.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("error: Failed to start domain 'stuck-2'"), "{err}");
+    assert!(err.contains("guest 'stuck-2' did not start within 10 s"), "{err}");
+    assert_eq!(state("stuck-2").trim(), "shut off (failed)");
+    assert!(wait_until(SECS, || helpers.iter().all(|p| !alive(*p))), "a stand-in helper lingers");
+    assert!(
+        d.tree.audit(&["op=start ", "uuid=\"0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b02\"", "res=failed"], SECS).is_some()
+    );
+    assert!(!d.tree.path("run/qemu/stuck-2.status").exists(), "the failed start is still recorded");
+
+    // A helper that exits at once fails its start promptly, with the reason.
+    std::fs::write(&exit_now, "").unwrap();
+    let (code, _, err) = virsh(&rw, &["start", "stuck-1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("guest failed to start"), "{err}");
+    assert_eq!(state("stuck-1").trim(), "shut off (failed)");
 }

@@ -11,7 +11,7 @@ use super::domains::Domains;
 use super::guests::{Launcher, Running};
 use super::host;
 use crate::domain::uuid_string;
-use crate::privsep::helper::{HelperCommand, HelperEvent, StopReason};
+use crate::privsep::helper::{HelperCommand, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, PeerIdentity, Query};
 use crate::rpc::remote::RemoteProc;
 
@@ -32,37 +32,96 @@ pub struct Ctx {
     pub next_id: i32,
     /// Guests being reset by a client: they come back whatever `on_reboot` says.
     pub resetting: std::collections::HashSet<[u8; 16]>,
-    /// Helper events read while waiting for an answer, for the event loop.
-    pub stashed: Vec<([u8; 16], HelperEvent)>,
     /// Lifecycle events for clients, sent by the event loop after each call.
     pub events: Vec<DomainEvent>,
     /// Which client holds each guest's console.
     pub consoles: HashMap<[u8; 16], u64>,
     /// Consoles taken with FORCE, whose previous streams must end.
     pub consoles_taken: Vec<[u8; 16]>,
-    /// Suspends and resumes sent to helpers and not yet answered; the
-    /// event loop answers them.
+    /// Requests sent to helpers and not yet answered, at most one per
+    /// guest; the event loop settles them.
     pub awaiting: HashMap<[u8; 16], Awaiting>,
 }
 
-/// A client's suspend (or resume) sent to the guest's helper: the broker
-/// answers when the helper does or the deadline passes, and serves other
-/// clients meanwhile, so a wedged helper stalls only its own callers.
+/// A request sent to a guest's helper whose answer arrives through the event
+/// loop: the broker settles it when the helper answers, the guest stops or
+/// the deadline passes, and serves everyone else meanwhile, so a slow or
+/// wedged helper stalls only whoever asked it.
 pub struct Awaiting {
-    /// Resume rather than suspend.
-    pub resume: bool,
-    /// The caller, for the audit record.
-    pub conn: u64,
-    /// The caller's identity.
-    pub peer: PeerIdentity,
-    /// The frontend request to answer.
-    pub reply_to: u32,
+    /// The helper event that settles it.
+    pub wait: Wait,
+    /// The audit operation (`start`, `create`, `suspend`, ...).
+    pub op: &'static str,
+    /// Who asked.
+    pub asker: Asker,
+    /// The helper's pid, for the audit record after it is gone.
+    pub pid: i32,
     /// When to give up on the helper.
     pub deadline: std::time::Instant,
 }
 
-/// How long a helper may take to answer a client's pause or resume.
-pub const AWAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(ASK_TIMEOUT_MS as u64);
+/// What an [`Awaiting`] request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// A new helper's `Started`; with `paused` it is then asked to pause
+    /// (START_PAUSED). `fresh` is false for a restart in place (reboot),
+    /// which keeps its id and is no new start for clients.
+    Started { paused: bool, fresh: bool },
+    /// `Paused` after a START_PAUSED start.
+    StartPaused,
+    /// `Paused` (virDomainSuspend).
+    Paused,
+    /// `Resumed` (virDomainResume).
+    Resumed,
+    /// `Stopped` (a graceful destroy).
+    Stopped,
+}
+
+impl Wait {
+    /// Whether this is part of a start: failing it stops the guest.
+    pub fn starting(self) -> bool {
+        matches!(self, Wait::Started { .. } | Wait::StartPaused)
+    }
+
+    /// How long the helper gets.
+    pub fn timeout(self) -> std::time::Duration {
+        let ms = if matches!(self, Wait::Started { .. }) { START_TIMEOUT_MS } else { ASK_TIMEOUT_MS };
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// The error for a helper that let the deadline pass.
+    pub fn overdue(self, name: &str) -> CallError {
+        let secs = self.timeout().as_secs();
+        CallError::OperationFailed(match self {
+            Wait::Started { .. } => format!("guest '{name}' did not start within {secs} s"),
+            Wait::Stopped => {
+                format!("guest '{name}' did not stop within {secs} s and a graceful destroy does not kill it")
+            }
+            _ => format!("guest '{name}' did not answer within {secs} s"),
+        })
+    }
+}
+
+/// Who is waiting on an [`Awaiting`] request.
+pub enum Asker {
+    /// A client: its call is answered when the request settles.
+    Client {
+        /// Its connection.
+        conn: u64,
+        /// Its identity.
+        peer: PeerIdentity,
+        /// The frontend request to answer.
+        reply_to: u32,
+    },
+    /// The daemon itself (autostart, an `on_*` restart), for this reason.
+    Daemon(&'static str),
+}
+
+impl Asker {
+    fn of(caller: &Caller) -> Asker {
+        Asker::Client { conn: caller.conn, peer: caller.peer.clone(), reply_to: caller.request }
+    }
+}
 
 /// `virDomainEventType` values and their details.
 pub mod event {
@@ -96,8 +155,12 @@ const START_PAUSED: u32 = 1;
 const START_VALIDATE: u32 = 16;
 /// `VIR_DOMAIN_DESTROY_GRACEFUL`.
 const DESTROY_GRACEFUL: u32 = 1;
-/// How long a helper may take to answer a pause or resume, in ms.
-const ASK_TIMEOUT_MS: u16 = 5_000;
+/// How long a helper may take to answer a pause, resume or stop, in ms.
+const ASK_TIMEOUT_MS: u64 = 5_000;
+/// How long a new helper may take to report `Started`, in ms.
+const START_TIMEOUT_MS: u64 = 10_000;
+/// `VIR_DOMAIN_PAUSED_STARTING_UP`: a guest whose helper is starting.
+const PAUSED_STARTING_UP: i32 = 11;
 /// `VIR_DOMAIN_SHUTOFF_SHUTDOWN`.
 const SHUTOFF_SHUTDOWN: i32 = 1;
 /// `VIR_DOMAIN_SHUTOFF_DESTROYED`.
@@ -116,8 +179,6 @@ pub fn shutoff_reason(reason: StopReason) -> i32 {
         StopReason::Failed => SHUTOFF_FAILED,
     }
 }
-/// How long a destroyed guest's helper gets to confirm, in ms.
-const STOP_TIMEOUT_MS: u16 = 5_000;
 
 impl Ctx {
     /// Writes the run-state record of guest `uuid` (for a restarted broker).
@@ -160,7 +221,10 @@ impl Ctx {
             self.next_id = self.next_id.max(s.id + 1);
             match self.launcher.reattach(&def, s.id, s.pid, s.uid) {
                 Some(Ok(running)) => {
-                    self.domains.set_running(&uuid, s.id, running.pid, s.state);
+                    // A start the previous broker did not see through: the
+                    // helper that still answers went on to run its guest.
+                    let starting = s.state == (STATE_PAUSED, PAUSED_STARTING_UP);
+                    self.domains.set_running(&uuid, s.id, running.pid, if starting { RUNNING_BOOTED } else { s.state });
                     self.guests.insert(uuid, running);
                     log::info!("re-attached to domain '{name}' (id {}, helper pid {})", s.id, s.pid);
                     found.push((name, uuid, s.pid, true));
@@ -187,36 +251,95 @@ impl Ctx {
     }
 
     /// Starts the defined domain `uuid` in a new helper, as domain `id` (a
-    /// new one if `None`).
+    /// new one if `None`). The domain is paused (starting up) until the
+    /// helper reports `Started` through the event loop, which settles the
+    /// start for `asker`.
     pub fn start(
         &mut self,
         uuid: &[u8; 16],
         id: Option<i32>,
         paused: bool,
-    ) -> Result<crate::privsep::DomainRef, CallError> {
+        op: &'static str,
+        asker: Asker,
+    ) -> Result<DomainRef, CallError> {
         let entry = self.domains.by_uuid(uuid)?;
         if entry.id.is_some() {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
+        let running = self.launcher.start(&entry.def, id.unwrap_or(self.next_id), &self.guests)?;
         // A restart in place (reboot, reset) keeps the id and is no new start.
         let fresh = id.is_none();
-        let id = id.unwrap_or_else(|| {
-            let id = self.next_id;
-            self.next_id += 1;
-            id
-        });
-        let running = self.launcher.start(&entry.def, id, &self.guests)?;
-        self.domains.set_running(uuid, id, running.pid, RUNNING_BOOTED);
-        self.guests.insert(*uuid, running);
-        self.record(uuid);
         if fresh {
-            let dom = self.domains.by_uuid(uuid)?.handle();
+            self.next_id += 1;
+        }
+        let pid = running.pid;
+        self.domains.set_running(uuid, running.id, pid, (STATE_PAUSED, PAUSED_STARTING_UP));
+        self.guests.insert(*uuid, running);
+        // Recorded at once: a broker restarted mid-start finds the helper.
+        self.record(uuid);
+        self.expect(uuid, Wait::Started { paused, fresh }, op, asker, pid.as_raw());
+        Ok(self.domains.by_uuid(uuid)?.handle())
+    }
+
+    /// Whether the frontend request `id` waits for a helper's answer.
+    pub fn awaits_request(&self, id: u32) -> bool {
+        self.awaiting.values().any(|a| matches!(a.asker, Asker::Client { reply_to, .. } if reply_to == id))
+    }
+
+    /// Registers what the helper of guest `uuid` was just asked.
+    fn expect(&mut self, uuid: &[u8; 16], wait: Wait, op: &'static str, asker: Asker, pid: i32) {
+        let deadline = std::time::Instant::now() + wait.timeout();
+        self.awaiting.insert(*uuid, Awaiting { wait, op, asker, pid, deadline });
+    }
+
+    /// The helper of guest `uuid` reported `Started` (its start waits in
+    /// `awaiting`): the guest runs. Returns whether the start goes on to
+    /// pause it (START_PAUSED), or why that cannot be asked.
+    pub fn started(&mut self, uuid: &[u8; 16]) -> Result<bool, CallError> {
+        let Some(&Awaiting { wait: Wait::Started { paused, fresh }, .. }) = self.awaiting.get(uuid) else {
+            return Ok(false);
+        };
+        let entry = self.domains.by_uuid(uuid)?;
+        let (Some(id), Some(pid)) = (entry.id, entry.pid) else { return Err(CallError::NotRunning) };
+        let name = entry.def.name.clone();
+        self.domains.set_running(uuid, id, pid, RUNNING_BOOTED);
+        self.record(uuid);
+        if fresh && let Ok(dom) = self.domains.by_uuid(uuid).map(|e| e.handle()) {
             self.emit(dom, event::STARTED, 0);
         }
-        if paused {
-            self.suspend(uuid)?;
+        if !paused {
+            return Ok(false);
         }
-        Ok(self.domains.by_uuid(uuid)?.handle())
+        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
+        running
+            .channel
+            .send(&HelperCommand::Pause, &[])
+            .map_err(|e| CallError::OperationFailed(format!("guest '{name}' cannot be paused: {e}")))?;
+        if let Some(a) = self.awaiting.get_mut(uuid) {
+            a.wait = Wait::StartPaused;
+            a.deadline = std::time::Instant::now() + a.wait.timeout();
+        }
+        Ok(true)
+    }
+
+    /// Stops a guest whose start failed, if its helper still runs.
+    pub fn abort_start(&mut self, uuid: &[u8; 16]) {
+        if let Some(running) = self.guests.remove(uuid) {
+            let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
+            self.unrecord(uuid);
+            self.domains.set_shutoff(uuid, SHUTOFF_FAILED);
+        }
+    }
+
+    /// Guest `uuid`'s name and helper pid, refusing while its helper has an
+    /// earlier request to answer.
+    fn idle_guest(&self, uuid: &[u8; 16]) -> Result<(String, &Running), CallError> {
+        let name = self.domains.by_uuid(uuid)?.def.name.clone();
+        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
+        if let Some(a) = self.awaiting.get(uuid) {
+            return Err(CallError::OperationFailed(format!("guest '{name}' has not finished its {} yet", a.op)));
+        }
+        Ok((name, running))
     }
 
     /// Sends a command the helper does not answer (its effect arrives as an
@@ -228,69 +351,44 @@ impl Ctx {
         command: HelperCommand,
         hard_reset: bool,
     ) -> Result<(String, i32), CallError> {
-        let name = self.domains.by_uuid(uuid)?.def.name.clone();
-        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
+        let (name, running) = self.idle_guest(uuid)?;
         running.channel.send(&command, &[]).map_err(|e| CallError::OperationFailed(format!("guest helper: {e}")))?;
+        let pid = running.pid.as_raw();
         if hard_reset {
             self.resetting.insert(*uuid);
         }
-        Ok((name, running.pid.as_raw()))
+        Ok((name, pid))
     }
 
-    /// Sends `command` and waits (bounded) for `answer`. Any other event that
-    /// arrives meanwhile (the guest stopping by itself) is kept for the
-    /// event loop. A helper that does not answer is an error naming the domain.
+    /// Sends `command` to the helper of guest `uuid`; its answer (`wait`)
+    /// settles the call through the event loop.
     fn ask(
         &mut self,
         uuid: &[u8; 16],
         command: HelperCommand,
-        answer: &HelperEvent,
-    ) -> Result<(String, i32), CallError> {
-        let name = self.domains.by_uuid(uuid)?.def.name.clone();
-        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
-        let pid = running.pid.as_raw();
-        let stuck =
-            |e: &dyn std::fmt::Display| CallError::OperationFailed(format!("guest '{name}' did not answer: {e}"));
-        running.channel.send(&command, &[]).map_err(|e| stuck(&e))?;
-        match running.channel.recv_blocking::<HelperEvent>(ASK_TIMEOUT_MS, HelperEvent::fd_count) {
-            Ok((event, _)) if &event == answer => Ok((name, pid)),
-            Ok((event, _)) => {
-                // Only a stop can come unasked: hand it to the event loop.
-                self.stashed.push((*uuid, event));
-                Err(CallError::NotRunning)
-            }
-            Err(e) => Err(stuck(&e)),
-        }
-    }
-
-    /// Pauses every vCPU of a guest being started with START_PAUSED (its
-    /// helper just said Started, so a bounded wait is enough).
-    fn suspend(&mut self, uuid: &[u8; 16]) -> Result<(String, i32), CallError> {
-        let answer = self.ask(uuid, HelperCommand::Pause, &HelperEvent::Paused)?;
-        self.paused(uuid, false);
-        Ok(answer)
-    }
-
-    /// `virDomainSuspend` / `virDomainResume`: sends the command; the helper's
-    /// answer arrives through the event loop (see [`Awaiting`]).
-    pub fn begin_pause(&mut self, uuid: &[u8; 16], resume: bool) -> Result<(String, i32), CallError> {
-        let entry = self.domains.by_uuid(uuid)?;
-        let name = entry.def.name.clone();
-        let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
-        if self.awaiting.contains_key(uuid) {
-            return Err(CallError::OperationFailed(format!(
-                "guest '{name}' has not answered its previous suspend or resume yet"
-            )));
-        }
-        if resume && entry.state.0 != STATE_PAUSED {
-            return Err(CallError::OperationInvalid("domain is already running".into()));
-        }
-        let command = if resume { HelperCommand::Resume } else { HelperCommand::Pause };
+        wait: Wait,
+        op: &'static str,
+        caller: &Caller,
+    ) -> Result<(), CallError> {
+        let (name, running) = self.idle_guest(uuid)?;
         running
             .channel
             .send(&command, &[])
             .map_err(|e| CallError::OperationFailed(format!("guest '{name}' did not answer: {e}")))?;
-        Ok((name, running.pid.as_raw()))
+        let pid = running.pid.as_raw();
+        self.expect(uuid, wait, op, Asker::of(caller), pid);
+        Ok(())
+    }
+
+    /// `virDomainSuspend` / `virDomainResume`.
+    fn pause(&mut self, uuid: &[u8; 16], resume: bool, caller: &Caller) -> Result<(), CallError> {
+        if resume && self.domains.by_uuid(uuid)?.state.0 != STATE_PAUSED {
+            return Err(CallError::OperationInvalid("domain is already running".into()));
+        }
+        match resume {
+            true => self.ask(uuid, HelperCommand::Resume, Wait::Resumed, "resume", caller),
+            false => self.ask(uuid, HelperCommand::Pause, Wait::Paused, "suspend", caller),
+        }
     }
 
     /// The helper paused (or resumed) guest `uuid`: record it and tell clients.
@@ -311,25 +409,11 @@ impl Ctx {
     }
 
     /// Stops guest `uuid` at once: the helper holds nothing that needs a
-    /// clean exit, so it is killed without waiting. `graceful` (libvirt's
-    /// DESTROY_GRACEFUL) asks the helper instead and waits (bounded); one
-    /// that does not stop in time is an error and the guest keeps running.
-    pub fn destroy(&mut self, uuid: &[u8; 16], graceful: bool) -> Result<i32, CallError> {
+    /// clean exit, so it is killed without waiting (whatever else it was
+    /// asked fails). Returns the helper's pid.
+    pub fn destroy(&mut self, uuid: &[u8; 16]) -> Result<i32, CallError> {
         let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
-        let confirmed = graceful
-            && running.channel.send(&HelperCommand::Stop, &[]).is_ok()
-            && running.channel.recv_blocking::<HelperEvent>(STOP_TIMEOUT_MS, HelperEvent::fd_count).is_ok();
-        if !confirmed && graceful {
-            let name = self.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
-            self.guests.insert(*uuid, running);
-            return Err(CallError::OperationFailed(format!(
-                "guest '{name}' did not stop within {} s and a graceful destroy does not kill it",
-                STOP_TIMEOUT_MS / 1000
-            )));
-        }
-        if !confirmed {
-            let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
-        }
+        let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
         let dom = self.domains.by_uuid(uuid).map(|e| DomainRef { id: -1, ..e.handle() });
         self.unrecord(uuid);
         self.domains.set_shutoff(uuid, SHUTOFF_DESTROYED);
@@ -426,26 +510,24 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             if flags & !(START_PAUSED | START_VALIDATE) != 0 {
                 return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainCreateWithFlags".into() });
             }
-            let result = ctx.start(&uuid, None, flags & START_PAUSED != 0);
-            let pid = result.as_ref().ok().and_then(|_| ctx.guests.get(&uuid)).map(|r| r.pid.as_raw());
-            let named = result.as_ref().map(|h| h.name.clone()).map_err(Clone::clone);
-            audit_change(auditor, caller, "start", &uuid, &named, &[("vm-pid", Value::Num(pid.unwrap_or(-1).into()))]);
+            // Answered and audited when the helper has started the guest.
+            let result = ctx.start(&uuid, None, flags & START_PAUSED != 0, "start", Asker::of(caller));
+            if let Err(e) = &result {
+                audit_change(auditor, caller, "start", &uuid, &Err(e.clone()), &[]);
+            }
             result.map(CallValue::Domain)
         }
         Call::CreateXml { xml, flags } => {
             if flags & !(START_PAUSED | START_VALIDATE) != 0 {
                 return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainCreateXML".into() });
             }
+            let paused = flags & START_PAUSED != 0;
             let result = ctx.domains.add_transient(&xml, flags & START_VALIDATE != 0).and_then(|uuid| {
-                ctx.start(&uuid, None, flags & START_PAUSED != 0).inspect_err(|_| ctx.domains.forget(&uuid))
+                ctx.start(&uuid, None, paused, "create", Asker::of(caller)).inspect_err(|_| ctx.domains.forget(&uuid))
             });
-            match &result {
-                Ok(h) => {
-                    let pid = ctx.guests.get(&h.uuid).map_or(-1, |r| r.pid.as_raw());
-                    let named = Ok(h.name.clone());
-                    audit_change(auditor, caller, "create", &h.uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
-                }
-                Err(e) => audit(auditor, caller, "create", &[("reason", Value::Text(&e.to_string()))], false),
+            // Success is answered and audited when the helper has started the guest.
+            if let Err(e) = &result {
+                audit(auditor, caller, "create", &[("reason", Value::Text(&e.to_string()))], false);
             }
             result.map(CallValue::Domain)
         }
@@ -469,20 +551,12 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         }
         Call::Suspend { uuid } | Call::Resume { uuid } => {
             let resume = matches!(call, Call::Resume { .. });
-            match ctx.begin_pause(&uuid, resume) {
-                // Answered and audited when the helper answers.
-                Ok(_) => {
-                    let deadline = std::time::Instant::now() + AWAIT_TIMEOUT;
-                    let (conn, peer, reply_to) = (caller.conn, caller.peer.clone(), caller.request);
-                    ctx.awaiting.insert(uuid, Awaiting { resume, conn, peer, reply_to, deadline });
-                }
-                Err(e) => {
-                    let op = if resume { "resume" } else { "suspend" };
-                    audit_change(auditor, caller, op, &uuid, &Err(e.clone()), &[]);
-                    return Err(e);
-                }
+            // Answered and audited when the helper answers.
+            let result = ctx.pause(&uuid, resume, caller);
+            if let Err(e) = &result {
+                audit_change(auditor, caller, op_of(&call), &uuid, &Err(e.clone()), &[]);
             }
-            Ok(CallValue::Unit)
+            result.map(|()| CallValue::Unit)
         }
         Call::OpenConsole { uuid, flags } => {
             // FORCE (1) takes the console from its current client; SAFE (2)
@@ -510,8 +584,16 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             if flags & !3 != 0 {
                 return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainDestroyFlags".into() });
             }
+            if flags & DESTROY_GRACEFUL != 0 {
+                // Answered and audited when the helper has stopped the guest.
+                let result = ctx.ask(&uuid, HelperCommand::Stop, Wait::Stopped, "destroy", caller);
+                if let Err(e) = &result {
+                    audit_change(auditor, caller, "destroy", &uuid, &Err(e.clone()), &[]);
+                }
+                return result.map(|()| CallValue::Unit);
+            }
             let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone());
-            let result = name.and_then(|n| ctx.destroy(&uuid, flags & DESTROY_GRACEFUL != 0).map(|pid| (n, pid)));
+            let result = name.and_then(|n| ctx.destroy(&uuid).map(|pid| (n, pid)));
             let pid = result.as_ref().map_or(-1, |(_, p)| *p);
             let named = result.as_ref().map(|(n, _)| n.clone()).map_err(Clone::clone);
             audit_change(auditor, caller, "destroy", &uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
@@ -636,16 +718,17 @@ pub fn audit_guest(
     auditor.record(op, &fields, ok);
 }
 
-/// Audits the end of a client's suspend or resume that waited for its helper.
+/// Audits how a request that waited for a helper ended.
 pub fn audit_awaited(auditor: &mut Auditor, ctx: &Ctx, uuid: &[u8; 16], a: &Awaiting, result: &Result<(), CallError>) {
-    let caller = Caller { conn: a.conn, peer: &a.peer, readonly: false, request: a.reply_to };
-    let op = if a.resume { "resume" } else { "suspend" };
-    let pid = ctx.guests.get(uuid).map_or(-1, |r| r.pid.as_raw());
-    let named = match result {
-        Ok(()) => ctx.domains.by_uuid(uuid).map(|e| e.def.name.clone()),
-        Err(e) => Err(e.clone()),
-    };
-    audit_change(auditor, &caller, op, uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
+    let name = ctx.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+    match &a.asker {
+        Asker::Client { conn, peer, reply_to } => {
+            let caller = Caller { conn: *conn, peer, readonly: false, request: *reply_to };
+            let named = result.clone().map(|()| name);
+            audit_change(auditor, &caller, a.op, uuid, &named, &[("vm-pid", Value::Num(a.pid.into()))]);
+        }
+        Asker::Daemon(why) => audit_guest(auditor, a.op, (&name, uuid), a.pid, Some(why), result.is_ok()),
+    }
 }
 
 /// Audits a change to the domain `uuid`: its name and `extra` on success,

@@ -13,7 +13,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::audit::{Auditor, Value, peer_fields};
-use super::calls::{self, Caller, Ctx};
+use super::calls::{self, Caller, Ctx, Wait};
 use super::link::{Client, FrontendLink, Restart, describe};
 use super::listen::Listeners;
 use super::permit::{Phase, permitted};
@@ -326,11 +326,6 @@ impl Broker {
                     _ => None,
                 };
                 let value = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
-                for (uuid, event) in std::mem::take(&mut self.setup.ctx.stashed) {
-                    if let HelperEvent::Stopped { reason, detail } = event {
-                        self.guest_stopped(uuid, reason, &detail);
-                    }
-                }
                 self.sync_guests();
                 for uuid in std::mem::take(&mut self.setup.ctx.consoles_taken) {
                     self.reply(0, &BrokerReply::ConsoleTaken(uuid), &[]);
@@ -353,10 +348,10 @@ impl Broker {
                     self.flush_events();
                     return;
                 }
-                // What waited on a guest this call stopped fails now; a suspend
-                // or resume this call sent is answered when its helper answers.
+                // What waited on a guest this call stopped fails now; a call
+                // that asked a helper is answered when the helper answers.
                 self.fail_awaiting(|_, _| false);
-                if self.setup.ctx.awaiting.values().any(|a| a.reply_to == env.id) {
+                if self.setup.ctx.awaits_request(env.id) {
                     self.flush_events();
                     return;
                 }
@@ -531,9 +526,11 @@ impl Broker {
                     Ok((HelperEvent::Stopped { reason, detail }, _)) => {
                         return self.guest_stopped(uuid, reason, &detail);
                     }
-                    Ok((event @ (HelperEvent::Paused | HelperEvent::Resumed), _)) => {
-                        self.pause_answered(uuid, event == HelperEvent::Resumed);
+                    Ok((HelperEvent::Started, _)) => {
+                        self.helper_answered(uuid, Wait::Started { paused: false, fresh: false })
                     }
+                    Ok((HelperEvent::Paused, _)) => self.helper_answered(uuid, Wait::Paused),
+                    Ok((HelperEvent::Resumed, _)) => self.helper_answered(uuid, Wait::Resumed),
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
                     Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
@@ -542,44 +539,76 @@ impl Broker {
         }
     }
 
-    /// A helper answered a pause or resume: apply it and answer the client
-    /// that asked (one that gave up already got an error; the state still
-    /// follows the guest).
-    fn pause_answered(&mut self, uuid: [u8; 16], resumed: bool) {
-        self.setup.ctx.paused(&uuid, resumed);
-        // Only the answer to what the client asked ends its wait.
-        if self.setup.ctx.awaiting.get(&uuid).is_some_and(|a| a.resume == resumed)
-            && let Some(a) = self.setup.ctx.awaiting.remove(&uuid)
-        {
-            calls::audit_awaited(&mut self.setup.auditor, &self.setup.ctx, &uuid, &a, &Ok(()));
-            self.reply(a.reply_to, &BrokerReply::Value(Ok(CallValue::Unit)), &[]);
+    /// A helper reported `Started`, `Paused` or `Resumed` (as `event`):
+    /// apply it, and settle what waited for it. A late answer (its asker
+    /// already got an error) still updates the state.
+    fn helper_answered(&mut self, uuid: [u8; 16], event: Wait) {
+        let ctx = &mut self.setup.ctx;
+        let settles = match event {
+            Wait::Started { .. } => match ctx.started(&uuid) {
+                _ if !ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) => false,
+                Ok(pausing) => !pausing,
+                Err(e) => {
+                    self.settle(uuid, Err(e));
+                    return self.flush_events();
+                }
+            },
+            _ => {
+                ctx.paused(&uuid, event == Wait::Resumed);
+                let paused_for = |w: Wait| {
+                    if event == Wait::Paused { matches!(w, Wait::Paused | Wait::StartPaused) } else { w == event }
+                };
+                ctx.awaiting.get(&uuid).is_some_and(|a| paused_for(a.wait))
+            }
+        };
+        if settles {
+            self.settle(uuid, Ok(()));
         }
         self.flush_events();
     }
 
-    /// Answers with an error the waiting suspends and resumes that `give_up`
-    /// picks, and those whose guest is no longer running.
+    /// Ends the request guest `uuid`'s helper was asked: audits it, answers
+    /// the client that asked, and stops a guest whose start failed.
+    fn settle(&mut self, uuid: [u8; 16], result: Result<(), crate::privsep::CallError>) {
+        let Some(a) = self.setup.ctx.awaiting.remove(&uuid) else { return };
+        calls::audit_awaited(&mut self.setup.auditor, &self.setup.ctx, &uuid, &a, &result);
+        let value = match result {
+            Err(e) => {
+                if a.wait.starting() {
+                    self.setup.ctx.abort_start(&uuid);
+                }
+                Err(e)
+            }
+            Ok(()) if a.wait.starting() => self.setup.ctx.domains.by_uuid(&uuid).map(|e| CallValue::Domain(e.handle())),
+            Ok(()) => Ok(CallValue::Unit),
+        };
+        match (&a.asker, &value) {
+            (calls::Asker::Client { reply_to, .. }, _) => self.reply(*reply_to, &BrokerReply::Value(value), &[]),
+            (calls::Asker::Daemon(why), Err(e)) => log::error!("{why}: {e}"),
+            (calls::Asker::Daemon(_), Ok(_)) => {}
+        }
+    }
+
+    /// Fails the requests to helpers that `give_up` picks, and those whose
+    /// guest is no longer running (a graceful destroy whose guest stopped
+    /// succeeded).
     fn fail_awaiting(&mut self, give_up: impl Fn(&[u8; 16], &calls::Awaiting) -> bool) {
         let ctx = &self.setup.ctx;
-        let failed: Vec<[u8; 16]> = ctx
+        let ended: Vec<([u8; 16], Result<(), crate::privsep::CallError>)> = ctx
             .awaiting
             .iter()
-            .filter(|(u, a)| give_up(u, a) || !ctx.guests.contains_key(*u))
-            .map(|(u, _)| *u)
+            .filter_map(|(u, a)| {
+                let name = || ctx.domains.by_uuid(u).map(|e| e.def.name.clone()).unwrap_or_default();
+                match (ctx.guests.contains_key(u), a.wait) {
+                    (false, calls::Wait::Stopped) => Some((*u, Ok(()))),
+                    (false, _) => Some((*u, Err(crate::privsep::CallError::NotRunning))),
+                    (true, wait) if give_up(u, a) => Some((*u, Err(wait.overdue(&name())))),
+                    (true, _) => None,
+                }
+            })
             .collect();
-        for uuid in failed {
-            let Some(a) = self.setup.ctx.awaiting.remove(&uuid) else { continue };
-            let name = self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
-            let err = if self.setup.ctx.guests.contains_key(&uuid) {
-                crate::privsep::CallError::OperationFailed(format!(
-                    "guest '{name}' did not answer within {} s",
-                    calls::AWAIT_TIMEOUT.as_secs()
-                ))
-            } else {
-                crate::privsep::CallError::NotRunning
-            };
-            calls::audit_awaited(&mut self.setup.auditor, &self.setup.ctx, &uuid, &a, &Err(err.clone()));
-            self.reply(a.reply_to, &BrokerReply::Value(Err(err)), &[]);
+        for (uuid, result) in ended {
+            self.settle(uuid, result);
         }
     }
 
@@ -609,6 +638,15 @@ impl Broker {
     fn guest_stopped(&mut self, uuid: [u8; 16], reason: StopReason, detail: &str) {
         let ctx = &mut self.setup.ctx;
         let Some(running) = ctx.guests.remove(&uuid) else { return };
+        if ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) {
+            // The helper ended before the guest ran: the start failed.
+            drop(running);
+            ctx.unrecord(&uuid);
+            ctx.domains.set_shutoff(&uuid, calls::shutoff_reason(StopReason::Failed));
+            let why = crate::privsep::CallError::OperationFailed(format!("guest failed to start: {detail}"));
+            self.settle(uuid, Err(why));
+            return self.flush_events();
+        }
         let Ok(entry) = ctx.domains.by_uuid(&uuid) else { return };
         let (name, def) = (entry.def.name.clone(), &entry.def);
         let (action, op) = match reason {
@@ -644,8 +682,8 @@ impl Broker {
         if action == LifecycleAction::Restart {
             // A reboot keeps the domain running under its id; any other
             // restart is a new start.
-            match self.setup.ctx.start(&uuid, in_place.then_some(id), false) {
-                Ok(_) => log::info!("domain '{name}' restarted ({op})"),
+            match self.setup.ctx.start(&uuid, in_place.then_some(id), false, "start", calls::Asker::Daemon(op)) {
+                Ok(_) => log::info!("domain '{name}' restarting ({op})"),
                 Err(e) => log::error!("domain '{name}' could not be restarted: {e}"),
             }
         }

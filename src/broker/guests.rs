@@ -18,9 +18,6 @@ use crate::domain::DomainDef;
 use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
 use crate::privsep::{CallError, Channel};
 
-/// How long a new helper may take to report `Started`, in ms.
-const START_TIMEOUT_MS: u16 = 10_000;
-
 /// One running guest.
 #[derive(Debug)]
 pub struct Running {
@@ -98,7 +95,8 @@ impl Launcher {
     }
 
     /// Starts `def` as guest `id`: opens and checks its files, spawns the
-    /// helper, hands everything over and waits for `Started`.
+    /// helper and hands everything over. The helper's `Started` (or how it
+    /// failed) arrives on the returned channel.
     pub fn start(&self, def: &DomainDef, id: i32, running: &HashMap<[u8; 16], Running>) -> Result<Running, CallError> {
         // Defined, but the helper cannot give them to the guest yet: refuse
         // to start rather than boot a guest without its disks or network.
@@ -134,32 +132,18 @@ impl Launcher {
         let guest_console: OwnedFd = guest_console.into();
         let mut fds = vec![kvm.as_fd(), kernel.as_fd(), guest_console.as_fd(), listener.as_fd()];
         fds.extend(initrd.as_ref().map(|f| f.as_fd()));
-        let started =
-            spawned.channel.send(&HelperCommand::Start(config), &fds).map_err(|e| e.to_string()).and_then(|()| {
-                spawned
-                    .channel
-                    .recv_blocking::<HelperEvent>(START_TIMEOUT_MS, HelperEvent::fd_count)
-                    .map_err(|e| e.to_string())
-            });
-        match started {
-            Ok((HelperEvent::Started, _)) => Ok(Running {
-                id,
-                pid: spawned.pid,
-                uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
-                channel: spawned.channel,
-                console,
-                log,
-            }),
-            other => {
-                let _ = kill(spawned.pid, Signal::SIGKILL);
-                let why = match other {
-                    Ok((HelperEvent::Stopped { detail, .. }, _)) => detail,
-                    Ok((event, _)) => format!("unexpected {event:?}"),
-                    Err(e) => e,
-                };
-                Err(CallError::OperationFailed(format!("guest failed to start: {why}")))
-            }
+        if let Err(e) = spawned.channel.send(&HelperCommand::Start(config), &fds) {
+            let _ = kill(spawned.pid, Signal::SIGKILL);
+            return Err(CallError::OperationFailed(format!("guest failed to start: {e}")));
         }
+        Ok(Running {
+            id,
+            pid: spawned.pid,
+            uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+            channel: spawned.channel,
+            console,
+            log,
+        })
     }
 }
 

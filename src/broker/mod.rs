@@ -146,7 +146,6 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         },
         next_id: 1,
         resetting: Default::default(),
-        stashed: Vec::new(),
         events: Vec::new(),
         consoles: Default::default(),
         consoles_taken: Vec::new(),
@@ -159,13 +158,12 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         calls::audit_guest(&mut auditor, "reattach", (&name, &uuid), pid, None, running);
     }
     for uuid in ctx.domains.autostart_pending() {
-        let result = ctx.start(&uuid, None, false);
-        if let Err(e) = &result {
+        // Success is audited when the helper reports the guest started.
+        if let Err(e) = ctx.start(&uuid, None, false, "start", calls::Asker::Daemon("autostart")) {
             log::error!("autostart: {e}");
+            let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+            calls::audit_guest(&mut auditor, "start", (&name, &uuid), -1, Some("autostart"), false);
         }
-        let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
-        let pid = ctx.guests.get(&uuid).map_or(-1, |r| r.pid.as_raw());
-        calls::audit_guest(&mut auditor, "start", (&name, &uuid), pid, Some("autostart"), result.is_ok());
     }
     ctx.events.clear();
     Broker::new(event_loop::Setup {

@@ -134,6 +134,14 @@ impl Daemon {
         d
     }
 
+    /// Starts the daemon binary at `exe` (a copy, e.g. beside a stand-in helper).
+    pub fn start_binary(tree: Tree, exe: &Path) -> Daemon {
+        let child = command_for(exe, &tree, &tree.pid_path(), &[]).spawn().unwrap();
+        let mut d = Daemon { pid: child.id() as i32, child: Some(child), tree };
+        d.wait_started();
+        d
+    }
+
     /// Starts the daemon again in the same tree, after the previous one exited.
     pub fn restart(&mut self) {
         let child = command(&self.tree, &[]).spawn().unwrap();
@@ -206,7 +214,12 @@ pub fn command(tree: &Tree, args: &[&str]) -> Command {
 }
 
 pub fn command_with_pid_file(tree: &Tree, pid_file: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    command_for(Path::new(BIN), tree, pid_file, args)
+}
+
+/// The daemon command, running the binary at `exe`.
+pub fn command_for(exe: &Path, tree: &Tree, pid_file: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(exe);
     cmd.arg("-f").arg(tree.conf_path()).arg("-p").arg(pid_file).args(args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
