@@ -72,6 +72,9 @@ pub fn peer_fields(peer: &PeerIdentity) -> Vec<(&'static str, Value<'_>)> {
     if let Some(addr) = &peer.addr {
         f.push(("addr", Value::Text(addr)));
     }
+    if let Some(dn) = &peer.dn {
+        f.push(("dn", Value::Text(dn)));
+    }
     f
 }
 
@@ -119,8 +122,14 @@ mod tests {
 
     #[test]
     fn records_have_a_fixed_shape() {
-        let peer =
-            PeerIdentity { socket: ListenerKind::ReadOnly, uid: Some(1000), gid: Some(100), pid: Some(42), addr: None };
+        let peer = PeerIdentity {
+            socket: ListenerKind::ReadOnly,
+            uid: Some(1000),
+            gid: Some(100),
+            pid: Some(42),
+            addr: None,
+            dn: None,
+        };
         let mut fields = vec![("conn", Value::Num(3))];
         fields.extend(peer_fields(&peer));
         assert_eq!(

@@ -579,6 +579,8 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
             audit_change(auditor, caller, "console", &uuid, &Ok(name), &[]);
             Ok(CallValue::Console)
         }
+        // The event loop hands these to the admin module, for admin-socket clients only.
+        Call::Admin(_) => Err(CallError::Internal("an admin call outside the admin server".into())),
         Call::Destroy { uuid, flags } => {
             // GRACEFUL (1) never kills; REMOVE_LOGS (2) is accepted, there are no logs to remove.
             if flags & !3 != 0 {
@@ -753,6 +755,43 @@ fn audit_change(
             audit(auditor, caller, op, &[("uuid", Value::Text(&u)), ("reason", Value::Text(&reason))], false);
         }
     }
+}
+
+/// Audits an admin-socket client's call: what it asked and whether it worked.
+pub fn audit_admin(
+    auditor: &mut Auditor,
+    caller: &Caller,
+    call: &crate::privsep::admin::AdminCall,
+    result: Result<(), CallError>,
+) {
+    use crate::privsep::admin::AdminCall as A;
+    let mut fields: Vec<(&str, Value<'_>)> = Vec::new();
+    let (server, client) = match call {
+        A::Threadpool { server } | A::SetThreadpool { server, .. } | A::ListClients { server, .. } => {
+            (Some(server), None)
+        }
+        A::ClientLimits { server } | A::SetClientLimits { server, .. } | A::UpdateTls { server } => {
+            (Some(server), None)
+        }
+        A::LookupClient { server, id } | A::ClientInfo { server, id } | A::CloseClient { server, id } => {
+            (Some(server), Some(*id))
+        }
+        _ => (None, None),
+    };
+    fields.extend(server.map(|s| ("server", Value::Text(s))));
+    fields.extend(client.map(|id| ("client", Value::Num(id as i64))));
+    let setting = match call {
+        A::SetLogOutputs(v) | A::SetLogFilters(v) => v.clone(),
+        A::SetTimeout(t) => Some(t.to_string()),
+        A::SetClientLimits { params, .. } | A::SetThreadpool { params, .. } => {
+            Some(params.iter().map(|p| format!("{}={}", p.field, p.value)).collect::<Vec<_>>().join(","))
+        }
+        _ => None,
+    };
+    fields.extend(setting.as_deref().map(|s| ("value", Value::Text(s))));
+    let reason = result.as_ref().err().map(ToString::to_string);
+    fields.extend(reason.as_deref().map(|r| ("reason", Value::Text(r))));
+    audit(auditor, caller, call.op(), &fields, result.is_ok());
 }
 
 /// Audits a call the frontend refused on a read-only connection.

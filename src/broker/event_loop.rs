@@ -26,7 +26,8 @@ use crate::domain::LifecycleAction;
 use crate::logging::{self, LogState};
 use crate::privsep::helper::{HelperEvent, StopReason};
 use crate::privsep::{
-    BrokerError, BrokerReply, CallValue, ChannelError, Envelope, FrontendConfig, FrontendRequest, PROTOCOL_VERSION,
+    BrokerError, BrokerReply, CallValue, ChannelError, Envelope, FrontendConfig, FrontendRequest, ListenerKind,
+    PROTOCOL_VERSION,
 };
 use crate::sandbox;
 use std::collections::HashMap;
@@ -320,6 +321,16 @@ impl Broker {
                 let Some(client) = link.clients.get(&conn) else {
                     return self.violation(&format!("call on connection {conn}, which is not open"));
                 };
+                let admin_client = client.peer.socket == ListenerKind::Admin;
+                if let crate::privsep::Call::Admin(call) = call {
+                    if !admin_client {
+                        return self.violation(&format!("admin call from connection {conn}, not an admin client"));
+                    }
+                    return self.admin(env.id, conn, call);
+                }
+                if admin_client {
+                    return self.violation(&format!("hypervisor call from admin connection {conn}"));
+                }
                 let caller = Caller { conn, peer: &client.peer, readonly: client.readonly, request: env.id };
                 let console_of = match &call {
                     crate::privsep::Call::OpenConsole { uuid, .. } => Some(*uuid),
@@ -408,14 +419,19 @@ impl Broker {
         let Some(link) = &mut self.link else {
             return BrokerReply::Ok;
         };
-        let max = self.setup.config.max_clients as usize;
+        let admin = peer.socket == crate::privsep::ListenerKind::Admin;
+        let (max, key) = match admin {
+            true => (self.setup.config.admin_max_clients as usize, "admin_max_clients"),
+            false => (self.setup.config.max_clients as usize, "max_clients"),
+        };
+        let same_server = link.clients.values().filter(|c| (c.peer.socket == ListenerKind::Admin) == admin).count();
         let known_socket = self.setup.listeners.sockets.iter().any(|(k, _)| *k == peer.socket);
         let refusal = if link.clients.contains_key(&conn) {
             Some(BrokerError::Invalid(format!("connection {conn} is already open")))
         } else if !known_socket {
             Some(BrokerError::Invalid(format!("no {} socket is listening", peer.socket.name())))
-        } else if link.clients.len() >= max {
-            Some(BrokerError::Limit(format!("max_clients ({max}) reached")))
+        } else if same_server >= max {
+            Some(BrokerError::Limit(format!("{key} ({max}) reached")))
         } else {
             None
         };
@@ -426,8 +442,11 @@ impl Broker {
             Some(e) => BrokerReply::Refused(e),
             None => {
                 log::debug!("client {conn} connected through {} ({:?})", peer.socket.name(), peer);
-                let readonly = peer.socket == crate::privsep::ListenerKind::ReadOnly;
-                link.clients.insert(conn, Client { peer, readonly });
+                let readonly = peer.socket == ListenerKind::ReadOnly;
+                let since = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                link.clients.insert(conn, Client { peer, readonly, since, authenticated: true });
                 BrokerReply::Ok
             }
         }
@@ -470,6 +489,7 @@ impl Broker {
             uid: ids.map(|(u, _)| u),
             gid: ids.map(|(_, g)| g),
             max_clients: c.max_clients,
+            admin_max_clients: c.admin_max_clients,
             max_anonymous_clients: c.max_anonymous_clients,
             max_client_requests: c.max_client_requests,
             keepalive_interval: c.keepalive_interval,
@@ -728,18 +748,61 @@ impl Broker {
         for key in self.setup.config.apply_reload(new) {
             log::warn!("configuration key '{key}' changed; the change takes effect when the daemon restarts");
         }
+        self.reopen_logs();
+        let c = &self.setup.config;
+        self.setup.auditor = Auditor::new(&c.syslog_socket, c.audit_level, c.audit_logging);
+        log::info!("configuration reloaded from {}", path.display());
+        self.push_config();
+    }
+
+    /// Opens the log outputs the configuration names, replacing the current ones.
+    fn reopen_logs(&mut self) {
         let c = &self.setup.config;
         let (state, log_warnings) = LogState::open(&c.log, self.setup.cli.daemon, &c.syslog_socket);
         logging::install(state);
         for w in log_warnings {
             log::warn!("{w}");
         }
-        self.setup.auditor = Auditor::new(&c.syslog_socket, c.audit_level, c.audit_logging);
-        log::info!("configuration reloaded from {}", path.display());
+    }
+
+    /// Sends a serving frontend its share of the current configuration.
+    fn push_config(&mut self) {
         if self.link.as_ref().is_some_and(|l| l.phase == Phase::Serving) {
             let (config, fds) = self.frontend_config();
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
             self.reply(0, &BrokerReply::Reconfigure(config), &borrowed);
+        }
+    }
+
+    /// Carries out an admin-socket client's call, audits it, and answers.
+    fn admin(&mut self, id: u32, conn: u64, call: crate::privsep::admin::AdminCall) {
+        let Some(link) = &self.link else { return };
+        let Some(client) = link.clients.get(&conn) else { return };
+        let peer = client.peer.clone();
+        let mut admin = super::admin::Admin {
+            clients: &link.clients,
+            config: &mut self.setup.config,
+            timeout: &mut self.setup.cli.timeout,
+            waiting: self.setup.ctx.awaiting.len(),
+            tls: self.setup.listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tls),
+        };
+        let result = admin.handle(&call);
+        let caller = Caller { conn, peer: &peer, readonly: false, request: id };
+        calls::audit_admin(&mut self.setup.auditor, &caller, &call, result.as_ref().map(|_| ()).map_err(Clone::clone));
+        let (value, effect) = match result {
+            Ok((v, effect)) => (Ok(CallValue::Admin(v)), effect),
+            Err(e) => (Err(e), super::admin::Effect::None),
+        };
+        self.reply(id, &BrokerReply::Value(value), &[]);
+        match effect {
+            super::admin::Effect::None => {}
+            super::admin::Effect::Disconnect(victim) => self.reply(0, &BrokerReply::Disconnect(victim), &[]),
+            super::admin::Effect::Reconfigure => self.push_config(),
+            super::admin::Effect::Relog => {
+                self.reopen_logs();
+                self.push_config();
+            }
+            super::admin::Effect::ReloadTls => log::warn!("TLS files: nothing to reload"),
         }
     }
 

@@ -17,6 +17,11 @@ pub struct Client {
     pub peer: PeerIdentity,
     /// Read-only: came through the read-only socket, or asked for it.
     pub readonly: bool,
+    /// When it connected, seconds since the epoch.
+    pub since: i64,
+    /// It has proved who it is (a Unix peer at once; a TLS client once its
+    /// certificate checked out).
+    pub authenticated: bool,
 }
 
 /// A frontend process and what the broker knows of its clients.

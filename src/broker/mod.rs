@@ -6,6 +6,7 @@
 //! starts the frontend and reports readiness once the frontend is confined.
 
 mod activation;
+mod admin;
 mod audit;
 mod calls;
 mod domains;

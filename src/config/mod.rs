@@ -81,6 +81,8 @@ pub struct Config {
     pub max_anonymous_clients: u32,
     /// Most calls in progress per client.
     pub max_client_requests: u32,
+    /// Most admin-socket clients connected at once.
+    pub admin_max_clients: u32,
     /// Seconds of silence before the daemon pings a client; -1 disables keepalive.
     pub keepalive_interval: i32,
     /// Unanswered pings before a client is dropped.
@@ -147,6 +149,7 @@ impl Config {
             max_clients: 5000,
             max_anonymous_clients: 20,
             max_client_requests: 5,
+            admin_max_clients: 5,
             keepalive_interval: 5,
             keepalive_count: 5,
             log: LogConfig::default(),
@@ -227,6 +230,7 @@ impl Config {
         self.max_clients = new.max_clients;
         self.max_anonymous_clients = new.max_anonymous_clients;
         self.max_client_requests = new.max_client_requests;
+        self.admin_max_clients = new.admin_max_clients;
         self.keepalive_interval = new.keepalive_interval;
         self.keepalive_count = new.keepalive_count;
         self.log = new.log;

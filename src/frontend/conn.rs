@@ -40,6 +40,7 @@ impl Stream {
                     gid: cred.map(|c| c.gid()),
                     pid: cred.map(|c| c.pid()),
                     addr: None,
+                    dn: None,
                 }
             }
             Stream::Tcp(s) => PeerIdentity {
@@ -48,6 +49,7 @@ impl Stream {
                 gid: None,
                 pid: None,
                 addr: s.peer_addr().ok().map(|a| a.to_string()),
+                dn: None,
             },
         }
     }

@@ -19,7 +19,7 @@ use crate::rpc::xdr;
 const PING: i32 = 1;
 const PONG: i32 = 2;
 /// libvirt's own protocol version we speak (9.0.0).
-const LIB_VERSION: u64 = 9_000_000;
+pub(super) const LIB_VERSION: u64 = 9_000_000;
 /// `VIR_CONNECT_RO`.
 const CONNECT_RO: u32 = 1;
 
@@ -144,6 +144,9 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
     }
     if h.status != Status::Ok as i32 {
         return Err(RpcError::UnexpectedStatus(h.status));
+    }
+    if s.admin {
+        return super::admin::call(s, h, payload);
     }
     let proc_ = RemoteProc::from_number(h.proc_)
         .filter(|_| h.prog == REMOTE_PROGRAM)
@@ -352,7 +355,7 @@ fn args<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RpcError> {
 }
 
 /// Object-safe serialization, so `ok` can take any return struct.
-trait ErasedRet {
+pub(super) trait ErasedRet {
     fn encode(&self) -> Result<Vec<u8>, xdr::XdrError>;
 }
 
@@ -362,7 +365,7 @@ impl<T: Serialize> ErasedRet for T {
     }
 }
 
-fn ok_reply(h: &Header, ret: &dyn ErasedRet) -> Result<Vec<u8>, RpcError> {
+pub(super) fn ok_reply(h: &Header, ret: &dyn ErasedRet) -> Result<Vec<u8>, RpcError> {
     let payload = ret.encode().map_err(|_| RpcError::Internal("reply encoding"))?;
     let mut out = Vec::with_capacity(frame::HEADER_LEN + payload.len());
     frame::encode(&mut out, &h.reply(Status::Ok), &payload).map_err(|_| RpcError::Internal("reply encoding"))?;
@@ -408,6 +411,9 @@ pub fn reply(h: &Header, result: Result<CallValue, crate::privsep::CallError>) -
 }
 
 fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
+    if h.prog == ADMIN_PROGRAM {
+        return super::admin::shape_value(h, v);
+    }
     use RemoteProc as P;
     let proc_ = RemoteProc::from_number(h.proc_).ok_or(RpcError::Internal("procedure"))?;
     let mismatch = RpcError::Internal(proc_.name());
@@ -432,7 +438,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
         }
         // The stream itself is set up by the connection, with the fd that came along.
         (P::DomainOpenConsole, CallValue::Console) => ok_reply(h, &()),
-        (_, CallValue::Domains { .. } | CallValue::Console) => Err(mismatch),
+        (_, CallValue::Domains { .. } | CallValue::Console | CallValue::Admin(_)) => Err(mismatch),
     }
 }
 

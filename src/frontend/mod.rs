@@ -7,6 +7,7 @@
 //! reads a byte from any client. If anything in that list fails, it exits
 //! without serving.
 
+mod admin;
 mod conn;
 pub mod dispatch;
 mod server;

@@ -186,12 +186,14 @@ impl Server {
                     return;
                 }
             };
-            if self.clients.len() >= self.config.max_clients as usize {
-                log::warn!(
-                    "refusing a client on the {} socket: max_clients ({}) reached",
-                    kind.name(),
-                    self.config.max_clients
-                );
+            let admin = kind == ListenerKind::Admin;
+            let (max, key) = match admin {
+                true => (self.config.admin_max_clients, "admin_max_clients"),
+                false => (self.config.max_clients, "max_clients"),
+            };
+            if self.clients.values().filter(|c| (c.peer.socket == ListenerKind::Admin) == admin).count() >= max as usize
+            {
+                log::warn!("refusing a client on the {} socket: {key} ({max}) reached", kind.name());
                 continue;
             }
             let peer = stream.identity(kind);
@@ -413,6 +415,15 @@ impl Server {
                         .collect();
                     for t in holders {
                         self.end_console(t, true, false);
+                    }
+                }
+                BrokerReply::Disconnect(conn) => {
+                    if let Some(&token) = self.by_conn.get(&conn) {
+                        log::info!("closing client {conn} as an administrator asked");
+                        if let Some(c) = self.clients.get_mut(&token) {
+                            c.kill();
+                        }
+                        self.hang_up(token);
                     }
                 }
                 body => self.answered(env.id, body, fds),

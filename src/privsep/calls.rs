@@ -219,6 +219,8 @@ pub enum Call {
         /// The question.
         query: Query,
     },
+    /// A daemon-administration call from an admin-socket client.
+    Admin(super::admin::AdminCall),
 }
 
 impl Call {
@@ -239,6 +241,7 @@ impl Call {
                 | Call::Suspend { .. }
                 | Call::Resume { .. }
                 | Call::OpenConsole { .. }
+                | Call::Admin(_)
         )
     }
 }
@@ -287,6 +290,8 @@ pub enum CallValue {
         /// Enforced.
         enforcing: bool,
     },
+    /// An administration call's result.
+    Admin(super::admin::AdminValue),
 }
 
 /// Why a call failed, in terms the frontend maps to a libvirt error (in
@@ -361,4 +366,13 @@ pub enum CallError {
     /// Something went wrong inside the daemon.
     #[error("{0}")]
     Internal(String),
+    /// An admin call named a server the daemon does not have.
+    #[error("no server with matching name '{0}' found")]
+    NoServer(String),
+    /// An admin call named a client that is not connected.
+    #[error("No client with matching ID '{0}'")]
+    NoClient(u64),
+    /// The daemon cannot do this at all (admin calls we do not support).
+    #[error("{0}")]
+    Unsupported(String),
 }

@@ -53,6 +53,8 @@ pub struct PeerIdentity {
     pub pid: Option<i32>,
     /// Remote address (TCP and TLS).
     pub addr: Option<String>,
+    /// The distinguished name of a TLS client's certificate.
+    pub dn: Option<String>,
 }
 
 /// Request and reply numbers pair up; 0 marks a message nobody asked for.
@@ -139,8 +141,10 @@ pub struct FrontendConfig {
     pub uid: Option<u32>,
     /// Gid to run as.
     pub gid: Option<u32>,
-    /// Most clients at once.
+    /// Most clients at once on the main sockets.
     pub max_clients: u32,
+    /// Most clients at once on the admin socket.
+    pub admin_max_clients: u32,
     /// Most unauthenticated clients at once.
     pub max_anonymous_clients: u32,
     /// Most calls in progress per client.
@@ -203,6 +207,8 @@ pub enum BrokerReply {
     /// Unsolicited: another client took the console of `uuid` (FORCE); end
     /// the streams on it.
     ConsoleTaken([u8; 16]),
+    /// Unsolicited: close this client's connection (`virt-admin client-disconnect`).
+    Disconnect(ConnId),
 }
 
 impl BrokerReply {
@@ -216,7 +222,8 @@ impl BrokerReply {
             | BrokerReply::Refused(_)
             | BrokerReply::Value(_)
             | BrokerReply::Event(_)
-            | BrokerReply::ConsoleTaken(_) => 0,
+            | BrokerReply::ConsoleTaken(_)
+            | BrokerReply::Disconnect(_) => 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! message says how many fds it carries, and the receiver checks that it got
 //! exactly that many. Both ends import these types; nothing else crosses.
 
+pub mod admin;
 mod calls;
 mod channel;
 pub mod helper;

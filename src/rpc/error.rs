@@ -10,6 +10,7 @@ use crate::privsep::CallError;
 /// `virErrorNumber` values used here.
 mod code {
     pub const INTERNAL_ERROR: i32 = 1;
+    pub const NO_SUPPORT: i32 = 3;
     pub const INVALID_ARG: i32 = 8;
     pub const OPERATION_FAILED: i32 = 9;
     pub const XML_ERROR: i32 = 27;
@@ -20,6 +21,8 @@ mod code {
     pub const OPERATION_INVALID: i32 = 55;
     pub const CONFIG_UNSUPPORTED: i32 = 67;
     pub const XML_INVALID_SCHEMA: i32 = 92;
+    pub const NO_SERVER: i32 = 95;
+    pub const NO_CLIENT: i32 = 96;
 }
 
 /// `virErrorDomain` values used here.
@@ -28,6 +31,7 @@ mod from {
     pub const RPC: i32 = 7;
     pub const QEMU: i32 = 10;
     pub const DOMAIN: i32 = 20;
+    pub const ADMIN: i32 = 62;
 }
 
 /// Everything that can go wrong with one call, as the client will see it.
@@ -146,6 +150,14 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                     err(code::OPERATION_INVALID, from::DOMAIN, "Requested operation is not valid: %s", detail)
                 }
                 CallError::Internal(_) => err(code::INTERNAL_ERROR, from::QEMU, "internal error: %s", detail),
+                CallError::NoServer(_) => err(code::NO_SERVER, from::ADMIN, "Server not found: %s", detail),
+                CallError::NoClient(_) => err(code::NO_CLIENT, from::RPC, "Client not found: %s", detail),
+                CallError::Unsupported(_) => err(
+                    code::NO_SUPPORT,
+                    from::ADMIN,
+                    "this function is not supported by the connection driver: %s",
+                    detail,
+                ),
             }
         }
         RpcError::UnknownProcedure(_)

@@ -5,6 +5,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod error;
 pub mod frame;
 pub mod remote;

@@ -308,6 +308,31 @@ pub fn have_virsh() -> bool {
     )
 }
 
+pub fn have_virt_admin() -> bool {
+    require(
+        Command::new("virt-admin").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "virt-admin (libvirt-clients)",
+    )
+}
+
+/// Runs the real virt-admin against the admin socket `socket`; returns
+/// (exit code, stdout, stderr).
+pub fn virt_admin(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("virt-admin")
+        .arg("-c")
+        .arg(format!("libvirtd:///system?socket={}", socket.display()))
+        .args(args)
+        .env_remove("LIBVIRT_ADMIN_DEFAULT_URI")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run virt-admin ({e}); tests/run installs libvirt-clients"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A minimal domain the daemon accepts.
 pub fn domain_xml(name: &str, uuid: &str) -> String {
     format!(
