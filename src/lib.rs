@@ -23,6 +23,8 @@ pub mod privsep;
 pub mod rpc;
 /// Confinement shared by all processes: ids, capabilities, landlock, seccomp, self-checks.
 pub mod sandbox;
+/// TLS for remote clients: the key in the broker, the sessions in the frontend.
+pub mod tls;
 
 /// The name `--version` reports, as `libvirtd (<project>) <version>`.
 pub const PROJECT: &str = "libvirtd-rs";

@@ -200,15 +200,6 @@ fn audit_level_2_refuses_to_start_without_syslog() {
 }
 
 #[test]
-fn listen_with_tls_says_it_is_not_supported_yet() {
-    let tree = Tree::new();
-    tree.write_conf("");
-    let out = command(&tree, &["--listen"]).stderr(std::process::Stdio::piped()).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_tls"));
-}
-
-#[test]
 fn listen_with_unauthenticated_tcp_accepts_and_warns() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

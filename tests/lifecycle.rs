@@ -507,15 +507,12 @@ fn a_wedged_helper_stalls_only_its_own_callers_and_destroy_still_works() {
     assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-w"]).1.trim(), "shut off (destroyed)");
 }
 
-#[test]
-fn a_helper_that_never_starts_stalls_nobody_and_the_start_fails_naming_the_domain() {
-    if !have_virsh() || !have_kvm() {
-        return;
-    }
-    // The daemon runs the helper found beside its own binary: give it a
-    // stand-in that never reports Started, or exits when told to.
+/// A daemon whose guest helper is a stand-in that never reports Started
+/// (the daemon runs the helper found beside its own binary), or exits at
+/// once when the returned file exists.
+fn stand_in_daemon(conf: &str) -> (Daemon, PathBuf) {
     let tree = Tree::new();
-    tree.write_conf("");
+    tree.write_conf(conf);
     let bin = tree.path("bin");
     std::fs::create_dir(&bin).unwrap();
     std::fs::copy(BIN, bin.join("libvirtd")).unwrap();
@@ -523,7 +520,15 @@ fn a_helper_that_never_starts_stalls_nobody_and_the_start_fails_naming_the_domai
     let script = format!("#!/bin/sh\n[ -e '{}' ] && exit 3\nexec sleep 60\n", exit_now.display());
     std::fs::write(bin.join("libvirt-helper"), script).unwrap();
     std::fs::set_permissions(bin.join("libvirt-helper"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let d = Daemon::start_binary(tree, &bin.join("libvirtd"));
+    (Daemon::start_binary(tree, &bin.join("libvirtd")), exit_now)
+}
+
+#[test]
+fn a_helper_that_never_starts_stalls_nobody_and_the_start_fails_naming_the_domain() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let (d, exit_now) = stand_in_daemon("");
     let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
     define_guest_as(&d, "stuck-1", "0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b01", None);
     define_guest_as(&d, "stuck-2", "0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b02", None);
@@ -578,4 +583,36 @@ fn a_helper_that_never_starts_stalls_nobody_and_the_start_fails_naming_the_domai
     assert_eq!(code, 1);
     assert!(err.contains("guest failed to start"), "{err}");
     assert_eq!(state("stuck-1").trim(), "shut off (failed)");
+}
+
+#[test]
+fn max_client_requests_holds_a_clients_further_calls_not_other_clients() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let (d, _) = stand_in_daemon("max_client_requests = 1\n");
+    define_guest_as(&d, "slow-1", "0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b03", None);
+    let rw = d.tree.sock("libvirt-sock");
+    let uuid = libvirtd::domain::parse_uuid("0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b03").unwrap();
+    let mut a = RawClient::connect(&rw);
+    a.open(0);
+    // DOMAIN_CREATE (waits up to 10 s for the stand-in), then CONNECT_GET_HOSTNAME, pipelined.
+    let dom = libvirtd::rpc::remote::NonnullDomain {
+        name: "slow-1".into(),
+        uuid: libvirtd::rpc::xdr::FixedOpaque(uuid),
+        id: -1,
+    };
+    let (start_serial, start) = a.packet(9, &libvirtd::rpc::xdr::to_bytes(&dom).unwrap());
+    let (_, hostname) = a.packet(59, &[]);
+    a.send(&[start, hostname].concat());
+    // Another client is served meanwhile.
+    let mut b = RawClient::connect(&rw);
+    b.open(0);
+    assert_eq!(b.call(59, &[]).0.status, 0);
+    // The first client's second call waited for its first: the start's answer comes first.
+    let (h, _) = a.read().unwrap();
+    assert_eq!(h.serial, start_serial, "the second call overtook the first");
+    assert_ne!(h.status, 0, "the stand-in helper cannot start a guest");
+    let (h, _) = a.read().unwrap();
+    assert_eq!((h.proc_, h.status), (59, 0));
 }

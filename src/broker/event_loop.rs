@@ -35,6 +35,7 @@ use std::io::Read;
 
 const SIGNALS: Token = Token(0);
 const FRONTEND: Token = Token(1);
+const SIGN: Token = Token(2);
 /// Guest channels and consoles get tokens from here up.
 const FIRST_GUEST: usize = 1000;
 
@@ -58,6 +59,8 @@ pub struct Setup {
     pub auditor: Auditor,
     pub _pidfile: PidFile,
     pub ctx: Ctx,
+    /// The TLS files, when a TLS socket listens; the key never leaves here.
+    pub tls: Option<crate::tls::files::TlsFiles>,
 }
 
 /// The running broker.
@@ -123,6 +126,7 @@ impl Broker {
                 match ev.token() {
                     SIGNALS => self.on_signals(),
                     FRONTEND => self.on_frontend(readiness),
+                    SIGN => self.on_sign(),
                     token => self.on_guest(token),
                 }
             }
@@ -205,6 +209,7 @@ impl Broker {
                     phase: Phase::AwaitHello,
                     clients: Default::default(),
                     started: Instant::now(),
+                    sign: None,
                 });
             }
             Err(e) => self.startup_or_retry(readiness, format!("cannot start the frontend: {e}")),
@@ -262,6 +267,9 @@ impl Broker {
         // Its clients are gone, and with them every console they held.
         self.release_consoles(|_| true);
         let _ = self.poll.registry().deregister(&mut SourceFd(&link.channel.raw_fd()));
+        if let Some(sign) = &link.sign {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&sign.raw_fd()));
+        }
         for (conn, client) in &link.clients {
             let mut f = vec![("conn", Value::Num(*conn as i64))];
             f.extend(peer_fields(&client.peer));
@@ -307,6 +315,15 @@ impl Broker {
                 };
                 let caller = Caller { conn, peer: &client.peer, readonly: client.readonly, request: env.id };
                 calls::audit_denial(&mut self.setup.auditor, &caller, procedure);
+                BrokerReply::Ok
+            }
+            FrontendRequest::Authenticated { conn, dn } => self.authenticated(conn, dn),
+            FrontendRequest::AuthFailed { conn, reason } => {
+                let Some(peer) = self.client_mut(conn).map(|c| c.peer.clone()) else { return };
+                let mut fields = vec![("conn", Value::Num(conn as i64))];
+                fields.extend(peer_fields(&peer));
+                fields.push(("reason", Value::Text(&reason)));
+                self.setup.auditor.record("client-auth", &fields, false);
                 BrokerReply::Ok
             }
             FrontendRequest::ConsoleClosed { conn, uuid } => {
@@ -386,12 +403,33 @@ impl Broker {
             return self.violation(&format!("protocol version {version}, expected {PROTOCOL_VERSION}"));
         }
         let (config, log_fds) = self.frontend_config();
+        // TLS handshakes are signed here, on a channel of their own.
+        let sign = match self.setup.tls.is_some() {
+            true => match crate::privsep::Channel::pair() {
+                Ok(pair) => Some(pair),
+                Err(e) => return self.violation(&format!("cannot create the sign channel: {e}")),
+            },
+            false => None,
+        };
+        let (ours, theirs) = sign.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+        if let Some(ours) = &ours
+            && let Err(e) = self.poll.registry().register(&mut SourceFd(&ours.raw_fd()), SIGN, Interest::READABLE)
+        {
+            log::error!("cannot watch the sign channel: {e}");
+        }
         let kinds = self.setup.listeners.sockets.iter().map(|(k, _)| *k).collect();
         let mut fds: Vec<BorrowedFd<'_>> = self.setup.listeners.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         fds.extend(log_fds.iter().map(|f| f.as_fd()));
-        let body = BrokerReply::Welcome { broker_pid: std::process::id() as i32, config, listeners: kinds };
+        fds.extend(theirs.as_ref().map(|t| t.fd()));
+        let body = BrokerReply::Welcome {
+            broker_pid: std::process::id() as i32,
+            config,
+            listeners: kinds,
+            sign_channel: theirs.is_some(),
+        };
         let Some(link) = &mut self.link else { return };
         link.phase = Phase::AwaitReady;
+        link.sign = ours;
         if let Err(e) = link.channel.send(&Envelope { id, body: &body }, &fds) {
             drop(fds);
             let status = self.link.as_ref().map(|l| l.reap()).unwrap_or_default();
@@ -432,11 +470,19 @@ impl Broker {
             Some(BrokerError::Invalid(format!("no {} socket is listening", peer.socket.name())))
         } else if same_server >= max {
             Some(BrokerError::Limit(format!("{key} ({max}) reached")))
+        } else if peer.socket == ListenerKind::Tls
+            && link.clients.values().filter(|c| !c.authenticated).count()
+                >= self.setup.config.max_anonymous_clients as usize
+        {
+            let max = self.setup.config.max_anonymous_clients;
+            Some(BrokerError::Limit(format!("max_anonymous_clients ({max}) reached")))
         } else {
             None
         };
         let mut fields = vec![("conn", Value::Num(conn as i64))];
         fields.extend(peer_fields(&peer));
+        let reason = refusal.as_ref().map(ToString::to_string);
+        fields.extend(reason.as_deref().map(|r| ("reason", Value::Text(r))));
         self.setup.auditor.record("client-open", &fields, refusal.is_none());
         match refusal {
             Some(e) => BrokerReply::Refused(e),
@@ -446,7 +492,9 @@ impl Broker {
                 let since = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
-                link.clients.insert(conn, Client { peer, readonly, since, authenticated: true });
+                // A TLS client proves who it is with its certificate, later.
+                let authenticated = peer.socket != ListenerKind::Tls;
+                link.clients.insert(conn, Client { peer, readonly, since, authenticated });
                 BrokerReply::Ok
             }
         }
@@ -500,6 +548,7 @@ impl Broker {
             },
             log,
             log_sinks,
+            tls: self.setup.tls.as_ref().map(|t| t.material.clone()),
         };
         (config, fds)
     }
@@ -751,8 +800,92 @@ impl Broker {
         self.reopen_logs();
         let c = &self.setup.config;
         self.setup.auditor = Auditor::new(&c.syslog_socket, c.audit_level, c.audit_logging);
+        let _ = self.reload_tls();
         log::info!("configuration reloaded from {}", path.display());
         self.push_config();
+    }
+
+    /// A TLS client's handshake succeeded: check its DN against our own copy
+    /// of the allow-list (the frontend checked too) and admit it, or not.
+    fn authenticated(&mut self, conn: u64, dn: Option<String>) -> BrokerReply {
+        let allowed_dns = self.setup.config.tls_allowed_dn_list.clone();
+        let verify = !self.setup.config.tls_no_verify_certificate;
+        let Some(client) = self.client_mut(conn) else { return BrokerReply::Ok };
+        if client.peer.socket != ListenerKind::Tls || client.authenticated {
+            let why = format!("connection {conn} cannot authenticate now");
+            self.violation(&why);
+            return BrokerReply::Refused(BrokerError::Invalid(why));
+        }
+        let refusal = match &dn {
+            None if verify => Some("no client certificate".to_owned()),
+            Some(dn) if verify && !crate::tls::dn::allowed(&allowed_dns, dn) => {
+                Some("certificate DN not in tls_allowed_dn_list".to_owned())
+            }
+            _ => None,
+        };
+        client.peer.dn = dn;
+        client.authenticated = refusal.is_none();
+        let peer = client.peer.clone();
+        let mut fields = vec![("conn", Value::Num(conn as i64))];
+        fields.extend(peer_fields(&peer));
+        fields.extend(refusal.as_deref().map(|r| ("reason", Value::Text(r))));
+        let ok = refusal.is_none();
+        self.setup.auditor.record("client-auth", &fields, ok);
+        match refusal {
+            Some(r) => BrokerReply::Refused(BrokerError::Forbidden(r)),
+            None => BrokerReply::Ok,
+        }
+    }
+
+    /// Signs what the frontend's TLS handshakes ask for.
+    fn on_sign(&mut self) {
+        loop {
+            let Some(link) = &self.link else { return };
+            let Some(sign) = &link.sign else { return };
+            let request = match sign.recv::<crate::privsep::SignRequest>(|_| 0) {
+                Ok((r, _)) => r,
+                Err(ChannelError::WouldBlock) => return,
+                Err(e) => {
+                    log::warn!("sign channel: {e}");
+                    let raw = sign.raw_fd();
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+                    if let Some(l) = &mut self.link {
+                        l.sign = None;
+                    }
+                    return;
+                }
+            };
+            let signature = match (link.phase, &self.setup.tls) {
+                (Phase::Serving, Some(tls)) => tls.sign(request.scheme, &request.message),
+                _ => Err("no TLS service".into()),
+            };
+            if let Err(e) = &signature {
+                log::warn!("refused to sign for the frontend: {e}");
+            }
+            let reply = crate::privsep::SignReply { id: request.id, signature };
+            if let Err(e) = sign.send(&reply, &[]) {
+                log::warn!("sign channel: {e}");
+            }
+        }
+    }
+
+    /// Re-reads the TLS files; broken ones leave the current ones in use.
+    /// Returns whether the new files are in use.
+    fn reload_tls(&mut self) -> Result<(), String> {
+        if self.setup.tls.is_none() {
+            return Ok(());
+        }
+        match crate::tls::files::TlsFiles::load(&self.setup.config) {
+            Ok(files) => {
+                self.setup.tls = Some(files);
+                log::info!("TLS certificates, key, CA, CRL and allowed DNs reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("cannot reload TLS files: {e}; keeping the previous ones");
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Opens the log outputs the configuration names, replacing the current ones.
@@ -802,7 +935,11 @@ impl Broker {
                 self.reopen_logs();
                 self.push_config();
             }
-            super::admin::Effect::ReloadTls => log::warn!("TLS files: nothing to reload"),
+            super::admin::Effect::ReloadTls => {
+                if self.reload_tls().is_ok() {
+                    self.push_config();
+                }
+            }
         }
     }
 

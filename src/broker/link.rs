@@ -37,6 +37,8 @@ pub struct FrontendLink {
     pub clients: HashMap<ConnId, Client>,
     /// When it was started.
     pub started: Instant,
+    /// The broker's end of its sign channel (TLS handshake signatures).
+    pub sign: Option<Channel>,
 }
 
 impl FrontendLink {

@@ -87,9 +87,10 @@ pub fn bind_all(config: &Config, listen: bool, private_dir: bool) -> Result<List
     }
     if listen {
         if config.listen_tls {
-            return Err(ListenError::Refused(
-                "listen_tls: TLS listening is not implemented yet; set listen_tls = 0".into(),
-            ));
+            let addr = (config.listen_addr.as_str(), config.tls_port);
+            let what = format!("{}:{}", config.listen_addr, config.tls_port);
+            let l = TcpListener::bind(addr).map_err(|source| ListenError::Io { what, source })?;
+            out.sockets.push((ListenerKind::Tls, OwnedFd::from(l)));
         }
         if config.listen_tcp {
             if config.auth_tcp != "none" {

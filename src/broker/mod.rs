@@ -122,9 +122,11 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         Some(l) => l,
         None => listen::bind_all(&config, cli.listen, mode == Mode::Session)?,
     };
-    if listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tls) {
-        return Err(StartError::Setup("a TLS socket was passed, but TLS is not implemented yet".into()));
-    }
+    // The key is read before the frontend exists; it never sees it.
+    let tls = match listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tls) {
+        true => Some(crate::tls::files::TlsFiles::load(&config).map_err(|e| StartError::Setup(format!("TLS: {e}")))?),
+        false => None,
+    };
     if mode == Mode::System {
         sandbox::restrict_to(sandbox::BROKER_CAPS)?;
     }
@@ -177,6 +179,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         auditor,
         _pidfile: pidfile,
         ctx,
+        tls,
     })
 }
 

@@ -30,6 +30,8 @@ pub fn permitted(phase: Phase, req: &FrontendRequest) -> bool {
         FrontendRequest::Call { .. } => phase == Phase::Serving,
         FrontendRequest::Denied { .. } => phase == Phase::Serving,
         FrontendRequest::ConsoleClosed { .. } => phase == Phase::Serving,
+        FrontendRequest::Authenticated { .. } => phase == Phase::Serving,
+        FrontendRequest::AuthFailed { .. } => phase == Phase::Serving,
     }
 }
 

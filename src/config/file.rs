@@ -16,7 +16,6 @@ const UNSUPPORTED_LIBVIRT_KEYS: &[&str] = &[
     "unix_sock_rw_group",
     "auth_unix_ro",
     "auth_unix_rw",
-    "auth_tls",
     "access_drivers",
     "sasl_allowed_username_list",
     "tls_priority",
@@ -87,6 +86,13 @@ pub fn parse(text: &str, path: &Path, mut config: Config) -> Result<(Config, Vec
             "crl_file" => c.crl_file = Some(v.abs_path()?),
             "tls_no_verify_certificate" => c.tls_no_verify_certificate = v.boolean()?,
             "tls_allowed_dn_list" => c.tls_allowed_dn_list = v.string_list()?,
+            "auth_tls" => {
+                if v.string()? != "none" {
+                    return Err(v.bad(
+                        "SASL is not supported: TLS clients are authenticated by their certificate; use \"none\"",
+                    ));
+                }
+            }
             "auth_tcp" => {
                 let s = v.string()?;
                 if s != "none" && s != "sasl" {
@@ -289,6 +295,8 @@ host_uuid = "00000000-1111-2222-3333-444444444444"
             ("unix_sock_dir = \"relative\"", "unix_sock_dir"),
             ("host_uuid = \"11111111-1111-1111-1111-111111111111\"", "host_uuid"),
             ("helper_uid_min = 10\nhelper_uid_max = 5", "helper_uid_max"),
+            ("auth_tls = \"sasl\"", "auth_tls"),
+            ("admin_max_clients = 0", "admin_max_clients"),
         ] {
             let err = conf(text).unwrap_err().to_string();
             assert!(err.contains(&format!("'{key}'")), "{text}: {err}");

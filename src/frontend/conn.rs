@@ -26,6 +26,67 @@ pub enum Stream {
     Unix(UnixStream),
     /// Remote client.
     Tcp(TcpStream),
+    /// Remote client over TLS.
+    Tls(Box<TlsStream>),
+}
+
+/// A TLS session over a TCP connection, driven without blocking.
+#[derive(Debug)]
+pub struct TlsStream {
+    tcp: TcpStream,
+    /// The rustls session.
+    pub session: rustls::ServerConnection,
+    /// Why the handshake failed, for the audit record.
+    pub failure: Option<String>,
+}
+
+impl TlsStream {
+    /// A session for a client just accepted.
+    pub fn new(tcp: TcpStream, config: std::sync::Arc<rustls::ServerConfig>) -> Result<TlsStream, rustls::Error> {
+        Ok(TlsStream { tcp, session: rustls::ServerConnection::new(config)?, failure: None })
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if self.session.read_tls(&mut self.tcp)? == 0 {
+                return Ok(0);
+            }
+            if let Err(e) = self.session.process_new_packets() {
+                self.failure = Some(e.to_string());
+                // Tell the client why (the alert rustls queued), best effort.
+                let _ = self.push();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            self.push()?;
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.session.writer().write(buf)?;
+        self.push()?;
+        if n == 0 && !buf.is_empty() {
+            // rustls's plaintext buffer is full until the socket drains.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    /// Writes the TLS records rustls has ready, as far as the socket takes them.
+    fn push(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut self.tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Stream {
@@ -51,13 +112,27 @@ impl Stream {
                 addr: s.peer_addr().ok().map(|a| a.to_string()),
                 dn: None,
             },
+            Stream::Tls(t) => PeerIdentity {
+                socket,
+                uid: None,
+                gid: None,
+                pid: None,
+                addr: t.tcp.peer_addr().ok().map(|a| a.to_string()),
+                dn: None,
+            },
         }
+    }
+
+    /// Encrypted bytes wait to be written (a TLS handshake in progress).
+    pub fn wants_write(&self) -> bool {
+        matches!(self, Stream::Tls(t) if t.session.wants_write())
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
         }
     }
 
@@ -65,6 +140,7 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
         }
     }
 }
@@ -74,18 +150,21 @@ impl Source for Stream {
         match self {
             Stream::Unix(s) => s.register(r, t, i),
             Stream::Tcp(s) => s.register(r, t, i),
+            Stream::Tls(s) => s.tcp.register(r, t, i),
         }
     }
     fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.reregister(r, t, i),
             Stream::Tcp(s) => s.reregister(r, t, i),
+            Stream::Tls(s) => s.tcp.reregister(r, t, i),
         }
     }
     fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.deregister(r),
             Stream::Tcp(s) => s.deregister(r),
+            Stream::Tls(s) => s.tcp.deregister(r),
         }
     }
 }
@@ -95,6 +174,10 @@ impl Source for Stream {
 pub enum Admission {
     /// `ClientOpened` sent, no answer yet.
     Pending,
+    /// A TLS client the broker let in, in its handshake.
+    Handshaking,
+    /// A TLS client whose handshake ended; the broker is checking its DN.
+    Authenticating,
     /// The broker accepted it.
     Admitted,
 }
@@ -170,6 +253,11 @@ impl Client {
 
     /// Writes what the socket takes. Returns false on a broken connection.
     pub fn flush(&mut self) -> bool {
+        if let Stream::Tls(t) = &mut self.stream
+            && t.push().is_err()
+        {
+            return false;
+        }
         while !self.outbuf.is_empty() {
             match self.stream.write(&self.outbuf) {
                 Ok(0) => return false,

@@ -66,8 +66,16 @@ fn start() -> Result<server::Server, FrontendError> {
     channel.send(&Envelope { id: 1, body: FrontendRequest::Hello { version: PROTOCOL_VERSION } }, &[])?;
     let (welcome, mut fds) =
         channel.recv_blocking::<Envelope<BrokerReply>>(WELCOME_TIMEOUT_MS, |e| e.body.fd_count())?;
-    let BrokerReply::Welcome { broker_pid, config, listeners } = welcome.body else {
+    let BrokerReply::Welcome { broker_pid, config, listeners, sign_channel } = welcome.body else {
         return Err(FrontendError::Handshake);
+    };
+    // The fds: listeners, log outputs, then the sign channel.
+    let sign = match sign_channel {
+        true => Some(
+            Channel::from_fd(fds.pop().ok_or(FrontendError::Handshake)?)
+                .map_err(|e| FrontendError::Channel(e.into()))?,
+        ),
+        false => None,
     };
     let log_fds = fds.split_off(listeners.len());
     let state =
@@ -77,8 +85,8 @@ fn start() -> Result<server::Server, FrontendError> {
     let ids = config.uid.zip(config.gid);
     let profile = Profile::frontend(ids, Some(nix::unistd::Pid::from_raw(broker_pid)));
     // Everything that needs a syscall outside the seccomp policy happens before confine.
-    let server =
-        server::Server::new(channel, listeners.into_iter().zip(fds).collect(), config).map_err(FrontendError::Setup)?;
+    let server = server::Server::new(channel, listeners.into_iter().zip(fds).collect(), config, sign)
+        .map_err(FrontendError::Setup)?;
     sandbox::confine(&profile)?;
     sandbox::verify(&profile)?;
     server.send_ready()?;

@@ -56,6 +56,8 @@ impl Listener {
 enum Pending {
     /// `ClientOpened` for this connection.
     Admission(ConnId),
+    /// `Authenticated` for this TLS connection, with the DN it showed.
+    Authentication(ConnId, Option<String>),
     /// A client's call: reply to this header on this connection (and, for
     /// a console, the domain whose console it is).
     Call(Token, Header, Option<[u8; 16]>),
@@ -89,12 +91,38 @@ pub struct Server {
     config: FrontendConfig,
     /// Console fd tokens to the client that holds the console.
     console_tokens: HashMap<Token, Token>,
+    /// Asks the broker for TLS handshake signatures.
+    sign: Option<std::sync::Arc<crate::tls::session::SignChannel>>,
+    /// TLS for new TLS clients.
+    tls: Option<crate::tls::session::Tls>,
+}
+
+/// The rustls configuration for `config`'s TLS material, if TLS listens.
+fn tls_config(
+    config: &FrontendConfig,
+    sign: &Option<std::sync::Arc<crate::tls::session::SignChannel>>,
+) -> Option<crate::tls::session::Tls> {
+    let (material, sign) = (config.tls.as_ref()?, sign.as_ref()?);
+    match crate::tls::session::server_config(material, sign.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::error!("TLS: {e}; TLS clients are refused");
+            None
+        }
+    }
 }
 
 impl Server {
     /// Builds the poller and registers the channel and listeners (before confinement,
     /// since creating an epoll instance is outside the frontend's seccomp policy).
-    pub fn new(channel: Channel, sockets: Vec<(ListenerKind, OwnedFd)>, config: FrontendConfig) -> io::Result<Server> {
+    pub fn new(
+        channel: Channel,
+        sockets: Vec<(ListenerKind, OwnedFd)>,
+        config: FrontendConfig,
+        sign: Option<Channel>,
+    ) -> io::Result<Server> {
+        let sign = sign.map(|c| std::sync::Arc::new(crate::tls::session::SignChannel::new(c)));
+        let tls = tls_config(&config, &sign);
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&channel.raw_fd()), CHANNEL, Interest::READABLE)?;
         let mut listeners = Vec::new();
@@ -119,6 +147,8 @@ impl Server {
             next_token: FIRST_CLIENT,
             config,
             console_tokens: HashMap::new(),
+            sign,
+            tls,
         })
     }
 
@@ -178,6 +208,19 @@ impl Server {
             };
             let kind = *kind;
             let mut stream = match listener.accept() {
+                Ok(Stream::Tcp(tcp)) if kind == ListenerKind::Tls => {
+                    let Some(config) = self.tls.as_ref().map(|t| t.config.clone()) else {
+                        log::warn!("refusing a TLS client: TLS is not set up");
+                        continue;
+                    };
+                    match super::conn::TlsStream::new(tcp, config) {
+                        Ok(t) => Stream::Tls(Box::new(t)),
+                        Err(e) => {
+                            log::warn!("refusing a TLS client: {e}");
+                            continue;
+                        }
+                    }
+                }
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -244,10 +287,46 @@ impl Server {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        if readable && !client.gone && !client.read_available() {
+        // A TLS client's handshake waits until the broker has let it in.
+        let held = client.admission == Admission::Pending && matches!(client.stream, Stream::Tls(_));
+        if readable && !client.gone && !held && !client.read_available() {
             client.kill();
         }
+        self.check_handshake(token);
         self.process(token);
+    }
+
+    /// A TLS client whose handshake just ended goes to the broker with the
+    /// DN of its certificate (rustls has checked it against the CA and CRLs).
+    fn check_handshake(&mut self, token: Token) {
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        let Stream::Tls(t) = &client.stream else { return };
+        if client.admission != Admission::Handshaking || client.gone || t.session.is_handshaking() {
+            return;
+        }
+        let certs = t.session.peer_certificates();
+        if let Some(Err(why)) = self.tls.as_ref().map(|tls| tls.verify(certs)) {
+            log::warn!("TLS client {} refused: {why}", client.conn);
+            if let Stream::Tls(t) = &mut client.stream {
+                t.failure = Some(why);
+            }
+            client.kill();
+            return self.hang_up(token);
+        }
+        let dn = certs.and_then(|c| c.first()).and_then(|c| crate::tls::dn::subject_dn(c));
+        let conn = client.conn;
+        client.admission = Admission::Authenticating;
+        match self.request(FrontendRequest::Authenticated { conn, dn: dn.clone() }) {
+            Ok(id) => {
+                self.pending.insert(id, Pending::Authentication(conn, dn));
+            }
+            Err(e) => {
+                log::error!("cannot report a TLS client to the broker: {e}");
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.kill();
+                }
+            }
+        }
     }
 
     /// Dispatches complete packets (once admitted, and within
@@ -360,8 +439,8 @@ impl Server {
         if done {
             return self.hang_up(token);
         }
-        let interest =
-            if client.outbuf.is_empty() { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+        let writing = !client.outbuf.is_empty() || client.stream.wants_write();
+        let interest = if writing { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         let _ = self.poll.registry().reregister(&mut client.stream, token, interest);
     }
 
@@ -377,11 +456,21 @@ impl Server {
         }
         let conn = client.conn;
         log::debug!("client {conn} on the {} socket disconnected", client.peer.socket.name());
+        // A TLS handshake that failed is the broker's to audit.
+        let failed_tls = match (&client.stream, client.admission) {
+            (Stream::Tls(t), Admission::Handshaking) => t.failure.clone(),
+            _ => None,
+        };
         if let Some(mut console) = client.console.take() {
             let _ = self.poll.registry().deregister(&mut console.fd);
             self.console_tokens.remove(&console.token);
         }
         self.forget(token);
+        if let Some(reason) = failed_tls
+            && let Err(e) = self.request(FrontendRequest::AuthFailed { conn, reason })
+        {
+            log::error!("cannot report a failed TLS handshake to the broker: {e}");
+        }
         if let Err(e) = self.request(FrontendRequest::ClientClosed { conn }) {
             log::error!("cannot report a closed client to the broker: {e}");
         }
@@ -452,6 +541,7 @@ impl Server {
     fn answered(&mut self, id: u32, reply: BrokerReply, mut fds: Vec<OwnedFd>) {
         match (self.pending.remove(&id), reply) {
             (Some(Pending::Admission(conn)), reply) => self.admitted(conn, reply),
+            (Some(Pending::Authentication(conn, dn)), reply) => self.authenticated(conn, dn, reply),
             (Some(Pending::Call(token, header, console)), BrokerReply::Value(result)) => {
                 if let (Ok(crate::privsep::CallValue::Console), Some(uuid), Some(fd)) = (&result, console, fds.pop()) {
                     self.attach_console(token, header, uuid, fd);
@@ -578,6 +668,18 @@ impl Server {
             return;
         };
         match reply {
+            BrokerReply::Ok if matches!(client.stream, Stream::Tls(_)) => {
+                client.admission = Admission::Handshaking;
+                if client.gone {
+                    return self.hang_up(token);
+                }
+                // The ClientHello may be waiting already (edge-triggered).
+                if !client.read_available() {
+                    client.kill();
+                }
+                self.check_handshake(token);
+                self.settle(token);
+            }
             BrokerReply::Ok => {
                 client.admission = Admission::Admitted;
                 if client.gone {
@@ -591,6 +693,29 @@ impl Server {
                 self.forget(token);
             }
             _ => {}
+        }
+    }
+
+    /// The broker's verdict on a TLS client's certificate: it learns that
+    /// it passed from libvirt's confirmation byte, then speaks RPC.
+    fn authenticated(&mut self, conn: ConnId, dn: Option<String>, reply: BrokerReply) {
+        let Some(&token) = self.by_conn.get(&conn) else { return };
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        match reply {
+            BrokerReply::Ok => {
+                client.admission = Admission::Admitted;
+                client.peer.dn = dn;
+                if !client.queue(&[1]) {
+                    client.kill();
+                }
+                self.process(token);
+            }
+            other => {
+                log::warn!("TLS client {conn} refused: {other:?}");
+                client.admission = Admission::Admitted;
+                client.kill();
+                self.hang_up(token);
+            }
         }
     }
 
@@ -641,6 +766,9 @@ impl Server {
             Err(e) => log::error!("reconfigure: {e}"),
         }
         log::debug!("frontend reconfigured: max_clients {}", config.max_clients);
+        if config.tls != self.config.tls {
+            self.tls = tls_config(&config, &self.sign);
+        }
         self.config = config;
     }
 }

@@ -109,6 +109,22 @@ pub enum FrontendRequest {
         /// The domain.
         uuid: [u8; 16],
     },
+    /// A TLS client finished its handshake with a certificate the CA
+    /// signed (or none was required); the broker checks its DN again and
+    /// admits it or not.
+    Authenticated {
+        /// The frontend's number for it.
+        conn: ConnId,
+        /// Its certificate's subject DN.
+        dn: Option<String>,
+    },
+    /// A TLS client failed its handshake or its DN check; the broker audits it.
+    AuthFailed {
+        /// The frontend's number for it.
+        conn: ConnId,
+        /// Why.
+        reason: String,
+    },
     /// A client's hypervisor call.
     Call {
         /// The frontend's number for the client.
@@ -130,8 +146,62 @@ impl FrontendRequest {
             FrontendRequest::Call { .. } => "call",
             FrontendRequest::Denied { .. } => "denied",
             FrontendRequest::ConsoleClosed { .. } => "console-closed",
+            FrontendRequest::Authenticated { .. } => "authenticated",
+            FrontendRequest::AuthFailed { .. } => "auth-failed",
         }
     }
+}
+
+/// The kind of the TLS server key, for rustls's certificate selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    /// RSA.
+    Rsa,
+    /// ECDSA.
+    Ecdsa,
+    /// Ed25519.
+    Ed25519,
+}
+
+/// What the frontend needs to run TLS: public material only. The private
+/// key stays in the broker, which signs handshakes on request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsMaterial {
+    /// The server certificate chain, DER, leaf first.
+    pub cert_chain: Vec<Vec<u8>>,
+    /// CA certificates that sign client certificates, DER.
+    pub ca: Vec<Vec<u8>>,
+    /// Certificate revocation lists, DER.
+    pub crls: Vec<Vec<u8>>,
+    /// Clients must present a certificate the CA signed (not
+    /// `tls_no_verify_certificate`).
+    pub verify_clients: bool,
+    /// `tls_allowed_dn_list` (empty: every verified client).
+    pub allowed_dns: Vec<String>,
+    /// The key's kind.
+    pub key_kind: KeyKind,
+    /// The TLS signature schemes (`SignatureScheme` values) the key can sign with.
+    pub schemes: Vec<u16>,
+}
+
+/// A handshake signature the frontend asks of the broker, on the sign channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignRequest {
+    /// Matches the reply to the request.
+    pub id: u32,
+    /// The `SignatureScheme`.
+    pub scheme: u16,
+    /// What to sign (a TLS 1.3 server CertificateVerify content).
+    pub message: Vec<u8>,
+}
+
+/// The broker's answer to a [`SignRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignReply {
+    /// The request's id.
+    pub id: u32,
+    /// The signature, or why there is none.
+    pub signature: Result<Vec<u8>, String>,
 }
 
 /// Values the frontend needs from the configuration. It never sees the file.
@@ -159,6 +229,8 @@ pub struct FrontendConfig {
     pub log: LogConfig,
     /// One entry per log fd, in order.
     pub log_sinks: Vec<SinkSpec>,
+    /// TLS, when a TLS socket listens.
+    pub tls: Option<TlsMaterial>,
 }
 
 impl FrontendConfig {
@@ -193,6 +265,8 @@ pub enum BrokerReply {
         config: FrontendConfig,
         /// The listening sockets, one fd each, in this order.
         listeners: Vec<ListenerKind>,
+        /// The sign channel's fd follows the log fds (when TLS listens).
+        sign_channel: bool,
     },
     /// The request was carried out.
     Ok,
@@ -215,7 +289,9 @@ impl BrokerReply {
     /// How many fds must accompany this message.
     pub fn fd_count(&self) -> usize {
         match self {
-            BrokerReply::Welcome { config, listeners, .. } => listeners.len() + config.fd_count(),
+            BrokerReply::Welcome { config, listeners, sign_channel, .. } => {
+                listeners.len() + config.fd_count() + usize::from(*sign_channel)
+            }
             BrokerReply::Reconfigure(config) => config.fd_count(),
             BrokerReply::Value(Ok(CallValue::Console)) => 1,
             BrokerReply::Ok

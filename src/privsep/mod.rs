@@ -14,6 +14,6 @@ mod messages;
 pub use calls::{Call, CallError, CallValue, DomainEvent, DomainRef, Query};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};
 pub use messages::{
-    BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, ListenerKind, PROTOCOL_VERSION,
-    PeerIdentity,
+    BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, KeyKind, ListenerKind,
+    PROTOCOL_VERSION, PeerIdentity, SignReply, SignRequest, TlsMaterial,
 };
