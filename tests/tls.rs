@@ -219,6 +219,17 @@ fn sighup_applies_a_new_allow_list_to_new_connections() {
     let (code, _, err) = virsh_tls(&p, port, GOOD, &["hostname"]);
     assert_ne!(code, 0, "the old DN still gets in: {err}");
 
+    // virt-admin re-reads the files too.
+    if have_virt_admin() {
+        let admin = d.tree.sock("libvirt-admin-sock");
+        let (code, _, err) = virt_admin(&admin, &["server-update-tls", "libvirtd"]);
+        assert_eq!(code, 0, "{err}");
+        std::fs::write(p.dir.join("crl.pem"), "garbage").unwrap();
+        let (code, _, err) = virt_admin(&admin, &["server-update-tls", "libvirtd"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("cannot reload TLS files: CRL"), "{err}");
+        assert_eq!(virsh_tls(&p, port, STRANGER, &["hostname"]).0, 0, "a broken CRL replaced the good one");
+    }
     // A broken certificate file keeps the previous files in use.
     std::fs::write(p.dir.join("servercert.pem"), "not a certificate").unwrap();
     d.signal(nix::sys::signal::Signal::SIGHUP);
@@ -318,4 +329,21 @@ fn half_open_tls_connections_are_bounded_by_max_anonymous_clients() {
     // Unix clients are not anonymous: they still get in.
     assert_eq!(virsh(&d.tree.sock("libvirt-sock"), &["hostname"]).0, 0);
     drop(idle);
+}
+
+#[test]
+fn without_certificate_verification_any_client_gets_in() {
+    if !have_virsh() {
+        return;
+    }
+    let tree = Tree::new();
+    let p = pki(&tree.path("pki"));
+    let port = free_port();
+    tree.write_conf(&(tls_conf(&p, port, "\"CN=nobody\"") + "tls_no_verify_certificate = 1\n"));
+    let d = Daemon::start_in(tree, &["--listen"]);
+    for client in [GOOD, FOREIGN, REVOKED] {
+        let (code, _, err) = virsh_tls(&p, port, client, &["hostname"]);
+        assert_eq!(code, 0, "{client}: {err}");
+    }
+    assert!(d.tree.audit(&["op=client-auth", "sock=\"tls\"", "res=success"], SECS).is_some());
 }

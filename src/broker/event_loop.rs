@@ -919,7 +919,13 @@ impl Broker {
             waiting: self.setup.ctx.awaiting.len(),
             tls: self.setup.listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tls),
         };
-        let result = admin.handle(&call);
+        let mut result = admin.handle(&call);
+        // A TLS reload that fails is the caller's error, not only a log line.
+        if let Ok((_, super::admin::Effect::ReloadTls)) = &result
+            && let Err(e) = self.reload_tls()
+        {
+            result = Err(crate::privsep::CallError::OperationFailed(format!("cannot reload TLS files: {e}")));
+        }
         let caller = Caller { conn, peer: &peer, readonly: false, request: id };
         calls::audit_admin(&mut self.setup.auditor, &caller, &call, result.as_ref().map(|_| ()).map_err(Clone::clone));
         let (value, effect) = match result {
@@ -935,11 +941,7 @@ impl Broker {
                 self.reopen_logs();
                 self.push_config();
             }
-            super::admin::Effect::ReloadTls => {
-                if self.reload_tls().is_ok() {
-                    self.push_config();
-                }
-            }
+            super::admin::Effect::ReloadTls => self.push_config(),
         }
     }
 

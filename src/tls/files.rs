@@ -121,13 +121,37 @@ impl TlsFiles {
         let crls = match &config.crl_file {
             Some(path) => {
                 let pem = read("CRL", path)?;
-                CertificateRevocationListDer::pem_slice_iter(&pem)
+                let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
                     .map(|c| c.map(|c| c.as_ref().to_vec()))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| invalid("CRL", path, format!("not a PEM CRL: {e}")))?
+                    .map_err(|e| invalid("CRL", path, format!("not a PEM CRL: {e}")))?;
+                if crls.is_empty() {
+                    return Err(invalid("CRL", path, "holds no CRL"));
+                }
+                crls
             }
             None => Vec::new(),
         };
+        // Catch what the frontend would otherwise find only at its first client.
+        let chain: Vec<CertificateDer<'static>> = cert_chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        rustls::sign::CertifiedKey::new(chain, key.clone()).keys_match().map_err(|e| {
+            invalid("server key", &config.key_file, format!("does not match the server certificate: {e}"))
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &ca {
+            roots
+                .add(CertificateDer::from(c.clone()))
+                .map_err(|e| invalid("CA certificate", &config.ca_file, e.to_string()))?;
+        }
+        if let Some(path) = &config.crl_file {
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .with_crls(crls.iter().map(|c| CertificateRevocationListDer::from(c.clone())))
+            .build()
+            .map_err(|e| invalid("CRL", path, e.to_string()))?;
+        }
         let key_kind = match key.algorithm() {
             rustls::SignatureAlgorithm::RSA => KeyKind::Rsa,
             rustls::SignatureAlgorithm::ECDSA => KeyKind::Ecdsa,
@@ -159,11 +183,7 @@ impl TlsFiles {
     /// Signs a TLS 1.3 server CertificateVerify content with `scheme`;
     /// anything else is refused.
     pub fn sign(&self, scheme: u16, message: &[u8]) -> Result<Vec<u8>, String> {
-        let hash_len = message.len().checked_sub(64 + TLS13_SERVER_CONTEXT.len()).ok_or("message too short")?;
-        let is_tls13 = message[..64].iter().all(|b| *b == b' ')
-            && &message[64..64 + TLS13_SERVER_CONTEXT.len()] == TLS13_SERVER_CONTEXT
-            && matches!(hash_len, 32 | 48 | 64);
-        if !is_tls13 {
+        if !is_tls13_server_verify(message) {
             return Err("not a TLS 1.3 server CertificateVerify".into());
         }
         let signer = self
@@ -171,5 +191,58 @@ impl TlsFiles {
             .choose_scheme(&[SignatureScheme::from(scheme)])
             .ok_or_else(|| format!("scheme {scheme:#x} unsupported"))?;
         signer.sign(message).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether `message` is what a TLS 1.3 server signs in its CertificateVerify.
+fn is_tls13_server_verify(message: &[u8]) -> bool {
+    let Some(hash_len) = message.len().checked_sub(64 + TLS13_SERVER_CONTEXT.len()) else { return false };
+    message[..64].iter().all(|b| *b == b' ')
+        && &message[64..64 + TLS13_SERVER_CONTEXT.len()] == TLS13_SERVER_CONTEXT
+        && matches!(hash_len, 32 | 48 | 64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DefaultPaths, Mode, UserEnv};
+
+    fn verify_content(hash_len: usize) -> Vec<u8> {
+        let mut m = vec![b' '; 64];
+        m.extend_from_slice(TLS13_SERVER_CONTEXT);
+        m.extend(std::iter::repeat_n(0xab, hash_len));
+        m
+    }
+
+    #[test]
+    fn the_key_signs_tls13_handshakes_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["host".to_string()]).unwrap().self_signed(&key).unwrap();
+        let mut config = Config::defaults(&DefaultPaths::for_mode(Mode::System, &UserEnv::default()));
+        (config.key_file, config.cert_file, config.ca_file) =
+            (dir.path().join("key.pem"), dir.path().join("cert.pem"), dir.path().join("ca.pem"));
+        std::fs::write(&config.key_file, key.serialize_pem()).unwrap();
+        std::fs::write(&config.cert_file, cert.pem()).unwrap();
+        std::fs::write(&config.ca_file, cert.pem()).unwrap();
+        let files = TlsFiles::load(&config).unwrap();
+        let scheme = u16::from(SignatureScheme::ECDSA_NISTP256_SHA256);
+        assert_eq!(files.material.schemes, [scheme]);
+        assert!(files.sign(scheme, &verify_content(32)).is_ok());
+        // Not a handshake: a certificate body, a TLS 1.2 key exchange, a
+        // client's CertificateVerify, or a truncated content.
+        let mut client = verify_content(32);
+        client[64..70].copy_from_slice(b"TLS 1.");
+        client[73..79].copy_from_slice(b"client");
+        for bad in [cert.der().to_vec(), vec![0x03; 100], client, verify_content(32)[..90].to_vec(), verify_content(20)]
+        {
+            assert!(files.sign(scheme, &bad).is_err(), "signed {} bytes it should not have", bad.len());
+        }
+        assert!(files.sign(u16::from(SignatureScheme::RSA_PSS_SHA256), &verify_content(32)).is_err());
+
+        // A key that is not the certificate's is refused at load, naming the file.
+        std::fs::write(&config.key_file, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let err = TlsFiles::load(&config).unwrap_err().to_string();
+        assert!(err.contains("server key") && err.contains("does not match"), "{err}");
     }
 }
