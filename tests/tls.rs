@@ -129,18 +129,7 @@ fn tls_conf(p: &Pki, port: u16, allowed: &str) -> String {
 fn virsh_tls(p: &Pki, port: u16, client: &str, args: &[&str]) -> (i32, String, String) {
     let mode = if is_root() { "system" } else { "session" };
     let uri = format!("qemu+tls://127.0.0.1:{port}/{mode}?pkipath={}", p.dir.join(client).display());
-    let out = std::process::Command::new("virsh")
-        .args(["-c", &uri])
-        .args(args)
-        .env_remove("LIBVIRT_DEFAULT_URI")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    client_tool("virsh", &uri, args)
 }
 
 fn tls_daemon() -> Option<(Daemon, Pki, u16)> {

@@ -283,53 +283,49 @@ pub fn uri(socket: &Path) -> String {
     format!("qemu+unix:///system?socket={}", socket.display())
 }
 
-/// Runs the real virsh against `socket`; returns (exit code, stdout, stderr).
-pub fn virsh(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("virsh")
+/// Runs a stock client tool (`virsh`, `virt-admin`) connected to `uri`;
+/// returns (exit code, stdout, stderr).
+pub fn client_tool(tool: &str, uri: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(tool)
         .arg("-c")
-        .arg(uri(socket))
+        .arg(uri)
         .args(args)
         .env_remove("LIBVIRT_DEFAULT_URI")
+        .env_remove("LIBVIRT_ADMIN_DEFAULT_URI")
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run virsh ({e}); tests/run installs libvirt-clients"));
+        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}); tests/run installs libvirt-clients"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the real virsh against `socket`; returns (exit code, stdout, stderr).
+pub fn virsh(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    client_tool("virsh", &uri(socket), args)
+}
+
+/// Runs the real virt-admin against the admin socket `socket`.
+pub fn virt_admin(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    client_tool("virt-admin", &format!("libvirtd:///system?socket={}", socket.display()), args)
 }
 
 /// Whether the stock client tools are installed (CI requires them).
 pub fn have_virsh() -> bool {
-    require(
-        Command::new("virsh").arg("--version").output().is_ok_and(|o| o.status.success()),
-        "virsh (libvirt-clients)",
-    )
+    have_tool("virsh")
 }
 
+/// Whether virt-admin is installed (CI requires it).
 pub fn have_virt_admin() -> bool {
-    require(
-        Command::new("virt-admin").arg("--version").output().is_ok_and(|o| o.status.success()),
-        "virt-admin (libvirt-clients)",
-    )
+    have_tool("virt-admin")
 }
 
-/// Runs the real virt-admin against the admin socket `socket`; returns
-/// (exit code, stdout, stderr).
-pub fn virt_admin(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("virt-admin")
-        .arg("-c")
-        .arg(format!("libvirtd:///system?socket={}", socket.display()))
-        .args(args)
-        .env_remove("LIBVIRT_ADMIN_DEFAULT_URI")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run virt-admin ({e}); tests/run installs libvirt-clients"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+fn have_tool(tool: &str) -> bool {
+    require(
+        Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()),
+        &format!("{tool} (libvirt-clients)"),
     )
 }
 
