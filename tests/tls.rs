@@ -317,7 +317,15 @@ fn half_open_tls_connections_are_bounded_by_max_anonymous_clients() {
     assert!(refused.contains(&hex("max_anonymous_clients")), "{refused}");
     // Unix clients are not anonymous: they still get in.
     assert_eq!(virsh(&d.tree.sock("libvirt-sock"), &["hostname"]).0, 0);
-    drop(idle);
+
+    // The half-open ones are dropped when their handshake time is up, and audited.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        assert_eq!(std::io::Read::read(&mut s, &mut buf).unwrap_or(0), 0, "a half-open client was kept");
+    }
+    let timed_out = d.tree.audit(&["op=client-auth", "sock=\"tls\"", "res=failed"], SECS).expect("not audited");
+    assert!(timed_out.contains(&hex("not finished in time")), "{timed_out}");
+    assert_eq!(virsh_tls(&p, port, GOOD, &["hostname"]).0, 0, "no room for a TLS client afterwards");
 }
 
 #[test]

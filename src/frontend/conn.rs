@@ -16,6 +16,10 @@ use crate::rpc::frame::MAX_PACKET;
 /// Most bytes buffered from a client: one packet of the largest size, plus
 /// whatever follows it in the same read.
 pub const MAX_INBUF: usize = 2 * MAX_PACKET;
+/// How long a client may take to be admitted (for TLS, to finish its
+/// handshake and pass its certificate check); until then it holds one of
+/// the `max_anonymous_clients` places.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most reply bytes queued for a client that does not read.
 pub const MAX_OUTBUF: usize = 16 * 1024 * 1024;
 
@@ -208,6 +212,8 @@ pub struct Client {
     pub in_flight: u32,
     /// Last time anything arrived (keepalive).
     pub last_rx: Instant,
+    /// When it connected: it has [`HANDSHAKE_TIMEOUT`] to be admitted.
+    pub accepted: Instant,
     /// Keepalive pings sent since then.
     pub pings: u32,
     /// The guest console this client has open, if any.

@@ -10,7 +10,7 @@ use mio::net::{TcpListener, UnixListener};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::conn::{Admission, Client, Stream};
+use super::conn::{Admission, Client, HANDSHAKE_TIMEOUT, Stream};
 use super::dispatch::{self, Action, Facts, Session};
 use crate::logging::{self, LogState};
 use crate::privsep::{
@@ -161,7 +161,8 @@ impl Server {
     pub fn run(&mut self) -> ExitCode {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self.next_keepalive().map(|t| t.saturating_duration_since(Instant::now()));
+            let next = [self.next_keepalive(), self.next_handshake_deadline()].into_iter().flatten().min();
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -191,6 +192,7 @@ impl Server {
                 }
             }
             self.keepalive_tick();
+            self.drop_slow_handshakes();
         }
     }
 
@@ -276,6 +278,7 @@ impl Server {
                 session,
                 in_flight: 0,
                 last_rx: Instant::now(),
+                accepted: Instant::now(),
                 pings: 0,
                 console: None,
             };
@@ -721,6 +724,33 @@ impl Server {
 
     fn keepalive_interval(&self) -> Option<Duration> {
         u64::try_from(self.config.keepalive_interval).ok().filter(|s| *s > 0).map(Duration::from_secs)
+    }
+
+    fn next_handshake_deadline(&self) -> Option<Instant> {
+        let waiting = self.clients.values().filter(|c| c.admission != Admission::Admitted && !c.gone);
+        waiting.map(|c| c.accepted + HANDSHAKE_TIMEOUT).min()
+    }
+
+    /// Drops clients that were not admitted in time (a TLS client that never
+    /// finishes its handshake would hold an anonymous place for ever).
+    fn drop_slow_handshakes(&mut self) {
+        let now = Instant::now();
+        let slow: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.admission != Admission::Admitted && !c.gone && c.accepted + HANDSHAKE_TIMEOUT <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in slow {
+            let Some(client) = self.clients.get_mut(&token) else { continue };
+            log::warn!("client {} did not finish connecting within {:?}; closing it", client.conn, HANDSHAKE_TIMEOUT);
+            if let Stream::Tls(t) = &mut client.stream {
+                t.failure.get_or_insert_with(|| "TLS handshake not finished in time".into());
+            }
+            client.kill();
+            // One still waiting for the broker's admission is dropped when it answers.
+            self.settle(token);
+        }
     }
 
     fn next_keepalive(&self) -> Option<Instant> {
