@@ -56,6 +56,8 @@ pub struct Awaiting {
     pub asker: Asker,
     /// The helper's pid, for the audit record after it is gone.
     pub pid: i32,
+    /// The domain's name, likewise (a transient domain may be gone).
+    pub name: String,
     /// When to give up on the helper.
     pub deadline: std::time::Instant,
 }
@@ -110,8 +112,9 @@ pub enum Asker {
         conn: u64,
         /// Its identity.
         peer: PeerIdentity,
-        /// The frontend request to answer.
-        reply_to: u32,
+        /// The frontend request to answer; `None` once the frontend that
+        /// sent it is gone (a new one numbers its requests afresh).
+        reply_to: Option<u32>,
     },
     /// The daemon itself (autostart, an `on_*` restart), for this reason.
     Daemon(&'static str),
@@ -119,7 +122,7 @@ pub enum Asker {
 
 impl Asker {
     fn of(caller: &Caller) -> Asker {
-        Asker::Client { conn: caller.conn, peer: caller.peer.clone(), reply_to: caller.request }
+        Asker::Client { conn: caller.conn, peer: caller.peer.clone(), reply_to: Some(caller.request) }
     }
 }
 
@@ -266,7 +269,14 @@ impl Ctx {
         if entry.id.is_some() {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
-        let running = self.launcher.start(&entry.def, id.unwrap_or(self.next_id), &self.guests)?;
+        let running = match self.launcher.start(&entry.def, id.unwrap_or(self.next_id), &self.guests) {
+            Ok(r) => r,
+            Err(e) => {
+                // As libvirt does: a start that failed leaves the domain shut off (failed).
+                self.domains.set_shutoff(uuid, SHUTOFF_FAILED);
+                return Err(e);
+            }
+        };
         // A restart in place (reboot, reset) keeps the id and is no new start.
         let fresh = id.is_none();
         if fresh {
@@ -283,13 +293,24 @@ impl Ctx {
 
     /// Whether the frontend request `id` waits for a helper's answer.
     pub fn awaits_request(&self, id: u32) -> bool {
-        self.awaiting.values().any(|a| matches!(a.asker, Asker::Client { reply_to, .. } if reply_to == id))
+        self.awaiting.values().any(|a| matches!(a.asker, Asker::Client { reply_to: Some(r), .. } if r == id))
+    }
+
+    /// The frontend that sent the waiting requests is gone: their answers
+    /// have nobody to go to, but are still audited.
+    pub fn orphan_requests(&mut self) {
+        for a in self.awaiting.values_mut() {
+            if let Asker::Client { reply_to, .. } = &mut a.asker {
+                *reply_to = None;
+            }
+        }
     }
 
     /// Registers what the helper of guest `uuid` was just asked.
     fn expect(&mut self, uuid: &[u8; 16], wait: Wait, op: &'static str, asker: Asker, pid: i32) {
         let deadline = std::time::Instant::now() + wait.timeout();
-        self.awaiting.insert(*uuid, Awaiting { wait, op, asker, pid, deadline });
+        let name = self.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+        self.awaiting.insert(*uuid, Awaiting { wait, op, asker, pid, name, deadline });
     }
 
     /// The helper of guest `uuid` reported `Started` (its start waits in
@@ -322,13 +343,19 @@ impl Ctx {
         Ok(true)
     }
 
-    /// Stops a guest whose start failed, if its helper still runs.
-    pub fn abort_start(&mut self, uuid: &[u8; 16]) {
+    /// Shuts off a guest whose start failed (stopping its helper if it
+    /// still runs), unless something else shut it off already. Returns
+    /// whether it did.
+    pub fn abort_start(&mut self, uuid: &[u8; 16]) -> bool {
         if let Some(running) = self.guests.remove(uuid) {
-            let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
-            self.unrecord(uuid);
-            self.domains.set_shutoff(uuid, SHUTOFF_FAILED);
+            running.kill();
         }
+        if !self.domains.by_uuid(uuid).is_ok_and(|e| e.id.is_some()) {
+            return false;
+        }
+        self.unrecord(uuid);
+        self.domains.set_shutoff(uuid, SHUTOFF_FAILED);
+        true
     }
 
     /// Guest `uuid`'s name and helper pid, refusing while its helper has an
@@ -413,7 +440,7 @@ impl Ctx {
     /// asked fails). Returns the helper's pid.
     pub fn destroy(&mut self, uuid: &[u8; 16]) -> Result<i32, CallError> {
         let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
-        let _ = nix::sys::signal::kill(running.pid, nix::sys::signal::Signal::SIGKILL);
+        running.kill();
         let dom = self.domains.by_uuid(uuid).map(|e| DomainRef { id: -1, ..e.handle() });
         self.unrecord(uuid);
         self.domains.set_shutoff(uuid, SHUTOFF_DESTROYED);
@@ -721,11 +748,11 @@ pub fn audit_guest(
 }
 
 /// Audits how a request that waited for a helper ended.
-pub fn audit_awaited(auditor: &mut Auditor, ctx: &Ctx, uuid: &[u8; 16], a: &Awaiting, result: &Result<(), CallError>) {
-    let name = ctx.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+pub fn audit_awaited(auditor: &mut Auditor, uuid: &[u8; 16], a: &Awaiting, result: &Result<(), CallError>) {
+    let name = a.name.clone();
     match &a.asker {
         Asker::Client { conn, peer, reply_to } => {
-            let caller = Caller { conn: *conn, peer, readonly: false, request: *reply_to };
+            let caller = Caller { conn: *conn, peer, readonly: false, request: reply_to.unwrap_or(0) };
             let named = result.clone().map(|()| name);
             audit_change(auditor, &caller, a.op, uuid, &named, &[("vm-pid", Value::Num(a.pid.into()))]);
         }

@@ -264,8 +264,10 @@ impl Broker {
     /// Forgets the frontend (its clients are gone with it) and schedules the next.
     fn frontend_gone(&mut self, status: String) {
         let Some(link) = self.link.take() else { return };
-        // Its clients are gone, and with them every console they held.
+        // Its clients are gone, and with them every console they held;
+        // the answers its clients wait for have nobody to go to.
         self.release_consoles(|_| true);
+        self.setup.ctx.orphan_requests();
         let _ = self.poll.registry().deregister(&mut SourceFd(&link.channel.raw_fd()));
         if let Some(sign) = &link.sign {
             let _ = self.poll.registry().deregister(&mut SourceFd(&sign.raw_fd()));
@@ -338,6 +340,9 @@ impl Broker {
                 let Some(client) = link.clients.get(&conn) else {
                     return self.violation(&format!("call on connection {conn}, which is not open"));
                 };
+                if !client.authenticated {
+                    return self.violation(&format!("call on connection {conn}, which has not authenticated"));
+                }
                 let admin_client = client.peer.socket == ListenerKind::Admin;
                 if let crate::privsep::Call::Admin(call) = call {
                     if !admin_client {
@@ -471,6 +476,7 @@ impl Broker {
         } else if same_server >= max {
             Some(BrokerError::Limit(format!("{key} ({max}) reached")))
         } else if peer.socket == ListenerKind::Tls
+            && self.setup.config.max_anonymous_clients > 0
             && link.clients.values().filter(|c| !c.authenticated).count()
                 >= self.setup.config.max_anonymous_clients as usize
         {
@@ -614,8 +620,13 @@ impl Broker {
     fn helper_answered(&mut self, uuid: [u8; 16], event: Wait) {
         let ctx = &mut self.setup.ctx;
         let settles = match event {
+            // Only a start that waits for it takes a Started.
+            Wait::Started { .. }
+                if !ctx.awaiting.get(&uuid).is_some_and(|a| matches!(a.wait, Wait::Started { .. })) =>
+            {
+                false
+            }
             Wait::Started { .. } => match ctx.started(&uuid) {
-                _ if !ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) => false,
                 Ok(pausing) => !pausing,
                 Err(e) => {
                     self.settle(uuid, Err(e));
@@ -640,11 +651,20 @@ impl Broker {
     /// the client that asked, and stops a guest whose start failed.
     fn settle(&mut self, uuid: [u8; 16], result: Result<(), crate::privsep::CallError>) {
         let Some(a) = self.setup.ctx.awaiting.remove(&uuid) else { return };
-        calls::audit_awaited(&mut self.setup.auditor, &self.setup.ctx, &uuid, &a, &result);
+        calls::audit_awaited(&mut self.setup.auditor, &uuid, &a, &result);
         let value = match result {
             Err(e) => {
-                if a.wait.starting() {
-                    self.setup.ctx.abort_start(&uuid);
+                // Clients that saw the guest start (or, for a reboot, never
+                // saw it stop) hear that it stopped.
+                let seen_running = matches!(a.wait, Wait::StartPaused | Wait::Started { fresh: false, .. });
+                let dom =
+                    self.setup.ctx.domains.by_uuid(&uuid).map(|e| crate::privsep::DomainRef { id: -1, ..e.handle() });
+                if a.wait.starting()
+                    && self.setup.ctx.abort_start(&uuid)
+                    && seen_running
+                    && let Ok(dom) = dom
+                {
+                    self.setup.ctx.emit(dom, calls::event::STOPPED, 5);
                 }
                 Err(e)
             }
@@ -652,7 +672,8 @@ impl Broker {
             Ok(()) => Ok(CallValue::Unit),
         };
         match (&a.asker, &value) {
-            (calls::Asker::Client { reply_to, .. }, _) => self.reply(*reply_to, &BrokerReply::Value(value), &[]),
+            (calls::Asker::Client { reply_to: Some(id), .. }, _) => self.reply(*id, &BrokerReply::Value(value), &[]),
+            (calls::Asker::Client { reply_to: None, .. }, _) => {}
             (calls::Asker::Daemon(why), Err(e)) => log::error!("{why}: {e}"),
             (calls::Asker::Daemon(_), Ok(_)) => {}
         }
@@ -708,10 +729,9 @@ impl Broker {
         let ctx = &mut self.setup.ctx;
         let Some(running) = ctx.guests.remove(&uuid) else { return };
         if ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) {
-            // The helper ended before the guest ran: the start failed.
+            // The helper ended before the guest ran: the start failed
+            // (settling it shuts the domain off).
             drop(running);
-            ctx.unrecord(&uuid);
-            ctx.domains.set_shutoff(&uuid, calls::shutoff_reason(StopReason::Failed));
             let why = crate::privsep::CallError::OperationFailed(format!("guest failed to start: {detail}"));
             self.settle(uuid, Err(why));
             return self.flush_events();
@@ -753,7 +773,15 @@ impl Broker {
             // restart is a new start.
             match self.setup.ctx.start(&uuid, in_place.then_some(id), false, "start", calls::Asker::Daemon(op)) {
                 Ok(_) => log::info!("domain '{name}' restarting ({op})"),
-                Err(e) => log::error!("domain '{name}' could not be restarted: {e}"),
+                Err(e) => {
+                    log::error!("domain '{name}' could not be restarted: {e}");
+                    calls::audit_guest(&mut self.setup.auditor, "start", (&name, &uuid), -1, Some(op), false);
+                    // A reboot's stop was not announced; this one is.
+                    if let (true, Ok(dom)) = (in_place, self.setup.ctx.domains.by_uuid(&uuid)) {
+                        let dom = crate::privsep::DomainRef { id: -1, ..dom.handle() };
+                        self.setup.ctx.emit(dom, calls::event::STOPPED, 5);
+                    }
+                }
             }
         }
         self.sync_guests();
@@ -805,8 +833,8 @@ impl Broker {
         self.push_config();
     }
 
-    /// A TLS client's handshake succeeded: check its DN against our own copy
-    /// of the allow-list (the frontend checked too) and admit it, or not.
+    /// A TLS client's handshake and certificate check succeeded in the
+    /// frontend: check its DN against the allow-list and admit it, or not.
     fn authenticated(&mut self, conn: u64, dn: Option<String>) -> BrokerReply {
         let allowed_dns = self.setup.config.tls_allowed_dn_list.clone();
         let verify = !self.setup.config.tls_no_verify_certificate;

@@ -33,6 +33,20 @@ pub struct Running {
     pub console: UnixStream,
     /// Where console output goes while nobody is attached (`<serial type='file'>`).
     pub log: Option<std::fs::File>,
+    /// This broker spawned it (one re-attached after a restart is not our child).
+    pub child: bool,
+}
+
+impl Running {
+    /// SIGKILLs the helper. A child of ours that has already been reaped is
+    /// left alone, since its pid may belong to another process by now.
+    pub fn kill(&self) {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        if self.child && !matches!(waitpid(self.pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)) {
+            return;
+        }
+        let _ = kill(self.pid, Signal::SIGKILL);
+    }
 }
 
 /// Where helpers come from and what they may use.
@@ -143,6 +157,7 @@ impl Launcher {
             channel: spawned.channel,
             console,
             log,
+            child: true,
         })
     }
 }
@@ -172,7 +187,7 @@ impl Launcher {
             log::warn!("domain '{}': {e}", def.name);
             None
         });
-        Some(Ok(Running { id, pid: Pid::from_raw(pid), uid, channel, console, log }))
+        Some(Ok(Running { id, pid: Pid::from_raw(pid), uid, channel, console, log, child: false }))
     }
 }
 

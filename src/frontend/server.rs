@@ -308,7 +308,9 @@ impl Server {
             return;
         }
         let certs = t.session.peer_certificates();
-        if let Some(Err(why)) = self.tls.as_ref().map(|tls| tls.verify(certs)) {
+        // Fail closed: without a working TLS set-up nothing is verified.
+        let verdict = self.tls.as_ref().map_or(Err("TLS is not set up".to_owned()), |tls| tls.verify(certs));
+        if let Err(why) = verdict {
             log::warn!("TLS client {} refused: {why}", client.conn);
             if let Stream::Tls(t) = &mut client.stream {
                 t.failure = Some(why);

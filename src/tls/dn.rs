@@ -50,6 +50,10 @@ fn oid_string(body: &[u8]) -> Option<String> {
             acc = 0;
         }
     }
+    // An arc cut off in the middle is no OID.
+    if rest.last().is_some_and(|b| b & 0x80 != 0) {
+        return None;
+    }
     Some(parts.iter().map(u64::to_string).collect::<Vec<_>>().join("."))
 }
 
@@ -71,10 +75,17 @@ fn attribute_name(oid: &str) -> String {
     .to_owned()
 }
 
-/// An attribute value with RFC 4514's special characters escaped.
+/// An attribute value with RFC 4514's special characters escaped, and
+/// control characters as `\XX` (the DN goes into logs and audit records).
 fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for (i, c) in value.chars().enumerate() {
+        if c.is_control() {
+            for b in c.to_string().bytes() {
+                out.push_str(&format!("\\{b:02X}"));
+            }
+            continue;
+        }
         let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
             || (i == 0 && matches!(c, '#' | ' '))
             || (i + 1 == value.chars().count() && c == ' ');
@@ -176,5 +187,8 @@ mod tests {
     fn special_characters_are_escaped() {
         assert_eq!(escape("a,b"), "a\\,b");
         assert_eq!(escape(" x "), "\\ x\\ ");
+        assert_eq!(escape("a\nb\0"), "a\\0Ab\\00");
+        assert_eq!(oid_string(&[0x55, 0x04, 0x03]).as_deref(), Some("2.5.4.3"));
+        assert_eq!(oid_string(&[0x55, 0x04, 0x03, 0x81]), None);
     }
 }
