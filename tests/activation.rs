@@ -33,7 +33,7 @@ fn shipped_unix_units() -> Vec<(String, String)> {
 }
 
 /// Starts the daemon as systemd would: sockets on fds 3.., LISTEN_PID set to the daemon's pid.
-fn activated(tree: &Tree, socks: &[(String, UnixListener)], with_names: bool, args: &[&str]) -> Command {
+fn activated<L: AsRawFd>(tree: &Tree, socks: &[(String, L)], with_names: bool, args: &[&str]) -> Command {
     let raw: Vec<RawFd> = socks.iter().map(|(_, l)| l.as_raw_fd()).collect();
     let names =
         if with_names { socks.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(":") } else { String::new() };
@@ -118,4 +118,23 @@ fn listen_is_refused_under_socket_activation() {
     assert_eq!(out.code(), Some(1));
     let err = std::fs::read_to_string(tree.path("stderr")).unwrap();
     assert!(err.contains("--listen parameter not permitted with systemd activation sockets"), "{err}");
+}
+
+#[test]
+fn an_activated_tcp_socket_needs_auth_tcp_none_too() {
+    let tree = Tree::new();
+    tree.write_conf("");
+    let mut socks: Vec<(String, std::os::fd::OwnedFd)> =
+        bind_shipped(&tree).into_iter().map(|(n, l)| (n, std::os::fd::OwnedFd::from(l))).collect();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socks.push(("libvirtd-tcp.socket".into(), std::os::fd::OwnedFd::from(tcp)));
+    let mut child = activated(&tree, &socks, true, &[]).spawn().unwrap();
+    let exited = wait_until(SECS, || child.try_wait().unwrap().is_some());
+    if !exited {
+        kill_tree(child.id() as i32);
+    }
+    assert!(exited, "the daemon served unauthenticated TCP");
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let err = std::fs::read_to_string(tree.path("stderr")).unwrap();
+    assert!(err.contains("set auth_tcp = \"none\" to allow unauthenticated TCP"), "{err}");
 }

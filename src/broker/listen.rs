@@ -93,20 +93,36 @@ pub fn bind_all(config: &Config, listen: bool, private_dir: bool) -> Result<List
             out.sockets.push((ListenerKind::Tls, OwnedFd::from(l)));
         }
         if config.listen_tcp {
-            if config.auth_tcp != "none" {
-                return Err(ListenError::Refused(format!(
-                    "auth_tcp = \"{}\" is not supported (no SASL); set auth_tcp = \"none\" to allow unauthenticated TCP",
-                    config.auth_tcp
-                )));
-            }
+            plain_tcp_allowed(config)?;
             let addr = (config.listen_addr.as_str(), config.tcp_port);
             let what = format!("{}:{}", config.listen_addr, config.tcp_port);
             let l = TcpListener::bind(addr).map_err(|source| ListenError::Io { what: what.clone(), source })?;
-            log::warn!("listening for unauthenticated, unencrypted TCP clients on {what} (auth_tcp = \"none\")");
             out.sockets.push((ListenerKind::Tcp, OwnedFd::from(l)));
         }
     }
     Ok(out)
+}
+
+/// Plain TCP carries no authentication here (no SASL): only an explicit
+/// `auth_tcp = "none"` allows it, whether the socket is ours or systemd's.
+pub fn plain_tcp_allowed(config: &Config) -> Result<(), ListenError> {
+    if config.auth_tcp != "none" {
+        return Err(ListenError::Refused(format!(
+            "auth_tcp = \"{}\" is not supported (no SASL); set auth_tcp = \"none\" to allow unauthenticated TCP",
+            config.auth_tcp
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the sockets about to be served, wherever they came from, and
+/// warns about unauthenticated TCP at every start.
+pub fn vet(config: &Config, listeners: &Listeners) -> Result<(), ListenError> {
+    if listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tcp) {
+        plain_tcp_allowed(config)?;
+        log::warn!("serving unauthenticated, unencrypted TCP clients (auth_tcp = \"none\")");
+    }
+    Ok(())
 }
 
 /// Binds one Unix socket, replacing a stale one but never a live one.

@@ -122,6 +122,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         Some(l) => l,
         None => listen::bind_all(&config, cli.listen, mode == Mode::Session)?,
     };
+    listen::vet(&config, &listeners)?;
     // The key is read before the frontend exists; it never sees it.
     let tls = match listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tls) {
         true => Some(crate::tls::files::TlsFiles::load(&config).map_err(|e| StartError::Setup(format!("TLS: {e}")))?),
