@@ -223,11 +223,21 @@ impl Ctx {
             }
             self.next_id = self.next_id.max(s.id + 1);
             match self.launcher.reattach(&def, s.id, s.pid, s.uid) {
-                Some(Ok(running)) => {
+                Some(Ok((running, paused))) => {
                     // A start the previous broker did not see through: the
                     // helper that still answers went on to run its guest.
-                    let starting = s.state == (STATE_PAUSED, PAUSED_STARTING_UP);
-                    self.domains.set_running(&uuid, s.id, running.pid, if starting { RUNNING_BOOTED } else { s.state });
+                    let recorded = match s.state {
+                        (STATE_PAUSED, PAUSED_STARTING_UP) => RUNNING_BOOTED,
+                        other => other,
+                    };
+                    // Where the helper says otherwise, a pause or resume
+                    // happened that the record missed.
+                    let state = match (paused, recorded.0 == STATE_PAUSED) {
+                        (Some(true), false) => (STATE_PAUSED, PAUSED_USER),
+                        (Some(false), true) => RUNNING_UNPAUSED,
+                        _ => recorded,
+                    };
+                    self.domains.set_running(&uuid, s.id, running.pid, state);
                     self.guests.insert(uuid, running);
                     log::info!("re-attached to domain '{name}' (id {}, helper pid {})", s.id, s.pid);
                     found.push((name, uuid, s.pid, true));

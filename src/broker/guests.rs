@@ -164,9 +164,19 @@ impl Launcher {
 
 impl Launcher {
     /// Joins a helper that outlived the previous broker: connects to its
-    /// control socket and gives it a new console. `None` if it is gone;
-    /// `Err` with how the guest ended if it stopped while we were away.
-    pub fn reattach(&self, def: &DomainDef, id: i32, pid: i32, uid: u32) -> Option<Result<Running, StopReason>> {
+    /// control socket, gives it a new console and asks whether its guest is
+    /// paused (the helper's word beats the record, which a broker that died
+    /// mid-request may have left behind; `None` if it did not say in time).
+    /// `None` if the helper is gone; `Err` with how the guest ended if it
+    /// stopped while we were away.
+    #[allow(clippy::type_complexity)]
+    pub fn reattach(
+        &self,
+        def: &DomainDef,
+        id: i32,
+        pid: i32,
+        uid: u32,
+    ) -> Option<Result<(Running, Option<bool>), StopReason>> {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
         let path = super::status::control_socket(&self.state_dir, &def.name);
         let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).ok()?;
@@ -182,12 +192,19 @@ impl Launcher {
         console.set_nonblocking(true).ok()?;
         let theirs: OwnedFd = theirs.into();
         channel.send(&HelperCommand::Console, &[theirs.as_fd(), theirs.as_fd()]).ok()?;
+        let paused = match channel.send(&HelperCommand::Stats, &[]) {
+            Ok(()) => match channel.recv_blocking::<HelperEvent>(REATTACH_GRACE_MS, HelperEvent::fd_count) {
+                Ok((HelperEvent::Stats(stats), _)) => Some(stats.paused),
+                _ => None,
+            },
+            Err(_) => None,
+        };
         // The guest runs on whether or not its log can be reopened.
         let log = serial_log(def).unwrap_or_else(|e| {
             log::warn!("domain '{}': {e}", def.name);
             None
         });
-        Some(Ok(Running { id, pid: Pid::from_raw(pid), uid, channel, console, log, child: false }))
+        Some(Ok((Running { id, pid: Pid::from_raw(pid), uid, channel, console, log, child: false }, paused)))
     }
 }
 
