@@ -43,7 +43,7 @@ pub struct Admin<'a> {
 
 /// Which server a client belongs to.
 fn server_of(c: &Client) -> &'static str {
-    if c.peer.socket == ListenerKind::Admin { ADMIN_SERVER } else { MAIN_SERVER }
+    c.peer.socket.server()
 }
 
 /// `virNetServerClient` transports: 0 unix, 1 tcp, 2 tls.

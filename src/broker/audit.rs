@@ -57,6 +57,13 @@ fn is_safe(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@+-,=*".contains(&b))
 }
 
+/// A client connection's number and identity as audit fields.
+pub fn client_fields(conn: u64, peer: &PeerIdentity) -> Vec<(&'static str, Value<'_>)> {
+    let mut f = vec![("conn", Value::Num(conn as i64))];
+    f.extend(peer_fields(peer));
+    f
+}
+
 /// The client's identity as audit fields.
 pub fn peer_fields(peer: &PeerIdentity) -> Vec<(&'static str, Value<'_>)> {
     let mut f = vec![("sock", Value::Text(peer.socket.name()))];
@@ -98,6 +105,14 @@ impl Auditor {
     }
 
     /// Writes one record.
+    /// Records what happened to client `conn`'s connection, with the reason
+    /// when there is one.
+    pub fn client(&mut self, op: &str, conn: u64, peer: &PeerIdentity, reason: Option<&str>, success: bool) {
+        let mut fields = client_fields(conn, peer);
+        fields.extend(reason.map(|r| ("reason", Value::Text(r))));
+        self.record(op, &fields, success);
+    }
+
     pub fn record(&mut self, op: &str, fields: &[(&str, Value<'_>)], success: bool) {
         if self.level == 0 {
             return;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::audit::{Auditor, Value, peer_fields};
+use super::audit::{Auditor, Value, client_fields};
 use super::domains::Domains;
 use super::guests::{Launcher, Running};
 use super::host;
@@ -451,7 +451,7 @@ impl Ctx {
     pub fn destroy(&mut self, uuid: &[u8; 16]) -> Result<i32, CallError> {
         let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
         running.kill();
-        let dom = self.domains.by_uuid(uuid).map(|e| DomainRef { id: -1, ..e.handle() });
+        let dom = self.domains.by_uuid(uuid).map(|e| e.stopped_handle());
         self.unrecord(uuid);
         self.domains.set_shutoff(uuid, SHUTOFF_DESTROYED);
         if let Ok(dom) = dom {
@@ -840,8 +840,7 @@ pub fn audit_denial(auditor: &mut Auditor, caller: &Caller, procedure: i32) {
 }
 
 fn audit(auditor: &mut Auditor, caller: &Caller, op: &str, extra: &[(&str, Value<'_>)], ok: bool) {
-    let mut fields = vec![("conn", Value::Num(caller.conn as i64))];
-    fields.extend(peer_fields(caller.peer));
+    let mut fields = client_fields(caller.conn, caller.peer);
     fields.extend(extra.iter().cloned());
     auditor.record(op, &fields, ok);
 }

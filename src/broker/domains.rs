@@ -64,6 +64,11 @@ impl Entry {
         DomainRef { name: self.def.name.clone(), uuid: self.def.uuid, id: self.id.unwrap_or(-1) }
     }
 
+    /// The handle a stop event carries: the domain no longer has an id.
+    pub fn stopped_handle(&self) -> DomainRef {
+        DomainRef { id: -1, ..self.handle() }
+    }
+
     /// `virDomainGetInfo`.
     pub fn info(&self) -> DomainInfoRet {
         DomainInfoRet {

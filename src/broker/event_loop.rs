@@ -12,7 +12,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::audit::{Auditor, Value, peer_fields};
+use super::audit::{Auditor, Value};
 use super::calls::{self, Caller, Ctx, Wait};
 use super::link::{Client, FrontendLink, Restart, describe};
 use super::listen::Listeners;
@@ -273,10 +273,7 @@ impl Broker {
             let _ = self.poll.registry().deregister(&mut SourceFd(&sign.raw_fd()));
         }
         for (conn, client) in &link.clients {
-            let mut f = vec![("conn", Value::Num(*conn as i64))];
-            f.extend(peer_fields(&client.peer));
-            f.push(("reason", Value::Text("frontend-exit")));
-            self.setup.auditor.record("client-close", &f, true);
+            self.setup.auditor.client("client-close", *conn, &client.peer, Some("frontend-exit"), true);
         }
         if self.exit.is_some() {
             return;
@@ -322,10 +319,7 @@ impl Broker {
             FrontendRequest::Authenticated { conn, dn } => self.authenticated(conn, dn),
             FrontendRequest::AuthFailed { conn, reason } => {
                 let Some(peer) = self.client_mut(conn).map(|c| c.peer.clone()) else { return };
-                let mut fields = vec![("conn", Value::Num(conn as i64))];
-                fields.extend(peer_fields(&peer));
-                fields.push(("reason", Value::Text(&reason)));
-                self.setup.auditor.record("client-auth", &fields, false);
+                self.setup.auditor.client("client-auth", conn, &peer, Some(&reason), false);
                 BrokerReply::Ok
             }
             FrontendRequest::ConsoleClosed { conn, uuid } => {
@@ -462,12 +456,11 @@ impl Broker {
         let Some(link) = &mut self.link else {
             return BrokerReply::Ok;
         };
-        let admin = peer.socket == crate::privsep::ListenerKind::Admin;
-        let (max, key) = match admin {
-            true => (self.setup.config.admin_max_clients as usize, "admin_max_clients"),
-            false => (self.setup.config.max_clients as usize, "max_clients"),
+        let (max, key) = match peer.socket {
+            ListenerKind::Admin => (self.setup.config.admin_max_clients as usize, "admin_max_clients"),
+            _ => (self.setup.config.max_clients as usize, "max_clients"),
         };
-        let same_server = link.clients.values().filter(|c| (c.peer.socket == ListenerKind::Admin) == admin).count();
+        let same_server = link.clients.values().filter(|c| c.peer.socket.server() == peer.socket.server()).count();
         let known_socket = self.setup.listeners.sockets.iter().any(|(k, _)| *k == peer.socket);
         let refusal = if link.clients.contains_key(&conn) {
             Some(BrokerError::Invalid(format!("connection {conn} is already open")))
@@ -485,11 +478,8 @@ impl Broker {
         } else {
             None
         };
-        let mut fields = vec![("conn", Value::Num(conn as i64))];
-        fields.extend(peer_fields(&peer));
         let reason = refusal.as_ref().map(ToString::to_string);
-        fields.extend(reason.as_deref().map(|r| ("reason", Value::Text(r))));
-        self.setup.auditor.record("client-open", &fields, refusal.is_none());
+        self.setup.auditor.client("client-open", conn, &peer, reason.as_deref(), refusal.is_none());
         match refusal {
             Some(e) => BrokerReply::Refused(e),
             None => {
@@ -522,9 +512,7 @@ impl Broker {
             self.violation(&format!("closed connection {conn}, which is not open"));
             return None;
         };
-        let mut fields = vec![("conn", Value::Num(conn as i64))];
-        fields.extend(peer_fields(&peer));
-        self.setup.auditor.record("client-close", &fields, true);
+        self.setup.auditor.client("client-close", conn, &peer, None, true);
         log::debug!("client {conn} disconnected");
         self.release_consoles(|owner| owner == conn);
         Some(BrokerReply::Ok)
@@ -601,11 +589,9 @@ impl Broker {
                     Ok((HelperEvent::Stopped { reason, detail }, _)) => {
                         return self.guest_stopped(uuid, reason, &detail);
                     }
-                    Ok((HelperEvent::Started, _)) => {
-                        self.helper_answered(uuid, Wait::Started { paused: false, fresh: false })
+                    Ok((event @ (HelperEvent::Started | HelperEvent::Paused | HelperEvent::Resumed), _)) => {
+                        self.helper_answered(uuid, &event)
                     }
-                    Ok((HelperEvent::Paused, _)) => self.helper_answered(uuid, Wait::Paused),
-                    Ok((HelperEvent::Resumed, _)) => self.helper_answered(uuid, Wait::Resumed),
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
                     Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
@@ -614,32 +600,31 @@ impl Broker {
         }
     }
 
-    /// A helper reported `Started`, `Paused` or `Resumed` (as `event`):
-    /// apply it, and settle what waited for it. A late answer (its asker
-    /// already got an error) still updates the state.
-    fn helper_answered(&mut self, uuid: [u8; 16], event: Wait) {
+    /// A helper reported `Started`, `Paused` or `Resumed`: apply it, and
+    /// settle what waited for it. A late answer (its asker already got an
+    /// error) still updates the state.
+    fn helper_answered(&mut self, uuid: [u8; 16], event: &HelperEvent) {
         let ctx = &mut self.setup.ctx;
+        let waiting = ctx.awaiting.get(&uuid).map(|a| a.wait);
         let settles = match event {
             // Only a start that waits for it takes a Started.
-            Wait::Started { .. }
-                if !ctx.awaiting.get(&uuid).is_some_and(|a| matches!(a.wait, Wait::Started { .. })) =>
-            {
-                false
-            }
-            Wait::Started { .. } => match ctx.started(&uuid) {
+            HelperEvent::Started if !matches!(waiting, Some(Wait::Started { .. })) => false,
+            HelperEvent::Started => match ctx.started(&uuid) {
                 Ok(pausing) => !pausing,
                 Err(e) => {
                     self.settle(uuid, Err(e));
                     return self.flush_events();
                 }
             },
-            _ => {
-                ctx.paused(&uuid, event == Wait::Resumed);
-                let paused_for = |w: Wait| {
-                    if event == Wait::Paused { matches!(w, Wait::Paused | Wait::StartPaused) } else { w == event }
-                };
-                ctx.awaiting.get(&uuid).is_some_and(|a| paused_for(a.wait))
+            HelperEvent::Paused => {
+                ctx.paused(&uuid, false);
+                matches!(waiting, Some(Wait::Paused | Wait::StartPaused))
             }
+            HelperEvent::Resumed => {
+                ctx.paused(&uuid, true);
+                waiting == Some(Wait::Resumed)
+            }
+            _ => false,
         };
         if settles {
             self.settle(uuid, Ok(()));
@@ -657,8 +642,7 @@ impl Broker {
                 // Clients that saw the guest start (or, for a reboot, never
                 // saw it stop) hear that it stopped.
                 let seen_running = matches!(a.wait, Wait::StartPaused | Wait::Started { fresh: false, .. });
-                let dom =
-                    self.setup.ctx.domains.by_uuid(&uuid).map(|e| crate::privsep::DomainRef { id: -1, ..e.handle() });
+                let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.stopped_handle());
                 if a.wait.starting()
                     && self.setup.ctx.abort_start(&uuid)
                     && seen_running
@@ -750,7 +734,7 @@ impl Broker {
         calls::audit_guest(&mut self.setup.auditor, "stop", (&name, &uuid), running.pid.as_raw(), Some(op), true);
         let id = running.id;
         drop(running);
-        let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| crate::privsep::DomainRef { id: -1, ..e.handle() });
+        let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.stopped_handle());
         self.setup.ctx.unrecord(&uuid);
         self.setup.ctx.domains.set_shutoff(&uuid, calls::shutoff_reason(reason));
         self.fail_awaiting(|_, _| false);
@@ -777,8 +761,9 @@ impl Broker {
                     log::error!("domain '{name}' could not be restarted: {e}");
                     calls::audit_guest(&mut self.setup.auditor, "start", (&name, &uuid), -1, Some(op), false);
                     // A reboot's stop was not announced; this one is.
-                    if let (true, Ok(dom)) = (in_place, self.setup.ctx.domains.by_uuid(&uuid)) {
-                        let dom = crate::privsep::DomainRef { id: -1, ..dom.handle() };
+                    if let (true, Ok(dom)) =
+                        (in_place, self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.stopped_handle()))
+                    {
                         self.setup.ctx.emit(dom, calls::event::STOPPED, 5);
                     }
                 }
@@ -854,11 +839,7 @@ impl Broker {
         client.peer.dn = dn;
         client.authenticated = refusal.is_none();
         let peer = client.peer.clone();
-        let mut fields = vec![("conn", Value::Num(conn as i64))];
-        fields.extend(peer_fields(&peer));
-        fields.extend(refusal.as_deref().map(|r| ("reason", Value::Text(r))));
-        let ok = refusal.is_none();
-        self.setup.auditor.record("client-auth", &fields, ok);
+        self.setup.auditor.client("client-auth", conn, &peer, refusal.as_deref(), refusal.is_none());
         match refusal {
             Some(r) => BrokerReply::Refused(BrokerError::Forbidden(r)),
             None => BrokerReply::Ok,

@@ -231,13 +231,11 @@ impl Server {
                     return;
                 }
             };
-            let admin = kind == ListenerKind::Admin;
-            let (max, key) = match admin {
-                true => (self.config.admin_max_clients, "admin_max_clients"),
-                false => (self.config.max_clients, "max_clients"),
+            let (max, key) = match kind {
+                ListenerKind::Admin => (self.config.admin_max_clients, "admin_max_clients"),
+                _ => (self.config.max_clients, "max_clients"),
             };
-            if self.clients.values().filter(|c| (c.peer.socket == ListenerKind::Admin) == admin).count() >= max as usize
-            {
+            if self.clients.values().filter(|c| c.peer.socket.server() == kind.server()).count() >= max as usize {
                 log::warn!("refusing a client on the {} socket: {key} ({max}) reached", kind.name());
                 continue;
             }

@@ -28,6 +28,15 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
+    /// The admin server a client of this socket belongs to: each server has
+    /// its own client limit (`virt-admin srv-list`).
+    pub fn server(self) -> &'static str {
+        match self {
+            ListenerKind::Admin => super::admin::ADMIN_SERVER,
+            _ => super::admin::MAIN_SERVER,
+        }
+    }
+
     /// Short name used in audit records and logs.
     pub fn name(self) -> &'static str {
         match self {

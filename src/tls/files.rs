@@ -82,15 +82,24 @@ fn invalid(what: &'static str, path: &Path, reason: impl Into<String>) -> TlsErr
 
 /// The PEM certificates in `path` (at least one).
 fn certificates(what: &'static str, path: &Path) -> Result<Vec<Vec<u8>>, TlsError> {
+    pem_items::<CertificateDer<'static>>(what, path, "certificate")
+}
+
+/// The DER of each PEM `noun` in `path` (at least one).
+fn pem_items<T: PemObject + AsRef<[u8]>>(
+    what: &'static str,
+    path: &Path,
+    noun: &str,
+) -> Result<Vec<Vec<u8>>, TlsError> {
     let pem = read(what, path)?;
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+    let items: Vec<Vec<u8>> = T::pem_slice_iter(&pem)
         .map(|c| c.map(|c| c.as_ref().to_vec()))
         .collect::<Result<_, _>>()
-        .map_err(|e| invalid(what, path, format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(invalid(what, path, "holds no certificate"));
+        .map_err(|e| invalid(what, path, format!("not a PEM {noun}: {e}")))?;
+    if items.is_empty() {
+        return Err(invalid(what, path, format!("holds no {noun}")));
     }
-    Ok(certs)
+    Ok(items)
 }
 
 /// Every signature scheme rustls knows, to ask the key which it supports.
@@ -119,17 +128,7 @@ impl TlsFiles {
             .load_private_key(key_der)
             .map_err(|e| invalid("server key", &config.key_file, e.to_string()))?;
         let crls = match &config.crl_file {
-            Some(path) => {
-                let pem = read("CRL", path)?;
-                let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
-                    .map(|c| c.map(|c| c.as_ref().to_vec()))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| invalid("CRL", path, format!("not a PEM CRL: {e}")))?;
-                if crls.is_empty() {
-                    return Err(invalid("CRL", path, "holds no CRL"));
-                }
-                crls
-            }
+            Some(path) => pem_items::<CertificateRevocationListDer<'static>>("CRL", path, "CRL")?,
             None => Vec::new(),
         };
         // Catch what the frontend would otherwise find only at its first client.
