@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Err(e) => (StopReason::Failed, e),
     };
     if let Some(channel) = link {
-        let _ = channel.send(&HelperEvent::Stopped { reason, detail }, &[]);
+        let _ = channel.send_wait(&HelperEvent::Stopped { reason, detail }, &[]);
     }
     if reason == StopReason::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -148,7 +148,7 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
 
     seccomp::apply(Thread::HelperVmm).map_err(err("sandbox"))?;
     sandbox::verify(&Profile { seccomp: Some(Thread::HelperVmm), ..profile }).map_err(err("sandbox"))?;
-    let started = link.as_ref().map(|c| c.send(&HelperEvent::Started, &[]));
+    let started = link.as_ref().map(|c| c.send_wait(&HelperEvent::Started, &[]));
     if let Some(Err(e)) = started {
         eprintln!("libvirt-helper: broker gone at start ({e}); the guest runs on");
         *link = None;
@@ -199,11 +199,11 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
                 Ok((HelperCommand::Reset, _)) => return Ok((StopReason::Reset, "reset by the broker".into())),
                 Ok((HelperCommand::Pause, _)) => {
                     control.pause(config.vcpus);
-                    channel.send(&HelperEvent::Paused, &[]).map_err(err("control channel"))?;
+                    channel.send_wait(&HelperEvent::Paused, &[]).map_err(err("control channel"))?;
                 }
                 Ok((HelperCommand::Resume, _)) => {
                     control.resume();
-                    channel.send(&HelperEvent::Resumed, &[]).map_err(err("control channel"))?;
+                    channel.send_wait(&HelperEvent::Resumed, &[]).map_err(err("control channel"))?;
                 }
                 Ok((HelperCommand::CtrlAltDel, _)) => bus.ctrl_alt_del(),
                 Ok((HelperCommand::Stats, _)) => {
@@ -213,7 +213,7 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
                         memory_mib: config.memory_mib,
                         rss_kib: peak_rss_kib(),
                     };
-                    channel.send(&HelperEvent::Stats(stats), &[]).map_err(err("control channel"))?;
+                    channel.send_wait(&HelperEvent::Stats(stats), &[]).map_err(err("control channel"))?;
                 }
                 Ok((HelperCommand::Start(_), _)) => return Err("second Start".into()),
                 Ok((HelperCommand::Console, fds)) => {

@@ -302,15 +302,21 @@ impl Ctx {
     }
 
     /// Whether the frontend request `id` waits for a helper's answer.
-    pub fn awaits_request(&self, id: u32) -> bool {
-        self.awaiting.values().any(|a| matches!(a.asker, Asker::Client { reply_to: Some(r), .. } if r == id))
+    pub fn awaits_request(&self, conn: u64, id: u32) -> bool {
+        // Request ids are each frontend's own: the connection tells them apart.
+        self.awaiting
+            .values()
+            .any(|a| matches!(a.asker, Asker::Client { conn: c, reply_to: Some(r), .. } if r == id && c == conn))
     }
 
-    /// The frontend that sent the waiting requests is gone: their answers
-    /// have nobody to go to, but are still audited.
-    pub fn orphan_requests(&mut self) {
+    /// The frontend that sent the waiting requests of the clients `gone`
+    /// picks is gone: their answers have nobody to go to (a new frontend
+    /// numbers its requests afresh), but are still audited.
+    pub fn orphan_requests(&mut self, gone: impl Fn(u64) -> bool) {
         for a in self.awaiting.values_mut() {
-            if let Asker::Client { reply_to, .. } = &mut a.asker {
+            if let Asker::Client { conn, reply_to, .. } = &mut a.asker
+                && gone(*conn)
+            {
                 *reply_to = None;
             }
         }

@@ -1,6 +1,12 @@
-//! The broker's view of one running frontend, and when to start the next.
+//! The broker's view of its frontends: one process per trust class, each
+//! with its clients, and when to start the next after one ends.
+//!
+//! A class is a kind of listener (read-write, read-only, admin, TCP, TLS):
+//! its sockets go to its own frontend and to no other, so the class of every
+//! request is known from the channel it arrives on, never from what a
+//! frontend says. A compromised read-only frontend holds nothing but
+//! read-only clients and the read-only listener.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -8,7 +14,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::permit::Phase;
-use crate::privsep::{Channel, ConnId, PeerIdentity};
+use crate::privsep::{Channel, ListenerKind, PeerIdentity};
 
 /// What the broker knows of one client.
 #[derive(Debug)]
@@ -22,6 +28,8 @@ pub struct Client {
     /// It has proved who it is (a Unix peer at once; a TLS client once its
     /// certificate checked out).
     pub authenticated: bool,
+    /// The frontend slot whose process serves it.
+    pub slot: usize,
 }
 
 /// A frontend process and what the broker knows of its clients.
@@ -33,8 +41,6 @@ pub struct FrontendLink {
     pub channel: Channel,
     /// Where it is in its life; decides what it may ask.
     pub phase: Phase,
-    /// Clients it reported open, with their identity.
-    pub clients: HashMap<ConnId, Client>,
     /// When it was started.
     pub started: Instant,
     /// The broker's end of its sign channel (TLS handshake signatures).
@@ -52,6 +58,49 @@ impl FrontendLink {
             other => other,
         };
         describe(status)
+    }
+}
+
+/// One trust class's frontend: its listeners, its process when one runs,
+/// and its own restart backoff (a crash loop in one class does not delay
+/// the others).
+#[derive(Debug)]
+pub struct Slot {
+    /// The class: every client of this frontend is of this kind.
+    pub class: ListenerKind,
+    /// Indices of its sockets in the broker's listener list.
+    pub listeners: Vec<usize>,
+    /// The running process.
+    pub link: Option<FrontendLink>,
+    /// When to start the next one.
+    pub restart: Restart,
+    /// A frontend of this class has been confined and serving once.
+    pub ready_once: bool,
+}
+
+impl Slot {
+    /// Slots for the listeners, one per kind present, in order of first
+    /// appearance; each is due to start now.
+    pub fn for_listeners(kinds: impl Iterator<Item = ListenerKind>, now: Instant) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = Vec::new();
+        for (i, kind) in kinds.enumerate() {
+            match slots.iter_mut().find(|s| s.class == kind) {
+                Some(s) => s.listeners.push(i),
+                None => slots.push(Slot {
+                    class: kind,
+                    listeners: vec![i],
+                    link: None,
+                    restart: Restart { due: Some(now), ..Restart::default() },
+                    ready_once: false,
+                }),
+            }
+        }
+        slots
+    }
+
+    /// The link, if its frontend is serving clients.
+    pub fn serving(&self) -> Option<&FrontendLink> {
+        self.link.as_ref().filter(|l| l.phase == Phase::Serving)
     }
 }
 
@@ -103,6 +152,17 @@ impl Restart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_listener_kind_gets_a_slot_of_its_own() {
+        use ListenerKind::*;
+        let now = Instant::now();
+        let slots = Slot::for_listeners([ReadWrite, ReadOnly, Admin, Tcp, Tcp, Tls].into_iter(), now);
+        let classes: Vec<_> = slots.iter().map(|s| s.class).collect();
+        assert_eq!(classes, [ReadWrite, ReadOnly, Admin, Tcp, Tls]);
+        assert_eq!(slots[3].listeners, [3, 4]);
+        assert!(slots.iter().all(|s| s.restart.due == Some(now) && s.link.is_none()));
+    }
 
     #[test]
     fn crash_loops_back_off_and_healthy_runs_reset() {

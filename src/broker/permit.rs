@@ -24,7 +24,7 @@ pub fn permitted(phase: Phase, req: &FrontendRequest) -> bool {
     match req {
         FrontendRequest::Hello { .. } => phase == Phase::AwaitHello,
         FrontendRequest::Ready => phase == Phase::AwaitReady,
-        FrontendRequest::ClientOpened { .. } => phase == Phase::Serving,
+        FrontendRequest::ClientOpened => phase == Phase::Serving,
         FrontendRequest::ClientClosed { .. } => phase == Phase::Serving,
         FrontendRequest::ReadOnly { .. } => phase == Phase::Serving,
         FrontendRequest::Call { .. } => phase == Phase::Serving,

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use nix::unistd::Pid;
 
 use crate::frontend::{CHANNEL_FD, FRONTEND_ARG};
-use crate::privsep::Channel;
+use crate::privsep::{Channel, ListenerKind};
 
 /// A running child and the broker's end of its channel.
 #[derive(Debug)]
@@ -21,10 +21,12 @@ pub struct Spawned {
     pub channel: Channel,
 }
 
-/// Execs `/proc/self/exe --frontend-process`. The frontend stays in the
-/// daemon's session: it lives and dies with the daemon.
-pub fn frontend() -> std::io::Result<Spawned> {
-    exec_with_channel(Path::new("/proc/self/exe"), &[FRONTEND_ARG], false)
+/// Execs `/proc/self/exe --frontend-process CLASS`. The frontend stays in
+/// the daemon's session: it lives and dies with the daemon. The class in
+/// its command line is only for operators reading `ps`; what a frontend
+/// serves is decided by the sockets the broker hands it.
+pub fn frontend(class: ListenerKind) -> std::io::Result<Spawned> {
+    exec_with_channel(Path::new("/proc/self/exe"), &[FRONTEND_ARG, class.name()], false)
 }
 
 /// Execs a guest helper. It gets a session of its own, so that stopping or

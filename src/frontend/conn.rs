@@ -1,7 +1,7 @@
 //! One client connection: transport, identity, buffers and protocol state.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use mio::event::Source;
@@ -16,6 +16,27 @@ use crate::rpc::frame::MAX_PACKET;
 /// Most bytes buffered from a client: one packet of the largest size, plus
 /// whatever follows it in the same read.
 pub const MAX_INBUF: usize = 2 * MAX_PACKET;
+/// What every client may buffer whatever the others hold: room for any
+/// ordinary call. Beyond it, a client's input comes out of [`INPUT_BUDGET`].
+pub const SMALL_INBUF: usize = 64 * 1024;
+/// Input buffered beyond [`SMALL_INBUF`] by all the clients of one frontend
+/// together. A client that would go beyond it is not read until others
+/// have been served (or cut off), so a crowd of clients holding partial
+/// frames costs this much memory and no more.
+pub const INPUT_BUDGET: usize = 24 * 1024 * 1024;
+/// How long a frame may take to arrive whole, from its first byte. A client
+/// that holds a partial frame longer is cut off, so it cannot hold its share
+/// of [`INPUT_BUDGET`] for ever.
+pub const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Reply bytes queued for a client above which its next calls wait: a
+/// client that does not read stops being served before it costs more.
+pub const OUT_PAUSE: usize = 1024 * 1024;
+/// Reply bytes queued for all the clients of one frontend together above
+/// which no client with output pending is served a new call.
+pub const OUTPUT_BUDGET: usize = 32 * 1024 * 1024;
+/// How long a client may leave its replies unread (no byte taken by its
+/// socket while some wait) before it is cut off.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a client may take to be admitted (for TLS, to finish its
 /// handshake and pass its certificate check); until then it holds one of
 /// the `max_anonymous_clients` places.
@@ -127,6 +148,16 @@ impl Stream {
         }
     }
 
+    /// The connection's socket, which the broker reads the peer's
+    /// credentials from.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Tls(t) => t.tcp.as_fd(),
+        }
+    }
+
     /// Encrypted bytes wait to be written (a TLS handshake in progress).
     pub fn wants_write(&self) -> bool {
         matches!(self, Stream::Tls(t) if t.session.wants_write())
@@ -218,6 +249,24 @@ pub struct Client {
     pub pings: u32,
     /// The guest console this client has open, if any.
     pub console: Option<super::server::Console>,
+    /// When the incomplete frame at the head of `inbuf` began to arrive.
+    pub frame_since: Option<Instant>,
+    /// When its socket last took bytes (or output began to wait).
+    pub last_tx: Instant,
+    /// It was not read to the end because the input budget was spent; it
+    /// is read again when there is room.
+    pub stalled: bool,
+}
+
+/// What a read left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Everything available was read.
+    Drained,
+    /// Reading stopped at the limit; more may wait in the socket.
+    AtLimit,
+    /// The client went away or overfilled its buffer.
+    Gone,
 }
 
 impl Client {
@@ -228,30 +277,49 @@ impl Client {
         self.outbuf.clear();
     }
 
-    /// Reads what is available. Returns false once the client has gone or
-    /// overfilled its buffer.
-    pub fn read_available(&mut self) -> bool {
+    /// Reads what is available, until `inbuf` holds `limit` bytes.
+    pub fn read_available(&mut self, limit: usize) -> ReadOutcome {
         let mut chunk = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return false,
-                Ok(n) if self.inbuf.len() + n > MAX_INBUF => return false,
+            if self.inbuf.len() >= limit {
+                return ReadOutcome::AtLimit;
+            }
+            let room = (limit - self.inbuf.len()).min(chunk.len());
+            match self.stream.read(&mut chunk[..room]) {
+                Ok(0) => return ReadOutcome::Gone,
+                Ok(n) if self.inbuf.len() + n > MAX_INBUF => return ReadOutcome::Gone,
                 Ok(n) => {
+                    if self.inbuf.is_empty() {
+                        self.frame_since = Some(Instant::now());
+                    }
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     self.last_rx = Instant::now();
                     self.pings = 0;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
+                Err(_) => return ReadOutcome::Gone,
             }
         }
+    }
+
+    /// When this client is to be cut off for holding a partial frame or
+    /// leaving its replies unread, if it is.
+    pub fn stall_deadline(&self) -> Option<Instant> {
+        // Only a frame still arriving counts; whole ones wait for their turn.
+        let partial = matches!(crate::rpc::frame::split(&self.inbuf), Ok(None)) && !self.inbuf.is_empty();
+        let frame = self.frame_since.filter(|_| partial).map(|t| t + FRAME_TIMEOUT);
+        let write = (!self.outbuf.is_empty()).then_some(self.last_tx + WRITE_TIMEOUT);
+        [frame, write].into_iter().flatten().min()
     }
 
     /// Queues bytes; false if the client has stopped reading and is too far behind.
     pub fn queue(&mut self, bytes: &[u8]) -> bool {
         if self.outbuf.len() + bytes.len() > MAX_OUTBUF {
             return false;
+        }
+        if self.outbuf.is_empty() {
+            self.last_tx = Instant::now();
         }
         self.outbuf.extend_from_slice(bytes);
         true
@@ -269,6 +337,7 @@ impl Client {
                 Ok(0) => return false,
                 Ok(n) => {
                     self.outbuf.drain(..n);
+                    self.last_tx = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

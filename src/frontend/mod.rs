@@ -63,7 +63,7 @@ fn start() -> Result<server::Server, FrontendError> {
     // nothing else in this freshly exec'd process has claimed it.
     let fd = unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) };
     let channel = Channel::from_fd(fd).map_err(|e| FrontendError::Channel(e.into()))?;
-    channel.send(&Envelope { id: 1, body: FrontendRequest::Hello { version: PROTOCOL_VERSION } }, &[])?;
+    channel.send_wait(&Envelope { id: 1, body: FrontendRequest::Hello { version: PROTOCOL_VERSION } }, &[])?;
     let (welcome, mut fds) =
         channel.recv_blocking::<Envelope<BrokerReply>>(WELCOME_TIMEOUT_MS, |e| e.body.fd_count())?;
     let BrokerReply::Welcome { broker_pid, config, listeners, sign_channel } = welcome.body else {

@@ -10,7 +10,10 @@ use mio::net::{TcpListener, UnixListener};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::conn::{Admission, Client, HANDSHAKE_TIMEOUT, Stream};
+use super::conn::{
+    Admission, Client, HANDSHAKE_TIMEOUT, INPUT_BUDGET, MAX_INBUF, OUT_PAUSE, OUTPUT_BUDGET, ReadOutcome, SMALL_INBUF,
+    Stream,
+};
 use super::dispatch::{self, Action, Facts, Session};
 use crate::logging::{self, LogState};
 use crate::privsep::{
@@ -20,6 +23,9 @@ use crate::rpc::frame::{self, Header};
 
 const CHANNEL: Token = Token(0);
 const FIRST_CLIENT: usize = 1024;
+/// Bytes queued to the broker above which no client is read or accepted
+/// until the broker has taken them: back-pressure, never a blocked send.
+const CHANNEL_HIGH_WATER: usize = 1024 * 1024;
 /// Keepalive PING.
 const PING: i32 = 1;
 
@@ -54,8 +60,11 @@ impl Listener {
 
 /// What an outstanding broker request was for.
 enum Pending {
-    /// `ClientOpened` for this connection.
-    Admission(ConnId),
+    /// `ClientOpened` for the connection on this token.
+    Admission(Token),
+    /// A refused call's report: it holds one of the client's
+    /// `max_client_requests` places until the broker has taken it.
+    Denied(Token),
     /// `Authenticated` for this TLS connection, with the DN it showed.
     Authentication(ConnId, Option<String>),
     /// A client's call: reply to this header on this connection (and, for
@@ -86,7 +95,9 @@ pub struct Server {
     by_conn: HashMap<ConnId, Token>,
     pending: HashMap<u32, Pending>,
     next_id: u32,
-    next_conn: ConnId,
+    /// Something was held back (accepts, reads or calls) and must be
+    /// picked up again once there is room.
+    needs_resume: bool,
     next_token: usize,
     config: FrontendConfig,
     /// Console fd tokens to the client that holds the console.
@@ -124,7 +135,8 @@ impl Server {
         let sign = sign.map(|c| std::sync::Arc::new(crate::tls::session::SignChannel::new(c)));
         let tls = tls_config(&config, &sign);
         let poll = Poll::new()?;
-        poll.registry().register(&mut SourceFd(&channel.raw_fd()), CHANNEL, Interest::READABLE)?;
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        poll.registry().register(&mut SourceFd(&channel.raw_fd()), CHANNEL, interest)?;
         let mut listeners = Vec::new();
         for (i, (kind, fd)) in sockets.into_iter().enumerate() {
             let mut l = Listener::from_fd(kind, fd)?;
@@ -143,7 +155,7 @@ impl Server {
             by_conn: HashMap::new(),
             pending: HashMap::new(),
             next_id: 2,
-            next_conn: 1,
+            needs_resume: false,
             next_token: FIRST_CLIENT,
             config,
             console_tokens: HashMap::new(),
@@ -154,14 +166,17 @@ impl Server {
 
     /// Tells the broker we are confined; it checks that for itself.
     pub fn send_ready(&self) -> Result<(), ChannelError> {
-        self.channel.send(&Envelope { id: 0, body: FrontendRequest::Ready }, &[])
+        self.channel.send_wait(&Envelope { id: 0, body: FrontendRequest::Ready }, &[])
     }
 
     /// Serves until the broker goes away.
     pub fn run(&mut self) -> ExitCode {
         let mut events = Events::with_capacity(256);
         loop {
-            let next = [self.next_keepalive(), self.next_handshake_deadline()].into_iter().flatten().min();
+            let next = [self.next_keepalive(), self.next_handshake_deadline(), self.next_stall_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
             let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -193,18 +208,99 @@ impl Server {
             }
             self.keepalive_tick();
             self.drop_slow_handshakes();
+            self.drop_stalled();
+            self.resume();
         }
     }
 
     fn request(&mut self, body: FrontendRequest) -> Result<u32, ChannelError> {
+        self.request_with(body, &[])
+    }
+
+    fn request_with(
+        &mut self,
+        body: FrontendRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<u32, ChannelError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.channel.send(&Envelope { id, body }, &[])?;
+        self.channel.send(&Envelope { id, body }, fds)?;
         Ok(id)
+    }
+
+    /// The broker has not taken what we sent: take no new work until it does.
+    fn throttled(&self) -> bool {
+        self.channel.queued() > CHANNEL_HIGH_WATER
+    }
+
+    /// Picks up what back-pressure or the input budget left waiting: new
+    /// connections, clients not read to the end, calls not dispatched.
+    /// (Readiness is edge-triggered: nothing else would wake them.)
+    fn resume(&mut self) {
+        if !self.needs_resume || self.throttled() {
+            return;
+        }
+        self.needs_resume = false;
+        for i in 0..self.listeners.len() {
+            self.on_listener(i);
+        }
+        let waiting: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.gone && (c.stalled || !c.inbuf.is_empty()))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in waiting {
+            if self.throttled() {
+                self.needs_resume = true;
+                return;
+            }
+            self.read_client(token);
+            self.process(token);
+        }
+    }
+
+    /// Input buffered by all clients beyond their free allowance.
+    fn input_held(&self) -> usize {
+        self.clients.values().map(|c| c.inbuf.len().saturating_sub(SMALL_INBUF)).sum()
+    }
+
+    /// Output queued for all clients.
+    fn output_held(&self) -> usize {
+        self.clients.values().map(|c| c.outbuf.len()).sum()
+    }
+
+    /// Reads what the client sent, within its share of the input budget.
+    fn read_client(&mut self, token: Token) {
+        let budget_left = match self.clients.get(&token) {
+            Some(c) if c.inbuf.len() >= SMALL_INBUF => INPUT_BUDGET.saturating_sub(self.input_held()),
+            Some(_) => INPUT_BUDGET,
+            None => return,
+        };
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        // A TLS client's handshake waits until the broker has let it in.
+        let held = client.admission == Admission::Pending && matches!(client.stream, Stream::Tls(_));
+        if client.gone || held {
+            return;
+        }
+        let limit = (client.inbuf.len().max(SMALL_INBUF) + budget_left).min(MAX_INBUF);
+        match client.read_available(limit) {
+            ReadOutcome::Drained => client.stalled = false,
+            ReadOutcome::AtLimit => {
+                client.stalled = true;
+                self.needs_resume = true;
+            }
+            ReadOutcome::Gone => client.kill(),
+        }
     }
 
     fn on_listener(&mut self, index: usize) {
         loop {
+            // Each accept costs the broker a message: none while it lags.
+            if self.throttled() {
+                self.needs_resume = true;
+                return;
+            }
             let Some((kind, listener)) = self.listeners.get(index) else {
                 return;
             };
@@ -246,18 +342,17 @@ impl Server {
                 log::warn!("cannot watch a new client: {e}");
                 continue;
             }
-            let conn = self.next_conn;
-            self.next_conn += 1;
-            log::debug!("accepted client {conn} on the {} socket: {peer:?}", kind.name());
-            let id = match self.request(FrontendRequest::ClientOpened { conn, peer: peer.clone() }) {
+            log::debug!("accepted client on the {} socket: {peer:?}", kind.name());
+            // The broker reads who it is from the connection itself.
+            let id = match self.request_with(FrontendRequest::ClientOpened, &[stream.fd()]) {
                 Ok(id) => id,
                 Err(e) => {
                     log::error!("cannot report a client to the broker: {e}");
+                    let _ = self.poll.registry().deregister(&mut stream);
                     continue;
                 }
             };
-            self.pending.insert(id, Pending::Admission(conn));
-            self.by_conn.insert(conn, token);
+            self.pending.insert(id, Pending::Admission(token));
             let session = Session {
                 readonly: kind == ListenerKind::ReadOnly,
                 secure: !matches!(kind, ListenerKind::Tcp),
@@ -265,7 +360,8 @@ impl Server {
                 ..Session::default()
             };
             let client = Client {
-                conn,
+                // The broker numbers it when it admits it.
+                conn: 0,
                 stream,
                 peer,
                 admission: Admission::Pending,
@@ -279,6 +375,9 @@ impl Server {
                 accepted: Instant::now(),
                 pings: 0,
                 console: None,
+                frame_since: None,
+                last_tx: Instant::now(),
+                stalled: false,
             };
             self.clients.insert(token, client);
         }
@@ -288,10 +387,8 @@ impl Server {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        // A TLS client's handshake waits until the broker has let it in.
-        let held = client.admission == Admission::Pending && matches!(client.stream, Stream::Tls(_));
-        if readable && !client.gone && !held && !client.read_available() {
-            client.kill();
+        if readable && !client.gone {
+            self.read_client(token);
         }
         self.check_handshake(token);
         self.process(token);
@@ -341,13 +438,24 @@ impl Server {
         let mut became_readonly = false;
         let mut streams = Vec::new();
         let mut denied = Vec::new();
+        let throttled = self.throttled();
+        let pending_output = self.clients.get(&token).is_some_and(|c| !c.outbuf.is_empty());
+        // Only a client that has output waiting pays for the sum.
+        let over_budget = pending_output && self.output_held() > OUTPUT_BUDGET;
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
+        let mut held_back = false;
         while client.admission == Admission::Admitted
             && !client.closing
-            && client.in_flight + (forwards.len() as u32) < max_in_flight
+            && client.in_flight + ((forwards.len() + denied.len()) as u32) < max_in_flight
         {
+            // Back-pressure: a broker that lags, a client that does not
+            // read, or replies piling up for everyone stop new calls here.
+            if throttled || client.outbuf.len() > OUT_PAUSE || (over_budget && !client.outbuf.is_empty()) {
+                held_back = true;
+                break;
+            }
             let (header, range, len) = match frame::split(&client.inbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
@@ -359,6 +467,7 @@ impl Server {
             };
             let action = dispatch::dispatch(&mut client.session, &facts, &header, &client.inbuf[range]);
             client.inbuf.drain(..len);
+            client.frame_since = (!client.inbuf.is_empty()).then(Instant::now);
             let queued = match action {
                 Action::Send(bytes) => client.queue(&bytes),
                 Action::SendAndClose(bytes) => {
@@ -394,12 +503,21 @@ impl Server {
             }
         }
         let conn = client.conn;
+        if held_back {
+            self.needs_resume = true;
+        }
         if became_readonly && self.request(FrontendRequest::ReadOnly { conn }).is_err() {
             log::error!("cannot tell the broker client {conn} is read-only");
         }
         for procedure in denied {
-            if self.request(FrontendRequest::Denied { conn, procedure }).is_err() {
-                log::error!("cannot report a refused call of client {conn} to the broker");
+            match self.request(FrontendRequest::Denied { conn, procedure }) {
+                Ok(id) => {
+                    self.pending.insert(id, Pending::Denied(token));
+                    if let Some(c) = self.clients.get_mut(&token) {
+                        c.in_flight += 1;
+                    }
+                }
+                Err(e) => log::error!("cannot report a refused call of client {conn} to the broker: {e}"),
             }
         }
         for (h, data) in streams {
@@ -486,6 +604,11 @@ impl Server {
     }
 
     fn on_channel(&mut self) -> Result<(), ChannelError> {
+        // What waited for room goes first; once the broker has caught up,
+        // what back-pressure held is picked up again.
+        if self.channel.flush()? {
+            self.needs_resume = true;
+        }
         loop {
             let (env, fds) = match self.channel.recv::<Envelope<BrokerReply>>(|e| e.body.fd_count()) {
                 Ok(m) => m,
@@ -543,7 +666,12 @@ impl Server {
 
     fn answered(&mut self, id: u32, reply: BrokerReply, mut fds: Vec<OwnedFd>) {
         match (self.pending.remove(&id), reply) {
-            (Some(Pending::Admission(conn)), reply) => self.admitted(conn, reply),
+            (Some(Pending::Admission(token)), reply) => self.admitted(token, reply),
+            (Some(Pending::Denied(token)), _) => {
+                let Some(client) = self.clients.get_mut(&token) else { return };
+                client.in_flight = client.in_flight.saturating_sub(1);
+                self.process(token);
+            }
             (Some(Pending::Authentication(conn, dn)), reply) => self.authenticated(conn, dn, reply),
             (Some(Pending::Call(token, header, console)), BrokerReply::Value(result)) => {
                 if let (Ok(crate::privsep::CallValue::Console), Some(uuid), Some(fd)) = (&result, console, fds.pop()) {
@@ -663,39 +791,37 @@ impl Server {
         }
     }
 
-    fn admitted(&mut self, conn: ConnId, reply: BrokerReply) {
-        let Some(&token) = self.by_conn.get(&conn) else {
-            return;
-        };
+    fn admitted(&mut self, token: Token, reply: BrokerReply) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
         match reply {
-            BrokerReply::Ok if matches!(client.stream, Stream::Tls(_)) => {
+            BrokerReply::Admitted(conn) if matches!(client.stream, Stream::Tls(_)) => {
+                client.conn = conn;
+                self.by_conn.insert(conn, token);
                 client.admission = Admission::Handshaking;
                 if client.gone {
                     return self.hang_up(token);
                 }
                 // The ClientHello may be waiting already (edge-triggered).
-                if !client.read_available() {
-                    client.kill();
-                }
+                self.read_client(token);
                 self.check_handshake(token);
                 self.settle(token);
             }
-            BrokerReply::Ok => {
+            BrokerReply::Admitted(conn) => {
+                client.conn = conn;
+                self.by_conn.insert(conn, token);
                 client.admission = Admission::Admitted;
                 if client.gone {
                     return self.hang_up(token);
                 }
                 self.process(token);
             }
-            BrokerReply::Refused(e) => {
-                log::warn!("broker refused client {conn}: {e}");
+            other => {
+                log::warn!("broker refused a client on the {} socket: {other:?}", client.peer.socket.name());
                 let _ = self.poll.registry().deregister(&mut client.stream);
-                self.forget(token);
+                self.clients.remove(&token);
             }
-            _ => {}
         }
     }
 
@@ -729,6 +855,30 @@ impl Server {
     fn next_handshake_deadline(&self) -> Option<Instant> {
         let waiting = self.clients.values().filter(|c| c.admission != Admission::Admitted && !c.gone);
         waiting.map(|c| c.accepted + HANDSHAKE_TIMEOUT).min()
+    }
+
+    fn next_stall_deadline(&self) -> Option<Instant> {
+        self.clients.values().filter(|c| !c.gone).filter_map(Client::stall_deadline).min()
+    }
+
+    /// Cuts off clients that held a partial frame, or left their replies
+    /// unread, for too long: what they hold is others' budget.
+    fn drop_stalled(&mut self) {
+        let now = Instant::now();
+        let stalled: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.gone && c.stall_deadline().is_some_and(|d| d <= now))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in stalled {
+            let Some(client) = self.clients.get_mut(&token) else { continue };
+            let what = if client.outbuf.is_empty() { "a partial frame" } else { "unread replies" };
+            log::warn!("client {} held {what} for too long; closing it", client.conn);
+            client.kill();
+            self.settle(token);
+            self.needs_resume = true;
+        }
     }
 
     /// Drops clients that were not admitted in time (a TLS client that never

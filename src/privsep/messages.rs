@@ -9,7 +9,8 @@ use crate::logging::{LogConfig, SinkSpec};
 /// binary, so a mismatch means a half-upgraded install.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Frontend-chosen number of one client connection, unique while it is open.
+/// The broker's number for one client connection, unique across all
+/// frontends while the daemon runs (what `virt-admin` shows as its id).
 pub type ConnId = u64;
 
 /// Which listening socket a client came through. It decides what the client may do.
@@ -85,13 +86,11 @@ pub enum FrontendRequest {
     },
     /// The frontend has confined itself and checked that the confinement holds.
     Ready,
-    /// A client connected.
-    ClientOpened {
-        /// The frontend's number for it.
-        conn: ConnId,
-        /// Who it is.
-        peer: PeerIdentity,
-    },
+    /// A client connected; its connection's fd comes with this message,
+    /// once, so that the broker reads its credentials (`SO_PEERCRED`, the
+    /// peer address) and the listener it came through for itself. The
+    /// broker answers [`BrokerReply::Admitted`] with the client's number.
+    ClientOpened,
     /// A client went away.
     ClientClosed {
         /// The frontend's number for it.
@@ -149,7 +148,7 @@ impl FrontendRequest {
         match self {
             FrontendRequest::Hello { .. } => "hello",
             FrontendRequest::Ready => "ready",
-            FrontendRequest::ClientOpened { .. } => "client-opened",
+            FrontendRequest::ClientOpened => "client-opened",
             FrontendRequest::ClientClosed { .. } => "client-closed",
             FrontendRequest::ReadOnly { .. } => "read-only",
             FrontendRequest::Call { .. } => "call",
@@ -279,6 +278,8 @@ pub enum BrokerReply {
     },
     /// The request was carried out.
     Ok,
+    /// Answer to `ClientOpened`: the client may speak, under this number.
+    Admitted(ConnId),
     /// The request was refused.
     Refused(BrokerError),
     /// The outcome of a [`FrontendRequest::Call`].
@@ -304,6 +305,7 @@ impl BrokerReply {
             BrokerReply::Reconfigure(config) => config.fd_count(),
             BrokerReply::Value(Ok(CallValue::Console)) => 1,
             BrokerReply::Ok
+            | BrokerReply::Admitted(_)
             | BrokerReply::Refused(_)
             | BrokerReply::Value(_)
             | BrokerReply::Event(_)
@@ -314,8 +316,11 @@ impl BrokerReply {
 }
 
 impl FrontendRequest {
-    /// Frontend requests carry no fds.
+    /// How many fds must accompany this message: a new client's connection.
     pub fn fd_count(&self) -> usize {
-        0
+        match self {
+            FrontendRequest::ClientOpened => 1,
+            _ => 0,
+        }
     }
 }

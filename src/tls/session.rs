@@ -36,7 +36,7 @@ impl SignChannel {
         let failed = |e: &dyn std::fmt::Display| rustls::Error::General(format!("signing in the broker: {e}"));
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let request = SignRequest { id, scheme: scheme.into(), message: message.to_vec() };
-        self.channel.send(&request, &[]).map_err(|e| failed(&e))?;
+        self.channel.send_wait(&request, &[]).map_err(|e| failed(&e))?;
         // A reply to an earlier request that timed out is skipped.
         loop {
             let (reply, _) = self.channel.recv_blocking::<SignReply>(SIGN_TIMEOUT_MS, |_| 0).map_err(|e| failed(&e))?;

@@ -168,8 +168,22 @@ impl Daemon {
         })
     }
 
+    /// The read-write socket's frontend.
     pub fn frontend_pid(&self) -> Option<i32> {
-        children_of(self.pid).into_iter().find(|p| cmdline(*p).contains("--frontend-process"))
+        self.frontend_pid_of("rw")
+    }
+
+    /// The frontend of one class (`rw`, `ro`, `admin`, `tcp`, `tls`).
+    pub fn frontend_pid_of(&self, class: &str) -> Option<i32> {
+        children_of(self.pid).into_iter().find(|p| {
+            let args: Vec<String> = cmdline(*p).split_whitespace().map(String::from).collect();
+            args.windows(2).any(|w| w[0] == "--frontend-process" && w[1] == class)
+        })
+    }
+
+    /// Every frontend process, one per class.
+    pub fn frontend_pids(&self) -> Vec<i32> {
+        children_of(self.pid).into_iter().filter(|p| cmdline(*p).contains("--frontend-process")).collect()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
