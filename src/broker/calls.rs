@@ -474,8 +474,13 @@ pub struct Caller<'a> {
     pub request: u32,
 }
 
-/// Carries out `call` for `caller`.
+/// Carries out `call` for `caller`; a failure's texts are clipped
+/// ([`CallError::clipped`]), as they may quote the client's arguments.
 pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) -> Result<CallValue, CallError> {
+    carry_out(ctx, auditor, caller, call).map_err(CallError::clipped)
+}
+
+fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) -> Result<CallValue, CallError> {
     if call.mutates() && caller.readonly {
         let api = api_of(&call);
         audit(auditor, caller, op_of(&call), &[("reason", Value::Text("read-only"))], false);
