@@ -11,6 +11,7 @@ mod audit;
 mod calls;
 mod domains;
 mod event_loop;
+mod files;
 mod guests;
 mod host;
 mod link;
