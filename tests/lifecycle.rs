@@ -623,3 +623,67 @@ fn max_client_requests_holds_a_clients_further_calls_not_other_clients() {
     let (h, _) = a.read().unwrap();
     assert_eq!((h.proc_, h.status), (59, 0));
 }
+
+/// Restarts the broker allows a guest that resets itself before ending it
+/// (`src/broker/restarts.rs`, MAX_RESTARTS).
+const MAX_RESTARTS: usize = 5;
+
+#[test]
+fn a_guest_that_resets_at_every_boot_ends_crashed_after_a_few_restarts() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw_sock = d.tree.sock("libvirt-sock");
+    // A session opened before the loop, which must still answer after it.
+    let mut rw = RawClient::connect(&rw_sock);
+    rw.stream.set_read_timeout(Some(SECS)).unwrap();
+    rw.open(0);
+    let images = d.tree.path("guest");
+    build_guest(&images);
+    let kernel = images.join("vmlinuz");
+    // Default on_reboot (restart); the second also asks on_crash=restart,
+    // which must not start the loop again.
+    for (name, uuid, on_crash) in [
+        ("looper", "8b756f5b-4608-417c-a706-f41a63ae86d9", ""),
+        ("looper-crash-restart", "9b756f5b-4608-417c-a706-f41a63ae86d9", "<on_crash>restart</on_crash>"),
+    ] {
+        let xml = domain_xml(name, uuid)
+            .replace("/var/tmp/guestkit/vmlinuz", kernel.to_str().unwrap())
+            .replace("console=ttyS0", "console=ttyS0 resetatboot")
+            .replace("<on_poweroff>destroy</on_poweroff>", &format!("<on_poweroff>destroy</on_poweroff>{on_crash}"));
+        let file = d.tree.path(&format!("{name}.xml"));
+        std::fs::write(&file, xml).unwrap();
+        assert_eq!(virsh(&rw_sock, &["define", file.to_str().unwrap()]).0, 0);
+        let started = std::time::Instant::now();
+        let (code, _, err) = virsh(&rw_sock, &["start", name]);
+        assert_eq!(code, 0, "{err}");
+        let state = || virsh(&rw_sock, &["domstate", "--reason", name]).1;
+        assert!(wait_until(SECS, || state() == "shut off (crashed)\n\n"), "{name}: {}\n{}", state(), d.stderr());
+        assert!(started.elapsed() < SECS, "{name}: took {:?}", started.elapsed());
+
+        // One record says why it ended; before it, the restarts allowed.
+        let vm = format!("vm=\"{name}\"");
+        let why = d.tree.audit(&["op=stop", &vm, "reason=\"reset-loop\""], SECS);
+        assert!(why.is_some(), "{name}: no audit record of the reset loop");
+        assert!(d.tree.audit(&["op=stop", &vm, "reason=\"reset-loop\""], Duration::from_millis(500)).is_none());
+        let mut reboots = 0;
+        while d.tree.audit(&["op=stop", &vm, "reason=\"reboot\""], Duration::from_millis(200)).is_some() {
+            reboots += 1;
+        }
+        assert_eq!(reboots, MAX_RESTARTS, "{name}: restarts before the guest was ended");
+        // And it stays off: no helper started after.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(state(), "shut off (crashed)\n\n", "{name}");
+        assert!(d.tree.audit(&["op=start", &vm, "res=success"], Duration::from_millis(200)).is_some());
+    }
+    let helpers: Vec<i32> =
+        children_of(d.pid).into_iter().filter(|p| !cmdline(*p).contains("--frontend-process")).collect();
+    assert!(helpers.is_empty(), "helpers left: {helpers:?}");
+
+    // The daemon still serves: the session from before and a new read-only one.
+    assert_eq!(rw.try_call(4, &[]).expect("the read-write session is gone").0.status, 0);
+    let (code, out, err) = virsh(&d.tree.sock("libvirt-sock-ro"), &["list", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("looper") && out.contains("shut off"), "{out}");
+}

@@ -84,8 +84,13 @@ impl Admin<'_> {
         (all, unauth)
     }
 
-    /// Carries out `call`.
+    /// Carries out `call`; a failure's texts are clipped
+    /// ([`CallError::clipped`]), as they may quote the caller's arguments.
     pub fn handle(&mut self, call: &AdminCall) -> Result<(AdminValue, Effect), CallError> {
+        self.carry_out(call).map_err(CallError::clipped)
+    }
+
+    fn carry_out(&mut self, call: &AdminCall) -> Result<(AdminValue, Effect), CallError> {
         let value = |v| Ok((v, Effect::None));
         match call {
             AdminCall::Threadpool { server: s } => {

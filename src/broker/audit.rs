@@ -34,6 +34,17 @@ pub enum Value<'a> {
 pub fn format(op: &str, fields: &[(&str, Value<'_>)], success: bool) -> String {
     let mut line = format!("{TAG} virt=kvm op={op}");
     for (k, v) in fields {
+        // A reason may quote what a client sent (an error about its XML):
+        // cut as the client's own error message is, so a record always fits
+        // one syslog datagram.
+        let clipped;
+        let v = match v {
+            Value::Text(s) => {
+                clipped = crate::rpc::error::clip(s, crate::rpc::error::MAX_MESSAGE_BYTES);
+                &Value::Text(&clipped)
+            }
+            other => other,
+        };
         match v {
             Value::Num(n) => {
                 let _ = write!(line, " {k}={n}");
@@ -134,6 +145,14 @@ impl Auditor {
 mod tests {
     use super::*;
     use crate::privsep::ListenerKind;
+
+    #[test]
+    fn long_texts_are_cut_before_they_are_written() {
+        let reason = "r".repeat(100_000);
+        let line = format("define", &[("reason", Value::Text(&reason))], false);
+        assert!(line.len() < 2 * crate::rpc::error::MAX_MESSAGE_BYTES + 100, "{} bytes", line.len());
+        assert!(line.ends_with(" res=failed"));
+    }
 
     #[test]
     fn records_have_a_fixed_shape() {

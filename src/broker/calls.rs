@@ -32,6 +32,8 @@ pub struct Ctx {
     pub next_id: i32,
     /// Guests being reset by a client: they come back whatever `on_reboot` says.
     pub resetting: std::collections::HashSet<[u8; 16]>,
+    /// Recent restarts each guest caused itself, to end reset loops.
+    pub restarts: super::restarts::Restarts,
     /// Lifecycle events for clients, sent by the event loop after each call.
     pub events: Vec<DomainEvent>,
     /// Which client holds each guest's console.
@@ -480,8 +482,13 @@ pub struct Caller<'a> {
     pub request: u32,
 }
 
-/// Carries out `call` for `caller`.
+/// Carries out `call` for `caller`; a failure's texts are clipped
+/// ([`CallError::clipped`]), as they may quote the client's arguments.
 pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) -> Result<CallValue, CallError> {
+    carry_out(ctx, auditor, caller, call).map_err(CallError::clipped)
+}
+
+fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) -> Result<CallValue, CallError> {
     if call.mutates() && caller.readonly {
         let api = api_of(&call);
         audit(auditor, caller, op_of(&call), &[("reason", Value::Text("read-only"))], false);
@@ -536,6 +543,9 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         Call::Undefine { uuid, flags } => {
             let handle = ctx.domains.by_uuid(&uuid).map(|e| e.handle());
             let result = ctx.domains.undefine(&uuid, flags);
+            if result.is_ok() {
+                ctx.restarts.forget(&uuid);
+            }
             audit_change(auditor, caller, "undefine", &uuid, &result, &[]);
             if let (Ok(_), Ok(dom)) = (&result, handle) {
                 ctx.emit(dom, event::UNDEFINED, 0);

@@ -396,6 +396,7 @@ impl Broker {
         }
         let Ok(entry) = ctx.domains.by_uuid(&uuid) else { return };
         let (name, def) = (entry.def.name.clone(), &entry.def);
+        let requested = matches!(reason, StopReason::Reset) && ctx.resetting.contains(&uuid);
         let (action, op) = match reason {
             StopReason::PowerOff => (def.on_poweroff, "shutdown"),
             StopReason::Reset if ctx.resetting.remove(&uuid) => (LifecycleAction::Restart, "reset"),
@@ -404,6 +405,10 @@ impl Broker {
             StopReason::Destroyed => (LifecycleAction::Destroy, "destroy"),
             StopReason::Failed => (LifecycleAction::Destroy, "failed"),
         };
+        // A guest restarting itself in a loop ends as crashed (restarts.rs).
+        let planned = super::restarts::Outcome { reason, action, op };
+        let super::restarts::Outcome { reason, action, op } =
+            ctx.restarts.judge(uuid, Instant::now(), planned, requested, def.on_crash);
         log::info!("domain '{name}' (id {}): {op} ({detail})", running.id);
         calls::audit_guest(&mut self.setup.auditor, "stop", (&name, &uuid), running.pid.as_raw(), Some(op), true);
         let id = running.id;

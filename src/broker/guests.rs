@@ -1,7 +1,7 @@
 //! Running guests: each is one `libvirt-helper` process the broker started.
 //!
 //! The broker opens everything the guest needs (the kernel and initrd it
-//! checks are regular files, `/dev/kvm`, the console, the helper's control
+//! checks are regular files before opening them, never waiting on a FIFO, `/dev/kvm`, the console, the helper's control
 //! socket in the run directory) and passes the fds; the helper opens nothing.
 //! Each helper runs under its own uid from `helper_uid_min..helper_uid_max`.
 
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::files::{FileError, Purpose};
 use super::spawn;
 use crate::domain::DomainDef;
 use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
@@ -64,27 +65,27 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> CallError {
     CallError::OperationFailed(format!("{what} '{}': {e}", path.display()))
 }
 
-/// Opens a file the guest will read, refusing anything but a regular file.
-fn open_regular(what: &str, path: &str) -> Result<OwnedFd, CallError> {
-    let p = Path::new(path);
-    let f = std::fs::File::open(p).map_err(|e| failed(&format!("cannot open {what}"), p, e))?;
-    let meta = f.metadata().map_err(|e| failed(&format!("cannot inspect {what}"), p, e))?;
-    if !meta.is_file() {
-        return Err(failed(&format!("{what} is not a regular file:"), p, "refusing it"));
-    }
-    Ok(f.into())
+/// Opens a file the guest will read, refusing anything but a regular file
+/// (without waiting on it: see [`super::files`]).
+fn open_regular(domain: &str, what: &'static str, path: &str) -> Result<OwnedFd, CallError> {
+    Ok(Purpose { domain, what }.open_read(Path::new(path))?.into())
 }
 
-/// The file a `<serial type='file'>` console is logged to, opened for appending.
+/// The file a `<serial type='file'>` console is logged to, opened for
+/// appending (created if missing; anything but a regular file is refused).
 fn serial_log(def: &DomainDef) -> Result<Option<std::fs::File>, CallError> {
     match def.serials.first().map(|s| &s.source) {
-        Some(crate::domain::CharSource::File(path)) => std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map(Some)
-            .map_err(|e| failed("cannot open serial log", Path::new(path), e)),
+        Some(crate::domain::CharSource::File(path)) => {
+            Ok(Some(Purpose { domain: &def.name, what: "serial log" }.open_append(Path::new(path))?))
+        }
         _ => Ok(None),
+    }
+}
+
+/// Files a domain names fail its start as "operation failed", naming them.
+impl From<FileError> for CallError {
+    fn from(e: FileError) -> Self {
+        CallError::OperationFailed(e.to_string())
     }
 }
 
@@ -121,8 +122,8 @@ impl Launcher {
             return Err(CallError::ConfigUnsupported("the guest helper cannot provide <interface> devices yet".into()));
         }
         let log = serial_log(def)?;
-        let kernel = open_regular("kernel", &def.os.kernel)?;
-        let initrd = def.os.initrd.as_deref().map(|p| open_regular("initrd", p)).transpose()?;
+        let kernel = open_regular(&def.name, "kernel", &def.os.kernel)?;
+        let initrd = def.os.initrd.as_deref().map(|p| open_regular(&def.name, "initrd", p)).transpose()?;
         let kvm: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

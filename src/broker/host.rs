@@ -150,7 +150,8 @@ pub fn cells_free_memory(start: i32, max: i32) -> Result<Vec<u64>, CallError> {
 /// The most vCPUs KVM allows in one guest, capped at what our domains accept.
 pub fn max_vcpus(kind: Option<&str>) -> Result<i32, CallError> {
     if let Some(k) = kind.filter(|k| !k.eq_ignore_ascii_case("kvm") && !k.eq_ignore_ascii_case("qemu")) {
-        return Err(CallError::InvalidArg(format!("unknown type '{k}'")));
+        // The type is the client's string: quote no more than a type name's worth.
+        return Err(CallError::InvalidArg(format!("unknown type '{}'", crate::rpc::error::clip(k, 64))));
     }
     let cap = crate::domain::MAX_VCPUS as i32;
     Ok(kvm_max_vcpus().map_or(cap, |n| n.min(cap)))
@@ -306,6 +307,14 @@ mod tests {
     fn meminfo_values_parse_with_and_without_node_prefix() {
         assert_eq!(meminfo_kib("MemTotal:  100 kB\nMemFree: 5 kB", "MemFree"), Some(5));
         assert_eq!(meminfo_kib("Node 0 MemFree:   7 kB", "MemFree"), Some(7));
+    }
+
+    #[test]
+    fn unknown_vcpu_types_are_refused_without_echoing_all_of_them() {
+        assert!(max_vcpus(Some("KVM")).is_ok_and(|n| n >= 1));
+        let long = "x".repeat(65_520);
+        let e = max_vcpus(Some(&long)).unwrap_err().to_string();
+        assert!(e.starts_with("unknown type 'xxx") && e.len() < 100, "{} bytes", e.len());
     }
 
     #[test]

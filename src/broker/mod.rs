@@ -11,6 +11,7 @@ mod audit;
 mod calls;
 mod domains;
 mod event_loop;
+mod files;
 mod guests;
 mod host;
 mod link;
@@ -18,6 +19,7 @@ mod listen;
 mod permit;
 mod pidfile;
 mod readiness;
+mod restarts;
 mod spawn;
 mod status;
 mod store;
@@ -150,6 +152,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         },
         next_id: 1,
         resetting: Default::default(),
+        restarts: Default::default(),
         events: Vec::new(),
         consoles: Default::default(),
         consoles_taken: Vec::new(),

@@ -15,10 +15,16 @@ use crate::domain::{self, DomainDef, xml::MAX_XML_BYTES};
 const MAX_FILES: usize = 16_384;
 
 /// Reads a state or definition file, at most one byte past the XML limit
-/// (so an oversized file fails to parse rather than filling memory).
+/// (so an oversized file fails to parse rather than filling memory). Opened
+/// non-blocking and refused unless a regular file, so that a FIFO left in the
+/// directory cannot stop the broker's only thread.
 pub fn read_bounded(path: &Path) -> std::io::Result<String> {
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
     let mut text = String::new();
-    std::fs::File::open(path)?.take(MAX_XML_BYTES as u64 + 1).read_to_string(&mut text)?;
+    f.take(MAX_XML_BYTES as u64 + 1).read_to_string(&mut text)?;
     Ok(text)
 }
 
@@ -152,5 +158,22 @@ impl Store {
 
     fn sync_dir(&self) -> Result<(), StoreError> {
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("cannot sync", &self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_in_the_store_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("vm.xml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_bounded(&fifo).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        let file = dir.path().join("ok.xml");
+        std::fs::write(&file, "<domain/>").unwrap();
+        assert_eq!(read_bounded(&file).unwrap(), "<domain/>");
     }
 }

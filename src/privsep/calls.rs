@@ -376,3 +376,57 @@ pub enum CallError {
     #[error("{0}")]
     Unsupported(String),
 }
+
+impl CallError {
+    /// The same error with every text cut to [`crate::rpc::error::MAX_MESSAGE_BYTES`].
+    ///
+    /// Many of these texts quote what a client sent (a name, a type string, a
+    /// line of XML). The broker clips them before replying, so an error's size
+    /// never depends on the client: the client would see them cut at the RPC
+    /// boundary anyway, and a reply stays far below the channel's message cap.
+    pub fn clipped(self) -> CallError {
+        let max = crate::rpc::error::MAX_MESSAGE_BYTES;
+        let c = |s: String| match crate::rpc::error::clip(&s, max) {
+            std::borrow::Cow::Borrowed(_) => s,
+            std::borrow::Cow::Owned(cut) => cut,
+        };
+        match self {
+            CallError::NoDomainName(s) => CallError::NoDomainName(c(s)),
+            CallError::NoDomainUuid(s) => CallError::NoDomainUuid(c(s)),
+            CallError::NameTaken { name, uuid } => CallError::NameTaken { name: c(name), uuid: c(uuid) },
+            CallError::UuidTaken { name, uuid } => CallError::UuidTaken { name: c(name), uuid: c(uuid) },
+            CallError::XmlSyntax { line, detail } => CallError::XmlSyntax { line, detail: c(detail) },
+            CallError::XmlInvalid(s) => CallError::XmlInvalid(c(s)),
+            CallError::XmlSchema(s) => CallError::XmlSchema(c(s)),
+            CallError::ConfigUnsupported(s) => CallError::ConfigUnsupported(c(s)),
+            CallError::InvalidArg(s) => CallError::InvalidArg(c(s)),
+            CallError::UnsupportedFlags { flags, function } => {
+                CallError::UnsupportedFlags { flags, function: c(function) }
+            }
+            CallError::OperationInvalid(s) => CallError::OperationInvalid(c(s)),
+            CallError::OperationFailed(s) => CallError::OperationFailed(c(s)),
+            CallError::ReadOnly(s) => CallError::ReadOnly(c(s)),
+            CallError::Internal(s) => CallError::Internal(c(s)),
+            CallError::NoServer(s) => CallError::NoServer(c(s)),
+            CallError::Unsupported(s) => CallError::Unsupported(c(s)),
+            e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipped_errors_quote_at_most_the_message_cap() {
+        let long = "n".repeat(70_000);
+        let cut = CallError::NoDomainName(long.clone()).clipped().to_string();
+        assert!(cut.len() <= crate::rpc::error::MAX_MESSAGE_BYTES + 40, "{} bytes", cut.len());
+        assert!(cut.contains("nnn...'"));
+        let e = CallError::XmlSyntax { line: 3, detail: long }.clipped();
+        assert!(matches!(&e, CallError::XmlSyntax { line: 3, detail } if detail.len() <= 1024));
+        assert_eq!(CallError::NoDomainName("vm".into()).clipped(), CallError::NoDomainName("vm".into()));
+        assert_eq!(CallError::NoDomainId(7).clipped(), CallError::NoDomainId(7));
+    }
+}

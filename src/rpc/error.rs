@@ -94,7 +94,39 @@ pub enum RpcError {
     Internal(&'static str),
 }
 
+/// The longest error message (and detail) a client is sent, in bytes.
+///
+/// libvirt formatted its messages into a buffer of this size for most of its
+/// history, and still cuts the QEMU log excerpts it quotes in errors to fit
+/// `VIR_ERROR_MAX_LENGTH` (1024); clients and their logs expect messages of
+/// about this size. Messages often quote what the client sent (a name, a
+/// type, a URI, a line of XML), so without a cap a client controls the size
+/// of its own error reply (issue 11: a 64 KiB type string).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// What ends a message that was cut short.
+const ELLIPSIS: &str = "...";
+
+/// `s` cut to at most `max` bytes on a char boundary, with "..." at the end
+/// when anything was cut; borrowed when it already fits.
+///
+/// Also for code that quotes client input in an error before it reaches this
+/// module (the broker, whose replies to the frontend have a size limit).
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    // Too small a budget for the ellipsis gets the bare cut.
+    let tail = if max >= ELLIPSIS.len() { ELLIPSIS } else { "" };
+    let mut end = max - tail.len();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{tail}", &s[..end]))
+}
+
 fn err(code: i32, domain: i32, template: &str, detail: Option<String>) -> RemoteError {
+    let detail = detail.map(|d| clip(&d, MAX_MESSAGE_BYTES).into_owned());
     let message = match &detail {
         Some(d) => template.replace("%s", d),
         None => template.trim_end_matches(": %s").trim_end_matches(" %s").to_owned(),
@@ -102,7 +134,7 @@ fn err(code: i32, domain: i32, template: &str, detail: Option<String>) -> Remote
     RemoteError {
         code,
         domain,
-        message: Some(message),
+        message: Some(clip(&message, MAX_MESSAGE_BYTES).into_owned()),
         level: 2,
         dom: None,
         str1: Some(template.to_owned()),
@@ -217,6 +249,36 @@ mod tests {
             triple(CallError::XmlSyntax { line: 4, detail: "unexpected end of stream".into() }.into()),
             (35, 20, "(domain_definition):4: unexpected end of stream".into())
         );
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert!(matches!(clip("kvm", 8), std::borrow::Cow::Borrowed("kvm")));
+        assert_eq!(clip("abcdefghij", 8), "abcde...");
+        // 'é' is two bytes: a cut inside it moves back to its start.
+        let cut = clip("ééééé", 8);
+        assert_eq!(cut, "éé...");
+        assert!(cut.len() <= 8);
+        assert_eq!(clip("abc", 2), "ab");
+    }
+
+    #[test]
+    fn messages_echoing_client_input_are_bounded() {
+        let long = "\u{e9}".repeat(40_000);
+        for e in [
+            RpcError::from(CallError::InvalidArg(format!("unknown type '{long}'"))),
+            RpcError::from(CallError::NoDomainName(long.clone())),
+            RpcError::NoDriver(long.clone()),
+            RpcError::from(CallError::XmlSyntax { line: 1, detail: long.clone() }),
+        ] {
+            let r = to_remote(&e);
+            let message = r.message.unwrap();
+            assert!(message.len() <= MAX_MESSAGE_BYTES, "{} bytes", message.len());
+            assert!(message.ends_with("..."));
+            assert!(r.str2.is_some_and(|d| d.len() <= MAX_MESSAGE_BYTES));
+        }
+        let kept = to_remote(&CallError::NoDomainName("vm1".into()).into());
+        assert_eq!(kept.message.as_deref(), Some("Domain not found: no domain with matching name 'vm1'"));
     }
 
     #[test]

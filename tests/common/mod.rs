@@ -434,3 +434,81 @@ pub fn build_guest(dir: &Path) {
         .expect("tests/guest/build.sh (needs binutils)");
     assert!(status.success(), "building the test guest failed");
 }
+
+impl Daemon {
+    /// Every frontend process (one per trust class, or one for all), sorted.
+    pub fn frontend_pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> =
+            children_of(self.pid).into_iter().filter(|p| cmdline(*p).contains("--frontend-process")).collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Resident memory of the broker and its frontends together, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::iter::once(self.pid).chain(self.frontend_pids()).map(rss_kib_of).sum()
+    }
+}
+
+/// `VmRSS` of `pid` in KiB (0 once it is gone).
+pub fn rss_kib_of(pid: i32) -> u64 {
+    status_field(pid, "VmRSS").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// Runs `tool -c uri ARGS`, killing it after `timeout`: `None` if it had to be
+/// killed (a daemon that hangs fails the test instead of hanging it).
+pub fn client_tool_within(tool: &str, uri: &str, args: &[&str], timeout: Duration) -> Option<(i32, String, String)> {
+    let mut child = Command::new(tool)
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}); tests/run installs libvirt-clients"));
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || read_all(out));
+    let err = std::thread::spawn(move || read_all(err));
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    status.map(|s| (s.code().unwrap_or(-1), out, err))
+}
+
+/// [`virsh`] with a deadline.
+pub fn virsh_within(socket: &Path, args: &[&str], timeout: Duration) -> Option<(i32, String, String)> {
+    client_tool_within("virsh", &uri(socket), args, timeout)
+}
+
+impl RawClient {
+    /// A client on a stream already connected (its read timeout as set).
+    pub fn from_stream(stream: UnixStream) -> RawClient {
+        RawClient { stream, serial: 0 }
+    }
+
+    /// One call and its reply, or why there was none (closed, timed out).
+    pub fn try_call(&mut self, proc_: i32, payload: &[u8]) -> std::io::Result<(libvirtd::rpc::frame::Header, Vec<u8>)> {
+        use std::io::Write;
+        let (serial, bytes) = self.packet(proc_, payload);
+        self.stream.write_all(&bytes)?;
+        loop {
+            let (h, p) = self.read()?;
+            // Events and keepalives may come between.
+            if h.serial == serial && h.proc_ == proc_ {
+                return Ok((h, p));
+            }
+        }
+    }
+}
