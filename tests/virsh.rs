@@ -85,6 +85,32 @@ fn host_memory_figures_agree() {
 }
 
 #[test]
+fn every_name_define_accepts_is_stored_and_longer_ones_are_refused_at_define() {
+    if !have_virsh() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let longest = "n".repeat(libvirtd::domain::MAX_NAME_BYTES);
+    assert_eq!(longest.len(), 246, "the longest name is `.NAME.xml.new` within NAME_MAX");
+    define(&d, &longest, UUID);
+    assert!(d.tree.path(&format!("etc/qemu/{longest}.xml")).exists());
+    assert_eq!(virsh(&rw, &["domstate", &longest]).1, "shut off\n\n");
+    for len in [247, 255] {
+        let name = "m".repeat(len);
+        let file = d.tree.path("long.xml");
+        std::fs::write(&file, domain_xml(&name, "c1b2c3d4-0000-4000-8000-000000000001")).unwrap();
+        let (code, _, err) = virsh(&rw, &["define", file.to_str().unwrap()]);
+        assert_eq!(code, 1, "{len}");
+        assert!(
+            err.contains(&format!("domain name is {len} bytes long, the most that can be stored is 246")),
+            "{len}: {err}"
+        );
+    }
+    assert_eq!(virsh(&rw, &["list", "--all", "--name"]).1.trim(), longest);
+}
+
+#[test]
 fn a_domain_is_defined_inspected_and_undefined() {
     if !have_virsh() {
         return;
