@@ -352,6 +352,29 @@ fn virsh_console_attaches_types_detaches_and_is_exclusive() {
     assert_eq!(virsh(&rw, &["destroy", "guest-k"]).0, 0);
 }
 
+/// Runs tests/console_end.py: `virsh console` on `name` while the guest
+/// powers off (`how` = "poweroff") or is destroyed by another client.
+fn console_until_the_end(d: &Daemon, rw: &std::path::Path, name: &str, how: &str) -> String {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_end.py"))
+        .args([&uri(rw), name, how])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
+    text
+}
+
+#[test]
+fn virsh_console_exits_by_itself_when_the_guest_powers_off_or_is_destroyed() {
+    let Some((d, rw)) = running_guest("guest-e") else { return };
+    assert_eq!(console_until_the_end(&d, &rw, "guest-e", "poweroff"), "virsh exited: 0\n");
+    assert!(wait_until(SECS, || virsh(&rw, &["domstate", "guest-e"]).1 == "shut off\n\n"));
+    assert_eq!(virsh(&rw, &["start", "guest-e"]).0, 0);
+    assert_eq!(console_until_the_end(&d, &rw, "guest-e", "destroy"), "virsh exited: 0\n");
+    assert_eq!(virsh(&rw, &["domstate", "guest-e"]).1, "shut off\n\n");
+}
+
 /// SIGKILLs the listed helpers when dropped: a restarted daemon's guests are
 /// not its children, so the daemon's own clean-up would miss them.
 struct Helpers(Vec<i32>);

@@ -55,6 +55,31 @@ fn the_read_only_flag_on_the_read_write_socket_is_enforced_by_the_daemon() {
     assert!(!d.tree.path("etc/qemu/raw-ro.xml").exists());
 }
 
+/// CONNECT_OPEN with `name`, on a fresh connection: the reply's header and payload.
+fn open_named(d: &Daemon, name: &str) -> (libvirtd::rpc::frame::Header, Vec<u8>) {
+    use libvirtd::rpc::remote::ConnectOpenArgs;
+    let mut c = RawClient::connect(&d.tree.sock("libvirt-sock"));
+    c.call(66, &[]);
+    c.call(1, &xdr::to_bytes(&ConnectOpenArgs { name: Some(name.into()), flags: 0 }).unwrap())
+}
+
+#[test]
+fn every_uri_spelling_libvirt_maps_to_this_driver_connects_and_others_are_refused() {
+    let d = Daemon::start("", &[]);
+    let path = if is_root() { "system" } else { "session" };
+    for name in [format!("qemu:/{path}"), format!("qemu:///{path}/"), format!("qemu:///{path}?x=1")] {
+        let (h, payload) = open_named(&d, &name);
+        assert_eq!(h.status, 0, "{name}: {:?}", h.status.eq(&1).then(|| remote_error(&payload)));
+    }
+    for name in [format!("qemu://{path}"), format!("qemu:{path}"), "xen:///system".into(), "qemu:///other".into()] {
+        let (h, payload) = open_named(&d, &name);
+        assert_eq!(h.status, 1, "{name} was accepted");
+        let e = remote_error(&payload);
+        assert_eq!((e.code, e.domain), (5, 7), "{name}");
+        assert_eq!(e.message, Some(format!("no connection driver available for {name}")));
+    }
+}
+
 #[test]
 fn a_hostile_packet_closes_only_that_connection() {
     let d = Daemon::start("", &[]);

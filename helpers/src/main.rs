@@ -10,6 +10,7 @@ mod acpi;
 mod boot;
 mod bus;
 mod cpu;
+mod mmio;
 mod vcpu;
 mod vm;
 

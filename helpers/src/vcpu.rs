@@ -122,6 +122,8 @@ pub fn run(mut vcpu: VcpuFd, bus: &Bus, control: &Control) -> (StopReason, Strin
                     return (reason, format!("guest wrote port {port:#x}"));
                 }
             }
+            Ok(VcpuExit::MmioRead(addr, data)) => super::mmio::read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => super::mmio::write(addr, data),
             Ok(VcpuExit::Shutdown) => return (StopReason::Reset, "triple fault".into()),
             Ok(other) => return (StopReason::Failed, format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

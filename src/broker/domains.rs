@@ -310,8 +310,20 @@ impl Domains {
 
     /// Marks the domain shut off for `reason`; a transient one is forgotten.
     pub fn set_shutoff(&mut self, uuid: &[u8; 16], reason: i32) {
+        self.stop(uuid, reason, false);
+    }
+
+    /// A guest stopped and is about to start again (a reboot, or an
+    /// `on_*` action of `restart`): shut off, but kept even when transient,
+    /// so that it comes back under the same name and UUID. If the restart
+    /// fails, [`Domains::set_shutoff`] removes a transient one.
+    pub fn set_restarting(&mut self, uuid: &[u8; 16], reason: i32) {
+        self.stop(uuid, reason, true);
+    }
+
+    fn stop(&mut self, uuid: &[u8; 16], reason: i32, keep: bool) {
         if let Some(i) = self.entries.iter().position(|e| &e.def.uuid == uuid) {
-            if !self.entries[i].persistent {
+            if !self.entries[i].persistent && !keep {
                 self.entries.remove(i);
                 return;
             }

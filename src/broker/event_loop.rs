@@ -415,7 +415,11 @@ impl Broker {
         drop(running);
         let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.stopped_handle());
         self.setup.ctx.unrecord(&uuid);
-        self.setup.ctx.domains.set_shutoff(&uuid, calls::shutoff_reason(reason));
+        if action == LifecycleAction::Restart {
+            self.setup.ctx.domains.set_restarting(&uuid, calls::shutoff_reason(reason));
+        } else {
+            self.setup.ctx.domains.set_shutoff(&uuid, calls::shutoff_reason(reason));
+        }
         self.fail_awaiting(|_, _| false);
         let in_place = matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart;
         if let (Ok(dom), false) = (dom, in_place) {

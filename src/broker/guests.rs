@@ -212,15 +212,12 @@ impl Launcher {
 /// How long a re-attached helper gets to report a guest that stopped, in ms.
 const REATTACH_GRACE_MS: u16 = 300;
 
-/// CPU time a helper process has used, from `/proc/<pid>/stat`, in ns.
+/// CPU time a helper process has used, in ns: the kernel's process CPU
+/// clock (every thread's scheduler runtime, the figure cgroup accounting
+/// sums), not `/proc/<pid>/stat`'s clock ticks, which leave a guest that has
+/// run for a few ms at 0. 0 when the helper is gone.
 pub fn cpu_time_ns(pid: Pid) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    // utime and stime are fields 14 and 15: indexes 11 and 12 after the state letter.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000_000 / hz
+    use nix::time::{ClockId, clock_gettime};
+    let Ok(clock) = ClockId::pid_cpu_clock_id(pid) else { return 0 };
+    clock_gettime(clock).map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
 }

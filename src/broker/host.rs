@@ -94,10 +94,42 @@ fn numa_nodes() -> Vec<u32> {
     nodes
 }
 
+/// One NUMA cell's memory, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CellMemory {
+    id: u32,
+    total_kib: u64,
+    free_kib: u64,
+}
+
+/// The host's memory as one view: every figure the daemon reports (node
+/// info, free memory, capabilities' cells, free per cell) comes from here,
+/// so the totals are the sums of the cells. Cells come from sysfs, as
+/// libvirt's NUMA view does; `/proc/meminfo` stands in for a host without
+/// per-node figures (it can disagree with them, e.g. under a memory-limited
+/// sandbox or hypervisor, which is why it is not mixed in).
+fn host_memory() -> Result<Vec<CellMemory>, CallError> {
+    let nodes = numa_nodes();
+    let per_node: Option<Vec<CellMemory>> = nodes
+        .iter()
+        .map(|&id| {
+            let m = read(format!("/sys/devices/system/node/node{id}/meminfo"))?;
+            Some(CellMemory { id, total_kib: meminfo_kib(&m, "MemTotal")?, free_kib: meminfo_kib(&m, "MemFree")? })
+        })
+        .collect();
+    if let Some(cells) = per_node {
+        return Ok(cells);
+    }
+    let m = read("/proc/meminfo").ok_or_else(|| CallError::Internal("cannot read /proc/meminfo".into()))?;
+    let (total_kib, free_kib) = (meminfo_kib(&m, "MemTotal").unwrap_or(0), meminfo_kib(&m, "MemFree").unwrap_or(0));
+    // Without per-node figures, one cell holds everything.
+    Ok(vec![CellMemory { id: nodes.first().copied().unwrap_or(0), total_kib, free_kib }])
+}
+
 /// `virNodeGetInfo`.
 pub fn node_info() -> Result<NodeInfo, CallError> {
     let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
-    let meminfo = read("/proc/meminfo").ok_or_else(|| CallError::Internal("cannot read /proc/meminfo".into()))?;
+    let memory_kib = host_memory()?.iter().map(|c| c.total_kib).sum();
     let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN).ok().flatten().unwrap_or(1) as i32;
     let mhz = cpuinfo_field(&cpuinfo, "cpu MHz").and_then(|m| m.parse::<f64>().ok()).unwrap_or(0.0) as i32;
     let nodes = numa_nodes().len() as i32;
@@ -112,7 +144,7 @@ pub fn node_info() -> Result<NodeInfo, CallError> {
     let sockets = (packages.len().max(1) as i32 / nodes).max(1);
     Ok(NodeInfo {
         model: nix::sys::utsname::uname().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default(),
-        memory_kib: meminfo_kib(&meminfo, "MemTotal").unwrap_or(0),
+        memory_kib,
         cpus,
         mhz,
         nodes,
@@ -124,27 +156,21 @@ pub fn node_info() -> Result<NodeInfo, CallError> {
 
 /// `virNodeGetFreeMemory`, in bytes.
 pub fn free_memory() -> Result<u64, CallError> {
-    let meminfo = read("/proc/meminfo").ok_or_else(|| CallError::Internal("cannot read /proc/meminfo".into()))?;
-    Ok(meminfo_kib(&meminfo, "MemFree").unwrap_or(0) * 1024)
+    Ok(host_memory()?.iter().map(|c| c.free_kib).sum::<u64>() * 1024)
 }
 
 /// `virNodeGetCellsFreeMemory`, in bytes per cell.
 pub fn cells_free_memory(start: i32, max: i32) -> Result<Vec<u64>, CallError> {
-    let nodes = numa_nodes();
-    let last = nodes.len() as i32 - 1;
+    let cells = host_memory()?;
+    let last = cells.len() as i32 - 1;
     if start < 0 || start > last {
         return Err(CallError::InvalidArg(format!("start cell {start} out of range (0-{last})")));
     }
     if max <= 0 {
         return Err(CallError::InvalidArg("maxcells must be positive".into()));
     }
-    let end = (start + max - 1).min(last);
-    let mut out = Vec::new();
-    for n in start..=end {
-        let info = read(format!("/sys/devices/system/node/node{n}/meminfo")).or_else(|| read("/proc/meminfo"));
-        out.push(info.as_deref().and_then(|i| meminfo_kib(i, "MemFree")).unwrap_or(0) * 1024);
-    }
-    Ok(out)
+    let end = start.saturating_add(max - 1).min(last);
+    Ok(cells.iter().skip(start as usize).take((end - start + 1) as usize).map(|c| c.free_kib * 1024).collect())
 }
 
 /// The most vCPUs KVM allows in one guest, capped at what our domains accept.
@@ -206,12 +232,10 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
         let _ = writeln!(x, "      <feature name='{}'/>", escape(flag));
     }
     x.push_str("    </cpu>\n    <power_management/>\n    <iommu support='no'/>\n    <topology>\n");
-    let nodes = numa_nodes();
-    let _ = writeln!(x, "      <cells num='{}'>", nodes.len());
-    for n in &nodes {
-        let mem = read(format!("/sys/devices/system/node/node{n}/meminfo"))
-            .and_then(|m| meminfo_kib(&m, "MemTotal"))
-            .unwrap_or(info.memory_kib);
+    let cells = host_memory()?;
+    let _ = writeln!(x, "      <cells num='{}'>", cells.len());
+    for cell in &cells {
+        let (n, mem) = (cell.id, cell.total_kib);
         let cpus: Vec<u32> = read(format!("/sys/devices/system/node/node{n}/cpulist"))
             .map(|l| parse_cpulist(&l))
             .unwrap_or_else(|| (0..info.cpus as u32).collect());

@@ -14,7 +14,7 @@ mod parse;
 mod units;
 pub mod xml;
 
-pub use parse::{MAX_VCPUS, parse};
+pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, parse};
 pub use units::to_kib;
 
 use xml::Element;

@@ -7,6 +7,14 @@ use super::{parse_uuid, to_kib};
 /// Most vCPUs a domain may have.
 pub const MAX_VCPUS: u32 = 255;
 
+/// The longest domain name, in bytes, that can be stored: the longest file
+/// name the daemon writes for a domain is its definition's temporary copy,
+/// `.NAME.xml.new` (the running state's `NAME.live.xml` and `NAME.live.new`
+/// are as long), and a file name has at most 255 bytes (`NAME_MAX`). A
+/// longer name would pass here and then fail on disk, so it is refused at
+/// define. (libvirt's own temporary `NAME.xml.new` allows one byte more.)
+pub const MAX_NAME_BYTES: usize = 255 - ".".len() - ".xml.new".len();
+
 /// Virt types libvirt knows; only `kvm` runs here.
 const KNOWN_TYPES: &[&str] = &[
     "qemu",
@@ -280,7 +288,13 @@ fn check_name(name: &str) -> Result<(), DomainError> {
     if name.is_empty() {
         return Err(invalid("missing name information"));
     }
-    if name.len() > 255 || name == "." || name == ".." || name.chars().any(|c| c == '/' || c.is_control()) {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid(format!(
+            "domain name is {} bytes long, the most that can be stored is {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c.is_control()) {
         return Err(invalid(format!("name '{name}' is not a valid domain name")));
     }
     Ok(())

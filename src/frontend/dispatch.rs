@@ -181,7 +181,7 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
                 return Err(RpcError::AlreadyOpen);
             }
             let name = a.name.unwrap_or_default();
-            if !name.is_empty() && !uri_matches(&name, facts.uri) {
+            if !name.is_empty() && !super::uri::names_us(&name, facts.uri) {
                 return Err(RpcError::NoDriver(name));
             }
             s.opened = true;
@@ -334,13 +334,6 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
 
 fn query(dom: NonnullDomain, query: Query) -> Result<Action, RpcError> {
     Ok(Action::Forward(Call::Query { uuid: dom.uuid.0, query }))
-}
-
-/// `qemu:///system` matches `qemu:///system`, with or without a trailing
-/// slash or query; the client has already stripped the transport.
-fn uri_matches(requested: &str, ours: &str) -> bool {
-    let bare = requested.split('?').next().unwrap_or("").trim_end_matches('/');
-    bare == ours
 }
 
 /// Our version as a hypervisor version number (major * 1e6 + minor * 1e3 + micro).
@@ -549,13 +542,5 @@ mod tests {
             decode_error(&bytes).1.message.as_deref(),
             Some("operation forbidden: virDomainGetXMLDesc with secure flag")
         );
-    }
-
-    #[test]
-    fn uris_of_another_mode_are_refused() {
-        assert!(uri_matches("qemu:///system", "qemu:///system"));
-        assert!(uri_matches("qemu:///system/", "qemu:///system"));
-        assert!(!uri_matches("qemu:///session", "qemu:///system"));
-        assert!(!uri_matches("xen:///", "qemu:///system"));
     }
 }

@@ -11,6 +11,7 @@ mod admin;
 mod conn;
 pub mod dispatch;
 mod server;
+mod uri;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;

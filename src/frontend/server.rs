@@ -74,9 +74,16 @@ enum Pending {
 
 /// A client's open console: the guest's console fd, joined to the stream
 /// the client opened with DOMAIN_OPEN_CONSOLE.
+///
+/// When the guest's side ends (the guest stopped, or another client took the
+/// console) the client gets a zero-length CONTINUE, libvirt's end of file,
+/// and the stream stays until the client finishes or aborts it, which is
+/// then answered: an unsolicited "finished" packet would be a reply to a
+/// call the client never made, and costs it the connection.
 #[derive(Debug)]
 pub struct Console {
-    fd: mio::net::UnixStream,
+    /// The guest's side; `None` once it ended and the client was sent end of file.
+    fd: Option<mio::net::UnixStream>,
     /// The opening call's header: stream packets echo its serial and proc.
     call: Header,
     uuid: [u8; 16],
@@ -582,10 +589,10 @@ impl Server {
             (Stream::Tls(t), Admission::Handshaking) => t.failure.clone(),
             _ => None,
         };
-        if let Some(mut console) = client.console.take() {
-            let _ = self.poll.registry().deregister(&mut console.fd);
-            self.console_tokens.remove(&console.token);
+        if let Some(mut fd) = client.console.take().and_then(|c| c.fd) {
+            let _ = self.poll.registry().deregister(&mut fd);
         }
+        self.console_tokens.retain(|_, t| *t != token);
         self.forget(token);
         if let Some(reason) = failed_tls
             && let Err(e) = self.request(FrontendRequest::AuthFailed { conn, reason })
@@ -629,7 +636,7 @@ impl Server {
                         .map(|(t, _)| *t)
                         .collect();
                     for t in holders {
-                        self.end_console(t, true, false);
+                        self.console_eof(t, false);
                     }
                 }
                 BrokerReply::Disconnect(conn) => {
@@ -706,7 +713,7 @@ impl Server {
             return;
         }
         self.console_tokens.insert(console_token, token);
-        client.console = Some(Console { fd, call, uuid, token: console_token });
+        client.console = Some(Console { fd: Some(fd), call, uuid, token: console_token });
     }
 
     /// A stream packet from the client: console input, finish or abort.
@@ -721,31 +728,62 @@ impl Server {
         };
         match h.status {
             s if s == crate::rpc::frame::Status::Continue as i32 => {
-                // Typed input is small; what the guest's side cannot take now is dropped.
-                let _ = std::io::Write::write(&mut console.fd, data);
+                // Typed input is small; what the guest's side cannot take now
+                // (or, after end of file, at all) is dropped.
+                if let Some(fd) = console.fd.as_mut() {
+                    let _ = std::io::Write::write(fd, data);
+                }
             }
-            s if s == crate::rpc::frame::Status::Ok as i32 => self.end_console(token, true, true),
-            _ => self.end_console(token, false, true),
+            // Finish and abort alike are answered with an empty OK, as libvirtd does.
+            _ => self.end_console(token, true, true),
         }
     }
 
-    /// Ends a client's console stream: optionally confirms it with a
-    /// finishing stream packet, and tells the broker when it was ours to end.
-    fn end_console(&mut self, token: Token, finish: bool, tell_broker: bool) {
+    /// Ends a client's console stream: optionally answers the client's
+    /// finish or abort, and tells the broker when the console was still
+    /// ours to give back.
+    fn end_console(&mut self, token: Token, answer: bool, tell_broker: bool) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        let Some(mut console) = client.console.take() else {
+        let Some(console) = client.console.take() else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut console.fd);
-        self.console_tokens.remove(&console.token);
-        if finish {
+        if answer {
             client.queue(&dispatch::stream_packet(&console.call, crate::rpc::frame::Status::Ok, &[]));
         }
+        if let Some(mut fd) = console.fd {
+            let _ = self.poll.registry().deregister(&mut fd);
+            self.console_tokens.remove(&console.token);
+            if tell_broker {
+                let conn = client.conn;
+                let _ = self.request(FrontendRequest::ConsoleClosed { conn, uuid: console.uuid });
+            }
+        }
+        self.settle(token);
+    }
+
+    /// The guest's side of a console ended: sends the client end of file
+    /// and keeps the stream for its finish or abort. Tells the broker when
+    /// the console was still ours (not when the broker gave it to another).
+    fn console_eof(&mut self, token: Token, tell_broker: bool) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let Some(console) = client.console.as_mut() else {
+            return;
+        };
+        let Some(mut fd) = console.fd.take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut fd);
+        self.console_tokens.remove(&console.token);
+        let eof = dispatch::stream_packet(&console.call, crate::rpc::frame::Status::Continue, &[]);
+        let uuid = console.uuid;
+        client.queue(&eof);
         let conn = client.conn;
         if tell_broker {
-            let _ = self.request(FrontendRequest::ConsoleClosed { conn, uuid: console.uuid });
+            let _ = self.request(FrontendRequest::ConsoleClosed { conn, uuid });
         }
         self.settle(token);
     }
@@ -761,11 +799,14 @@ impl Server {
         let Some(console) = client.console.as_mut() else {
             return;
         };
+        let Some(fd) = console.fd.as_mut() else {
+            return;
+        };
         let mut buf = [0u8; 16 * 1024];
         let mut ended = false;
         let mut out = Vec::new();
         loop {
-            match std::io::Read::read(&mut console.fd, &mut buf) {
+            match std::io::Read::read(fd, &mut buf) {
                 Ok(0) => {
                     ended = true;
                     break;
@@ -785,7 +826,7 @@ impl Server {
             client.kill();
         }
         if ended {
-            self.end_console(token, true, true);
+            self.console_eof(token, true);
         } else {
             self.settle(token);
         }

@@ -9,6 +9,7 @@
  *               INITRD=<bytes> / ACPI=<RSDP OEM id> / "> "
  * Shell words:  echo WORDS | poweroff (ACPI PM1a S5) | reboot (i8042 0xFE)
  *               | panic (pvpanic port 0x505) | spin MS
+ *               | mmio (read, write, read back unassigned MMIO: MMIO=ones|other)
  * Command line: "resetatboot" makes it print RESETTING after CMDLINE= and
  *               reset at once (i8042 0xFE), on every boot.
  */
@@ -20,6 +21,7 @@
         .set KBD_CMD, 0x64
         .set STACK_TOP, 0x80000         /* below 512 KiB, inside every map */
         .set TRAMPOLINE, 0x8000         /* APs start here in real mode (SIPI vector 8) */
+        .set UNASSIGNED, 0x3ff00000     /* mapped by our page tables, no RAM or device */
 
 /* ---------------- bzImage real-mode header (never executed) ------------ */
         .section .setup, "a"
@@ -277,7 +279,21 @@ shell:
         leaq msg_spun(%rip), %rsi
         call puts
         jmp shell
-11:     leaq msg_unknown(%rip), %rsi
+11:     leaq linebuf(%rip), %rsi
+        leaq w_mmio(%rip), %rdi
+        call prefix
+        jnc 13f
+        movl $UNASSIGNED, %edi          /* read, write, read back: no device there */
+        movl (%rdi), %eax
+        movl $0x12345678, (%rdi)
+        andl (%rdi), %eax
+        leaq msg_mmio_ones(%rip), %rsi
+        cmpl $0xffffffff, %eax
+        je 14f
+        leaq msg_mmio_other(%rip), %rsi
+14:     call puts
+        jmp shell
+13:     leaq msg_unknown(%rip), %rsi
         call puts
         jmp shell
 
@@ -601,6 +617,9 @@ w_resetatboot: .asciz "resetatboot"
 msg_resetting: .asciz "RESETTING\r\n"
 w_panic:     .asciz "panic"
 w_spin:      .asciz "spin "
+w_mmio:      .asciz "mmio"
+msg_mmio_ones:  .asciz "MMIO=ones\r\n"
+msg_mmio_other: .asciz "MMIO=other\r\n"
 idt_desc:
         .word 256 * 16 - 1
         .quad idt
