@@ -181,11 +181,6 @@ impl Daemon {
         })
     }
 
-    /// Every frontend process, one per class.
-    pub fn frontend_pids(&self) -> Vec<i32> {
-        children_of(self.pid).into_iter().filter(|p| cmdline(*p).contains("--frontend-process")).collect()
-    }
-
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).unwrap();
     }
