@@ -32,8 +32,9 @@ pub const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 /// client that does not read stops being served before it costs more.
 pub const OUT_PAUSE: usize = 1024 * 1024;
 /// Reply bytes queued for all the clients of one frontend together above
-/// which no client with output pending is served a new call.
-pub const OUTPUT_BUDGET: usize = 32 * 1024 * 1024;
+/// which no client with output pending is served a new call, and one that
+/// is behind and gets more is cut off.
+pub const OUTPUT_BUDGET: usize = 16 * 1024 * 1024;
 /// How long a client may leave its replies unread (no byte taken by its
 /// socket while some wait) before it is cut off.
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -267,6 +267,22 @@ impl Server {
         }
     }
 
+    /// Queues bytes for a client. One that is behind already (its last
+    /// output still waits) while the frontend's output budget is spent is
+    /// the one not reading: it is cut off rather than buffered for.
+    fn queue_for(&mut self, token: Token, bytes: &[u8]) {
+        let behind = self.clients.get(&token).is_some_and(|c| !c.outbuf.is_empty());
+        let over = behind && self.output_held() + bytes.len() > OUTPUT_BUDGET;
+        let Some(client) = self.clients.get_mut(&token) else { return };
+        if over {
+            log::warn!("client {} leaves its replies unread and the output budget is spent; closing it", client.conn);
+            client.kill();
+        } else if !client.queue(bytes) {
+            log::warn!("client {} does not read its replies; closing it", client.conn);
+            client.kill();
+        }
+    }
+
     /// Input buffered by all clients beyond their free allowance.
     fn input_held(&self) -> usize {
         self.clients.values().map(|c| c.inbuf.len().saturating_sub(SMALL_INBUF)).sum()
@@ -290,7 +306,13 @@ impl Server {
         if client.gone || held {
             return;
         }
-        let limit = (client.inbuf.len().max(SMALL_INBUF) + budget_left).min(MAX_INBUF);
+        // A client with a whole call waiting is not read further until that
+        // call is served: what back-pressure holds back stays in its socket.
+        let waiting = matches!(frame::split(&client.inbuf), Ok(Some(_)));
+        let limit = match waiting {
+            true => client.inbuf.len(),
+            false => (client.inbuf.len().max(SMALL_INBUF) + budget_left).min(MAX_INBUF),
+        };
         match client.read_available(limit) {
             ReadOutcome::Drained => client.stalled = false,
             ReadOutcome::AtLimit => {
@@ -459,7 +481,9 @@ impl Server {
         {
             // Back-pressure: a broker that lags, a client that does not
             // read, or replies piling up for everyone stop new calls here.
-            if throttled || client.outbuf.len() > OUT_PAUSE || (over_budget && !client.outbuf.is_empty()) {
+            // One that is behind on its replies gets one call at a time.
+            let behind = !client.outbuf.is_empty() && client.in_flight + (forwards.len() as u32) > 0;
+            if throttled || behind || client.outbuf.len() > OUT_PAUSE || (over_budget && !client.outbuf.is_empty()) {
                 held_back = true;
                 break;
             }
@@ -664,8 +688,8 @@ impl Server {
         for token in tokens {
             let Some(client) = self.clients.get_mut(&token) else { continue };
             let bytes = client.session.event_messages(event);
-            if !bytes.is_empty() && !client.queue(&bytes) {
-                client.kill();
+            if !bytes.is_empty() {
+                self.queue_for(token, &bytes);
             }
             self.settle(token);
         }
@@ -688,8 +712,8 @@ impl Server {
                     return;
                 };
                 client.in_flight = client.in_flight.saturating_sub(1);
-                if !client.gone && !client.queue(&dispatch::reply(&header, result)) {
-                    client.kill();
+                if !client.gone {
+                    self.queue_for(token, &dispatch::reply(&header, result));
                 }
                 self.process(token);
             }

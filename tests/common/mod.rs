@@ -439,6 +439,16 @@ impl Daemon {
         pids
     }
 
+    /// Resident memory of the broker and of each frontend, for messages.
+    pub fn rss_breakdown(&self) -> String {
+        let mut parts = vec![format!("broker {} KiB", rss_kib_of(self.pid))];
+        for p in self.frontend_pids() {
+            let class = cmdline(p).split_whitespace().last().unwrap_or("?").to_owned();
+            parts.push(format!("{class} {} KiB", rss_kib_of(p)));
+        }
+        parts.join(", ")
+    }
+
     /// Resident memory of the broker and its frontends together, in KiB.
     pub fn rss_kib(&self) -> u64 {
         std::iter::once(self.pid).chain(self.frontend_pids()).map(rss_kib_of).sum()
