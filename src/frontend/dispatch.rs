@@ -398,6 +398,7 @@ fn nonnull(d: DomainRef) -> NonnullDomain {
 pub fn reply(h: &Header, result: Result<CallValue, crate::privsep::CallError>) -> Vec<u8> {
     let shaped = result.map_err(RpcError::from).and_then(|v| shape(h, v));
     match shaped {
+        Ok(bytes) if bytes.len() > frame::MAX_REPLY => error_reply(h, &RpcError::ReplyTooLarge(bytes.len())),
         Ok(bytes) => bytes,
         Err(e) => error_reply(h, &e),
     }

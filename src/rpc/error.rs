@@ -92,6 +92,9 @@ pub enum RpcError {
     /// A result of the wrong shape came back: a bug, not the client's fault.
     #[error("unexpected result for {0}")]
     Internal(&'static str),
+    /// The reply would exceed libvirt's largest message.
+    #[error("the reply of {0} bytes is larger than the {max}-byte message limit", max = crate::rpc::frame::MAX_REPLY)]
+    ReplyTooLarge(usize),
 }
 
 /// The longest error message (and detail) a client is sent, in bytes.
@@ -195,7 +198,8 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
         RpcError::UnknownProcedure(_)
         | RpcError::UnknownProgram { .. }
         | RpcError::UnexpectedStatus(_)
-        | RpcError::Decode => err(code::RPC, from::RPC, "%s", detail),
+        | RpcError::Decode
+        | RpcError::ReplyTooLarge(_) => err(code::RPC, from::RPC, "%s", detail),
         RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly => {
             err(code::OPERATION_DENIED, from::DOMAIN, "operation forbidden: %s", detail)
         }

@@ -21,6 +21,9 @@ pub const HEADER_LEN: usize = 28;
 /// 32 MiB; nothing we serve needs more than a domain XML of at most 1 MiB, and
 /// a smaller cap bounds what one client can make us buffer.
 pub const MAX_PACKET: usize = 4 * 1024 * 1024 + HEADER_LEN;
+/// Largest packet this daemon sends: libvirt's `VIR_NET_MESSAGE_MAX`, what
+/// every client accepts.
+pub const MAX_REPLY: usize = 32 * 1024 * 1024;
 
 /// `virNetMessageType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
