@@ -350,6 +350,7 @@ fn partial_frames_stay_under_the_memory_ceiling() {
     assert!(rw.try_call(proc_::CONNECT_GET_VERSION, &[]).is_ok_and(|(h, _)| h.status == 0), "rw session stalled");
     std::thread::sleep(Duration::from_millis(500));
     peak = peak.max(d.rss_kib());
+    eprintln!("partial frames: daemon RSS peak {} MiB ({})", peak / 1024, d.rss_breakdown());
     assert!(peak < MEMORY_CEILING_KIB, "partial frames: daemon RSS {} MiB", peak / 1024);
     drop(held);
 
@@ -425,6 +426,7 @@ fn unread_replies_stay_under_the_memory_ceiling() {
         peak / 1024,
         d.stderr()
     );
+    eprintln!("unread replies: daemon RSS peak {} MiB ({breakdown})", peak / 1024);
     assert!(peak < MEMORY_CEILING_KIB, "unread replies: daemon RSS {} MiB ({breakdown})", peak / 1024);
     drop(greedy);
 
@@ -612,6 +614,7 @@ fn a_tls_handshake_flood_does_not_stall_local_clients() {
     let done = handshakes.load(Ordering::Relaxed);
     assert!(done > 50, "only {done} handshakes completed: no flood to speak of");
     let limit = idle * 2 + Duration::from_millis(2);
+    eprintln!("TLS flood: local median {flooded:?} under {done} handshakes, idle {idle:?}");
     assert!(flooded <= limit, "local median {flooded:?} under {done} handshakes, idle {idle:?} (limit {limit:?})");
 
     assert_still_serving(&d, &mut rw, &frontends);

@@ -499,6 +499,10 @@ impl Server {
             let action = dispatch::dispatch(&mut client.session, &facts, &header, &client.inbuf[range]);
             client.inbuf.drain(..len);
             client.frame_since = (!client.inbuf.is_empty()).then(Instant::now);
+            if client.inbuf.is_empty() && client.inbuf.capacity() > SMALL_INBUF {
+                // A large frame's buffer goes back, not kept for small ones.
+                client.inbuf = Vec::new();
+            }
             let queued = match action {
                 Action::Send(bytes) => client.queue(&bytes),
                 Action::SendAndClose(bytes) => {
