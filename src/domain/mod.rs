@@ -7,16 +7,19 @@
 //! checks against what the helper gives every guest), unsupported (it would
 //! change what the guest sees and we cannot run it: refused naming it), or
 //! unknown (dropped, as libvirt does, or refused under
-//! `VIR_DOMAIN_DEFINE_VALIDATE`).
+//! `VIR_DOMAIN_DEFINE_VALIDATE`). `caps.rs` answers "what may a domain ask
+//! for" (domain capabilities) from the same rules.
 
 #![deny(missing_docs)]
 
+mod caps;
 mod emit;
 mod parse;
 pub mod platform;
 mod units;
 pub mod xml;
 
+pub use caps::domain_capabilities;
 pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, parse};
 pub use units::to_kib;
 
