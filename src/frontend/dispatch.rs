@@ -230,6 +230,16 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         P::NodeGetSecurityModel => ok(&SecurityModelRet { model: c_chars("none"), doi: c_chars("0") }),
         P::ConnectGetHostname => fwd(Call::GetHostname),
         P::ConnectGetCapabilities => fwd(Call::GetCapabilities),
+        P::ConnectGetDomainCapabilities => {
+            let a: DomainCapabilitiesArgs = args(payload)?;
+            fwd(Call::GetDomainCapabilities {
+                emulator: a.emulatorbin,
+                arch: a.arch,
+                machine: a.machine,
+                virttype: a.virttype,
+                flags: a.flags,
+            })
+        }
         P::NodeGetInfo => fwd(Call::NodeGetInfo),
         P::NodeGetFreeMemory => fwd(Call::NodeGetFreeMemory),
         P::NodeGetCellsFreeMemory => {
