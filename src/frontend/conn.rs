@@ -248,8 +248,10 @@ pub struct Client {
     pub accepted: Instant,
     /// Keepalive pings sent since then.
     pub pings: u32,
-    /// The guest console this client has open, if any.
-    pub console: Option<super::server::Console>,
+    /// The stream this client has open (a guest console), if any.
+    pub relay: Option<super::streams::Relay>,
+    /// Its stream's far side was not read to the end, for want of room.
+    pub relay_starved: bool,
     /// When the incomplete frame at the head of `inbuf` began to arrive.
     pub frame_since: Option<Instant>,
     /// When its socket last took bytes (or output began to wait).

@@ -11,6 +11,7 @@ mod admin;
 mod conn;
 pub mod dispatch;
 mod server;
+mod streams;
 mod uri;
 
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -15,6 +15,7 @@ use super::conn::{
     Stream,
 };
 use super::dispatch::{self, Action, Facts, Session};
+use super::streams::{Relay, StreamKind};
 use crate::logging::{self, LogState};
 use crate::privsep::{
     BrokerReply, Channel, ChannelError, ConnId, Envelope, FrontendConfig, FrontendRequest, ListenerKind,
@@ -68,30 +69,12 @@ enum Pending {
     /// `Authenticated` for this TLS connection, with the DN it showed.
     Authentication(ConnId, Option<String>),
     /// A client's call: reply to this header on this connection (and, for
-    /// a console, the domain whose console it is).
-    Call(Token, Header, Option<[u8; 16]>),
+    /// a call that opens a stream, what the stream will relay).
+    Call(Token, Header, Option<StreamKind>),
 }
 
-/// A client's open console: the guest's console fd, joined to the stream
-/// the client opened with DOMAIN_OPEN_CONSOLE.
-///
-/// When the guest's side ends (the guest stopped, or another client took the
-/// console) the client gets a zero-length CONTINUE, libvirt's end of file,
-/// and the stream stays until the client finishes or aborts it, which is
-/// then answered: an unsolicited "finished" packet would be a reply to a
-/// call the client never made, and costs it the connection.
-#[derive(Debug)]
-pub struct Console {
-    /// The guest's side; `None` once it ended and the client was sent end of file.
-    fd: Option<mio::net::UnixStream>,
-    /// The opening call's header: stream packets echo its serial and proc.
-    call: Header,
-    uuid: [u8; 16],
-    token: Token,
-}
-
-/// Console tokens start here, above every client token.
-const FIRST_CONSOLE: usize = 1 << 30;
+/// Stream relay tokens start here, above every client token.
+const FIRST_RELAY: usize = 1 << 30;
 
 /// The frontend's state.
 pub struct Server {
@@ -107,8 +90,8 @@ pub struct Server {
     needs_resume: bool,
     next_token: usize,
     config: FrontendConfig,
-    /// Console fd tokens to the client that holds the console.
-    console_tokens: HashMap<Token, Token>,
+    /// Relay fd tokens to the client whose stream it is.
+    relay_tokens: HashMap<Token, Token>,
     /// Asks the broker for TLS handshake signatures.
     sign: Option<std::sync::Arc<crate::tls::session::SignChannel>>,
     /// TLS for new TLS clients.
@@ -165,7 +148,7 @@ impl Server {
             needs_resume: false,
             next_token: FIRST_CLIENT,
             config,
-            console_tokens: HashMap::new(),
+            relay_tokens: HashMap::new(),
             sign,
             tls,
         })
@@ -199,8 +182,8 @@ impl Server {
                         self.on_listener(t - 1);
                         Ok(())
                     }
-                    Token(t) if t >= FIRST_CONSOLE => {
-                        self.on_console(Token(t));
+                    Token(t) if t >= FIRST_RELAY => {
+                        self.on_relay(Token(t));
                         Ok(())
                     }
                     token => {
@@ -250,6 +233,18 @@ impl Server {
         self.needs_resume = false;
         for i in 0..self.listeners.len() {
             self.on_listener(i);
+        }
+        let starved: Vec<Token> = self
+            .clients
+            .values_mut()
+            .filter(|c| !c.gone && c.relay_starved)
+            .filter_map(|c| {
+                c.relay_starved = false;
+                c.relay.as_ref().map(|r| r.token)
+            })
+            .collect();
+        for relay in starved {
+            self.on_relay(relay);
         }
         let waiting: Vec<Token> = self
             .clients
@@ -416,7 +411,8 @@ impl Server {
                 last_rx: Instant::now(),
                 accepted: Instant::now(),
                 pings: 0,
-                console: None,
+                relay: None,
+                relay_starved: false,
                 frame_since: None,
                 last_tx: Instant::now(),
                 stalled: false,
@@ -572,13 +568,13 @@ impl Server {
             self.client_stream(token, &h, &data);
         }
         for (header, call) in forwards {
-            let console = match &call {
-                crate::privsep::Call::OpenConsole { uuid, .. } => Some(*uuid),
+            let opens = match &call {
+                crate::privsep::Call::OpenConsole { uuid, .. } => Some(StreamKind::Console { uuid: *uuid }),
                 _ => None,
             };
             match self.request(FrontendRequest::Call { conn, call }) {
                 Ok(id) => {
-                    self.pending.insert(id, Pending::Call(token, header, console));
+                    self.pending.insert(id, Pending::Call(token, header, opens));
                     if let Some(c) = self.clients.get_mut(&token) {
                         c.in_flight += 1;
                     }
@@ -630,10 +626,10 @@ impl Server {
             (Stream::Tls(t), Admission::Handshaking) => t.failure.clone(),
             _ => None,
         };
-        if let Some(mut fd) = client.console.take().and_then(|c| c.fd) {
+        if let Some(mut fd) = client.relay.take().and_then(|c| c.fd) {
             let _ = self.poll.registry().deregister(&mut fd);
         }
-        self.console_tokens.retain(|_, t| *t != token);
+        self.relay_tokens.retain(|_, t| *t != token);
         self.forget(token);
         if let Some(reason) = failed_tls
             && let Err(e) = self.request(FrontendRequest::AuthFailed { conn, reason })
@@ -673,11 +669,11 @@ impl Server {
                     let holders: Vec<Token> = self
                         .clients
                         .iter()
-                        .filter(|(_, c)| c.console.as_ref().is_some_and(|k| k.uuid == uuid))
+                        .filter(|(_, c)| c.relay.as_ref().is_some_and(|r| r.kind == StreamKind::Console { uuid }))
                         .map(|(t, _)| *t)
                         .collect();
                     for t in holders {
-                        self.console_eof(t, false);
+                        self.stream_eof(t, false);
                     }
                 }
                 BrokerReply::Disconnect(conn) => {
@@ -721,9 +717,9 @@ impl Server {
                 self.process(token);
             }
             (Some(Pending::Authentication(conn, dn)), reply) => self.authenticated(conn, dn, reply),
-            (Some(Pending::Call(token, header, console)), BrokerReply::Value(result)) => {
-                if let (Ok(crate::privsep::CallValue::Console), Some(uuid), Some(fd)) = (&result, console, fds.pop()) {
-                    self.attach_console(token, header, uuid, fd);
+            (Some(Pending::Call(token, header, opens)), BrokerReply::Value(result)) => {
+                if let (Ok(crate::privsep::CallValue::Console), Some(kind), Some(fd)) = (&result, opens, fds.pop()) {
+                    self.attach_stream(token, header, kind, fd);
                 }
                 let Some(client) = self.clients.get_mut(&token) else {
                     return;
@@ -739,135 +735,110 @@ impl Server {
         }
     }
 
-    /// Joins the console fd the broker sent to the client's new stream.
-    fn attach_console(&mut self, token: Token, call: Header, uuid: [u8; 16], fd: OwnedFd) {
-        self.end_console(token, false, true);
+    /// Joins the fd the broker sent to the client's new stream.
+    fn attach_stream(&mut self, token: Token, call: Header, kind: StreamKind, fd: OwnedFd) {
+        self.end_stream(token, false, true);
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
         // The broker's socket is already non-blocking (a shared file description).
         let mut fd = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd));
-        let console_token = Token(FIRST_CONSOLE + self.next_token);
+        let relay_token = Token(FIRST_RELAY + self.next_token);
         self.next_token += 1;
-        if let Err(e) = self.poll.registry().register(&mut fd, console_token, Interest::READABLE) {
-            log::warn!("cannot watch a console: {e}");
+        if let Err(e) = self.poll.registry().register(&mut fd, relay_token, Interest::READABLE) {
+            log::warn!("cannot watch a stream's fd: {e}");
             return;
         }
-        self.console_tokens.insert(console_token, token);
-        client.console = Some(Console { fd: Some(fd), call, uuid, token: console_token });
+        self.relay_tokens.insert(relay_token, token);
+        client.relay = Some(Relay { fd: Some(fd), call, kind, token: relay_token });
     }
 
-    /// A stream packet from the client: console input, finish or abort.
+    /// A stream packet from the client: data, finish or abort.
     fn client_stream(&mut self, token: Token, h: &Header, data: &[u8]) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        let Some(console) = client.console.as_mut().filter(|c| c.call.serial == h.serial && c.call.proc_ == h.proc_)
-        else {
+        let Some(relay) = client.relay.as_mut().filter(|r| r.is_for(h)) else {
             // No such stream: dropped, as libvirtd does.
             return;
         };
         match h.status {
-            s if s == crate::rpc::frame::Status::Continue as i32 => {
-                // Typed input is small; what the guest's side cannot take now
-                // (or, after end of file, at all) is dropped.
-                if let Some(fd) = console.fd.as_mut() {
-                    let _ = std::io::Write::write(fd, data);
-                }
-            }
+            s if s == crate::rpc::frame::Status::Continue as i32 => relay.write_in(data),
             // Finish and abort alike are answered with an empty OK, as libvirtd does.
-            _ => self.end_console(token, true, true),
+            _ => self.end_stream(token, true, true),
         }
     }
 
-    /// Ends a client's console stream: optionally answers the client's
-    /// finish or abort, and tells the broker when the console was still
-    /// ours to give back.
-    fn end_console(&mut self, token: Token, answer: bool, tell_broker: bool) {
+    /// Ends a client's stream: optionally answers the client's finish or
+    /// abort, and tells the broker when the far side was still ours to give back.
+    fn end_stream(&mut self, token: Token, answer: bool, tell_broker: bool) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        let Some(console) = client.console.take() else {
+        let Some(relay) = client.relay.take() else {
             return;
         };
         if answer {
-            client.queue(&dispatch::stream_packet(&console.call, crate::rpc::frame::Status::Ok, &[]));
+            client.queue(&relay.finish_packet());
         }
-        if let Some(mut fd) = console.fd {
+        let closed = relay.kind.closed(client.conn);
+        if let Some(mut fd) = relay.fd {
             let _ = self.poll.registry().deregister(&mut fd);
-            self.console_tokens.remove(&console.token);
+            self.relay_tokens.remove(&relay.token);
             if tell_broker {
-                let conn = client.conn;
-                let _ = self.request(FrontendRequest::ConsoleClosed { conn, uuid: console.uuid });
+                let _ = self.request(closed);
             }
         }
         self.settle(token);
     }
 
-    /// The guest's side of a console ended: sends the client end of file
-    /// and keeps the stream for its finish or abort. Tells the broker when
-    /// the console was still ours (not when the broker gave it to another).
-    fn console_eof(&mut self, token: Token, tell_broker: bool) {
+    /// The far side of a stream ended: sends the client end of file and
+    /// keeps the stream for its finish or abort. Tells the broker when the
+    /// far side was still ours (not when the broker gave it to another).
+    fn stream_eof(&mut self, token: Token, tell_broker: bool) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        let Some(console) = client.console.as_mut() else {
+        let Some(relay) = client.relay.as_mut() else {
             return;
         };
-        let Some(mut fd) = console.fd.take() else {
+        let Some(mut fd) = relay.fd.take() else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut fd);
-        self.console_tokens.remove(&console.token);
-        let eof = dispatch::stream_packet(&console.call, crate::rpc::frame::Status::Continue, &[]);
-        let uuid = console.uuid;
+        self.relay_tokens.remove(&relay.token);
+        let (eof, closed) = (relay.eof_packet(), relay.kind.closed(client.conn));
         client.queue(&eof);
-        let conn = client.conn;
         if tell_broker {
-            let _ = self.request(FrontendRequest::ConsoleClosed { conn, uuid });
+            let _ = self.request(closed);
         }
         self.settle(token);
     }
 
-    /// Guest console output: to the client as stream data.
-    fn on_console(&mut self, console_token: Token) {
-        let Some(&token) = self.console_tokens.get(&console_token) else {
+    /// The far side of a stream has bytes: to the client as stream data,
+    /// as far as its output allowance goes.
+    fn on_relay(&mut self, relay_token: Token) {
+        let Some(&token) = self.relay_tokens.get(&relay_token) else {
             return;
         };
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        let Some(console) = client.console.as_mut() else {
+        let room = OUT_PAUSE.saturating_sub(client.outbuf.len());
+        let Some(relay) = client.relay.as_mut() else {
             return;
         };
-        let Some(fd) = console.fd.as_mut() else {
-            return;
-        };
-        let mut buf = [0u8; 16 * 1024];
-        let mut ended = false;
-        let mut out = Vec::new();
-        loop {
-            match std::io::Read::read(fd, &mut buf) {
-                Ok(0) => {
-                    ended = true;
-                    break;
-                }
-                Ok(n) => {
-                    out.extend(dispatch::stream_packet(&console.call, crate::rpc::frame::Status::Continue, &buf[..n]))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        if !client.queue(&out) {
+        let out = relay.pump_out(room);
+        if !client.queue(&out.packets) {
             client.kill();
         }
-        if ended {
-            self.console_eof(token, true);
+        if out.starved {
+            // Picked up again by `resume` once the client has read.
+            client.relay_starved = true;
+            self.needs_resume = true;
+        }
+        if out.ended {
+            self.stream_eof(token, true);
         } else {
             self.settle(token);
         }
