@@ -13,7 +13,6 @@ use super::host;
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, PeerIdentity, Query};
-use crate::rpc::remote::RemoteProc;
 
 /// Most domains or names returned by the legacy list calls.
 const LIST_MAX: i32 = 16_384;
@@ -849,7 +848,7 @@ pub fn audit_admin(
 
 /// Audits a call the frontend refused on a read-only connection.
 pub fn audit_denial(auditor: &mut Auditor, caller: &Caller, procedure: i32) {
-    let api = RemoteProc::from_number(procedure).map_or("unknown", RemoteProc::api);
+    let api = crate::rpc::remote::libvirt_proc(procedure).map_or("unknown", |e| e.api);
     let fields =
         [("api", Value::Text(api)), ("proc", Value::Num(procedure.into())), ("reason", Value::Text("read-only"))];
     audit(auditor, caller, "denied", &fields, false);

@@ -132,7 +132,7 @@ pub fn dispatch(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> A
     }
     match call(s, facts, h, payload) {
         Ok(action) => action,
-        Err(e @ (RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly)) => Action::Denied(error_reply(h, &e)),
+        Err(e @ (RpcError::ReadOnly { .. } | RpcError::SecureXmlReadOnly)) => Action::Denied(error_reply(h, &e)),
         Err(e) => Action::Send(error_reply(h, &e)),
     }
 }
@@ -148,17 +148,26 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
     if s.admin {
         return super::admin::call(s, h, payload);
     }
-    let proc_ = RemoteProc::from_number(h.proc_)
-        .filter(|_| h.prog == REMOTE_PROGRAM)
+    // Only libvirt's own procedures; its event messages have no handler in
+    // libvirtd either, so calling one is an unknown procedure there too.
+    let entry = libvirt_proc(h.proc_)
+        .filter(|e| h.prog == REMOTE_PROGRAM && e.status != ProcStatus::Event)
         .ok_or(RpcError::UnknownProcedure(h.proc_))?;
     use RemoteProc as P;
-    let before_open = matches!(proc_, P::AuthList | P::ConnectSupportsFeature | P::ConnectOpen | P::ConnectClose);
+    let served = RemoteProc::from_number(entry.number);
+    let before_open = entry.status == ProcStatus::Auth
+        || matches!(served, Some(P::AuthList | P::ConnectSupportsFeature | P::ConnectOpen | P::ConnectClose));
     if !s.opened && !before_open {
         return Err(RpcError::NotOpen);
     }
-    if s.readonly && proc_.access() == Access::ReadWrite {
-        return Err(RpcError::ReadOnly(proc_.api()));
+    if s.readonly && entry.access == Access::ReadWrite {
+        return Err(RpcError::ReadOnly { api: entry.api, family: entry.family });
     }
+    let proc_ = match (served, entry.status) {
+        (Some(p), _) => p,
+        (None, ProcStatus::Auth) => return Err(RpcError::AuthFailed),
+        (None, _) => return Err(RpcError::NoSupport { api: entry.api, family: entry.family }),
+    };
     let ok = |v: &dyn ErasedRet| Ok(Action::Send(ok_reply(h, v)?));
     let fwd = |c: Call| Ok(Action::Forward(c));
     match proc_ {
@@ -507,12 +516,133 @@ mod tests {
     }
 
     #[test]
-    fn unknown_procedures_get_the_not_supported_rewrite_text() {
+    fn numbers_libvirt_does_not_define_are_unknown_procedures() {
         let mut s = Session { opened: true, ..Session::default() };
-        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(9999, 1), &[]) else { panic!() };
-        let (_, e) = decode_error(&bytes);
-        assert_eq!((e.code, e.domain), (39, 7));
-        assert!(e.message.unwrap().starts_with("unknown procedure"));
+        for n in [0, 444, 9999, -1] {
+            let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(n, 1), &[]) else { panic!() };
+            let (_, e) = decode_error(&bytes);
+            assert_eq!((e.code, e.domain), (39, 7));
+            assert_eq!(e.message.unwrap(), format!("unknown procedure: {n}"));
+        }
+    }
+
+    /// What a read-write, opened connection gets for procedure `n` with no arguments.
+    fn answer(n: i32) -> Result<Action, Box<RemoteError>> {
+        let mut s = Session { opened: true, ..Session::default() };
+        match dispatch(&mut s, &FACTS, &call_header(n, 1), &[]) {
+            Action::Send(bytes) if frame::split(&bytes).unwrap().unwrap().0.status == Status::Error as i32 => {
+                Err(Box::new(decode_error(&bytes).1))
+            }
+            other => Ok(other),
+        }
+    }
+
+    #[test]
+    fn every_procedure_of_libvirt_is_served_or_answered_as_libvirt_answers_it() {
+        for e in LIBVIRT_PROCS {
+            let got = answer(e.number);
+            let message = got.as_ref().err().and_then(|r| r.message.clone()).unwrap_or_default();
+            match e.status {
+                // Served: whatever it is, not the unknown-procedure answer.
+                ProcStatus::Served => assert!(!message.starts_with("unknown procedure"), "{e:?}: {message}"),
+                ProcStatus::Unsupported => {
+                    let r = got.expect_err("an error");
+                    assert_eq!(r.code, 3, "{e:?}");
+                    assert_eq!(
+                        r.message.as_deref(),
+                        Some(format!("this function is not supported by the connection driver: {}", e.api).as_str())
+                    );
+                    assert_eq!(r.str2.as_deref(), Some(e.api));
+                    assert_ne!(r.domain, 7, "{e:?}: an API's error, not the RPC layer's");
+                }
+                ProcStatus::Event => assert_eq!(message, format!("unknown procedure: {}", e.number)),
+                ProcStatus::Auth => assert_eq!(got.expect_err("an error").code, 45, "{e:?}"),
+            }
+        }
+        let unsupported = LIBVIRT_PROCS.iter().filter(|e| e.status == ProcStatus::Unsupported).count();
+        assert!(unsupported > 300, "{unsupported}");
+    }
+
+    #[test]
+    fn unsupported_procedures_carry_their_apis_error_domain() {
+        let domain_of = |n: i32| answer(n).expect_err("an error").domain;
+        // virConnectDomainXMLFromNative (libvirt-domain.c), virNetworkCreate
+        // (libvirt-network.c), virStoragePoolRefresh (libvirt-storage.c).
+        assert_eq!(domain_of(135), 20);
+        assert_eq!(domain_of(39), 19);
+        assert_eq!(domain_of(83), 18);
+    }
+
+    #[test]
+    fn read_only_rules_come_before_not_supported() {
+        let mut s = Session { opened: true, readonly: true, ..Session::default() };
+        for e in LIBVIRT_PROCS.iter().filter(|e| e.status == ProcStatus::Unsupported) {
+            let action = dispatch(&mut s, &FACTS, &call_header(e.number, 1), &[]);
+            let (Action::Denied(bytes) | Action::Send(bytes)) = action else { panic!("{e:?}") };
+            let r = decode_error(&bytes).1;
+            match e.access {
+                Access::ReadWrite => {
+                    assert_eq!(r.code, 29, "{e:?}");
+                    assert_eq!(r.message.unwrap(), format!("operation forbidden: read only access prevents {}", e.api));
+                }
+                Access::ReadOnly => assert_eq!(r.code, 3, "{e:?}"),
+            }
+        }
+        // Before CONNECT_OPEN nothing of the hypervisor's is reached.
+        let mut fresh = Session::default();
+        let Action::Send(bytes) = dispatch(&mut fresh, &FACTS, &call_header(135, 1), &[]) else { panic!() };
+        assert_eq!(decode_error(&bytes).1.message.as_deref(), Some("internal error: hypervisor connection not open"));
+    }
+
+    /// Argument shapes to try on a served procedure until one decodes.
+    fn candidate_payloads() -> Vec<Vec<u8>> {
+        let dom = NonnullDomain { name: "a".into(), uuid: xdr::FixedOpaque([7; 16]), id: 1 };
+        let enc = |v: &dyn ErasedRet| v.encode().unwrap();
+        vec![
+            Vec::new(),
+            enc(&DomainArg { dom: dom.clone() }),
+            enc(&DomainFlagsArgs { dom: dom.clone(), flags: 0 }),
+            enc(&DomainSetAutostartArgs { dom: dom.clone(), autostart: 1 }),
+            enc(&OpenConsoleArgs { dom: dom.clone(), dev_name: None, flags: 0 }),
+            enc(&XmlFlagsArgs { xml: "<domain/>".into(), flags: 0 }),
+            enc(&StringArg { value: "x".into() }),
+            enc(&OptStringArg { value: None }),
+            enc(&IntArg { value: 1 }),
+            enc(&UuidArg { uuid: xdr::FixedOpaque([7; 16]) }),
+            enc(&ListAllDomainsArgs { need_results: 1, flags: 0 }),
+            enc(&CellsFreeMemoryArgs { start_cell: 0, maxcells: 1 }),
+            enc(&EventRegisterArgs { event_id: 0, dom: None }),
+            enc(&ConnectOpenArgs { name: None, flags: 0 }),
+        ]
+    }
+
+    /// The read-only rule has two sources: the table's access column (the
+    /// frontend's check) and `Call::mutates` (the broker's). They must agree
+    /// for every served procedure.
+    #[test]
+    fn the_tables_access_column_and_call_mutates_agree() {
+        for &p in RemoteProc::ALL {
+            let reached = candidate_payloads().into_iter().find_map(|payload| {
+                let mut s = Session { opened: true, ..Session::default() };
+                match dispatch(&mut s, &FACTS, &call_header(p as i32, 1), &payload) {
+                    Action::Forward(call) => Some(Some(call)),
+                    Action::Send(bytes) | Action::SendAndClose(bytes) => {
+                        let (h, _, _) = frame::split(&bytes).unwrap().unwrap();
+                        let failed = h.status == Status::Error as i32;
+                        let decode = failed
+                            && decode_error(&bytes).1.message.as_deref() == Some("Unable to decode message payload");
+                        (!decode).then_some(None)
+                    }
+                    _ => None,
+                }
+            });
+            match reached {
+                Some(Some(call)) => assert_eq!(call.mutates(), p.access() == Access::ReadWrite, "{p:?}: {call:?}"),
+                // Answered by the frontend itself: never a change.
+                Some(None) => assert_eq!(p.access(), Access::ReadOnly, "{p:?}"),
+                None => panic!("{p:?}: no candidate payload decodes; add its argument shape"),
+            }
+        }
     }
 
     #[test]
