@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::audit::{Auditor, Value, client_fields};
 use super::domains::Domains;
 use super::guests::{Launcher, Running};
-use super::host;
+use super::{host, hoststats, stats};
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, PeerIdentity, Query};
@@ -501,6 +501,14 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         Call::NodeGetCellsFreeMemory { start, max } => host::cells_free_memory(start, max).map(CallValue::U64s),
         Call::GetMaxVcpus { kind } => host::max_vcpus(kind.as_deref()).map(|n| CallValue::Int(n.into())),
         Call::GetSysinfo { flags } => host::sysinfo(flags).map(CallValue::Text),
+        Call::NodeCpuStats { cpu, nparams, flags } => {
+            hoststats::node_cpu_stats(cpu, nparams, flags).map(|(params, count)| CallValue::NodeStats { params, count })
+        }
+        Call::NodeMemoryStats { cell, nparams, flags } => hoststats::node_memory_stats(cell, nparams, flags)
+            .map(|(params, count)| CallValue::NodeStats { params, count }),
+        Call::NodeCpuMap { map, online, flags } => hoststats::cpu_map(map, online, flags)
+            .map(|(map, online, present)| CallValue::CpuMap { map, online, present }),
+        Call::DomainStats { doms, stats: groups, flags } => stats::domain_stats(ctx, &doms, groups, flags),
         Call::ListAll { flags, need_results } => {
             let list = ctx.domains.list(flags)?;
             let count = list.len() as u32;
@@ -713,6 +721,20 @@ fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Res
             }
             CallValue::Text(e.def.to_xml())
         }
+        Query::Vcpus { maxinfo, maplen } => stats::vcpus(e, maxinfo, maplen)?,
+        Query::VcpusFlags { flags } => {
+            // VIR_DOMAIN_VCPU_GUEST asks the guest agent: a change, not a read.
+            if readonly && flags & 8 != 0 {
+                return Err(CallError::ReadOnly("virDomainGetVcpusFlags".into()));
+            }
+            stats::vcpus_flags(e, flags)?
+        }
+        Query::VcpuPinInfo { ncpumaps, maplen, flags } => stats::vcpu_pin_info(e, ncpumaps, maplen, flags)?,
+        Query::MemoryStats { max, flags } => stats::memory_stats(e, max, flags)?,
+        Query::CpuStats { nparams, start_cpu, ncpus, flags } => stats::cpu_stats(e, nparams, start_cpu, ncpus, flags)?,
+        Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
+        Query::JobInfo => stats::job_info(e)?,
+        Query::JobStats { flags } => stats::job_stats(e, flags)?,
     })
 }
 

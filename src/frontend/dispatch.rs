@@ -13,6 +13,7 @@ use crate::rpc::frame::{
     self, ADMIN_PROGRAM, Header, KEEPALIVE_PROGRAM, LXC_PROGRAM, MessageType, QEMU_PROGRAM, REMOTE_PROGRAM, Status,
 };
 use crate::rpc::remote::*;
+use crate::rpc::stats::*;
 use crate::rpc::xdr;
 
 /// Keepalive procedures.
@@ -338,6 +339,64 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainFlagsArgs = args(payload)?;
             query(a.dom, Query::SnapshotNum { flags: a.flags })
         }
+        P::NodeGetCpuStats => {
+            let a: NodeGetCpuStatsArgs = args(payload)?;
+            fwd(Call::NodeCpuStats { cpu: a.cpu_num, nparams: a.nparams, flags: a.flags })
+        }
+        P::NodeGetMemoryStats => {
+            let a: NodeGetMemoryStatsArgs = args(payload)?;
+            fwd(Call::NodeMemoryStats { cell: a.cell_num, nparams: a.nparams, flags: a.flags })
+        }
+        P::NodeGetCpuMap => {
+            let a: NodeGetCpuMapArgs = args(payload)?;
+            fwd(Call::NodeCpuMap { map: a.need_map != 0, online: a.need_online != 0, flags: a.flags })
+        }
+        P::DomainGetVcpus => {
+            let a: DomainGetVcpusArgs = args(payload)?;
+            query(a.dom, Query::Vcpus { maxinfo: a.maxinfo, maplen: a.maplen })
+        }
+        P::DomainGetVcpusFlags => {
+            let a: DomainFlagsArgs = args(payload)?;
+            // VIR_DOMAIN_VCPU_GUEST asks the guest agent, which libvirt
+            // allows read-write connections only.
+            if s.readonly && a.flags & 8 != 0 {
+                return Err(RpcError::ReadOnly { api: proc_.api(), family: ApiFamily::Domain });
+            }
+            query(a.dom, Query::VcpusFlags { flags: a.flags })
+        }
+        P::DomainGetVcpuPinInfo => {
+            let a: DomainGetVcpuPinInfoArgs = args(payload)?;
+            query(a.dom, Query::VcpuPinInfo { ncpumaps: a.ncpumaps, maplen: a.maplen, flags: a.flags })
+        }
+        P::DomainMemoryStats => {
+            let a: DomainMemoryStatsArgs = args(payload)?;
+            query(a.dom, Query::MemoryStats { max: a.max_stats, flags: a.flags })
+        }
+        P::DomainGetCpuStats => {
+            let a: DomainGetCpuStatsArgs = args(payload)?;
+            let q = Query::CpuStats { nparams: a.nparams, start_cpu: a.start_cpu, ncpus: a.ncpus, flags: a.flags };
+            query(a.dom, q)
+        }
+        P::DomainGetControlInfo => {
+            let a: DomainFlagsArgs = args(payload)?;
+            query(a.dom, Query::ControlInfo { flags: a.flags })
+        }
+        P::DomainGetJobInfo => query(args::<DomainArg>(payload)?.dom, Query::JobInfo),
+        P::DomainGetJobStats => {
+            let a: DomainFlagsArgs = args(payload)?;
+            query(a.dom, Query::JobStats { flags: a.flags })
+        }
+        P::ConnectGetAllDomainStats => {
+            // remote_nonnull_domain doms<REMOTE_DOMAIN_LIST_MAX>: the count is
+            // checked before anything is decoded.
+            let count = payload.get(..4).map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+            if count as usize > DOMAIN_LIST_MAX {
+                return Err(RpcError::Decode);
+            }
+            let a: GetAllDomainStatsArgs = args(payload)?;
+            let doms = a.doms.into_iter().map(|d| d.uuid.0).collect();
+            fwd(Call::DomainStats { doms, stats: a.stats, flags: a.flags })
+        }
     }
 }
 
@@ -441,6 +500,46 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
         }
         // The stream itself is set up by the connection, with the fd that came along.
         (P::DomainOpenConsole, CallValue::Console) => ok_reply(h, &()),
+        (_, CallValue::NodeStats { params, count }) => {
+            let params = params.into_iter().map(|(field, value)| NodeStat { field, value }).collect();
+            ok_reply(h, &NodeStatsRet { params, nparams: count })
+        }
+        (_, CallValue::CpuMap { map, online, present }) => {
+            ok_reply(h, &NodeGetCpuMapRet { cpumap: xdr::Opaque(map.unwrap_or_default()), online, ret: present })
+        }
+        (_, CallValue::Vcpus { info, cpumaps }) => {
+            let info = info
+                .into_iter()
+                .map(|v| VcpuInfoWire { number: v.number, state: v.state, cpu_time: v.cpu_time, cpu: v.cpu })
+                .collect();
+            ok_reply(h, &DomainGetVcpusRet { info, cpumaps: xdr::Opaque(cpumaps) })
+        }
+        (_, CallValue::PinInfo { cpumaps, num }) => {
+            ok_reply(h, &DomainGetVcpuPinInfoRet { cpumaps: xdr::Opaque(cpumaps), num })
+        }
+        (_, CallValue::MemoryStats(stats)) => {
+            let stats = stats.into_iter().map(|(tag, val)| MemoryStat { tag, val }).collect();
+            ok_reply(h, &DomainMemoryStatsRet { stats })
+        }
+        (_, CallValue::Params { params, count }) => {
+            let params = params.into_iter().map(super::admin::param_out).collect();
+            ok_reply(h, &ParamsCountRet { params, nparams: count })
+        }
+        (_, CallValue::ControlInfo { state, details, time_ms }) => {
+            ok_reply(h, &DomainGetControlInfoRet { state, details, state_time: time_ms })
+        }
+        (P::DomainGetJobInfo, CallValue::NoJob) => ok_reply(h, &DomainGetJobInfoRet { kind: 0, figures: [0; 11] }),
+        (_, CallValue::NoJob) => ok_reply(h, &DomainGetJobStatsRet { kind: 0, params: Vec::new() }),
+        (_, CallValue::DomainStats(records)) => {
+            let ret_stats = records
+                .into_iter()
+                .map(|(d, params)| DomainStatsRecord {
+                    dom: nonnull(d),
+                    params: params.into_iter().map(super::admin::param_out).collect(),
+                })
+                .collect();
+            ok_reply(h, &GetAllDomainStatsRet { ret_stats })
+        }
         (_, CallValue::Domains { .. } | CallValue::Console | CallValue::Admin(_)) => Err(mismatch),
     }
 }
@@ -613,6 +712,11 @@ mod tests {
             enc(&CellsFreeMemoryArgs { start_cell: 0, maxcells: 1 }),
             enc(&EventRegisterArgs { event_id: 0, dom: None }),
             enc(&ConnectOpenArgs { name: None, flags: 0 }),
+            enc(&NodeGetCpuStatsArgs { cpu_num: -1, nparams: 0, flags: 0 }),
+            enc(&DomainGetVcpusArgs { dom: dom.clone(), maxinfo: 1, maplen: 1 }),
+            enc(&DomainGetVcpuPinInfoArgs { dom: dom.clone(), ncpumaps: 1, maplen: 1, flags: 0 }),
+            enc(&DomainGetCpuStatsArgs { dom: dom.clone(), nparams: 0, start_cpu: -1, ncpus: 1, flags: 0 }),
+            enc(&GetAllDomainStatsArgs { doms: vec![dom.clone()], stats: 0, flags: 0 }),
         ]
     }
 

@@ -21,6 +21,7 @@ mod code {
     pub const NO_DOMAIN: i32 = 42;
     pub const OPERATION_INVALID: i32 = 55;
     pub const CONFIG_UNSUPPORTED: i32 = 67;
+    pub const ARGUMENT_UNSUPPORTED: i32 = 74;
     pub const XML_INVALID_SCHEMA: i32 = 92;
     pub const NO_SERVER: i32 = 95;
     pub const NO_CLIENT: i32 = 96;
@@ -232,6 +233,9 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                 CallError::Internal(_) => err(code::INTERNAL_ERROR, from::QEMU, "internal error: %s", detail),
                 CallError::NoServer(_) => err(code::NO_SERVER, from::ADMIN, "Server not found: %s", detail),
                 CallError::NoClient(_) => err(code::NO_CLIENT, from::RPC, "Client not found: %s", detail),
+                CallError::ArgumentUnsupported(_) => {
+                    err(code::ARGUMENT_UNSUPPORTED, from::QEMU, "argument unsupported: %s", detail)
+                }
                 CallError::Unsupported(_) => err(
                     code::NO_SUPPORT,
                     from::ADMIN,
