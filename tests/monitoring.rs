@@ -189,6 +189,17 @@ fn virsh_reads_a_running_guest_through_the_read_only_socket() {
     let total: f64 = out.split("cpu_time").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert!(total > 0.0, "{out}");
 
+    // No disk or network interface runs yet: all disks add up to nothing,
+    // and one named is not the domain's, as libvirt says of an unknown one.
+    let (code, out, err) = virsh(&ro, &["domblkstat", "g"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(" rd_req 0\n rd_bytes 0\n wr_req 0\n wr_bytes 0\n"), "{out}");
+    let (code, _, err) = virsh(&ro, &["domblkstat", "g", "vda"]);
+    assert_eq!((code, err.trim()), (1, "error: invalid argument: invalid path: vda"));
+    let (code, _, err) = virsh(&ro, &["domifstat", "g", "vnet0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: invalid argument: 'vnet0' is not a known interface"), "{err}");
+
     assert_eq!(virsh(&ro, &["domcontrol", "g"]).1, "ok\n\n");
     assert_eq!(virsh(&ro, &["domjobinfo", "g"]).1, "Job type:         None        \n\n");
 

@@ -509,6 +509,8 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         Call::NodeCpuMap { map, online, flags } => hoststats::cpu_map(map, online, flags)
             .map(|(map, online, present)| CallValue::CpuMap { map, online, present }),
         Call::DomainStats { doms, stats: groups, flags } => stats::domain_stats(ctx, &doms, groups, flags),
+        Call::BlockStats { uuid, path, params } => stats::block_stats(ctx.domains.by_uuid(&uuid)?, &path, params),
+        Call::InterfaceStats { uuid, device } => stats::interface_stats(ctx.domains.by_uuid(&uuid)?, &device),
         Call::ListAll { flags, need_results } => {
             let list = ctx.domains.list(flags)?;
             let count = list.len() as u32;

@@ -386,6 +386,18 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainFlagsArgs = args(payload)?;
             query(a.dom, Query::JobStats { flags: a.flags })
         }
+        P::DomainBlockStats => {
+            let a: DomainDeviceArgs = args(payload)?;
+            fwd(Call::BlockStats { uuid: a.dom.uuid.0, path: a.device, params: None })
+        }
+        P::DomainBlockStatsFlags => {
+            let a: BlockStatsFlagsArgs = args(payload)?;
+            fwd(Call::BlockStats { uuid: a.dom.uuid.0, path: a.path, params: Some((a.nparams, a.flags)) })
+        }
+        P::DomainInterfaceStats => {
+            let a: DomainDeviceArgs = args(payload)?;
+            fwd(Call::InterfaceStats { uuid: a.dom.uuid.0, device: a.device })
+        }
         P::ConnectGetAllDomainStats => {
             // remote_nonnull_domain doms<REMOTE_DOMAIN_LIST_MAX>: the count is
             // checked before anything is decoded.
@@ -540,7 +552,15 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
                 .collect();
             ok_reply(h, &GetAllDomainStatsRet { ret_stats })
         }
-        (_, CallValue::Domains { .. } | CallValue::Console | CallValue::Admin(_)) => Err(mismatch),
+        (P::DomainBlockStats, CallValue::Figures(v)) => {
+            ok_reply(h, &BlockStatsRet { values: v.try_into().map_err(|_| mismatch)? })
+        }
+        (P::DomainInterfaceStats, CallValue::Figures(v)) => {
+            ok_reply(h, &InterfaceStatsRet { values: v.try_into().map_err(|_| mismatch)? })
+        }
+        (_, CallValue::Domains { .. } | CallValue::Console | CallValue::Admin(_) | CallValue::Figures(_)) => {
+            Err(mismatch)
+        }
     }
 }
 
@@ -717,6 +737,7 @@ mod tests {
             enc(&DomainGetVcpuPinInfoArgs { dom: dom.clone(), ncpumaps: 1, maplen: 1, flags: 0 }),
             enc(&DomainGetCpuStatsArgs { dom: dom.clone(), nparams: 0, start_cpu: -1, ncpus: 1, flags: 0 }),
             enc(&GetAllDomainStatsArgs { doms: vec![dom.clone()], stats: 0, flags: 0 }),
+            enc(&BlockStatsFlagsArgs { dom: dom.clone(), path: String::new(), nparams: 0, flags: 0 }),
         ]
     }
 

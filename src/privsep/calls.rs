@@ -306,6 +306,22 @@ pub enum Call {
         /// `virConnectGetAllDomainStatsFlags`.
         flags: u32,
     },
+    /// `virDomainBlockStats` (`params` `None`) and `virDomainBlockStatsFlags`.
+    BlockStats {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Disk target or path, "" for every disk (a name, never opened).
+        path: String,
+        /// `nparams` and flags of `virDomainBlockStatsFlags`.
+        params: Option<(i32, u32)>,
+    },
+    /// `virDomainInterfaceStats`.
+    InterfaceStats {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Interface name or MAC (compared, never opened).
+        device: String,
+    },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
 }
@@ -433,6 +449,8 @@ pub enum CallValue {
     NoJob,
     /// `virConnectGetAllDomainStats`: one record per domain.
     DomainStats(Vec<(DomainRef, Vec<super::admin::Param>)>),
+    /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
+    Figures(Vec<i64>),
 }
 
 /// One vCPU as `virDomainGetVcpus` reports it.

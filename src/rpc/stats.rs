@@ -248,6 +248,46 @@ pub struct GetAllDomainStatsRet {
     pub ret_stats: Vec<DomainStatsRecord>,
 }
 
+/// `remote_domain_block_stats_args` and `remote_domain_interface_stats_args`:
+/// a domain and one of its devices, by name (compared, never opened).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainDeviceArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Disk target or path, interface name or MAC; "" is every disk.
+    pub device: String,
+}
+
+/// `remote_domain_block_stats_flags_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStatsFlagsArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Disk target or path; "" is every disk.
+    pub path: String,
+    /// Room for this many fields; 0 asks how many there are.
+    pub nparams: i32,
+    /// `VIR_TYPED_PARAM_STRING_OKAY`.
+    pub flags: u32,
+}
+
+/// `remote_domain_block_stats_ret`: rd_req, rd_bytes, wr_req, wr_bytes, errs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStatsRet {
+    /// The figures, in the struct's order.
+    pub values: [i64; 5],
+}
+
+/// `remote_domain_interface_stats_ret`: rx bytes, packets, errs, drop, then tx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatsRet {
+    /// The figures, in the struct's order.
+    pub values: [i64; 8],
+}
+
+/// `REMOTE_DOMAIN_BLOCK_STATS_PARAMETERS_MAX`.
+pub const BLOCK_STATS_PARAMETERS_MAX: i32 = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
