@@ -375,3 +375,121 @@ pub fn interface_stats(e: &Entry, device: &str) -> Result<CallValue, CallError> 
     running(e)?;
     Err(CallError::InvalidArg(format!("'{device}' is not a known interface")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process standing in for a helper: it uses some CPU, then waits;
+    /// real `/proc` figures, no vCPU threads. Killed when dropped.
+    struct StandIn(std::process::Child);
+
+    impl StandIn {
+        fn start() -> StandIn {
+            let child = std::process::Command::new("/bin/sh")
+                .args(["-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 30"])
+                .spawn()
+                .unwrap();
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while super::super::guests::cpu_time_ns(pid) < 1_000_000 && std::time::Instant::now() < end {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            StandIn(child)
+        }
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn entry_of(stand_in: Option<&StandIn>) -> Entry {
+        let mut e = entry(false);
+        if let Some(s) = stand_in {
+            (e.id, e.pid, e.state) = (Some(1), Some(nix::unistd::Pid::from_raw(s.0.id() as i32)), (1, 1));
+        }
+        e
+    }
+
+    fn entry(running: bool) -> Entry {
+        let xml = "<domain type='kvm'><name>s</name><uuid>0c9c4a52-8a61-4a0e-9d2f-3f7b8e1a5c09</uuid>\
+                   <memory unit='MiB'>64</memory><vcpu>2</vcpu><os><type>hvm</type><kernel>/k</kernel></os></domain>";
+        let (def, _) = crate::domain::parse(xml, false).unwrap();
+        Entry {
+            def,
+            persistent: false,
+            autostart: false,
+            id: running.then_some(1),
+            pid: running.then(nix::unistd::Pid::this),
+            state: if running { (1, 1) } else { (5, 0) },
+        }
+    }
+
+    #[test]
+    fn client_sizes_are_bounded_before_anything_is_built() {
+        let e = entry(true);
+        assert!(matches!(vcpus(&e, limits::VCPUINFO_MAX + 1, 1), Err(CallError::Internal(_))));
+        assert!(matches!(vcpus(&e, 16_384, 1024), Err(CallError::Internal(_))));
+        assert!(matches!(vcpus(&e, 0, 1), Err(CallError::InvalidArg(_))));
+        assert!(matches!(vcpu_pin_info(&e, 1, i32::MAX, 0), Err(CallError::Internal(_))));
+        assert!(matches!(memory_stats(&e, 1025, 0), Err(CallError::Internal(_))));
+        assert!(matches!(cpu_stats(&e, 17, -1, 1, 0), Err(CallError::Internal(_))));
+        assert!(matches!(cpu_stats(&e, 3, 0, 129, 0), Err(CallError::Internal(_))));
+        assert!(matches!(cpu_stats(&e, 3, -1, 2, 0), Err(CallError::InvalidArg(_))));
+        assert!(matches!(block_stats(&e, "", Some((17, 0))), Err(CallError::Internal(_))));
+    }
+
+    #[test]
+    fn a_running_domain_reports_its_process_figures() {
+        let helper = StandIn::start();
+        let e = entry_of(Some(&helper));
+        let CallValue::Vcpus { info, cpumaps } = vcpus(&e, 8, 2).unwrap() else { panic!() };
+        // Two vCPUs, neither with a thread: offline, as a starting helper's are.
+        assert_eq!(info.len(), 2);
+        assert!(info.iter().all(|v| v.state == VCPU_OFFLINE && v.cpu == -1));
+        assert_eq!(cpumaps, [0; 4]);
+        let CallValue::MemoryStats(m) = memory_stats(&e, 13, 0).unwrap() else { panic!() };
+        assert_eq!(m[0], (MEMORY_STAT_ACTUAL, 65536));
+        assert!(m[1].0 == MEMORY_STAT_RSS && m[1].1 > 0, "{m:?}");
+        let CallValue::MemoryStats(one) = memory_stats(&e, 1, 0).unwrap() else { panic!() };
+        assert_eq!(one.len(), 1);
+        let CallValue::Params { params, count } = cpu_stats(&e, 3, -1, 1, 0).unwrap() else { panic!() };
+        assert_eq!(count, 3);
+        let names: Vec<&str> = params.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(names, ["cpu_time", "user_time", "system_time"]);
+        assert!(matches!(params[0].value, ParamValue::ULLong(t) if t > 0));
+        // Per host CPU: how many CPUs there are, and no parameter for any.
+        assert!(matches!(cpu_stats(&e, 0, 0, 0, 0).unwrap(), CallValue::Params { count, .. } if count >= 1));
+        assert!(matches!(cpu_stats(&e, 0, 0, 1, 0).unwrap(), CallValue::Params { count: 0, .. }));
+        let CallValue::PinInfo { cpumaps, num } = vcpu_pin_info(&e, 4, 1, 0).unwrap() else { panic!() };
+        assert_eq!((num, cpumaps.len()), (2, 2));
+        assert!(cpumaps[0] != 0 && cpumaps[0] == cpumaps[1]);
+        let fields: Vec<String> = record(&e, group::SUPPORTED).into_iter().map(|p| p.field).collect();
+        for f in ["state.state", "cpu.time", "balloon.rss", "vcpu.maximum", "vcpu.1.state", "vcpu.1.delay"] {
+            assert!(fields.iter().any(|x| x == f), "{f}: {fields:?}");
+        }
+    }
+
+    #[test]
+    fn a_shut_off_domain_answers_as_libvirt_does() {
+        let e = entry_of(None);
+        assert!(matches!(vcpus(&e, 2, 1), Err(CallError::OperationInvalid(_))));
+        assert_eq!(memory_stats(&e, 13, 0), Err(CallError::NotRunning));
+        assert_eq!(cpu_stats(&e, 3, -1, 1, 0), Err(CallError::NotRunning));
+        assert_eq!(job_info(&e), Err(CallError::NotRunning));
+        assert_eq!(job_stats(&e, JOB_STATS_COMPLETED), Ok(CallValue::NoJob));
+        assert_eq!(vcpus_flags(&e, AFFECT_LIVE), Err(CallError::NotRunning));
+        assert_eq!(vcpus_flags(&e, 0), Ok(CallValue::Int(2)));
+        // A transient domain has no persistent configuration to read.
+        assert!(matches!(vcpus_flags(&e, AFFECT_CONFIG), Err(CallError::OperationInvalid(_))));
+        assert!(matches!(vcpus_flags(&e, AFFECT_LIVE | AFFECT_CONFIG), Err(CallError::InvalidArg(_))));
+        let fields: Vec<String> = record(&e, group::SUPPORTED).into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["state.state", "state.reason", "balloon.current", "balloon.maximum", "vcpu.current", "vcpu.maximum"]
+        );
+    }
+}

@@ -713,6 +713,32 @@ mod tests {
         assert_eq!(decode_error(&bytes).1.message.as_deref(), Some("internal error: hypervisor connection not open"));
     }
 
+    #[test]
+    fn a_stats_call_naming_more_domains_than_libvirt_allows_is_refused_undecoded() {
+        let mut s = Session { opened: true, readonly: true, ..Session::default() };
+        // 16385 domains claimed, none sent: refused on the count alone.
+        let mut payload = 16_385u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&[0; 8]);
+        let Action::Send(bytes) = dispatch(&mut s, &FACTS, &call_header(344, 1), &payload) else { panic!() };
+        assert_eq!(decode_error(&bytes).1.message.as_deref(), Some("Unable to decode message payload"));
+        let dom = NonnullDomain { name: "a".into(), uuid: xdr::FixedOpaque([7; 16]), id: 1 };
+        let ok = xdr::to_bytes(&GetAllDomainStatsArgs { doms: vec![dom], stats: 8, flags: 1 << 31 }).unwrap();
+        let Action::Forward(call) = dispatch(&mut s, &FACTS, &call_header(344, 2), &ok) else { panic!() };
+        assert_eq!(call, Call::DomainStats { doms: vec![[7; 16]], stats: 8, flags: 1 << 31 });
+    }
+
+    #[test]
+    fn asking_the_guest_agent_for_vcpus_is_refused_read_only() {
+        let mut s = Session { opened: true, readonly: true, ..Session::default() };
+        let dom = NonnullDomain { name: "a".into(), uuid: xdr::FixedOpaque([1; 16]), id: 1 };
+        let guest = xdr::to_bytes(&DomainFlagsArgs { dom: dom.clone(), flags: 8 }).unwrap();
+        let Action::Denied(bytes) = dispatch(&mut s, &FACTS, &call_header(200, 1), &guest) else { panic!() };
+        let message = decode_error(&bytes).1.message.unwrap();
+        assert_eq!(message, "operation forbidden: read only access prevents virDomainGetVcpusFlags");
+        let plain = xdr::to_bytes(&DomainFlagsArgs { dom, flags: 4 }).unwrap();
+        assert!(matches!(dispatch(&mut s, &FACTS, &call_header(200, 2), &plain), Action::Forward(_)));
+    }
+
     /// Argument shapes to try on a served procedure until one decodes.
     fn candidate_payloads() -> Vec<Vec<u8>> {
         let dom = NonnullDomain { name: "a".into(), uuid: xdr::FixedOpaque([7; 16]), id: 1 };
