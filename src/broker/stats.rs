@@ -266,6 +266,8 @@ fn record(e: &Entry, stats: u32) -> Vec<Param> {
     let int = |field: String, v: i32| Param { field, value: ParamValue::Int(v) };
     let uint = |field: &str, v: u32| Param { field: field.into(), value: ParamValue::UInt(v) };
     let pid = running(e).ok();
+    // One read of the helper's stat serves the CPU and balloon groups.
+    let stat = pid.filter(|_| stats & (group::CPU_TOTAL | group::BALLOON) != 0).and_then(procfs::process_stat);
     if stats & group::STATE != 0 {
         p.push(int("state.state".into(), e.state.0));
         p.push(int("state.reason".into(), e.state.1));
@@ -273,14 +275,15 @@ fn record(e: &Entry, stats: u32) -> Vec<Param> {
     if stats & group::CPU_TOTAL != 0
         && let Some(pid) = pid
     {
-        let (total, user, system) = cpu_times(pid);
-        p.extend([ullong("cpu.time", total), ullong("cpu.user", user), ullong("cpu.system", system)]);
+        let stat = stat.unwrap_or_default();
+        let total = super::guests::cpu_time_ns(pid);
+        p.extend([ullong("cpu.time", total), ullong("cpu.user", stat.user_ns), ullong("cpu.system", stat.system_ns)]);
     }
     if stats & group::BALLOON != 0 {
         // No balloon: the guest has all of its memory.
         p.push(ullong("balloon.current", e.def.memory_kib));
         p.push(ullong("balloon.maximum", e.def.memory_kib));
-        if let Some(s) = pid.and_then(procfs::process_stat) {
+        if let Some(s) = stat {
             p.push(ullong("balloon.rss", s.rss_kib));
         }
     }
