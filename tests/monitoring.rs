@@ -379,7 +379,8 @@ print("host cpu:", sorted(ro.getCPUStats(-1)))
 print("host memory:", sorted(ro.getMemoryStats(-1)))
 present, online_map, online = ro.getCPUMap()
 print("cpu map:", present >= online == sum(online_map) >= 1)
-print("active filter:", [d.name() for d, _ in ro.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE)])
+print("inactive filter:", [d.name() for d, _ in ro.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE)])
+print("active filter:", [d.name() for d, _ in ro.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)])
 st.finish()
 dom.destroy()
 "#,
@@ -390,6 +391,6 @@ dom.destroy()
          balloon.current is the memory: True\nvcpu.current is the vCPUs: True\nall figures are numbers: True\n\
          memory stats: ['actual', 'rss']\ncontrol: [0, 0, 0]\njob: 0 {'type': 0}\n\
          host cpu: ['idle', 'iowait', 'kernel', 'user']\nhost memory: ['buffers', 'cached', 'free', 'total']\n\
-         cpu map: True\nactive filter: []\n"
+         cpu map: True\ninactive filter: []\nactive filter: ['py-mon']\n"
     );
 }
