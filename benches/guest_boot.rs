@@ -43,7 +43,8 @@ impl Run {
         let listener = listener.fd().try_clone_to_owned().unwrap();
         let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), listener];
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        let config = GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None, initrd: false };
+        let config =
+            GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None, initrd: false, invariant_tsc: true };
         spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();
         console.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         Run { spawned, console, seen: Vec::new() }

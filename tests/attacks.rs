@@ -350,6 +350,7 @@ fn partial_frames_stay_under_the_memory_ceiling() {
     assert!(rw.try_call(proc_::CONNECT_GET_VERSION, &[]).is_ok_and(|(h, _)| h.status == 0), "rw session stalled");
     std::thread::sleep(Duration::from_millis(500));
     peak = peak.max(d.rss_kib());
+    eprintln!("partial frames: daemon RSS peak {} MiB ({})", peak / 1024, d.rss_breakdown());
     assert!(peak < MEMORY_CEILING_KIB, "partial frames: daemon RSS {} MiB", peak / 1024);
     drop(held);
 
@@ -425,9 +426,61 @@ fn unread_replies_stay_under_the_memory_ceiling() {
         peak / 1024,
         d.stderr()
     );
+    eprintln!("unread replies: daemon RSS peak {} MiB ({breakdown})", peak / 1024);
     assert!(peak < MEMORY_CEILING_KIB, "unread replies: daemon RSS {} MiB ({breakdown})", peak / 1024);
     drop(greedy);
 
+    assert_still_serving(&d, &mut rw, &frontends);
+}
+
+/// The frontend's FRAME_TIMEOUT and WRITE_TIMEOUT (30 s each), with slack.
+const CUT_OFF: Duration = Duration::from_secs(40);
+
+/// Whether the daemon closed `s` (EOF or reset) within `within`, draining
+/// nothing it sent: a client that never reads does not read here either.
+fn closed_within(s: &UnixStream, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        let mut fds = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(s), events: 0, revents: 0 }];
+        // SAFETY: one valid pollfd for an open socket; poll writes only revents.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
+        if n > 0 && fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn clients_holding_a_partial_frame_or_unread_replies_are_cut_off() {
+    let d = Daemon::start("", &[]);
+    let mut rw = rw_before(&d);
+    let frontends = d.frontend_pids();
+    let ro = d.tree.sock("libvirt-sock-ro");
+    // A frame header announcing 1 MiB, then a little of it, then silence.
+    let partial = UnixStream::connect(&ro).unwrap();
+    let mut head = (1024 * 1024u32).to_be_bytes().to_vec();
+    head.resize(4096, 0);
+    (&partial).write_all(&head).unwrap();
+    // A client that asks for a large reply, many times, and never reads:
+    // its socket buffer fills, then the daemon's queue for it.
+    let mut greedy = RawClient::connect(&ro);
+    greedy.open(1);
+    let args = to_bytes(&ListAllDomainsArgs { need_results: 1, flags: 0 }).unwrap();
+    let mut asks = Vec::new();
+    for _ in 0..20_000 {
+        asks.extend(greedy.packet(proc_::CONNECT_LIST_ALL_DOMAINS, &args).1);
+    }
+    greedy.stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = greedy.stream.write_all(&asks);
+    let started = Instant::now();
+    assert!(closed_within(&partial, CUT_OFF), "a partial frame was held open");
+    assert!(started.elapsed() >= Duration::from_secs(20), "cut off before its time");
+    let greedy_closed = closed_within(&greedy.stream, CUT_OFF);
+    // Replies unread in its socket buffer are still there; what matters is
+    // that the daemon hung up.
+    assert!(greedy_closed, "a client that never reads was held open");
+    assert!(d.stderr().contains("held a partial frame for too long"), "{}", d.stderr());
     assert_still_serving(&d, &mut rw, &frontends);
 }
 
@@ -561,6 +614,7 @@ fn a_tls_handshake_flood_does_not_stall_local_clients() {
     let done = handshakes.load(Ordering::Relaxed);
     assert!(done > 50, "only {done} handshakes completed: no flood to speak of");
     let limit = idle * 2 + Duration::from_millis(2);
+    eprintln!("TLS flood: local median {flooded:?} under {done} handshakes, idle {idle:?}");
     assert!(flooded <= limit, "local median {flooded:?} under {done} handshakes, idle {idle:?} (limit {limit:?})");
 
     assert_still_serving(&d, &mut rw, &frontends);

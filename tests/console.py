@@ -1,10 +1,12 @@
 # Drives the stock `virsh console` under a pseudo-terminal (it refuses to
 # run without one): attach, type, detach with ^], attach again, and check
-# that a second client is turned away while one is attached.
+# that a second client is turned away while one is attached. With "echo" as
+# the third argument: attach, have the guest's shell echo a line, detach.
 import os, pty, select, sys, time
 
 uri, name = sys.argv[1], sys.argv[2]
 read_only = len(sys.argv) > 3 and sys.argv[3] == "read-only"
+echo_only = len(sys.argv) > 3 and sys.argv[3] == "echo"
 
 
 def attach():
@@ -37,6 +39,18 @@ if read_only:
     pid, fd = attach()
     until(fd, b"read only access prevents virDomainOpenConsole", seen)
     print("read-only:", status(pid))
+    sys.exit(0)
+
+if echo_only:
+    seen = [b""]
+    pid, fd = attach()
+    until(fd, b"Escape character", seen)
+    time.sleep(0.3)
+    os.write(fd, b"echo answered by the guest\r")
+    # The guest echoes the typed line, then prints the words on a line of their own.
+    until(fd, b"\r\nanswered by the guest\r\n", seen)
+    os.write(fd, b"\x1d")
+    print("echoed:", status(pid))
     sys.exit(0)
 
 seen = [b""]

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -65,18 +65,7 @@ fn python(d: &Daemon, name: &str, xml: &str, script: &str, limit: Duration) -> S
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, limit);
     let mut out = String::new();
     let mut err = String::new();
     child.stdout.take().unwrap().read_to_string(&mut out).unwrap();

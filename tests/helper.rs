@@ -64,8 +64,14 @@ impl Guest {
         let (console, theirs) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let control_path = dir.path().join("guest.ctl");
-        let config =
-            GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids(), initrd: initrd.is_some() };
+        let config = GuestConfig {
+            memory_mib,
+            vcpus,
+            cmdline: cmdline.into(),
+            ids: guest_ids(),
+            initrd: initrd.is_some(),
+            invariant_tsc: true,
+        };
         let mut fds =
             vec![OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), control_listener(&control_path)];
         fds.extend(initrd.map(|p| OwnedFd::from(std::fs::File::open(p).unwrap())));

@@ -323,19 +323,24 @@ fn running_guest(name: &str) -> Option<(Daemon, PathBuf)> {
     Some((d, rw))
 }
 
-/// Runs tests/console.py (virsh console under a pty) against `name` on
-/// `socket`; returns what it printed, after checking it succeeded.
-fn console_session(d: &Daemon, socket: &std::path::Path, name: &str, extra: &[&str]) -> String {
+/// Runs one of the console scripts in tests/ (virsh console under a pty)
+/// with `args`; returns what it printed, after checking it succeeded.
+fn console_script(d: &Daemon, script: &str, args: &[&str]) -> String {
     let out = std::process::Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console.py"))
-        .arg(uri(socket))
-        .arg(name)
-        .args(extra)
+        .arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
     text
+}
+
+/// tests/console.py against `name` on `socket`.
+fn console_session(d: &Daemon, socket: &std::path::Path, name: &str, extra: &[&str]) -> String {
+    let uri = uri(socket);
+    let args: Vec<&str> = [uri.as_str(), name].into_iter().chain(extra.iter().copied()).collect();
+    console_script(d, "console.py", &args)
 }
 
 #[test]
@@ -352,17 +357,10 @@ fn virsh_console_attaches_types_detaches_and_is_exclusive() {
     assert_eq!(virsh(&rw, &["destroy", "guest-k"]).0, 0);
 }
 
-/// Runs tests/console_end.py: `virsh console` on `name` while the guest
+/// tests/console_end.py: `virsh console` on `name` while the guest
 /// powers off (`how` = "poweroff") or is destroyed by another client.
 fn console_until_the_end(d: &Daemon, rw: &std::path::Path, name: &str, how: &str) -> String {
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_end.py"))
-        .args([&uri(rw), name, how])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}\n{}", String::from_utf8_lossy(&out.stderr), d.stderr());
-    text
+    console_script(d, "console_end.py", &[&uri(rw), name, how])
 }
 
 #[test]

@@ -140,6 +140,20 @@ pub fn topology(cpuid: &mut kvm_bindings::CpuId, index: u32, count: u32) {
     }
 }
 
+/// Hides the invariant TSC (leaf 0x8000_0007, EDX bit 8) unless `shown`:
+/// what `<cpu mode='host-passthrough' migratable='on'>` asks for, as QEMU's
+/// migratable host CPU does (it is the one host feature QEMU holds to tie a
+/// guest to its host).
+pub fn invariant_tsc(cpuid: &mut kvm_bindings::CpuId, shown: bool) {
+    const INVTSC: u32 = 1 << 8;
+    if shown {
+        return;
+    }
+    for e in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 0x8000_0007) {
+        e.edx &= !INVTSC;
+    }
+}
+
 /// The MSRs a Linux guest expects from firmware: fast strings on, and all of
 /// memory write-back by default (without it, hardware KVM runs the guest
 /// uncached). Set on every vCPU.
@@ -160,4 +174,25 @@ pub fn set_msrs(vcpu: &VcpuFd) -> Result<(), String> {
         return Err(format!("KVM set {set} of {} MSRs", entries.len()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kvm_bindings::{CpuId, kvm_cpuid_entry2};
+
+    fn leaves() -> CpuId {
+        let entry = |function, edx| kvm_cpuid_entry2 { function, edx, ..Default::default() };
+        CpuId::from_entries(&[entry(1, u32::MAX), entry(0x8000_0007, 0x1ff)]).unwrap()
+    }
+
+    #[test]
+    fn a_migratable_cpu_hides_only_the_invariant_tsc() {
+        let mut cpuid = leaves();
+        super::invariant_tsc(&mut cpuid, false);
+        let edx: Vec<u32> = cpuid.as_slice().iter().map(|e| e.edx).collect();
+        assert_eq!(edx, [u32::MAX, 0xff]);
+        let mut cpuid = leaves();
+        super::invariant_tsc(&mut cpuid, true);
+        assert_eq!(cpuid.as_slice()[1].edx, 0x1ff);
+    }
 }

@@ -103,6 +103,7 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
         let vcpu = vm.create_vcpu(u64::from(index)).map_err(err("KVM_CREATE_VCPU"))?;
         let mut cpuid = base_cpuid.clone();
         cpu::topology(&mut cpuid, index, config.vcpus);
+        cpu::invariant_tsc(&mut cpuid, config.invariant_tsc);
         vcpu.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
         cpu::set_lint(&vcpu)?;
         cpu::set_msrs(&vcpu)?;

@@ -496,6 +496,15 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
     match call {
         Call::GetHostname => host::hostname().map(CallValue::Text),
         Call::GetCapabilities => host::capabilities(&ctx.host_uuid).map(CallValue::Text),
+        Call::GetDomainCapabilities { emulator, arch, machine, virttype, flags } => {
+            let asked = host::DomainCapabilitiesQuery {
+                emulator: emulator.as_deref(),
+                arch: arch.as_deref(),
+                machine: machine.as_deref(),
+                virttype: virttype.as_deref(),
+            };
+            host::domain_capabilities(&asked, flags).map(CallValue::Text)
+        }
         Call::NodeGetInfo => host::node_info().map(|n| CallValue::NodeInfo(n.to_wire())),
         Call::NodeGetFreeMemory => host::free_memory().map(|m| CallValue::Int(m as i64)),
         Call::NodeGetCellsFreeMemory { start, max } => host::cells_free_memory(start, max).map(CallValue::U64s),
@@ -758,6 +767,7 @@ fn api_of(call: &Call) -> &'static str {
         Call::OpenConsole { .. } => "virDomainOpenConsole",
         Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
+        Call::GetDomainCapabilities { .. } => "virConnectGetDomainCapabilities",
         _ => "this call",
     }
 }
@@ -776,6 +786,7 @@ fn op_of(call: &Call) -> &'static str {
         Call::Suspend { .. } => "suspend",
         Call::Resume { .. } => "resume",
         Call::OpenConsole { .. } => "console",
+        Call::GetDomainCapabilities { .. } => "domcapabilities",
         _ => "call",
     }
 }

@@ -143,6 +143,7 @@ impl Launcher {
             cmdline: def.os.cmdline.clone().unwrap_or_default(),
             ids: uid.map(|u| (u, u)),
             initrd: initrd.is_some(),
+            invariant_tsc: def.invariant_tsc(),
         };
         let guest_console: OwnedFd = guest_console.into();
         let mut fds = vec![kvm.as_fd(), kernel.as_fd(), guest_console.as_fd(), listener.as_fd()];

@@ -197,6 +197,40 @@ fn kvm_max_vcpus() -> Option<i32> {
     (n > 0).then_some(n)
 }
 
+/// What a `virConnectGetDomainCapabilities` call asks about.
+pub struct DomainCapabilitiesQuery<'a> {
+    /// Emulator binary.
+    pub emulator: Option<&'a str>,
+    /// Architecture.
+    pub arch: Option<&'a str>,
+    /// Machine type.
+    pub machine: Option<&'a str>,
+    /// Virtualization type.
+    pub virttype: Option<&'a str>,
+}
+
+/// `virConnectGetDomainCapabilities`: what a domain may ask for, from the
+/// domain model's own rules and the host's vCPU limit.
+///
+/// The daemon runs no emulator binary, so an `emulatorbin` is refused
+/// without being looked at (libvirt would probe, and once ran, it).
+pub fn domain_capabilities(q: &DomainCapabilitiesQuery, flags: u32) -> Result<String, CallError> {
+    use crate::domain::DomainError;
+    if flags != 0 {
+        return Err(CallError::UnsupportedFlags { flags, function: "virConnectGetDomainCapabilities".into() });
+    }
+    if let Some(e) = q.emulator {
+        return Err(CallError::InvalidArg(format!(
+            "this daemon runs guests without an emulator binary, so emulatorbin '{e}' cannot be used"
+        )));
+    }
+    let max = u32::try_from(max_vcpus(None)?).unwrap_or(1);
+    crate::domain::domain_capabilities(q.arch, q.machine, q.virttype, max).map_err(|e| match e {
+        DomainError::Unsupported(m) => CallError::ConfigUnsupported(m),
+        other => CallError::InvalidArg(other.to_string()),
+    })
+}
+
 /// The host UUID: configured, else the SMBIOS one, else derived from machine-id.
 pub fn host_uuid(configured: Option<&str>) -> String {
     if let Some(u) = configured {
@@ -252,12 +286,15 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
     x.push_str("      </cells>\n    </topology>\n");
     x.push_str("    <secmodel>\n      <model>none</model>\n      <doi>0</doi>\n    </secmodel>\n  </host>\n\n");
     let max = max_vcpus(None)?;
-    let _ = write!(
-        x,
-        "  <guest>\n    <os_type>hvm</os_type>\n    <arch name='x86_64'>\n      <wordsize>64</wordsize>\n      \
-         <machine maxCpus='{max}'>pc</machine>\n      <domain type='kvm'/>\n    </arch>\n    <features>\n      \
-         <acpi default='on' toggle='yes'/>\n      <apic default='on' toggle='no'/>\n      <cpuselection/>\n    \
-         </features>\n  </guest>\n\n</capabilities>\n"
+    x.push_str("  <guest>\n    <os_type>hvm</os_type>\n    <arch name='x86_64'>\n      <wordsize>64</wordsize>\n");
+    // Names of the one platform every guest gets (see domain::platform).
+    for machine in crate::domain::platform::MACHINES {
+        let _ = writeln!(x, "      <machine maxCpus='{max}'>{machine}</machine>");
+    }
+    // ACPI and the APICs are part of that platform: neither can be turned off.
+    x.push_str(
+        "      <domain type='kvm'/>\n    </arch>\n    <features>\n      <acpi default='on' toggle='no'/>\n      \
+         <apic default='on' toggle='no'/>\n      <cpuselection/>\n    </features>\n  </guest>\n\n</capabilities>\n",
     );
     Ok(x)
 }

@@ -2,18 +2,24 @@
 //! this daemon runs.
 //!
 //! Pure code. Every element falls in one of four classes (see `parse.rs`):
-//! modelled (parsed into [`DomainDef`]), harmless (kept as XML and written
-//! back: `<clock>`, `<pm>`, `<cpu>`, ...), unsupported (it would change what
-//! the guest sees and we cannot run it: refused naming it), or unknown
-//! (dropped, as libvirt does, or refused under `VIR_DOMAIN_DEFINE_VALIDATE`).
+//! modelled (parsed into [`DomainDef`]), kept (written back as given: host-side
+//! settings, and descriptions of the guest's platform that `platform.rs`
+//! checks against what the helper gives every guest), unsupported (it would
+//! change what the guest sees and we cannot run it: refused naming it), or
+//! unknown (dropped, as libvirt does, or refused under
+//! `VIR_DOMAIN_DEFINE_VALIDATE`). `caps.rs` answers "what may a domain ask
+//! for" (domain capabilities) from the same rules.
 
 #![deny(missing_docs)]
 
+mod caps;
 mod emit;
 mod parse;
+pub mod platform;
 mod units;
 pub mod xml;
 
+pub use caps::domain_capabilities;
 pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, parse};
 pub use units::to_kib;
 
@@ -192,9 +198,11 @@ pub struct DomainDef {
     pub serials: Vec<CharDev>,
     /// Consoles.
     pub consoles: Vec<CharDev>,
-    /// Harmless top-level elements kept as written (features, cpu, clock, pm, ...).
+    /// Top-level elements kept as written: host-side settings, and the
+    /// platform descriptions `platform` accepted (features, cpu, clock, pm).
     pub kept: Vec<Element>,
-    /// Harmless devices kept as written (emulator, controllers, memballoon none, ...).
+    /// Devices kept as written: the emulator path, controllers `platform`
+    /// accepted, and the devices of type none (memballoon, video, audio).
     pub kept_devices: Vec<Element>,
 }
 
@@ -207,6 +215,18 @@ impl DomainDef {
     /// Whether `<features>` asks for `name` (e.g. `acpi`).
     pub fn has_feature(&self, name: &str) -> bool {
         self.kept.iter().any(|e| e.name == "features" && e.find(name).is_some())
+    }
+
+    /// Whether the guest's CPUID shows the host's invariant TSC: hidden for
+    /// `<cpu mode='host-passthrough'>` unless `migratable='off'`, as QEMU's
+    /// migratable host CPU hides it; shown without `<cpu>`, where the guest
+    /// gets the host CPU as KVM offers it, whole.
+    pub fn invariant_tsc(&self) -> bool {
+        match self.kept.iter().find(|e| e.name == "cpu").map(platform::cpu) {
+            Some(Ok(cpu)) => !cpu.migratable,
+            // A kept <cpu> passed this check at parse time.
+            Some(Err(_)) | None => true,
+        }
     }
 }
 

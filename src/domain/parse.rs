@@ -1,5 +1,6 @@
 //! Domain XML to [`DomainDef`]: what we model, keep, refuse or drop.
 
+use super::platform;
 use super::xml::{self, Element};
 use super::{CharDev, CharSource, Disk, DiskKind, DomainDef, DomainError, Interface, LifecycleAction, OsDef};
 use super::{parse_uuid, to_kib};
@@ -16,7 +17,7 @@ pub const MAX_VCPUS: u32 = 255;
 pub const MAX_NAME_BYTES: usize = 255 - ".".len() - ".xml.new".len();
 
 /// Virt types libvirt knows; only `kvm` runs here.
-const KNOWN_TYPES: &[&str] = &[
+pub(super) const KNOWN_TYPES: &[&str] = &[
     "qemu",
     "kqemu",
     "kvm",
@@ -57,8 +58,9 @@ const UNSUPPORTED_TOP: &[&str] = &[
     "throttlegroups",
 ];
 
-/// Top-level elements kept as written: they do not change what the guest sees
-/// (or describe exactly what it gets anyway).
+/// Top-level elements kept as written: host-side settings the guest cannot
+/// see (`metadata`, `seclabel`, `resource`), and descriptions of the platform
+/// that `platform` checks first (it refuses what would change the guest).
 const HARMLESS_TOP: &[&str] = &["metadata", "features", "cpu", "clock", "pm", "seclabel", "resource"];
 
 /// Devices that would change the guest and that we cannot provide.
@@ -85,9 +87,6 @@ const UNSUPPORTED_DEVICES: &[&str] = &[
     "crypto",
     "pstore",
 ];
-
-/// `<features>` children we accept (and keep).
-const FEATURES: &[&str] = &["acpi", "apic", "pae", "hap", "vmport", "pmu", "kvm", "vmcoreinfo"];
 
 /// Parses and checks a domain XML. `validate` is `VIR_DOMAIN_DEFINE_VALIDATE`:
 /// unknown elements are then errors instead of being dropped. Returns the
@@ -191,8 +190,14 @@ impl Parser {
             } else if UNSUPPORTED_TOP.contains(&n) {
                 return Err(unsupported(format!("<{n}> is not supported by this daemon")));
             } else if HARMLESS_TOP.contains(&n) {
-                if n == "features" {
-                    features(child)?;
+                match n {
+                    "features" => platform::features(child)?,
+                    "cpu" => {
+                        platform::cpu(child)?;
+                    }
+                    "clock" => platform::clock(child)?,
+                    "pm" => platform::pm(child)?,
+                    _ => {}
                 }
                 def.kept.push(child.clone());
             } else {
@@ -216,7 +221,10 @@ impl Parser {
                 "serial" => def.serials.push(chardev(d, "serial")?),
                 "console" => def.consoles.push(chardev(d, "console")?),
                 "emulator" => def.kept_devices.push(d.clone()),
-                "controller" => def.kept_devices.push(controller(d)?),
+                "controller" => {
+                    platform::controller(d)?;
+                    def.kept_devices.push(d.clone());
+                }
                 "memballoon" | "video" | "input" | "audio" => def.kept_devices.push(harmless_device(d)?),
                 n if UNSUPPORTED_DEVICES.contains(&n) => {
                     return Err(unsupported(format!("<{n}> devices are not supported by this daemon")));
@@ -339,6 +347,9 @@ fn os(e: &Element) -> Result<OsDef, DomainError> {
     if ty.text != "hvm" {
         return Err(unsupported(format!("os type '{}' is not supported, only 'hvm'", ty.text)));
     }
+    if let Some(m) = ty.get("machine") {
+        platform::machine(m)?;
+    }
     let arch = ty.get("arch").unwrap_or("x86_64");
     if arch != "x86_64" {
         return Err(unsupported(format!("architecture '{arch}' is not supported, only 'x86_64'")));
@@ -380,15 +391,6 @@ fn lifecycle(root: &Element, name: &str, default: LifecycleAction) -> Result<Lif
         }
         Some(a) => Err(invalid(format!("unknown {name} action: {a}"))),
     }
-}
-
-fn features(e: &Element) -> Result<(), DomainError> {
-    for f in &e.children {
-        if !FEATURES.contains(&f.name.as_str()) {
-            return Err(unsupported(format!("<features><{}> is not supported by this daemon", f.name)));
-        }
-    }
-    Ok(())
 }
 
 fn interface(e: &Element) -> Result<Interface, DomainError> {
@@ -452,17 +454,6 @@ fn chardev(e: &Element, what: &str) -> Result<CharDev, DomainError> {
         None => 0,
     };
     Ok(CharDev { source, port })
-}
-
-fn controller(e: &Element) -> Result<Element, DomainError> {
-    match (e.get("type"), e.get("model")) {
-        (Some("usb"), Some("none")) | (Some("pci"), Some("pci-root")) => Ok(e.clone()),
-        (t, m) => Err(unsupported(format!(
-            "<controller type='{}' model='{}'> is not supported",
-            t.unwrap_or(""),
-            m.unwrap_or("")
-        ))),
-    }
 }
 
 fn harmless_device(e: &Element) -> Result<Element, DomainError> {
@@ -632,5 +623,94 @@ mod tests {
         let (def, _) =
             parse(&GOOD.replace("<currentMemory unit='MiB'>128", "<currentMemory unit='MiB'>512"), false).unwrap();
         assert_eq!(def.current_memory_kib, def.memory_kib);
+    }
+
+    /// What Debian's virt-install 4.1 sends for `--import --boot kernel=...
+    /// --disk none --network none --graphics none --osinfo detect=off,require=off`.
+    const VIRT_INSTALL: &str = r#"<domain type="kvm">
+  <name>t</name>
+  <uuid>e6c8726c-59f0-460a-8d34-3903d623fcd3</uuid>
+  <memory>131072</memory>
+  <currentMemory>131072</currentMemory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch="x86_64" machine="pc">hvm</type>
+    <kernel>/tmp/guest/pvh.elf</kernel>
+    <cmdline>console=ttyS0</cmdline>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+  </features>
+  <cpu mode="host-passthrough"/>
+  <clock offset="utc">
+    <timer name="rtc" tickpolicy="catchup"/>
+    <timer name="pit" tickpolicy="delay"/>
+    <timer name="hpet" present="no"/>
+  </clock>
+  <devices>
+    <controller type="usb" model="ich9-ehci1"/>
+    <controller type="usb" model="ich9-uhci1">
+      <master startport="0"/>
+    </controller>
+    <controller type="usb" model="ich9-uhci2">
+      <master startport="2"/>
+    </controller>
+    <controller type="usb" model="ich9-uhci3">
+      <master startport="4"/>
+    </controller>
+    <console type="pty"/>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn virt_installs_default_domain_defines_and_writes_back_what_it_kept() {
+        let (def, dropped) = parse(VIRT_INSTALL, true).unwrap();
+        assert!(dropped.is_empty(), "{dropped:?}");
+        assert!(!def.invariant_tsc(), "a migratable host CPU hides the invariant TSC");
+        let xml = def.to_xml();
+        for kept in [
+            "<type arch='x86_64' machine='pc'>hvm</type>",
+            "<cpu mode='host-passthrough'/>",
+            "<timer name='hpet' present='no'/>",
+            "<controller type='usb' model='ich9-ehci1'/>",
+            "<master startport='4'/>",
+        ] {
+            assert!(xml.contains(kept), "{kept} missing from\n{xml}");
+        }
+        assert_eq!(parse(&xml, true).unwrap().0, def);
+        // The same with the q35 name, its root bus and an empty root port.
+        let q35 = VIRT_INSTALL.replace("machine=\"pc\"", "machine=\"q35\"").replace(
+            "<devices>",
+            "<devices><controller type='pci' model='pcie-root'/><controller type='pci' model='pcie-root-port'/>",
+        );
+        assert!(parse(&q35, true).is_ok());
+    }
+
+    #[test]
+    fn the_host_cpu_keeps_its_invariant_tsc_without_cpu_or_when_not_migratable() {
+        assert!(parse(&GOOD.replace("<cpu mode='host-passthrough'/>", ""), false).unwrap().0.invariant_tsc());
+        let off = GOOD.replace("<cpu mode='host-passthrough'/>", "<cpu mode='host-passthrough' migratable='off'/>");
+        assert!(parse(&off, false).unwrap().0.invariant_tsc());
+    }
+
+    /// USB controllers are kept only because nothing can sit on them: every
+    /// way of defining a USB device must stay refused.
+    #[test]
+    fn no_usb_device_can_be_defined() {
+        for device in [
+            "<input type='tablet' bus='usb'/>",
+            "<input type='keyboard' bus='usb'/>",
+            "<hostdev mode='subsystem' type='usb'><source><vendor id='0x1'/><product id='0x2'/></source></hostdev>",
+            "<redirdev bus='usb' type='spicevmc'/>",
+            "<hub type='usb'/>",
+            "<disk type='file' device='disk'><source file='/x'/><target dev='sda' bus='usb'/></disk>",
+            "<smartcard mode='host'/>",
+            "<sound model='usb'/>",
+            "<serial type='pty'><target type='usb-serial' port='0'/></serial>",
+            "<controller type='ccid'/>",
+        ] {
+            assert!(matches!(reject(&with_devices(device)), DomainError::Unsupported(_)), "{device}");
+        }
     }
 }

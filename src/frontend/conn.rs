@@ -293,6 +293,7 @@ impl Client {
                     if self.inbuf.is_empty() {
                         self.frame_since = Some(Instant::now());
                     }
+                    self.reserve_frame(&chunk[..n], limit);
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     self.last_rx = Instant::now();
                     self.pings = 0;
@@ -301,6 +302,20 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return ReadOutcome::Gone,
             }
+        }
+    }
+
+    /// Grows `inbuf` once to the size its frame announces (within `limit`),
+    /// instead of doubling as bytes arrive: every doubling copies, and the
+    /// allocator keeps the copies' pages, so a crowd of growing frames would
+    /// cost several times what they hold.
+    fn reserve_frame(&mut self, incoming: &[u8], limit: usize) {
+        let head: Vec<u8> = self.inbuf.iter().chain(incoming).take(4).copied().collect();
+        let Ok(word) = <[u8; 4]>::try_from(head.as_slice()) else { return };
+        let needed = self.inbuf.len() + incoming.len();
+        let want = (u32::from_be_bytes(word) as usize).min(limit).max(needed);
+        if want > self.inbuf.capacity() {
+            self.inbuf.reserve_exact(want - self.inbuf.len());
         }
     }
 
@@ -339,6 +354,10 @@ impl Client {
                 Ok(n) => {
                     self.outbuf.drain(..n);
                     self.last_tx = Instant::now();
+                    if self.outbuf.is_empty() && self.outbuf.capacity() > SMALL_INBUF {
+                        // A large reply's buffer goes back once it is sent.
+                        self.outbuf = Vec::new();
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -240,6 +240,16 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         P::NodeGetSecurityModel => ok(&SecurityModelRet { model: c_chars("none"), doi: c_chars("0") }),
         P::ConnectGetHostname => fwd(Call::GetHostname),
         P::ConnectGetCapabilities => fwd(Call::GetCapabilities),
+        P::ConnectGetDomainCapabilities => {
+            let a: DomainCapabilitiesArgs = args(payload)?;
+            fwd(Call::GetDomainCapabilities {
+                emulator: a.emulatorbin,
+                arch: a.arch,
+                machine: a.machine,
+                virttype: a.virttype,
+                flags: a.flags,
+            })
+        }
         P::NodeGetInfo => fwd(Call::NodeGetInfo),
         P::NodeGetFreeMemory => fwd(Call::NodeGetFreeMemory),
         P::NodeGetCellsFreeMemory => {
@@ -764,6 +774,7 @@ mod tests {
             enc(&DomainGetCpuStatsArgs { dom: dom.clone(), nparams: 0, start_cpu: -1, ncpus: 1, flags: 0 }),
             enc(&GetAllDomainStatsArgs { doms: vec![dom.clone()], stats: 0, flags: 0 }),
             enc(&BlockStatsFlagsArgs { dom: dom.clone(), path: String::new(), nparams: 0, flags: 0 }),
+            enc(&DomainCapabilitiesArgs { emulatorbin: None, arch: None, machine: None, virttype: None, flags: 0 }),
         ]
     }
 

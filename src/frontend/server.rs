@@ -295,31 +295,44 @@ impl Server {
 
     /// Reads what the client sent, within its share of the input budget.
     fn read_client(&mut self, token: Token) {
-        let budget_left = match self.clients.get(&token) {
-            Some(c) if c.inbuf.len() >= SMALL_INBUF => INPUT_BUDGET.saturating_sub(self.input_held()),
-            Some(_) => INPUT_BUDGET,
-            None => return,
-        };
-        let Some(client) = self.clients.get_mut(&token) else { return };
-        // A TLS client's handshake waits until the broker has let it in.
-        let held = client.admission == Admission::Pending && matches!(client.stream, Stream::Tls(_));
-        if client.gone || held {
-            return;
-        }
-        // A client with a whole call waiting is not read further until that
-        // call is served: what back-pressure holds back stays in its socket.
-        let waiting = matches!(frame::split(&client.inbuf), Ok(Some(_)));
-        let limit = match waiting {
-            true => client.inbuf.len(),
-            false => (client.inbuf.len().max(SMALL_INBUF) + budget_left).min(MAX_INBUF),
-        };
-        match client.read_available(limit) {
-            ReadOutcome::Drained => client.stalled = false,
-            ReadOutcome::AtLimit => {
-                client.stalled = true;
-                self.needs_resume = true;
+        // First within the allowance every client has; beyond it only with
+        // what the budget has left, counted then (the common path, small
+        // calls, never pays for the count).
+        let mut budget_left = 0;
+        for extended in [false, true] {
+            if extended {
+                budget_left = INPUT_BUDGET.saturating_sub(self.input_held());
+                if budget_left == 0 {
+                    return;
+                }
             }
-            ReadOutcome::Gone => client.kill(),
+            let Some(client) = self.clients.get_mut(&token) else { return };
+            // A TLS client's handshake waits until the broker has let it in.
+            let held = client.admission == Admission::Pending && matches!(client.stream, Stream::Tls(_));
+            if client.gone || held {
+                return;
+            }
+            // A client with a whole call waiting is not read further until
+            // that call is served: what back-pressure holds back stays in its socket.
+            let waiting = matches!(frame::split(&client.inbuf), Ok(Some(_)));
+            let limit = match waiting {
+                true => client.inbuf.len(),
+                false => (client.inbuf.len().max(SMALL_INBUF) + budget_left).min(MAX_INBUF),
+            };
+            match client.read_available(limit) {
+                ReadOutcome::Drained => {
+                    client.stalled = false;
+                    return;
+                }
+                ReadOutcome::AtLimit => {
+                    client.stalled = true;
+                    self.needs_resume = true;
+                    if waiting {
+                        return;
+                    }
+                }
+                ReadOutcome::Gone => return client.kill(),
+            }
         }
     }
 
@@ -499,6 +512,10 @@ impl Server {
             let action = dispatch::dispatch(&mut client.session, &facts, &header, &client.inbuf[range]);
             client.inbuf.drain(..len);
             client.frame_since = (!client.inbuf.is_empty()).then(Instant::now);
+            if client.inbuf.is_empty() && client.inbuf.capacity() > SMALL_INBUF {
+                // A large frame's buffer goes back, not kept for small ones.
+                client.inbuf = Vec::new();
+            }
             let queued = match action {
                 Action::Send(bytes) => client.queue(&bytes),
                 Action::SendAndClose(bytes) => {

@@ -135,6 +135,19 @@ pub enum Call {
     GetHostname,
     /// `virConnectGetCapabilities`.
     GetCapabilities,
+    /// `virConnectGetDomainCapabilities`.
+    GetDomainCapabilities {
+        /// Emulator binary: refused if given (there is none to name).
+        emulator: Option<String>,
+        /// Architecture.
+        arch: Option<String>,
+        /// Machine type.
+        machine: Option<String>,
+        /// Virtualization type.
+        virttype: Option<String>,
+        /// Must be 0.
+        flags: u32,
+    },
     /// `virNodeGetInfo`.
     NodeGetInfo,
     /// `virNodeGetFreeMemory`.
@@ -327,12 +340,16 @@ pub enum Call {
 }
 
 impl Call {
-    /// Whether the call changes state; refused on read-only connections (by
-    /// the frontend first, and by the broker again).
+    /// Whether the call needs a read-write connection; refused on read-only
+    /// ones (by the frontend first, and by the broker again). Calls that
+    /// change state, and domain capabilities, which libvirt keeps from
+    /// read-only clients since it could run an emulator binary they named
+    /// (CVE-2019-10167); clients expect the same refusal here.
     pub fn mutates(&self) -> bool {
         matches!(
             self,
             Call::Define { .. }
+                | Call::GetDomainCapabilities { .. }
                 | Call::Undefine { .. }
                 | Call::SetAutostart { .. }
                 | Call::Create { .. }

@@ -16,6 +16,9 @@ pub struct GuestConfig {
     pub ids: Option<(u32, u32)>,
     /// An initrd fd follows the others.
     pub initrd: bool,
+    /// Whether the guest's CPUID shows the host's invariant TSC (hidden for a
+    /// migratable host CPU, as QEMU hides it).
+    pub invariant_tsc: bool,
 }
 
 /// Broker to helper.

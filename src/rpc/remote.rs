@@ -194,6 +194,21 @@ pub struct XmlFlagsArgs {
     pub flags: u32,
 }
 
+/// `remote_connect_get_domain_capabilities_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainCapabilitiesArgs {
+    /// An emulator binary (a host path: this daemon has none to offer).
+    pub emulatorbin: Option<String>,
+    /// Guest architecture.
+    pub arch: Option<String>,
+    /// Machine type.
+    pub machine: Option<String>,
+    /// Virtualization type (`kvm`).
+    pub virttype: Option<String>,
+    /// Flags.
+    pub flags: u32,
+}
+
 /// One domain handle (`remote_domain_get_info_args`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainArg {

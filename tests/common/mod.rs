@@ -462,6 +462,22 @@ pub fn rss_kib_of(pid: i32) -> u64 {
 
 /// Runs `tool -c uri ARGS`, killing it after `timeout`: `None` if it had to be
 /// killed (a daemon that hangs fails the test instead of hanging it).
+/// Waits up to `timeout` for `child` to exit; kills it (and returns `None`) if it does not.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn client_tool_within(tool: &str, uri: &str, args: &[&str], timeout: Duration) -> Option<(i32, String, String)> {
     let mut child = Command::new(tool)
         .arg("-c")
@@ -476,18 +492,7 @@ pub fn client_tool_within(tool: &str, uri: &str, args: &[&str], timeout: Duratio
     let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let out = std::thread::spawn(move || read_all(out));
     let err = std::thread::spawn(move || read_all(err));
-    let end = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, timeout);
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     status.map(|s| (s.code().unwrap_or(-1), out, err))
 }
