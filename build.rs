@@ -19,69 +19,134 @@ fn main() {
     procedure_table();
 }
 
-/// Generates `rpc::RemoteProc` and its access classes from `policy/procedures.tsv`.
+/// One row of `policy/procedures.tsv`.
+struct ProcRow {
+    number: i32,
+    variant: String,
+    name: String,
+    access: &'static str,
+    api: String,
+    family: String,
+    status: &'static str,
+}
+
+/// Generates `rpc::RemoteProc` (the procedures served here) and
+/// `rpc::remote::LIBVIRT_PROCS` (every procedure of libvirt 9.0) from
+/// `policy/procedures.tsv`, refusing a table that contradicts itself.
 fn procedure_table() {
     let path = Path::new("policy/procedures.tsv");
     println!("cargo:rerun-if-changed={}", path.display());
     let text = std::fs::read_to_string(path).expect("policy/procedures.tsv");
-    let mut rows: Vec<(i32, String, String, &str, String)> = Vec::new();
+    let mut rows: Vec<ProcRow> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        let at = i + 1;
         let cols: Vec<&str> = line.split_whitespace().collect();
-        let [number, name, access, args, api] = cols[..] else {
-            panic!("procedures.tsv:{}: expected 5 columns", i + 1);
+        let [number, name, access, args, api, family, status] = cols[..] else {
+            panic!("procedures.tsv:{at}: expected 7 columns");
         };
-        let number: i32 = number.parse().unwrap_or_else(|_| panic!("procedures.tsv:{}: bad number", i + 1));
+        let number: i32 = number.parse().unwrap_or_else(|_| panic!("procedures.tsv:{at}: bad number"));
         let access = match access {
             "read-only" => "ReadOnly",
             "read-write" => "ReadWrite",
-            other => panic!("procedures.tsv:{}: unknown access class {other}", i + 1),
+            other => panic!("procedures.tsv:{at}: unknown access class {other}"),
+        };
+        let status = match status {
+            "served" => "Served",
+            "unsupported" => "Unsupported",
+            "event" => "Event",
+            "auth" => "Auth",
+            other => panic!("procedures.tsv:{at}: unknown status {other}"),
         };
         if access == "ReadOnly" && args == "path" {
-            panic!("procedures.tsv:{}: read-only procedure {name} takes a host path", i + 1);
+            panic!("procedures.tsv:{at}: read-only procedure {name} takes a host path");
         }
-        assert!(!rows.iter().any(|(n, ..)| *n == number), "procedures.tsv: {number} listed twice");
-        rows.push((number, camel(&name.to_ascii_lowercase()), name.to_owned(), access, api.to_owned()));
+        match status {
+            "Served" | "Unsupported" => {
+                assert!(api.starts_with("vir"), "procedures.tsv:{at}: {name} names no API");
+                // Only a served read-only procedure that is the daemon's own
+                // (AUTH_LIST) may have no family: no error of the API's is sent.
+                let own = status == "Served" && access == "ReadOnly" && family == "-";
+                assert!(own || FAMILIES.contains(&family), "procedures.tsv:{at}: unknown family {family}");
+            }
+            _ => assert!(
+                api == "-" && family == "-" && access == "ReadOnly",
+                "procedures.tsv:{at}: {name} reaches no API: api and family are '-', access read-only"
+            ),
+        }
+        if status != "Served" {
+            assert_eq!(args, "-", "procedures.tsv:{at}: {name} is not served, so it decodes no arguments");
+        }
+        if let Some(last) = rows.last() {
+            assert!(last.number < number, "procedures.tsv:{at}: numbers must ascend ({number} after {})", last.number);
+        }
+        rows.push(ProcRow {
+            number,
+            variant: camel(&name.to_ascii_lowercase()),
+            name: name.to_owned(),
+            access,
+            api: api.to_owned(),
+            family: family.to_owned(),
+            status,
+        });
     }
+    let served: Vec<&ProcRow> = rows.iter().filter(|r| r.status == "Served").collect();
     let mut out = String::new();
-    out.push_str("/// Every REMOTE procedure the daemon dispatches (from `policy/procedures.tsv`).\n");
+    out.push_str("/// Every REMOTE procedure the daemon serves (`served` in `policy/procedures.tsv`).\n");
     out.push_str("#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]\npub enum RemoteProc {\n");
-    for (number, variant, name, ..) in &rows {
-        let _ = writeln!(out, "    /// `REMOTE_PROC_{name}`.\n    {variant} = {number},");
+    for r in &served {
+        let _ = writeln!(out, "    /// `REMOTE_PROC_{}`.\n    {} = {},", r.name, r.variant, r.number);
     }
     out.push_str(
-        "}\n\nimpl RemoteProc {\n    /// Every listed procedure.\n    pub const ALL: &'static [RemoteProc] = &[",
+        "}\n\nimpl RemoteProc {\n    /// Every served procedure.\n    pub const ALL: &'static [RemoteProc] = &[",
     );
-    for (_, variant, ..) in &rows {
-        let _ = write!(out, "RemoteProc::{variant}, ");
+    for r in &served {
+        let _ = write!(out, "RemoteProc::{}, ", r.variant);
     }
-    out.push_str("];\n\n    /// The procedure with this number, if the daemon dispatches it.\n");
+    out.push_str("];\n\n    /// The procedure with this number, if the daemon serves it.\n");
     out.push_str("    pub fn from_number(n: i32) -> Option<RemoteProc> {\n        match n {\n");
-    for (number, variant, ..) in &rows {
-        let _ = writeln!(out, "            {number} => Some(RemoteProc::{variant}),");
+    for r in &served {
+        let _ = writeln!(out, "            {} => Some(RemoteProc::{}),", r.number, r.variant);
     }
-    out.push_str("            _ => None,\n        }\n    }\n\n    /// Its access class.\n");
-    out.push_str("    pub fn access(self) -> Access {\n        match self {\n");
-    for (_, variant, _, access, _) in &rows {
-        let _ = writeln!(out, "            RemoteProc::{variant} => Access::{access},");
+    out.push_str("            _ => None,\n        }\n    }\n\n    /// Its row of the table.\n");
+    out.push_str("    pub fn entry(self) -> &'static ProcEntry {\n        match self {\n");
+    for r in &served {
+        let index = rows.iter().position(|x| x.number == r.number).expect("served rows are rows");
+        let _ = writeln!(out, "            RemoteProc::{} => &LIBVIRT_PROCS[{index}],", r.variant);
     }
-    out.push_str("        }\n    }\n\n    /// The public C API it implements, as denial messages name it.\n");
-    out.push_str("    pub fn api(self) -> &'static str {\n        match self {\n");
-    for (_, variant, _, _, api) in &rows {
-        let _ = writeln!(out, "            RemoteProc::{variant} => \"{api}\",");
+    out.push_str("        }\n    }\n}\n\n");
+    out.push_str("/// Every REMOTE procedure of libvirt 9.0, by ascending number (`policy/procedures.tsv`).\n");
+    out.push_str("pub static LIBVIRT_PROCS: &[ProcEntry] = &[\n");
+    for r in &rows {
+        let family = if r.family == "-" { "Daemon".to_owned() } else { camel(&r.family) };
+        let _ = writeln!(
+            out,
+            "    ProcEntry {{ number: {}, name: \"{}\", access: Access::{}, api: \"{}\", family: ApiFamily::{family}, status: ProcStatus::{} }},",
+            r.number, r.name, r.access, r.api, r.status
+        );
     }
-    out.push_str("        }\n    }\n\n    /// `REMOTE_PROC_` name without the prefix.\n");
-    out.push_str("    pub fn name(self) -> &'static str {\n        match self {\n");
-    for (_, variant, name, ..) in &rows {
-        let _ = writeln!(out, "            RemoteProc::{variant} => \"{name}\",");
-    }
-    out.push_str("        }\n    }\n}\n");
+    out.push_str("];\n");
     let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("procedures.rs");
     std::fs::write(dest, out).expect("writable OUT_DIR");
 }
+
+/// The `family` values of `policy/procedures.tsv`: libvirt's `src/libvirt-<family>.c`.
+const FAMILIES: [&str; 11] = [
+    "domain",
+    "host",
+    "storage",
+    "network",
+    "nodedev",
+    "interface",
+    "snapshot",
+    "nwfilter",
+    "secret",
+    "checkpoint",
+    "libvirt",
+];
 
 fn seccomp_filters() {
     let dir = Path::new("policy/seccomp");

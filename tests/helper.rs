@@ -257,7 +257,8 @@ fn every_helper_thread_runs_confined_under_the_guests_ids() {
     // they were checked above like the rest, but are not ours to name.
     comms.retain(|c| !c.starts_with("kvm-"));
     comms.sort();
-    assert_eq!(comms, ["helper-vcpu", "helper-vmm"]);
+    // vCPU threads carry their index, by which the broker tells them apart.
+    assert_eq!(comms, ["helper-vcpu0", "helper-vmm"]);
     for ns in ["net", "ipc", "mnt", "uts"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();

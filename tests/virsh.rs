@@ -273,3 +273,33 @@ fn definitions_survive_a_daemon_restart_and_are_audited() {
     assert_eq!(after, before);
     assert!(virsh(&d2.tree.sock("libvirt-sock"), &["list", "--all"]).1.contains("base-p"));
 }
+
+#[test]
+fn procedures_the_daemon_does_not_implement_say_so_as_libvirt_does() {
+    if !have_virsh() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
+    let argv = d.tree.path("argv");
+    std::fs::write(&argv, "qemu-system-x86_64 -m 128\n").unwrap();
+    let (code, _, err) = virsh(&rw, &["domxml-from-native", "qemu-argv", argv.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "error: this function is not supported by the connection driver: virConnectDomainXMLFromNative"
+    );
+    // Read-only rules come first: the call is a change libvirt refuses read-only.
+    let (code, _, err) = virsh(&ro, &["domxml-from-native", "qemu-argv", argv.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "error: operation forbidden: read only access prevents virConnectDomainXMLFromNative");
+    // virsh falls back from virConnectListAllNetworks on NO_SUPPORT to the
+    // older call, and reports that one's answer: a fallback, not a protocol error.
+    let (code, _, err) = virsh(&ro, &["net-list"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("error: this function is not supported by the connection driver: virConnectNumOfNetworks"),
+        "{err}"
+    );
+    assert!(!err.contains("unknown procedure"), "{err}");
+}

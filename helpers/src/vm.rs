@@ -135,7 +135,7 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
             .name(format!("vcpu{index}"))
             .spawn(move || {
                 // The vCPU's own, narrower filter goes on before it runs the guest.
-                let outcome = match seccomp::apply(Thread::HelperVcpu) {
+                let outcome = match seccomp::apply_numbered(Thread::HelperVcpu, index as u32) {
                     Ok(()) => vcpu::run(vcpu, &bus, &control),
                     Err(e) => (StopReason::Failed, format!("vCPU sandbox: {e}")),
                 };

@@ -9,11 +9,10 @@ use std::collections::HashMap;
 use super::audit::{Auditor, Value, client_fields};
 use super::domains::Domains;
 use super::guests::{Launcher, Running};
-use super::host;
+use super::{host, hoststats, stats};
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, PeerIdentity, Query};
-use crate::rpc::remote::RemoteProc;
 
 /// Most domains or names returned by the legacy list calls.
 const LIST_MAX: i32 = 16_384;
@@ -511,6 +510,16 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         Call::NodeGetCellsFreeMemory { start, max } => host::cells_free_memory(start, max).map(CallValue::U64s),
         Call::GetMaxVcpus { kind } => host::max_vcpus(kind.as_deref()).map(|n| CallValue::Int(n.into())),
         Call::GetSysinfo { flags } => host::sysinfo(flags).map(CallValue::Text),
+        Call::NodeCpuStats { cpu, nparams, flags } => {
+            hoststats::node_cpu_stats(cpu, nparams, flags).map(|(params, count)| CallValue::NodeStats { params, count })
+        }
+        Call::NodeMemoryStats { cell, nparams, flags } => hoststats::node_memory_stats(cell, nparams, flags)
+            .map(|(params, count)| CallValue::NodeStats { params, count }),
+        Call::NodeCpuMap { map, online, flags } => hoststats::cpu_map(map, online, flags)
+            .map(|(map, online, present)| CallValue::CpuMap { map, online, present }),
+        Call::DomainStats { doms, stats: groups, flags } => stats::domain_stats(ctx, &doms, groups, flags),
+        Call::BlockStats { uuid, path, params } => stats::block_stats(ctx.domains.by_uuid(&uuid)?, &path, params),
+        Call::InterfaceStats { uuid, device } => stats::interface_stats(ctx.domains.by_uuid(&uuid)?, &device),
         Call::ListAll { flags, need_results } => {
             let list = ctx.domains.list(flags)?;
             let count = list.len() as u32;
@@ -723,6 +732,20 @@ fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Res
             }
             CallValue::Text(e.def.to_xml())
         }
+        Query::Vcpus { maxinfo, maplen } => stats::vcpus(e, maxinfo, maplen)?,
+        Query::VcpusFlags { flags } => {
+            // VIR_DOMAIN_VCPU_GUEST asks the guest agent: a change, not a read.
+            if readonly && flags & 8 != 0 {
+                return Err(CallError::ReadOnly("virDomainGetVcpusFlags".into()));
+            }
+            stats::vcpus_flags(e, flags)?
+        }
+        Query::VcpuPinInfo { ncpumaps, maplen, flags } => stats::vcpu_pin_info(e, ncpumaps, maplen, flags)?,
+        Query::MemoryStats { max, flags } => stats::memory_stats(e, max, flags)?,
+        Query::CpuStats { nparams, start_cpu, ncpus, flags } => stats::cpu_stats(e, nparams, start_cpu, ncpus, flags)?,
+        Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
+        Query::JobInfo => stats::job_info(e)?,
+        Query::JobStats { flags } => stats::job_stats(e, flags)?,
     })
 }
 
@@ -860,7 +883,7 @@ pub fn audit_admin(
 
 /// Audits a call the frontend refused on a read-only connection.
 pub fn audit_denial(auditor: &mut Auditor, caller: &Caller, procedure: i32) {
-    let api = RemoteProc::from_number(procedure).map_or("unknown", RemoteProc::api);
+    let api = crate::rpc::remote::libvirt_proc(procedure).map_or("unknown", |e| e.api);
     let fields =
         [("api", Value::Text(api)), ("proc", Value::Num(procedure.into())), ("reason", Value::Text("read-only"))];
     audit(auditor, caller, "denied", &fields, false);

@@ -8,7 +8,7 @@ use crate::privsep::CallError;
 use crate::rpc::remote::NodeInfoRet;
 
 /// Reads a small file, trimmed; `None` if absent or unreadable.
-fn read(path: impl AsRef<Path>) -> Option<String> {
+pub(super) fn read(path: impl AsRef<Path>) -> Option<String> {
     use std::io::Read;
     let mut s = String::new();
     std::fs::File::open(path).ok()?.take(1 << 20).read_to_string(&mut s).ok()?;
@@ -21,7 +21,7 @@ fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
 }
 
 /// A `/proc/meminfo`-style value in KiB.
-fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
+pub(super) fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
     meminfo.lines().find_map(|l| {
         let rest = l
             .split_once(':')
@@ -80,7 +80,7 @@ pub fn hostname() -> Result<String, CallError> {
 }
 
 /// NUMA nodes listed in sysfs (at least one).
-fn numa_nodes() -> Vec<u32> {
+pub(super) fn numa_nodes() -> Vec<u32> {
     let mut nodes: Vec<u32> = std::fs::read_dir("/sys/devices/system/node")
         .into_iter()
         .flatten()
@@ -96,10 +96,13 @@ fn numa_nodes() -> Vec<u32> {
 
 /// One NUMA cell's memory, in KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CellMemory {
-    id: u32,
-    total_kib: u64,
-    free_kib: u64,
+pub(super) struct CellMemory {
+    /// Its node number.
+    pub id: u32,
+    /// MemTotal.
+    pub total_kib: u64,
+    /// MemFree.
+    pub free_kib: u64,
 }
 
 /// The host's memory as one view: every figure the daemon reports (node
@@ -108,7 +111,7 @@ struct CellMemory {
 /// libvirt's NUMA view does; `/proc/meminfo` stands in for a host without
 /// per-node figures (it can disagree with them, e.g. under a memory-limited
 /// sandbox or hypervisor, which is why it is not mixed in).
-fn host_memory() -> Result<Vec<CellMemory>, CallError> {
+pub(super) fn host_memory() -> Result<Vec<CellMemory>, CallError> {
     let nodes = numa_nodes();
     let per_node: Option<Vec<CellMemory>> = nodes
         .iter()
@@ -296,7 +299,8 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
     Ok(x)
 }
 
-fn parse_cpulist(list: &str) -> Vec<u32> {
+/// The CPUs of a sysfs list ("0-3,6"); a range counts at most 4096.
+pub(super) fn parse_cpulist(list: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for part in list.split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {

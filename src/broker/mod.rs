@@ -14,13 +14,16 @@ mod event_loop;
 mod files;
 mod guests;
 mod host;
+mod hoststats;
 mod link;
 mod listen;
 mod permit;
 mod pidfile;
+mod procfs;
 mod readiness;
 mod restarts;
 mod spawn;
+mod stats;
 mod status;
 mod store;
 

@@ -157,7 +157,8 @@ fn client_out(c: ClientSummary) -> wire::Client {
     wire::Client { srv: wire::Server { name: c.server }, id: c.id, timestamp: c.since, transport: c.transport }
 }
 
-fn param_out(p: Param) -> wire::TypedParam {
+/// A typed parameter in its wire shape (the REMOTE program's is the same).
+pub(super) fn param_out(p: Param) -> wire::TypedParam {
     let value = match p.value {
         ParamValue::Int(v) => wire::ParamValue::Int(v),
         ParamValue::UInt(v) => wire::ParamValue::UInt(v),

@@ -75,6 +75,57 @@ pub enum Query {
         /// `virDomainXMLFlags`.
         flags: u32,
     },
+    /// `virDomainGetVcpus`: each running vCPU's figures and affinity.
+    Vcpus {
+        /// Most vCPUs to report.
+        maxinfo: i32,
+        /// Bytes of affinity map per vCPU.
+        maplen: i32,
+    },
+    /// `virDomainGetVcpusFlags`.
+    VcpusFlags {
+        /// `virDomainVcpuFlags`.
+        flags: u32,
+    },
+    /// `virDomainGetVcpuPinInfo`.
+    VcpuPinInfo {
+        /// Most vCPUs to report.
+        ncpumaps: i32,
+        /// Bytes of map per vCPU.
+        maplen: i32,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
+    /// `virDomainMemoryStats`.
+    MemoryStats {
+        /// Most statistics to report.
+        max: u32,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainGetCPUStats`.
+    CpuStats {
+        /// Parameters per CPU the client has room for (0: how many there are).
+        nparams: u32,
+        /// First host CPU, or -1 for the total.
+        start_cpu: i32,
+        /// Host CPUs (0: how many the host has).
+        ncpus: u32,
+        /// `VIR_TYPED_PARAM_STRING_OKAY` only.
+        flags: u32,
+    },
+    /// `virDomainGetControlInfo`.
+    ControlInfo {
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainGetJobInfo`.
+    JobInfo,
+    /// `virDomainGetJobStats`.
+    JobStats {
+        /// `virDomainGetJobStatsFlags`.
+        flags: u32,
+    },
 }
 
 /// Everything a client may ask of the broker through the frontend.
@@ -232,6 +283,58 @@ pub enum Call {
         /// The question.
         query: Query,
     },
+    /// `virNodeGetCPUStats`.
+    NodeCpuStats {
+        /// A host CPU, or -1 for all.
+        cpu: i32,
+        /// Parameters the client has room for (0: how many there are).
+        nparams: i32,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virNodeGetMemoryStats`.
+    NodeMemoryStats {
+        /// A NUMA cell, or -1 for all.
+        cell: i32,
+        /// Parameters the client has room for (0: how many there are).
+        nparams: i32,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virNodeGetCPUMap`.
+    NodeCpuMap {
+        /// The map of online CPUs is wanted.
+        map: bool,
+        /// Their count is wanted.
+        online: bool,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virConnectGetAllDomainStats` and `virDomainListGetStats`.
+    DomainStats {
+        /// Only these domains (all when empty); ones gone are skipped.
+        doms: Vec<[u8; 16]>,
+        /// `virDomainStatsTypes` groups (0: every group the daemon fills).
+        stats: u32,
+        /// `virConnectGetAllDomainStatsFlags`.
+        flags: u32,
+    },
+    /// `virDomainBlockStats` (`params` `None`) and `virDomainBlockStatsFlags`.
+    BlockStats {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Disk target or path, "" for every disk (a name, never opened).
+        path: String,
+        /// `nparams` and flags of `virDomainBlockStatsFlags`.
+        params: Option<(i32, u32)>,
+    },
+    /// `virDomainInterfaceStats`.
+    InterfaceStats {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Interface name or MAC (compared, never opened).
+        device: String,
+    },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
 }
@@ -309,6 +412,75 @@ pub enum CallValue {
     },
     /// An administration call's result.
     Admin(super::admin::AdminValue),
+    /// Named host figures (`virNodeGetCPUStats`, `virNodeGetMemoryStats`),
+    /// and how many there are.
+    NodeStats {
+        /// (field, value), empty when only the count was asked.
+        params: Vec<(String, u64)>,
+        /// How many fields the host reports.
+        count: i32,
+    },
+    /// `virNodeGetCPUMap`.
+    CpuMap {
+        /// Online CPUs, one bit each, if asked for.
+        map: Option<Vec<u8>>,
+        /// How many are online.
+        online: u32,
+        /// How many are present (the map's size in bits).
+        present: i32,
+    },
+    /// `virDomainGetVcpus`.
+    Vcpus {
+        /// One per vCPU reported.
+        info: Vec<VcpuInfo>,
+        /// `maplen` bytes of affinity per vCPU reported.
+        cpumaps: Vec<u8>,
+    },
+    /// `virDomainGetVcpuPinInfo`.
+    PinInfo {
+        /// `maplen` bytes per vCPU.
+        cpumaps: Vec<u8>,
+        /// vCPUs reported.
+        num: i32,
+    },
+    /// `virDomainMemoryStats`: (`virDomainMemoryStatTags`, value).
+    MemoryStats(Vec<(i32, u64)>),
+    /// Typed parameters and the count the call returns
+    /// (`virDomainGetCPUStats`).
+    Params {
+        /// The parameters.
+        params: Vec<super::admin::Param>,
+        /// The call's return value.
+        count: i32,
+    },
+    /// `virDomainGetControlInfo`.
+    ControlInfo {
+        /// `virDomainControlState`.
+        state: u32,
+        /// Its reason.
+        details: u32,
+        /// Milliseconds in that state (0 when OK).
+        time_ms: u64,
+    },
+    /// `virDomainGetJobInfo` / `virDomainGetJobStats`: no job runs.
+    NoJob,
+    /// `virConnectGetAllDomainStats`: one record per domain.
+    DomainStats(Vec<(DomainRef, Vec<super::admin::Param>)>),
+    /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
+    Figures(Vec<i64>),
+}
+
+/// One vCPU as `virDomainGetVcpus` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuInfo {
+    /// Its index.
+    pub number: u32,
+    /// `virVcpuState`.
+    pub state: i32,
+    /// CPU time, ns.
+    pub cpu_time: u64,
+    /// The host CPU it last ran on, or -1 (offline).
+    pub cpu: i32,
 }
 
 /// Why a call failed, in terms the frontend maps to a libvirt error (in
@@ -392,6 +564,10 @@ pub enum CallError {
     /// The daemon cannot do this at all (admin calls we do not support).
     #[error("{0}")]
     Unsupported(String),
+    /// An argument asks for something this daemon does not provide
+    /// (`VIR_ERR_ARGUMENT_UNSUPPORTED`).
+    #[error("{0}")]
+    ArgumentUnsupported(String),
 }
 
 impl CallError {
@@ -426,6 +602,7 @@ impl CallError {
             CallError::Internal(s) => CallError::Internal(c(s)),
             CallError::NoServer(s) => CallError::NoServer(c(s)),
             CallError::Unsupported(s) => CallError::Unsupported(c(s)),
+            CallError::ArgumentUnsupported(s) => CallError::ArgumentUnsupported(c(s)),
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
         }
     }

@@ -4,13 +4,14 @@
 //! single `match` that picks its `virErrorNumber`, `virErrorDomain` and text,
 //! built the way libvirt builds them (a template, with the detail for `%s`).
 
-use super::remote::RemoteError;
+use super::remote::{ApiFamily, RemoteError};
 use crate::privsep::CallError;
 
 /// `virErrorNumber` values used here.
 mod code {
     pub const INTERNAL_ERROR: i32 = 1;
     pub const NO_SUPPORT: i32 = 3;
+    pub const AUTH_FAILED: i32 = 45;
     pub const INVALID_ARG: i32 = 8;
     pub const OPERATION_FAILED: i32 = 9;
     pub const XML_ERROR: i32 = 27;
@@ -20,6 +21,7 @@ mod code {
     pub const NO_DOMAIN: i32 = 42;
     pub const OPERATION_INVALID: i32 = 55;
     pub const CONFIG_UNSUPPORTED: i32 = 67;
+    pub const ARGUMENT_UNSUPPORTED: i32 = 74;
     pub const XML_INVALID_SCHEMA: i32 = 92;
     pub const NO_SERVER: i32 = 95;
     pub const NO_CLIENT: i32 = 96;
@@ -27,11 +29,38 @@ mod code {
 
 /// `virErrorDomain` values used here.
 mod from {
+    pub const NONE: i32 = 0;
     pub const XML: i32 = 5;
     pub const RPC: i32 = 7;
     pub const QEMU: i32 = 10;
+    pub const STORAGE: i32 = 18;
+    pub const NETWORK: i32 = 19;
     pub const DOMAIN: i32 = 20;
+    pub const NODEDEV: i32 = 22;
+    pub const INTERFACE: i32 = 26;
+    pub const SECRET: i32 = 30;
+    pub const NWFILTER: i32 = 33;
+    pub const DOMAIN_SNAPSHOT: i32 = 35;
     pub const ADMIN: i32 = 62;
+    pub const DOMAIN_CHECKPOINT: i32 = 69;
+}
+
+/// The error domain of an API's own checks: its source file's `VIR_FROM_THIS`
+/// (`libvirt-host.c` uses `VIR_FROM_DOMAIN`, `libvirt.c` none).
+fn domain_of(family: ApiFamily) -> i32 {
+    match family {
+        ApiFamily::Domain | ApiFamily::Host => from::DOMAIN,
+        ApiFamily::Storage => from::STORAGE,
+        ApiFamily::Network => from::NETWORK,
+        ApiFamily::Nodedev => from::NODEDEV,
+        ApiFamily::Interface => from::INTERFACE,
+        ApiFamily::Snapshot => from::DOMAIN_SNAPSHOT,
+        ApiFamily::Nwfilter => from::NWFILTER,
+        ApiFamily::Secret => from::SECRET,
+        ApiFamily::Checkpoint => from::DOMAIN_CHECKPOINT,
+        ApiFamily::Libvirt => from::NONE,
+        ApiFamily::Daemon => from::RPC,
+    }
 }
 
 /// Everything that can go wrong with one call, as the client will see it.
@@ -58,8 +87,25 @@ pub enum RpcError {
     #[error("Unable to decode message payload")]
     Decode,
     /// A mutating call on a read-only connection.
-    #[error("read only access prevents {0}")]
-    ReadOnly(&'static str),
+    #[error("read only access prevents {api}")]
+    ReadOnly {
+        /// The public API refused.
+        api: &'static str,
+        /// Where it lives (the error domain).
+        family: ApiFamily,
+    },
+    /// A procedure of libvirt's that this daemon does not implement, said
+    /// as libvirt's drivers say it so that clients fall back.
+    #[error("{api}")]
+    NoSupport {
+        /// The public API, as libvirt names it.
+        api: &'static str,
+        /// Where it lives (the error domain).
+        family: ApiFamily,
+    },
+    /// A SASL or polkit step on a connection that authenticates with none.
+    #[error("authentication failed")]
+    AuthFailed,
     /// `virDomainGetXMLDesc` with SECURE/MIGRATABLE on a read-only connection.
     #[error("virDomainGetXMLDesc with secure flag")]
     SecureXmlReadOnly,
@@ -187,6 +233,9 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                 CallError::Internal(_) => err(code::INTERNAL_ERROR, from::QEMU, "internal error: %s", detail),
                 CallError::NoServer(_) => err(code::NO_SERVER, from::ADMIN, "Server not found: %s", detail),
                 CallError::NoClient(_) => err(code::NO_CLIENT, from::RPC, "Client not found: %s", detail),
+                CallError::ArgumentUnsupported(_) => {
+                    err(code::ARGUMENT_UNSUPPORTED, from::QEMU, "argument unsupported: %s", detail)
+                }
                 CallError::Unsupported(_) => err(
                     code::NO_SUPPORT,
                     from::ADMIN,
@@ -200,9 +249,17 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
         | RpcError::UnexpectedStatus(_)
         | RpcError::Decode
         | RpcError::ReplyTooLarge(_) => err(code::RPC, from::RPC, "%s", detail),
-        RpcError::ReadOnly(_) | RpcError::SecureXmlReadOnly => {
-            err(code::OPERATION_DENIED, from::DOMAIN, "operation forbidden: %s", detail)
+        RpcError::ReadOnly { family, .. } => {
+            err(code::OPERATION_DENIED, domain_of(*family), "operation forbidden: %s", detail)
         }
+        RpcError::SecureXmlReadOnly => err(code::OPERATION_DENIED, from::DOMAIN, "operation forbidden: %s", detail),
+        RpcError::NoSupport { family, .. } => err(
+            code::NO_SUPPORT,
+            domain_of(*family),
+            "this function is not supported by the connection driver: %s",
+            detail,
+        ),
+        RpcError::AuthFailed => err(code::AUTH_FAILED, from::RPC, "authentication failed: %s", detail),
         RpcError::NotOpen
         | RpcError::AlreadyOpen
         | RpcError::BrokerUnavailable
@@ -233,9 +290,17 @@ mod tests {
     #[test]
     fn observed_libvirt_errors_are_reproduced() {
         assert_eq!(
-            triple(RpcError::ReadOnly("virDomainDefineXML")),
+            triple(RpcError::ReadOnly { api: "virDomainDefineXML", family: ApiFamily::Domain }),
             (29, 20, "operation forbidden: read only access prevents virDomainDefineXML".into())
         );
+        assert_eq!(
+            triple(RpcError::NoSupport { api: "virConnectDomainXMLFromNative", family: ApiFamily::Domain }),
+            (3, 20, "this function is not supported by the connection driver: virConnectDomainXMLFromNative".into())
+        );
+        // Each API's own source file decides the domain, as VIR_FROM_THIS does.
+        assert_eq!(triple(RpcError::NoSupport { api: "virNetworkDefineXML", family: ApiFamily::Network }).1, 19);
+        assert_eq!(triple(RpcError::ReadOnly { api: "virSecretSetValue", family: ApiFamily::Secret }).1, 30);
+        assert_eq!(triple(RpcError::AuthFailed), (45, 7, "authentication failed: authentication failed".into()));
         assert_eq!(
             triple(CallError::NoDomainName("base-missing".into()).into()),
             (42, 10, "Domain not found: no domain with matching name 'base-missing'".into())

@@ -9,4 +9,5 @@ pub mod admin;
 pub mod error;
 pub mod frame;
 pub mod remote;
+pub mod stats;
 pub mod xdr;

@@ -16,6 +16,88 @@ pub enum Access {
     ReadWrite,
 }
 
+/// What the daemon does with a procedure of libvirt's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcStatus {
+    /// Dispatched here (a [`RemoteProc`]).
+    Served,
+    /// Answered `VIR_ERR_NO_SUPPORT` naming its API, so that clients fall back.
+    Unsupported,
+    /// A server-to-client message: libvirtd itself has no handler for it.
+    Event,
+    /// A SASL or polkit step, for auth types this daemon does not offer.
+    Auth,
+}
+
+/// The libvirt source file (`src/libvirt-<family>.c`) a procedure's API
+/// lives in: its errors carry that file's error domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFamily {
+    /// `libvirt-domain.c`.
+    Domain,
+    /// `libvirt-host.c`.
+    Host,
+    /// `libvirt-storage.c`.
+    Storage,
+    /// `libvirt-network.c`.
+    Network,
+    /// `libvirt-nodedev.c`.
+    Nodedev,
+    /// `libvirt-interface.c`.
+    Interface,
+    /// `libvirt-domain-snapshot.c`.
+    Snapshot,
+    /// `libvirt-nwfilter.c`.
+    Nwfilter,
+    /// `libvirt-secret.c`.
+    Secret,
+    /// `libvirt-domain-checkpoint.c`.
+    Checkpoint,
+    /// `libvirt.c`.
+    Libvirt,
+    /// No API: the daemon's own RPC layer (events, authentication).
+    Daemon,
+}
+
+/// One procedure of libvirt's REMOTE program, as `policy/procedures.tsv` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEntry {
+    /// `REMOTE_PROC_` number.
+    pub number: i32,
+    /// `REMOTE_PROC_` name without the prefix.
+    pub name: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// The public C API it reaches, as errors name it ("-" for none).
+    pub api: &'static str,
+    /// Where that API lives, for the error domain.
+    pub family: ApiFamily,
+    /// What the daemon does with it.
+    pub status: ProcStatus,
+}
+
+/// The procedure numbered `n` in libvirt 9.0's REMOTE program, if any.
+pub fn libvirt_proc(n: i32) -> Option<&'static ProcEntry> {
+    LIBVIRT_PROCS.binary_search_by_key(&n, |e| e.number).ok().map(|i| &LIBVIRT_PROCS[i])
+}
+
+impl RemoteProc {
+    /// Its access class.
+    pub fn access(self) -> Access {
+        self.entry().access
+    }
+
+    /// The public C API it implements, as denial messages name it.
+    pub fn api(self) -> &'static str {
+        self.entry().api
+    }
+
+    /// `REMOTE_PROC_` name without the prefix.
+    pub fn name(self) -> &'static str {
+        self.entry().name
+    }
+}
+
 /// A domain's UUID, raw (`remote_uuid`).
 pub type Uuid = FixedOpaque<16>;
 
@@ -366,6 +448,24 @@ mod tests {
         for &p in RemoteProc::ALL {
             assert_eq!(RemoteProc::from_number(p as i32), Some(p));
             assert!(p.api().starts_with("vir"), "{p:?}");
+            assert_eq!(p.entry().number, p as i32);
+            assert_eq!(p.entry().status, ProcStatus::Served);
         }
+    }
+
+    #[test]
+    fn the_table_is_libvirt_9_0s_whole_remote_program() {
+        // REMOTE_PROC_CONNECT_OPEN = 1 ... REMOTE_PROC_DOMAIN_FD_ASSOCIATE = 443, none missing.
+        assert_eq!(LIBVIRT_PROCS.len(), 443);
+        for (i, e) in LIBVIRT_PROCS.iter().enumerate() {
+            assert_eq!(e.number, i as i32 + 1, "{e:?}");
+            assert_eq!(libvirt_proc(e.number), Some(e));
+            let served = RemoteProc::from_number(e.number).is_some();
+            assert_eq!(served, e.status == ProcStatus::Served, "{e:?}");
+        }
+        assert_eq!(libvirt_proc(0), None);
+        assert_eq!(libvirt_proc(444), None);
+        let fd_associate = libvirt_proc(443).unwrap();
+        assert_eq!((fd_associate.api, fd_associate.access), ("virDomainFDAssociate", Access::ReadWrite));
     }
 }

@@ -52,8 +52,20 @@ impl Thread {
 /// Names the calling thread and loads its filter. The filter's default action
 /// kills the whole process: a thread that strays is not left half-alive.
 pub fn apply(thread: Thread) -> Result<(), SandboxError> {
+    apply_named(thread, thread.comm().to_owned())
+}
+
+/// [`apply`] for one of several threads of a kind, whose name gets its index
+/// (`helper-vcpu3`): the broker's statistics tell a guest's vCPUs apart by
+/// it in `/proc/<pid>/task/<tid>/comm`. At most 15 bytes are kept, which
+/// holds every index up to 9999.
+pub fn apply_numbered(thread: Thread, index: u32) -> Result<(), SandboxError> {
+    apply_named(thread, format!("{}{index}", thread.comm()))
+}
+
+fn apply_named(thread: Thread, name: String) -> Result<(), SandboxError> {
     let err = |reason: String| SandboxError::Seccomp { thread, reason };
-    let name = std::ffi::CString::new(thread.comm()).map_err(|e| err(e.to_string()))?;
+    let name = std::ffi::CString::new(name).map_err(|e| err(e.to_string()))?;
     nix::sys::prctl::set_name(&name).map_err(|e| err(e.to_string()))?;
     let program: Vec<sock_filter> =
         thread.policy().instructions().iter().map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k }).collect();

@@ -1,0 +1,396 @@
+//! Monitoring through the read-only socket, as monitoring tools do it with the
+//! stock virsh and python-libvirt: host CPU, memory and CPU map, and a
+//! running guest's vCPUs, memory, CPU time, control and job state, and the
+//! bulk domain statistics with their groups and filters.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SECS: Duration = Duration::from_secs(10);
+const UUID_G: &str = "0c9c4a52-8a61-4a0e-9d2f-3f7b8e1a5c01";
+const UUID_H: &str = "0c9c4a52-8a61-4a0e-9d2f-3f7b8e1a5c02";
+
+fn have_kvm() -> bool {
+    require(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(), "/dev/kvm")
+}
+
+/// `USER_HZ`: the unit of `/proc/stat`.
+fn tick_ns() -> u64 {
+    1_000_000_000 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64
+}
+
+/// `(user + nice, system + irq + softirq, idle)` of a `/proc/stat` line, in ns.
+fn proc_stat_ns(cpu: &str) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(cpu)).unwrap();
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
+    let t = tick_ns();
+    ((v[0] + v[1]) * t, (v[2] + v[5] + v[6]) * t, v[3] * t)
+}
+
+/// The number after `label` on its line of `out`.
+fn figure(out: &str, label: &str) -> u64 {
+    let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("{label}: {out}"));
+    line.trim_start()[label.len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn cpulist_count_and_max(path: &str) -> (usize, u32) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap()),
+            None => cpus.push(part.parse::<u32>().unwrap()),
+        }
+    }
+    (cpus.len(), cpus.into_iter().max().unwrap())
+}
+
+#[test]
+fn host_statistics_are_libvirts_on_the_read_only_socket() {
+    if !have_virsh() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let ro = d.tree.sock("libvirt-sock-ro");
+
+    // CPU time in ns, libvirt's sums of /proc/stat, between two readings of it.
+    for (arg, line) in [(None, "cpu"), (Some("0"), "cpu0")] {
+        let before = proc_stat_ns(line);
+        let args: Vec<&str> =
+            std::iter::once("nodecpustats").chain(arg.into_iter().flat_map(|a| ["--cpu", a])).collect();
+        let (code, out, err) = virsh(&ro, &args);
+        let after = proc_stat_ns(line);
+        assert_eq!(code, 0, "{err}");
+        let labels: Vec<&str> = out.lines().filter_map(|l| l.split(':').next()).filter(|l| !l.is_empty()).collect();
+        assert_eq!(labels, ["user", "system", "idle", "iowait"], "{out}");
+        let (user, system, idle) = (figure(&out, "user:"), figure(&out, "system:"), figure(&out, "idle:"));
+        assert!((before.0..=after.0).contains(&user), "user {user} not in {before:?}..{after:?}");
+        assert!((before.1..=after.1).contains(&system), "system {system} not in {before:?}..{after:?}");
+        assert!((before.2..=after.2).contains(&idle), "idle {idle} not in {before:?}..{after:?}");
+    }
+    let (code, _, err) = virsh(&ro, &["nodecpustats", "--cpu", "4095"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Invalid cpuNum in virHostCPUGetStatsLinux"), "{err}");
+
+    // Memory: the total is nodeinfo's (the NUMA cells' sum); a cell has two fields.
+    let (code, out, err) = virsh(&ro, &["nodememstats"]);
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<&str> =
+        out.lines().filter_map(|l| l.split(':').next()).map(str::trim).filter(|n| !n.is_empty()).collect();
+    assert_eq!(names, ["total", "free", "buffers", "cached"], "{out}");
+    let (_, info, _) = virsh(&ro, &["nodeinfo"]);
+    assert_eq!(figure(&out, "total  :"), figure(&info, "Memory size:"), "{out}{info}");
+    assert!(figure(&out, "free   :") < figure(&out, "total  :"));
+    let (code, cell, err) = virsh(&ro, &["nodememstats", "--cell", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cell.lines().filter(|l| !l.is_empty()).count(), 2, "{cell}");
+    if let Ok(node0) = std::fs::read_to_string("/sys/devices/system/node/node0/meminfo") {
+        assert_eq!(figure(&cell, "total  :"), figure(&node0, "Node 0 MemTotal:"));
+    }
+
+    // The CPU map: present and online CPUs from sysfs.
+    let (code, out, err) = virsh(&ro, &["nodecpumap"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, present_max) = cpulist_count_and_max("/sys/devices/system/cpu/present");
+    let (online, _) = cpulist_count_and_max("/sys/devices/system/cpu/online");
+    assert_eq!(figure(&out, "CPUs present:"), u64::from(present_max) + 1, "{out}");
+    assert_eq!(figure(&out, "CPUs online:"), online as u64, "{out}");
+    let map = out.lines().find_map(|l| l.strip_prefix("CPU map:")).unwrap().trim();
+    assert_eq!((map.len(), map.matches('y').count()), (present_max as usize + 1, online), "{out}");
+}
+
+/// A daemon with the test guest defined as `g` (2 vCPUs, 128 MiB) and
+/// running, and `h` defined and shut off; its rw and ro sockets.
+fn two_domains() -> (Daemon, PathBuf, PathBuf) {
+    let d = Daemon::start("", &[]);
+    let images = d.tree.path("guest");
+    build_guest(&images);
+    let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
+    for (name, uuid) in [("g", UUID_G), ("h", UUID_H)] {
+        let xml = domain_xml(name, uuid)
+            .replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap())
+            .replace("<vcpu placement='static'>1</vcpu>", "<vcpu placement='static'>2</vcpu>");
+        let file = d.tree.path(&format!("{name}.xml"));
+        std::fs::write(&file, xml).unwrap();
+        let (code, _, err) = virsh(&rw, &["define", file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = virsh(&rw, &["start", "g"]);
+    assert_eq!(code, 0, "{err}");
+    // Both vCPU threads run once the guest has brought up its second CPU.
+    let up = wait_until(SECS, || virsh(&ro, &["vcpuinfo", "g"]).1.matches("State:          running").count() == 2);
+    assert!(up, "{}", virsh(&ro, &["vcpuinfo", "g"]).1);
+    (d, rw, ro)
+}
+
+/// `virsh domstats` output: domain name to its `key=value` fields.
+fn domstats(ro: &Path, args: &[&str]) -> Vec<(String, HashMap<String, String>)> {
+    let args: Vec<&str> = std::iter::once("domstats").chain(args.iter().copied()).collect();
+    let (code, out, err) = virsh(ro, &args);
+    assert_eq!(code, 0, "{err}");
+    let mut records: Vec<(String, HashMap<String, String>)> = Vec::new();
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("Domain: '").and_then(|l| l.strip_suffix('\'')) {
+            records.push((name.to_owned(), HashMap::new()));
+        } else if let Some((k, v)) = line.trim().split_once('=') {
+            records.last_mut().unwrap().1.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    records
+}
+
+fn names(records: &[(String, HashMap<String, String>)]) -> Vec<&str> {
+    records.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[test]
+fn virsh_reads_a_running_guest_through_the_read_only_socket() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let (_d, _rw, ro) = two_domains();
+    let own_cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let allowed = (0..nix::sched::CpuSet::count()).filter(|i| own_cpus.is_set(*i).unwrap()).count();
+
+    let (code, out, err) = virsh(&ro, &["vcpuinfo", "g"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("VCPU:").count(), 2, "{out}");
+    assert!(out.starts_with("VCPU:           0\n") && out.contains("\nVCPU:           1\n"), "{out}");
+    // The helper is not pinned: its vCPUs may run where the daemon may.
+    for map in out.lines().filter_map(|l| l.strip_prefix("CPU Affinity:")) {
+        assert_eq!(map.matches('y').count(), allowed, "{out}");
+    }
+    let (code, out, _) = virsh(&ro, &["vcpucount", "g"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "maximum      config         2\nmaximum      live           2\ncurrent      config         2\ncurrent      live           2\n\n"
+    );
+
+    let (code, out, err) = virsh(&ro, &["dommemstat", "g"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("actual 131072\nrss "), "{out}");
+    let rss = figure(&out, "rss");
+    // The helper's resident set: guest memory it touched, and the VMM's own.
+    assert!(rss > 0 && rss < 131072 + 65536, "{out}");
+
+    let (code, out, err) = virsh(&ro, &["cpu-stats", "g"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("No per-CPU stats availableTotal:\n\tcpu_time "), "{out}");
+    assert!(out.contains("\tuser_time ") && out.contains("\tsystem_time "), "{out}");
+    let total: f64 = out.split("cpu_time").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(total > 0.0, "{out}");
+
+    // No disk or network interface runs yet: all disks add up to nothing,
+    // and one named is not the domain's, as libvirt says of an unknown one.
+    let (code, out, err) = virsh(&ro, &["domblkstat", "g"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(" rd_req 0\n rd_bytes 0\n wr_req 0\n wr_bytes 0\n"), "{out}");
+    let (code, _, err) = virsh(&ro, &["domblkstat", "g", "vda"]);
+    assert_eq!((code, err.trim()), (1, "error: invalid argument: invalid path: vda"));
+    let (code, _, err) = virsh(&ro, &["domifstat", "g", "vnet0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: invalid argument: 'vnet0' is not a known interface"), "{err}");
+
+    assert_eq!(virsh(&ro, &["domcontrol", "g"]).1, "ok\n\n");
+    assert_eq!(virsh(&ro, &["domjobinfo", "g"]).1, "Job type:         None        \n\n");
+
+    let records = domstats(&ro, &["g"]);
+    assert_eq!(names(&records), ["g"]);
+    let f = &records[0].1;
+    let want = [
+        ("state.state", "1"),
+        ("state.reason", "1"),
+        ("balloon.current", "131072"),
+        ("balloon.maximum", "131072"),
+        ("vcpu.current", "2"),
+        ("vcpu.maximum", "2"),
+        ("vcpu.0.state", "1"),
+        ("vcpu.1.state", "1"),
+    ];
+    for (k, v) in want {
+        assert_eq!(f.get(k).map(String::as_str), Some(v), "{k}: {f:?}");
+    }
+    for k in ["cpu.user", "cpu.system", "balloon.rss", "vcpu.0.wait", "vcpu.0.delay", "vcpu.1.time", "vcpu.1.wait"] {
+        assert!(f.get(k).is_some_and(|v| v.parse::<u64>().is_ok()), "{k}: {f:?}");
+    }
+    assert!(f["cpu.time"].parse::<u64>().unwrap() > 0, "{f:?}");
+    assert!(f["vcpu.0.time"].parse::<u64>().unwrap() > 0, "{f:?}");
+    // What was asked is all there is: no interface, block or perf figures.
+    assert!(f.keys().all(|k| ["state.", "cpu.", "balloon.", "vcpu."].iter().any(|p| k.starts_with(p))), "{f:?}");
+}
+
+#[test]
+fn domstats_filters_groups_and_enforce_follow_libvirt() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let (_d, rw, ro) = two_domains();
+    let listed = |args: &[&str]| -> Vec<String> { domstats(&ro, args).into_iter().map(|(n, _)| n).collect() };
+    assert_eq!(listed(&["--state", "--list-active"]), ["g"]);
+    assert_eq!(listed(&["--state", "--list-inactive"]), ["h"]);
+    assert_eq!(listed(&["--state", "--list-running"]), ["g"]);
+    assert_eq!(listed(&["--state", "--list-shutoff"]), ["h"]);
+    assert_eq!(listed(&["--state", "--list-paused"]), Vec::<String>::new());
+    assert_eq!(listed(&["--state", "--list-other"]), Vec::<String>::new());
+    assert_eq!(listed(&["--state", "--list-transient"]), Vec::<String>::new());
+    let mut both = listed(&["--state", "--list-persistent"]);
+    both.sort();
+    assert_eq!(both, ["g", "h"]);
+    // Named domains come in the order asked (virDomainListGetStats).
+    assert_eq!(listed(&["--state", "h", "g"]), ["h", "g"]);
+
+    let (code, _, err) = virsh(&rw, &["suspend", "g"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&["--state", "--list-paused"]), ["g"]);
+    assert_eq!(listed(&["--state", "--list-running"]), Vec::<String>::new());
+    let paused = domstats(&ro, &["--state", "g"]);
+    assert_eq!((paused[0].1["state.state"].as_str(), paused[0].1["state.reason"].as_str()), ("3", "1"));
+    assert_eq!(virsh(&rw, &["resume", "g"]).0, 0);
+
+    // Groups: only those asked; a shut-off domain has no running figures.
+    let h = &domstats(&ro, &["--vcpu", "--balloon", "--cpu-total", "h"])[0].1;
+    let mut keys: Vec<&str> = h.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["balloon.current", "balloon.maximum", "vcpu.current", "vcpu.maximum"], "{h:?}");
+    let g = &domstats(&ro, &["--balloon", "g"])[0].1;
+    assert!(g.keys().all(|k| k.starts_with("balloon.")) && g.contains_key("balloon.rss"), "{g:?}");
+
+    // A group the daemon cannot fill is left out, or refused under --enforce.
+    let records = domstats(&ro, &["--interface", "--block", "g"]);
+    assert_eq!(names(&records), ["g"]);
+    assert!(records[0].1.is_empty(), "{records:?}");
+    let (code, _, err) = virsh(&ro, &["domstats", "--vcpu", "--interface", "--enforce", "g"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "error: argument unsupported: Stats types bits 0x10 are not supported by this daemon or QEMU"
+    );
+    assert_eq!(virsh(&ro, &["domstats", "--vcpu", "--state", "--enforce", "g"]).0, 0);
+
+    // The shut-off domain: vcpuinfo falls back to its pinning, the rest say it is not running.
+    let (code, out, err) = virsh(&ro, &["vcpuinfo", "h"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("VCPU:           1\nCPU:            N/A\n"), "{out}");
+    let (code, _, err) = virsh(&ro, &["dommemstat", "h"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: Requested operation is not valid: domain is not running"), "{err}");
+    assert_eq!(virsh(&ro, &["vcpucount", "h"]).1, "maximum      config         2\ncurrent      config         2\n\n");
+}
+
+/// Runs a python-libvirt script with `URI`, `URI_RO`, `NAME` and `XML` set
+/// and a console helper; returns stdout, failing the test if it failed.
+fn python(d: &Daemon, xml: &str, script: &str) -> String {
+    let head = format!(
+        "URI = {:?}\nURI_RO = {:?}\nNAME = 'py-mon'\nXML = {xml:?}\n",
+        uri(&d.tree.sock("libvirt-sock")),
+        uri(&d.tree.sock("libvirt-sock-ro"))
+    );
+    let prelude = r#"
+import libvirt, sys, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.open(URI)
+ro = libvirt.openReadOnly(URI_RO)
+
+def until(st, needle):
+    seen = b""
+    while needle not in seen:
+        data = st.recv(4096)
+        if not data:
+            sys.exit("end of file while waiting for %r; got %r" % (needle, seen))
+        seen += data
+    return seen
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(head + prelude + script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "python: {status:?}\n{out}\n{err}\n--- daemon:\n{}", d.stderr());
+    out
+}
+
+#[test]
+fn python_sees_cpu_time_grow_while_the_guest_spins_through_a_read_only_connection() {
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    if !have_kvm() || !require(py, "python3-libvirt") {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let images = d.tree.path("guest");
+    build_guest(&images);
+    let xml =
+        domain_xml("py-mon", UUID_G).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let out = python(
+        &d,
+        &xml,
+        r#"
+dom = conn.createXML(XML, 0)
+st = conn.newStream(0)
+dom.openConsole(None, st, 0)
+st.send(b"\r")
+until(st, b"> ")
+rdom = ro.lookupByName(NAME)
+ALL = 0
+def record():
+    recs = ro.domainListGetStats([rdom], ALL)
+    assert [d.name() for d, _ in recs] == [NAME]
+    return recs[0][1]
+before, vcpu_before, total_before = record(), rdom.vcpus()[0][0][2], rdom.getCPUStats(True)[0]["cpu_time"]
+st.send(b"spin 300\r")
+until(st, b"SPUN")
+after, vcpu_after, total_after = record(), rdom.vcpus()[0][0][2], rdom.getCPUStats(True)[0]["cpu_time"]
+print("cpu.time grew:", after["cpu.time"] > before["cpu.time"])
+print("vcpu.0.time grew by 50 ms or more:", after["vcpu.0.time"] - before["vcpu.0.time"] >= 50000000)
+print("vcpus() time grew:", vcpu_after > vcpu_before)
+print("cpu_time grew:", total_after > total_before)
+print("balloon.current is the memory:", after["balloon.current"] == rdom.maxMemory() == 131072)
+print("vcpu.current is the vCPUs:", after["vcpu.current"] == rdom.maxVcpus() == 1)
+print("all figures are numbers:", all(isinstance(v, int) for v in after.values()))
+print("memory stats:", sorted(rdom.memoryStats()))
+print("control:", rdom.controlInfo())
+print("job:", rdom.jobInfo()[0], rdom.jobStats())
+print("host cpu:", sorted(ro.getCPUStats(-1)))
+print("host memory:", sorted(ro.getMemoryStats(-1)))
+present, online_map, online = ro.getCPUMap()
+print("cpu map:", present >= online == sum(online_map) >= 1)
+print("inactive filter:", [d.name() for d, _ in ro.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE)])
+print("active filter:", [d.name() for d, _ in ro.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)])
+st.finish()
+dom.destroy()
+"#,
+    );
+    assert_eq!(
+        out,
+        "cpu.time grew: True\nvcpu.0.time grew by 50 ms or more: True\nvcpus() time grew: True\ncpu_time grew: True\n\
+         balloon.current is the memory: True\nvcpu.current is the vCPUs: True\nall figures are numbers: True\n\
+         memory stats: ['actual', 'rss']\ncontrol: [0, 0, 0]\njob: 0 {'type': 0}\n\
+         host cpu: ['idle', 'iowait', 'kernel', 'user']\nhost memory: ['buffers', 'cached', 'free', 'total']\n\
+         cpu map: True\ninactive filter: []\nactive filter: ['py-mon']\n"
+    );
+}
