@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub use audit::{TAG as AUDIT_TAG, format as format_audit};
-pub use permit::{Phase, permitted};
+pub use permit::{Phase, permit, permitted};
 pub use spawn::{Spawned, helper as spawn_helper};
 
 use crate::cli::Cli;

@@ -20,7 +20,7 @@ use super::{Broker, Readiness, StartError, channel_token, sign_token};
 use crate::broker::audit::Value;
 use crate::broker::calls::{self, Caller};
 use crate::broker::link::{Client, FrontendLink};
-use crate::broker::permit::{Phase, permitted};
+use crate::broker::permit::{self, Phase};
 use crate::broker::spawn;
 use crate::config::Mode;
 use crate::logging;
@@ -149,8 +149,12 @@ impl Broker {
 
     fn handle(&mut self, slot: usize, env: Envelope<FrontendRequest>, fds: Vec<OwnedFd>, readiness: &mut Readiness) {
         let Some(link) = &self.frontends[slot].link else { return };
-        if !permitted(link.phase, &env.body) {
-            let why = format!("'{}' is not permitted while {:?}", env.body.name(), link.phase);
+        // Only this frontend's own clients can be named.
+        let named = permit::names(&env.body)
+            .and_then(|conn| self.clients.get(&conn))
+            .filter(|c| c.slot == slot)
+            .map(|c| permit::Named { authenticated: c.authenticated });
+        if let Err(why) = permit::permit(link.phase, self.frontends[slot].class, &env.body, named) {
             return self.violation(slot, &why);
         }
         let reply = match env.body {
@@ -201,19 +205,9 @@ impl Broker {
     /// A client's call: admin calls only from the admin class, hypervisor
     /// calls from any other, each with the rights the broker recorded.
     fn call(&mut self, slot: usize, id: u32, conn: ConnId, call: crate::privsep::Call) {
-        let Some(client) = self.client_mut(slot, conn) else { return };
-        if !client.authenticated {
-            return self.violation(slot, &format!("call on connection {conn}, which has not authenticated"));
-        }
-        let admin_client = self.frontends[slot].class == ListenerKind::Admin;
+        // `permit` has checked the client and that the call suits the class.
         if let crate::privsep::Call::Admin(call) = call {
-            if !admin_client {
-                return self.violation(slot, &format!("admin call from connection {conn}, not an admin client"));
-            }
             return self.admin(slot, id, conn, call);
-        }
-        if admin_client {
-            return self.violation(slot, &format!("hypervisor call from admin connection {conn}"));
         }
         let Some(client) = self.clients.get(&conn) else { return };
         let peer = client.peer.clone();
@@ -489,12 +483,8 @@ impl Broker {
     fn authenticated(&mut self, slot: usize, conn: ConnId, dn: Option<String>) -> BrokerReply {
         let allowed_dns = self.setup.config.tls_allowed_dn_list.clone();
         let verify = !self.setup.config.tls_no_verify_certificate;
+        // `permit` has checked that this TLS client is still to authenticate.
         let Some(client) = self.client_mut(slot, conn) else { return BrokerReply::Ok };
-        if client.peer.socket != ListenerKind::Tls || client.authenticated {
-            let why = format!("connection {conn} cannot authenticate now");
-            self.violation(slot, &why);
-            return BrokerReply::Refused(BrokerError::Invalid(why));
-        }
         let refusal = match &dn {
             None if verify => Some("no client certificate".to_owned()),
             Some(dn) if verify && !crate::tls::dn::allowed(&allowed_dns, dn) => {
