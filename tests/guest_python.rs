@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -58,23 +57,7 @@ def prompt(st):
 /// script failed or ran out of time.
 fn python(d: &Daemon, name: &str, xml: &str, script: &str, limit: Duration) -> String {
     let head = format!("URI = {:?}\nNAME = {name:?}\nXML = {xml:?}\n", uri(&d.tree.sock("libvirt-sock")));
-    let mut child = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(head + PRELUDE + script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let status = wait_or_kill(&mut child, limit);
-    let mut out = String::new();
-    let mut err = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    match status {
-        Some(s) if s.success() => out,
-        Some(s) => panic!("python failed ({s}):\n{out}\n{err}\n--- daemon:\n{}", d.stderr()),
-        None => panic!("python did not finish within {limit:?}:\n{out}\n{err}\n--- daemon:\n{}", d.stderr()),
-    }
+    run_python(d, &(head + PRELUDE + script), limit)
 }
 
 #[test]

@@ -6,10 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -309,30 +308,7 @@ def until(st, needle):
         seen += data
     return seen
 "#;
-    let mut child = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(head + prelude + script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let end = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(status.is_some_and(|s| s.success()), "python: {status:?}\n{out}\n{err}\n--- daemon:\n{}", d.stderr());
-    out
+    run_python(d, &(head + prelude + script), Duration::from_secs(60))
 }
 
 #[test]

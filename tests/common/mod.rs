@@ -522,3 +522,26 @@ impl RawClient {
         }
     }
 }
+
+/// Runs a python3 `program` (with python-libvirt), killed after `limit`;
+/// returns stdout, failing the test (with stderr and the daemon's log) if it
+/// failed or ran out of time.
+pub fn run_python(d: &Daemon, program: &str, limit: Duration) -> String {
+    let mut child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(program)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || read_all(out));
+    let err = std::thread::spawn(move || read_all(err));
+    let status = wait_or_kill(&mut child, limit);
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(s) if s.success() => out,
+        Some(s) => panic!("python failed ({s}):\n{out}\n{err}\n--- daemon:\n{}", d.stderr()),
+        None => panic!("python did not finish within {limit:?}:\n{out}\n{err}\n--- daemon:\n{}", d.stderr()),
+    }
+}
