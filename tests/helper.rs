@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::require;
-use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
+use libvirtd::privsep::helper::{
+    GuestConfig, HELPER_PROTOCOL_VERSION, HelperCommand, HelperEvent, StartFds, StopReason,
+};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
 
@@ -56,7 +58,7 @@ impl Guest {
         g
     }
 
-    /// Like `start`, without waiting for the helper's first event.
+    /// Like `start`, without waiting for the helper's first event after its greeting.
     fn launch(kernel: &Path, initrd: Option<&Path>, memory_mib: u64, cmdline: &str, vcpus: u32) -> Guest {
         let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
         let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
@@ -64,22 +66,25 @@ impl Guest {
         let (console, theirs) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let control_path = dir.path().join("guest.ctl");
-        let config = GuestConfig {
-            memory_mib,
-            vcpus,
-            cmdline: cmdline.into(),
-            ids: guest_ids(),
-            initrd: initrd.is_some(),
-            invariant_tsc: true,
-        };
-        let mut fds =
-            vec![OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), control_listener(&control_path)];
-        fds.extend(initrd.map(|p| OwnedFd::from(std::fs::File::open(p).unwrap())));
+        let config = GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids(), invariant_tsc: true };
+        let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));
+        let listener = control_listener(&control_path);
+        let initrd = initrd.map(|p| OwnedFd::from(std::fs::File::open(p).unwrap()));
         use std::os::fd::AsFd;
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();
+        let fds = StartFds {
+            kvm: kvm.as_fd(),
+            kernel: kernel.as_fd(),
+            initrd: initrd.as_ref().map(|f| f.as_fd()),
+            console: theirs.as_fd(),
+            control_listener: listener.as_fd(),
+        };
+        let (command, borrowed) = HelperCommand::start(config, &fds);
+        spawned.channel.send(&command, &borrowed).unwrap();
         let libvirtd::broker::Spawned { pid, channel } = spawned;
-        Guest { pid, channel, console, output: String::new(), control_path, _dir: dir }
+        let g = Guest { pid, channel, console, output: String::new(), control_path, _dir: dir };
+        // Every connection starts with the helper's greeting.
+        assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Hello { version: HELPER_PROTOCOL_VERSION });
+        g
     }
 
     fn event(&self, timeout: Duration) -> HelperEvent {
@@ -385,12 +390,16 @@ fn control_listener(path: &Path) -> OwnedFd {
     fd
 }
 
-/// Connects to a helper's control socket as a restarted broker would.
+/// Connects to a helper's control socket as a restarted broker would,
+/// and reads its greeting.
 fn reconnect(path: &Path) -> libvirtd::privsep::Channel {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
     let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
     connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
-    libvirtd::privsep::Channel::from_fd(fd).unwrap()
+    let channel = libvirtd::privsep::Channel::from_fd(fd).unwrap();
+    let (hello, _) = channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
+    assert_eq!(hello, HelperEvent::Hello { version: HELPER_PROTOCOL_VERSION });
+    channel
 }
 
 #[test]

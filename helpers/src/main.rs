@@ -1,8 +1,9 @@
 //! `libvirt-helper`: one guest, run with KVM directly (no QEMU).
 //!
-//! Started by the broker with its control channel on fd 3; receives
-//! `HelperCommand::Start` with every fd it needs (`/dev/kvm`, the kernel,
-//! the console), opens no path itself, runs the guest, and reports how it
+//! Started by the broker with its control channel on fd 3. It greets the
+//! broker with its protocol version, receives `HelperCommand::Start` with
+//! every fd it needs, each named by its role (`/dev/kvm`, the kernel, the
+//! console, ...), opens no path itself, runs the guest, and reports how it
 //! stopped. Written for hardware KVM; proven on emulating KVM with the test
 //! guest in `tests/guest/`.
 
@@ -18,7 +19,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
 use libvirtd::privsep::Channel;
-use libvirtd::privsep::helper::{HelperCommand, HelperEvent, StopReason};
+use libvirtd::privsep::helper::{FdRole, HELPER_PROTOCOL_VERSION, HelperCommand, HelperEvent, StopReason};
 
 /// Where the broker puts the control channel.
 const CHANNEL_FD: i32 = 3;
@@ -33,6 +34,11 @@ fn main() -> ExitCode {
         eprintln!("libvirt-helper: no control channel on fd 3");
         return ExitCode::FAILURE;
     };
+    // Speak first: the broker reads nothing from a helper before this.
+    if let Err(e) = vm::greet(&channel) {
+        eprintln!("libvirt-helper: cannot greet the broker: {e}");
+        return ExitCode::FAILURE;
+    }
     let (command, fds) = match channel.recv_blocking::<HelperCommand>(START_TIMEOUT_MS, HelperCommand::fd_count) {
         Ok(m) => m,
         Err(e) => {
@@ -40,20 +46,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let HelperCommand::Start(config) = command else {
+    let HelperCommand::Start { version, config, .. } = &command else {
         eprintln!("libvirt-helper: expected Start");
         return ExitCode::FAILURE;
     };
-    // The channel checked the count against the config: four, plus the initrd.
-    let mut fds = fds.into_iter();
-    let (Some(kvm), Some(kernel), Some(console), Some(listener)) = (fds.next(), fds.next(), fds.next(), fds.next())
-    else {
-        eprintln!("libvirt-helper: Start without its fds");
-        return ExitCode::FAILURE;
+    let failed = |channel: Channel, detail: String| {
+        let _ = channel.send_wait(&HelperEvent::Stopped { reason: StopReason::Failed, detail }, &[]);
+        ExitCode::FAILURE
     };
-    let files = vm::Files { kvm, kernel, initrd: fds.next(), console, listener };
+    if *version != HELPER_PROTOCOL_VERSION {
+        let why = format!(
+            "the broker speaks helper protocol version {version}; this helper speaks version {HELPER_PROTOCOL_VERSION}"
+        );
+        return failed(channel, why);
+    }
+    let files = command.sort_fds(fds).and_then(|mut fds| {
+        Ok(vm::Files {
+            kvm: fds.require(FdRole::Kvm)?,
+            kernel: fds.require(FdRole::Kernel)?,
+            initrd: fds.take(FdRole::Initrd),
+            console_in: fds.require(FdRole::ConsoleInput)?,
+            console_out: fds.require(FdRole::ConsoleOutput)?,
+            listener: fds.require(FdRole::ControlListener)?,
+        })
+    });
+    let files = match files {
+        Ok(files) => files,
+        Err(e) => return failed(channel, format!("Start: {e}")),
+    };
     let mut link = Some(channel);
-    let (reason, detail) = match vm::run(&config, files, &mut link) {
+    let (reason, detail) = match vm::run(config, files, &mut link) {
         Ok(stop) => stop,
         Err(e) => (StopReason::Failed, e),
     };

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::Kvm;
 use libvirtd::privsep::Channel;
-use libvirtd::privsep::helper::{GuestConfig, GuestStats, HelperCommand, HelperEvent, StopReason};
+use libvirtd::privsep::helper::{
+    DeviceAnswer, FdRole, GuestConfig, GuestStats, HELPER_PROTOCOL_VERSION, HelperCommand, HelperEvent, StopReason,
+};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::Serial;
@@ -31,6 +33,8 @@ const KBD_IRQ: u32 = 1;
 const INPUT_RETRY_MS: u16 = 2;
 /// vCPUs per guest (the domain XML's limit).
 const MAX_VCPUS: u32 = 255;
+/// Why hotplug is refused, for now.
+const NO_HOTPLUG: &str = "this helper has no PCI bus yet, so it cannot plug or unplug devices";
 
 /// Every fd the broker handed over with `Start`.
 pub struct Files {
@@ -40,8 +44,10 @@ pub struct Files {
     pub kernel: OwnedFd,
     /// The initrd, if any.
     pub initrd: Option<OwnedFd>,
-    /// The console.
-    pub console: OwnedFd,
+    /// The console, read for guest input.
+    pub console_in: OwnedFd,
+    /// The console, written with guest output.
+    pub console_out: OwnedFd,
     /// Where a restarted broker reconnects.
     pub listener: OwnedFd,
 }
@@ -52,7 +58,7 @@ fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
 
 /// Runs the guest until it stops; returns why.
 pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Result<(StopReason, String), String> {
-    let Files { kvm, kernel, initrd, console, listener } = files;
+    let Files { kvm, kernel, initrd, console_in, console_out, listener } = files;
     if config.memory_mib < 2 || config.memory_mib > MAX_MEMORY_MIB {
         return Err(format!("guest memory {} MiB is outside 2-{MAX_MEMORY_MIB} MiB", config.memory_mib));
     }
@@ -88,7 +94,7 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
 
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
     vm.register_irqfd(&irq, COM1_IRQ).map_err(err("KVM_IRQFD"))?;
-    let out = File::from(console.try_clone().map_err(err("console"))?);
+    let out = File::from(console_out);
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(err("eventfd"))?;
     vm.register_irqfd(&kbd_irq, KBD_IRQ).map_err(err("KVM_IRQFD"))?;
     let bus = Arc::new(Bus {
@@ -154,7 +160,7 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
         eprintln!("libvirt-helper: broker gone at start ({e}); the guest runs on");
         *link = None;
     }
-    let mut console = File::from(console);
+    let mut console = File::from(console_in);
     let mut pending: Vec<u8> = Vec::new();
     let (quiet, _silent_peer) = idle_console;
     let mut idle_console = Some((quiet, ()));
@@ -216,22 +222,46 @@ pub fn run(config: &GuestConfig, files: Files, link: &mut Option<Channel>) -> Re
                     };
                     channel.send_wait(&HelperEvent::Stats(stats), &[]).map_err(err("control channel"))?;
                 }
-                Ok((HelperCommand::Start(_), _)) => return Err("second Start".into()),
-                Ok((HelperCommand::Console, fds)) => {
-                    let mut fds = fds.into_iter();
-                    if let (Some(input), Some(output)) = (fds.next(), fds.next()) {
-                        console = File::from(input);
-                        if let Ok(mut s) = bus.serial.lock() {
-                            *s.writer_mut() = File::from(output);
+                Ok((HelperCommand::Start { .. }, _)) => return Err("second Start".into()),
+                Ok((command @ HelperCommand::Console { .. }, fds)) => match command.sort_fds(fds) {
+                    Ok(mut fds) => {
+                        if let (Some(input), Some(output)) =
+                            (fds.take(FdRole::ConsoleInput), fds.take(FdRole::ConsoleOutput))
+                        {
+                            console = File::from(input);
+                            if let Ok(mut s) = bus.serial.lock() {
+                                *s.writer_mut() = File::from(output);
+                            }
                         }
                     }
+                    Err(e) => eprintln!("libvirt-helper: refused a new console: {e}"),
+                },
+                Ok((command @ HelperCommand::AttachDevice { .. }, fds)) => {
+                    let id = match &command {
+                        HelperCommand::AttachDevice { device, .. } => device.id().to_owned(),
+                        _ => String::new(),
+                    };
+                    let answer = match command.sort_fds(fds) {
+                        Err(e) => DeviceAnswer::Refused(e.to_string()),
+                        Ok(_) => DeviceAnswer::Unsupported(NO_HOTPLUG.into()),
+                    };
+                    channel.send_wait(&HelperEvent::Device { id, answer }, &[]).map_err(err("control channel"))?;
+                }
+                Ok((HelperCommand::DetachDevice { id }, _)) => {
+                    let answer = DeviceAnswer::Unsupported(NO_HOTPLUG.into());
+                    channel.send_wait(&HelperEvent::Device { id, answer }, &[]).map_err(err("control channel"))?;
                 }
                 Err(libvirtd::privsep::ChannelError::WouldBlock) => {}
                 Err(libvirtd::privsep::ChannelError::Closed) => {
                     // The daemon went away: guests outlive it. Wait for it on the listener.
                     *link = None;
                 }
-                Err(e) => return Err(format!("broker channel: {e}")),
+                Err(e) => {
+                    // A broker this helper cannot read (another protocol
+                    // version): drop it; the guest runs on.
+                    eprintln!("libvirt-helper: broker link dropped ({e}); the guest runs on");
+                    *link = None;
+                }
             }
         }
         if input {
@@ -288,11 +318,18 @@ fn peak_rss_kib() -> u64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss() as u64).unwrap_or(0)
 }
 
-/// Accepts one broker connection on the control listener.
+/// Sends the greeting every connection starts with.
+pub fn greet(channel: &Channel) -> Result<(), libvirtd::privsep::ChannelError> {
+    channel.send_wait(&HelperEvent::Hello { version: HELPER_PROTOCOL_VERSION }, &[])
+}
+
+/// Accepts one broker connection on the control listener, and greets it.
 fn accept(listener: &OwnedFd) -> Option<Channel> {
     use nix::sys::socket::{SockFlag, accept4};
     let fd = accept4(listener.as_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK).ok()?;
-    Some(Channel::from_nonblocking_fd(fd))
+    let channel = Channel::from_nonblocking_fd(fd);
+    greet(&channel).ok()?;
+    Some(channel)
 }
 
 /// Blocks until a broker connects, to hear how the guest ended.
