@@ -11,6 +11,9 @@ mod acpi;
 mod boot;
 mod bus;
 mod cpu;
+mod devices;
+mod events;
+mod link;
 mod mmio;
 mod vcpu;
 mod vm;
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     // Speak first: the broker reads nothing from a helper before this.
-    if let Err(e) = vm::greet(&channel) {
+    if let Err(e) = link::greet(&channel) {
         eprintln!("libvirt-helper: cannot greet the broker: {e}");
         return ExitCode::FAILURE;
     }
@@ -50,37 +53,31 @@ fn main() -> ExitCode {
         eprintln!("libvirt-helper: expected Start");
         return ExitCode::FAILURE;
     };
-    let failed = |channel: Channel, detail: String| {
-        let _ = channel.send_wait(&HelperEvent::Stopped { reason: StopReason::Failed, detail }, &[]);
+    let mut link = link::Link::new(channel);
+    // Before the guest runs, only the broker that started it can hear why not.
+    let failed = |link: link::Link, detail: String| {
+        link.last_word(None, &HelperEvent::Stopped { reason: StopReason::Failed, detail });
         ExitCode::FAILURE
     };
     if *version != HELPER_PROTOCOL_VERSION {
         let why = format!(
             "the broker speaks helper protocol version {version}; this helper speaks version {HELPER_PROTOCOL_VERSION}"
         );
-        return failed(channel, why);
+        return failed(link, why);
     }
-    let files = command.sort_fds(fds).and_then(|mut fds| {
-        Ok(vm::Files {
-            kvm: fds.require(FdRole::Kvm)?,
-            kernel: fds.require(FdRole::Kernel)?,
-            initrd: fds.take(FdRole::Initrd),
-            console_in: fds.require(FdRole::ConsoleInput)?,
-            console_out: fds.require(FdRole::ConsoleOutput)?,
-            listener: fds.require(FdRole::ControlListener)?,
-        })
-    });
-    let files = match files {
-        Ok(files) => files,
-        Err(e) => return failed(channel, format!("Start: {e}")),
+    let mut fds = match command.sort_fds(fds) {
+        Ok(fds) => fds,
+        Err(e) => return failed(link, format!("Start: {e}")),
     };
-    let mut link = Some(channel);
-    let (reason, detail) = match vm::run(config, files, &mut link) {
+    let listener = match fds.require(FdRole::ControlListener) {
+        Ok(l) => l,
+        Err(e) => return failed(link, format!("Start: {e}")),
+    };
+    let (reason, detail) = match vm::run(config, fds, &listener, &mut link) {
         Ok(stop) => stop,
-        Err(e) => (StopReason::Failed, e),
+        Err(e) => (StopReason::Failed, e.to_string()),
     };
-    if let Some(channel) = link {
-        let _ = channel.send_wait(&HelperEvent::Stopped { reason, detail }, &[]);
-    }
+    // A broker that went away hears how the guest ended when it comes back.
+    link.last_word(Some(&listener), &HelperEvent::Stopped { reason, detail });
     if reason == StopReason::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
