@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent};
+use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StartFds};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
 const RUNS: usize = 10;
@@ -41,11 +41,17 @@ impl Run {
         // The control listener a restarted broker would reconnect on; unused here.
         let (listener, _) = libvirtd::privsep::Channel::pair().unwrap();
         let listener = listener.fd().try_clone_to_owned().unwrap();
-        let fds = [OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), listener];
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        let config =
-            GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None, initrd: false, invariant_tsc: true };
-        spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();
+        let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));
+        let fds = StartFds {
+            kvm: kvm.as_fd(),
+            kernel: kernel.as_fd(),
+            initrd: None,
+            console: theirs.as_fd(),
+            control_listener: listener.as_fd(),
+        };
+        let config = GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None, invariant_tsc: true };
+        let (command, borrowed) = HelperCommand::start(config, &fds);
+        spawned.channel.send(&command, &borrowed).unwrap();
         console.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         Run { spawned, console, seen: Vec::new() }
     }

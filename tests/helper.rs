@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::require;
-use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
+use libvirtd::privsep::helper::{
+    GuestConfig, HELPER_PROTOCOL_VERSION, HelperCommand, HelperEvent, StartFds, StopReason,
+};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
 
@@ -56,30 +58,47 @@ impl Guest {
         g
     }
 
-    /// Like `start`, without waiting for the helper's first event.
+    /// Like `start`, without waiting for the helper's first event after its greeting.
     fn launch(kernel: &Path, initrd: Option<&Path>, memory_mib: u64, cmdline: &str, vcpus: u32) -> Guest {
+        Self::launch_with(kernel, initrd, (memory_mib, cmdline, vcpus), |_| {}, |_| {})
+    }
+
+    /// Like `launch`; `console` may change the helper's end of the console
+    /// and `start` the `Start` command before they are sent.
+    fn launch_with(
+        kernel: &Path,
+        initrd: Option<&Path>,
+        (memory_mib, cmdline, vcpus): (u64, &str, u32),
+        console_tweak: fn(&UnixStream),
+        start_tweak: fn(&mut HelperCommand),
+    ) -> Guest {
         let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
         let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
         let kernel = std::fs::File::open(kernel).unwrap();
         let (console, theirs) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let control_path = dir.path().join("guest.ctl");
-        let config = GuestConfig {
-            memory_mib,
-            vcpus,
-            cmdline: cmdline.into(),
-            ids: guest_ids(),
-            initrd: initrd.is_some(),
-            invariant_tsc: true,
-        };
-        let mut fds =
-            vec![OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs), control_listener(&control_path)];
-        fds.extend(initrd.map(|p| OwnedFd::from(std::fs::File::open(p).unwrap())));
+        let config = GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids(), invariant_tsc: true };
+        console_tweak(&theirs);
+        let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));
+        let listener = control_listener(&control_path);
+        let initrd = initrd.map(|p| OwnedFd::from(std::fs::File::open(p).unwrap()));
         use std::os::fd::AsFd;
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        spawned.channel.send(&HelperCommand::Start(config), &borrowed).unwrap();
+        let fds = StartFds {
+            kvm: kvm.as_fd(),
+            kernel: kernel.as_fd(),
+            initrd: initrd.as_ref().map(|f| f.as_fd()),
+            console: theirs.as_fd(),
+            control_listener: listener.as_fd(),
+        };
+        let (mut command, borrowed) = HelperCommand::start(config, &fds);
+        start_tweak(&mut command);
+        spawned.channel.send(&command, &borrowed).unwrap();
         let libvirtd::broker::Spawned { pid, channel } = spawned;
-        Guest { pid, channel, console, output: String::new(), control_path, _dir: dir }
+        let g = Guest { pid, channel, console, output: String::new(), control_path, _dir: dir };
+        // Every connection starts with the helper's greeting.
+        assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Hello { version: HELPER_PROTOCOL_VERSION });
+        g
     }
 
     fn event(&self, timeout: Duration) -> HelperEvent {
@@ -385,12 +404,16 @@ fn control_listener(path: &Path) -> OwnedFd {
     fd
 }
 
-/// Connects to a helper's control socket as a restarted broker would.
+/// Connects to a helper's control socket as a restarted broker would,
+/// and reads its greeting.
 fn reconnect(path: &Path) -> libvirtd::privsep::Channel {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
     let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
     connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
-    libvirtd::privsep::Channel::from_fd(fd).unwrap()
+    let channel = libvirtd::privsep::Channel::from_fd(fd).unwrap();
+    let (hello, _) = channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
+    assert_eq!(hello, HelperEvent::Hello { version: HELPER_PROTOCOL_VERSION });
+    channel
 }
 
 #[test]
@@ -472,6 +495,189 @@ fn linux_boots_to_the_ready_marker_on_hardware_kvm() {
     g.type_line("poweroff");
     match g.event(Duration::from_secs(60)) {
         HelperEvent::Stopped { reason, .. } => assert_eq!(reason, StopReason::PowerOff),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Reads console output until `needle` (without the `Guest` buffer), or the timeout.
+fn drain_until(console: &mut UnixStream, needle: &str, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    console.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    while Instant::now() < end {
+        if let Ok(n) = console.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains(needle) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn a_vcpu_that_never_parks_fails_the_pause_within_its_bound_and_the_helper_still_answers() {
+    if !have_kvm() {
+        return;
+    }
+    // The helper's end of the console takes only a few bytes the test has
+    // not read: a guest writing more blocks its vCPU in write(), holding
+    // the UART, and that vCPU cannot park.
+    let small_buffer = |theirs: &UnixStream| {
+        nix::sys::socket::setsockopt(theirs, nix::sys::socket::sockopt::SndBuf, &1).unwrap();
+    };
+    let image = guest().join("pvh.elf");
+    let mut g = Guest::launch_with(&image, None, (32, "", 2), small_buffer, |_| {});
+    assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Started);
+    g.expect("> ", Duration::from_secs(30));
+    // The guest echoes what is typed: with nobody reading, its vCPU blocks.
+    g.type_line(&format!("echo {}", "x".repeat(100)));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let asked = Instant::now();
+    g.channel.send(&HelperCommand::Pause, &[]).unwrap();
+    let answer = g.event(Duration::from_secs(10));
+    let took = asked.elapsed();
+    match answer {
+        HelperEvent::PauseFailed { detail } => {
+            assert!(detail.contains("vCPU 0 did not stop within 1000 ms"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "answered after {took:?}");
+    // The helper still answers, and the guest runs on: it was not left half-paused.
+    assert!(!stats(&g).paused);
+
+    // Once the console is read, the vCPU parks like any other.
+    let answer_and_prompt = format!("{}\r\n> ", "x".repeat(100));
+    assert!(drain_until(&mut g.console, &answer_and_prompt, Duration::from_secs(30)), "the guest's echo never came");
+    g.channel.send(&HelperCommand::Pause, &[]).unwrap();
+    assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Paused);
+    g.channel.send(&HelperCommand::Stop, &[]).unwrap();
+    assert!(matches!(g.event(Duration::from_secs(10)), HelperEvent::Stopped { reason: StopReason::Destroyed, .. }));
+}
+
+#[test]
+fn a_guest_whose_console_nobody_reads_still_stops_when_told() {
+    if !have_kvm() {
+        return;
+    }
+    let small_buffer = |theirs: &UnixStream| {
+        nix::sys::socket::setsockopt(theirs, nix::sys::socket::sockopt::SndBuf, &1).unwrap();
+    };
+    let image = guest().join("pvh.elf");
+    let mut g = Guest::launch_with(&image, None, (32, "", 1), small_buffer, |_| {});
+    assert_eq!(g.event(Duration::from_secs(10)), HelperEvent::Started);
+    g.expect("> ", Duration::from_secs(30));
+    g.type_line(&format!("echo {}", "y".repeat(100)));
+    std::thread::sleep(Duration::from_millis(500));
+    // The vCPU is blocked writing guest output; a stop still ends the helper
+    // promptly (the write gives up once the VM is stopping).
+    let asked = Instant::now();
+    g.channel.send(&HelperCommand::Stop, &[]).unwrap();
+    assert!(matches!(g.event(Duration::from_secs(10)), HelperEvent::Stopped { reason: StopReason::Destroyed, .. }));
+    assert!(asked.elapsed() < Duration::from_secs(3), "stopping took {:?}", asked.elapsed());
+    assert!(common::wait_until(Duration::from_secs(5), || nix::sys::wait::waitpid(
+        g.pid,
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+    )
+    .is_ok_and(|s| s != nix::sys::wait::WaitStatus::StillAlive)));
+}
+
+#[test]
+fn a_faulting_vcpu_reports_where_it_was() {
+    if !have_kvm() {
+        return;
+    }
+    let mut g = Guest::boot("vmlinuz", 32, "");
+    g.expect("> ", Duration::from_secs(30));
+    g.type_line("fault");
+    // A triple fault on hardware KVM (reset), an internal error under an
+    // emulating one (failed): either way, read from the vCPU's own thread
+    // under its filter, the detail says where.
+    match g.event(Duration::from_secs(30)) {
+        HelperEvent::Stopped { reason: StopReason::Reset | StopReason::Failed, detail } => {
+            assert!(detail.contains(" at rip 0x"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hotplug_is_answered_as_not_supported_and_fds_in_the_wrong_role_are_refused() {
+    if !have_kvm() {
+        return;
+    }
+    use libvirtd::privsep::helper::{DeviceAnswer, DeviceSpec, FdRole};
+    use std::os::fd::AsFd;
+    let mut g = Guest::boot("pvh.elf", 32, "");
+    g.expect("> ", Duration::from_secs(30));
+    let image = tempfile::NamedTempFile::new().unwrap();
+    let disk = DeviceSpec::Disk { id: "vdb".into(), read_only: true };
+    let attach = HelperCommand::AttachDevice { device: disk.clone(), fds: vec![FdRole::DiskImage] };
+    g.channel.send(&attach, &[image.as_file().as_fd()]).unwrap();
+    match g.event(Duration::from_secs(10)) {
+        HelperEvent::Device { id, answer: DeviceAnswer::Unsupported(why) } => {
+            assert_eq!(id, "vdb");
+            assert!(why.contains("PCI"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let wrong = HelperCommand::AttachDevice { device: disk, fds: vec![FdRole::Tap] };
+    g.channel.send(&wrong, &[image.as_file().as_fd()]).unwrap();
+    match g.event(Duration::from_secs(10)) {
+        HelperEvent::Device { answer: DeviceAnswer::Refused(why), .. } => assert!(why.contains("Tap"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    g.channel.send(&HelperCommand::DetachDevice { id: "vdb".into() }, &[]).unwrap();
+    assert!(matches!(
+        g.event(Duration::from_secs(10)),
+        HelperEvent::Device { answer: DeviceAnswer::Unsupported(_), .. }
+    ));
+    // The guest runs on.
+    g.type_line("echo still here");
+    g.expect("still here\r\n", Duration::from_secs(30));
+}
+
+#[test]
+fn a_broker_of_another_protocol_version_is_refused_at_start() {
+    if !have_kvm() {
+        return;
+    }
+    let image = guest().join("pvh.elf");
+    let newer = |c: &mut HelperCommand| {
+        if let HelperCommand::Start { version, .. } = c {
+            *version = HELPER_PROTOCOL_VERSION + 1;
+        }
+    };
+    let g = Guest::launch_with(&image, None, (32, "", 1), |_| {}, newer);
+    match g.event(Duration::from_secs(10)) {
+        HelperEvent::Stopped { reason: StopReason::Failed, detail } => {
+            assert!(detail.contains("the broker speaks helper protocol version 3"), "{detail}");
+            assert!(detail.contains("this helper speaks version 2"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_start_whose_fds_do_not_fit_their_roles_is_refused() {
+    if !have_kvm() {
+        return;
+    }
+    use libvirtd::privsep::helper::FdRole;
+    let image = guest().join("pvh.elf");
+    let kernel_twice = |c: &mut HelperCommand| {
+        if let HelperCommand::Start { fds, .. } = c {
+            fds[0] = FdRole::Kernel;
+        }
+    };
+    let g = Guest::launch_with(&image, None, (32, "", 1), |_| {}, kernel_twice);
+    match g.event(Duration::from_secs(10)) {
+        HelperEvent::Stopped { reason: StopReason::Failed, detail } => {
+            assert_eq!(detail, "Start: fd role Kernel is named twice");
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -1,8 +1,9 @@
 //! `libvirt-helper`: one guest, run with KVM directly (no QEMU).
 //!
-//! Started by the broker with its control channel on fd 3; receives
-//! `HelperCommand::Start` with every fd it needs (`/dev/kvm`, the kernel,
-//! the console), opens no path itself, runs the guest, and reports how it
+//! Started by the broker with its control channel on fd 3. It greets the
+//! broker with its protocol version, receives `HelperCommand::Start` with
+//! every fd it needs, each named by its role (`/dev/kvm`, the kernel, the
+//! console, ...), opens no path itself, runs the guest, and reports how it
 //! stopped. Written for hardware KVM; proven on emulating KVM with the test
 //! guest in `tests/guest/`.
 
@@ -10,6 +11,9 @@ mod acpi;
 mod boot;
 mod bus;
 mod cpu;
+mod devices;
+mod events;
+mod link;
 mod mmio;
 mod vcpu;
 mod vm;
@@ -18,7 +22,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 
 use libvirtd::privsep::Channel;
-use libvirtd::privsep::helper::{HelperCommand, HelperEvent, StopReason};
+use libvirtd::privsep::helper::{FdRole, HELPER_PROTOCOL_VERSION, HelperCommand, HelperEvent, StopReason};
 
 /// Where the broker puts the control channel.
 const CHANNEL_FD: i32 = 3;
@@ -33,6 +37,11 @@ fn main() -> ExitCode {
         eprintln!("libvirt-helper: no control channel on fd 3");
         return ExitCode::FAILURE;
     };
+    // Speak first: the broker reads nothing from a helper before this.
+    if let Err(e) = link::greet(&channel) {
+        eprintln!("libvirt-helper: cannot greet the broker: {e}");
+        return ExitCode::FAILURE;
+    }
     let (command, fds) = match channel.recv_blocking::<HelperCommand>(START_TIMEOUT_MS, HelperCommand::fd_count) {
         Ok(m) => m,
         Err(e) => {
@@ -40,25 +49,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let HelperCommand::Start(config) = command else {
+    let HelperCommand::Start { version, config, .. } = &command else {
         eprintln!("libvirt-helper: expected Start");
         return ExitCode::FAILURE;
     };
-    // The channel checked the count against the config: four, plus the initrd.
-    let mut fds = fds.into_iter();
-    let (Some(kvm), Some(kernel), Some(console), Some(listener)) = (fds.next(), fds.next(), fds.next(), fds.next())
-    else {
-        eprintln!("libvirt-helper: Start without its fds");
-        return ExitCode::FAILURE;
+    let mut link = link::Link::new(channel);
+    // Before the guest runs, only the broker that started it can hear why not.
+    let failed = |link: link::Link, detail: String| {
+        link.last_word(None, &HelperEvent::Stopped { reason: StopReason::Failed, detail });
+        ExitCode::FAILURE
     };
-    let files = vm::Files { kvm, kernel, initrd: fds.next(), console, listener };
-    let mut link = Some(channel);
-    let (reason, detail) = match vm::run(&config, files, &mut link) {
-        Ok(stop) => stop,
-        Err(e) => (StopReason::Failed, e),
-    };
-    if let Some(channel) = link {
-        let _ = channel.send_wait(&HelperEvent::Stopped { reason, detail }, &[]);
+    if *version != HELPER_PROTOCOL_VERSION {
+        let why = format!(
+            "the broker speaks helper protocol version {version}; this helper speaks version {HELPER_PROTOCOL_VERSION}"
+        );
+        return failed(link, why);
     }
+    let mut fds = match command.sort_fds(fds) {
+        Ok(fds) => fds,
+        Err(e) => return failed(link, format!("Start: {e}")),
+    };
+    let listener = match fds.require(FdRole::ControlListener) {
+        Ok(l) => l,
+        Err(e) => return failed(link, format!("Start: {e}")),
+    };
+    let (reason, detail) = match vm::run(config, fds, &listener, &mut link) {
+        Ok(stop) => stop,
+        Err(e) => (StopReason::Failed, e.to_string()),
+    };
+    // A broker that went away hears how the guest ended when it comes back.
+    link.last_word(Some(&listener), &HelperEvent::Stopped { reason, detail });
     if reason == StopReason::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -44,6 +44,20 @@ pub struct Ctx {
     pub awaiting: HashMap<[u8; 16], Awaiting>,
 }
 
+/// What re-attaching found of one guest, for the audit trail.
+pub struct Reattachment {
+    /// The domain's name.
+    pub name: String,
+    /// Its uuid.
+    pub uuid: [u8; 16],
+    /// The helper's pid (as recorded).
+    pub pid: i32,
+    /// It runs and this daemon manages it.
+    pub running: bool,
+    /// It runs, but its helper speaks another protocol: why.
+    pub unmanageable: Option<String>,
+}
+
 /// A request sent to a guest's helper whose answer arrives through the event
 /// loop: the broker settles it when the helper answers, the guest stops or
 /// the deadline passes, and serves everyone else meanwhile, so a slow or
@@ -209,9 +223,12 @@ impl Ctx {
 
     /// Re-attaches to the guests a previous broker left running; records of
     /// guests that are gone become shut-off domains (transient ones vanish).
-    /// Returns, for the audit trail, each guest's name, uuid, helper pid and
-    /// whether it was still running.
-    pub fn reattach(&mut self) -> Vec<(String, [u8; 16], i32, bool)> {
+    /// A guest whose helper speaks another protocol version stays running
+    /// but unmanageable (see [`super::guests::Reattached`]). Returns, for
+    /// the audit trail, each guest's name, uuid, helper pid, whether it is
+    /// managed and running, and why not when it runs unmanaged.
+    pub fn reattach(&mut self) -> Vec<Reattachment> {
+        use super::guests::Reattached;
         let mut found = Vec::new();
         for (s, def) in super::status::load_all(&self.launcher.state_dir) {
             let uuid = def.uuid;
@@ -223,14 +240,15 @@ impl Ctx {
                 self.domains.insert_transient(def.clone());
             }
             self.next_id = self.next_id.max(s.id + 1);
+            // A start the previous broker did not see through: the helper
+            // that still answers went on to run its guest.
+            let recorded = match s.state {
+                (STATE_PAUSED, PAUSED_STARTING_UP) => RUNNING_BOOTED,
+                other => other,
+            };
+            let mut seen = Reattachment { name: name.clone(), uuid, pid: s.pid, running: false, unmanageable: None };
             match self.launcher.reattach(&def, s.id, s.pid, s.uid) {
-                Some(Ok((running, paused))) => {
-                    // A start the previous broker did not see through: the
-                    // helper that still answers went on to run its guest.
-                    let recorded = match s.state {
-                        (STATE_PAUSED, PAUSED_STARTING_UP) => RUNNING_BOOTED,
-                        other => other,
-                    };
+                Reattached::Attached(running, paused) => {
                     // Where the helper says otherwise, a pause or resume
                     // happened that the record missed.
                     let state = match (paused, recorded.0 == STATE_PAUSED) {
@@ -241,20 +259,29 @@ impl Ctx {
                     self.domains.set_running(&uuid, s.id, running.pid, state);
                     self.guests.insert(uuid, running);
                     log::info!("re-attached to domain '{name}' (id {}, helper pid {})", s.id, s.pid);
-                    found.push((name, uuid, s.pid, true));
+                    seen.running = true;
+                }
+                Reattached::Unmanageable(running, why) => {
+                    // Running, as far as anyone can tell; the record stays
+                    // for a daemon that speaks its helper's version.
+                    self.domains.set_running(&uuid, s.id, running.pid, recorded);
+                    let e = super::guests::unmanageable(&name, running.pid, &why);
+                    log::error!("domain '{name}' (id {}): {e}", s.id);
+                    self.guests.insert(uuid, running);
+                    seen.unmanageable = Some(format!("unmanageable: {why}"));
                 }
                 outcome => {
                     // A helper that is gone took its reason with it.
                     let reason = match outcome {
-                        Some(Err(why)) => shutoff_reason(why),
+                        Reattached::Stopped(why) => shutoff_reason(why),
                         _ => super::domains::SHUTOFF_UNKNOWN,
                     };
                     log::info!("domain '{name}' stopped while the daemon was away");
                     super::status::remove(&self.launcher.state_dir, &name);
                     self.domains.set_shutoff(&uuid, reason);
-                    found.push((name, uuid, s.pid, false));
                 }
             }
+            found.push(seen);
         }
         found
     }
@@ -380,6 +407,7 @@ impl Ctx {
     fn idle_guest(&self, uuid: &[u8; 16]) -> Result<(String, &Running), CallError> {
         let name = self.domains.by_uuid(uuid)?.def.name.clone();
         let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
+        running.manageable(&name)?;
         if let Some(a) = self.awaiting.get(uuid) {
             return Err(CallError::OperationFailed(format!("guest '{name}' has not finished its {} yet", a.op)));
         }
@@ -636,9 +664,8 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
                 return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainOpenConsole".into() });
             }
             let name = ctx.domains.by_uuid(&uuid)?.def.name.clone();
-            if !ctx.guests.contains_key(&uuid) {
-                return Err(CallError::NotRunning);
-            }
+            // Its helper never got this daemon's end of a console.
+            ctx.guests.get(&uuid).ok_or(CallError::NotRunning)?.manageable(&name)?;
             match ctx.consoles.get(&uuid) {
                 Some(&owner) if owner != caller.conn && flags & 1 == 0 => {
                     return Err(CallError::OperationFailed("Active console session exists for this domain".into()));

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use super::audit::Auditor;
 use super::calls::{self, Ctx, Wait};
+use super::guests::Protocol;
 use super::link::{Client, Slot, describe};
 use super::listen::Listeners;
 use super::pidfile::PidFile;
@@ -27,7 +28,7 @@ use crate::cli::Cli;
 use crate::config::{Config, DefaultPaths, Mode};
 use crate::domain::LifecycleAction;
 use crate::logging::{self, LogState};
-use crate::privsep::helper::{HelperEvent, StopReason};
+use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
 use crate::privsep::{CallValue, ChannelError, ConnId};
 use std::collections::HashMap;
 use std::io::Read;
@@ -259,24 +260,71 @@ impl Broker {
             }
             GuestFd::Channel => loop {
                 let Some(running) = self.setup.ctx.guests.get(&uuid).filter(|r| r.pid == pid) else { return };
+                if let Protocol::Unmanageable(why) = &running.protocol {
+                    // Never parsed: only its end matters.
+                    match running.channel.skip() {
+                        Ok(()) => continue,
+                        Err(ChannelError::WouldBlock) => return,
+                        Err(_) => {
+                            let detail = format!("the helper ended; {why}");
+                            return self.guest_stopped(uuid, StopReason::Failed, &detail);
+                        }
+                    }
+                }
+                let awaiting = running.protocol == Protocol::Awaiting;
                 match running.channel.recv::<HelperEvent>(HelperEvent::fd_count) {
+                    Ok((HelperEvent::Hello { version }, _)) if awaiting => self.greeted(uuid, check_version(version)),
+                    // Anything before the greeting is a protocol this daemon cannot read.
+                    Ok(_) if awaiting => self.greeted(uuid, Err(ProtocolMismatch::Garbled)),
                     Ok((HelperEvent::Stopped { reason, detail }, _)) => {
                         return self.guest_stopped(uuid, reason, &detail);
                     }
-                    Ok((event @ (HelperEvent::Started | HelperEvent::Paused | HelperEvent::Resumed), _)) => {
-                        self.helper_answered(uuid, &event)
-                    }
+                    Ok((
+                        event @ (HelperEvent::Started
+                        | HelperEvent::Paused
+                        | HelperEvent::Resumed
+                        | HelperEvent::PauseFailed { .. }),
+                        _,
+                    )) => self.helper_answered(uuid, &event),
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
+                    Err(ChannelError::Closed) if awaiting => {
+                        let detail = "its helper ended without greeting (is libvirt-helper from the same build as \
+                                      libvirtd?)";
+                        return self.guest_stopped(uuid, StopReason::Failed, detail);
+                    }
                     Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
                 }
             },
         }
     }
 
-    /// A helper reported `Started`, `Paused` or `Resumed`: apply it, and
-    /// settle what waited for it. A late answer (its asker already got an
-    /// error) still updates the state.
+    /// A new helper's greeting arrived: one of this build's protocol is
+    /// spoken to from now on; any other fails its start, naming both
+    /// versions.
+    fn greeted(&mut self, uuid: [u8; 16], version: Result<(), ProtocolMismatch>) {
+        let ctx = &mut self.setup.ctx;
+        let Some(running) = ctx.guests.get_mut(&uuid) else { return };
+        let why = match version {
+            Ok(()) => {
+                running.protocol = Protocol::Spoken;
+                return;
+            }
+            Err(why) => why,
+        };
+        running.protocol = Protocol::Unmanageable(why.clone());
+        let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+        log::error!("guest '{name}': {why}");
+        if ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) {
+            let e = crate::privsep::CallError::OperationFailed(format!("guest '{name}' failed to start: {why}"));
+            self.settle(uuid, Err(e));
+            self.flush_events();
+        }
+    }
+
+    /// A helper reported `Started`, `Paused`, `Resumed` or `PauseFailed`:
+    /// apply it, and settle what waited for it. A late answer (its asker
+    /// already got an error) still updates the state.
     fn helper_answered(&mut self, uuid: [u8; 16], event: &HelperEvent) {
         let ctx = &mut self.setup.ctx;
         let waiting = ctx.awaiting.get(&uuid).map(|a| a.wait);
@@ -297,6 +345,15 @@ impl Broker {
             HelperEvent::Resumed => {
                 ctx.paused(&uuid, true);
                 waiting == Some(Wait::Resumed)
+            }
+            // The helper's bound passed with a vCPU still running: the guest
+            // runs on, and whoever asked hears why.
+            HelperEvent::PauseFailed { detail } if matches!(waiting, Some(Wait::Paused | Wait::StartPaused)) => {
+                let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+                let e =
+                    crate::privsep::CallError::OperationFailed(format!("guest '{name}' could not be paused: {detail}"));
+                self.settle(uuid, Err(e));
+                return self.flush_events();
             }
             _ => false,
         };

@@ -14,9 +14,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::files::{FileError, Purpose};
+use super::greeting::Greeting;
 use super::spawn;
 use crate::domain::DomainDef;
-use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, StopReason};
+use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, ProtocolMismatch, StartFds, StopReason};
 use crate::privsep::{CallError, Channel};
 
 /// One running guest.
@@ -36,6 +37,39 @@ pub struct Running {
     pub log: Option<std::fs::File>,
     /// This broker spawned it (one re-attached after a restart is not our child).
     pub child: bool,
+    /// What is known of the protocol it speaks.
+    pub protocol: Protocol,
+}
+
+/// What the broker knows of the protocol a helper speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// Its greeting has not arrived yet (a helper just spawned): the next
+    /// message must be `Hello`.
+    Awaiting,
+    /// It greeted with this build's version.
+    Spoken,
+    /// It speaks another protocol: its guest runs but cannot be managed.
+    /// Nothing it sends is parsed; its channel is watched for its end.
+    Unmanageable(ProtocolMismatch),
+}
+
+impl Running {
+    /// The helper's protocol, if this broker can speak it; otherwise the
+    /// error every operation on the guest gets, naming the mismatch.
+    pub fn manageable(&self, name: &str) -> Result<(), CallError> {
+        match &self.protocol {
+            Protocol::Unmanageable(why) => Err(unmanageable(name, self.pid, why)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error for an operation on a guest whose helper speaks another protocol.
+pub fn unmanageable(name: &str, pid: Pid, why: &ProtocolMismatch) -> CallError {
+    CallError::OperationFailed(format!(
+        "guest '{name}' runs but cannot be managed: {why} (helper pid {pid}); only destroy works on it"
+    ))
 }
 
 impl Running {
@@ -142,13 +176,20 @@ impl Launcher {
             vcpus: def.vcpus,
             cmdline: def.os.cmdline.clone().unwrap_or_default(),
             ids: uid.map(|u| (u, u)),
-            initrd: initrd.is_some(),
             invariant_tsc: def.invariant_tsc(),
         };
         let guest_console: OwnedFd = guest_console.into();
-        let mut fds = vec![kvm.as_fd(), kernel.as_fd(), guest_console.as_fd(), listener.as_fd()];
-        fds.extend(initrd.as_ref().map(|f| f.as_fd()));
-        if let Err(e) = spawned.channel.send(&HelperCommand::Start(config), &fds) {
+        let fds = StartFds {
+            kvm: kvm.as_fd(),
+            kernel: kernel.as_fd(),
+            initrd: initrd.as_ref().map(|f| f.as_fd()),
+            console: guest_console.as_fd(),
+            control_listener: listener.as_fd(),
+        };
+        // Sent at once, without waiting for the helper's greeting: the event
+        // loop checks that (its first message) before anything else.
+        let (command, fds) = HelperCommand::start(config, &fds);
+        if let Err(e) = spawned.channel.send(&command, &fds) {
             let _ = kill(spawned.pid, Signal::SIGKILL);
             return Err(CallError::OperationFailed(format!("guest failed to start: {e}")));
         }
@@ -160,53 +201,82 @@ impl Launcher {
             console,
             log,
             child: true,
+            protocol: Protocol::Awaiting,
         })
     }
 }
 
+/// What a broker found of a helper that outlived its predecessor.
+#[derive(Debug)]
+pub enum Reattached {
+    /// Gone: its control socket does not answer.
+    Gone,
+    /// Its guest stopped while no broker was there, for this reason.
+    Stopped(StopReason),
+    /// It speaks this build's protocol: attached, with a new console; and
+    /// its word on whether the guest is paused (`None` if it did not say in
+    /// time).
+    Attached(Running, Option<bool>),
+    /// It runs, speaking a protocol this build does not: held as running,
+    /// never parsed, every operation but destroy refused.
+    Unmanageable(Running, ProtocolMismatch),
+}
+
 impl Launcher {
     /// Joins a helper that outlived the previous broker: connects to its
-    /// control socket, gives it a new console and asks whether its guest is
-    /// paused (the helper's word beats the record, which a broker that died
-    /// mid-request may have left behind; `None` if it did not say in time).
-    /// `None` if the helper is gone; `Err` with how the guest ended if it
-    /// stopped while we were away.
-    #[allow(clippy::type_complexity)]
-    pub fn reattach(
-        &self,
-        def: &DomainDef,
-        id: i32,
-        pid: i32,
-        uid: u32,
-    ) -> Option<Result<(Running, Option<bool>), StopReason>> {
+    /// control socket and reads its greeting. One speaking this build's
+    /// protocol gets a new console and is asked whether its guest is paused
+    /// (the helper's word beats the record, which a broker that died
+    /// mid-request may have left behind). One that speaks another version,
+    /// or none (a build from before the greeting, which never greets but
+    /// answers `Stats`), is reported unmanageable, and nothing it says is
+    /// parsed from then on.
+    pub fn reattach(&self, def: &DomainDef, id: i32, pid: i32, uid: u32) -> Reattached {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
         let path = super::status::control_socket(&self.state_dir, &def.name);
-        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).ok()?;
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(&path).ok()?).ok()?;
-        let channel = Channel::from_fd(fd).ok()?;
-        // A helper whose guest stopped meanwhile says so at once.
-        if let Ok((HelperEvent::Stopped { reason, .. }, _)) =
-            channel.recv_blocking::<HelperEvent>(REATTACH_GRACE_MS, HelperEvent::fd_count)
-        {
-            return Some(Err(reason));
-        }
-        let (console, theirs) = UnixStream::pair().ok()?;
-        console.set_nonblocking(true).ok()?;
-        let theirs: OwnedFd = theirs.into();
-        channel.send(&HelperCommand::Console, &[theirs.as_fd(), theirs.as_fd()]).ok()?;
-        let paused = match channel.send(&HelperCommand::Stats, &[]) {
-            Ok(()) => match channel.recv_blocking::<HelperEvent>(REATTACH_GRACE_MS, HelperEvent::fd_count) {
-                Ok((HelperEvent::Stats(stats), _)) => Some(stats.paused),
-                _ => None,
-            },
-            Err(_) => None,
-        };
+        let connected =
+            socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).ok().and_then(|fd| {
+                connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(&path).ok()?).ok()?;
+                Channel::from_fd(fd).ok()
+            });
+        let Some(channel) = connected else { return Reattached::Gone };
+        let Ok((console, theirs)) = UnixStream::pair() else { return Reattached::Gone };
+        let _ = console.set_nonblocking(true);
         // The guest runs on whether or not its log can be reopened.
         let log = serial_log(def).unwrap_or_else(|e| {
             log::warn!("domain '{}': {e}", def.name);
             None
         });
-        Some(Ok((Running { id, pid: Pid::from_raw(pid), uid, channel, console, log, child: false }, paused)))
+        let greeting = super::greeting::read(&channel, REATTACH_GRACE_MS);
+        let running =
+            |protocol| Running { id, pid: Pid::from_raw(pid), uid, channel, console, log, child: false, protocol };
+        match greeting {
+            Greeting::Stopped(reason) => Reattached::Stopped(reason),
+            Greeting::Gone => Reattached::Gone,
+            Greeting::Mismatch(why) => Reattached::Unmanageable(running(Protocol::Unmanageable(why.clone())), why),
+            Greeting::Spoken => {
+                let r = running(Protocol::Spoken);
+                // A helper whose guest stopped meanwhile says so at once.
+                if let Ok((HelperEvent::Stopped { reason, .. }, _)) =
+                    r.channel.recv_blocking::<HelperEvent>(REATTACH_GRACE_MS, HelperEvent::fd_count)
+                {
+                    return Reattached::Stopped(reason);
+                }
+                let theirs: OwnedFd = theirs.into();
+                let (command, fds) = HelperCommand::console(theirs.as_fd());
+                if r.channel.send(&command, &fds).is_err() {
+                    return Reattached::Gone;
+                }
+                let paused = match r.channel.send(&HelperCommand::Stats, &[]) {
+                    Ok(()) => match r.channel.recv_blocking::<HelperEvent>(REATTACH_GRACE_MS, HelperEvent::fd_count) {
+                        Ok((HelperEvent::Stats(stats), _)) => Some(stats.paused),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                };
+                Reattached::Attached(r, paused)
+            }
+        }
     }
 }
 

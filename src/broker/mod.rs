@@ -12,6 +12,7 @@ mod calls;
 mod domains;
 mod event_loop;
 mod files;
+mod greeting;
 mod guests;
 mod host;
 mod hoststats;
@@ -163,9 +164,11 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.
-    for (name, uuid, pid, running) in ctx.reattach() {
-        // Failure: the guest had stopped while no daemon was there.
-        calls::audit_guest(&mut auditor, "reattach", (&name, &uuid), pid, None, running);
+    for seen in ctx.reattach() {
+        // Failure: the guest had stopped while no daemon was there, or its
+        // helper speaks a protocol this daemon does not (then with a reason).
+        let reason = seen.unmanageable.as_deref();
+        calls::audit_guest(&mut auditor, "reattach", (&seen.name, &seen.uuid), seen.pid, reason, seen.running);
     }
     for uuid in ctx.domains.autostart_pending() {
         // Success is audited when the helper reports the guest started.

@@ -298,6 +298,20 @@ impl Channel {
     }
 }
 
+impl Channel {
+    /// Reads and drops one record without decoding it (its fds close): for
+    /// a peer whose messages this end must not parse, such as a helper of
+    /// another protocol version, that is still watched for its end.
+    /// `Closed` once the peer has gone.
+    pub fn skip(&self) -> Result<(), ChannelError> {
+        let mut buf = vec![0u8; RECORD_PAYLOAD + 2];
+        match recv_record(self.raw_fd(), &mut buf)? {
+            (0, fds) if fds.is_empty() => Err(ChannelError::Closed),
+            _ => Ok(()),
+        }
+    }
+}
+
 fn io_errno(e: std::io::Error) -> ChannelError {
     ChannelError::Io(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
 }
@@ -465,6 +479,16 @@ mod tests {
         assert!(matches!(a.send(&huge, &[]), Err(ChannelError::Oversized)));
         assert_eq!(a.queued(), 0);
         assert!(matches!(b.recv::<Vec<u8>>(|_| 0), Err(ChannelError::WouldBlock)));
+    }
+
+    #[test]
+    fn skip_drops_records_unread_and_reports_the_end() {
+        let (a, b) = Channel::pair().unwrap();
+        a.send(&vec![1u8, 2, 3], &[]).unwrap();
+        assert!(b.skip().is_ok());
+        assert!(matches!(b.skip(), Err(ChannelError::WouldBlock)));
+        drop(a);
+        assert!(matches!(b.skip(), Err(ChannelError::Closed)));
     }
 
     #[test]

@@ -10,6 +10,8 @@
  * Shell words:  echo WORDS | poweroff (ACPI PM1a S5) | reboot (i8042 0xFE)
  *               | panic (pvpanic port 0x505) | spin MS
  *               | mmio (read, write, read back unassigned MMIO: MMIO=ones|other)
+ *               | fault (int3 with an empty IDT: a triple fault, or KVM's
+ *                 internal error under an emulating KVM)
  * Command line: "resetatboot" makes it print RESETTING after CMDLINE= and
  *               reset at once (i8042 0xFE), on every boot.
  */
@@ -293,7 +295,15 @@ shell:
         leaq msg_mmio_other(%rip), %rsi
 14:     call puts
         jmp shell
-13:     leaq msg_unknown(%rip), %rsi
+13:     leaq linebuf(%rip), %rsi
+        leaq w_fault(%rip), %rdi
+        call prefix
+        jnc .Lnot_fault
+        lidt null_idt(%rip)             /* no gate for any vector */
+        int3
+        jmp halt_forever
+.Lnot_fault:
+        leaq msg_unknown(%rip), %rsi
         call puts
         jmp shell
 
@@ -618,11 +628,15 @@ msg_resetting: .asciz "RESETTING\r\n"
 w_panic:     .asciz "panic"
 w_spin:      .asciz "spin "
 w_mmio:      .asciz "mmio"
+w_fault:     .asciz "fault"
 msg_mmio_ones:  .asciz "MMIO=ones\r\n"
 msg_mmio_other: .asciz "MMIO=other\r\n"
 idt_desc:
         .word 256 * 16 - 1
         .quad idt
+null_idt:
+        .word 0
+        .quad 0
 
         .section .note.pvh, "a"
         .align 4

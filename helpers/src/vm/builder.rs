@@ -1,0 +1,216 @@
+//! Assembles a VM from its parts: guest memory, the in-kernel interrupt
+//! controllers and PIT, the kernel loaded, the devices on the bus with
+//! their interrupt lines, and the vCPUs set up to run. Everything here
+//! needs privilege or a path the confined process will not have; none of
+//! it runs guest code.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VmFd};
+use libvirtd::privsep::helper::GuestConfig;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::machine::Machine;
+use crate::boot::{self, BootError};
+use crate::bus::{Bus, BusError, Space};
+use crate::cpu;
+use crate::devices::console::{ConsoleIo, ConsoleOut};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::serial::{self, Serial};
+use crate::devices::{IrqFd, acpi_pm, pvpanic};
+use crate::vcpu::kvm::KvmVcpu;
+
+/// Guest RAM must end below the 32-bit PCI hole.
+const MAX_MEMORY_MIB: u64 = 3 * 1024;
+const TSS_ADDRESS: usize = 0xfffb_d000;
+const COM1_IRQ: u32 = 4;
+const KBD_IRQ: u32 = 1;
+/// vCPUs per guest (the domain XML's limit).
+const MAX_VCPUS: u32 = 255;
+
+/// Why the VM could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Memory outside what the helper can give.
+    #[error("guest memory {0} MiB is outside 2-{MAX_MEMORY_MIB} MiB")]
+    Memory(u64),
+    /// A vCPU count outside what the helper can give.
+    #[error("{0} vCPUs requested; 1-{MAX_VCPUS} are possible")]
+    Vcpus(u32),
+    /// A KVM call failed.
+    #[error("{what}: {source}")]
+    Kvm {
+        /// The call.
+        what: &'static str,
+        /// Its error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be mapped.
+    #[error("guest memory: {0}")]
+    GuestMemory(String),
+    /// An interrupt eventfd could not be made.
+    #[error("eventfd: {0}")]
+    Eventfd(std::io::Error),
+    /// The kernel did not load.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A vCPU could not be set up.
+    #[error("vCPU {index}: {reason}")]
+    Cpu {
+        /// Which.
+        index: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Two devices claimed one address.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { what, source }
+}
+
+/// The fds the VM is built from.
+pub struct BootFiles {
+    /// `/dev/kvm`.
+    pub kvm: OwnedFd,
+    /// The kernel image.
+    pub kernel: OwnedFd,
+    /// The initrd, if any.
+    pub initrd: Option<OwnedFd>,
+}
+
+/// The devices the control loop acts on by name, beside the bus.
+pub struct Devices {
+    /// Every device, by address, for the vCPUs.
+    pub bus: Arc<Bus>,
+    /// The keyboard controller (ctrl-alt-del).
+    pub i8042: Arc<Mutex<I8042>>,
+    /// COM1, for its console's event side.
+    pub serial: Arc<Mutex<Serial<ConsoleOut>>>,
+}
+
+/// A VM ready to run.
+pub struct Built {
+    /// Memory and the VM fd.
+    pub machine: Machine,
+    /// The vCPUs, set up, not running.
+    pub vcpus: Vec<KvmVcpu>,
+    /// The devices.
+    pub devices: Devices,
+    /// The console's event side, for the event loop.
+    pub console: ConsoleIo,
+    /// Set once the VM stops (for the console writer).
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// Builds the guest `config` describes from `files`.
+pub fn build(config: &GuestConfig, files: BootFiles) -> Result<Built, BuildError> {
+    if config.memory_mib < 2 || config.memory_mib > MAX_MEMORY_MIB {
+        return Err(BuildError::Memory(config.memory_mib));
+    }
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(BuildError::Vcpus(config.vcpus));
+    }
+    // SAFETY: the broker passed an open /dev/kvm fd, which we now own.
+    let kvm_fd = unsafe { Kvm::from_raw_fd(files.kvm.into_raw_fd()) };
+    let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
+    vm.set_tss_address(TSS_ADDRESS).map_err(kvm("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() })
+        .map_err(kvm("KVM_CREATE_PIT2"))?;
+    let mem_size = config.memory_mib << 20;
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+        .map_err(|e| BuildError::GuestMemory(e.to_string()))?;
+    // From here on the machine owns VM and memory, and drops them in order.
+    let machine = Machine::new(vm, memory);
+    register_memory(&machine)?;
+    let mut kernel = File::from(files.kernel);
+    let entry = boot::load(
+        machine.memory(),
+        &mut kernel,
+        files.initrd.map(File::from),
+        &config.cmdline,
+        mem_size,
+        config.vcpus,
+    )?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let devices = devices(machine.vm())?;
+    let console = ConsoleIo::new(devices.serial.clone(), stopping.clone());
+    let vcpus = vcpus(&kvm_fd, &machine, config, entry, &devices.bus)?;
+    Ok(Built { machine, vcpus, devices, console, stopping })
+}
+
+/// Tells KVM where guest memory lives.
+fn register_memory(machine: &Machine) -> Result<(), BuildError> {
+    for (slot, region) in machine.memory().iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `machine`, which unmaps
+        // it only after every vCPU thread is joined and the VM fd is closed
+        // (`Machine`'s drop), so KVM never reaches it after it is gone.
+        unsafe { machine.vm().set_user_memory_region(r) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+/// An interrupt line wired to `irq` through a KVM irqfd.
+fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqFd, BuildError> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::Eventfd)?;
+    vm.register_irqfd(&fd, irq).map_err(kvm("KVM_IRQFD"))?;
+    Ok(IrqFd(Arc::new(fd)))
+}
+
+/// The legacy devices, each with one registration on the port bus.
+fn devices(vm: &VmFd) -> Result<Devices, BuildError> {
+    let serial = Arc::new(Mutex::new(Serial::new(Arc::new(irq_line(vm, COM1_IRQ)?), ConsoleOut::default())));
+    let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(irq_line(vm, KBD_IRQ)?))));
+    let mut bus = Bus::default();
+    bus.insert(Space::Pio, serial::BASE.into(), serial::LEN, serial.clone())?;
+    bus.insert(Space::Pio, i8042::BASE.into(), i8042::LEN, i8042.clone())?;
+    bus.insert(Space::Pio, acpi_pm::BASE.into(), acpi_pm::LEN, Arc::new(Mutex::new(acpi_pm::AcpiPm)))?;
+    bus.insert(Space::Pio, pvpanic::BASE.into(), pvpanic::LEN, Arc::new(Mutex::new(pvpanic::Pvpanic)))?;
+    Ok(Devices { bus: Arc::new(bus), i8042, serial })
+}
+
+/// Creates and sets up the vCPUs: CPUID with this one's topology (and the
+/// invariant TSC only if the config shows it), LAPIC LINT wiring, MSRs; the
+/// boot vCPU gets the entry state, the others wait in KVM for the guest's
+/// INIT/SIPI.
+fn vcpus(
+    kvm_fd: &Kvm,
+    machine: &Machine,
+    config: &GuestConfig,
+    entry: boot::Entry,
+    bus: &Arc<Bus>,
+) -> Result<Vec<KvmVcpu>, BuildError> {
+    let (count, invariant_tsc) = (config.vcpus, config.invariant_tsc);
+    let base_cpuid = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let vcpu = machine.vm().create_vcpu(u64::from(index)).map_err(kvm("KVM_CREATE_VCPU"))?;
+        let mut cpuid = base_cpuid.clone();
+        cpu::topology(&mut cpuid, index, count);
+        cpu::invariant_tsc(&mut cpuid, invariant_tsc);
+        vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+        let cpu_err = |reason| BuildError::Cpu { index, reason };
+        cpu::set_lint(&vcpu).map_err(cpu_err)?;
+        cpu::set_msrs(&vcpu).map_err(cpu_err)?;
+        if index == 0 {
+            cpu::setup(&vcpu, machine.memory(), entry).map_err(cpu_err)?;
+        }
+        vcpus.push(KvmVcpu::new(vcpu, bus.clone()));
+    }
+    Ok(vcpus)
+}

@@ -1,0 +1,120 @@
+//! The VM, in places with one job each: [`builder`] assembles it from its
+//! parts (memory, interrupt controllers, devices on the bus, vCPUs),
+//! [`confine`] sandboxes the process once nothing needs privilege or a
+//! path any more, [`control`] runs the loop that joins broker commands,
+//! device fds and vCPU exits, and [`machine::Machine`] owns what must go in
+//! a fixed order when the VM ends. [`run`] puts them in sequence.
+
+pub mod builder;
+pub mod confine;
+pub mod control;
+pub mod machine;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use libvirtd::privsep::helper::{FdRole, GuestConfig, HelperEvent, ManifestError, RoleFds, StopReason};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::events::{EventError, EventLoop};
+use crate::link::Link;
+use crate::vcpu::{VcpuError, Vcpus};
+
+/// Why the VM could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `Start`'s fds did not fit.
+    #[error("Start: {0}")]
+    Manifest(#[from] ManifestError),
+    /// `Start` carried fds nothing took.
+    #[error("Start: fds with roles {0:?} have no use")]
+    UnusedFds(Vec<FdRole>),
+    /// The VM could not be built.
+    #[error(transparent)]
+    Build(#[from] builder::BuildError),
+    /// The process could not be confined.
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
+    /// The event loop failed.
+    #[error(transparent)]
+    Events(#[from] EventError),
+    /// The vCPU threads failed.
+    #[error(transparent)]
+    Vcpus(#[from] VcpuError),
+    /// The stop eventfd could not be made.
+    #[error("eventfd: {0}")]
+    Eventfd(std::io::Error),
+}
+
+/// Builds, confines and runs the guest until it stops; returns why. The
+/// vCPU threads are joined (or named, if they did not leave) by then.
+/// `listener` is where a restarted broker reconnects.
+pub fn run(
+    config: &GuestConfig,
+    mut fds: RoleFds,
+    listener: &OwnedFd,
+    link: &mut Link,
+) -> Result<(StopReason, String), VmError> {
+    let files = builder::BootFiles {
+        kvm: fds.require(FdRole::Kvm)?,
+        kernel: fds.require(FdRole::Kernel)?,
+        initrd: fds.take(FdRole::Initrd),
+    };
+    let built = builder::build(config, files)?;
+    // Everything that needs privilege or a path is done: confine the
+    // process before the guest runs a single instruction.
+    let profile = confine::process(config.ids)?;
+    let mut events = EventLoop::new()?;
+    events.add_subscriber(Box::new(built.console))?;
+    // The console's fds go to the device that owns them.
+    events.deliver(&mut fds)?;
+    if !fds.roles().is_empty() {
+        return Err(VmError::UnusedFds(fds.roles()));
+    }
+
+    let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Eventfd)?);
+    let reason: Arc<Mutex<Option<(StopReason, String)>>> = Arc::default();
+    let report = {
+        let (stop, reason) = (stop.clone(), reason.clone());
+        move |r: StopReason, detail: String| {
+            if let Ok(mut slot) = reason.lock() {
+                slot.get_or_insert((r, detail));
+            }
+            let _ = stop.write(1);
+        }
+    };
+    let mut machine = built.machine;
+    machine.set_vcpus(Vcpus::spawn(built.vcpus, confine::vcpu_thread, report, built.stopping)?);
+    confine::control_thread(profile)?;
+
+    let mut ops = events.control();
+    ops.add(stop.as_raw_fd(), EventSet::IN)?;
+    ops.add(listener.as_raw_fd(), EventSet::IN)?;
+    if let Some(fd) = link.fd() {
+        ops.add(fd, EventSet::IN)?;
+    }
+    link.send(&HelperEvent::Started, &mut ops);
+    let devices = built.devices;
+    let outcome = control::Control {
+        machine: &machine,
+        devices: &devices,
+        events: &mut events,
+        link,
+        listener,
+        stop: &stop,
+        memory_mib: config.memory_mib,
+    }
+    .run();
+    let vcpu_reason = reason.lock().ok().and_then(|mut r| r.take());
+    // The vCPUs go first (see `Machine`); the devices and the event loop
+    // after them, here on the control thread.
+    if let Err(e) = machine.end() {
+        eprintln!("libvirt-helper: {e}");
+    }
+    drop((devices, events));
+    Ok(match outcome? {
+        control::Ended::Broker(reason, detail) => (reason, detail),
+        control::Ended::Vcpu => vcpu_reason.unwrap_or((StopReason::Failed, "vCPU ended".into())),
+    })
+}
