@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, children_of, cmdline, domain_xml, status_field, wait_until};
+use common::{Daemon, children_of, cmdline, domain_xml, rss_kib_of, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -71,10 +71,6 @@ struct Figures {
     daemon_rss: u64,
     guests_rss: u64,
     list: Duration,
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    status_field(pid, "VmRSS").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 fn descendants(pid: i32) -> Vec<i32> {
@@ -261,12 +257,12 @@ fn ours(images: &Path) {
         guests.push(Guest { name, log });
     }
     let rss = || {
-        let frontend = d.frontend_pid().unwrap_or(0);
-        let helpers: u64 = children_of(d.pid).into_iter().filter(|p| *p != frontend).map(rss_kib).sum();
-        (rss_kib(d.pid) + rss_kib(frontend), helpers)
+        let frontends = d.frontend_pids();
+        let helpers: u64 = children_of(d.pid).into_iter().filter(|p| !frontends.contains(p)).map(rss_kib_of).sum();
+        (d.rss_kib(), helpers)
     };
     let f = measure(&rw, &guests, Duration::from_secs(30), None, &rss).unwrap_or_else(|e| panic!("libvirtd-rs: {e}"));
-    report("libvirtd-rs (a KVM helper process per guest; bzImage test guest):", &f, "broker + frontend", "helpers");
+    report("libvirtd-rs (a KVM helper process per guest; bzImage test guest):", &f, "broker + frontends", "helpers");
 }
 
 /// A private Debian libvirtd (see the module comment); dropping it kills it and its guests.
@@ -367,7 +363,7 @@ impl Debian {
     /// RSS of libvirtd, and of all the QEMU processes.
     fn rss(&self) -> (u64, u64) {
         let all = self.init.map(descendants).unwrap_or_default();
-        let sum = |what: &str| all.iter().filter(|p| cmdline(**p).contains(what)).map(|p| rss_kib(*p)).sum();
+        let sum = |what: &str| all.iter().filter(|p| cmdline(**p).contains(what)).map(|p| rss_kib_of(*p)).sum();
         (sum(DEBIAN_LIBVIRTD), sum("qemu-system"))
     }
 }
