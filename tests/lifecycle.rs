@@ -506,6 +506,16 @@ fn a_wedged_helper_stalls_only_its_own_callers_and_destroy_still_works() {
     let (code, out, err) = virsh(&d.tree.sock("libvirt-sock-ro"), &["list", "--name"]);
     assert_eq!((code, out.as_str()), (0, "guest-w\n\n"), "{err}");
     assert_eq!(virsh(&rw, &["domstate", "guest-w"]).1.trim(), "running");
+    // Statistics answer while the suspend is pending (issue 13): they do not
+    // queue behind the guest's outstanding request.
+    let asked = std::time::Instant::now();
+    let (code, out, err) = virsh(&d.tree.sock("libvirt-sock-ro"), &["domstats", "--cpu-total", "--vcpu", "guest-w"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cpu.time=") && out.contains("vcpu.current=1"), "{out}");
+    let (code, out, err) = virsh(&d.tree.sock("libvirt-sock-ro"), &["dommemstat", "guest-w"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rss "), "{out}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "statistics waited for the pending suspend");
     assert!(suspend.try_wait().unwrap().is_none(), "the suspend returned before its helper could answer");
     let out = suspend.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
