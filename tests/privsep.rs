@@ -187,3 +187,90 @@ fn a_stand_in_holding_the_read_only_channel_gets_read_only_rights_and_nothing_mo
     let (h, _) = rw_client.call(GET_VERSION, &[]);
     assert_eq!(h.status, 0);
 }
+
+#[test]
+fn a_stand_in_cannot_pass_off_a_listener_or_one_connection_twice_as_clients() {
+    if !require(is_root(), "root (pidfd_getfd on the confined frontend)") {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let ro = d.tree.sock("libvirt-sock-ro");
+    let _client = opened(&ro);
+    let ours = socket_inodes(&ro);
+    let pid = d.frontend_pid_of("ro").expect("no read-only frontend");
+    // The frontend's own sockets on the read-only path: its listener and its client.
+    let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let inode: u64 = std::fs::read_link(e.path())
+                .ok()?
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            ours.contains(&inode).then(|| e.file_name().to_str()?.parse().ok()).flatten()
+        })
+        .collect();
+    let (_, channel) = stand_in_for(&d);
+    let stolen: Vec<OwnedFd> = fds.iter().map(|fd| steal_fd(pid, *fd)).collect();
+    let listening = |fd: &OwnedFd| nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::AcceptConn).unwrap();
+    let listener = stolen.iter().find(|f| listening(f)).expect("the listener");
+    let client = stolen.iter().find(|f| !listening(f)).expect("the client");
+
+    // The client it already reported, once more: a second client from one connection.
+    channel.send_wait(&Envelope { id: 91_001, body: FrontendRequest::ClientOpened }, &[client.as_fd()]).unwrap();
+    assert!(is_cut_off(&channel), "one connection was admitted twice");
+    assert!(d.tree.audit(&["op=frontend-violation", "class=\"ro\""], SECS).is_some());
+    assert!(wait_until(SECS, || d.stderr().contains("a client fd that is already a client")), "{}", d.stderr());
+
+    // The listener: its peer credentials would be the broker's own (uid 0).
+    assert!(wait_until(SECS, || d.frontend_pid_of("ro").is_some_and(|p| p != pid)));
+    assert!(
+        wait_until(SECS, || d.frontend_pid_of("ro").and_then(|p| status_field(p, "Seccomp")).as_deref() == Some("2"))
+    );
+    let (_, channel) = stand_in_for(&d);
+    channel.send_wait(&Envelope { id: 91_002, body: FrontendRequest::ClientOpened }, &[listener.as_fd()]).unwrap();
+    assert!(is_cut_off(&channel), "a listener was admitted as a client");
+    assert!(d.tree.audit(&["op=frontend-violation", "class=\"ro\""], SECS).is_some());
+    assert!(wait_until(SECS, || d.stderr().contains("a client fd that is not a connected stream")), "{}", d.stderr());
+    // Nothing was admitted with the broker's own credentials.
+    let broker = format!("pid={} ", d.pid);
+    assert!(d.tree.audit(&["op=client-open", &broker], Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn a_tcp_client_that_resets_before_admission_costs_its_frontend_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = Daemon::start(
+        &format!(
+            "listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\nlisten_addr = \"127.0.0.1\"\ntcp_port = {port}\n"
+        ),
+        &["--listen"],
+    );
+    assert!(wait_until(SECS, || d.frontend_pid_of("tcp").is_some()));
+    let tcp = d.frontend_pid_of("tcp").unwrap();
+    for _ in 0..20 {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // SO_LINGER 0: close sends a reset, so the peer is gone before the broker looks.
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid socket fd and a linger struct of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.frontend_pid_of("tcp"), Some(tcp), "the TCP frontend was replaced:\n{}", d.stderr());
+    assert!(!d.stderr().contains("violated"), "{}", d.stderr());
+    let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(d.tree.audit(&["op=client-open", "sock=\"tcp\"", "res=success"], SECS).is_some());
+}

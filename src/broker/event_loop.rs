@@ -153,6 +153,11 @@ impl Broker {
                     token => self.on_guest(token),
                 }
             }
+            for slot in 0..self.frontends.len() {
+                if self.frontends[slot].more {
+                    self.on_frontend(slot, readiness);
+                }
+            }
             let now = Instant::now();
             for slot in 0..self.frontends.len() {
                 if self.frontends[slot].restart.due.is_some_and(|d| d <= now) {
@@ -174,7 +179,9 @@ impl Broker {
         };
         let awaiting = self.setup.ctx.awaiting.values().map(|a| a.deadline).min();
         let restart = self.frontends.iter().filter_map(|s| s.restart.due).min();
-        [idle, restart, awaiting].into_iter().flatten().min()
+        // A frontend with requests left over is served again at once.
+        let more = self.frontends.iter().any(|s| s.more).then(Instant::now);
+        [idle, restart, awaiting, more].into_iter().flatten().min()
     }
 
     /// `--timeout`: exit after that long with no clients and no running guests.

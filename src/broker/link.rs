@@ -30,6 +30,9 @@ pub struct Client {
     pub authenticated: bool,
     /// The frontend slot whose process serves it.
     pub slot: usize,
+    /// Its socket's inode: one connection is one client, however often a
+    /// frontend reports it.
+    pub inode: u64,
 }
 
 /// A frontend process and what the broker knows of its clients.
@@ -76,6 +79,8 @@ pub struct Slot {
     pub restart: Restart,
     /// A frontend of this class has been confined and serving once.
     pub ready_once: bool,
+    /// Its channel may hold more requests than its last turn took.
+    pub more: bool,
 }
 
 impl Slot {
@@ -92,6 +97,7 @@ impl Slot {
                     link: None,
                     restart: Restart { due: Some(now), ..Restart::default() },
                     ready_once: false,
+                    more: false,
                 }),
             }
         }

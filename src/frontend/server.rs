@@ -265,22 +265,34 @@ impl Server {
     /// Queues bytes for a client. One that is behind already (its last
     /// output still waits) while the frontend's output budget is spent is
     /// the one not reading: it is cut off rather than buffered for.
+    ///
+    /// A large reply to a client that is keeping up counts too: if the
+    /// budget is spent and its socket cannot take the reply now, it is cut
+    /// off as well, so the budget bounds what all clients hold together.
     fn queue_for(&mut self, token: Token, bytes: &[u8]) {
         let behind = self.clients.get(&token).is_some_and(|c| !c.outbuf.is_empty());
-        let over = behind && self.output_held() + bytes.len() > OUTPUT_BUDGET;
+        // Only a client that is behind, or a large reply, pays for the sum.
+        let counted = behind || bytes.len() > SMALL_INBUF;
+        let over = counted && self.output_held() + bytes.len() > OUTPUT_BUDGET;
         let Some(client) = self.clients.get_mut(&token) else { return };
-        if over {
+        if over && behind {
             log::warn!("client {} leaves its replies unread and the output budget is spent; closing it", client.conn);
-            client.kill();
-        } else if !client.queue(bytes) {
+            return client.kill();
+        }
+        if !client.queue(bytes) {
             log::warn!("client {} does not read its replies; closing it", client.conn);
+            return client.kill();
+        }
+        if over && (!client.flush() || !client.outbuf.is_empty()) {
+            log::warn!("client {} cannot take a large reply and the output budget is spent; closing it", client.conn);
             client.kill();
         }
     }
 
-    /// Input buffered by all clients beyond their free allowance.
+    /// Input buffers of all clients beyond their free allowance: what is
+    /// allocated for frames on their way counts, not only what arrived.
     fn input_held(&self) -> usize {
-        self.clients.values().map(|c| c.inbuf.len().saturating_sub(SMALL_INBUF)).sum()
+        self.clients.values().map(|c| c.inbuf.capacity().saturating_sub(SMALL_INBUF)).sum()
     }
 
     /// Output queued for all clients.
@@ -360,7 +372,10 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    // Out of fds, say: try again when something else has
+                    // happened (readiness is edge-triggered).
                     log::warn!("accept on the {} socket: {e}", kind.name());
+                    self.needs_resume = true;
                     return;
                 }
             };
@@ -657,6 +672,12 @@ impl Server {
             let (env, fds) = match self.channel.recv::<Envelope<BrokerReply>>(|e| e.body.fd_count()) {
                 Ok(m) => m,
                 Err(ChannelError::WouldBlock) => return Ok(()),
+                // One message lost (its fds cut off when our fd table was
+                // full, say) is that message's loss, not every client's.
+                Err(e @ (ChannelError::Oversized | ChannelError::FdCount { .. })) => {
+                    log::error!("a message from the broker was lost: {e}");
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             match env.body {

@@ -90,11 +90,13 @@ struct Record {
     fds: Vec<OwnedFd>,
 }
 
-/// A message whose first records arrived and whose last has not.
+/// A message whose first records arrived and whose last has not, and the
+/// buffer records are received into (kept, not zeroed anew per record).
 #[derive(Debug, Default)]
 struct Partial {
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
+    scratch: Vec<u8>,
 }
 
 /// One end of a frontend/broker, sign or helper channel.
@@ -109,6 +111,9 @@ pub struct Channel {
 struct Outgoing {
     records: VecDeque<Record>,
     bytes: usize,
+    /// A message went out in part: the peer would join the next one to it,
+    /// so nothing more may be sent.
+    broken: bool,
 }
 
 impl Channel {
@@ -172,6 +177,9 @@ impl Channel {
         // Whatever waits goes first, as far as the socket takes it now.
         self.flush()?;
         let mut out = self.outgoing();
+        if out.broken {
+            return Err(ChannelError::Closed);
+        }
         let count = bytes.len().div_ceil(RECORD_PAYLOAD).max(1);
         let mut chunks = bytes.chunks(RECORD_PAYLOAD);
         for i in 0..count {
@@ -185,7 +193,10 @@ impl Channel {
                 match send_record(self.raw_fd(), flag, chunk, &raw) {
                     Ok(true) => continue,
                     Ok(false) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        out.broken |= i > 0;
+                        return Err(e);
+                    }
                 }
             }
             let owned = match first {
@@ -205,10 +216,16 @@ impl Channel {
     /// the queue is now empty.
     pub fn flush(&self) -> Result<bool, ChannelError> {
         let mut out = self.outgoing();
+        if out.broken {
+            return Err(ChannelError::Closed);
+        }
         while let Some(record) = out.records.front() {
             let raw: Vec<RawFd> = record.fds.iter().map(|f| f.as_raw_fd()).collect();
             let (flag, body) = record.bytes.split_first().ok_or(ChannelError::Oversized)?;
-            if !send_record(self.raw_fd(), *flag, body, &raw)? {
+            // Records of queued messages may already have gone: any failure
+            // here leaves the peer with half a message.
+            let sent = send_record(self.raw_fd(), *flag, body, &raw).inspect_err(|_| out.broken = true)?;
+            if !sent {
                 return Ok(false);
             }
             if let Some(sent) = out.records.pop_front() {
@@ -266,29 +283,20 @@ impl Channel {
     /// closed. Part of a message that has arrived is kept for the next call.
     pub fn recv<T: DeserializeOwned>(&self, fd_count: impl Fn(&T) -> usize) -> Result<(T, Vec<OwnedFd>), ChannelError> {
         let mut partial = self.partial.lock().unwrap_or_else(|p| p.into_inner());
-        let mut buf = vec![0u8; RECORD_PAYLOAD + 2];
-        loop {
-            let (len, fds) = recv_record(self.raw_fd(), &mut buf)?;
-            if len == 0 && fds.is_empty() {
-                return Err(ChannelError::Closed);
+        let mut buf = std::mem::take(&mut partial.scratch);
+        buf.resize(RECORD_PAYLOAD + 2, 0);
+        let outcome = receive_into(&mut partial, &mut buf, self.raw_fd());
+        partial.scratch = buf;
+        if let Err(e) = outcome {
+            // Half a message is worth nothing once a record went wrong.
+            if !matches!(e, ChannelError::WouldBlock) {
+                partial.bytes = Vec::new();
+                partial.fds.clear();
             }
-            let first = partial.bytes.is_empty() && partial.fds.is_empty();
-            let Some((&flag, body)) = buf[..len].split_first() else {
-                return Err(ChannelError::Oversized);
-            };
-            // Fds come only with a message's first record.
-            let too_big = partial.bytes.len() + body.len() > MAX_MESSAGE || partial.fds.len() + fds.len() > MAX_FDS;
-            if flag > MORE || too_big || (!first && !fds.is_empty()) {
-                *partial = Partial::default();
-                return Err(ChannelError::Oversized);
-            }
-            partial.bytes.extend_from_slice(body);
-            partial.fds.extend(fds);
-            if flag == LAST {
-                break;
-            }
+            return Err(e);
         }
-        let Partial { bytes, fds } = std::mem::take(&mut *partial);
+        let (bytes, fds) = (std::mem::take(&mut partial.bytes), std::mem::take(&mut partial.fds));
+        drop(partial);
         let msg: T = postcard::from_bytes(&bytes).map_err(ChannelError::Decode)?;
         let expected = fd_count(&msg);
         if expected != fds.len() {
@@ -308,6 +316,30 @@ impl Channel {
         match recv_record(self.raw_fd(), &mut buf)? {
             (0, fds) if fds.is_empty() => Err(ChannelError::Closed),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Receives records into `partial` until one ends the message.
+fn receive_into(partial: &mut Partial, buf: &mut [u8], fd: RawFd) -> Result<(), ChannelError> {
+    loop {
+        let (len, fds) = recv_record(fd, buf)?;
+        if len == 0 && fds.is_empty() {
+            return Err(ChannelError::Closed);
+        }
+        let first = partial.bytes.is_empty() && partial.fds.is_empty();
+        let Some((&flag, body)) = buf[..len].split_first() else {
+            return Err(ChannelError::Oversized);
+        };
+        // Fds come only with a message's first record.
+        let too_big = partial.bytes.len() + body.len() > MAX_MESSAGE || partial.fds.len() + fds.len() > MAX_FDS;
+        if flag > MORE || too_big || (!first && !fds.is_empty()) {
+            return Err(ChannelError::Oversized);
+        }
+        partial.bytes.extend_from_slice(body);
+        partial.fds.extend(fds);
+        if flag == LAST {
+            return Ok(());
         }
     }
 }
@@ -489,6 +521,18 @@ mod tests {
         assert!(matches!(b.skip(), Err(ChannelError::WouldBlock)));
         drop(a);
         assert!(matches!(b.skip(), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn a_bad_record_mid_message_drops_the_half_message_and_the_next_arrives_clean() {
+        let (a, b) = Channel::pair().unwrap();
+        send_record(a.raw_fd(), MORE, &[0xde, 0xad], &[]).unwrap();
+        let big = vec![0u8; RECORD_PAYLOAD + 100];
+        sendmsg::<()>(a.raw_fd(), &[IoSlice::new(&big)], &[], MsgFlags::empty(), None).unwrap();
+        assert!(matches!(b.recv::<Vec<u8>>(|_| 0), Err(ChannelError::Oversized)));
+        a.send(&vec![1u8, 2, 3], &[]).unwrap();
+        let (got, _): (Vec<u8>, _) = b.recv(|_| 0).unwrap();
+        assert_eq!(got, [1, 2, 3]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use mio::Interest;
 use mio::unix::SourceFd;
-use nix::sys::socket::{SockaddrStorage, getpeername, getsockname, getsockopt, sockopt};
+use nix::sys::socket::{SockType, SockaddrStorage, getpeername, getsockname, getsockopt, sockopt};
 
 use super::{Broker, Readiness, StartError, channel_token, sign_token};
 use crate::broker::audit::Value;
@@ -34,6 +34,10 @@ use crate::sandbox;
 /// requests: a frontend that does not take its answers gets no more work,
 /// and the queue stays within this plus one largest reply.
 const HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Most requests taken from one frontend before the event loop turns to
+/// the rest: a busy read-only frontend cannot starve the others, signals or
+/// deadlines.
+const FAIR_SHARE: usize = 64;
 /// Queued bytes above which unsolicited messages (events) to a frontend
 /// that does not read are dropped rather than held.
 const EVENT_CEILING: usize = 2 * MAX_MESSAGE;
@@ -76,7 +80,8 @@ impl Broker {
     /// The channel became readable or writable: send what waits, then read
     /// requests while the frontend takes its answers.
     pub(super) fn on_frontend(&mut self, slot: usize, readiness: &mut Readiness) {
-        loop {
+        self.frontends[slot].more = false;
+        for _ in 0..FAIR_SHARE {
             let Some(link) = &self.frontends[slot].link else { return };
             if let Err(e) = link.channel.flush() {
                 let status = link.reap();
@@ -100,6 +105,9 @@ impl Broker {
                 return;
             }
         }
+        // Its fair share is used: the others (and signals, deadlines) come
+        // first, then the event loop calls again without waiting.
+        self.frontends[slot].more = true;
     }
 
     /// The OpenSSH-monitor rule: anything outside the permit table ends that frontend.
@@ -363,9 +371,10 @@ impl Broker {
         let Some(fd) = fds.into_iter().next() else {
             return BrokerReply::Refused(BrokerError::Invalid("no connection fd".into()));
         };
-        let peer = match self.identify(slot, class, fd.as_fd()) {
-            Ok(peer) => peer,
-            Err(why) => {
+        let (peer, inode) = match self.identify(slot, class, fd.as_fd()) {
+            Ok(found) => found,
+            Err(Admit::Gone(why)) => return BrokerReply::Refused(BrokerError::Invalid(why)),
+            Err(Admit::Forged(why)) => {
                 self.violation(slot, &why);
                 return BrokerReply::Refused(BrokerError::Invalid(why));
             }
@@ -398,36 +407,51 @@ impl Broker {
         // A TLS client proves who it is with its certificate, later.
         let authenticated = class != ListenerKind::Tls;
         let readonly = class == ListenerKind::ReadOnly;
-        self.clients.insert(conn, Client { peer, readonly, since, authenticated, slot });
+        self.clients.insert(conn, Client { peer, readonly, since, authenticated, slot, inode });
         BrokerReply::Admitted(conn)
     }
 
-    /// The kernel's word on a connection: its local address must be one of
-    /// this class's listeners (a frontend cannot pass off a socket of its
-    /// own making), and its peer gives the credentials or address.
-    fn identify(&self, slot: usize, class: ListenerKind, fd: BorrowedFd<'_>) -> Result<PeerIdentity, String> {
-        let local = getsockname::<SockaddrStorage>(fd.as_raw_fd()).map_err(|e| format!("client fd: {e}"))?;
+    /// The kernel's word on a connection: it must be a connected stream
+    /// (not a listener, whose peer credentials would be the broker's own),
+    /// not one already admitted, and its local address must be one of this
+    /// class's listeners (a frontend cannot pass off a socket of its own
+    /// making); its peer gives the credentials or address.
+    fn identify(&self, slot: usize, class: ListenerKind, fd: BorrowedFd<'_>) -> Result<(PeerIdentity, u64), Admit> {
+        let forged = |why: String| Admit::Forged(why);
+        let stream = getsockopt(&fd, sockopt::SockType).map_err(|e| forged(format!("client fd: {e}")))?;
+        let listening = getsockopt(&fd, sockopt::AcceptConn).map_err(|e| forged(format!("client fd: {e}")))?;
+        if stream != SockType::Stream || listening {
+            return Err(forged("a client fd that is not a connected stream".into()));
+        }
+        let inode = nix::sys::stat::fstat(fd).map_err(|e| forged(format!("client fd: {e}")))?.st_ino;
+        if self.clients.values().any(|c| c.inode == inode) {
+            return Err(forged("a client fd that is already a client".into()));
+        }
+        let local = getsockname::<SockaddrStorage>(fd.as_raw_fd()).map_err(|e| forged(format!("client fd: {e}")))?;
         let ours = self.frontends[slot].listeners.iter().filter_map(|i| self.setup.listeners.sockets.get(*i));
         let known = ours
             .filter_map(|(_, l)| getsockname::<SockaddrStorage>(l.as_raw_fd()).ok())
             .any(|addr| same_address(&addr, &local));
         if !known {
-            return Err(format!("a client fd that did not come through a {} listener", class.name()));
+            return Err(forged(format!("a client fd that did not come through a {} listener", class.name())));
         }
+        // A peer that has already hung up (a TCP reset before we looked) is
+        // no fault of the frontend's: that client is just gone.
+        let gone = |e: nix::errno::Errno| Admit::Gone(format!("the client went away ({e})"));
         let mut peer = PeerIdentity { socket: class, uid: None, gid: None, pid: None, addr: None, dn: None };
         match class {
             ListenerKind::Tcp | ListenerKind::Tls => {
-                let addr = getpeername::<SockaddrStorage>(fd.as_raw_fd()).map_err(|e| format!("client fd: {e}"))?;
+                let addr = getpeername::<SockaddrStorage>(fd.as_raw_fd()).map_err(gone)?;
                 peer.addr = Some(addr.to_string());
             }
             _ => {
-                let cred = getsockopt(&fd, sockopt::PeerCredentials).map_err(|e| format!("client fd: {e}"))?;
+                let cred = getsockopt(&fd, sockopt::PeerCredentials).map_err(gone)?;
                 peer.uid = Some(cred.uid());
                 peer.gid = Some(cred.gid());
                 peer.pid = Some(cred.pid());
             }
         }
-        Ok(peer)
+        Ok((peer, inode))
     }
 
     /// The client `conn` of this slot; a frontend naming a connection that
@@ -594,6 +618,14 @@ impl Broker {
             self.reply(slot, id, &BrokerReply::Value(value), &[]);
         }
     }
+}
+
+/// Why a connection a frontend reported is not admitted.
+enum Admit {
+    /// Not a connection of this frontend's listener: the frontend broke the rules.
+    Forged(String),
+    /// The client hung up before the broker looked: refused, nobody's fault.
+    Gone(String),
 }
 
 /// A connection's local address `conn` belongs to listener `listener`: the
