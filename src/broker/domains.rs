@@ -334,6 +334,25 @@ impl Domains {
         }
     }
 
+    /// Replaces domain `uuid`'s definition with `def` (same name and UUID,
+    /// already validated), storing it first if the domain is persistent, so
+    /// that memory and disk never disagree. Returns its name.
+    pub fn replace_def(&mut self, uuid: &[u8; 16], def: DomainDef) -> Result<String, CallError> {
+        let e = self
+            .entries
+            .iter_mut()
+            .find(|e| &e.def.uuid == uuid)
+            .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))?;
+        if def.uuid != e.def.uuid || def.name != e.def.name {
+            return Err(CallError::Internal("a replaced definition must keep its name and uuid".into()));
+        }
+        if e.persistent {
+            self.store.save(&def).map_err(store_err)?;
+        }
+        e.def = def;
+        Ok(e.def.name.clone())
+    }
+
     /// `virDomainSetAutostart`.
     pub fn set_autostart(&mut self, uuid: &[u8; 16], on: bool) -> Result<String, CallError> {
         let e = self

@@ -18,6 +18,7 @@ mod host;
 mod hoststats;
 mod link;
 mod listen;
+mod metadata;
 mod permit;
 mod pidfile;
 mod procfs;

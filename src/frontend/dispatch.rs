@@ -49,33 +49,43 @@ pub struct Session {
 const MAX_CALLBACKS: usize = 256;
 /// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
 const EVENT_ID_LIFECYCLE: i32 = 0;
+/// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
+const EVENT_ID_METADATA_CHANGE: i32 = 23;
 
 impl Session {
     /// The MESSAGE packets that deliver `event` to this connection's
-    /// lifecycle registrations (usually none or one).
+    /// registrations for its kind (usually none or one).
     pub fn event_messages(&self, event: &crate::privsep::DomainEvent) -> Vec<u8> {
+        use crate::privsep::EventKind;
+        let (event_id, proc_) = match event.kind {
+            EventKind::Lifecycle { .. } => (EVENT_ID_LIFECYCLE, DOMAIN_EVENT_CALLBACK_LIFECYCLE),
+            EventKind::MetadataChange { .. } => (EVENT_ID_METADATA_CHANGE, DOMAIN_EVENT_CALLBACK_METADATA_CHANGE),
+        };
         let mut out = Vec::new();
         for (callback_id, _, _) in self
             .callbacks
             .iter()
-            .filter(|(_, id, filter)| *id == EVENT_ID_LIFECYCLE && filter.is_none_or(|u| u == event.dom.uuid))
+            .filter(|(_, id, filter)| *id == event_id && filter.is_none_or(|u| u == event.dom.uuid))
         {
-            let msg = LifecycleEventMsg {
-                callback_id: *callback_id,
-                dom: nonnull(event.dom.clone()),
-                event: event.event,
-                detail: event.detail,
+            let (callback_id, dom) = (*callback_id, nonnull(event.dom.clone()));
+            let payload = match &event.kind {
+                EventKind::Lifecycle { event, detail } => {
+                    xdr::to_bytes(&LifecycleEventMsg { callback_id, dom, event: *event, detail: *detail })
+                }
+                EventKind::MetadataChange { kind, uri } => {
+                    xdr::to_bytes(&MetadataChangeEventMsg { callback_id, dom, kind: *kind, nsuri: uri.clone() })
+                }
             };
             let h = Header {
                 prog: REMOTE_PROGRAM,
                 vers: frame::PROTOCOL_VERSION,
-                proc_: DOMAIN_EVENT_CALLBACK_LIFECYCLE,
+                proc_,
                 kind: MessageType::Message,
                 // libvirtd sends 1; clients ignore it.
                 serial: 1,
                 status: Status::Ok as i32,
             };
-            if let Ok(payload) = xdr::to_bytes(&msg) {
+            if let Ok(payload) = payload {
                 let _ = frame::encode(&mut out, &h, &payload);
             }
         }
@@ -407,6 +417,21 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         P::DomainInterfaceStats => {
             let a: DomainDeviceArgs = args(payload)?;
             fwd(Call::InterfaceStats { uuid: a.dom.uuid.0, device: a.device })
+        }
+        P::DomainGetMetadata => {
+            let a: DomainGetMetadataArgs = args(payload)?;
+            fwd(Call::GetMetadata { uuid: a.dom.uuid.0, kind: a.kind, uri: a.uri, flags: a.flags })
+        }
+        P::DomainSetMetadata => {
+            let a: DomainSetMetadataArgs = args(payload)?;
+            fwd(Call::SetMetadata {
+                uuid: a.dom.uuid.0,
+                kind: a.kind,
+                value: a.metadata,
+                key: a.key,
+                uri: a.uri,
+                flags: a.flags,
+            })
         }
         P::ConnectGetAllDomainStats => {
             // remote_nonnull_domain doms<REMOTE_DOMAIN_LIST_MAX>: the count is
@@ -774,6 +799,8 @@ mod tests {
             enc(&DomainGetCpuStatsArgs { dom: dom.clone(), nparams: 0, start_cpu: -1, ncpus: 1, flags: 0 }),
             enc(&GetAllDomainStatsArgs { doms: vec![dom.clone()], stats: 0, flags: 0 }),
             enc(&BlockStatsFlagsArgs { dom: dom.clone(), path: String::new(), nparams: 0, flags: 0 }),
+            enc(&DomainGetMetadataArgs { dom: dom.clone(), kind: 1, uri: None, flags: 0 }),
+            enc(&DomainSetMetadataArgs { dom: dom.clone(), kind: 1, metadata: None, key: None, uri: None, flags: 0 }),
             enc(&DomainCapabilitiesArgs { emulatorbin: None, arch: None, machine: None, virttype: None, flags: 0 }),
         ]
     }

@@ -17,16 +17,32 @@ pub struct DomainRef {
     pub id: i32,
 }
 
-/// A domain lifecycle event (`virDomainEventType` and detail), for clients
-/// that registered for it.
+/// A domain event, for clients that registered for its kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainEvent {
     /// The domain, as it is after the event.
     pub dom: DomainRef,
-    /// `virDomainEventType`.
-    pub event: i32,
-    /// Its detail.
-    pub detail: i32,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of domain event the daemon sends (each a `virDomainEventID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`: `virDomainEventType` and detail.
+    Lifecycle {
+        /// `virDomainEventType`.
+        event: i32,
+        /// Its detail.
+        detail: i32,
+    },
+    /// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`: which metadata changed.
+    MetadataChange {
+        /// `virDomainMetadataType`.
+        kind: i32,
+        /// The namespace, for an element.
+        uri: Option<String>,
+    },
 }
 
 /// A question about one domain, identified by UUID.
@@ -335,6 +351,32 @@ pub enum Call {
         /// Interface name or MAC (compared, never opened).
         device: String,
     },
+    /// `virDomainGetMetadata`.
+    GetMetadata {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainMetadataType`.
+        kind: i32,
+        /// The namespace, for an element.
+        uri: Option<String>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
+    /// `virDomainSetMetadata`.
+    SetMetadata {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainMetadataType`.
+        kind: i32,
+        /// The new value; `None` removes it.
+        value: Option<String>,
+        /// The namespace prefix, for an element.
+        key: Option<String>,
+        /// The namespace, for an element.
+        uri: Option<String>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
 }
@@ -361,6 +403,7 @@ impl Call {
                 | Call::Suspend { .. }
                 | Call::Resume { .. }
                 | Call::OpenConsole { .. }
+                | Call::SetMetadata { .. }
                 | Call::Admin(_)
         )
     }
@@ -568,6 +611,17 @@ pub enum CallError {
     /// (`VIR_ERR_ARGUMENT_UNSUPPORTED`).
     #[error("{0}")]
     ArgumentUnsupported(String),
+    /// The metadata asked for is not there (`VIR_ERR_NO_DOMAIN_METADATA`).
+    #[error("{0}")]
+    NoMetadata(String),
+    /// A metadata element given to `virDomainSetMetadata` is not well formed.
+    #[error("(metadata_xml):{line}: {detail}")]
+    MetadataSyntax {
+        /// Line of the error.
+        line: u32,
+        /// The parser's message.
+        detail: String,
+    },
 }
 
 impl CallError {
@@ -603,6 +657,8 @@ impl CallError {
             CallError::NoServer(s) => CallError::NoServer(c(s)),
             CallError::Unsupported(s) => CallError::Unsupported(c(s)),
             CallError::ArgumentUnsupported(s) => CallError::ArgumentUnsupported(c(s)),
+            CallError::NoMetadata(s) => CallError::NoMetadata(c(s)),
+            CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
         }
     }

@@ -284,6 +284,52 @@ pub struct LifecycleEventMsg {
 /// The MESSAGE procedure carrying lifecycle events to callback-style clients.
 pub const DOMAIN_EVENT_CALLBACK_LIFECYCLE: i32 = 318;
 
+/// `remote_domain_event_callback_metadata_change_msg`, sent as a MESSAGE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataChangeEventMsg {
+    /// The client's registration.
+    pub callback_id: i32,
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainMetadataType`.
+    pub kind: i32,
+    /// The namespace, for an element.
+    pub nsuri: Option<String>,
+}
+
+/// The MESSAGE procedure carrying metadata-change events.
+pub const DOMAIN_EVENT_CALLBACK_METADATA_CHANGE: i32 = 379;
+
+/// `remote_domain_get_metadata_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainGetMetadataArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainMetadataType`.
+    pub kind: i32,
+    /// The namespace, for an element.
+    pub uri: Option<String>,
+    /// `virDomainModificationImpact`.
+    pub flags: u32,
+}
+
+/// `remote_domain_set_metadata_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSetMetadataArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainMetadataType`.
+    pub kind: i32,
+    /// The new value; `None` removes it.
+    pub metadata: Option<String>,
+    /// The namespace prefix, for an element.
+    pub key: Option<String>,
+    /// The namespace, for an element.
+    pub uri: Option<String>,
+    /// `virDomainModificationImpact`.
+    pub flags: u32,
+}
+
 /// `remote_domain_open_console_args`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenConsoleArgs {
