@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::audit::{Auditor, Value, client_fields};
 use super::domains::Domains;
 use super::guests::{Launcher, Running};
-use super::{host, hoststats, metadata, stats};
+use super::{host, hostpages, hoststats, metadata, sched, stats};
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, PeerIdentity, Query};
@@ -600,6 +600,10 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             result.map(|_| CallValue::Unit)
         }
         Call::Query { uuid, query } => query_domain(ctx, &uuid, query, caller.readonly),
+        Call::NodeFreePages { pages, start, count, flags } => {
+            hostpages::free_pages(&pages, start, count, flags).map(CallValue::U64s)
+        }
+        Call::CpuModelNames { arch, flags } => host::cpu_model_names(&arch, flags).map(CallValue::Texts),
         Call::GetMetadata { uuid, kind, uri, flags } => {
             let e = ctx.domains.by_uuid(&uuid)?;
             metadata::check_impact(e, flags, false)?;
@@ -791,6 +795,14 @@ fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Res
         Query::CpuStats { nparams, start_cpu, ncpus, flags } => stats::cpu_stats(e, nparams, start_cpu, ncpus, flags)?,
         Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
         Query::JobInfo => stats::job_info(e)?,
+        Query::SchedulerType => {
+            let (kind, nparams) = sched::scheduler_type(e)?;
+            CallValue::SchedulerType { kind, nparams }
+        }
+        Query::SchedulerParams { nparams, flags } => {
+            let params = sched::scheduler_params(e, nparams, flags)?;
+            CallValue::Params { count: params.len() as i32, params }
+        }
         Query::JobStats { flags } => stats::job_stats(e, flags)?,
     })
 }

@@ -18,7 +18,7 @@
 
 use std::fmt::Write as _;
 
-use super::domains::Entry;
+use super::domains::{AFFECT_CONFIG, AFFECT_LIVE, Entry};
 use crate::domain::DomainDef;
 use crate::privsep::CallError;
 
@@ -28,10 +28,6 @@ pub const DESCRIPTION: i32 = 0;
 pub const TITLE: i32 = 1;
 /// `VIR_DOMAIN_METADATA_ELEMENT`.
 pub const ELEMENT: i32 = 2;
-/// `VIR_DOMAIN_AFFECT_LIVE`.
-const AFFECT_LIVE: u32 = 1;
-/// `VIR_DOMAIN_AFFECT_CONFIG`.
-const AFFECT_CONFIG: u32 = 2;
 
 /// Largest title, description or metadata element accepted, in bytes: room
 /// for any real application's record, far below the 1 MiB a whole domain
@@ -44,28 +40,14 @@ pub const MAX_NAME_BYTES: usize = 1024;
 /// Most XML nodes in one metadata element.
 const MAX_NODES: u32 = 10_000;
 
-/// Checks `flags` and the domain's state for a metadata call, as libvirt's
-/// `virDomainObjGetDefs` does: CURRENT means live for a running domain,
-/// config otherwise; live needs a running domain, config a persistent one.
+/// Checks `flags` and the domain's state for a metadata call
+/// ([`Entry::impact`]).
 pub fn check_impact(e: &Entry, flags: u32, set: bool) -> Result<(), CallError> {
     let function = if set { "qemuDomainSetMetadata" } else { "qemuDomainGetMetadata" };
     if flags & !(AFFECT_LIVE | AFFECT_CONFIG) != 0 {
         return Err(CallError::UnsupportedFlags { flags, function: function.into() });
     }
-    if !set && flags == AFFECT_LIVE | AFFECT_CONFIG {
-        return Err(CallError::InvalidArg(
-            "Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG' are mutually exclusive".into(),
-        ));
-    }
-    let active = e.id.is_some();
-    let flags = if flags == 0 { if active { AFFECT_LIVE } else { AFFECT_CONFIG } } else { flags };
-    if flags & AFFECT_LIVE != 0 && !active {
-        return Err(CallError::NotRunning);
-    }
-    if flags & AFFECT_CONFIG != 0 && !e.persistent {
-        return Err(CallError::OperationInvalid("transient domains do not have any persistent config".into()));
-    }
-    Ok(())
+    e.impact(flags, !set).map(|_| ())
 }
 
 /// The title, description, or the `<metadata>` child in namespace `uri`

@@ -418,6 +418,29 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainDeviceArgs = args(payload)?;
             fwd(Call::InterfaceStats { uuid: a.dom.uuid.0, device: a.device })
         }
+        P::DomainGetSchedulerType => query(args::<DomainArg>(payload)?.dom, Query::SchedulerType),
+        P::DomainGetSchedulerParameters => {
+            let a: SchedulerParamsArgs = args(payload)?;
+            query(a.dom, Query::SchedulerParams { nparams: a.nparams, flags: 0 })
+        }
+        P::DomainGetSchedulerParametersFlags => {
+            let a: SchedulerParamsFlagsArgs = args(payload)?;
+            query(a.dom, Query::SchedulerParams { nparams: a.nparams, flags: a.flags })
+        }
+        P::NodeGetFreePages => {
+            // unsigned int pages<REMOTE_NODE_MAX_CELLS>: the count is checked
+            // before anything is decoded.
+            let count = payload.get(..4).map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+            if count as usize > NODE_MAX_CELLS {
+                return Err(RpcError::Decode);
+            }
+            let a: NodeGetFreePagesArgs = args(payload)?;
+            fwd(Call::NodeFreePages { pages: a.pages, start: a.start_cell, count: a.cell_count, flags: a.flags })
+        }
+        P::ConnectGetCpuModelNames => {
+            let a: CpuModelNamesArgs = args(payload)?;
+            fwd(Call::CpuModelNames { arch: a.arch, flags: a.flags })
+        }
         P::DomainGetMetadata => {
             let a: DomainGetMetadataArgs = args(payload)?;
             fwd(Call::GetMetadata { uuid: a.dom.uuid.0, kind: a.kind, uri: a.uri, flags: a.flags })
@@ -534,6 +557,10 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
             ok_reply(h, &ListAllDomainsRet { domains: list.into_iter().map(nonnull).collect(), ret: count })
         }
         (_, CallValue::Text(t)) => ok_reply(h, &t),
+        (P::ConnectGetCpuModelNames, CallValue::Texts(models)) => {
+            let ret = i32::try_from(models.len()).map_err(|_| mismatch.clone())?;
+            ok_reply(h, &CpuModelNamesRet { models, ret })
+        }
         (_, CallValue::Texts(t)) => ok_reply(h, &StringListRet { values: t }),
         (_, CallValue::Ints(i)) => ok_reply(h, &IntListRet { values: i }),
         (_, CallValue::U64s(u)) => ok_reply(h, &U64ListRet { values: u }),
@@ -568,6 +595,10 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
             let stats = stats.into_iter().map(|(tag, val)| MemoryStat { tag, val }).collect();
             ok_reply(h, &DomainMemoryStatsRet { stats })
         }
+        (P::DomainGetSchedulerParameters | P::DomainGetSchedulerParametersFlags, CallValue::Params { params, .. }) => {
+            let params = params.into_iter().map(super::admin::param_out).collect();
+            ok_reply(h, &crate::rpc::admin::ParamsRet { params })
+        }
         (_, CallValue::Params { params, count }) => {
             let params = params.into_iter().map(super::admin::param_out).collect();
             ok_reply(h, &ParamsCountRet { params, nparams: count })
@@ -587,6 +618,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
                 .collect();
             ok_reply(h, &GetAllDomainStatsRet { ret_stats })
         }
+        (_, CallValue::SchedulerType { kind, nparams }) => ok_reply(h, &SchedulerTypeRet { kind, nparams }),
         (P::DomainBlockStats, CallValue::Figures(v)) => {
             ok_reply(h, &BlockStatsRet { values: v.try_into().map_err(|_| mismatch)? })
         }
@@ -799,6 +831,10 @@ mod tests {
             enc(&DomainGetCpuStatsArgs { dom: dom.clone(), nparams: 0, start_cpu: -1, ncpus: 1, flags: 0 }),
             enc(&GetAllDomainStatsArgs { doms: vec![dom.clone()], stats: 0, flags: 0 }),
             enc(&BlockStatsFlagsArgs { dom: dom.clone(), path: String::new(), nparams: 0, flags: 0 }),
+            enc(&SchedulerParamsArgs { dom: dom.clone(), nparams: 1 }),
+            enc(&SchedulerParamsFlagsArgs { dom: dom.clone(), nparams: 1, flags: 0 }),
+            enc(&NodeGetFreePagesArgs { pages: vec![4], start_cell: 0, cell_count: 1, flags: 0 }),
+            enc(&CpuModelNamesArgs { arch: "x86_64".into(), need_results: 1, flags: 0 }),
             enc(&DomainGetMetadataArgs { dom: dom.clone(), kind: 1, uri: None, flags: 0 }),
             enc(&DomainSetMetadataArgs { dom: dom.clone(), kind: 1, metadata: None, key: None, uri: None, flags: 0 }),
             enc(&DomainCapabilitiesArgs { emulatorbin: None, arch: None, machine: None, virttype: None, flags: 0 }),

@@ -137,6 +137,15 @@ pub enum Query {
     },
     /// `virDomainGetJobInfo`.
     JobInfo,
+    /// `virDomainGetSchedulerType`.
+    SchedulerType,
+    /// `virDomainGetSchedulerParameters(Flags)`.
+    SchedulerParams {
+        /// Most parameters to report.
+        nparams: i32,
+        /// `virDomainModificationImpact` and `VIR_TYPED_PARAM_STRING_OKAY`.
+        flags: u32,
+    },
     /// `virDomainGetJobStats`.
     JobStats {
         /// `virDomainGetJobStatsFlags`.
@@ -351,6 +360,24 @@ pub enum Call {
         /// Interface name or MAC (compared, never opened).
         device: String,
     },
+    /// `virNodeGetFreePages`.
+    NodeFreePages {
+        /// Page sizes, KiB (at most `REMOTE_NODE_MAX_CELLS`).
+        pages: Vec<u32>,
+        /// First cell.
+        start: i32,
+        /// Most cells.
+        count: u32,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virConnectGetCPUModelNames`.
+    CpuModelNames {
+        /// Architecture.
+        arch: String,
+        /// Must be 0.
+        flags: u32,
+    },
     /// `virDomainGetMetadata`.
     GetMetadata {
         /// The domain.
@@ -509,6 +536,13 @@ pub enum CallValue {
     NoJob,
     /// `virConnectGetAllDomainStats`: one record per domain.
     DomainStats(Vec<(DomainRef, Vec<super::admin::Param>)>),
+    /// `virDomainGetSchedulerType`.
+    SchedulerType {
+        /// The scheduler's name.
+        kind: String,
+        /// How many parameters it has.
+        nparams: i32,
+    },
     /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
     Figures(Vec<i64>),
 }
@@ -611,6 +645,10 @@ pub enum CallError {
     /// (`VIR_ERR_ARGUMENT_UNSUPPORTED`).
     #[error("{0}")]
     ArgumentUnsupported(String),
+    /// The operation cannot be done in this daemon's mode
+    /// (`VIR_ERR_OPERATION_UNSUPPORTED`).
+    #[error("{0}")]
+    OperationUnsupported(String),
     /// The metadata asked for is not there (`VIR_ERR_NO_DOMAIN_METADATA`).
     #[error("{0}")]
     NoMetadata(String),
@@ -658,6 +696,7 @@ impl CallError {
             CallError::Unsupported(s) => CallError::Unsupported(c(s)),
             CallError::ArgumentUnsupported(s) => CallError::ArgumentUnsupported(c(s)),
             CallError::NoMetadata(s) => CallError::NoMetadata(c(s)),
+            CallError::OperationUnsupported(s) => CallError::OperationUnsupported(c(s)),
             CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
         }

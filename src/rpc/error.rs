@@ -23,6 +23,7 @@ mod code {
     pub const CONFIG_UNSUPPORTED: i32 = 67;
     pub const ARGUMENT_UNSUPPORTED: i32 = 74;
     pub const NO_DOMAIN_METADATA: i32 = 80;
+    pub const OPERATION_UNSUPPORTED: i32 = 84;
     pub const XML_INVALID_SCHEMA: i32 = 92;
     pub const NO_SERVER: i32 = 95;
     pub const NO_CLIENT: i32 = 96;
@@ -236,6 +237,9 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                 CallError::NoClient(_) => err(code::NO_CLIENT, from::RPC, "Client not found: %s", detail),
                 CallError::ArgumentUnsupported(_) => {
                     err(code::ARGUMENT_UNSUPPORTED, from::QEMU, "argument unsupported: %s", detail)
+                }
+                CallError::OperationUnsupported(_) => {
+                    err(code::OPERATION_UNSUPPORTED, from::QEMU, "Operation not supported: %s", detail)
                 }
                 CallError::NoMetadata(_) => {
                     err(code::NO_DOMAIN_METADATA, from::DOMAIN, "metadata not found: %s", detail)

@@ -300,6 +300,72 @@ pub struct MetadataChangeEventMsg {
 /// The MESSAGE procedure carrying metadata-change events.
 pub const DOMAIN_EVENT_CALLBACK_METADATA_CHANGE: i32 = 379;
 
+/// `remote_domain_get_scheduler_type_ret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerTypeRet {
+    /// The scheduler.
+    pub kind: String,
+    /// How many parameters it has.
+    pub nparams: i32,
+}
+
+/// `remote_domain_get_scheduler_parameters_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerParamsArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Most parameters wanted.
+    pub nparams: i32,
+}
+
+/// `remote_domain_get_scheduler_parameters_flags_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerParamsFlagsArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Most parameters wanted.
+    pub nparams: i32,
+    /// `virDomainModificationImpact`.
+    pub flags: u32,
+}
+
+/// `REMOTE_NODE_MAX_CELLS`: most figures (page sizes times cells) one
+/// `virNodeGetFreePages` returns, and most page sizes it names.
+pub const NODE_MAX_CELLS: usize = 1024;
+
+/// `remote_node_get_free_pages_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeGetFreePagesArgs {
+    /// Page sizes, KiB.
+    pub pages: Vec<u32>,
+    /// First cell.
+    pub start_cell: i32,
+    /// Most cells.
+    pub cell_count: u32,
+    /// Flags.
+    pub flags: u32,
+}
+
+/// `remote_connect_get_cpu_model_names_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuModelNamesArgs {
+    /// Architecture.
+    pub arch: String,
+    /// Whether the names are wanted (else only their count).
+    pub need_results: i32,
+    /// Flags.
+    pub flags: u32,
+}
+
+/// `remote_connect_get_cpu_model_names_ret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuModelNamesRet {
+    /// The names.
+    pub models: Vec<String>,
+    /// How many there are.
+    pub ret: i32,
+}
+
 /// `remote_domain_get_metadata_args`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainGetMetadataArgs {
