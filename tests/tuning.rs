@@ -195,3 +195,31 @@ except libvirt.libvirtError as e:
     }
     assert_eq!(lines.next(), Some("models: 84"));
 }
+
+#[test]
+fn domtime_answers_as_libvirt_does_without_a_guest_agent() {
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !have_virsh() || !require(kvm, "/dev/kvm") {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
+    let images = d.tree.path("guest");
+    build_guest(&images);
+    let xml = domain_xml("s", UUID_S).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let file = d.tree.path("s.xml");
+    std::fs::write(&file, xml).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let (code, _, err) = virsh(&rw, &["domtime", "s"]);
+    assert_eq!((code, err.trim()), (1, "error: Requested operation is not valid: domain is not running"));
+    assert_eq!(virsh(&rw, &["start", "s"]).0, 0);
+    // libvirt asks the agent, so a read-only client may not.
+    let (code, _, err) = virsh(&ro, &["domtime", "s"]);
+    assert_eq!((code, err.trim()), (1, "error: operation forbidden: read only access prevents virDomainGetTime"));
+    let (code, _, err) = virsh(&rw, &["domtime", "s"]);
+    assert_eq!((code, err.trim()), (1, "error: argument unsupported: QEMU guest agent is not configured"));
+    assert_eq!(virsh(&rw, &["suspend", "s"]).0, 0);
+    let (code, _, err) = virsh(&rw, &["domtime", "s"]);
+    assert_eq!((code, err.trim()), (1, "error: Requested operation is not valid: domain is not running"));
+    assert_eq!(virsh(&rw, &["destroy", "s"]).0, 0);
+}

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::audit::{Auditor, Value, client_fields};
 use super::domains::Domains;
 use super::guests::{Launcher, Running};
-use super::{host, hostpages, hoststats, metadata, sched, stats};
+use super::{agent, host, hostpages, hoststats, metadata, sched, stats};
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, PeerIdentity, Query};
@@ -604,6 +604,8 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             hostpages::free_pages(&pages, start, count, flags).map(CallValue::U64s)
         }
         Call::CpuModelNames { arch, flags } => host::cpu_model_names(&arch, flags).map(CallValue::Texts),
+        Call::GetTime { uuid, flags } => agent::get_time(ctx.domains.by_uuid(&uuid)?, flags)
+            .map(|(seconds, nseconds)| CallValue::Time { seconds, nseconds }),
         Call::GetMetadata { uuid, kind, uri, flags } => {
             let e = ctx.domains.by_uuid(&uuid)?;
             metadata::check_impact(e, flags, false)?;
@@ -826,6 +828,7 @@ fn api_of(call: &Call) -> &'static str {
         Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
         Call::SetMetadata { .. } => "virDomainSetMetadata",
+        Call::GetTime { .. } => "virDomainGetTime",
         Call::GetDomainCapabilities { .. } => "virConnectGetDomainCapabilities",
         _ => "this call",
     }
@@ -837,6 +840,7 @@ fn op_of(call: &Call) -> &'static str {
         Call::Undefine { .. } => "undefine",
         Call::SetAutostart { .. } => "autostart",
         Call::SetMetadata { .. } => "metadata",
+        Call::GetTime { .. } => "gettime",
         Call::Create { .. } => "start",
         Call::CreateXml { .. } => "create",
         Call::Destroy { .. } => "destroy",

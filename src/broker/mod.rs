@@ -7,6 +7,7 @@
 
 mod activation;
 mod admin;
+mod agent;
 mod audit;
 mod calls;
 mod domains;

@@ -441,6 +441,10 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: CpuModelNamesArgs = args(payload)?;
             fwd(Call::CpuModelNames { arch: a.arch, flags: a.flags })
         }
+        P::DomainGetTime => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::GetTime { uuid: a.dom.uuid.0, flags: a.flags })
+        }
         P::DomainGetMetadata => {
             let a: DomainGetMetadataArgs = args(payload)?;
             fwd(Call::GetMetadata { uuid: a.dom.uuid.0, kind: a.kind, uri: a.uri, flags: a.flags })
@@ -618,6 +622,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
                 .collect();
             ok_reply(h, &GetAllDomainStatsRet { ret_stats })
         }
+        (_, CallValue::Time { seconds, nseconds }) => ok_reply(h, &DomainGetTimeRet { seconds, nseconds }),
         (_, CallValue::SchedulerType { kind, nparams }) => ok_reply(h, &SchedulerTypeRet { kind, nparams }),
         (P::DomainBlockStats, CallValue::Figures(v)) => {
             ok_reply(h, &BlockStatsRet { values: v.try_into().map_err(|_| mismatch)? })

@@ -378,6 +378,13 @@ pub enum Call {
         /// Must be 0.
         flags: u32,
     },
+    /// `virDomainGetTime`: asks the guest agent, so read-write only, as in libvirt.
+    GetTime {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Must be 0.
+        flags: u32,
+    },
     /// `virDomainGetMetadata`.
     GetMetadata {
         /// The domain.
@@ -431,6 +438,7 @@ impl Call {
                 | Call::Resume { .. }
                 | Call::OpenConsole { .. }
                 | Call::SetMetadata { .. }
+                | Call::GetTime { .. }
                 | Call::Admin(_)
         )
     }
@@ -536,6 +544,13 @@ pub enum CallValue {
     NoJob,
     /// `virConnectGetAllDomainStats`: one record per domain.
     DomainStats(Vec<(DomainRef, Vec<super::admin::Param>)>),
+    /// `virDomainGetTime`.
+    Time {
+        /// Seconds since the epoch.
+        seconds: i64,
+        /// Nanoseconds.
+        nseconds: u32,
+    },
     /// `virDomainGetSchedulerType`.
     SchedulerType {
         /// The scheduler's name.

@@ -366,6 +366,15 @@ pub struct CpuModelNamesRet {
     pub ret: i32,
 }
 
+/// `remote_domain_get_time_ret`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainGetTimeRet {
+    /// Seconds since the epoch.
+    pub seconds: i64,
+    /// Nanoseconds.
+    pub nseconds: u32,
+}
+
 /// `remote_domain_get_metadata_args`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainGetMetadataArgs {
