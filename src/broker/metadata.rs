@@ -16,10 +16,9 @@
 //! definition (each is still checked against the domain's state as libvirt
 //! checks it).
 
-use std::fmt::Write as _;
-
 use super::domains::{AFFECT_CONFIG, AFFECT_LIVE, Entry};
 use crate::domain::DomainDef;
+use crate::domain::nsxml::{self, Mode};
 use crate::privsep::CallError;
 
 /// `VIR_DOMAIN_METADATA_DESCRIPTION`.
@@ -62,13 +61,10 @@ pub fn get(def: &DomainDef, kind: i32, uri: Option<&str>) -> Result<String, Call
             match raw_metadata(def) {
                 Some(raw) => {
                     let doc = parse_bounded(raw).map_err(|_| unreadable())?;
-                    doc.root_element().children().find(|c| c.is_element() && c.tag_name().namespace() == Some(uri)).map(
-                        |node| {
-                            let mut out = String::new();
-                            write_element(node, Mode::Strip(uri), &mut Vec::new(), &mut out);
-                            out
-                        },
-                    )
+                    doc.root_element()
+                        .children()
+                        .find(|c| c.is_element() && c.tag_name().namespace() == Some(uri))
+                        .map(|node| nsxml::element(node, Mode::Strip(uri)))
                 }
                 None => None,
             }
@@ -125,9 +121,8 @@ fn set_element(def: &mut DomainDef, value: Option<&str>, key: Option<&str>, uri:
     if let Some(raw) = raw_metadata(def) {
         let doc = parse_bounded(raw).map_err(|_| unreadable())?;
         for node in doc.root_element().children().filter(|c| c.is_element()) {
-            let mut text = String::new();
-            write_element(node, Mode::Keep, &mut Vec::new(), &mut text);
-            children.push((node.tag_name().namespace().unwrap_or_default().to_owned(), text));
+            children
+                .push((node.tag_name().namespace().unwrap_or_default().to_owned(), nsxml::element(node, Mode::Keep)));
         }
     }
     // libvirt replaces the first element in the namespace, if any.
@@ -143,22 +138,15 @@ fn set_element(def: &mut DomainDef, value: Option<&str>, key: Option<&str>, uri:
             line: e.pos().row,
             detail: e.to_string().rsplit_once(" at ").map(|(m, _)| m.to_owned()).unwrap_or_else(|| e.to_string()),
         })?;
-        let mut text = String::new();
-        write_element(doc.root_element(), Mode::Inject { key, uri }, &mut Vec::new(), &mut text);
-        children.push((uri.to_owned(), text));
+        children.push((uri.to_owned(), nsxml::element(doc.root_element(), Mode::Inject { key, uri })));
     }
     if children.len() > MAX_ELEMENTS {
         return Err(CallError::InvalidArg(format!("a domain holds at most {MAX_ELEMENTS} metadata elements")));
     }
     def.kept.retain(|e| e.name != "metadata");
     if !children.is_empty() {
-        let mut raw = String::from("<metadata>");
-        for (_, text) in &children {
-            let _ = write!(raw, "\n    {text}");
-        }
-        raw.push_str("\n  </metadata>");
         let mut e = crate::domain::xml::Element::new("metadata");
-        e.raw = Some(raw);
+        e.raw = Some(nsxml::metadata(children.iter().map(|(_, text)| text.as_str())));
         def.kept.push(e);
     }
     Ok(())
@@ -186,81 +174,6 @@ fn is_ncname(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
         && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-/// How namespaces are written.
-#[derive(Clone, Copy)]
-enum Mode<'a> {
-    /// As they are.
-    Keep,
-    /// Elements in this namespace unqualified, and it undeclared (libvirt's
-    /// `virXMLExtractNamespaceXML`).
-    Strip(&'a str),
-    /// Unqualified elements put in namespace `uri` under prefix `key`
-    /// (libvirt's `virXMLInjectNamespace`).
-    Inject { key: &'a str, uri: &'a str },
-}
-
-/// Writes element `node` and its content; namespaces are declared where
-/// first used (`scope` holds the (prefix, uri) pairs declared by ancestors).
-fn write_element(node: roxmltree::Node, mode: Mode, scope: &mut Vec<(String, String)>, out: &mut String) {
-    let depth = scope.len();
-    let mut decls: Vec<(String, String)> = Vec::new();
-    let qualify = |ns: Option<&str>, element: bool, decls: &mut Vec<(String, String)>| -> String {
-        let (prefix, uri) = match (ns, mode) {
-            (Some(u), Mode::Strip(s)) if u == s && element => return String::new(),
-            (Some(u), _) => (node.lookup_prefix(u).unwrap_or("").to_owned(), u.to_owned()),
-            (None, Mode::Inject { key, uri }) if element => (key.to_owned(), uri.to_owned()),
-            (None, _) => return String::new(),
-        };
-        if !scope.iter().chain(decls.iter()).any(|(p, u)| *p == prefix && *u == uri) {
-            decls.push((prefix.clone(), uri));
-        }
-        if prefix.is_empty() { String::new() } else { format!("{prefix}:") }
-    };
-    let name = format!("{}{}", qualify(node.tag_name().namespace(), true, &mut decls), node.tag_name().name());
-    let attrs: Vec<(String, String)> = node
-        .attributes()
-        .map(|a| (format!("{}{}", qualify(a.namespace(), false, &mut decls), a.name()), a.value().to_owned()))
-        .collect();
-    let _ = write!(out, "<{name}");
-    for (prefix, uri) in &decls {
-        let attr = if prefix.is_empty() { "xmlns".to_owned() } else { format!("xmlns:{prefix}") };
-        let _ = write!(out, " {attr}=\"{}\"", escape(uri));
-    }
-    for (k, v) in &attrs {
-        let _ = write!(out, " {k}=\"{}\"", escape(v));
-    }
-    scope.extend(decls);
-    let content: Vec<roxmltree::Node> = node.children().filter(|c| c.is_element() || c.is_text()).collect();
-    if content.is_empty() {
-        out.push_str("/>");
-    } else {
-        out.push('>');
-        for c in content {
-            if c.is_element() {
-                write_element(c, mode, scope, out);
-            } else {
-                out.push_str(&escape(c.text().unwrap_or("")));
-            }
-        }
-        let _ = write!(out, "</{name}>");
-    }
-    scope.truncate(depth);
-}
-
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -303,6 +216,18 @@ mod tests {
         let d = def("<metadata><x:info xmlns:x='http://x/'><x:k>v</x:k></x:info></metadata>");
         assert_eq!(get(&d, ELEMENT, Some("http://x/")).unwrap(), "<info><k>v</k></info>");
         assert!(matches!(get(&d, ELEMENT, Some("http://other/")), Err(CallError::NoMetadata(_))));
+    }
+
+    #[test]
+    fn a_namespace_declared_on_the_domain_comes_along_with_its_element() {
+        let xml = "<domain type='kvm' xmlns:x='http://x/'><name>m</name><memory unit='MiB'>64</memory>\
+                   <metadata><x:info><x:k>v</x:k></x:info></metadata><os><type>hvm</type><kernel>/k</kernel></os></domain>";
+        let d = crate::domain::parse(xml, false).unwrap().0;
+        // What is stored parses again by itself, to the same definition.
+        let again = crate::domain::parse(&d.to_xml(), false).unwrap().0;
+        assert_eq!(again, d);
+        assert!(d.to_xml().contains("<x:info xmlns:x=\"http://x/\"><x:k>v</x:k></x:info>"), "{}", d.to_xml());
+        assert_eq!(get(&again, ELEMENT, Some("http://x/")).unwrap(), "<info><k>v</k></info>");
     }
 
     #[test]
