@@ -67,3 +67,44 @@ pub fn scheduler_params(e: &Entry, nparams: i32, flags: u32) -> Result<Vec<Param
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(running: bool, persistent: bool) -> Entry {
+        let xml = "<domain type='kvm'><name>s</name><memory unit='MiB'>64</memory>\
+                   <os><type>hvm</type><kernel>/k</kernel></os></domain>";
+        Entry {
+            def: crate::domain::parse(xml, false).unwrap().0,
+            persistent,
+            autostart: false,
+            id: running.then_some(3),
+            pid: None,
+            state: if running { (1, 1) } else { (5, 0) },
+        }
+    }
+
+    #[test]
+    fn the_definition_reports_nine_unset_parameters_and_a_running_guest_no_cgroup() {
+        let off = entry(false, true);
+        if !nix::unistd::geteuid().is_root() {
+            assert!(matches!(scheduler_type(&off), Err(CallError::OperationUnsupported(_))));
+            return;
+        }
+        assert_eq!(scheduler_type(&off).unwrap(), ("posix".into(), 9));
+        let all = scheduler_params(&off, 16, 0).unwrap();
+        assert_eq!(all.iter().map(|p| p.field.as_str()).collect::<Vec<_>>(), PARAMS.map(|(f, _)| f));
+        assert_eq!(all[2].value, ParamValue::LLong(0));
+        assert_eq!(all[1].value, ParamValue::ULLong(0));
+        assert_eq!(scheduler_params(&off, 3, STRING_OKAY).unwrap().len(), 3);
+        assert!(matches!(scheduler_params(&off, 9, 1), Err(CallError::NotRunning)));
+        assert!(matches!(scheduler_params(&off, 9, 8), Err(CallError::UnsupportedFlags { .. })));
+        let on = entry(true, true);
+        let no_cgroup = CallError::OperationInvalid("cgroup CPU controller is not mounted".into());
+        assert_eq!(scheduler_type(&on).unwrap_err(), no_cgroup);
+        assert_eq!(scheduler_params(&on, 9, 0).unwrap_err(), no_cgroup);
+        assert_eq!(scheduler_params(&on, 9, 2).unwrap().len(), 9);
+        assert!(matches!(scheduler_params(&entry(true, false), 9, 2), Err(CallError::OperationInvalid(_))));
+    }
+}
