@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use super::audit::{Auditor, Value, client_fields};
 use super::domains::Domains;
 use super::guests::{Launcher, Running};
-use super::{host, hoststats, stats};
+use super::{agent, host, hostpages, hoststats, metadata, sched, stats};
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, StopReason};
-use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, PeerIdentity, Query};
+use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, PeerIdentity, Query};
 
 /// Most domains or names returned by the legacy list calls.
 const LIST_MAX: i32 = 16_384;
@@ -288,7 +288,7 @@ impl Ctx {
 
     /// Queues a lifecycle event for `dom`.
     pub fn emit(&mut self, dom: DomainRef, event: i32, detail: i32) {
-        self.events.push(DomainEvent { dom, event, detail });
+        self.events.push(DomainEvent { dom, kind: EventKind::Lifecycle { event, detail } });
     }
 
     /// Starts the defined domain `uuid` in a new helper, as domain `id` (a
@@ -576,11 +576,7 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
                     let uuid = uuid_string(&d.handle.uuid);
                     let fields = [("vm", Value::Text(&d.handle.name)), ("uuid", Value::Text(&uuid))];
                     audit(auditor, caller, if d.updated { "redefine" } else { "define" }, &fields, true);
-                    ctx.events.push(DomainEvent {
-                        dom: d.handle.clone(),
-                        event: event::DEFINED,
-                        detail: d.updated.into(),
-                    });
+                    ctx.emit(d.handle.clone(), event::DEFINED, d.updated.into());
                 }
                 Err(e) => audit(auditor, caller, "define", &[("reason", Value::Text(&e.to_string()))], false),
             }
@@ -604,6 +600,35 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             result.map(|_| CallValue::Unit)
         }
         Call::Query { uuid, query } => query_domain(ctx, &uuid, query, caller.readonly),
+        Call::NodeFreePages { pages, start, count, flags } => {
+            hostpages::free_pages(&pages, start, count, flags).map(CallValue::U64s)
+        }
+        Call::CpuModelNames { arch, flags } => host::cpu_model_names(&arch, flags).map(CallValue::Texts),
+        Call::GetTime { uuid, flags } => agent::get_time(ctx.domains.by_uuid(&uuid)?, flags)
+            .map(|(seconds, nseconds)| CallValue::Time { seconds, nseconds }),
+        Call::GetMetadata { uuid, kind, uri, flags } => {
+            let e = ctx.domains.by_uuid(&uuid)?;
+            metadata::check_impact(e, flags, false)?;
+            metadata::get(&e.def, kind, uri.as_deref()).map(CallValue::Text)
+        }
+        Call::SetMetadata { uuid, kind, value, key, uri, flags } => {
+            let result = ctx.domains.by_uuid(&uuid).and_then(|e| {
+                metadata::check_impact(e, flags, true)?;
+                let def = metadata::set(&e.def, kind, value.as_deref(), key.as_deref(), uri.as_deref())?;
+                Ok((e.handle(), def))
+            });
+            let result = result.and_then(|(dom, def)| ctx.domains.replace_def(&uuid, def).map(|name| (dom, name)));
+            let named = result.as_ref().map(|(_, n)| n.clone()).map_err(Clone::clone);
+            audit_change(auditor, caller, "metadata", &uuid, &named, &[("type", Value::Num(kind.into()))]);
+            let (dom, _) = result?;
+            // A running guest's record carries its definition.
+            if ctx.guests.contains_key(&uuid) {
+                ctx.record(&uuid);
+            }
+            let uri = if kind == metadata::ELEMENT { uri } else { None };
+            ctx.events.push(DomainEvent { dom, kind: EventKind::MetadataChange { kind, uri } });
+            Ok(CallValue::Unit)
+        }
         Call::Create { uuid, flags } => {
             // START_PAUSED (1); START_VALIDATE (16) is accepted: definitions are always validated.
             if flags & !(START_PAUSED | START_VALIDATE) != 0 {
@@ -772,6 +797,14 @@ fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Res
         Query::CpuStats { nparams, start_cpu, ncpus, flags } => stats::cpu_stats(e, nparams, start_cpu, ncpus, flags)?,
         Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
         Query::JobInfo => stats::job_info(e)?,
+        Query::SchedulerType => {
+            let (kind, nparams) = sched::scheduler_type(e)?;
+            CallValue::SchedulerType { kind, nparams }
+        }
+        Query::SchedulerParams { nparams, flags } => {
+            let params = sched::scheduler_params(e, nparams, flags)?;
+            CallValue::Params { count: params.len() as i32, params }
+        }
         Query::JobStats { flags } => stats::job_stats(e, flags)?,
     })
 }
@@ -794,6 +827,8 @@ fn api_of(call: &Call) -> &'static str {
         Call::OpenConsole { .. } => "virDomainOpenConsole",
         Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
+        Call::SetMetadata { .. } => "virDomainSetMetadata",
+        Call::GetTime { .. } => "virDomainGetTime",
         Call::GetDomainCapabilities { .. } => "virConnectGetDomainCapabilities",
         _ => "this call",
     }
@@ -804,6 +839,8 @@ fn op_of(call: &Call) -> &'static str {
         Call::Define { .. } => "define",
         Call::Undefine { .. } => "undefine",
         Call::SetAutostart { .. } => "autostart",
+        Call::SetMetadata { .. } => "metadata",
+        Call::GetTime { .. } => "gettime",
         Call::Create { .. } => "start",
         Call::CreateXml { .. } => "create",
         Call::Destroy { .. } => "destroy",

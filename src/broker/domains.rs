@@ -58,7 +58,38 @@ pub struct Entry {
     pub state: (i32, i32),
 }
 
+/// `VIR_DOMAIN_AFFECT_LIVE`.
+pub const AFFECT_LIVE: u32 = 1;
+/// `VIR_DOMAIN_AFFECT_CONFIG`.
+pub const AFFECT_CONFIG: u32 = 2;
+
 impl Entry {
+    /// Which definitions a call with `virDomainModificationImpact` `flags`
+    /// works on, (live, config), checked as libvirt's `virDomainObjGetDefs`
+    /// checks them: CURRENT is live for a running domain and config
+    /// otherwise; live needs a running domain, config a persistent one.
+    /// `one` is for getters, which read one definition only.
+    pub fn impact(&self, flags: u32, one: bool) -> Result<(bool, bool), CallError> {
+        if one && flags & (AFFECT_LIVE | AFFECT_CONFIG) == AFFECT_LIVE | AFFECT_CONFIG {
+            return Err(CallError::InvalidArg(
+                "Flags 'VIR_DOMAIN_AFFECT_LIVE' and 'VIR_DOMAIN_AFFECT_CONFIG' are mutually exclusive".into(),
+            ));
+        }
+        let active = self.is_active();
+        let flags = match flags & (AFFECT_LIVE | AFFECT_CONFIG) {
+            0 if active => AFFECT_LIVE,
+            0 => AFFECT_CONFIG,
+            f => f,
+        };
+        if flags & AFFECT_LIVE != 0 && !active {
+            return Err(CallError::NotRunning);
+        }
+        if flags & AFFECT_CONFIG != 0 && !self.persistent {
+            return Err(CallError::OperationInvalid("transient domains do not have any persistent config".into()));
+        }
+        Ok((flags & AFFECT_LIVE != 0, flags & AFFECT_CONFIG != 0))
+    }
+
     /// The handle clients get.
     pub fn handle(&self) -> DomainRef {
         DomainRef { name: self.def.name.clone(), uuid: self.def.uuid, id: self.id.unwrap_or(-1) }
@@ -332,6 +363,25 @@ impl Domains {
             e.pid = None;
             e.state = (STATE_SHUTOFF, reason);
         }
+    }
+
+    /// Replaces domain `uuid`'s definition with `def` (same name and UUID,
+    /// already validated), storing it first if the domain is persistent, so
+    /// that memory and disk never disagree. Returns its name.
+    pub fn replace_def(&mut self, uuid: &[u8; 16], def: DomainDef) -> Result<String, CallError> {
+        let e = self
+            .entries
+            .iter_mut()
+            .find(|e| &e.def.uuid == uuid)
+            .ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))?;
+        if def.uuid != e.def.uuid || def.name != e.def.name {
+            return Err(CallError::Internal("a replaced definition must keep its name and uuid".into()));
+        }
+        if e.persistent {
+            self.store.save(&def).map_err(store_err)?;
+        }
+        e.def = def;
+        Ok(e.def.name.clone())
     }
 
     /// `virDomainSetAutostart`.

@@ -209,6 +209,29 @@ pub struct DomainCapabilitiesQuery<'a> {
     pub virttype: Option<&'a str>,
 }
 
+/// `virConnectGetCPUModelNames`: the named CPU models a guest may ask for.
+/// There are none: every guest gets the host CPU as KVM offers it
+/// (`<cpu mode='host-passthrough'>`, or no `<cpu>`), and a named model is
+/// refused at define time. Listing libvirt's x86 models would offer what the
+/// daemon refuses, and an empty list means "any model is accepted" to
+/// libvirt's clients (virsh prints just that), so the honest answer is an
+/// error saying so, which clients treat as "no model list". Another
+/// architecture is one the daemon knows nothing of, as libvirt says of a name
+/// it cannot map.
+pub fn cpu_model_names(arch: &str, flags: u32) -> Result<Vec<String>, CallError> {
+    if flags != 0 {
+        return Err(CallError::UnsupportedFlags { flags, function: "qemuConnectGetCPUModelNames".into() });
+    }
+    if arch != "x86_64" {
+        return Err(CallError::InvalidArg(format!("cannot find architecture {arch}")));
+    }
+    Err(CallError::OperationUnsupported(NO_CPU_MODELS.into()))
+}
+
+/// Why `virConnectGetCPUModelNames` lists nothing.
+pub const NO_CPU_MODELS: &str =
+    "named CPU models are not supported: every guest gets the host CPU (cpu mode 'host-passthrough')";
+
 /// `virConnectGetDomainCapabilities`: what a domain may ask for, from the
 /// domain model's own rules and the host's vCPU limit.
 ///
@@ -268,6 +291,9 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
     for flag in cpuinfo_field(&cpuinfo, "flags").unwrap_or_default().split_whitespace().take(256) {
         let _ = writeln!(x, "      <feature name='{}'/>", escape(flag));
     }
+    for size in super::hostpages::page_sizes() {
+        let _ = writeln!(x, "      <pages unit='KiB' size='{size}'/>");
+    }
     x.push_str("    </cpu>\n    <power_management/>\n    <iommu support='no'/>\n    <topology>\n");
     let cells = host_memory()?;
     let _ = writeln!(x, "      <cells num='{}'>", cells.len());
@@ -277,6 +303,9 @@ pub fn capabilities(host_uuid: &str) -> Result<String, CallError> {
             .map(|l| parse_cpulist(&l))
             .unwrap_or_else(|| (0..info.cpus as u32).collect());
         let _ = writeln!(x, "        <cell id='{n}'>\n          <memory unit='KiB'>{mem}</memory>");
+        for (size, count) in super::hostpages::cell_pages(n, mem) {
+            let _ = writeln!(x, "          <pages unit='KiB' size='{size}'>{count}</pages>");
+        }
         let _ = writeln!(x, "          <cpus num='{}'>", cpus.len());
         for c in cpus {
             let _ = writeln!(x, "            <cpu id='{c}'/>");

@@ -7,6 +7,7 @@
 
 mod activation;
 mod admin;
+mod agent;
 mod audit;
 mod calls;
 mod domains;
@@ -15,14 +16,17 @@ mod files;
 mod greeting;
 mod guests;
 mod host;
+mod hostpages;
 mod hoststats;
 mod link;
 mod listen;
+mod metadata;
 mod permit;
 mod pidfile;
 mod procfs;
 mod readiness;
 mod restarts;
+mod sched;
 mod spawn;
 mod stats;
 mod status;

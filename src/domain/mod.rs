@@ -14,6 +14,7 @@
 
 mod caps;
 mod emit;
+pub mod nsxml;
 mod parse;
 pub mod platform;
 mod units;

@@ -130,10 +130,10 @@ pub fn parse(text: &str) -> Result<Element, DomainError> {
     if root.descendants().any(|n| n.ancestors().count() > MAX_DEPTH + 1) {
         return Err(DomainError::TooDeep(MAX_DEPTH));
     }
-    Ok(convert(root, text))
+    Ok(convert(root))
 }
 
-fn convert(node: roxmltree::Node, source: &str) -> Element {
+fn convert(node: roxmltree::Node) -> Element {
     let mut e = Element::new(node.tag_name().name());
     e.attrs = node
         .attributes()
@@ -141,13 +141,20 @@ fn convert(node: roxmltree::Node, source: &str) -> Element {
         .map(|a| (a.name().to_owned(), a.value().to_owned()))
         .collect();
     if e.name == "metadata" {
-        e.raw = source.get(node.range()).map(str::to_owned);
+        // Each child whole, with the namespaces it uses declared on itself
+        // (a client may declare them on <domain>), so the stored text parses.
+        let children: Vec<String> = node
+            .children()
+            .filter(|c| c.is_element())
+            .map(|c| super::nsxml::element(c, super::nsxml::Mode::Keep))
+            .collect();
+        e.raw = Some(super::nsxml::metadata(children.iter().map(String::as_str)));
         return e;
     }
     for child in node.children() {
         if child.is_element() {
             if child.tag_name().namespace().is_none() {
-                e.children.push(convert(child, source));
+                e.children.push(convert(child));
             }
         } else if child.is_text() {
             e.text.push_str(child.text().unwrap_or(""));

@@ -49,33 +49,43 @@ pub struct Session {
 const MAX_CALLBACKS: usize = 256;
 /// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
 const EVENT_ID_LIFECYCLE: i32 = 0;
+/// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
+const EVENT_ID_METADATA_CHANGE: i32 = 23;
 
 impl Session {
     /// The MESSAGE packets that deliver `event` to this connection's
-    /// lifecycle registrations (usually none or one).
+    /// registrations for its kind (usually none or one).
     pub fn event_messages(&self, event: &crate::privsep::DomainEvent) -> Vec<u8> {
+        use crate::privsep::EventKind;
+        let (event_id, proc_) = match event.kind {
+            EventKind::Lifecycle { .. } => (EVENT_ID_LIFECYCLE, DOMAIN_EVENT_CALLBACK_LIFECYCLE),
+            EventKind::MetadataChange { .. } => (EVENT_ID_METADATA_CHANGE, DOMAIN_EVENT_CALLBACK_METADATA_CHANGE),
+        };
         let mut out = Vec::new();
         for (callback_id, _, _) in self
             .callbacks
             .iter()
-            .filter(|(_, id, filter)| *id == EVENT_ID_LIFECYCLE && filter.is_none_or(|u| u == event.dom.uuid))
+            .filter(|(_, id, filter)| *id == event_id && filter.is_none_or(|u| u == event.dom.uuid))
         {
-            let msg = LifecycleEventMsg {
-                callback_id: *callback_id,
-                dom: nonnull(event.dom.clone()),
-                event: event.event,
-                detail: event.detail,
+            let (callback_id, dom) = (*callback_id, nonnull(event.dom.clone()));
+            let payload = match &event.kind {
+                EventKind::Lifecycle { event, detail } => {
+                    xdr::to_bytes(&LifecycleEventMsg { callback_id, dom, event: *event, detail: *detail })
+                }
+                EventKind::MetadataChange { kind, uri } => {
+                    xdr::to_bytes(&MetadataChangeEventMsg { callback_id, dom, kind: *kind, nsuri: uri.clone() })
+                }
             };
             let h = Header {
                 prog: REMOTE_PROGRAM,
                 vers: frame::PROTOCOL_VERSION,
-                proc_: DOMAIN_EVENT_CALLBACK_LIFECYCLE,
+                proc_,
                 kind: MessageType::Message,
                 // libvirtd sends 1; clients ignore it.
                 serial: 1,
                 status: Status::Ok as i32,
             };
-            if let Ok(payload) = xdr::to_bytes(&msg) {
+            if let Ok(payload) = payload {
                 let _ = frame::encode(&mut out, &h, &payload);
             }
         }
@@ -408,6 +418,48 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainDeviceArgs = args(payload)?;
             fwd(Call::InterfaceStats { uuid: a.dom.uuid.0, device: a.device })
         }
+        P::DomainGetSchedulerType => query(args::<DomainArg>(payload)?.dom, Query::SchedulerType),
+        P::DomainGetSchedulerParameters => {
+            let a: SchedulerParamsArgs = args(payload)?;
+            query(a.dom, Query::SchedulerParams { nparams: a.nparams, flags: 0 })
+        }
+        P::DomainGetSchedulerParametersFlags => {
+            let a: SchedulerParamsFlagsArgs = args(payload)?;
+            query(a.dom, Query::SchedulerParams { nparams: a.nparams, flags: a.flags })
+        }
+        P::NodeGetFreePages => {
+            // unsigned int pages<REMOTE_NODE_MAX_CELLS>: the count is checked
+            // before anything is decoded.
+            let count = payload.get(..4).map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+            if count as usize > NODE_MAX_CELLS {
+                return Err(RpcError::Decode);
+            }
+            let a: NodeGetFreePagesArgs = args(payload)?;
+            fwd(Call::NodeFreePages { pages: a.pages, start: a.start_cell, count: a.cell_count, flags: a.flags })
+        }
+        P::ConnectGetCpuModelNames => {
+            let a: CpuModelNamesArgs = args(payload)?;
+            fwd(Call::CpuModelNames { arch: a.arch, flags: a.flags })
+        }
+        P::DomainGetTime => {
+            let a: DomainFlagsArgs = args(payload)?;
+            fwd(Call::GetTime { uuid: a.dom.uuid.0, flags: a.flags })
+        }
+        P::DomainGetMetadata => {
+            let a: DomainGetMetadataArgs = args(payload)?;
+            fwd(Call::GetMetadata { uuid: a.dom.uuid.0, kind: a.kind, uri: a.uri, flags: a.flags })
+        }
+        P::DomainSetMetadata => {
+            let a: DomainSetMetadataArgs = args(payload)?;
+            fwd(Call::SetMetadata {
+                uuid: a.dom.uuid.0,
+                kind: a.kind,
+                value: a.metadata,
+                key: a.key,
+                uri: a.uri,
+                flags: a.flags,
+            })
+        }
         P::ConnectGetAllDomainStats => {
             // remote_nonnull_domain doms<REMOTE_DOMAIN_LIST_MAX>: the count is
             // checked before anything is decoded.
@@ -509,6 +561,10 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
             ok_reply(h, &ListAllDomainsRet { domains: list.into_iter().map(nonnull).collect(), ret: count })
         }
         (_, CallValue::Text(t)) => ok_reply(h, &t),
+        (P::ConnectGetCpuModelNames, CallValue::Texts(models)) => {
+            let ret = i32::try_from(models.len()).map_err(|_| mismatch.clone())?;
+            ok_reply(h, &CpuModelNamesRet { models, ret })
+        }
         (_, CallValue::Texts(t)) => ok_reply(h, &StringListRet { values: t }),
         (_, CallValue::Ints(i)) => ok_reply(h, &IntListRet { values: i }),
         (_, CallValue::U64s(u)) => ok_reply(h, &U64ListRet { values: u }),
@@ -543,6 +599,10 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
             let stats = stats.into_iter().map(|(tag, val)| MemoryStat { tag, val }).collect();
             ok_reply(h, &DomainMemoryStatsRet { stats })
         }
+        (P::DomainGetSchedulerParameters | P::DomainGetSchedulerParametersFlags, CallValue::Params { params, .. }) => {
+            let params = params.into_iter().map(super::admin::param_out).collect();
+            ok_reply(h, &crate::rpc::admin::ParamsRet { params })
+        }
         (_, CallValue::Params { params, count }) => {
             let params = params.into_iter().map(super::admin::param_out).collect();
             ok_reply(h, &ParamsCountRet { params, nparams: count })
@@ -562,6 +622,8 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
                 .collect();
             ok_reply(h, &GetAllDomainStatsRet { ret_stats })
         }
+        (_, CallValue::Time { seconds, nseconds }) => ok_reply(h, &DomainGetTimeRet { seconds, nseconds }),
+        (_, CallValue::SchedulerType { kind, nparams }) => ok_reply(h, &SchedulerTypeRet { kind, nparams }),
         (P::DomainBlockStats, CallValue::Figures(v)) => {
             ok_reply(h, &BlockStatsRet { values: v.try_into().map_err(|_| mismatch)? })
         }
@@ -774,6 +836,12 @@ mod tests {
             enc(&DomainGetCpuStatsArgs { dom: dom.clone(), nparams: 0, start_cpu: -1, ncpus: 1, flags: 0 }),
             enc(&GetAllDomainStatsArgs { doms: vec![dom.clone()], stats: 0, flags: 0 }),
             enc(&BlockStatsFlagsArgs { dom: dom.clone(), path: String::new(), nparams: 0, flags: 0 }),
+            enc(&SchedulerParamsArgs { dom: dom.clone(), nparams: 1 }),
+            enc(&SchedulerParamsFlagsArgs { dom: dom.clone(), nparams: 1, flags: 0 }),
+            enc(&NodeGetFreePagesArgs { pages: vec![4], start_cell: 0, cell_count: 1, flags: 0 }),
+            enc(&CpuModelNamesArgs { arch: "x86_64".into(), need_results: 1, flags: 0 }),
+            enc(&DomainGetMetadataArgs { dom: dom.clone(), kind: 1, uri: None, flags: 0 }),
+            enc(&DomainSetMetadataArgs { dom: dom.clone(), kind: 1, metadata: None, key: None, uri: None, flags: 0 }),
             enc(&DomainCapabilitiesArgs { emulatorbin: None, arch: None, machine: None, virttype: None, flags: 0 }),
         ]
     }

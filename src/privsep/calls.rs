@@ -17,16 +17,32 @@ pub struct DomainRef {
     pub id: i32,
 }
 
-/// A domain lifecycle event (`virDomainEventType` and detail), for clients
-/// that registered for it.
+/// A domain event, for clients that registered for its kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainEvent {
     /// The domain, as it is after the event.
     pub dom: DomainRef,
-    /// `virDomainEventType`.
-    pub event: i32,
-    /// Its detail.
-    pub detail: i32,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of domain event the daemon sends (each a `virDomainEventID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`: `virDomainEventType` and detail.
+    Lifecycle {
+        /// `virDomainEventType`.
+        event: i32,
+        /// Its detail.
+        detail: i32,
+    },
+    /// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`: which metadata changed.
+    MetadataChange {
+        /// `virDomainMetadataType`.
+        kind: i32,
+        /// The namespace, for an element.
+        uri: Option<String>,
+    },
 }
 
 /// A question about one domain, identified by UUID.
@@ -121,6 +137,15 @@ pub enum Query {
     },
     /// `virDomainGetJobInfo`.
     JobInfo,
+    /// `virDomainGetSchedulerType`.
+    SchedulerType,
+    /// `virDomainGetSchedulerParameters(Flags)`.
+    SchedulerParams {
+        /// Most parameters to report.
+        nparams: i32,
+        /// `virDomainModificationImpact` and `VIR_TYPED_PARAM_STRING_OKAY`.
+        flags: u32,
+    },
     /// `virDomainGetJobStats`.
     JobStats {
         /// `virDomainGetJobStatsFlags`.
@@ -335,6 +360,57 @@ pub enum Call {
         /// Interface name or MAC (compared, never opened).
         device: String,
     },
+    /// `virNodeGetFreePages`.
+    NodeFreePages {
+        /// Page sizes, KiB (at most `REMOTE_NODE_MAX_CELLS`).
+        pages: Vec<u32>,
+        /// First cell.
+        start: i32,
+        /// Most cells.
+        count: u32,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virConnectGetCPUModelNames`.
+    CpuModelNames {
+        /// Architecture.
+        arch: String,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainGetTime`: asks the guest agent, so read-write only, as in libvirt.
+    GetTime {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainGetMetadata`.
+    GetMetadata {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainMetadataType`.
+        kind: i32,
+        /// The namespace, for an element.
+        uri: Option<String>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
+    /// `virDomainSetMetadata`.
+    SetMetadata {
+        /// The domain.
+        uuid: [u8; 16],
+        /// `virDomainMetadataType`.
+        kind: i32,
+        /// The new value; `None` removes it.
+        value: Option<String>,
+        /// The namespace prefix, for an element.
+        key: Option<String>,
+        /// The namespace, for an element.
+        uri: Option<String>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
 }
@@ -361,6 +437,8 @@ impl Call {
                 | Call::Suspend { .. }
                 | Call::Resume { .. }
                 | Call::OpenConsole { .. }
+                | Call::SetMetadata { .. }
+                | Call::GetTime { .. }
                 | Call::Admin(_)
         )
     }
@@ -466,6 +544,20 @@ pub enum CallValue {
     NoJob,
     /// `virConnectGetAllDomainStats`: one record per domain.
     DomainStats(Vec<(DomainRef, Vec<super::admin::Param>)>),
+    /// `virDomainGetTime`.
+    Time {
+        /// Seconds since the epoch.
+        seconds: i64,
+        /// Nanoseconds.
+        nseconds: u32,
+    },
+    /// `virDomainGetSchedulerType`.
+    SchedulerType {
+        /// The scheduler's name.
+        kind: String,
+        /// How many parameters it has.
+        nparams: i32,
+    },
     /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
     Figures(Vec<i64>),
 }
@@ -568,6 +660,21 @@ pub enum CallError {
     /// (`VIR_ERR_ARGUMENT_UNSUPPORTED`).
     #[error("{0}")]
     ArgumentUnsupported(String),
+    /// The operation cannot be done in this daemon's mode
+    /// (`VIR_ERR_OPERATION_UNSUPPORTED`).
+    #[error("{0}")]
+    OperationUnsupported(String),
+    /// The metadata asked for is not there (`VIR_ERR_NO_DOMAIN_METADATA`).
+    #[error("{0}")]
+    NoMetadata(String),
+    /// A metadata element given to `virDomainSetMetadata` is not well formed.
+    #[error("(metadata_xml):{line}: {detail}")]
+    MetadataSyntax {
+        /// Line of the error.
+        line: u32,
+        /// The parser's message.
+        detail: String,
+    },
 }
 
 impl CallError {
@@ -603,6 +710,9 @@ impl CallError {
             CallError::NoServer(s) => CallError::NoServer(c(s)),
             CallError::Unsupported(s) => CallError::Unsupported(c(s)),
             CallError::ArgumentUnsupported(s) => CallError::ArgumentUnsupported(c(s)),
+            CallError::NoMetadata(s) => CallError::NoMetadata(c(s)),
+            CallError::OperationUnsupported(s) => CallError::OperationUnsupported(c(s)),
+            CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
         }
     }

@@ -22,6 +22,8 @@ mod code {
     pub const OPERATION_INVALID: i32 = 55;
     pub const CONFIG_UNSUPPORTED: i32 = 67;
     pub const ARGUMENT_UNSUPPORTED: i32 = 74;
+    pub const NO_DOMAIN_METADATA: i32 = 80;
+    pub const OPERATION_UNSUPPORTED: i32 = 84;
     pub const XML_INVALID_SCHEMA: i32 = 92;
     pub const NO_SERVER: i32 = 95;
     pub const NO_CLIENT: i32 = 96;
@@ -236,6 +238,13 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                 CallError::ArgumentUnsupported(_) => {
                     err(code::ARGUMENT_UNSUPPORTED, from::QEMU, "argument unsupported: %s", detail)
                 }
+                CallError::OperationUnsupported(_) => {
+                    err(code::OPERATION_UNSUPPORTED, from::QEMU, "Operation not supported: %s", detail)
+                }
+                CallError::NoMetadata(_) => {
+                    err(code::NO_DOMAIN_METADATA, from::DOMAIN, "metadata not found: %s", detail)
+                }
+                CallError::MetadataSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
                 CallError::Unsupported(_) => err(
                     code::NO_SUPPORT,
                     from::ADMIN,

@@ -284,6 +284,127 @@ pub struct LifecycleEventMsg {
 /// The MESSAGE procedure carrying lifecycle events to callback-style clients.
 pub const DOMAIN_EVENT_CALLBACK_LIFECYCLE: i32 = 318;
 
+/// `remote_domain_event_callback_metadata_change_msg`, sent as a MESSAGE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataChangeEventMsg {
+    /// The client's registration.
+    pub callback_id: i32,
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainMetadataType`.
+    pub kind: i32,
+    /// The namespace, for an element.
+    pub nsuri: Option<String>,
+}
+
+/// The MESSAGE procedure carrying metadata-change events.
+pub const DOMAIN_EVENT_CALLBACK_METADATA_CHANGE: i32 = 379;
+
+/// `remote_domain_get_scheduler_type_ret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerTypeRet {
+    /// The scheduler.
+    pub kind: String,
+    /// How many parameters it has.
+    pub nparams: i32,
+}
+
+/// `remote_domain_get_scheduler_parameters_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerParamsArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Most parameters wanted.
+    pub nparams: i32,
+}
+
+/// `remote_domain_get_scheduler_parameters_flags_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerParamsFlagsArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Most parameters wanted.
+    pub nparams: i32,
+    /// `virDomainModificationImpact`.
+    pub flags: u32,
+}
+
+/// `REMOTE_NODE_MAX_CELLS`: most figures (page sizes times cells) one
+/// `virNodeGetFreePages` returns, and most page sizes it names.
+pub const NODE_MAX_CELLS: usize = 1024;
+
+/// `remote_node_get_free_pages_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeGetFreePagesArgs {
+    /// Page sizes, KiB.
+    pub pages: Vec<u32>,
+    /// First cell.
+    pub start_cell: i32,
+    /// Most cells.
+    pub cell_count: u32,
+    /// Flags.
+    pub flags: u32,
+}
+
+/// `remote_connect_get_cpu_model_names_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuModelNamesArgs {
+    /// Architecture.
+    pub arch: String,
+    /// Whether the names are wanted (else only their count).
+    pub need_results: i32,
+    /// Flags.
+    pub flags: u32,
+}
+
+/// `remote_connect_get_cpu_model_names_ret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuModelNamesRet {
+    /// The names.
+    pub models: Vec<String>,
+    /// How many there are.
+    pub ret: i32,
+}
+
+/// `remote_domain_get_time_ret`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainGetTimeRet {
+    /// Seconds since the epoch.
+    pub seconds: i64,
+    /// Nanoseconds.
+    pub nseconds: u32,
+}
+
+/// `remote_domain_get_metadata_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainGetMetadataArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainMetadataType`.
+    pub kind: i32,
+    /// The namespace, for an element.
+    pub uri: Option<String>,
+    /// `virDomainModificationImpact`.
+    pub flags: u32,
+}
+
+/// `remote_domain_set_metadata_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSetMetadataArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainMetadataType`.
+    pub kind: i32,
+    /// The new value; `None` removes it.
+    pub metadata: Option<String>,
+    /// The namespace prefix, for an element.
+    pub key: Option<String>,
+    /// The namespace, for an element.
+    pub uri: Option<String>,
+    /// `virDomainModificationImpact`.
+    pub flags: u32,
+}
+
 /// `remote_domain_open_console_args`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenConsoleArgs {

@@ -1,0 +1,110 @@
+//! `virDomainGetSchedulerType` and `virDomainGetSchedulerParameters(Flags)`,
+//! answered as libvirt's QEMU driver answers them for a guest without a CPU
+//! cgroup controller: a guest's helper runs in no cgroup of its own, so there
+//! are no live CPU tunables to read, and libvirt says so ("cgroup CPU
+//! controller is not mounted"); a shut-off domain, or the persistent
+//! definition, reports `<cputune>`, which the daemon refuses at define time,
+//! so every figure is libvirt's "not set", 0. A daemon that is not root is a
+//! session daemon, which libvirt allows no CPU tuning at all.
+
+use super::domains::Entry;
+use crate::privsep::CallError;
+use crate::privsep::admin::{Param, ParamValue};
+
+/// The parameters libvirt's QEMU driver reports, in its order, each with
+/// whether it is signed (`VIR_TYPED_PARAM_LLONG`) or not (`ULLONG`).
+const PARAMS: [(&str, bool); 9] = [
+    ("cpu_shares", false),
+    ("vcpu_period", false),
+    ("vcpu_quota", true),
+    ("emulator_period", false),
+    ("emulator_quota", true),
+    ("global_period", false),
+    ("global_quota", true),
+    ("iothread_period", false),
+    ("iothread_quota", true),
+];
+/// `VIR_TYPED_PARAM_STRING_OKAY`: accepted, no parameter is a string.
+const STRING_OKAY: u32 = 4;
+
+fn privileged() -> Result<(), CallError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CallError::OperationUnsupported("CPU tuning is not available in session mode".into()));
+    }
+    Ok(())
+}
+
+fn no_cgroup() -> CallError {
+    CallError::OperationInvalid("cgroup CPU controller is not mounted".into())
+}
+
+/// `virDomainGetSchedulerType`: the scheduler and how many parameters it has.
+pub fn scheduler_type(e: &Entry) -> Result<(String, i32), CallError> {
+    privileged()?;
+    if e.id.is_some() {
+        return Err(no_cgroup());
+    }
+    Ok(("posix".into(), PARAMS.len() as i32))
+}
+
+/// `virDomainGetSchedulerParametersFlags` (flags 0 for the older call): at
+/// most `nparams` of the parameters.
+pub fn scheduler_params(e: &Entry, nparams: i32, flags: u32) -> Result<Vec<Param>, CallError> {
+    if flags & !(super::domains::AFFECT_LIVE | super::domains::AFFECT_CONFIG | STRING_OKAY) != 0 {
+        return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainGetSchedulerParametersFlags".into() });
+    }
+    privileged()?;
+    let (live, _) = e.impact(flags & !STRING_OKAY, true)?;
+    if live {
+        return Err(no_cgroup());
+    }
+    let n = usize::try_from(nparams).unwrap_or(0).min(PARAMS.len());
+    Ok(PARAMS[..n]
+        .iter()
+        .map(|&(field, signed)| Param {
+            field: field.into(),
+            value: if signed { ParamValue::LLong(0) } else { ParamValue::ULLong(0) },
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(running: bool, persistent: bool) -> Entry {
+        let xml = "<domain type='kvm'><name>s</name><memory unit='MiB'>64</memory>\
+                   <os><type>hvm</type><kernel>/k</kernel></os></domain>";
+        Entry {
+            def: crate::domain::parse(xml, false).unwrap().0,
+            persistent,
+            autostart: false,
+            id: running.then_some(3),
+            pid: None,
+            state: if running { (1, 1) } else { (5, 0) },
+        }
+    }
+
+    #[test]
+    fn the_definition_reports_nine_unset_parameters_and_a_running_guest_no_cgroup() {
+        let off = entry(false, true);
+        if !nix::unistd::geteuid().is_root() {
+            assert!(matches!(scheduler_type(&off), Err(CallError::OperationUnsupported(_))));
+            return;
+        }
+        assert_eq!(scheduler_type(&off).unwrap(), ("posix".into(), 9));
+        let all = scheduler_params(&off, 16, 0).unwrap();
+        assert_eq!(all.iter().map(|p| p.field.as_str()).collect::<Vec<_>>(), PARAMS.map(|(f, _)| f));
+        assert_eq!(all[2].value, ParamValue::LLong(0));
+        assert_eq!(all[1].value, ParamValue::ULLong(0));
+        assert_eq!(scheduler_params(&off, 3, STRING_OKAY).unwrap().len(), 3);
+        assert!(matches!(scheduler_params(&off, 9, 1), Err(CallError::NotRunning)));
+        assert!(matches!(scheduler_params(&off, 9, 8), Err(CallError::UnsupportedFlags { .. })));
+        let on = entry(true, true);
+        let no_cgroup = CallError::OperationInvalid("cgroup CPU controller is not mounted".into());
+        assert_eq!(scheduler_type(&on).unwrap_err(), no_cgroup);
+        assert_eq!(scheduler_params(&on, 9, 0).unwrap_err(), no_cgroup);
+        assert_eq!(scheduler_params(&on, 9, 2).unwrap().len(), 9);
+        assert!(matches!(scheduler_params(&entry(true, false), 9, 2), Err(CallError::OperationInvalid(_))));
+    }
+}
