@@ -31,7 +31,6 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, children_of, cmdline, domain_xml, rss_kib_of, wait_until};
@@ -85,37 +84,12 @@ fn descendants(pid: i32) -> Vec<i32> {
 
 /// Runs virsh against `socket`, killing it after `within`; stdout if it exits 0.
 fn virsh(socket: &Path, args: &[&str], within: Duration) -> Result<String, String> {
-    let child = Command::new("virsh")
-        .arg("-c")
-        .arg(common::uri(socket))
-        .args(args)
-        .env_remove("LIBVIRT_DEFAULT_URI")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run virsh: {e}"))?;
-    let pid = Pid::from_raw(child.id() as i32);
-    let (done, watch) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        let late = watch.recv_timeout(within) == Err(mpsc::RecvTimeoutError::Timeout);
-        if late {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        late
-    });
-    let out = child.wait_with_output();
-    let _ = done.send(());
-    let late = watchdog.join().unwrap_or(false);
-    let out = out.map_err(|e| format!("virsh {}: {e}", args.join(" ")))?;
-    if late {
-        return Err(format!("virsh {} did not finish within {} s", args.join(" "), within.as_secs()));
+    let what = args.join(" ");
+    match common::client_tool_within("virsh", &common::uri(socket), args, within) {
+        None => Err(format!("virsh {what} did not finish within {} s", within.as_secs())),
+        Some((0, out, _)) => Ok(out),
+        Some((_, _, err)) => Err(format!("virsh {what}: {}", err.trim().replace('\n', " / "))),
     }
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).trim().replace('\n', " / ");
-        return Err(format!("virsh {}: {err}", args.join(" ")));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The test domain of `type='{kind}'`, booting `kernel`, its serial console in `log`.

@@ -285,6 +285,20 @@ fn domstats_filters_groups_and_enforce_follow_libvirt() {
     assert_eq!(virsh(&ro, &["vcpucount", "h"]).1, "maximum      config         2\ncurrent      config         2\n\n");
 }
 
+/// A daemon and the XML of a test guest named `name` for python-libvirt
+/// tests; `None` (outside CI) where KVM or python3-libvirt is missing.
+fn python_guest(name: &str, uuid: &str) -> Option<(Daemon, String)> {
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    if !have_kvm() || !require(py, "python3-libvirt") {
+        return None;
+    }
+    let d = Daemon::start("", &[]);
+    let images = d.tree.path("guest");
+    build_guest(&images);
+    let xml = domain_xml(name, uuid).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    Some((d, xml))
+}
+
 /// Runs a python-libvirt script with `URI`, `URI_RO`, `NAME` and `XML` set
 /// and a console helper; returns stdout, failing the test if it failed.
 fn python(d: &Daemon, xml: &str, script: &str) -> String {
@@ -313,15 +327,7 @@ def until(st, needle):
 
 #[test]
 fn python_sees_cpu_time_grow_while_the_guest_spins_through_a_read_only_connection() {
-    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
-    if !have_kvm() || !require(py, "python3-libvirt") {
-        return;
-    }
-    let d = Daemon::start("", &[]);
-    let images = d.tree.path("guest");
-    build_guest(&images);
-    let xml =
-        domain_xml("py-mon", UUID_G).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let Some((d, xml)) = python_guest("py-mon", UUID_G) else { return };
     let out = python(
         &d,
         &xml,
@@ -377,15 +383,7 @@ dom.destroy()
 /// destroying other guests, whose calls are answered while scrapes run.
 #[test]
 fn a_read_only_scrape_of_100_domains_runs_beside_a_busy_read_write_client() {
-    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
-    if !have_kvm() || !require(py, "python3-libvirt") {
-        return;
-    }
-    let d = Daemon::start("", &[]);
-    let images = d.tree.path("guest");
-    build_guest(&images);
-    let template =
-        domain_xml("NAME", "UUID").replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let Some((d, template)) = python_guest("NAME", "UUID") else { return };
     let script = format!(
         r#"
 import libvirt, threading, time, uuid, statistics
