@@ -3,7 +3,8 @@
 //! and shapes the broker's answers. Only the server names and the library
 //! version are answered here.
 
-use super::dispatch::{Action, LIB_VERSION, Session, ok_reply};
+use super::packets::ok_reply;
+use super::session::{Action, LIB_VERSION, Session};
 use crate::privsep::admin::{AdminCall, AdminValue, ClientSummary, Param, ParamValue, SERVERS};
 use crate::privsep::{Call, CallError, CallValue};
 use crate::rpc::admin::{self as wire, AdminProc};

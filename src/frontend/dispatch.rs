@@ -4,11 +4,14 @@
 //! The read-only rule is enforced here, from the access table in `policy/`,
 //! before anything reaches the broker (which checks again).
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::privsep::{Call, CallValue, DomainRef, Query};
-use crate::rpc::error::{RpcError, to_remote};
+use super::packets::{ErasedRet, ok_reply};
+pub use super::packets::{error_reply, keepalive, stream_packet};
+pub use super::session::{Action, Facts, Session};
+use super::session::{LIB_VERSION, MAX_CALLBACKS, nonnull};
+use crate::privsep::{Call, CallValue, Query};
+use crate::rpc::error::RpcError;
 use crate::rpc::frame::{
     self, ADMIN_PROGRAM, Header, KEEPALIVE_PROGRAM, LXC_PROGRAM, MessageType, QEMU_PROGRAM, REMOTE_PROGRAM, Status,
 };
@@ -19,107 +22,8 @@ use crate::rpc::xdr;
 /// Keepalive procedures.
 const PING: i32 = 1;
 const PONG: i32 = 2;
-/// libvirt's own protocol version we speak (9.0.0).
-pub(super) const LIB_VERSION: u64 = 9_000_000;
 /// `VIR_CONNECT_RO`.
 const CONNECT_RO: u32 = 1;
-
-/// A client's protocol state.
-#[derive(Debug, Clone, Default)]
-pub struct Session {
-    /// CONNECT_OPEN succeeded.
-    pub opened: bool,
-    /// Read-only (socket or flag).
-    pub readonly: bool,
-    /// The client negotiated keepalive (feature 10).
-    pub keepalive: bool,
-    /// A close callback is registered.
-    pub close_callback: bool,
-    /// The transport is local (Unix socket) or encrypted.
-    pub secure: bool,
-    /// The client came through the admin socket, which serves only the ADMIN program.
-    pub admin: bool,
-    /// Event registrations: (callbackID, eventID, domain filter).
-    pub callbacks: Vec<(i32, i32, Option<[u8; 16]>)>,
-    /// The next callbackID to hand out.
-    pub next_callback: i32,
-}
-
-/// Most event registrations one connection may hold (virsh makes 27).
-const MAX_CALLBACKS: usize = 256;
-/// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
-const EVENT_ID_LIFECYCLE: i32 = 0;
-/// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
-const EVENT_ID_METADATA_CHANGE: i32 = 23;
-
-impl Session {
-    /// The MESSAGE packets that deliver `event` to this connection's
-    /// registrations for its kind (usually none or one).
-    pub fn event_messages(&self, event: &crate::privsep::DomainEvent) -> Vec<u8> {
-        use crate::privsep::EventKind;
-        let (event_id, proc_) = match event.kind {
-            EventKind::Lifecycle { .. } => (EVENT_ID_LIFECYCLE, DOMAIN_EVENT_CALLBACK_LIFECYCLE),
-            EventKind::MetadataChange { .. } => (EVENT_ID_METADATA_CHANGE, DOMAIN_EVENT_CALLBACK_METADATA_CHANGE),
-        };
-        let mut out = Vec::new();
-        for (callback_id, _, _) in self
-            .callbacks
-            .iter()
-            .filter(|(_, id, filter)| *id == event_id && filter.is_none_or(|u| u == event.dom.uuid))
-        {
-            let (callback_id, dom) = (*callback_id, nonnull(event.dom.clone()));
-            let payload = match &event.kind {
-                EventKind::Lifecycle { event, detail } => {
-                    xdr::to_bytes(&LifecycleEventMsg { callback_id, dom, event: *event, detail: *detail })
-                }
-                EventKind::MetadataChange { kind, uri } => {
-                    xdr::to_bytes(&MetadataChangeEventMsg { callback_id, dom, kind: *kind, nsuri: uri.clone() })
-                }
-            };
-            let h = Header {
-                prog: REMOTE_PROGRAM,
-                vers: frame::PROTOCOL_VERSION,
-                proc_,
-                kind: MessageType::Message,
-                // libvirtd sends 1; clients ignore it.
-                serial: 1,
-                status: Status::Ok as i32,
-            };
-            if let Ok(payload) = payload {
-                let _ = frame::encode(&mut out, &h, &payload);
-            }
-        }
-        out
-    }
-}
-
-/// What the connection must do about one packet.
-#[derive(Debug, PartialEq)]
-pub enum Action {
-    /// Send these bytes (a reply or a PONG).
-    Send(Vec<u8>),
-    /// Send these bytes, then close once everything is flushed.
-    SendAndClose(Vec<u8>),
-    /// Ask the broker; shape its answer with [`reply`].
-    Forward(Call),
-    /// Tell the broker the connection became read-only, then send these bytes.
-    BecameReadOnly(Vec<u8>),
-    /// A read-only connection was refused a change: send these bytes, and
-    /// have the broker audit the refusal (the call itself never reaches it).
-    Denied(Vec<u8>),
-    /// A stream packet from the client (console input, finish, abort).
-    Stream(Header, Vec<u8>),
-    /// Nothing to send.
-    Nothing,
-    /// The peer broke the protocol: close the connection.
-    Close(&'static str),
-}
-
-/// Values of the daemon the dispatcher reports.
-pub struct Facts<'a> {
-    /// `qemu:///system` or `qemu:///session`.
-    pub uri: &'a str,
-}
 
 /// Handles one packet from a client.
 pub fn dispatch(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Action {
@@ -487,53 +391,6 @@ fn hypervisor_version() -> u64 {
 
 fn args<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RpcError> {
     xdr::from_bytes(payload).map_err(|_| RpcError::Decode)
-}
-
-/// Object-safe serialization, so `ok` can take any return struct.
-pub(super) trait ErasedRet {
-    fn encode(&self) -> Result<Vec<u8>, xdr::XdrError>;
-}
-
-impl<T: Serialize> ErasedRet for T {
-    fn encode(&self) -> Result<Vec<u8>, xdr::XdrError> {
-        xdr::to_bytes(self)
-    }
-}
-
-pub(super) fn ok_reply(h: &Header, ret: &dyn ErasedRet) -> Result<Vec<u8>, RpcError> {
-    let payload = ret.encode().map_err(|_| RpcError::Internal("reply encoding"))?;
-    let mut out = Vec::with_capacity(frame::HEADER_LEN + payload.len());
-    frame::encode(&mut out, &h.reply(Status::Ok), &payload).map_err(|_| RpcError::Internal("reply encoding"))?;
-    Ok(out)
-}
-
-/// The error reply to the call `h`.
-pub fn error_reply(h: &Header, e: &RpcError) -> Vec<u8> {
-    let payload = xdr::to_bytes(&to_remote(e)).unwrap_or_default();
-    let mut out = Vec::new();
-    let header = Header { prog: h.prog, vers: h.vers, ..h.reply(Status::Error) };
-    let _ = frame::encode(&mut out, &header, &payload);
-    out
-}
-
-/// A stream packet for the stream opened by call `h`.
-pub fn stream_packet(h: &Header, status: Status, data: &[u8]) -> Vec<u8> {
-    let header = Header { kind: MessageType::Stream, status: status as i32, ..*h };
-    let mut out = Vec::with_capacity(frame::HEADER_LEN + data.len());
-    let _ = frame::encode(&mut out, &header, data);
-    out
-}
-
-/// A keepalive message (PING or PONG).
-pub fn keepalive(proc_: i32) -> Vec<u8> {
-    let h = Header { prog: KEEPALIVE_PROGRAM, vers: 1, proc_, kind: MessageType::Message, serial: 0, status: 0 };
-    let mut out = Vec::new();
-    let _ = frame::encode(&mut out, &h, &[]);
-    out
-}
-
-fn nonnull(d: DomainRef) -> NonnullDomain {
-    NonnullDomain { name: d.name, uuid: xdr::FixedOpaque(d.uuid), id: d.id }
 }
 
 /// Shapes the broker's answer to call `h` into its reply packet.

@@ -10,7 +10,9 @@
 mod admin;
 mod conn;
 pub mod dispatch;
+mod packets;
 mod server;
+mod session;
 mod streams;
 mod uri;
 

@@ -1,0 +1,113 @@
+//! A client connection's protocol state, and what the dispatcher decides
+//! about one packet: shared by the REMOTE dispatcher and the ADMIN one, so
+//! that neither imports the other's internals.
+
+use crate::privsep::{Call, DomainRef};
+use crate::rpc::frame::{self, Header, MessageType, REMOTE_PROGRAM, Status};
+use crate::rpc::remote::*;
+use crate::rpc::xdr;
+
+/// libvirt's own protocol version we speak (9.0.0).
+pub(super) const LIB_VERSION: u64 = 9_000_000;
+
+/// A client's protocol state.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// CONNECT_OPEN succeeded.
+    pub opened: bool,
+    /// Read-only (socket or flag).
+    pub readonly: bool,
+    /// The client negotiated keepalive (feature 10).
+    pub keepalive: bool,
+    /// A close callback is registered.
+    pub close_callback: bool,
+    /// The transport is local (Unix socket) or encrypted.
+    pub secure: bool,
+    /// The client came through the admin socket, which serves only the ADMIN program.
+    pub admin: bool,
+    /// Event registrations: (callbackID, eventID, domain filter).
+    pub callbacks: Vec<(i32, i32, Option<[u8; 16]>)>,
+    /// The next callbackID to hand out.
+    pub next_callback: i32,
+}
+
+/// Most event registrations one connection may hold (virsh makes 27).
+pub(super) const MAX_CALLBACKS: usize = 256;
+/// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
+const EVENT_ID_LIFECYCLE: i32 = 0;
+/// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
+const EVENT_ID_METADATA_CHANGE: i32 = 23;
+
+impl Session {
+    /// The MESSAGE packets that deliver `event` to this connection's
+    /// registrations for its kind (usually none or one).
+    pub fn event_messages(&self, event: &crate::privsep::DomainEvent) -> Vec<u8> {
+        use crate::privsep::EventKind;
+        let (event_id, proc_) = match event.kind {
+            EventKind::Lifecycle { .. } => (EVENT_ID_LIFECYCLE, DOMAIN_EVENT_CALLBACK_LIFECYCLE),
+            EventKind::MetadataChange { .. } => (EVENT_ID_METADATA_CHANGE, DOMAIN_EVENT_CALLBACK_METADATA_CHANGE),
+        };
+        let mut out = Vec::new();
+        for (callback_id, _, _) in self
+            .callbacks
+            .iter()
+            .filter(|(_, id, filter)| *id == event_id && filter.is_none_or(|u| u == event.dom.uuid))
+        {
+            let (callback_id, dom) = (*callback_id, nonnull(event.dom.clone()));
+            let payload = match &event.kind {
+                EventKind::Lifecycle { event, detail } => {
+                    xdr::to_bytes(&LifecycleEventMsg { callback_id, dom, event: *event, detail: *detail })
+                }
+                EventKind::MetadataChange { kind, uri } => {
+                    xdr::to_bytes(&MetadataChangeEventMsg { callback_id, dom, kind: *kind, nsuri: uri.clone() })
+                }
+            };
+            let h = Header {
+                prog: REMOTE_PROGRAM,
+                vers: frame::PROTOCOL_VERSION,
+                proc_,
+                kind: MessageType::Message,
+                // libvirtd sends 1; clients ignore it.
+                serial: 1,
+                status: Status::Ok as i32,
+            };
+            if let Ok(payload) = payload {
+                let _ = frame::encode(&mut out, &h, &payload);
+            }
+        }
+        out
+    }
+}
+
+/// What the connection must do about one packet.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Send these bytes (a reply or a PONG).
+    Send(Vec<u8>),
+    /// Send these bytes, then close once everything is flushed.
+    SendAndClose(Vec<u8>),
+    /// Ask the broker; shape its answer with `dispatch::reply`.
+    Forward(Call),
+    /// Tell the broker the connection became read-only, then send these bytes.
+    BecameReadOnly(Vec<u8>),
+    /// A read-only connection was refused a change: send these bytes, and
+    /// have the broker audit the refusal (the call itself never reaches it).
+    Denied(Vec<u8>),
+    /// A stream packet from the client (console input, finish, abort).
+    Stream(Header, Vec<u8>),
+    /// Nothing to send.
+    Nothing,
+    /// The peer broke the protocol: close the connection.
+    Close(&'static str),
+}
+
+/// Values of the daemon the dispatcher reports.
+pub struct Facts<'a> {
+    /// `qemu:///system` or `qemu:///session`.
+    pub uri: &'a str,
+}
+
+/// The wire form of a domain reference.
+pub(super) fn nonnull(d: DomainRef) -> NonnullDomain {
+    NonnullDomain { name: d.name, uuid: xdr::FixedOpaque(d.uuid), id: d.id }
+}
