@@ -20,9 +20,7 @@ fn ready() -> bool {
 /// A daemon and the test guest's domain XML for `name` (not yet defined).
 fn daemon_and_xml(name: &str) -> (Daemon, String) {
     let d = Daemon::start("", &[]);
-    let images = d.tree.path("guest");
-    build_guest(&images);
-    let xml = domain_xml(name, UUID).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let xml = test_guest_xml(&d, name, UUID);
     (d, xml)
 }
 
@@ -38,15 +36,6 @@ def console(dom):
     dom.openConsole(None, st, 0)
     return st
 
-def until(st, needle):
-    seen = b""
-    while needle not in seen:
-        data = st.recv(4096)
-        if not data:
-            sys.exit("end of file while waiting for %r; got %r" % (needle, seen))
-        seen += data
-    return seen
-
 def prompt(st):
     st.send(b"\r")
     until(st, b"> ")
@@ -57,7 +46,7 @@ def prompt(st):
 /// script failed or ran out of time.
 fn python(d: &Daemon, name: &str, xml: &str, script: &str, limit: Duration) -> String {
     let head = format!("URI = {:?}\nNAME = {name:?}\nXML = {xml:?}\n", uri(&d.tree.sock("libvirt-sock")));
-    run_python(d, &(head + PRELUDE + script), limit)
+    run_python(d, &(head + PRELUDE + PY_UNTIL + script), limit)
 }
 
 #[test]

@@ -192,10 +192,8 @@ fn a_running_guests_metadata_changes_live_and_in_its_config() {
         return;
     }
     let d = Daemon::start("", &[]);
-    let images = d.tree.path("guest");
-    build_guest(&images);
     let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
-    let xml = domain_xml("m", UUID_M).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let xml = test_guest_xml(&d, "m", UUID_M);
     let file = d.tree.path("m.xml");
     std::fs::write(&file, xml).unwrap();
     assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);

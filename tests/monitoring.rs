@@ -293,9 +293,7 @@ fn python_guest(name: &str, uuid: &str) -> Option<(Daemon, String)> {
         return None;
     }
     let d = Daemon::start("", &[]);
-    let images = d.tree.path("guest");
-    build_guest(&images);
-    let xml = domain_xml(name, uuid).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let xml = test_guest_xml(&d, name, uuid);
     Some((d, xml))
 }
 
@@ -312,17 +310,8 @@ import libvirt, sys, time
 libvirt.registerErrorHandler(lambda *a: None, None)
 conn = libvirt.open(URI)
 ro = libvirt.openReadOnly(URI_RO)
-
-def until(st, needle):
-    seen = b""
-    while needle not in seen:
-        data = st.recv(4096)
-        if not data:
-            sys.exit("end of file while waiting for %r; got %r" % (needle, seen))
-        seen += data
-    return seen
 "#;
-    run_python(d, &(head + prelude + script), Duration::from_secs(60))
+    run_python(d, &(head + prelude + PY_UNTIL + script), Duration::from_secs(60))
 }
 
 #[test]

@@ -204,9 +204,7 @@ fn domtime_answers_as_libvirt_does_without_a_guest_agent() {
     }
     let d = Daemon::start("", &[]);
     let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
-    let images = d.tree.path("guest");
-    build_guest(&images);
-    let xml = domain_xml("s", UUID_S).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap());
+    let xml = test_guest_xml(&d, "s", UUID_S);
     let file = d.tree.path("s.xml");
     std::fs::write(&file, xml).unwrap();
     assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);

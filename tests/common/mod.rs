@@ -353,6 +353,27 @@ pub fn domain_xml(name: &str, uuid: &str) -> String {
     )
 }
 
+/// Builds the test guest into `d`'s tree and returns the XML of domain
+/// `name` booting it (not yet defined).
+pub fn test_guest_xml(d: &Daemon, name: &str, uuid: &str) -> String {
+    let images = d.tree.path("guest");
+    build_guest(&images);
+    domain_xml(name, uuid).replace("/var/tmp/guestkit/vmlinuz", images.join("vmlinuz").to_str().unwrap())
+}
+
+/// Python helper for python-libvirt scripts: reads a stream until `needle`
+/// arrives, and fails the script at end of file.
+pub const PY_UNTIL: &str = r#"
+def until(st, needle):
+    seen = b""
+    while needle not in seen:
+        data = st.recv(4096)
+        if not data:
+            sys.exit("end of file while waiting for %r; got %r" % (needle, seen))
+        seen += data
+    return seen
+"#;
+
 /// A raw libvirt RPC client, for what the stock clients will not send.
 pub struct RawClient {
     pub stream: UnixStream,
