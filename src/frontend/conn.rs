@@ -312,8 +312,15 @@ impl Client {
     /// allocator keeps the copies' pages, so a crowd of growing frames would
     /// cost several times what they hold.
     fn reserve_frame(&mut self, incoming: &[u8], limit: usize) {
-        let head: Vec<u8> = self.inbuf.iter().chain(incoming).take(4).copied().collect();
-        let Ok(word) = <[u8; 4]>::try_from(head.as_slice()) else { return };
+        // The length word, from what is buffered and what just came.
+        let mut word = [0u8; 4];
+        let have = self.inbuf.len().min(4);
+        let more = (4 - have).min(incoming.len());
+        if have + more < 4 {
+            return;
+        }
+        word[..have].copy_from_slice(&self.inbuf[..have]);
+        word[have..].copy_from_slice(&incoming[..more]);
         let needed = self.inbuf.len() + incoming.len();
         let want = (u32::from_be_bytes(word) as usize).min(limit).max(needed);
         if want > self.inbuf.capacity() {
