@@ -159,7 +159,7 @@ fn a_helper_of_another_protocol_version_is_reported_running_but_unmanageable() {
     let uuid = libvirtd::domain::parse_uuid("5d1f7a3c-2b8e-4c61-9f0a-7e3d2c1b0a01").unwrap();
     let dom = libvirtd::rpc::remote::NonnullDomain {
         name: "from-v3".into(),
-        uuid: libvirtd::rpc::xdr::FixedOpaque(uuid),
+        uuid: libvirtd::rpc::xdr::FixedOpaque(uuid.0),
         id: 1,
     };
     let args = libvirtd::rpc::remote::OpenConsoleArgs { dom, dev_name: None, flags: 0 };

@@ -631,7 +631,7 @@ fn max_client_requests_holds_a_clients_further_calls_not_other_clients() {
     let (d, _) = stand_in_daemon("max_client_requests = 1\n");
     define_guest_as(&d, "slow-1", "0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b03", None);
     let rw = d.tree.sock("libvirt-sock");
-    let uuid = libvirtd::domain::parse_uuid("0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b03").unwrap();
+    let uuid = libvirtd::domain::parse_uuid("0d3c4a52-9c57-4a43-9d7f-8c1f0f6a0b03").unwrap().0;
     let mut a = RawClient::connect(&rw);
     a.open(0);
     // DOMAIN_CREATE (waits up to 10 s for the stand-in), then CONNECT_GET_HOSTNAME, pipelined.

@@ -24,24 +24,24 @@ pub struct Ctx {
     /// Host UUID for capabilities.
     pub host_uuid: String,
     /// Running guests by UUID.
-    pub guests: HashMap<[u8; 16], Running>,
+    pub guests: HashMap<crate::domain::Uuid, Running>,
     /// How guests are started.
     pub launcher: Launcher,
     /// The next domain id.
     pub next_id: i32,
     /// Guests being reset by a client: they come back whatever `on_reboot` says.
-    pub resetting: std::collections::HashSet<[u8; 16]>,
+    pub resetting: std::collections::HashSet<crate::domain::Uuid>,
     /// Recent restarts each guest caused itself, to end reset loops.
     pub restarts: super::restarts::Restarts,
     /// Lifecycle events for clients, sent by the event loop after each call.
     pub events: Vec<DomainEvent>,
     /// Which client holds each guest's console.
-    pub consoles: HashMap<[u8; 16], u64>,
+    pub consoles: HashMap<crate::domain::Uuid, u64>,
     /// Consoles taken with FORCE, whose previous streams must end.
-    pub consoles_taken: Vec<[u8; 16]>,
+    pub consoles_taken: Vec<crate::domain::Uuid>,
     /// Requests sent to helpers and not yet answered, at most one per
     /// guest; the event loop settles them.
-    pub awaiting: HashMap<[u8; 16], Awaiting>,
+    pub awaiting: HashMap<crate::domain::Uuid, Awaiting>,
 }
 
 /// What re-attaching found of one guest, for the audit trail.
@@ -49,7 +49,7 @@ pub struct Reattachment {
     /// The domain's name.
     pub name: String,
     /// Its uuid.
-    pub uuid: [u8; 16],
+    pub uuid: crate::domain::Uuid,
     /// The helper's pid (as recorded).
     pub pid: i32,
     /// It runs and this daemon manages it.
@@ -200,7 +200,7 @@ pub fn shutoff_reason(reason: StopReason) -> i32 {
 
 impl Ctx {
     /// Writes the run-state record of guest `uuid` (for a restarted broker).
-    pub fn record(&self, uuid: &[u8; 16]) {
+    pub fn record(&self, uuid: &crate::domain::Uuid) {
         let (Ok(e), Some(r)) = (self.domains.by_uuid(uuid), self.guests.get(uuid)) else { return };
         let s = super::status::Status {
             id: r.id,
@@ -215,7 +215,7 @@ impl Ctx {
     }
 
     /// Removes guest `uuid`'s run-state record.
-    pub fn unrecord(&self, uuid: &[u8; 16]) {
+    pub fn unrecord(&self, uuid: &crate::domain::Uuid) {
         if let Ok(e) = self.domains.by_uuid(uuid) {
             super::status::remove(&self.launcher.state_dir, &e.def.name);
         }
@@ -297,7 +297,7 @@ impl Ctx {
     /// start for `asker`.
     pub fn start(
         &mut self,
-        uuid: &[u8; 16],
+        uuid: &crate::domain::Uuid,
         id: Option<i32>,
         paused: bool,
         op: &'static str,
@@ -351,7 +351,7 @@ impl Ctx {
     }
 
     /// Registers what the helper of guest `uuid` was just asked.
-    fn expect(&mut self, uuid: &[u8; 16], wait: Wait, op: &'static str, asker: Asker, pid: i32) {
+    fn expect(&mut self, uuid: &crate::domain::Uuid, wait: Wait, op: &'static str, asker: Asker, pid: i32) {
         let deadline = std::time::Instant::now() + wait.timeout();
         let name = self.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
         self.awaiting.insert(*uuid, Awaiting { wait, op, asker, pid, name, deadline });
@@ -360,7 +360,7 @@ impl Ctx {
     /// The helper of guest `uuid` reported `Started` (its start waits in
     /// `awaiting`): the guest runs. Returns whether the start goes on to
     /// pause it (START_PAUSED), or why that cannot be asked.
-    pub fn started(&mut self, uuid: &[u8; 16]) -> Result<bool, CallError> {
+    pub fn started(&mut self, uuid: &crate::domain::Uuid) -> Result<bool, CallError> {
         let Some(&Awaiting { wait: Wait::Started { paused, fresh }, .. }) = self.awaiting.get(uuid) else {
             return Ok(false);
         };
@@ -390,7 +390,7 @@ impl Ctx {
     /// Shuts off a guest whose start failed (stopping its helper if it
     /// still runs), unless something else shut it off already. Returns
     /// whether it did.
-    pub fn abort_start(&mut self, uuid: &[u8; 16]) -> bool {
+    pub fn abort_start(&mut self, uuid: &crate::domain::Uuid) -> bool {
         if let Some(running) = self.guests.remove(uuid) {
             running.kill();
         }
@@ -404,7 +404,7 @@ impl Ctx {
 
     /// Guest `uuid`'s name and helper pid, refusing while its helper has an
     /// earlier request to answer.
-    fn idle_guest(&self, uuid: &[u8; 16]) -> Result<(String, &Running), CallError> {
+    fn idle_guest(&self, uuid: &crate::domain::Uuid) -> Result<(String, &Running), CallError> {
         let name = self.domains.by_uuid(uuid)?.def.name.clone();
         let running = self.guests.get(uuid).ok_or(CallError::NotRunning)?;
         running.manageable(&name)?;
@@ -419,7 +419,7 @@ impl Ctx {
     /// of `on_reboot`.
     pub fn request(
         &mut self,
-        uuid: &[u8; 16],
+        uuid: &crate::domain::Uuid,
         command: HelperCommand,
         hard_reset: bool,
     ) -> Result<(String, i32), CallError> {
@@ -436,7 +436,7 @@ impl Ctx {
     /// settles the call through the event loop.
     fn ask(
         &mut self,
-        uuid: &[u8; 16],
+        uuid: &crate::domain::Uuid,
         command: HelperCommand,
         wait: Wait,
         op: &'static str,
@@ -453,7 +453,7 @@ impl Ctx {
     }
 
     /// `virDomainSuspend` / `virDomainResume`.
-    fn pause(&mut self, uuid: &[u8; 16], resume: bool, caller: &Caller) -> Result<(), CallError> {
+    fn pause(&mut self, uuid: &crate::domain::Uuid, resume: bool, caller: &Caller) -> Result<(), CallError> {
         if resume && self.domains.by_uuid(uuid)?.state.0 != STATE_PAUSED {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
@@ -464,7 +464,7 @@ impl Ctx {
     }
 
     /// The helper paused (or resumed) guest `uuid`: record it and tell clients.
-    pub fn paused(&mut self, uuid: &[u8; 16], resumed: bool) {
+    pub fn paused(&mut self, uuid: &crate::domain::Uuid, resumed: bool) {
         let Ok(entry) = self.domains.by_uuid(uuid) else { return };
         let (Some(id), Some(pid)) = (entry.id, entry.pid) else { return };
         let was_paused = entry.state.0 == STATE_PAUSED;
@@ -483,7 +483,7 @@ impl Ctx {
     /// Stops guest `uuid` at once: the helper holds nothing that needs a
     /// clean exit, so it is killed without waiting (whatever else it was
     /// asked fails). Returns the helper's pid.
-    pub fn destroy(&mut self, uuid: &[u8; 16]) -> Result<i32, CallError> {
+    pub fn destroy(&mut self, uuid: &crate::domain::Uuid) -> Result<i32, CallError> {
         let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
         running.kill();
         let dom = self.domains.by_uuid(uuid).map(|e| e.stopped_handle());
@@ -741,7 +741,7 @@ fn no_flags(flags: u32, function: &str) -> Result<(), CallError> {
     Ok(())
 }
 
-fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Result<CallValue, CallError> {
+fn query_domain(ctx: &Ctx, uuid: &crate::domain::Uuid, query: Query, readonly: bool) -> Result<CallValue, CallError> {
     let e = ctx.domains.by_uuid(uuid)?;
     Ok(match query {
         Query::Info => CallValue::DomainInfo(e.info()),
@@ -860,7 +860,7 @@ fn op_of(call: &Call) -> &'static str {
 pub fn audit_guest(
     auditor: &mut Auditor,
     op: &str,
-    (name, uuid): (&str, &[u8; 16]),
+    (name, uuid): (&str, &crate::domain::Uuid),
     pid: i32,
     reason: Option<&str>,
     ok: bool,
@@ -872,7 +872,7 @@ pub fn audit_guest(
 }
 
 /// Audits how a request that waited for a helper ended.
-pub fn audit_awaited(auditor: &mut Auditor, uuid: &[u8; 16], a: &Awaiting, result: &Result<(), CallError>) {
+pub fn audit_awaited(auditor: &mut Auditor, uuid: &crate::domain::Uuid, a: &Awaiting, result: &Result<(), CallError>) {
     let name = a.name.clone();
     match &a.asker {
         Asker::Client { conn, peer, reply_to } => {
@@ -890,7 +890,7 @@ fn audit_change(
     auditor: &mut Auditor,
     caller: &Caller,
     op: &str,
-    uuid: &[u8; 16],
+    uuid: &crate::domain::Uuid,
     result: &Result<String, CallError>,
     extra: &[(&str, Value<'_>)],
 ) {

@@ -193,7 +193,7 @@ impl Domains {
     }
 
     /// By UUID, or the libvirt "no domain" error.
-    pub fn by_uuid(&self, uuid: &[u8; 16]) -> Result<&Entry, CallError> {
+    pub fn by_uuid(&self, uuid: &crate::domain::Uuid) -> Result<&Entry, CallError> {
         self.entries.iter().find(|e| &e.def.uuid == uuid).ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))
     }
 
@@ -267,7 +267,7 @@ impl Domains {
 
     /// `virDomainCreateXML`: a transient domain, forgotten when it stops.
     /// Returns its UUID; the caller starts it (and calls `forget` if that fails).
-    pub fn add_transient(&mut self, xml: &str, validate: bool) -> Result<[u8; 16], CallError> {
+    pub fn add_transient(&mut self, xml: &str, validate: bool) -> Result<crate::domain::Uuid, CallError> {
         let (def, _) = domain::parse(xml, validate)?;
         if let Some(i) = self.slot_for(&def)? {
             let e = &self.entries[i];
@@ -282,7 +282,7 @@ impl Domains {
 
     /// Adds a transient domain without checks (a re-attached one whose
     /// definition only its run-state record holds).
-    pub fn insert_transient(&mut self, def: DomainDef) -> [u8; 16] {
+    pub fn insert_transient(&mut self, def: DomainDef) -> crate::domain::Uuid {
         let uuid = def.uuid;
         self.entries.push(Entry {
             def,
@@ -296,17 +296,17 @@ impl Domains {
     }
 
     /// Domains marked autostart and not running.
-    pub fn autostart_pending(&self) -> Vec<[u8; 16]> {
+    pub fn autostart_pending(&self) -> Vec<crate::domain::Uuid> {
         self.entries.iter().filter(|e| e.autostart && e.id.is_none()).map(|e| e.def.uuid).collect()
     }
 
     /// Drops a transient domain that never ran.
-    pub fn forget(&mut self, uuid: &[u8; 16]) {
+    pub fn forget(&mut self, uuid: &crate::domain::Uuid) {
         self.entries.retain(|e| e.persistent || &e.def.uuid != uuid || e.id.is_some());
     }
 
     /// `virDomainUndefineFlags`. A running persistent domain becomes transient.
-    pub fn undefine(&mut self, uuid: &[u8; 16], flags: u32) -> Result<String, CallError> {
+    pub fn undefine(&mut self, uuid: &crate::domain::Uuid, flags: u32) -> Result<String, CallError> {
         if flags & !UNDEFINE_KNOWN != 0 {
             return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainUndefineFlags".into() });
         }
@@ -331,7 +331,7 @@ impl Domains {
     }
 
     /// Marks the domain running as `id` in helper `pid` (state and reason).
-    pub fn set_running(&mut self, uuid: &[u8; 16], id: i32, pid: nix::unistd::Pid, state: (i32, i32)) {
+    pub fn set_running(&mut self, uuid: &crate::domain::Uuid, id: i32, pid: nix::unistd::Pid, state: (i32, i32)) {
         if let Some(e) = self.entries.iter_mut().find(|e| &e.def.uuid == uuid) {
             e.id = Some(id);
             e.pid = Some(pid);
@@ -340,7 +340,7 @@ impl Domains {
     }
 
     /// Marks the domain shut off for `reason`; a transient one is forgotten.
-    pub fn set_shutoff(&mut self, uuid: &[u8; 16], reason: i32) {
+    pub fn set_shutoff(&mut self, uuid: &crate::domain::Uuid, reason: i32) {
         self.stop(uuid, reason, false);
     }
 
@@ -348,11 +348,11 @@ impl Domains {
     /// `on_*` action of `restart`): shut off, but kept even when transient,
     /// so that it comes back under the same name and UUID. If the restart
     /// fails, [`Domains::set_shutoff`] removes a transient one.
-    pub fn set_restarting(&mut self, uuid: &[u8; 16], reason: i32) {
+    pub fn set_restarting(&mut self, uuid: &crate::domain::Uuid, reason: i32) {
         self.stop(uuid, reason, true);
     }
 
-    fn stop(&mut self, uuid: &[u8; 16], reason: i32, keep: bool) {
+    fn stop(&mut self, uuid: &crate::domain::Uuid, reason: i32, keep: bool) {
         if let Some(i) = self.entries.iter().position(|e| &e.def.uuid == uuid) {
             if !self.entries[i].persistent && !keep {
                 self.entries.remove(i);
@@ -368,7 +368,7 @@ impl Domains {
     /// Replaces domain `uuid`'s definition with `def` (same name and UUID,
     /// already validated), storing it first if the domain is persistent, so
     /// that memory and disk never disagree. Returns its name.
-    pub fn replace_def(&mut self, uuid: &[u8; 16], def: DomainDef) -> Result<String, CallError> {
+    pub fn replace_def(&mut self, uuid: &crate::domain::Uuid, def: DomainDef) -> Result<String, CallError> {
         let e = self
             .entries
             .iter_mut()
@@ -385,7 +385,7 @@ impl Domains {
     }
 
     /// `virDomainSetAutostart`.
-    pub fn set_autostart(&mut self, uuid: &[u8; 16], on: bool) -> Result<String, CallError> {
+    pub fn set_autostart(&mut self, uuid: &crate::domain::Uuid, on: bool) -> Result<String, CallError> {
         let e = self
             .entries
             .iter_mut()

@@ -87,7 +87,7 @@ pub struct Broker {
     idle_since: Option<Instant>,
     exit: Option<ExitCode>,
     /// Registered guest fds: token to (domain, helper pid, which fd).
-    guest_tokens: HashMap<Token, ([u8; 16], Pid, GuestFd)>,
+    guest_tokens: HashMap<Token, (crate::domain::Uuid, Pid, GuestFd)>,
     next_guest_token: usize,
 }
 
@@ -309,7 +309,7 @@ impl Broker {
     /// A new helper's greeting arrived: one of this build's protocol is
     /// spoken to from now on; any other fails its start, naming both
     /// versions.
-    fn greeted(&mut self, uuid: [u8; 16], version: Result<(), ProtocolMismatch>) {
+    fn greeted(&mut self, uuid: crate::domain::Uuid, version: Result<(), ProtocolMismatch>) {
         let ctx = &mut self.setup.ctx;
         let Some(running) = ctx.guests.get_mut(&uuid) else { return };
         let why = match version {
@@ -332,7 +332,7 @@ impl Broker {
     /// A helper reported `Started`, `Paused`, `Resumed` or `PauseFailed`:
     /// apply it, and settle what waited for it. A late answer (its asker
     /// already got an error) still updates the state.
-    fn helper_answered(&mut self, uuid: [u8; 16], event: &HelperEvent) {
+    fn helper_answered(&mut self, uuid: crate::domain::Uuid, event: &HelperEvent) {
         let ctx = &mut self.setup.ctx;
         let waiting = ctx.awaiting.get(&uuid).map(|a| a.wait);
         let settles = match event {
@@ -372,7 +372,7 @@ impl Broker {
 
     /// Ends the request guest `uuid`'s helper was asked: audits it, answers
     /// the client that asked, and stops a guest whose start failed.
-    fn settle(&mut self, uuid: [u8; 16], result: Result<(), crate::privsep::CallError>) {
+    fn settle(&mut self, uuid: crate::domain::Uuid, result: Result<(), crate::privsep::CallError>) {
         let Some(a) = self.setup.ctx.awaiting.remove(&uuid) else { return };
         calls::audit_awaited(&mut self.setup.auditor, &uuid, &a, &result);
         let value = match result {
@@ -404,9 +404,9 @@ impl Broker {
     /// Fails the requests to helpers that `give_up` picks, and those whose
     /// guest is no longer running (a graceful destroy whose guest stopped
     /// succeeded).
-    fn fail_awaiting(&mut self, give_up: impl Fn(&[u8; 16], &calls::Awaiting) -> bool) {
+    fn fail_awaiting(&mut self, give_up: impl Fn(&crate::domain::Uuid, &calls::Awaiting) -> bool) {
         let ctx = &self.setup.ctx;
-        let ended: Vec<([u8; 16], Result<(), crate::privsep::CallError>)> = ctx
+        let ended: Vec<(crate::domain::Uuid, Result<(), crate::privsep::CallError>)> = ctx
             .awaiting
             .iter()
             .filter_map(|(u, a)| {
@@ -426,7 +426,7 @@ impl Broker {
 
     /// Frees the consoles whose holder matches, and catches up on their output.
     fn release_consoles(&mut self, held_by: impl Fn(u64) -> bool) {
-        let freed: Vec<[u8; 16]> =
+        let freed: Vec<crate::domain::Uuid> =
             self.setup.ctx.consoles.iter().filter(|(_, owner)| held_by(**owner)).map(|(u, _)| *u).collect();
         for uuid in freed {
             self.setup.ctx.consoles.remove(&uuid);
@@ -435,7 +435,7 @@ impl Broker {
     }
 
     /// Reads what the guest wrote while a client held its console.
-    fn drain_console(&mut self, uuid: &[u8; 16]) {
+    fn drain_console(&mut self, uuid: &crate::domain::Uuid) {
         let Some(running) = self.setup.ctx.guests.get(uuid) else { return };
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = (&running.console).read(&mut buf) {
@@ -447,7 +447,7 @@ impl Broker {
 
     /// A guest ended by itself: record why, and start it again where its
     /// `on_poweroff`/`on_reboot`/`on_crash` says so.
-    fn guest_stopped(&mut self, uuid: [u8; 16], reason: StopReason, detail: &str) {
+    fn guest_stopped(&mut self, uuid: crate::domain::Uuid, reason: StopReason, detail: &str) {
         let ctx = &mut self.setup.ctx;
         let Some(running) = ctx.guests.remove(&uuid) else { return };
         if ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) {

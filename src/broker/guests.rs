@@ -136,7 +136,7 @@ fn control_listener(path: &Path) -> Result<OwnedFd, CallError> {
 
 impl Launcher {
     /// The first helper uid no running guest uses.
-    fn free_uid(&self, running: &HashMap<[u8; 16], Running>) -> Result<Option<u32>, CallError> {
+    fn free_uid(&self, running: &HashMap<crate::domain::Uuid, Running>) -> Result<Option<u32>, CallError> {
         let Some((lo, hi)) = self.uids else { return Ok(None) };
         (lo..=hi).find(|u| !running.values().any(|r| r.uid == *u)).map(Some).ok_or_else(|| {
             CallError::OperationFailed("no free helper uid left in helper_uid_min..helper_uid_max".into())
@@ -146,7 +146,12 @@ impl Launcher {
     /// Starts `def` as guest `id`: opens and checks its files, spawns the
     /// helper and hands everything over. The helper's `Started` (or how it
     /// failed) arrives on the returned channel.
-    pub fn start(&self, def: &DomainDef, id: i32, running: &HashMap<[u8; 16], Running>) -> Result<Running, CallError> {
+    pub fn start(
+        &self,
+        def: &DomainDef,
+        id: i32,
+        running: &HashMap<crate::domain::Uuid, Running>,
+    ) -> Result<Running, CallError> {
         // Defined, but the helper cannot give them to the guest yet: refuse
         // to start rather than boot a guest without its disks or network.
         if !def.disks.is_empty() {

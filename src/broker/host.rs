@@ -261,7 +261,10 @@ pub fn host_uuid(configured: Option<&str>) -> String {
     }
     let smbios = read("/sys/class/dmi/id/product_uuid").and_then(|u| crate::domain::parse_uuid(&u));
     let machine = read("/etc/machine-id").and_then(|m| crate::domain::parse_uuid(&m));
-    let bytes = smbios.filter(|u| u.iter().any(|b| *b != 0 && *b != 0xff)).or(machine).unwrap_or([0x5a; 16]);
+    let bytes = smbios
+        .filter(|u| u.0.iter().any(|b| *b != 0 && *b != 0xff))
+        .or(machine)
+        .unwrap_or(crate::domain::Uuid([0x5a; 16]));
     crate::domain::uuid_string(&bytes)
 }
 

@@ -43,7 +43,7 @@ pub struct Outcome {
 /// Recent self-restarts per domain.
 #[derive(Debug, Default)]
 pub struct Restarts {
-    recent: HashMap<[u8; 16], VecDeque<Instant>>,
+    recent: HashMap<crate::domain::Uuid, VecDeque<Instant>>,
 }
 
 impl Restarts {
@@ -54,7 +54,7 @@ impl Restarts {
     /// never restarted then (that would be the same loop again).
     pub fn judge(
         &mut self,
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         now: Instant,
         planned: Outcome,
         requested: bool,
@@ -84,7 +84,7 @@ impl Restarts {
     }
 
     /// Forgets `uuid` (its domain was undefined).
-    pub fn forget(&mut self, uuid: &[u8; 16]) {
+    pub fn forget(&mut self, uuid: &crate::domain::Uuid) {
         self.recent.remove(uuid);
     }
 }
@@ -93,7 +93,7 @@ impl Restarts {
 mod tests {
     use super::*;
 
-    const U: [u8; 16] = [1; 16];
+    const U: crate::domain::Uuid = crate::domain::Uuid([1; 16]);
     const REBOOT: Outcome = Outcome { reason: StopReason::Reset, action: LifecycleAction::Restart, op: "reboot" };
 
     fn at(base: Instant, ms: u64) -> Instant {
@@ -153,7 +153,7 @@ mod tests {
         for _ in 0..MAX_RESTARTS {
             r.judge(U, t0, REBOOT, false, LifecycleAction::Destroy);
         }
-        assert_eq!(r.judge([2; 16], t0, REBOOT, false, LifecycleAction::Destroy), REBOOT);
+        assert_eq!(r.judge(crate::domain::Uuid([2; 16]), t0, REBOOT, false, LifecycleAction::Destroy), REBOOT);
         r.forget(&U);
         assert_eq!(r.judge(U, t0, REBOOT, false, LifecycleAction::Destroy), REBOOT);
     }

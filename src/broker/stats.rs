@@ -302,7 +302,7 @@ fn record(e: &Entry, stats: u32) -> Vec<Param> {
 }
 
 /// `virConnectGetAllDomainStats` (no `doms`) and `virDomainListGetStats`.
-pub fn domain_stats(ctx: &Ctx, doms: &[[u8; 16]], stats: u32, flags: u32) -> Result<CallValue, CallError> {
+pub fn domain_stats(ctx: &Ctx, doms: &[crate::domain::Uuid], stats: u32, flags: u32) -> Result<CallValue, CallError> {
     check_flags(flags, STATS_FILTERS | STATS_NOWAIT | STATS_BACKING | STATS_ENFORCE, "qemuConnectGetAllDomainStats")?;
     if doms.len() > limits::DOMAIN_LIST_MAX {
         return Err(CallError::InvalidArg(format!("at most {} domains", limits::DOMAIN_LIST_MAX)));

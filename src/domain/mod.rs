@@ -18,11 +18,13 @@ pub mod nsxml;
 mod parse;
 pub mod platform;
 mod units;
+mod uuid;
 pub mod xml;
 
 pub use caps::domain_capabilities;
 pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, parse};
 pub use units::to_kib;
+pub use uuid::Uuid;
 
 use xml::Element;
 
@@ -172,7 +174,7 @@ pub struct DomainDef {
     /// Name, unique on the host.
     pub name: String,
     /// UUID, unique on the host.
-    pub uuid: [u8; 16],
+    pub uuid: Uuid,
     /// Short title.
     pub title: Option<String>,
     /// Description.
@@ -232,15 +234,11 @@ impl DomainDef {
 }
 
 /// The UUID in libvirt's text form.
-pub fn uuid_string(u: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes(*u).hyphenated().to_string()
+pub fn uuid_string(u: &Uuid) -> String {
+    u.to_string()
 }
 
 /// Parses a UUID in either text form (with or without dashes).
-pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let hex: String = s.trim().chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    uuid::Uuid::try_parse(&hex).ok().map(|u| *u.as_bytes())
+pub fn parse_uuid(s: &str) -> Option<Uuid> {
+    Uuid::parse(s)
 }

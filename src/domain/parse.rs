@@ -136,7 +136,7 @@ impl Parser {
         check_name(&name)?;
         let uuid = match root.find("uuid") {
             Some(u) => parse_uuid(&u.text).ok_or_else(|| invalid("malformed uuid element"))?,
-            None => *uuid::Uuid::new_v4().as_bytes(),
+            None => super::Uuid::random(),
         };
         let title = root.find("title").map(|t| t.text.clone());
         if title.as_deref().is_some_and(|t| t.contains('\n')) {

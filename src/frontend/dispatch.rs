@@ -139,7 +139,7 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             }
             let id = s.next_callback;
             s.next_callback += 1;
-            s.callbacks.push((id, a.event_id, a.dom.map(|d| d.uuid.0)));
+            s.callbacks.push((id, a.event_id, a.dom.map(|d| d.uuid.0.into())));
             ok(&id)
         }
         P::ConnectDomainEventCallbackDeregisterAny => {
@@ -182,53 +182,53 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         P::ConnectListDefinedDomains => fwd(Call::ListDefinedNames { max: args::<IntArg>(payload)?.value }),
         P::DomainLookupById => fwd(Call::LookupById(args::<IntArg>(payload)?.value)),
         P::DomainLookupByName => fwd(Call::LookupByName(args::<StringArg>(payload)?.value)),
-        P::DomainLookupByUuid => fwd(Call::LookupByUuid(args::<UuidArg>(payload)?.uuid.0)),
+        P::DomainLookupByUuid => fwd(Call::LookupByUuid(args::<UuidArg>(payload)?.uuid.0.into())),
         P::DomainDefineXml => fwd(Call::Define { xml: args::<StringArg>(payload)?.value, flags: 0 }),
         P::DomainDefineXmlFlags => {
             let a: XmlFlagsArgs = args(payload)?;
             fwd(Call::Define { xml: a.xml, flags: a.flags })
         }
-        P::DomainUndefine => fwd(Call::Undefine { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
+        P::DomainUndefine => fwd(Call::Undefine { uuid: args::<DomainArg>(payload)?.dom.uuid.0.into(), flags: 0 }),
         P::DomainUndefineFlags => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::Undefine { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::Undefine { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
-        P::DomainCreate => fwd(Call::Create { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
+        P::DomainCreate => fwd(Call::Create { uuid: args::<DomainArg>(payload)?.dom.uuid.0.into(), flags: 0 }),
         P::DomainCreateWithFlags => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::Create { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::Create { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
         P::DomainCreateXml => {
             let a: XmlFlagsArgs = args(payload)?;
             fwd(Call::CreateXml { xml: a.xml, flags: a.flags })
         }
-        P::DomainDestroy => fwd(Call::Destroy { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
+        P::DomainDestroy => fwd(Call::Destroy { uuid: args::<DomainArg>(payload)?.dom.uuid.0.into(), flags: 0 }),
         P::DomainDestroyFlags => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::Destroy { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::Destroy { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
-        P::DomainShutdown => fwd(Call::Shutdown { uuid: args::<DomainArg>(payload)?.dom.uuid.0, flags: 0 }),
+        P::DomainShutdown => fwd(Call::Shutdown { uuid: args::<DomainArg>(payload)?.dom.uuid.0.into(), flags: 0 }),
         P::DomainShutdownFlags => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::Shutdown { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::Shutdown { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
         P::DomainReboot => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::Reboot { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::Reboot { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
         P::DomainReset => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::Reset { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::Reset { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
-        P::DomainSuspend => fwd(Call::Suspend { uuid: args::<DomainArg>(payload)?.dom.uuid.0 }),
-        P::DomainResume => fwd(Call::Resume { uuid: args::<DomainArg>(payload)?.dom.uuid.0 }),
+        P::DomainSuspend => fwd(Call::Suspend { uuid: args::<DomainArg>(payload)?.dom.uuid.0.into() }),
+        P::DomainResume => fwd(Call::Resume { uuid: args::<DomainArg>(payload)?.dom.uuid.0.into() }),
         P::DomainOpenConsole => {
             let a: OpenConsoleArgs = args(payload)?;
-            fwd(Call::OpenConsole { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::OpenConsole { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
         P::DomainSetAutostart => {
             let a: DomainSetAutostartArgs = args(payload)?;
-            fwd(Call::SetAutostart { uuid: a.dom.uuid.0, on: a.autostart != 0 })
+            fwd(Call::SetAutostart { uuid: a.dom.uuid.0.into(), on: a.autostart != 0 })
         }
         P::DomainGetXmlDesc => {
             let a: DomainFlagsArgs = args(payload)?;
@@ -312,15 +312,15 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         }
         P::DomainBlockStats => {
             let a: DomainDeviceArgs = args(payload)?;
-            fwd(Call::BlockStats { uuid: a.dom.uuid.0, path: a.device, params: None })
+            fwd(Call::BlockStats { uuid: a.dom.uuid.0.into(), path: a.device, params: None })
         }
         P::DomainBlockStatsFlags => {
             let a: BlockStatsFlagsArgs = args(payload)?;
-            fwd(Call::BlockStats { uuid: a.dom.uuid.0, path: a.path, params: Some((a.nparams, a.flags)) })
+            fwd(Call::BlockStats { uuid: a.dom.uuid.0.into(), path: a.path, params: Some((a.nparams, a.flags)) })
         }
         P::DomainInterfaceStats => {
             let a: DomainDeviceArgs = args(payload)?;
-            fwd(Call::InterfaceStats { uuid: a.dom.uuid.0, device: a.device })
+            fwd(Call::InterfaceStats { uuid: a.dom.uuid.0.into(), device: a.device })
         }
         P::DomainGetSchedulerType => query(args::<DomainArg>(payload)?.dom, Query::SchedulerType),
         P::DomainGetSchedulerParameters => {
@@ -347,16 +347,16 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         }
         P::DomainGetTime => {
             let a: DomainFlagsArgs = args(payload)?;
-            fwd(Call::GetTime { uuid: a.dom.uuid.0, flags: a.flags })
+            fwd(Call::GetTime { uuid: a.dom.uuid.0.into(), flags: a.flags })
         }
         P::DomainGetMetadata => {
             let a: DomainGetMetadataArgs = args(payload)?;
-            fwd(Call::GetMetadata { uuid: a.dom.uuid.0, kind: a.kind, uri: a.uri, flags: a.flags })
+            fwd(Call::GetMetadata { uuid: a.dom.uuid.0.into(), kind: a.kind, uri: a.uri, flags: a.flags })
         }
         P::DomainSetMetadata => {
             let a: DomainSetMetadataArgs = args(payload)?;
             fwd(Call::SetMetadata {
-                uuid: a.dom.uuid.0,
+                uuid: a.dom.uuid.0.into(),
                 kind: a.kind,
                 value: a.metadata,
                 key: a.key,
@@ -372,14 +372,14 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
                 return Err(RpcError::Decode);
             }
             let a: GetAllDomainStatsArgs = args(payload)?;
-            let doms = a.doms.into_iter().map(|d| d.uuid.0).collect();
+            let doms = a.doms.into_iter().map(|d| d.uuid.0.into()).collect();
             fwd(Call::DomainStats { doms, stats: a.stats, flags: a.flags })
         }
     }
 }
 
 fn query(dom: NonnullDomain, query: Query) -> Result<Action, RpcError> {
-    Ok(Action::Forward(Call::Query { uuid: dom.uuid.0, query }))
+    Ok(Action::Forward(Call::Query { uuid: dom.uuid.0.into(), query }))
 }
 
 /// Our version as a hypervisor version number (major * 1e6 + minor * 1e3 + micro).
@@ -653,7 +653,7 @@ mod tests {
         let dom = NonnullDomain { name: "a".into(), uuid: xdr::FixedOpaque([7; 16]), id: 1 };
         let ok = xdr::to_bytes(&GetAllDomainStatsArgs { doms: vec![dom], stats: 8, flags: 1 << 31 }).unwrap();
         let Action::Forward(call) = dispatch(&mut s, &FACTS, &call_header(344, 2), &ok) else { panic!() };
-        assert_eq!(call, Call::DomainStats { doms: vec![[7; 16]], stats: 8, flags: 1 << 31 });
+        assert_eq!(call, Call::DomainStats { doms: vec![crate::domain::Uuid([7; 16])], stats: 8, flags: 1 << 31 });
     }
 
     #[test]

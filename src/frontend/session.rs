@@ -26,7 +26,7 @@ pub struct Session {
     /// The client came through the admin socket, which serves only the ADMIN program.
     pub admin: bool,
     /// Event registrations: (callbackID, eventID, domain filter).
-    pub callbacks: Vec<(i32, i32, Option<[u8; 16]>)>,
+    pub callbacks: Vec<(i32, i32, Option<crate::domain::Uuid>)>,
     /// The next callbackID to hand out.
     pub next_callback: i32,
 }
@@ -109,5 +109,5 @@ pub struct Facts<'a> {
 
 /// The wire form of a domain reference.
 pub(super) fn nonnull(d: DomainRef) -> NonnullDomain {
-    NonnullDomain { name: d.name, uuid: xdr::FixedOpaque(d.uuid), id: d.id }
+    NonnullDomain { name: d.name, uuid: xdr::FixedOpaque(d.uuid.0), id: d.id }
 }

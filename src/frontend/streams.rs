@@ -27,7 +27,7 @@ pub enum StreamKind {
     /// A guest's serial console.
     Console {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
     },
 }
 
@@ -137,7 +137,7 @@ mod tests {
             status: Status::Ok as i32,
         };
         let fd = Some(mio::net::UnixStream::from_std(ours));
-        (Relay { fd, call, kind: StreamKind::Console { uuid: [7; 16] }, token: Token(1) }, theirs)
+        (Relay { fd, call, kind: StreamKind::Console { uuid: crate::domain::Uuid([7; 16]) }, token: Token(1) }, theirs)
     }
 
     #[test]
@@ -166,6 +166,6 @@ mod tests {
         assert_eq!((h.status, payload.len()), (Status::Continue as i32, 0));
         let (h, _, _) = frame::split(&r.finish_packet()).unwrap().unwrap();
         assert_eq!(h.status, Status::Ok as i32);
-        assert_eq!(r.kind.closed(4), FrontendRequest::ConsoleClosed { conn: 4, uuid: [7; 16] });
+        assert_eq!(r.kind.closed(4), FrontendRequest::ConsoleClosed { conn: 4, uuid: crate::domain::Uuid([7; 16]) });
     }
 }

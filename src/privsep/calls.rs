@@ -12,7 +12,7 @@ pub struct DomainRef {
     /// Name.
     pub name: String,
     /// Raw UUID.
-    pub uuid: [u8; 16],
+    pub uuid: crate::domain::Uuid,
     /// Running id, -1 when inactive.
     pub id: i32,
 }
@@ -220,7 +220,7 @@ pub enum Call {
     /// `virDomainLookupByName`.
     LookupByName(String),
     /// `virDomainLookupByUUID`.
-    LookupByUuid([u8; 16]),
+    LookupByUuid(crate::domain::Uuid),
     /// `virDomainDefineXML(Flags)`.
     Define {
         /// The XML.
@@ -231,14 +231,14 @@ pub enum Call {
     /// `virDomainUndefine(Flags)`.
     Undefine {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainUndefineFlagsValues`.
         flags: u32,
     },
     /// `virDomainCreate(WithFlags)`: start a defined domain.
     Create {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainCreateFlags`.
         flags: u32,
     },
@@ -252,59 +252,59 @@ pub enum Call {
     /// `virDomainDestroy(Flags)`: stop a running domain now.
     Destroy {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainDestroyFlagsValues`.
         flags: u32,
     },
     /// `virDomainShutdown(Flags)`: ask the guest to power off.
     Shutdown {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainShutdownFlagValues`.
         flags: u32,
     },
     /// `virDomainReboot`: ask the guest to reboot.
     Reboot {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainRebootFlagValues`.
         flags: u32,
     },
     /// `virDomainReset`: hard reset.
     Reset {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// Must be 0.
         flags: u32,
     },
     /// `virDomainSuspend`: stop every vCPU.
     Suspend {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
     },
     /// `virDomainResume`: let the vCPUs run again.
     Resume {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
     },
     /// `virDomainOpenConsole`: the guest console's fd comes back with the answer.
     OpenConsole {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainConsoleFlags` (FORCE takes it from another client).
         flags: u32,
     },
     /// `virDomainSetAutostart`.
     SetAutostart {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// On or off.
         on: bool,
     },
     /// A read-only question about one domain.
     Query {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// The question.
         query: Query,
     },
@@ -338,7 +338,7 @@ pub enum Call {
     /// `virConnectGetAllDomainStats` and `virDomainListGetStats`.
     DomainStats {
         /// Only these domains (all when empty); ones gone are skipped.
-        doms: Vec<[u8; 16]>,
+        doms: Vec<crate::domain::Uuid>,
         /// `virDomainStatsTypes` groups (0: every group the daemon fills).
         stats: u32,
         /// `virConnectGetAllDomainStatsFlags`.
@@ -347,7 +347,7 @@ pub enum Call {
     /// `virDomainBlockStats` (`params` `None`) and `virDomainBlockStatsFlags`.
     BlockStats {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// Disk target or path, "" for every disk (a name, never opened).
         path: String,
         /// `nparams` and flags of `virDomainBlockStatsFlags`.
@@ -356,7 +356,7 @@ pub enum Call {
     /// `virDomainInterfaceStats`.
     InterfaceStats {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// Interface name or MAC (compared, never opened).
         device: String,
     },
@@ -381,14 +381,14 @@ pub enum Call {
     /// `virDomainGetTime`: asks the guest agent, so read-write only, as in libvirt.
     GetTime {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// Must be 0.
         flags: u32,
     },
     /// `virDomainGetMetadata`.
     GetMetadata {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainMetadataType`.
         kind: i32,
         /// The namespace, for an element.
@@ -399,7 +399,7 @@ pub enum Call {
     /// `virDomainSetMetadata`.
     SetMetadata {
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
         /// `virDomainMetadataType`.
         kind: i32,
         /// The new value; `None` removes it.

@@ -115,7 +115,7 @@ pub enum FrontendRequest {
         /// The frontend's number for the client.
         conn: ConnId,
         /// The domain.
-        uuid: [u8; 16],
+        uuid: crate::domain::Uuid,
     },
     /// A TLS client finished its handshake with a certificate the CA
     /// signed (or none was required); the broker checks its DN again and
@@ -290,7 +290,7 @@ pub enum BrokerReply {
     Event(DomainEvent),
     /// Unsolicited: another client took the console of `uuid` (FORCE); end
     /// the streams on it.
-    ConsoleTaken([u8; 16]),
+    ConsoleTaken(crate::domain::Uuid),
     /// Unsolicited: close this client's connection (`virt-admin client-disconnect`).
     Disconnect(ConnId),
 }
