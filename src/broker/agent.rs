@@ -6,13 +6,10 @@
 use super::domains::Entry;
 use crate::privsep::CallError;
 
-/// `VIR_DOMAIN_RUNNING`.
-const STATE_RUNNING: i32 = 1;
-
 /// Why libvirt would not ask the agent: it checks that the domain runs and
 /// is not paused, then that an agent is configured, which it never is here.
 fn no_agent(e: &Entry) -> CallError {
-    if e.id.is_none() || e.state.0 != STATE_RUNNING {
+    if e.id.is_none() || !e.state.is_running() {
         return CallError::NotRunning;
     }
     CallError::ArgumentUnsupported("QEMU guest agent is not configured".into())

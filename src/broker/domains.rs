@@ -4,15 +4,11 @@
 //! to the [`Store`] before it is made visible, so what clients see is what a
 //! restarted daemon will load.
 
+use super::lifecycle::{DomainState, ShutoffReason};
 use super::store::{Store, StoreError};
 use crate::domain::{self, DomainDef, DomainError, uuid_string};
 use crate::privsep::{CallError, DomainRef};
 use crate::rpc::remote::DomainInfoRet;
-
-/// `virDomainState` values used so far.
-pub const STATE_SHUTOFF: i32 = 5;
-/// `VIR_DOMAIN_SHUTOFF_UNKNOWN`: defined, never started.
-pub const SHUTOFF_UNKNOWN: i32 = 0;
 
 /// `virConnectListAllDomainsFlags` bits.
 mod list {
@@ -54,8 +50,8 @@ pub struct Entry {
     pub id: Option<i32>,
     /// The helper running it.
     pub pid: Option<nix::unistd::Pid>,
-    /// `virDomainState` and reason.
-    pub state: (i32, i32),
+    /// Its state and why.
+    pub state: DomainState,
 }
 
 /// `VIR_DOMAIN_AFFECT_LIVE`.
@@ -103,7 +99,7 @@ impl Entry {
     /// `virDomainGetInfo`.
     pub fn info(&self) -> DomainInfoRet {
         DomainInfoRet {
-            state: self.state.0 as u8,
+            state: self.state.code() as u8,
             max_mem: self.def.memory_kib,
             memory: self.def.current_memory_kib,
             nr_virt_cpu: self.def.vcpus as u16,
@@ -119,13 +115,13 @@ impl Entry {
         let group = |yes: u32, no: u32, is: bool| {
             flags & (yes | no) == 0 || (is && flags & yes != 0) || (!is && flags & no != 0)
         };
-        let state = self.state.0;
         let state_bits = list::RUNNING | list::PAUSED | list::SHUTOFF | list::OTHER;
         let state_ok = flags & state_bits == 0
-            || (state == 1 && flags & list::RUNNING != 0)
-            || (state == 3 && flags & list::PAUSED != 0)
-            || (state == STATE_SHUTOFF && flags & list::SHUTOFF != 0)
-            || (![1, 3, STATE_SHUTOFF].contains(&state) && flags & list::OTHER != 0);
+            || match self.state {
+                DomainState::Running(_) => flags & list::RUNNING != 0,
+                DomainState::Paused(_) => flags & list::PAUSED != 0,
+                DomainState::Shutoff(_) => flags & list::SHUTOFF != 0,
+            };
         group(list::ACTIVE, list::INACTIVE, self.is_active())
             && group(list::PERSISTENT, list::TRANSIENT, self.persistent)
             && state_ok
@@ -185,7 +181,7 @@ impl Domains {
                 autostart: s.autostart,
                 id: None,
                 pid: None,
-                state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
+                state: DomainState::DEFINED,
             });
         }
         log::info!("loaded {} domain definition(s)", entries.len());
@@ -238,7 +234,7 @@ impl Domains {
                     autostart: false,
                     id: None,
                     pid: None,
-                    state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
+                    state: DomainState::DEFINED,
                 });
                 self.entries.last_mut().ok_or_else(|| CallError::Internal("domain table".into()))?
             }
@@ -290,7 +286,7 @@ impl Domains {
             autostart: false,
             id: None,
             pid: None,
-            state: (STATE_SHUTOFF, SHUTOFF_UNKNOWN),
+            state: DomainState::DEFINED,
         });
         uuid
     }
@@ -331,7 +327,7 @@ impl Domains {
     }
 
     /// Marks the domain running as `id` in helper `pid` (state and reason).
-    pub fn set_running(&mut self, uuid: &crate::domain::Uuid, id: i32, pid: nix::unistd::Pid, state: (i32, i32)) {
+    pub fn set_running(&mut self, uuid: &crate::domain::Uuid, id: i32, pid: nix::unistd::Pid, state: DomainState) {
         if let Some(e) = self.entries.iter_mut().find(|e| &e.def.uuid == uuid) {
             e.id = Some(id);
             e.pid = Some(pid);
@@ -340,7 +336,7 @@ impl Domains {
     }
 
     /// Marks the domain shut off for `reason`; a transient one is forgotten.
-    pub fn set_shutoff(&mut self, uuid: &crate::domain::Uuid, reason: i32) {
+    pub fn set_shutoff(&mut self, uuid: &crate::domain::Uuid, reason: ShutoffReason) {
         self.stop(uuid, reason, false);
     }
 
@@ -348,11 +344,11 @@ impl Domains {
     /// `on_*` action of `restart`): shut off, but kept even when transient,
     /// so that it comes back under the same name and UUID. If the restart
     /// fails, [`Domains::set_shutoff`] removes a transient one.
-    pub fn set_restarting(&mut self, uuid: &crate::domain::Uuid, reason: i32) {
+    pub fn set_restarting(&mut self, uuid: &crate::domain::Uuid, reason: ShutoffReason) {
         self.stop(uuid, reason, true);
     }
 
-    fn stop(&mut self, uuid: &crate::domain::Uuid, reason: i32, keep: bool) {
+    fn stop(&mut self, uuid: &crate::domain::Uuid, reason: ShutoffReason, keep: bool) {
         if let Some(i) = self.entries.iter().position(|e| &e.def.uuid == uuid) {
             if !self.entries[i].persistent && !keep {
                 self.entries.remove(i);
@@ -361,7 +357,7 @@ impl Domains {
             let e = &mut self.entries[i];
             e.id = None;
             e.pid = None;
-            e.state = (STATE_SHUTOFF, reason);
+            e.state = DomainState::Shutoff(reason);
         }
     }
 

@@ -9,28 +9,34 @@ mod activation;
 mod admin;
 mod agent;
 mod audit;
+mod call_audit;
 mod calls;
 mod domains;
 mod event_loop;
 mod files;
 mod greeting;
+mod guest_calls;
 mod guests;
 mod host;
 mod hostpages;
 mod hoststats;
+mod lifecycle;
 mod link;
 mod listen;
 mod metadata;
 mod permit;
 mod pidfile;
 mod procfs;
+mod query;
 mod readiness;
 mod restarts;
 mod sched;
 mod spawn;
+mod state;
 mod stats;
 mod status;
 mod store;
+mod supervisor;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,22 +155,14 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
     let helper_exe = std::env::current_exe()
         .map(|e| e.with_file_name("libvirt-helper"))
         .map_err(|e| StartError::Setup(format!("cannot find the helper binary: {e}")))?;
-    let mut ctx = calls::Ctx {
+    let mut ctx = state::Ctx {
         domains: domains::Domains::load(store),
         host_uuid: host::host_uuid(config.host_uuid.as_deref()),
-        guests: Default::default(),
-        launcher: guests::Launcher {
+        guests: supervisor::Supervisor::new(guests::Launcher {
             exe: helper_exe,
             state_dir: config.domain_state_dir.clone(),
             uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
-        },
-        next_id: 1,
-        resetting: Default::default(),
-        restarts: Default::default(),
-        events: Vec::new(),
-        consoles: Default::default(),
-        consoles_taken: Vec::new(),
-        awaiting: Default::default(),
+        }),
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.
@@ -172,17 +170,17 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         // Failure: the guest had stopped while no daemon was there, or its
         // helper speaks a protocol this daemon does not (then with a reason).
         let reason = seen.unmanageable.as_deref();
-        calls::audit_guest(&mut auditor, "reattach", (&seen.name, &seen.uuid), seen.pid, reason, seen.running);
+        call_audit::audit_guest(&mut auditor, "reattach", (&seen.name, &seen.uuid), seen.pid, reason, seen.running);
     }
     for uuid in ctx.domains.autostart_pending() {
         // Success is audited when the helper reports the guest started.
-        if let Err(e) = ctx.start(&uuid, None, false, "start", calls::Asker::Daemon("autostart")) {
+        if let Err(e) = ctx.start(&uuid, None, false, "start", supervisor::Asker::Daemon("autostart")) {
             log::error!("autostart: {e}");
             let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
-            calls::audit_guest(&mut auditor, "start", (&name, &uuid), -1, Some("autostart"), false);
+            call_audit::audit_guest(&mut auditor, "start", (&name, &uuid), -1, Some("autostart"), false);
         }
     }
-    ctx.events.clear();
+    ctx.guests.events.clear();
     Broker::new(event_loop::Setup {
         cli: cli.clone(),
         mode,

@@ -81,7 +81,11 @@ mod tests {
             autostart: false,
             id: running.then_some(3),
             pid: None,
-            state: if running { (1, 1) } else { (5, 0) },
+            state: if running {
+                crate::broker::lifecycle::DomainState::Running(crate::broker::lifecycle::RunningReason::Booted)
+            } else {
+                crate::broker::lifecycle::DomainState::DEFINED
+            },
         }
     }
 

@@ -6,10 +6,10 @@
 //! [`super::procfs`] (and the process CPU clock of [`super::guests`]): no
 //! request to a helper, so one wedged guest delays no statistics.
 
-use super::calls::Ctx;
 use super::domains::Entry;
 use super::hoststats::{online_cpus, pack, present_cpus};
 use super::procfs::{self, VcpuThread};
+use super::state::Ctx;
 use crate::privsep::admin::{Param, ParamValue};
 use crate::privsep::{CallError, CallValue, DomainRef, VcpuInfo};
 use crate::rpc::stats as limits;
@@ -234,10 +234,9 @@ pub fn cpu_stats(e: &Entry, nparams: u32, start_cpu: i32, ncpus: u32, flags: u32
 pub fn control_info(ctx: &Ctx, e: &Entry, flags: u32) -> Result<CallValue, CallError> {
     check_flags(flags, 0, "qemuDomainGetControlInfo")?;
     running(e)?;
-    Ok(match ctx.awaiting.get(&e.def.uuid) {
+    Ok(match ctx.guests.pending.oldest(&e.def.uuid) {
         Some(a) => {
-            let asked = a.deadline.checked_sub(a.wait.timeout()).unwrap_or(a.deadline);
-            let ms = std::time::Instant::now().saturating_duration_since(asked).as_millis();
+            let ms = a.asked.elapsed().as_millis();
             CallValue::ControlInfo { state: CONTROL_OCCUPIED, details: 0, time_ms: ms as u64 }
         }
         None => CallValue::ControlInfo { state: CONTROL_OK, details: 0, time_ms: 0 },
@@ -269,8 +268,9 @@ fn record(e: &Entry, stats: u32) -> Vec<Param> {
     // One read of the helper's stat serves the CPU and balloon groups.
     let stat = pid.filter(|_| stats & (group::CPU_TOTAL | group::BALLOON) != 0).and_then(procfs::process_stat);
     if stats & group::STATE != 0 {
-        p.push(int("state.state".into(), e.state.0));
-        p.push(int("state.reason".into(), e.state.1));
+        let (state, reason) = e.state.to_libvirt();
+        p.push(int("state.state".into(), state));
+        p.push(int("state.reason".into(), reason));
     }
     if stats & group::CPU_TOTAL != 0
         && let Some(pid) = pid
@@ -412,7 +412,11 @@ mod tests {
     fn entry_of(stand_in: Option<&StandIn>) -> Entry {
         let mut e = entry(false);
         if let Some(s) = stand_in {
-            (e.id, e.pid, e.state) = (Some(1), Some(nix::unistd::Pid::from_raw(s.0.id() as i32)), (1, 1));
+            (e.id, e.pid, e.state) = (
+                Some(1),
+                Some(nix::unistd::Pid::from_raw(s.0.id() as i32)),
+                crate::broker::lifecycle::DomainState::Running(crate::broker::lifecycle::RunningReason::Booted),
+            );
         }
         e
     }
@@ -427,7 +431,11 @@ mod tests {
             autostart: false,
             id: running.then_some(1),
             pid: running.then(nix::unistd::Pid::this),
-            state: if running { (1, 1) } else { (5, 0) },
+            state: if running {
+                crate::broker::lifecycle::DomainState::Running(crate::broker::lifecycle::RunningReason::Booted)
+            } else {
+                crate::broker::lifecycle::DomainState::DEFINED
+            },
         }
     }
 

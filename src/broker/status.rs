@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::lifecycle::DomainState;
 use super::store::read_bounded;
 use crate::domain::{self, DomainDef};
 
@@ -21,8 +22,8 @@ pub struct Status {
     pub pid: i32,
     /// The helper's uid.
     pub uid: u32,
-    /// `virDomainState` and reason.
-    pub state: (i32, i32),
+    /// Its state and why (written as libvirt's numbers).
+    pub state: DomainState,
     /// Defined (persistent) or transient.
     pub persistent: bool,
 }
@@ -48,13 +49,14 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 pub fn save(dir: &Path, def: &DomainDef, s: &Status) -> std::io::Result<()> {
     let (status, live) = paths(dir, &def.name);
     write_atomic(&live, &def.to_xml())?;
+    let (state, reason) = s.state.to_libvirt();
     let text = format!(
         "id={}\npid={}\nuid={}\nstate={}\nreason={}\npersistent={}\n",
         s.id,
         s.pid,
         s.uid,
-        s.state.0,
-        s.state.1,
+        state,
+        reason,
         u8::from(s.persistent)
     );
     write_atomic(&status, &text)
@@ -74,7 +76,7 @@ fn parse(text: &str) -> Option<Status> {
         id: field("id")?.parse().ok()?,
         pid: field("pid")?.parse().ok()?,
         uid: field("uid")?.parse().ok()?,
-        state: (field("state")?.parse().ok()?, field("reason")?.parse().ok()?),
+        state: DomainState::from_libvirt(field("state")?.parse().ok()?, field("reason")?.parse().ok()?)?,
         persistent: field("persistent")? == "1",
     })
 }
@@ -106,7 +108,13 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let s = Status { id: 7, pid: 1234, uid: 99, state: (3, 1), persistent: false };
+        let s = Status {
+            id: 7,
+            pid: 1234,
+            uid: 99,
+            state: DomainState::Paused(super::super::lifecycle::PausedReason::User),
+            persistent: false,
+        };
         assert_eq!(parse("id=7\npid=1234\nuid=99\nstate=3\nreason=1\npersistent=0\n"), Some(s));
         assert_eq!(parse("id=x\n"), None);
     }

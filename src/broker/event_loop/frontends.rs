@@ -18,7 +18,8 @@ use nix::sys::socket::{SockType, SockaddrStorage, getpeername, getsockname, gets
 
 use super::{Broker, Readiness, StartError, channel_token, sign_token};
 use crate::broker::audit::Value;
-use crate::broker::calls::{self, Caller};
+use crate::broker::call_audit;
+use crate::broker::calls::{self, Answer, Caller};
 use crate::broker::link::{Client, FrontendLink};
 use crate::broker::permit::{self, Phase};
 use crate::broker::spawn;
@@ -132,7 +133,7 @@ impl Broker {
         // Its clients are gone, and with them every console they held;
         // the answers its clients wait for have nobody to go to.
         self.release_consoles(|owner| gone.contains(&owner));
-        self.setup.ctx.orphan_requests(|conn| gone.contains(&conn));
+        self.setup.ctx.guests.pending.orphan(|conn| gone.contains(&conn));
         let _ = self.poll.registry().deregister(&mut SourceFd(&link.channel.raw_fd()));
         if let Some(sign) = &link.sign {
             let _ = self.poll.registry().deregister(&mut SourceFd(&sign.raw_fd()));
@@ -185,7 +186,7 @@ impl Broker {
                 let Some(client) = self.client_mut(slot, conn) else { return };
                 let (peer, readonly) = (client.peer.clone(), client.readonly);
                 let caller = Caller { conn, peer: &peer, readonly, request: env.id };
-                calls::audit_denial(&mut self.setup.auditor, &caller, procedure);
+                call_audit::audit_denial(&mut self.setup.auditor, &caller, procedure);
                 BrokerReply::Ok
             }
             FrontendRequest::Authenticated { conn, dn } => self.authenticated(slot, conn, dn),
@@ -198,8 +199,8 @@ impl Broker {
                 if self.client_mut(slot, conn).is_none() {
                     return;
                 }
-                if self.setup.ctx.consoles.get(&uuid) == Some(&conn) {
-                    self.setup.ctx.consoles.remove(&uuid);
+                if self.setup.ctx.guests.consoles.get(&uuid) == Some(&conn) {
+                    self.setup.ctx.guests.consoles.remove(&uuid);
                     self.drain_console(&uuid);
                 }
                 BrokerReply::Ok
@@ -224,14 +225,15 @@ impl Broker {
             crate::privsep::Call::OpenConsole { uuid, .. } => Some(*uuid),
             _ => None,
         };
-        let value = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
+        let answer = calls::handle(&mut self.setup.ctx, &mut self.setup.auditor, &caller, call);
         self.sync_guests();
-        for uuid in std::mem::take(&mut self.setup.ctx.consoles_taken) {
+        for uuid in std::mem::take(&mut self.setup.ctx.guests.consoles_taken) {
             self.broadcast(&BrokerReply::ConsoleTaken(uuid));
         }
         // The console's fd goes to the frontend with the answer: its
         // bytes then flow between frontend and helper, not through us.
-        if let (Ok(CallValue::Console), Some(uuid)) = (&value, console_of) {
+        if let (Answer::Now(value @ Ok(CallValue::Console)), Some(uuid)) = (&answer, console_of) {
+            let value = value.clone();
             let fd = self.setup.ctx.guests.get(&uuid).and_then(|r| r.console.try_clone().ok());
             match fd {
                 Some(fd) => {
@@ -239,7 +241,7 @@ impl Broker {
                     self.reply(slot, id, &BrokerReply::Value(value), &[fd.as_fd()]);
                 }
                 None => {
-                    self.setup.ctx.consoles.remove(&uuid);
+                    self.setup.ctx.guests.consoles.remove(&uuid);
                     let err = CallError::Internal("cannot share the console".into());
                     self.reply(slot, id, &BrokerReply::Value(Err(err)), &[]);
                 }
@@ -248,8 +250,8 @@ impl Broker {
         }
         // What waited on a guest this call stopped fails now; a call
         // that asked a helper is answered when the helper answers.
-        self.fail_awaiting(|_, _| false);
-        if !self.setup.ctx.awaits_request(conn, id) {
+        self.fail_awaiting(|_| false);
+        if let Answer::Now(value) = answer {
             self.reply(slot, id, &BrokerReply::Value(value), &[]);
         }
         self.flush_events();
@@ -296,7 +298,7 @@ impl Broker {
     /// Sends queued lifecycle events to the frontends, which route them to
     /// the clients that registered.
     pub(super) fn flush_events(&mut self) {
-        for event in std::mem::take(&mut self.setup.ctx.events) {
+        for event in std::mem::take(&mut self.setup.ctx.guests.events) {
             self.broadcast(&BrokerReply::Event(event));
         }
     }
@@ -578,7 +580,7 @@ impl Broker {
             clients: &self.clients,
             config: &mut self.setup.config,
             timeout: &mut self.setup.cli.timeout,
-            waiting: self.setup.ctx.awaiting.len(),
+            waiting: self.setup.ctx.guests.pending.len(),
             tls: self.setup.listeners.sockets.iter().any(|(k, _)| *k == ListenerKind::Tls),
         };
         let mut result = admin.handle(&call);
@@ -589,7 +591,12 @@ impl Broker {
             result = Err(CallError::OperationFailed(format!("cannot reload TLS files: {e}")));
         }
         let caller = Caller { conn, peer: &peer, readonly: false, request: id };
-        calls::audit_admin(&mut self.setup.auditor, &caller, &call, result.as_ref().map(|_| ()).map_err(Clone::clone));
+        call_audit::audit_admin(
+            &mut self.setup.auditor,
+            &caller,
+            &call,
+            result.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
         let (value, effect) = match result {
             Ok((v, effect)) => (Ok(CallValue::Admin(v)), effect),
             Err(e) => (Err(e), crate::broker::admin::Effect::None),

@@ -1,0 +1,46 @@
+//! The state the broker's calls work on: the domain table, the host's
+//! identity, and the supervisor of the running guests.
+
+use super::domains::Domains;
+use super::supervisor::Supervisor;
+use crate::domain::Uuid;
+use crate::privsep::{DomainEvent, DomainRef, EventKind};
+
+/// The state calls work on.
+pub struct Ctx {
+    /// The domain table.
+    pub domains: Domains,
+    /// Host UUID for capabilities.
+    pub host_uuid: String,
+    /// The running guests, their requests in flight, consoles and events.
+    pub guests: Supervisor,
+}
+
+impl Ctx {
+    /// Queues a lifecycle event for `dom`.
+    pub fn emit(&mut self, dom: DomainRef, event: i32, detail: i32) {
+        self.guests.events.push(DomainEvent { dom, kind: EventKind::Lifecycle { event, detail } });
+    }
+
+    /// Writes the run-state record of guest `uuid` (for a restarted broker).
+    pub fn record(&self, uuid: &Uuid) {
+        let (Ok(e), Some(r)) = (self.domains.by_uuid(uuid), self.guests.get(uuid)) else { return };
+        let s = super::status::Status {
+            id: r.id,
+            pid: r.pid.as_raw(),
+            uid: r.uid,
+            state: e.state,
+            persistent: e.persistent,
+        };
+        if let Err(err) = super::status::save(&self.guests.launcher.state_dir, &e.def, &s) {
+            log::error!("cannot record running domain '{}': {err}", e.def.name);
+        }
+    }
+
+    /// Removes guest `uuid`'s run-state record.
+    pub fn unrecord(&self, uuid: &Uuid) {
+        if let Ok(e) = self.domains.by_uuid(uuid) {
+            super::status::remove(&self.guests.launcher.state_dir, &e.def.name);
+        }
+    }
+}
