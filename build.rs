@@ -17,6 +17,7 @@ use seccompiler::{BpfMap, TargetArch};
 fn main() {
     seccomp_filters();
     procedure_table();
+    admin_procedure_table();
 }
 
 /// One row of `policy/procedures.tsv`.
@@ -130,6 +131,70 @@ fn procedure_table() {
     }
     out.push_str("];\n");
     let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("procedures.rs");
+    std::fs::write(dest, out).expect("writable OUT_DIR");
+}
+
+/// Generates `rpc::admin::AdminProc` (every ADMIN procedure, its number,
+/// name, API and where it is answered) from `policy/admin_procedures.tsv`.
+fn admin_procedure_table() {
+    let path = Path::new("policy/admin_procedures.tsv");
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text = std::fs::read_to_string(path).expect("policy/admin_procedures.tsv");
+    let mut rows: Vec<(i32, String, String, bool, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = i + 1;
+        let [number, name, answered, api] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            panic!("admin_procedures.tsv:{at}: expected 4 columns");
+        };
+        let number: i32 = number.parse().unwrap_or_else(|_| panic!("admin_procedures.tsv:{at}: bad number"));
+        let forwarded = match answered {
+            "frontend" => false,
+            "broker" => true,
+            other => panic!("admin_procedures.tsv:{at}: answered by {other}? (frontend or broker)"),
+        };
+        assert!(api.starts_with("virAdm"), "admin_procedures.tsv:{at}: {name} names no admin API");
+        if let Some(last) = rows.last() {
+            assert!(last.0 < number, "admin_procedures.tsv:{at}: numbers must ascend ({number} after {})", last.0);
+        }
+        rows.push((number, camel(&name.to_ascii_lowercase()), name.to_owned(), forwarded, api.to_owned()));
+    }
+    let mut out = String::new();
+    out.push_str("/// ADMIN procedures, by number (`policy/admin_procedures.tsv`).\n");
+    out.push_str("#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]\npub enum AdminProc {\n");
+    for (number, variant, name, _, _) in &rows {
+        let _ = writeln!(out, "    /// `ADMIN_PROC_{name}`.\n    {variant} = {number},");
+    }
+    let _ = write!(
+        out,
+        "}}\n\nimpl AdminProc {{\n    /// Every procedure, in number order.\n    pub const ALL: [AdminProc; {}] = [",
+        rows.len()
+    );
+    for (_, variant, ..) in &rows {
+        let _ = write!(out, "AdminProc::{variant}, ");
+    }
+    out.push_str("];\n\n    /// The procedure numbered `n`.\n    pub fn from_number(n: i32) -> Option<AdminProc> {\n        match n {\n");
+    for (number, variant, ..) in &rows {
+        let _ = writeln!(out, "            {number} => Some(AdminProc::{variant}),");
+    }
+    out.push_str("            _ => None,\n        }\n    }\n\n");
+    out.push_str(
+        "    /// The public C API it implements.\n    pub fn api(self) -> &'static str {\n        match self {\n",
+    );
+    for (_, variant, _, _, api) in &rows {
+        let _ = writeln!(out, "            AdminProc::{variant} => \"{api}\",");
+    }
+    out.push_str("        }\n    }\n\n");
+    out.push_str("    /// Whether the frontend forwards it to the broker (an `AdminCall`) rather than answering it.\n");
+    out.push_str("    pub fn forwarded(self) -> bool {\n        match self {\n");
+    for (_, variant, _, forwarded, _) in &rows {
+        let _ = writeln!(out, "            AdminProc::{variant} => {forwarded},");
+    }
+    out.push_str("        }\n    }\n}\n");
+    let dest = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("admin_procedures.rs");
     std::fs::write(dest, out).expect("writable OUT_DIR");
 }
 

@@ -61,7 +61,7 @@ pub struct Caller<'a> {
 /// ([`CallError::clipped`]), as they may quote the client's arguments.
 pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) -> Answer {
     if call.mutates() && caller.readonly {
-        let api = api_of(&call);
+        let api = call.api();
         audit(auditor, caller, op_of(&call), &[("reason", Value::Text("read-only"))], false);
         return Answer::Now(Err(CallError::ReadOnly(api.into())));
     }
@@ -205,31 +205,6 @@ fn bound(max: i32) -> Result<usize, CallError> {
         return Err(CallError::InvalidArg(format!("count {max} out of range 0-{LIST_MAX}")));
     }
     Ok(max as usize)
-}
-
-fn api_of(call: &Call) -> &'static str {
-    match call {
-        Call::Define { flags: 0, .. } => "virDomainDefineXML",
-        Call::Define { .. } => "virDomainDefineXMLFlags",
-        Call::Undefine { .. } => "virDomainUndefineFlags",
-        Call::Create { flags: 0, .. } => "virDomainCreate",
-        Call::Create { .. } => "virDomainCreateWithFlags",
-        Call::CreateXml { .. } => "virDomainCreateXML",
-        Call::Destroy { flags: 0, .. } => "virDomainDestroy",
-        Call::Shutdown { flags: 0, .. } => "virDomainShutdown",
-        Call::Shutdown { .. } => "virDomainShutdownFlags",
-        Call::Reboot { .. } => "virDomainReboot",
-        Call::Reset { .. } => "virDomainReset",
-        Call::Suspend { .. } => "virDomainSuspend",
-        Call::Resume { .. } => "virDomainResume",
-        Call::OpenConsole { .. } => "virDomainOpenConsole",
-        Call::Destroy { .. } => "virDomainDestroyFlags",
-        Call::SetAutostart { .. } => "virDomainSetAutostart",
-        Call::SetMetadata { .. } => "virDomainSetMetadata",
-        Call::GetTime { .. } => "virDomainGetTime",
-        Call::GetDomainCapabilities { .. } => "virConnectGetDomainCapabilities",
-        _ => "this call",
-    }
 }
 
 fn op_of(call: &Call) -> &'static str {

@@ -207,3 +207,60 @@ fn no_flags(flags: u32, function: &'static str) -> Result<(), RpcError> {
 fn args<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RpcError> {
     xdr::from_bytes(payload).map_err(|_| RpcError::Decode)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::frame::{ADMIN_PROGRAM, MessageType};
+
+    fn header(proc_: AdminProc) -> Header {
+        Header { prog: ADMIN_PROGRAM, vers: 1, proc_: proc_ as i32, kind: MessageType::Call, serial: 1, status: 0 }
+    }
+
+    fn payloads() -> Vec<Vec<u8>> {
+        let srv = wire::Server { name: "libvirtd".into() };
+        let clnt = wire::Client { srv: srv.clone(), id: 1, timestamp: 0, transport: 0 };
+        let enc = |b: Result<Vec<u8>, _>| b.unwrap();
+        vec![
+            enc(xdr::to_bytes(&())),
+            enc(xdr::to_bytes(&wire::FlagsArgs { flags: 0 })),
+            enc(xdr::to_bytes(&wire::ListServersArgs { need_results: 1, flags: 0 })),
+            enc(xdr::to_bytes(&wire::LookupServerArgs { name: "libvirtd".into(), flags: 0 })),
+            enc(xdr::to_bytes(&wire::ServerArgs { srv: srv.clone(), flags: 0 })),
+            enc(xdr::to_bytes(&wire::ServerSetArgs { srv: srv.clone(), params: Vec::new(), flags: 0 })),
+            enc(xdr::to_bytes(&wire::ListClientsArgs { srv: srv.clone(), need_results: 1, flags: 0 })),
+            enc(xdr::to_bytes(&wire::LookupClientArgs { srv, id: 1, flags: 0 })),
+            enc(xdr::to_bytes(&wire::ClientArgs { clnt, flags: 0 })),
+            enc(xdr::to_bytes(&wire::SetLoggingArgs { value: None, flags: 0 })),
+            enc(xdr::to_bytes(&wire::SetTimeoutArgs { timeout: 5, flags: 0 })),
+        ]
+    }
+
+    /// Where the table says a procedure is answered is where dispatch
+    /// answers it: the frontend itself, or the broker (an admin call,
+    /// which needs a read-write connection).
+    #[test]
+    fn the_admin_tables_answered_column_and_dispatch_agree() {
+        for p in AdminProc::ALL {
+            let reached = payloads().into_iter().find_map(|payload| {
+                let mut s = Session { opened: p != AdminProc::ConnectOpen, ..Session::default() };
+                match call(&mut s, &header(p), &payload) {
+                    Ok(Action::Forward(call)) => Some(Some(call)),
+                    Ok(_) => Some(None),
+                    Err(_) => None,
+                }
+            });
+            match reached {
+                Some(Some(c)) => {
+                    assert!(p.forwarded(), "{p:?} reaches the broker: {c:?}");
+                    assert!(matches!(c, Call::Admin(_)) && c.mutates(), "{p:?}: {c:?}");
+                }
+                Some(None) => assert!(!p.forwarded(), "{p:?} is answered by the frontend"),
+                None => panic!("{p:?}: no payload decodes; add its argument shape"),
+            }
+            assert!(p.api().starts_with("virAdm"));
+            assert_eq!(AdminProc::from_number(p as i32), Some(p));
+        }
+        assert_eq!(AdminProc::from_number(20), None);
+    }
+}

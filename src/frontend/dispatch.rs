@@ -703,9 +703,10 @@ mod tests {
         ]
     }
 
-    /// The read-only rule has two sources: the table's access column (the
-    /// frontend's check) and `Call::mutates` (the broker's). They must agree
-    /// for every served procedure.
+    /// The read-only rule has one source, the table's access column: the
+    /// frontend checks the procedure's row, the broker the row its decoded
+    /// call names (`Call::procedure`). Every served procedure must decode
+    /// to a call naming its own row, so that the two checks are one.
     #[test]
     fn the_tables_access_column_and_call_mutates_agree() {
         for &p in RemoteProc::ALL {
@@ -724,7 +725,16 @@ mod tests {
                 }
             });
             match reached {
-                Some(Some(call)) => assert_eq!(call.mutates(), p.access() == Access::ReadWrite, "{p:?}: {call:?}"),
+                Some(Some(call)) => {
+                    // The call names its procedure's row (or, for a call that
+                    // a flag-less and a flags procedure share, its sibling's),
+                    // and the broker's rule is that row's access column.
+                    let q = call.procedure().unwrap_or_else(|| panic!("{p:?}: {call:?} names no procedure"));
+                    let stem = |p: RemoteProc| p.api().trim_end_matches("Flags").trim_end_matches("With").to_owned();
+                    assert_eq!(stem(q), stem(p), "{p:?} decodes to a call of {q:?}");
+                    assert_eq!(q.access(), p.access(), "{p:?}: {call:?}");
+                    assert_eq!(call.mutates(), p.access() == Access::ReadWrite, "{p:?}: {call:?}");
+                }
                 // Answered by the frontend itself: never a change.
                 Some(None) => assert_eq!(p.access(), Access::ReadOnly, "{p:?}"),
                 None => panic!("{p:?}: no candidate payload decodes; add its argument shape"),

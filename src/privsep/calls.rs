@@ -415,35 +415,6 @@ pub enum Call {
     Admin(super::admin::AdminCall),
 }
 
-impl Call {
-    /// Whether the call needs a read-write connection; refused on read-only
-    /// ones (by the frontend first, and by the broker again). Calls that
-    /// change state, and domain capabilities, which libvirt keeps from
-    /// read-only clients since it could run an emulator binary they named
-    /// (CVE-2019-10167); clients expect the same refusal here.
-    pub fn mutates(&self) -> bool {
-        matches!(
-            self,
-            Call::Define { .. }
-                | Call::GetDomainCapabilities { .. }
-                | Call::Undefine { .. }
-                | Call::SetAutostart { .. }
-                | Call::Create { .. }
-                | Call::CreateXml { .. }
-                | Call::Destroy { .. }
-                | Call::Shutdown { .. }
-                | Call::Reboot { .. }
-                | Call::Reset { .. }
-                | Call::Suspend { .. }
-                | Call::Resume { .. }
-                | Call::OpenConsole { .. }
-                | Call::SetMetadata { .. }
-                | Call::GetTime { .. }
-                | Call::Admin(_)
-        )
-    }
-}
-
 /// A call's result; the frontend shapes it into the procedure's XDR reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallValue {

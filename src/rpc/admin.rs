@@ -3,60 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// ADMIN procedures, by number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum AdminProc {
-    ConnectOpen = 1,
-    ConnectClose = 2,
-    ConnectGetLibVersion = 3,
-    ConnectListServers = 4,
-    ConnectLookupServer = 5,
-    ServerGetThreadpoolParameters = 6,
-    ServerSetThreadpoolParameters = 7,
-    ServerListClients = 8,
-    ServerLookupClient = 9,
-    ClientGetInfo = 10,
-    ClientClose = 11,
-    ServerGetClientLimits = 12,
-    ServerSetClientLimits = 13,
-    ConnectGetLoggingOutputs = 14,
-    ConnectGetLoggingFilters = 15,
-    ConnectSetLoggingOutputs = 16,
-    ConnectSetLoggingFilters = 17,
-    ServerUpdateTlsFiles = 18,
-    ConnectSetDaemonTimeout = 19,
-}
-
-impl AdminProc {
-    /// Every procedure, in number order.
-    pub const ALL: [AdminProc; 19] = [
-        AdminProc::ConnectOpen,
-        AdminProc::ConnectClose,
-        AdminProc::ConnectGetLibVersion,
-        AdminProc::ConnectListServers,
-        AdminProc::ConnectLookupServer,
-        AdminProc::ServerGetThreadpoolParameters,
-        AdminProc::ServerSetThreadpoolParameters,
-        AdminProc::ServerListClients,
-        AdminProc::ServerLookupClient,
-        AdminProc::ClientGetInfo,
-        AdminProc::ClientClose,
-        AdminProc::ServerGetClientLimits,
-        AdminProc::ServerSetClientLimits,
-        AdminProc::ConnectGetLoggingOutputs,
-        AdminProc::ConnectGetLoggingFilters,
-        AdminProc::ConnectSetLoggingOutputs,
-        AdminProc::ConnectSetLoggingFilters,
-        AdminProc::ServerUpdateTlsFiles,
-        AdminProc::ConnectSetDaemonTimeout,
-    ];
-
-    /// The procedure numbered `n`.
-    pub fn from_number(n: i32) -> Option<AdminProc> {
-        AdminProc::ALL.iter().copied().find(|p| *p as i32 == n)
-    }
-}
+include!(concat!(env!("OUT_DIR"), "/admin_procedures.rs"));
 
 /// `ADMIN_SERVER_LIST_MAX`.
 pub const SERVER_LIST_MAX: usize = 16_384;
