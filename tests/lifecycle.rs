@@ -545,6 +545,61 @@ fn a_wedged_helper_stalls_only_its_own_callers_and_destroy_still_works() {
     assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-w"]).1.trim(), "shut off (destroyed)");
 }
 
+#[test]
+fn two_requests_on_one_guest_are_in_flight_at_once_and_statistics_answer_meanwhile() {
+    let Some((d, rw)) = running_guest("guest-m") else { return };
+    let pid = helper_pid(&d, "start", "guest-m");
+    let _helper = Helpers(vec![pid]);
+    let helper = nix::unistd::Pid::from_raw(pid);
+    let ro = d.tree.sock("libvirt-sock-ro");
+    let spawn = |args: &[&str]| {
+        std::process::Command::new("virsh")
+            .args(["-c", &uri(&rw)])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A helper slow to answer: stopped until the test lets it go on.
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut suspend = spawn(&["suspend", "guest-m"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // A second request to the same guest goes out while the first waits.
+    let mut graceful = spawn(&["destroy", "--graceful", "guest-m"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Statistics answer meanwhile, and show the guest busy with a request.
+    let asked = std::time::Instant::now();
+    let (code, out, err) = virsh(&ro, &["domstats", "--state", "--cpu-total", "--vcpu", "guest-m"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state.state=1") && out.contains("cpu.time=") && out.contains("vcpu.current=1"), "{out}");
+    let (code, out, err) = virsh(&ro, &["dominfo", "guest-m"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("State:          running"), "{out}");
+    let (code, out, err) = virsh(&ro, &["dommemstat", "guest-m"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rss "), "{out}");
+    let (code, out, err) = virsh(&ro, &["domcontrol", "guest-m"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("occupied"), "{out}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "statistics waited for the pending requests");
+    assert!(suspend.try_wait().unwrap().is_none(), "the suspend returned before its helper could answer");
+    assert!(graceful.try_wait().unwrap().is_none(), "the graceful destroy returned before its helper could answer");
+
+    // Once the helper goes on, it answers both, in order: paused, then stopped.
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let out = suspend.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Domain 'guest-m' suspended"));
+    let out = graceful.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.tree.audit(&["op=suspend ", "vm=\"guest-m\"", "res=success"], SECS).is_some());
+    assert!(d.tree.audit(&["op=destroy ", "vm=\"guest-m\"", "res=success"], SECS).is_some());
+    assert!(wait_until(SECS, || !alive(pid)), "the graceful destroy left its helper running");
+    assert_eq!(virsh(&rw, &["domstate", "--reason", "guest-m"]).1.trim(), "shut off (destroyed)");
+}
+
 /// A daemon whose guest helper is a stand-in that never reports Started
 /// (the daemon runs the helper found beside its own binary), or exits at
 /// once when the returned file exists.
