@@ -157,9 +157,12 @@ fn register_memory(machine: &Machine) -> Result<(), BuildError> {
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
         };
-        // SAFETY: the region is a live mmap owned by `machine`, which unmaps
-        // it only after every vCPU thread is joined and the VM fd is closed
-        // (`Machine`'s drop), so KVM never reaches it after it is gone.
+        // SAFETY: the region is a live mmap owned by `machine`, and slots do
+        // not overlap (one region per slot, from one range list). `Machine`'s
+        // drop unmaps it only once the VM is gone (every vCPU thread joined,
+        // closing its vCPU fd, then the VM fd closed), so the slot never
+        // outlives the mapping and a guest never reaches the range after it
+        // is reused.
         unsafe { machine.vm().set_user_memory_region(r) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(())

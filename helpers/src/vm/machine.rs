@@ -10,13 +10,22 @@ use crate::vcpu::{EXIT_BOUND, VcpuError, Vcpus};
 /// The KVM VM, its guest memory and its vCPU threads.
 ///
 /// KVM maps guest memory from this process's mapping of it
-/// (`KVM_SET_USER_MEMORY_REGION` takes a host address), so that mapping
-/// must outlive everything that can still run guest code in it. Ending a
-/// `Machine` therefore (1) tells every vCPU to exit and joins its thread,
-/// (2) closes the VM fd, (3) unmaps guest memory, in that order, written
-/// out in [`Drop::drop`] rather than left to field order. If a vCPU thread
-/// does not leave within its bound, guest memory is never unmapped: it
-/// goes with the process, which is about to exit.
+/// (`KVM_SET_USER_MEMORY_REGION` takes a host address), and keeps that
+/// address in its memory slot for as long as the VM exists. The VM exists
+/// while any fd holds it: the VM fd and every vCPU fd (each vCPU thread
+/// owns its own and closes it when it ends). Unmapping guest memory while
+/// the VM exists would not make KVM touch freed memory (its MMU notifier
+/// drops the guest's view of the pages), but the address range could be
+/// handed to a later mapping of this process (heap, a thread stack), which
+/// a still-running guest would then read and write. So ending a `Machine`
+/// (1) tells every vCPU to exit and joins its thread, which closes its vCPU
+/// fd, (2) closes the VM fd, the last reference, so the VM and its memory
+/// slots are gone, (3) only then unmaps guest memory, written out in
+/// [`Drop::drop`] rather than left to field order. If a vCPU thread does
+/// not leave within its bound, its fd keeps the VM alive, so guest memory
+/// is never unmapped: it goes with the process, which is about to exit.
+/// Nothing else holds a reference into guest memory: the `GuestMemoryMmap`
+/// is this struct's alone (vCPU threads and devices get none).
 pub struct Machine {
     vcpus: Option<Vcpus>,
     /// A vCPU thread did not leave: keep guest memory mapped.
@@ -74,9 +83,14 @@ impl Drop for Machine {
         // SAFETY: this is the machine's drop: `vm` is never used again.
         unsafe { ManuallyDrop::drop(&mut self.vm) };
         if !self.keep_memory {
-            // SAFETY: never used again, and every vCPU thread has been
-            // joined (their fds closed) and the VM fd closed above, so
-            // nothing can reach this mapping through KVM any more.
+            // SAFETY: `memory` is never used again. Every vCPU thread this
+            // machine was given has been joined, closing its vCPU fd, and
+            // the VM fd was closed above, so the VM and its memory slots are
+            // gone; the one exception is a build that failed before its
+            // vCPUs ran, whose unstarted vCPU fds close next and run no
+            // guest code meanwhile. Either way no guest can reach this range
+            // once it is unmapped and perhaps reused. (With a vCPU thread
+            // left running, `keep_memory` is set and the mapping stays.)
             unsafe { ManuallyDrop::drop(&mut self.memory) };
         }
     }
