@@ -9,7 +9,10 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{getsockopt, sockopt};
 
+use std::sync::mpsc::Sender;
+
 use super::dispatch::Session;
+use super::handshakes::Job;
 use crate::privsep::{ConnId, ListenerKind, PeerIdentity};
 use crate::rpc::frame::MAX_PACKET;
 
@@ -56,12 +59,19 @@ pub enum Stream {
     Tls(Box<TlsStream>),
 }
 
-/// A TLS session over a TCP connection, driven without blocking.
+/// A TLS session over a TCP connection, driven without blocking: while
+/// its handshake has records to process (which may wait on the broker's
+/// signature) the session is on the handshake thread
+/// ([`super::handshakes`]), and the connection reads as blocked until it
+/// comes back.
 #[derive(Debug)]
 pub struct TlsStream {
     tcp: TcpStream,
-    /// The rustls session.
-    pub session: rustls::ServerConnection,
+    /// The rustls session; `None` while the handshake thread has it.
+    session: Option<Box<rustls::ServerConnection>>,
+    /// Where handshake records go to be processed, and this client's key
+    /// there; `None` until the broker has admitted the client.
+    handshakes: Option<(Sender<Job>, (Token, ConnId))>,
     /// Why the handshake failed, for the audit record.
     pub failure: Option<String>,
 }
@@ -69,20 +79,69 @@ pub struct TlsStream {
 impl TlsStream {
     /// A session for a client just accepted.
     pub fn new(tcp: TcpStream, config: std::sync::Arc<rustls::ServerConfig>) -> Result<TlsStream, rustls::Error> {
-        Ok(TlsStream { tcp, session: rustls::ServerConnection::new(config)?, failure: None })
+        let session = Some(Box::new(rustls::ServerConnection::new(config)?));
+        Ok(TlsStream { tcp, session, handshakes: None, failure: None })
+    }
+
+    /// Sends this client's handshake records to the handshake thread from
+    /// now on, under `key`.
+    pub fn hand_off_to(&mut self, jobs: Sender<Job>, key: (Token, ConnId)) {
+        self.handshakes = Some((jobs, key));
+    }
+
+    /// The session, unless the handshake thread has it.
+    pub fn session(&self) -> Option<&rustls::ServerConnection> {
+        self.session.as_deref()
+    }
+
+    /// Still handshaking (or the handshake thread has the session).
+    pub fn handshaking(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.is_handshaking())
+    }
+
+    /// The handshake thread handed the session back: write what it
+    /// produced; a failed handshake is an error (with the alert rustls
+    /// queued sent, best effort).
+    pub fn resume(
+        &mut self,
+        session: Box<rustls::ServerConnection>,
+        result: Result<(), rustls::Error>,
+    ) -> io::Result<()> {
+        self.session = Some(session);
+        if let Err(e) = result {
+            self.failure = Some(e.to_string());
+            let _ = self.push();
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        self.push()
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.session.reader().read(buf) {
+            // At the handshake thread: read on when it comes back.
+            let Some(session) = self.session.as_mut() else { return Err(io::ErrorKind::WouldBlock.into()) };
+            match session.reader().read(buf) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
-            if self.session.read_tls(&mut self.tcp)? == 0 {
+            if session.read_tls(&mut self.tcp)? == 0 {
                 return Ok(0);
             }
-            if let Err(e) = self.session.process_new_packets() {
+            if session.is_handshaking()
+                && let Some((jobs, key)) = &self.handshakes
+                && let Some(session) = self.session.take()
+            {
+                // Processing these records may sign: not on the event loop.
+                if let Err(e) = jobs.send(Job { key: *key, session }) {
+                    self.session = Some(e.0.session);
+                    self.failure = Some("the TLS handshake thread is gone".into());
+                    return Err(io::Error::other("the TLS handshake thread is gone"));
+                }
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let Some(session) = self.session.as_mut() else { return Err(io::ErrorKind::WouldBlock.into()) };
+            if let Err(e) = session.process_new_packets() {
                 self.failure = Some(e.to_string());
                 // Tell the client why (the alert rustls queued), best effort.
                 let _ = self.push();
@@ -93,7 +152,8 @@ impl TlsStream {
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.session.writer().write(buf)?;
+        let Some(session) = self.session.as_mut() else { return Err(io::ErrorKind::WouldBlock.into()) };
+        let n = session.writer().write(buf)?;
         self.push()?;
         if n == 0 && !buf.is_empty() {
             // rustls's plaintext buffer is full until the socket drains.
@@ -104,8 +164,9 @@ impl TlsStream {
 
     /// Writes the TLS records rustls has ready, as far as the socket takes them.
     fn push(&mut self) -> io::Result<()> {
-        while self.session.wants_write() {
-            match self.session.write_tls(&mut self.tcp) {
+        let Some(session) = self.session.as_mut() else { return Ok(()) };
+        while session.wants_write() {
+            match session.write_tls(&mut self.tcp) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -161,7 +222,7 @@ impl Stream {
 
     /// Encrypted bytes wait to be written (a TLS handshake in progress).
     pub fn wants_write(&self) -> bool {
-        matches!(self, Stream::Tls(t) if t.session.wants_write())
+        matches!(self, Stream::Tls(t) if t.session().is_some_and(|s| s.wants_write()))
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -10,6 +10,7 @@
 mod admin;
 mod conn;
 pub mod dispatch;
+mod handshakes;
 mod packets;
 mod server;
 mod session;
@@ -89,9 +90,16 @@ fn start() -> Result<server::Server, FrontendError> {
     let ids = config.uid.zip(config.gid);
     let profile = Profile::frontend(ids, Some(nix::unistd::Pid::from_raw(broker_pid)));
     // Everything that needs a syscall outside the seccomp policy happens before confine.
-    let server = server::Server::new(channel, listeners.into_iter().zip(fds).collect(), config, sign)
+    let mut server = server::Server::new(channel, listeners.into_iter().zip(fds).collect(), config, sign)
         .map_err(FrontendError::Setup)?;
-    sandbox::confine(&profile)?;
+    // Everything but the event loop's filter, then the TLS handshake thread
+    // (it inherits the rest and puts its own filter on first), then the
+    // event loop's filter, which allows no new thread.
+    sandbox::confine(&Profile { seccomp: None, ..profile.clone() })?;
+    server.start_handshakes()?;
+    if let Some(thread) = profile.seccomp {
+        sandbox::seccomp::apply(thread)?;
+    }
     sandbox::verify(&profile)?;
     server.send_ready()?;
     log::debug!("frontend confined (uid {:?}) and serving", ids.map(|(u, _)| u));

@@ -24,6 +24,8 @@ use crate::rpc::frame::{self, Header};
 
 const CHANNEL: Token = Token(0);
 const FIRST_CLIENT: usize = 1024;
+/// The handshake thread's waker: a TLS session is back ([`super::handshakes`]).
+const HANDSHAKES: Token = Token(FIRST_CLIENT - 1);
 /// Bytes queued to the broker above which no client is read or accepted
 /// until the broker has taken them: back-pressure, never a blocked send.
 const CHANNEL_HIGH_WATER: usize = 1024 * 1024;
@@ -94,6 +96,10 @@ pub struct Server {
     relay_tokens: HashMap<Token, Token>,
     /// Asks the broker for TLS handshake signatures.
     sign: Option<std::sync::Arc<crate::tls::session::SignChannel>>,
+    /// Wakes the event loop when the handshake thread hands a session back.
+    waker: Option<std::sync::Arc<mio::Waker>>,
+    /// The handshake thread, once started (TLS only).
+    handshakes: Option<super::handshakes::Handshakes>,
     /// TLS for new TLS clients.
     tls: Option<crate::tls::session::Tls>,
 }
@@ -125,6 +131,10 @@ impl Server {
         let sign = sign.map(|c| std::sync::Arc::new(crate::tls::session::SignChannel::new(c)));
         let tls = tls_config(&config, &sign);
         let poll = Poll::new()?;
+        let waker = match &sign {
+            Some(_) => Some(std::sync::Arc::new(mio::Waker::new(poll.registry(), HANDSHAKES)?)),
+            None => None,
+        };
         let interest = Interest::READABLE | Interest::WRITABLE;
         poll.registry().register(&mut SourceFd(&channel.raw_fd()), CHANNEL, interest)?;
         let mut listeners = Vec::new();
@@ -150,8 +160,38 @@ impl Server {
             config,
             relay_tokens: HashMap::new(),
             sign,
+            waker,
+            handshakes: None,
             tls,
         })
+    }
+
+    /// Starts the TLS handshake thread (a TLS frontend only): after the
+    /// process is confined, before the event loop's own filter goes on.
+    pub fn start_handshakes(&mut self) -> Result<(), crate::sandbox::SandboxError> {
+        if let Some(waker) = &self.waker {
+            self.handshakes = Some(super::handshakes::Handshakes::start(waker.clone())?);
+        }
+        Ok(())
+    }
+
+    /// The handshake thread handed sessions back: their handshakes go on
+    /// here (or end, if they failed).
+    fn on_handshakes(&mut self) {
+        let Some(handshakes) = &self.handshakes else { return };
+        for done in handshakes.finished() {
+            let (token, conn) = done.key;
+            let Some(client) = self.clients.get_mut(&token).filter(|c| c.conn == conn) else { continue };
+            let Stream::Tls(t) = &mut client.stream else { continue };
+            if let Err(e) = t.resume(done.session, done.result) {
+                log::debug!("TLS client {conn}: {e}");
+                client.kill();
+                self.hang_up(token);
+                continue;
+            }
+            // Records that came meanwhile wait in the socket (edge-triggered).
+            self.on_client(token, true);
+        }
     }
 
     /// Tells the broker we are confined; it checks that for itself.
@@ -178,6 +218,10 @@ impl Server {
             for ev in &events {
                 let outcome = match ev.token() {
                     CHANNEL => self.on_channel(),
+                    HANDSHAKES => {
+                        self.on_handshakes();
+                        Ok(())
+                    }
                     Token(t) if t < FIRST_CLIENT => {
                         self.on_listener(t - 1);
                         Ok(())
@@ -452,10 +496,10 @@ impl Server {
     fn check_handshake(&mut self, token: Token) {
         let Some(client) = self.clients.get_mut(&token) else { return };
         let Stream::Tls(t) = &client.stream else { return };
-        if client.admission != Admission::Handshaking || client.gone || t.session.is_handshaking() {
+        if client.admission != Admission::Handshaking || client.gone || t.handshaking() {
             return;
         }
-        let certs = t.session.peer_certificates();
+        let certs = t.session().and_then(|s| s.peer_certificates());
         // Fail closed: without a working TLS set-up nothing is verified.
         let verdict = self.tls.as_ref().map_or(Err("TLS is not set up".to_owned()), |tls| tls.verify(certs));
         if let Err(why) = verdict {
@@ -872,6 +916,9 @@ impl Server {
         match reply {
             BrokerReply::Admitted(conn) if matches!(client.stream, Stream::Tls(_)) => {
                 client.conn = conn;
+                if let (Some(h), Stream::Tls(t)) = (&self.handshakes, &mut client.stream) {
+                    t.hand_off_to(h.sender(), (token, conn));
+                }
                 self.by_conn.insert(conn, token);
                 client.admission = Admission::Handshaking;
                 if client.gone {

@@ -11,8 +11,11 @@ use super::SandboxError;
 /// `/proc/<tid>/comm` (`<process>-<thread>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Thread {
-    /// The frontend's only thread: its event loop.
+    /// The frontend's event loop.
     FrontendMain,
+    /// The TLS frontend's handshake thread, which waits on the broker's
+    /// signatures (`frontend/handshakes.rs`).
+    FrontendTls,
     /// A guest helper's control loop (console input, broker commands).
     HelperVmm,
     /// A guest helper's vCPU threads.
@@ -24,6 +27,7 @@ impl Thread {
     pub fn policy(self) -> PolicyFilter {
         match self {
             Thread::FrontendMain => PolicyFilter::FrontendMain,
+            Thread::FrontendTls => PolicyFilter::FrontendTls,
             Thread::HelperVmm => PolicyFilter::HelperVmm,
             Thread::HelperVcpu => PolicyFilter::HelperVcpu,
         }
@@ -34,6 +38,7 @@ impl Thread {
     pub fn for_policy(filter: PolicyFilter) -> Thread {
         match filter {
             PolicyFilter::FrontendMain => Thread::FrontendMain,
+            PolicyFilter::FrontendTls => Thread::FrontendTls,
             PolicyFilter::HelperVmm => Thread::HelperVmm,
             PolicyFilter::HelperVcpu => Thread::HelperVcpu,
         }
@@ -43,6 +48,7 @@ impl Thread {
     pub fn comm(self) -> &'static str {
         match self {
             Thread::FrontendMain => "frontend-main",
+            Thread::FrontendTls => "frontend-tls",
             Thread::HelperVmm => "helper-vmm",
             Thread::HelperVcpu => "helper-vcpu",
         }

@@ -1,6 +1,7 @@
 //! The frontend's side of TLS: a rustls server configuration whose signing
 //! key lives in the broker (each handshake signature is one request on the
-//! sign channel, answered, bounded in time, before the handshake goes on),
+//! sign channel, answered within a bound, on the frontend's handshake
+//! thread so that the event loop serves everyone else meanwhile),
 //! and client certificates checked once the handshake is over, as libvirt
 //! does: a client that fails gets no confirmation byte and a closed
 //! connection, rather than a TLS alert in the middle of its handshake.
