@@ -230,3 +230,60 @@ fn without_certificate_verification_any_client_gets_in() {
     }
     assert!(d.tree.audit(&["op=client-auth", "sock=\"tls\"", "res=success"], SECS).is_some());
 }
+
+/// A handshake whose signature the broker is slow to give waits on the TLS
+/// frontend's handshake thread, not on its event loop: a connected TLS
+/// client is answered meanwhile (the frontend answers `getVersion` itself).
+/// Both threads are confined.
+#[test]
+fn a_handshake_waiting_on_the_brokers_signature_stalls_no_other_client() {
+    if !have_virsh() {
+        return;
+    }
+    let Some((d, p, port)) = tls_daemon() else { return };
+    let mode = if is_root() { "system" } else { "session" };
+    let uri = format!("qemu+tls://127.0.0.1:{port}/{mode}?pkipath={}", p.dir.join(GOOD).display());
+    let program = format!(
+        r#"
+import libvirt, os, signal, socket, ssl, threading, time
+conn = libvirt.open("{uri}")
+conn.getVersion()
+raw = socket.create_connection(("127.0.0.1", {port}))
+time.sleep(1)  # admitted while the broker runs
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+def handshake():
+    try:
+        ctx.wrap_socket(raw)
+    except Exception:
+        pass
+os.kill({broker}, signal.SIGSTOP)
+try:
+    threading.Thread(target=handshake, daemon=True).start()
+    time.sleep(0.3)  # its ClientHello is in; the frontend waits on the broker for a signature
+    asked = time.monotonic()
+    conn.getVersion()
+    took = time.monotonic() - asked
+finally:
+    os.kill({broker}, signal.SIGCONT)
+print("took %.3f" % took)
+"#,
+        broker = d.pid
+    );
+    let out = run_python(&d, &program, Duration::from_secs(60));
+    let took: f64 = out.trim().strip_prefix("took ").and_then(|t| t.parse().ok()).expect(&out);
+    assert!(took < 1.0, "a connected client waited {took} s behind another's handshake");
+
+    let f = d.frontend_pid_of("tls").expect("a TLS frontend");
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{f}/task")).unwrap().flatten() {
+        let status = format!("{}/status", task.path().display());
+        assert_eq!(task_status_field(&status, "Seccomp").as_deref(), Some("2"));
+        assert_eq!(task_status_field(&status, "NoNewPrivs").as_deref(), Some("1"));
+        names.push(std::fs::read_to_string(task.path().join("comm")).unwrap().trim().to_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["frontend-main", "frontend-tls"]);
+    assert_eq!(virsh_tls(&p, port, GOOD, &["hostname"]).0, 0, "TLS clients are served after");
+}
