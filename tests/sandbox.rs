@@ -139,6 +139,17 @@ fn probe_entry() {
                 println!("ioctl returned {r}");
             }
         }
+        "frontend-tls-read" => {
+            // As the TLS frontend starts its handshake thread: the process
+            // confined but for the event loop's filter, then the thread's own.
+            sandbox::confine(&landlock_only).unwrap();
+            sandbox::seccomp::apply(Thread::FrontendTls).unwrap();
+            println!("confined");
+            let mut byte = [0u8; 1];
+            // SAFETY: reads at most one byte into `byte`, from stdin.
+            let r = unsafe { libc::read(0, byte.as_mut_ptr().cast(), 1) };
+            println!("read returned {r}");
+        }
         "helper-landlock" => {
             sandbox::confine(&Profile::helper(probe_ids())).unwrap();
             let open = std::fs::File::open("/etc/hostname").map(|_| ()).map_err(|e| e.raw_os_error());
@@ -200,6 +211,16 @@ fn the_helpers_filters_kill_what_they_do_not_allow() {
         assert!(!out.contains("returned"), "{probe_kind}: {out}");
         assert_eq!(status.signal(), Some(libc::SIGSYS), "{probe_kind}: {status:?} {out}");
     }
+}
+
+/// The TLS handshake thread waits on the broker's signatures: it cannot
+/// read a client socket (or anything else), which the event loop does.
+#[test]
+fn the_tls_handshake_threads_filter_kills_a_read() {
+    let (status, out) = probe("frontend-tls-read");
+    assert!(out.contains("confined"), "{out}");
+    assert!(!out.contains("read returned"), "{out}");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?} {out}");
 }
 
 #[test]
