@@ -232,6 +232,8 @@ pub enum HelperCommand {
         /// The device's alias.
         id: String,
     },
+    /// Report each disk's I/O counters; answered with `DiskStats`.
+    DiskStats,
 }
 
 impl HelperCommand {
@@ -386,6 +388,37 @@ pub enum HelperEvent {
         /// What became of it.
         answer: DeviceAnswer,
     },
+    /// Answer to `DiskStats`: one entry per disk, in `GuestConfig::disks`
+    /// order, hotplugged disks after.
+    DiskStats(Vec<DiskCounters>),
+}
+
+/// One disk's I/O since the guest started, as `virsh domblkstat` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCounters {
+    /// The device's alias.
+    pub alias: String,
+    /// Completed read requests.
+    pub rd_reqs: u64,
+    /// Bytes read.
+    pub rd_bytes: u64,
+    /// Nanoseconds spent on reads.
+    pub rd_total_ns: u64,
+    /// Completed write requests.
+    pub wr_reqs: u64,
+    /// Bytes written.
+    pub wr_bytes: u64,
+    /// Nanoseconds spent on writes.
+    pub wr_total_ns: u64,
+    /// Completed flush requests.
+    pub flush_reqs: u64,
+    /// Nanoseconds spent on flushes.
+    pub flush_total_ns: u64,
+    /// Requests answered with an error status (bad requests, backend errors,
+    /// writes to a read-only disk).
+    pub errors: u64,
+    /// The last backend error, for `virsh domblkerror`; `None` while none happened.
+    pub last_error: Option<String>,
 }
 
 impl HelperEvent {
