@@ -48,8 +48,9 @@ impl Run {
             initrd: None,
             console: theirs.as_fd(),
             control_listener: listener.as_fd(),
+            disks: &[],
         };
-        let config = GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None, invariant_tsc: true };
+        let config = GuestConfig::test(memory_mib);
         let (command, borrowed) = HelperCommand::start(config, &fds);
         spawned.channel.send(&command, &borrowed).unwrap();
         console.set_read_timeout(Some(Duration::from_secs(60))).unwrap();

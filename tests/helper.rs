@@ -78,7 +78,14 @@ impl Guest {
         let (console, theirs) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let control_path = dir.path().join("guest.ctl");
-        let config = GuestConfig { memory_mib, vcpus, cmdline: cmdline.into(), ids: guest_ids(), invariant_tsc: true };
+        let config = GuestConfig {
+            memory_mib,
+            vcpus,
+            cmdline: cmdline.into(),
+            ids: guest_ids(),
+            invariant_tsc: true,
+            disks: Vec::new(),
+        };
         console_tweak(&theirs);
         let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));
         let listener = control_listener(&control_path);
@@ -90,6 +97,7 @@ impl Guest {
             initrd: initrd.as_ref().map(|f| f.as_fd()),
             console: theirs.as_fd(),
             control_listener: listener.as_fd(),
+            disks: &[],
         };
         let (mut command, borrowed) = HelperCommand::start(config, &fds);
         start_tweak(&mut command);
@@ -609,28 +617,30 @@ fn hotplug_is_answered_as_not_supported_and_fds_in_the_wrong_role_are_refused() 
     if !have_kvm() {
         return;
     }
-    use libvirtd::privsep::helper::{DeviceAnswer, DeviceSpec, FdRole};
+    use libvirtd::privsep::helper::{DeviceAnswer, DeviceSpec, DiskConfig, FdRole};
     use std::os::fd::AsFd;
     let mut g = Guest::boot("pvh.elf", 32, "");
     g.expect("> ", Duration::from_secs(30));
     let image = tempfile::NamedTempFile::new().unwrap();
-    let disk = DeviceSpec::Disk { id: "vdb".into(), read_only: true };
-    let attach = HelperCommand::AttachDevice { device: disk.clone(), fds: vec![FdRole::DiskImage] };
+    let disk = DeviceSpec::Disk(DiskConfig { read_only: true, ..DiskConfig::test("vdb") });
+    let alias = disk.id().to_string();
+    let attach =
+        HelperCommand::AttachDevice { device: disk.clone(), fds: vec![FdRole::DiskLayer { disk: 0, layer: 0 }] };
     g.channel.send(&attach, &[image.as_file().as_fd()]).unwrap();
     match g.event(Duration::from_secs(10)) {
         HelperEvent::Device { id, answer: DeviceAnswer::Unsupported(why) } => {
-            assert_eq!(id, "vdb");
+            assert_eq!(id, alias);
             assert!(why.contains("PCI"), "{why}");
         }
         other => panic!("{other:?}"),
     }
-    let wrong = HelperCommand::AttachDevice { device: disk, fds: vec![FdRole::Tap] };
+    let wrong = HelperCommand::AttachDevice { device: disk, fds: vec![FdRole::Tap { nic: 0 }] };
     g.channel.send(&wrong, &[image.as_file().as_fd()]).unwrap();
     match g.event(Duration::from_secs(10)) {
         HelperEvent::Device { answer: DeviceAnswer::Refused(why), .. } => assert!(why.contains("Tap"), "{why}"),
         other => panic!("{other:?}"),
     }
-    g.channel.send(&HelperCommand::DetachDevice { id: "vdb".into() }, &[]).unwrap();
+    g.channel.send(&HelperCommand::DetachDevice { id: alias }, &[]).unwrap();
     assert!(matches!(
         g.event(Duration::from_secs(10)),
         HelperEvent::Device { answer: DeviceAnswer::Unsupported(_), .. }

@@ -182,6 +182,7 @@ impl Launcher {
             cmdline: def.os.cmdline.clone().unwrap_or_default(),
             ids: uid.map(|u| (u, u)),
             invariant_tsc: def.invariant_tsc(),
+            disks: Vec::new(),
         };
         let guest_console: OwnedFd = guest_console.into();
         let fds = StartFds {
@@ -190,6 +191,7 @@ impl Launcher {
             initrd: initrd.as_ref().map(|f| f.as_fd()),
             console: guest_console.as_fd(),
             control_listener: listener.as_fd(),
+            disks: &[],
         };
         // Sent at once, without waiting for the helper's greeting: the event
         // loop checks that (its first message) before anything else.

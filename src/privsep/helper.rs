@@ -33,8 +33,9 @@ pub use manifest::{FdRole, ManifestError, RoleFds};
 
 /// The helper protocol this build speaks. 1 was the unversioned protocol
 /// (no greeting, fds by position); 2 added the greeting, fd manifests,
-/// `PauseFailed` and device attach/detach.
-pub const HELPER_PROTOCOL_VERSION: u32 = 2;
+/// `PauseFailed` and device attach/detach; 3 added disks (and the
+/// per-device fd roles) to the guest's configuration.
+pub const HELPER_PROTOCOL_VERSION: u32 = 3;
 
 /// Why a broker cannot manage a helper: it speaks another protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,20 +78,78 @@ pub struct GuestConfig {
     /// Whether the guest's CPUID shows the host's invariant TSC (hidden for a
     /// migratable host CPU, as QEMU hides it).
     pub invariant_tsc: bool,
+    /// The guest's disks, in the order of their `disk` index in
+    /// [`FdRole::DiskLayer`].
+    pub disks: Vec<DiskConfig>,
+}
+
+/// How a disk's image is laid out, for the helper's block backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageFormat {
+    /// Bytes as the guest sees them (a file or a block device).
+    Raw,
+    /// A qcow2 image, possibly over a chain of backing files.
+    Qcow2,
+}
+
+/// libvirt's `<driver cache=...>`, as QEMU maps it: whether the host page
+/// cache is bypassed (`O_DIRECT`), whether every write is made durable
+/// (`O_DSYNC`), and whether the guest's flushes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheMode {
+    /// O_DIRECT; guest flushes reach the disk.
+    None,
+    /// The page cache; guest flushes reach the disk (the default).
+    Writeback,
+    /// The page cache, every write durable (O_DSYNC).
+    Writethrough,
+    /// O_DIRECT and O_DSYNC.
+    Directsync,
+    /// The page cache; guest flushes are ignored.
+    Unsafe,
+}
+
+/// One virtio disk as the helper builds it. Its image and backing files
+/// arrive as fds with roles `DiskLayer { disk, layer: 0..layers }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskDevice {
+    /// virtio-blk on virtio-pci.
+    VirtioBlk,
+}
+
+/// What the helper needs to know about one disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// The device's alias (`<alias name=...>`), unique in the guest.
+    pub alias: String,
+    /// The guest-visible name (`<target dev=...>`), for messages.
+    pub target: String,
+    /// The device.
+    pub device: DiskDevice,
+    /// The PCI slot on bus 0 (`<address type='pci' slot=...>`).
+    pub pci_slot: u8,
+    /// The layout of layer 0; backing layers are qcow2 or raw as their
+    /// parent's header says.
+    pub format: ImageFormat,
+    /// How many image fds make up the chain (1 for an image with no backing file).
+    pub layers: u8,
+    /// The guest may not write it (`<readonly/>`): writes get an I/O error status.
+    pub read_only: bool,
+    /// `<serial>`, what virtio-blk's get-id answers (at most 20 bytes).
+    pub serial: Option<String>,
+    /// `<driver cache=...>`.
+    pub cache: CacheMode,
+    /// `<driver discard='unmap'>`: the guest's discards reach the image.
+    pub discard: bool,
 }
 
 /// A device to plug into a running guest (hotplug), as the broker describes
 /// it; its backing fd travels beside the command under the role it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceSpec {
-    /// A disk on a file or block device: one fd, role [`FdRole::DiskImage`].
-    Disk {
-        /// The device's alias (`<alias name=...>`), unique in the guest.
-        id: String,
-        /// The guest may not write it.
-        read_only: bool,
-    },
-    /// A network interface on a tap device: one fd, role [`FdRole::Tap`].
+    /// A disk: its layers travel as `DiskLayer { disk: 0, layer }`.
+    Disk(DiskConfig),
+    /// A network interface on a tap device: one fd, role `Tap { nic: 0 }`.
     Net {
         /// The device's alias, unique in the guest.
         id: String,
@@ -103,15 +162,8 @@ impl DeviceSpec {
     /// The device's alias.
     pub fn id(&self) -> &str {
         match self {
-            DeviceSpec::Disk { id, .. } | DeviceSpec::Net { id, .. } => id,
-        }
-    }
-
-    /// The fd role its backing fd travels under.
-    pub fn fd_role(&self) -> FdRole {
-        match self {
-            DeviceSpec::Disk { .. } => FdRole::DiskImage,
-            DeviceSpec::Net { .. } => FdRole::Tap,
+            DeviceSpec::Disk(disk) => &disk.alias,
+            DeviceSpec::Net { id, .. } => id,
         }
     }
 }
@@ -180,6 +232,8 @@ pub enum HelperCommand {
         /// The device's alias.
         id: String,
     },
+    /// Report each disk's I/O counters; answered with `DiskStats`.
+    DiskStats,
 }
 
 impl HelperCommand {
@@ -202,14 +256,18 @@ impl HelperCommand {
     pub fn fd_rule(&self) -> manifest::FdRule {
         use FdRole::*;
         match self {
-            HelperCommand::Start { .. } => {
-                manifest::FdRule::new(&[Kvm, Kernel, ConsoleInput, ConsoleOutput, ControlListener], &[Initrd])
-            }
+            HelperCommand::Start { .. } => manifest::FdRule::new(
+                &[Kvm, Kernel, ConsoleInput, ConsoleOutput, ControlListener],
+                &[Initrd, GuestMemory],
+            )
+            .with_devices(),
             HelperCommand::Console { .. } => manifest::FdRule::new(&[ConsoleInput, ConsoleOutput], &[]),
-            HelperCommand::AttachDevice { device: DeviceSpec::Disk { .. }, .. } => {
-                manifest::FdRule::new(&[DiskImage], &[])
+            HelperCommand::AttachDevice { device: DeviceSpec::Disk(_), .. } => {
+                manifest::FdRule::new(&[DiskLayer { disk: 0, layer: 0 }], &[]).with_devices()
             }
-            HelperCommand::AttachDevice { device: DeviceSpec::Net { .. }, .. } => manifest::FdRule::new(&[Tap], &[]),
+            HelperCommand::AttachDevice { device: DeviceSpec::Net { .. }, .. } => {
+                manifest::FdRule::new(&[Tap { nic: 0 }], &[])
+            }
             _ => manifest::FdRule::new(&[], &[]),
         }
     }
@@ -230,6 +288,13 @@ impl HelperCommand {
             (FdRole::ControlListener, fds.control_listener),
         ];
         pairs.extend(fds.initrd.map(|f| (FdRole::Initrd, f)));
+        for (disk, layers) in fds.disks.iter().enumerate() {
+            for (layer, fd) in layers.iter().enumerate() {
+                // GuestConfig::disks and each chain are bounded far below 256 by the broker.
+                let (disk, layer) = (disk as u8, layer as u8);
+                pairs.push((FdRole::DiskLayer { disk, layer }, *fd));
+            }
+        }
         let (roles, fds) = manifest::split(&pairs);
         (HelperCommand::Start { version: HELPER_PROTOCOL_VERSION, config, fds: roles }, fds)
     }
@@ -254,6 +319,8 @@ pub struct StartFds<'a> {
     pub console: BorrowedFd<'a>,
     /// The listening control socket a restarted broker reconnects on.
     pub control_listener: BorrowedFd<'a>,
+    /// Each disk's image chain, top layer first, in `GuestConfig::disks` order.
+    pub disks: &'a [Vec<BorrowedFd<'a>>],
 }
 
 /// Why a guest stopped running.
@@ -321,12 +388,68 @@ pub enum HelperEvent {
         /// What became of it.
         answer: DeviceAnswer,
     },
+    /// Answer to `DiskStats`: one entry per disk, in `GuestConfig::disks`
+    /// order, hotplugged disks after.
+    DiskStats(Vec<DiskCounters>),
+}
+
+/// One disk's I/O since the guest started, as `virsh domblkstat` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCounters {
+    /// The device's alias.
+    pub alias: String,
+    /// Completed read requests.
+    pub rd_reqs: u64,
+    /// Bytes read.
+    pub rd_bytes: u64,
+    /// Nanoseconds spent on reads.
+    pub rd_total_ns: u64,
+    /// Completed write requests.
+    pub wr_reqs: u64,
+    /// Bytes written.
+    pub wr_bytes: u64,
+    /// Nanoseconds spent on writes.
+    pub wr_total_ns: u64,
+    /// Completed flush requests.
+    pub flush_reqs: u64,
+    /// Nanoseconds spent on flushes.
+    pub flush_total_ns: u64,
+    /// Requests answered with an error status (bad requests, backend errors,
+    /// writes to a read-only disk).
+    pub errors: u64,
+    /// The last backend error, for `virsh domblkerror`; `None` while none happened.
+    pub last_error: Option<String>,
 }
 
 impl HelperEvent {
     /// Events carry no fds.
     pub fn fd_count(&self) -> usize {
         0
+    }
+}
+
+impl GuestConfig {
+    /// A small guest with no devices, for tests and benchmarks.
+    pub fn test(memory_mib: u64) -> GuestConfig {
+        GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None, invariant_tsc: true, disks: Vec::new() }
+    }
+}
+
+impl DiskConfig {
+    /// A writable raw virtio disk in slot 4 with no backing file, for tests.
+    pub fn test(target: &str) -> DiskConfig {
+        DiskConfig {
+            alias: format!("virtio-disk-{target}"),
+            target: target.to_string(),
+            device: DiskDevice::VirtioBlk,
+            pci_slot: 4,
+            format: ImageFormat::Raw,
+            layers: 1,
+            read_only: false,
+            serial: None,
+            cache: CacheMode::Writeback,
+            discard: false,
+        }
     }
 }
 
@@ -359,7 +482,7 @@ mod tests {
         assert_eq!(check_version(HELPER_PROTOCOL_VERSION), Ok(()));
         assert_eq!(check_version(1), Err(ProtocolMismatch::Version(1)));
         let e = check_version(HELPER_PROTOCOL_VERSION + 1).unwrap_err().to_string();
-        assert!(e.contains("version 3") && e.contains("this daemon speaks version 2"), "{e}");
+        assert!(e.contains("version 4") && e.contains("this daemon speaks version 3"), "{e}");
     }
 
     #[test]
@@ -371,28 +494,30 @@ mod tests {
             initrd: None,
             console: a.as_fd(),
             control_listener: b.as_fd(),
+            disks: &[],
         };
-        let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new(), ids: None, invariant_tsc: true };
+        let config = GuestConfig::test(32);
         let (command, sent) = HelperCommand::start(config, &fds);
         use FdRole::*;
         assert_eq!(command.fd_roles(), [Kvm, Kernel, ConsoleInput, ConsoleOutput, ControlListener]);
         assert_eq!(sent.len(), command.fd_count());
         assert!(matches!(command, HelperCommand::Start { version: HELPER_PROTOCOL_VERSION, .. }));
         let with_initrd = StartFds { initrd: Some(b.as_fd()), ..fds };
-        let config = GuestConfig { memory_mib: 32, vcpus: 1, cmdline: String::new(), ids: None, invariant_tsc: true };
+        let config = GuestConfig::test(32);
         assert_eq!(HelperCommand::start(config, &with_initrd).0.fd_roles().last(), Some(&Initrd));
     }
 
     #[test]
     fn a_command_refuses_fds_it_does_not_take() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let disk = DeviceSpec::Disk { id: "vda".into(), read_only: false };
-        let wrong = HelperCommand::AttachDevice { device: disk.clone(), fds: vec![FdRole::Tap] };
+        let disk = DeviceSpec::Disk(DiskConfig::test("vda"));
+        let wrong = HelperCommand::AttachDevice { device: disk.clone(), fds: vec![FdRole::GuestMemory] };
         let got = wrong.sort_fds(vec![a.as_fd().try_clone_to_owned().unwrap()]).map(|_| ());
-        assert_eq!(got, Err(ManifestError::Unexpected(FdRole::Tap)));
-        let right = HelperCommand::AttachDevice { device: disk, fds: vec![FdRole::DiskImage] };
+        assert_eq!(got, Err(ManifestError::Unexpected(FdRole::GuestMemory)));
+        let top = FdRole::DiskLayer { disk: 0, layer: 0 };
+        let right = HelperCommand::AttachDevice { device: disk, fds: vec![top] };
         let mut sorted = right.sort_fds(vec![a.as_fd().try_clone_to_owned().unwrap()]).unwrap();
-        assert!(sorted.take(FdRole::DiskImage).is_some());
+        assert!(sorted.take(top).is_some());
         let console = HelperCommand::Console { fds: vec![FdRole::ConsoleInput] };
         let got = console.sort_fds(vec![a.as_fd().try_clone_to_owned().unwrap()]).map(|_| ());
         assert_eq!(got, Err(ManifestError::Missing(FdRole::ConsoleOutput)));

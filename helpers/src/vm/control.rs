@@ -145,6 +145,10 @@ impl Control<'_> {
                 };
                 self.answer(&HelperEvent::Device { id: device.id().into(), answer });
             }
+            HelperCommand::DiskStats => {
+                // No disks yet: the guest's disk list is empty.
+                self.answer(&HelperEvent::DiskStats(Vec::new()));
+            }
             HelperCommand::DetachDevice { id } => {
                 let answer = DeviceAnswer::Unsupported(NO_HOTPLUG.into());
                 self.answer(&HelperEvent::Device { id: id.clone(), answer });

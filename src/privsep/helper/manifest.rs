@@ -22,10 +22,31 @@ pub enum FdRole {
     ConsoleOutput,
     /// The listening control socket a restarted broker reconnects on.
     ControlListener,
-    /// A disk's backing file or block device.
-    DiskImage,
-    /// A network interface's tap device.
-    Tap,
+    /// One layer of a disk's image chain: `disk` indexes
+    /// [`super::GuestConfig::disks`] (0 for a hotplugged disk), `layer` 0 is
+    /// the image the guest sees, 1 its backing file, and so on. The broker
+    /// opens every layer, so the helper never opens a path.
+    DiskLayer {
+        /// Which disk.
+        disk: u8,
+        /// Which layer of its chain.
+        layer: u8,
+    },
+    /// A network interface's tap device; `nic` indexes the guest's NICs.
+    Tap {
+        /// Which NIC.
+        nic: u8,
+    },
+    /// A file or memfd backing guest RAM (hugepages, shared memory).
+    GuestMemory,
+}
+
+impl FdRole {
+    /// Roles that come once per device, numbered, and are checked against
+    /// the device list by the message's receiver rather than by the rule.
+    pub fn is_per_device(&self) -> bool {
+        matches!(self, FdRole::DiskLayer { .. } | FdRole::Tap { .. })
+    }
 }
 
 /// Why a list of fds does not fit its message.
@@ -55,12 +76,19 @@ pub enum ManifestError {
 pub struct FdRule {
     required: &'static [FdRole],
     optional: &'static [FdRole],
+    per_device: bool,
 }
 
 impl FdRule {
     /// A message that needs `required` and may carry `optional`.
     pub const fn new(required: &'static [FdRole], optional: &'static [FdRole]) -> FdRule {
-        FdRule { required, optional }
+        FdRule { required, optional, per_device: false }
+    }
+
+    /// The same rule, also taking any number of per-device roles
+    /// ([`FdRole::is_per_device`]), each at most once.
+    pub const fn with_devices(self) -> FdRule {
+        FdRule { per_device: true, ..self }
     }
 }
 
@@ -82,7 +110,8 @@ impl RoleFds {
             if roles[..i].contains(role) {
                 return Err(ManifestError::Duplicate(*role));
             }
-            if !rule.required.contains(role) && !rule.optional.contains(role) {
+            let per_device = rule.per_device && role.is_per_device();
+            if !rule.required.contains(role) && !rule.optional.contains(role) && !per_device {
                 return Err(ManifestError::Unexpected(*role));
             }
         }
@@ -149,17 +178,34 @@ mod tests {
     fn duplicates_strangers_and_miscounts_are_refused() {
         let twice = RoleFds::sort(&[Kvm, Kvm, Kernel], fds(3).0, &START).unwrap_err();
         assert_eq!(twice, ManifestError::Duplicate(Kvm));
-        let stranger = RoleFds::sort(&[Kvm, Kernel, Tap], fds(3).0, &START).unwrap_err();
-        assert_eq!(stranger, ManifestError::Unexpected(Tap));
+        let stranger = RoleFds::sort(&[Kvm, Kernel, Tap { nic: 0 }], fds(3).0, &START).unwrap_err();
+        assert_eq!(stranger, ManifestError::Unexpected(Tap { nic: 0 }));
         let short = RoleFds::sort(&[Kvm, Kernel, Initrd], fds(2).0, &START).unwrap_err();
         assert_eq!(short, ManifestError::Count { roles: 3, fds: 2 });
     }
 
     #[test]
+    fn per_device_roles_pass_only_a_rule_that_takes_devices_and_only_once_each() {
+        let layer = |disk, layer| DiskLayer { disk, layer };
+        let devices = START.with_devices();
+        let mut sorted =
+            RoleFds::sort(&[Kvm, Kernel, layer(0, 0), layer(0, 1), layer(1, 0)], fds(5).0, &devices).unwrap();
+        assert!(sorted.take(layer(0, 1)).is_some());
+        assert!(sorted.take(layer(1, 1)).is_none());
+        let twice = RoleFds::sort(&[Kvm, Kernel, layer(0, 0), layer(0, 0)], fds(4).0, &devices).unwrap_err();
+        assert_eq!(twice, ManifestError::Duplicate(layer(0, 0)));
+        assert_eq!(
+            RoleFds::sort(&[Kvm, Kernel, GuestMemory], fds(3).0, &devices).unwrap_err(),
+            ManifestError::Unexpected(GuestMemory)
+        );
+    }
+
+    #[test]
     fn split_keeps_roles_and_fds_in_one_order() {
         let (owned, raw) = fds(2);
-        let (roles, borrowed) = split(&[(Tap, owned[1].as_fd()), (DiskImage, owned[0].as_fd())]);
-        assert_eq!(roles, [Tap, DiskImage]);
+        let disk = DiskLayer { disk: 0, layer: 1 };
+        let (roles, borrowed) = split(&[(Tap { nic: 0 }, owned[1].as_fd()), (disk, owned[0].as_fd())]);
+        assert_eq!(roles, [Tap { nic: 0 }, disk]);
         assert_eq!(borrowed.iter().map(|f| f.as_raw_fd()).collect::<Vec<_>>(), [raw[1], raw[0]]);
     }
 }
