@@ -42,6 +42,8 @@ pub struct Ctx {
     /// Requests sent to helpers and not yet answered, at most one per
     /// guest; the event loop settles them.
     pub awaiting: HashMap<[u8; 16], Awaiting>,
+    /// Storage pools and volumes.
+    pub storage: super::storage::Storage,
 }
 
 /// What re-attaching found of one guest, for the audit trail.
@@ -704,6 +706,7 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         }
         // The event loop hands these to the admin module, for admin-socket clients only.
         Call::Admin(_) => Err(CallError::Internal("an admin call outside the admin server".into())),
+        Call::Storage(c) => super::storage::handle(&mut ctx.storage, auditor, caller, c),
         Call::Destroy { uuid, flags } => {
             // GRACEFUL (1) never kills; REMOVE_LOGS (2) is accepted, there are no logs to remove.
             if flags & !3 != 0 {

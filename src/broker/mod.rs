@@ -30,7 +30,9 @@ mod sched;
 mod spawn;
 mod stats;
 mod status;
+mod storage;
 mod store;
+mod volumes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -165,6 +167,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         consoles: Default::default(),
         consoles_taken: Vec::new(),
         awaiting: Default::default(),
+        storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.

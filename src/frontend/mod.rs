@@ -13,6 +13,7 @@ pub mod dispatch;
 mod packets;
 mod server;
 mod session;
+mod storage;
 mod streams;
 mod uri;
 

@@ -246,6 +246,13 @@ impl Broker {
             }
             return self.flush_events();
         }
+        // A volume's file goes with the answer likewise (vol-upload, vol-download).
+        if let Some(fd) = self.setup.ctx.storage.stream_fd.take()
+            && matches!(&value, Ok(v) if v.carries_fd())
+        {
+            self.reply(slot, id, &BrokerReply::Value(value), &[fd.as_fd()]);
+            return self.flush_events();
+        }
         // What waited on a guest this call stopped fails now; a call
         // that asked a helper is answered when the helper answers.
         self.fail_awaiting(|_, _| false);
@@ -298,6 +305,9 @@ impl Broker {
     pub(super) fn flush_events(&mut self) {
         for event in std::mem::take(&mut self.setup.ctx.events) {
             self.broadcast(&BrokerReply::Event(event));
+        }
+        for event in std::mem::take(&mut self.setup.ctx.storage.events) {
+            self.broadcast(&BrokerReply::PoolEvent(event));
         }
     }
 
