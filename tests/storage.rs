@@ -123,6 +123,8 @@ fn raw_and_qcow2_volumes_are_created_inspected_copied_resized_wiped_and_deleted(
     let (d, images) = daemon_with_pool();
     let rw = d.tree.sock("libvirt-sock");
     assert_eq!(ok(&rw, &["vol-create-as", "p", "base.img", "64M"]).trim(), "Vol base.img created");
+    // Audited with the client's identity and the pool.
+    assert!(d.tree.audit(&["op=vol-create", "storage=\"p\"", "uid=0", "res=success"], SECS).is_some());
     let base = images.join("base.img");
     let meta = std::fs::metadata(&base).unwrap();
     assert_eq!(meta.len(), 64 << 20);
@@ -289,6 +291,7 @@ fn the_read_only_socket_lists_and_inspects_but_changes_nothing() {
     }
     assert_eq!(std::fs::metadata(&v).unwrap().len(), 1 << 20);
     assert!(!images.join("w.img").exists() && !target.exists());
+    assert!(d.tree.audit(&["op=denied", "api=\"virStorageVolDelete\"", "res=failed"], SECS).is_some());
     assert!(ok(&rw, &["pool-info", "p"]).contains("running"));
 }
 
@@ -462,4 +465,82 @@ fn virt_install_creates_the_default_pool_and_a_volume_in_it() {
     assert!(!Path::new("/var/lib/libvirt/images/vi.img").exists(), "the host's /var/lib was touched");
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(d.wait_exit(SECS).is_some());
+}
+
+#[test]
+fn python_libvirt_lists_looks_up_and_hears_pool_events() {
+    let have =
+        Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    if !require(have, "python3-libvirt") {
+        return;
+    }
+    let (d, images) = daemon_with_pool();
+    let rw = d.tree.sock("libvirt-sock");
+    ok(&rw, &["vol-create-as", "p", "v.qcow2", "1M", "--format", "qcow2"]);
+    let program = format!(
+        r#"
+import libvirt, threading
+libvirt.registerErrorHandler(lambda *a: None, None)
+libvirt.virEventRegisterDefaultImpl()
+c = libvirt.open({uri:?})
+ro = libvirt.openReadOnly({ro:?})
+seen = []
+done = threading.Event()
+def cb(conn, pool, event, detail, opaque):
+    seen.append((pool.name(), event))
+    if event == libvirt.VIR_STORAGE_POOL_EVENT_STOPPED:
+        done.set()
+cid = c.storagePoolEventRegisterAny(None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, cb, None)
+def loop():
+    while not done.is_set():
+        libvirt.virEventRunDefaultImpl()
+t = threading.Thread(target=loop, daemon=True)
+t.start()
+print("all", [p.name() for p in ro.listAllStoragePools()])
+print("active", [p.name() for p in ro.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE | libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_DIR)])
+print("inactive", [p.name() for p in ro.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE)])
+p = ro.storagePoolLookupByName("p")
+print("uuid", ro.storagePoolLookupByUUIDString(p.UUIDString()).name())
+print("info", p.info()[0], p.isActive(), p.isPersistent(), p.autostart())
+print("vols", [v.name() for v in p.listAllVolumes()], p.numOfVolumes(), p.listVolumes())
+v = ro.storageVolLookupByPath({path:?})
+print("vol", v.name(), v.key() == v.path(), v.info()[0], v.info()[1], v.storagePoolLookupByVolume().name())
+print("bypath", ro.storagePoolLookupByTargetPath({dir:?}).name())
+try:
+    ro.storagePoolLookupByName("nope")
+except libvirt.libvirtError as e:
+    print("missing", e.get_error_code(), e.get_error_domain())
+try:
+    ro.storagePoolLookupByName("p").destroy()
+except libvirt.libvirtError as e:
+    print("ro", e.get_error_code())
+tp = c.storagePoolCreateXML("<pool type='dir'><name>tp</name><target><path>{tdir}</path></target></pool>", libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
+tp.destroy()
+done.wait(10)
+c.storagePoolEventDeregisterAny(cid)
+print("events", seen)
+"#,
+        uri = uri(&rw),
+        ro = uri(&d.tree.sock("libvirt-sock-ro")),
+        path = images.join("v.qcow2").display().to_string(),
+        dir = images.display().to_string(),
+        tdir = d.tree.path("tp").display().to_string(),
+    );
+    let out = run_python(&d, &program, Duration::from_secs(30));
+    let want = [
+        "all ['p']".to_owned(),
+        "active ['p']".into(),
+        "inactive []".into(),
+        "uuid p".into(),
+        "info 2 1 1 1".into(),
+        "vols ['v.qcow2'] 1 ['v.qcow2']".into(),
+        "vol v.qcow2 True 0 1048576 p".into(),
+        "bypath p".into(),
+        "missing 49 18".into(),
+        "ro 29".into(),
+        "events [('tp', 2), ('tp', 3)]".into(),
+    ];
+    for w in want {
+        assert!(out.lines().any(|l| l == w), "{w} not in\n{out}");
+    }
 }
