@@ -81,6 +81,10 @@ fn pools_persist_as_libvirt_lays_them_out_and_autostart_after_a_restart() {
     let xml = ok(&rw, &["pool-dumpxml", "p"]);
     assert!(xml.starts_with("<pool type='dir'>\n  <name>p</name>\n"), "{xml}");
     assert!(!xml.contains("<capacity unit='bytes'>0</capacity>"), "a running pool has its sizes: {xml}");
+    let caps = ok(&rw, &["pool-capabilities"]);
+    assert!(
+        caps.contains("<pool type='dir' supported='yes'>") && caps.contains("<pool type='logical' supported='no'/>")
+    );
     // A transient pool is not saved and is gone once destroyed.
     let t = d.tree.path("transient");
     ok(&rw, &["pool-create-as", "t", "dir", "--target", t.to_str().unwrap(), "--build"]);

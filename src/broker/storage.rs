@@ -36,6 +36,8 @@ const DEFAULT_DIR_MODE: u32 = 0o711;
 /// One pool.
 struct Pool {
     def: PoolDef,
+    /// A definition saved while the pool ran: it applies from the next start, as in libvirt.
+    next: Option<PoolDef>,
     active: bool,
     persistent: bool,
     autostart: bool,
@@ -153,17 +155,26 @@ impl Storage {
         };
         for def in load_dir(config_dir) {
             let autostart = config_dir.join("autostart").join(format!("{}.xml", def.name)).symlink_metadata().is_ok();
-            s.pools.insert(def.name.clone(), Pool { def, active: false, persistent: true, autostart });
+            s.pools.insert(def.name.clone(), Pool { def, next: None, active: false, persistent: true, autostart });
         }
         // Active records: pools a previous daemon had running (transient ones too).
         for def in load_dir(state_dir) {
             let name = def.name.clone();
             let running = def.target.is_dir();
             match s.pools.get_mut(&name) {
-                Some(p) if p.def.uuid == def.uuid => p.active = running,
+                Some(p) if p.def.uuid == def.uuid => {
+                    p.active = running;
+                    // It ran with the recorded definition; a newer saved one waits for its next start.
+                    if running && p.def != def {
+                        p.next = Some(std::mem::replace(&mut p.def, def));
+                    }
+                }
                 Some(_) => log::error!("ignoring the active record of pool '{name}': another pool has its name"),
                 None if running => {
-                    s.pools.insert(name.clone(), Pool { def, active: true, persistent: false, autostart: false });
+                    s.pools.insert(
+                        name.clone(),
+                        Pool { def, next: None, active: true, persistent: false, autostart: false },
+                    );
                 }
                 None => {}
             }
@@ -284,12 +295,19 @@ impl Storage {
         write_atomic(&self.config_dir, &def.name, &def.to_xml(None))?;
         let handle = PoolRef { name: def.name.clone(), uuid: def.uuid };
         match self.pools.get_mut(&def.name) {
+            Some(p) if p.active => {
+                p.next = Some(def);
+                p.persistent = true;
+            }
             Some(p) => {
                 p.def = def;
                 p.persistent = true;
             }
             None => {
-                self.pools.insert(def.name.clone(), Pool { def, active: false, persistent: true, autostart: false });
+                self.pools.insert(
+                    def.name.clone(),
+                    Pool { def, next: None, active: false, persistent: true, autostart: false },
+                );
             }
         }
         self.event(handle.clone(), pool_event::DEFINED);
@@ -308,7 +326,7 @@ impl Storage {
             Self::build(&def, 0)?;
         }
         let name = def.name.clone();
-        self.pools.insert(name.clone(), Pool { def, active: false, persistent: false, autostart: false });
+        self.pools.insert(name.clone(), Pool { def, next: None, active: false, persistent: false, autostart: false });
         if let Err(e) = self.start(&name) {
             self.pools.remove(&name);
             return Err(e);
@@ -348,6 +366,9 @@ impl Storage {
                 if persistent {
                     if let Some(p) = self.pools.get_mut(&name) {
                         p.active = false;
+                        if let Some(next) = p.next.take() {
+                            p.def = next;
+                        }
                     }
                 } else {
                     self.pools.remove(&name);
@@ -424,7 +445,8 @@ impl Storage {
             PoolQuery::XmlDesc { flags } => {
                 flags_in(flags, 1, "storagePoolGetXMLDesc")?;
                 let live = p.active && flags & 1 == 0;
-                StorageValue::Text(p.def.to_xml(live.then(|| sizes(&p.def.target))))
+                let def = if flags & 1 != 0 { p.next.as_ref().unwrap_or(&p.def) } else { &p.def };
+                StorageValue::Text(def.to_xml(live.then(|| sizes(&p.def.target))))
             }
             PoolQuery::Autostart => StorageValue::Int(p.autostart.into()),
             PoolQuery::IsActive => StorageValue::Int(p.active.into()),
@@ -756,5 +778,26 @@ mod tests {
         s.pool_op(&r, PoolOp::Stop).unwrap();
         // A transient pool is gone once stopped.
         assert!(s.by_name("p").is_err());
+    }
+
+    #[test]
+    fn a_running_pool_redefined_keeps_its_definition_until_it_stops() {
+        let tree = tempfile::tempdir().unwrap();
+        let (a, b) = (tree.path().join("a"), tree.path().join("b"));
+        let mut s = Storage::load(&tree.path().join("storage"), &tree.path().join("run"));
+        let r = s.define(&pool_xml("p", &a), 0).unwrap();
+        s.pool_op(&r, PoolOp::Build { flags: 0 }).unwrap();
+        s.pool_op(&r, PoolOp::Start { flags: 0 }).unwrap();
+        let uuid = uuid::Uuid::from_bytes(r.uuid);
+        let again = format!(
+            "<pool type='dir'><name>p</name><uuid>{uuid}</uuid><target><path>{}</path></target></pool>",
+            b.display()
+        );
+        s.define(&again, 0).unwrap();
+        assert_eq!(s.by_name("p").unwrap().def.target, a);
+        let Ok(StorageValue::Text(inactive)) = s.pool_query(&r, PoolQuery::XmlDesc { flags: 1 }) else { panic!() };
+        assert!(inactive.contains(&b.display().to_string()), "{inactive}");
+        s.pool_op(&r, PoolOp::Stop).unwrap();
+        assert_eq!(s.by_name("p").unwrap().def.target, b);
     }
 }
