@@ -23,6 +23,8 @@ pub mod privsep;
 pub mod rpc;
 /// Confinement shared by all processes: ids, capabilities, landlock, seccomp, self-checks.
 pub mod sandbox;
+/// libvirt's storage model for directory pools: pool and volume XML, image headers.
+pub mod storage;
 /// TLS for remote clients: the key in the broker, the sessions in the frontend.
 pub mod tls;
 

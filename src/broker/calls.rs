@@ -195,6 +195,7 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         | Call::Resume { .. }
         | Call::OpenConsole { .. }
         | Call::Destroy { .. } => Err(CallError::Internal("a call on a guest's life outside its module".into())),
+        Call::Storage(c) => super::storage::handle(&mut ctx.storage, auditor, caller, c),
         // The event loop hands these to the admin module, for admin-socket clients only.
         Call::Admin(_) => Err(CallError::Internal("an admin call outside the admin server".into())),
     }

@@ -35,8 +35,10 @@ mod spawn;
 mod state;
 mod stats;
 mod status;
+mod storage;
 mod store;
 mod supervisor;
+mod volumes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -163,6 +165,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             state_dir: config.domain_state_dir.clone(),
             uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
         }),
+        storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.

@@ -13,7 +13,8 @@ pub struct Ctx {
     /// Host UUID for capabilities.
     pub host_uuid: String,
     /// The running guests, their requests in flight, consoles and events.
-    pub guests: Supervisor,
+    pub guests: Supervisor,    /// Storage pools and volumes.
+    pub storage: super::storage::Storage,
 }
 
 impl Ctx {

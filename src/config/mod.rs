@@ -187,6 +187,17 @@ impl Config {
         parse(&text, path, Config::defaults(paths))
     }
 
+    /// Persistent storage pool definitions: `storage` beside `domain_config_dir`
+    /// (`/etc/libvirt/storage`, `$XDG_CONFIG_HOME/libvirt/storage`), as libvirt keeps them.
+    pub fn storage_config_dir(&self) -> PathBuf {
+        sibling(&self.domain_config_dir, "storage")
+    }
+
+    /// Where active storage pools are recorded: `storage` beside `domain_state_dir`.
+    pub fn storage_state_dir(&self) -> PathBuf {
+        sibling(&self.domain_state_dir, "storage")
+    }
+
     /// The socket path of each Unix socket.
     pub fn socket_path(&self, name: &str) -> PathBuf {
         self.unix_sock_dir.join(name)
@@ -245,4 +256,9 @@ impl Config {
         self.syslog_socket = new.syslog_socket;
         changed
     }
+}
+
+/// `name` beside `dir` (in its parent), as libvirt keeps `storage/` beside `qemu/`.
+fn sibling(dir: &Path, name: &str) -> PathBuf {
+    dir.parent().unwrap_or(dir).join(name)
 }

@@ -151,6 +151,51 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             }
             ok(&())
         }
+        // Storage pools and volumes: decoded in their own module.
+        P::ConnectNumOfStoragePools
+        | P::ConnectListStoragePools
+        | P::ConnectNumOfDefinedStoragePools
+        | P::ConnectListDefinedStoragePools
+        | P::StoragePoolCreateXml
+        | P::StoragePoolDefineXml
+        | P::StoragePoolCreate
+        | P::StoragePoolBuild
+        | P::StoragePoolDestroy
+        | P::StoragePoolDelete
+        | P::StoragePoolUndefine
+        | P::StoragePoolRefresh
+        | P::StoragePoolLookupByName
+        | P::StoragePoolLookupByUuid
+        | P::StoragePoolLookupByVolume
+        | P::StoragePoolGetInfo
+        | P::StoragePoolGetXmlDesc
+        | P::StoragePoolGetAutostart
+        | P::StoragePoolSetAutostart
+        | P::StoragePoolNumOfVolumes
+        | P::StoragePoolListVolumes
+        | P::StorageVolCreateXml
+        | P::StorageVolDelete
+        | P::StorageVolLookupByName
+        | P::StorageVolLookupByKey
+        | P::StorageVolLookupByPath
+        | P::StorageVolGetInfo
+        | P::StorageVolGetXmlDesc
+        | P::StorageVolGetPath
+        | P::StorageVolCreateXmlFrom
+        | P::StoragePoolIsActive
+        | P::StoragePoolIsPersistent
+        | P::StorageVolWipe
+        | P::StorageVolUpload
+        | P::StorageVolDownload
+        | P::StorageVolWipePattern
+        | P::StorageVolResize
+        | P::ConnectListAllStoragePools
+        | P::StoragePoolListAllVolumes
+        | P::ConnectStoragePoolEventRegisterAny
+        | P::ConnectStoragePoolEventDeregisterAny
+        | P::StorageVolGetInfoFlags
+        | P::StoragePoolLookupByTargetPath
+        | P::ConnectGetStoragePoolCapabilities => super::storage::call(s, h, proc_, payload),
         P::NodeGetSecurityModel => ok(&SecurityModelRet { model: c_chars("none"), doi: c_chars("0") }),
         P::ConnectGetHostname => fwd(Call::GetHostname),
         P::ConnectGetCapabilities => fwd(Call::GetCapabilities),
@@ -479,6 +524,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
                 .collect();
             ok_reply(h, &GetAllDomainStatsRet { ret_stats })
         }
+        (p, CallValue::Storage(v)) => super::storage::shape(h, p, v),
         (_, CallValue::Time { seconds, nseconds }) => ok_reply(h, &DomainGetTimeRet { seconds, nseconds }),
         (_, CallValue::SchedulerType { kind, nparams }) => ok_reply(h, &SchedulerTypeRet { kind, nparams }),
         (P::DomainBlockStats, CallValue::Figures(v)) => {
@@ -608,17 +654,17 @@ mod tests {
             }
         }
         let unsupported = LIBVIRT_PROCS.iter().filter(|e| e.status == ProcStatus::Unsupported).count();
-        assert!(unsupported > 300, "{unsupported}");
+        assert!(unsupported > 250, "{unsupported}");
     }
 
     #[test]
     fn unsupported_procedures_carry_their_apis_error_domain() {
         let domain_of = |n: i32| answer(n).expect_err("an error").domain;
         // virConnectDomainXMLFromNative (libvirt-domain.c), virNetworkCreate
-        // (libvirt-network.c), virStoragePoolRefresh (libvirt-storage.c).
+        // (libvirt-network.c), virConnectFindStoragePoolSources (libvirt-storage.c).
         assert_eq!(domain_of(135), 20);
         assert_eq!(domain_of(39), 19);
-        assert_eq!(domain_of(83), 18);
+        assert_eq!(domain_of(75), 18);
     }
 
     #[test]
@@ -701,6 +747,9 @@ mod tests {
             enc(&DomainSetMetadataArgs { dom: dom.clone(), kind: 1, metadata: None, key: None, uri: None, flags: 0 }),
             enc(&DomainCapabilitiesArgs { emulatorbin: None, arch: None, machine: None, virttype: None, flags: 0 }),
         ]
+        .into_iter()
+        .chain(crate::frontend::storage::candidate_payloads())
+        .collect()
     }
 
     /// The read-only rule has one source, the table's access column: the

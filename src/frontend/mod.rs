@@ -14,6 +14,7 @@ mod handshakes;
 mod packets;
 mod server;
 mod session;
+mod storage;
 mod streams;
 mod uri;
 

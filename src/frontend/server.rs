@@ -15,7 +15,7 @@ use super::conn::{
     Stream,
 };
 use super::dispatch::{self, Action, Facts, Session};
-use super::streams::{Relay, StreamKind};
+use super::streams::{Relay, RelayFd, StreamKind};
 use crate::logging::{self, LogState};
 use crate::privsep::{
     BrokerReply, Channel, ChannelError, ConnId, Envelope, FrontendConfig, FrontendRequest, ListenerKind,
@@ -629,6 +629,9 @@ impl Server {
         for (header, call) in forwards {
             let opens = match &call {
                 crate::privsep::Call::OpenConsole { uuid, .. } => Some(StreamKind::Console { uuid: *uuid }),
+                crate::privsep::Call::Storage(c) => c
+                    .opens_stream()
+                    .map(|(upload, length)| StreamKind::Volume { upload, remaining: (length > 0).then_some(length) }),
                 _ => None,
             };
             match self.request(FrontendRequest::Call { conn, call }) {
@@ -730,6 +733,7 @@ impl Server {
                     log::warn!("ignoring a second Welcome from the broker")
                 }
                 BrokerReply::Event(event) => self.deliver(&event),
+                BrokerReply::PoolEvent(event) => self.deliver_pool(&event),
                 BrokerReply::ConsoleTaken(uuid) => {
                     let holders: Vec<Token> = self
                         .clients
@@ -773,6 +777,24 @@ impl Server {
         }
     }
 
+    /// Sends a storage pool event to every client registered for it.
+    fn deliver_pool(&mut self, event: &crate::privsep::storage::PoolEvent) {
+        let tokens: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.admission == Admission::Admitted && !c.gone && !c.session.pool_callbacks.is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            let Some(client) = self.clients.get_mut(&token) else { continue };
+            let bytes = super::storage::event_messages(&client.session, event);
+            if !bytes.is_empty() {
+                self.queue_for(token, &bytes);
+            }
+            self.settle(token);
+        }
+    }
+
     fn answered(&mut self, id: u32, reply: BrokerReply, mut fds: Vec<OwnedFd>) {
         match (self.pending.remove(&id), reply) {
             (Some(Pending::Admission(token)), reply) => self.admitted(token, reply),
@@ -783,8 +805,11 @@ impl Server {
             }
             (Some(Pending::Authentication(conn, dn)), reply) => self.authenticated(conn, dn, reply),
             (Some(Pending::Call(token, header, opens)), BrokerReply::Value(result)) => {
-                if let (Ok(crate::privsep::CallValue::Console), Some(kind), Some(fd)) = (&result, opens, fds.pop()) {
-                    self.attach_stream(token, header, kind, fd);
+                let mut kick = None;
+                if let (Ok(v), Some(kind), Some(fd)) = (&result, opens, fds.pop())
+                    && v.carries_fd()
+                {
+                    kick = self.attach_stream(token, header, kind, fd);
                 }
                 let Some(client) = self.clients.get_mut(&token) else {
                     return;
@@ -793,6 +818,11 @@ impl Server {
                 if !client.gone {
                     self.queue_for(token, &dispatch::reply(&header, result));
                 }
+                // A file is never "readable" to epoll: a download starts
+                // pumping once its reply is queued.
+                if let Some(relay) = kick {
+                    self.on_relay(relay);
+                }
                 self.process(token);
             }
             (_, BrokerReply::Refused(e)) => log::warn!("broker refused request {id}: {e}"),
@@ -800,22 +830,28 @@ impl Server {
         }
     }
 
-    /// Joins the fd the broker sent to the client's new stream.
-    fn attach_stream(&mut self, token: Token, call: Header, kind: StreamKind, fd: OwnedFd) {
+    /// Joins the fd the broker sent to the client's new stream; returns
+    /// the relay's token when it must be pumped without a readiness event
+    /// (a volume download: files are not polled).
+    fn attach_stream(&mut self, token: Token, call: Header, kind: StreamKind, fd: OwnedFd) -> Option<Token> {
         self.end_stream(token, false, true);
-        let Some(client) = self.clients.get_mut(&token) else {
-            return;
+        let client = self.clients.get_mut(&token)?;
+        let mut fd = match kind {
+            // The broker's socket is already non-blocking (a shared file description).
+            StreamKind::Console { .. } => {
+                RelayFd::Socket(mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)))
+            }
+            StreamKind::Volume { .. } => RelayFd::File(std::fs::File::from(fd)),
         };
-        // The broker's socket is already non-blocking (a shared file description).
-        let mut fd = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd));
         let relay_token = Token(FIRST_RELAY + self.next_token);
         self.next_token += 1;
         if let Err(e) = self.poll.registry().register(&mut fd, relay_token, Interest::READABLE) {
             log::warn!("cannot watch a stream's fd: {e}");
-            return;
+            return None;
         }
         self.relay_tokens.insert(relay_token, token);
         client.relay = Some(Relay { fd: Some(fd), call, kind, token: relay_token });
+        matches!(kind, StreamKind::Volume { upload: false, .. }).then_some(relay_token)
     }
 
     /// A stream packet from the client: data, finish or abort.
@@ -828,7 +864,14 @@ impl Server {
             return;
         };
         match h.status {
-            s if s == crate::rpc::frame::Status::Continue as i32 => relay.write_in(data),
+            s if s == crate::rpc::frame::Status::Continue as i32 => {
+                if let Err(e) = relay.write_in(data) {
+                    // The client hears of it as a stream error, and the stream ends.
+                    let bytes = super::storage::stream_error(&relay.call, &e);
+                    client.queue(&bytes);
+                    self.end_stream(token, false, true);
+                }
+            }
             // Finish and abort alike are answered with an empty OK, as libvirtd does.
             _ => self.end_stream(token, true, true),
         }
@@ -850,7 +893,7 @@ impl Server {
         if let Some(mut fd) = relay.fd {
             let _ = self.poll.registry().deregister(&mut fd);
             self.relay_tokens.remove(&relay.token);
-            if tell_broker {
+            if tell_broker && let Some(closed) = closed {
                 let _ = self.request(closed);
             }
         }
@@ -874,7 +917,7 @@ impl Server {
         self.relay_tokens.remove(&relay.token);
         let (eof, closed) = (relay.eof_packet(), relay.kind.closed(client.conn));
         client.queue(&eof);
-        if tell_broker {
+        if tell_broker && let Some(closed) = closed {
             let _ = self.request(closed);
         }
         self.settle(token);

@@ -29,6 +29,8 @@ pub struct Session {
     pub callbacks: Vec<(i32, i32, Option<crate::domain::Uuid>)>,
     /// The next callbackID to hand out.
     pub next_callback: i32,
+    /// Storage pool event registrations: (callbackID, eventID, pool filter).
+    pub pool_callbacks: Vec<(i32, i32, Option<[u8; 16]>)>,
 }
 
 /// Most event registrations one connection may hold (virsh makes 27).

@@ -29,13 +29,64 @@ pub enum StreamKind {
         /// The domain.
         uuid: crate::domain::Uuid,
     },
+    /// A storage volume's file (`vol-upload`, `vol-download`), positioned
+    /// by the broker at the offset asked for.
+    Volume {
+        /// Client bytes go into the file (else file bytes go to the client).
+        upload: bool,
+        /// Bytes left to relay; `None`: to the end.
+        remaining: Option<u64>,
+    },
 }
 
 impl StreamKind {
-    /// The message that gives the fd's far side back to the broker.
-    pub fn closed(self, conn: ConnId) -> FrontendRequest {
+    /// The message that gives the fd's far side back to the broker, if it wants it back.
+    pub fn closed(self, conn: ConnId) -> Option<FrontendRequest> {
         match self {
-            StreamKind::Console { uuid } => FrontendRequest::ConsoleClosed { conn, uuid },
+            StreamKind::Console { uuid } => Some(FrontendRequest::ConsoleClosed { conn, uuid }),
+            StreamKind::Volume { .. } => None,
+        }
+    }
+}
+
+/// The far side of a relay: a socket the event loop polls, or a regular
+/// file, which is always ready and which epoll refuses to watch.
+#[derive(Debug)]
+pub enum RelayFd {
+    /// A console's socket.
+    Socket(mio::net::UnixStream),
+    /// A volume's file.
+    File(std::fs::File),
+}
+
+impl RelayFd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            RelayFd::Socket(s) => s.read(buf),
+            RelayFd::File(f) => f.read(buf),
+        }
+    }
+}
+
+impl mio::event::Source for RelayFd {
+    fn register(&mut self, r: &mio::Registry, t: Token, i: mio::Interest) -> io::Result<()> {
+        match self {
+            RelayFd::Socket(s) => s.register(r, t, i),
+            RelayFd::File(_) => Ok(()),
+        }
+    }
+
+    fn reregister(&mut self, r: &mio::Registry, t: Token, i: mio::Interest) -> io::Result<()> {
+        match self {
+            RelayFd::Socket(s) => s.reregister(r, t, i),
+            RelayFd::File(_) => Ok(()),
+        }
+    }
+
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        match self {
+            RelayFd::Socket(s) => s.deregister(r),
+            RelayFd::File(_) => Ok(()),
         }
     }
 }
@@ -44,7 +95,7 @@ impl StreamKind {
 #[derive(Debug)]
 pub struct Relay {
     /// The far side; `None` once it ended and the client was sent end of file.
-    pub fd: Option<mio::net::UnixStream>,
+    pub fd: Option<RelayFd>,
     /// The opening call's header: stream packets echo its serial and proc.
     pub call: Header,
     /// What it relays.
@@ -71,11 +122,26 @@ impl Relay {
         self.call.serial == h.serial && self.call.proc_ == h.proc_
     }
 
-    /// Client data for the far side. What it cannot take now (or, after
-    /// end of file, at all) is dropped: console input is typed and small.
-    pub fn write_in(&mut self, data: &[u8]) {
-        if let Some(fd) = self.fd.as_mut() {
-            let _ = fd.write(data);
+    /// Client data for the far side. What a console cannot take now (or,
+    /// after end of file, at all) is dropped: console input is typed and
+    /// small. A volume's file takes it all, up to the length asked for; a
+    /// write that fails is an error for the stream.
+    pub fn write_in(&mut self, data: &[u8]) -> io::Result<()> {
+        match (self.fd.as_mut(), &mut self.kind) {
+            (Some(RelayFd::Socket(s)), _) => {
+                let _ = s.write(data);
+                Ok(())
+            }
+            (Some(RelayFd::File(f)), StreamKind::Volume { upload: true, remaining }) => {
+                let take = remaining.map_or(data.len(), |r| data.len().min(usize::try_from(r).unwrap_or(usize::MAX)));
+                f.write_all(&data[..take])?;
+                if let Some(r) = remaining {
+                    *r -= take as u64;
+                }
+                Ok(())
+            }
+            (Some(RelayFd::File(_)), _) => Err(io::Error::other("this stream is read-only")),
+            (None, _) => Ok(()),
         }
     }
 
@@ -83,17 +149,31 @@ impl Relay {
     /// of data (the rest waits in the socket until the client catches up).
     pub fn pump_out(&mut self, budget: usize) -> Pumped {
         let mut out = Pumped::default();
+        // An upload's file has nothing for the client.
+        if matches!(self.kind, StreamKind::Volume { upload: true, .. }) {
+            return out;
+        }
         let Some(fd) = self.fd.as_mut() else { return out };
         let mut buf = [0u8; CHUNK];
         let mut taken = 0;
         while taken < budget {
-            let want = (budget - taken).min(CHUNK);
+            let mut want = (budget - taken).min(CHUNK);
+            if let StreamKind::Volume { remaining: Some(r), .. } = self.kind {
+                want = want.min(usize::try_from(r).unwrap_or(usize::MAX));
+                if want == 0 {
+                    out.ended = true;
+                    break;
+                }
+            }
             match fd.read(&mut buf[..want]) {
                 Ok(0) => {
                     out.ended = true;
                     break;
                 }
                 Ok(n) => {
+                    if let StreamKind::Volume { remaining: Some(r), .. } = &mut self.kind {
+                        *r -= n as u64;
+                    }
                     taken += n;
                     out.packets.extend(dispatch::stream_packet(&self.call, Status::Continue, &buf[..n]));
                 }
@@ -136,7 +216,7 @@ mod tests {
             serial: 9,
             status: Status::Ok as i32,
         };
-        let fd = Some(mio::net::UnixStream::from_std(ours));
+        let fd = Some(RelayFd::Socket(mio::net::UnixStream::from_std(ours)));
         (Relay { fd, call, kind: StreamKind::Console { uuid: crate::domain::Uuid([7; 16]) }, token: Token(1) }, theirs)
     }
 
@@ -166,6 +246,27 @@ mod tests {
         assert_eq!((h.status, payload.len()), (Status::Continue as i32, 0));
         let (h, _, _) = frame::split(&r.finish_packet()).unwrap().unwrap();
         assert_eq!(h.status, Status::Ok as i32);
-        assert_eq!(r.kind.closed(4), FrontendRequest::ConsoleClosed { conn: 4, uuid: crate::domain::Uuid([7; 16]) });
+        assert_eq!(r.kind.closed(4), Some(FrontendRequest::ConsoleClosed { conn: 4, uuid: crate::domain::Uuid([7; 16]) }));
+    }
+
+    #[test]
+    fn a_download_stops_at_its_length_and_an_upload_writes_what_it_may() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol");
+        std::fs::write(&path, vec![b'v'; 100]).unwrap();
+        let call = Header { proc_: 209, ..relay().0.call };
+        let file = std::fs::File::open(&path).unwrap();
+        let kind = StreamKind::Volume { upload: false, remaining: Some(30) };
+        let mut r = Relay { fd: Some(RelayFd::File(file)), call, kind, token: Token(2) };
+        let out = r.pump_out(1000);
+        let (_, payload, _) = frame::split(&out.packets).unwrap().unwrap();
+        assert_eq!((payload.len(), out.ended), (30, true));
+        assert_eq!(r.kind.closed(1), None);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let kind = StreamKind::Volume { upload: true, remaining: Some(4) };
+        let mut w = Relay { fd: Some(RelayFd::File(file)), call, kind, token: Token(3) };
+        assert!(w.pump_out(1000).packets.is_empty());
+        w.write_in(b"abcdef").unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[..6], b"abcdvv");
     }
 }

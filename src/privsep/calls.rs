@@ -413,6 +413,8 @@ pub enum Call {
     },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
+    /// A storage pool or volume call.
+    Storage(super::storage::StorageCall),
 }
 
 /// A call's result; the frontend shapes it into the procedure's XDR reply.
@@ -531,6 +533,15 @@ pub enum CallValue {
     },
     /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
     Figures(Vec<i64>),
+    /// A storage call's result.
+    Storage(super::storage::StorageValue),
+}
+
+impl CallValue {
+    /// Whether one fd travels with this result (a console or a volume's file).
+    pub fn carries_fd(&self) -> bool {
+        matches!(self, CallValue::Console | CallValue::Storage(super::storage::StorageValue::Stream))
+    }
 }
 
 /// One vCPU as `virDomainGetVcpus` reports it.
@@ -638,6 +649,9 @@ pub enum CallError {
     /// The metadata asked for is not there (`VIR_ERR_NO_DOMAIN_METADATA`).
     #[error("{0}")]
     NoMetadata(String),
+    /// A storage call failed.
+    #[error(transparent)]
+    Storage(super::storage::StorageError),
     /// A metadata element given to `virDomainSetMetadata` is not well formed.
     #[error("(metadata_xml):{line}: {detail}")]
     MetadataSyntax {
@@ -684,6 +698,7 @@ impl CallError {
             CallError::NoMetadata(s) => CallError::NoMetadata(c(s)),
             CallError::OperationUnsupported(s) => CallError::OperationUnsupported(c(s)),
             CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
+            CallError::Storage(e) => CallError::Storage(e.clipped()),
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
         }
     }

@@ -288,6 +288,8 @@ pub enum BrokerReply {
     Reconfigure(FrontendConfig),
     /// Unsolicited: a domain lifecycle event for registered clients.
     Event(DomainEvent),
+    /// Unsolicited: a storage pool event for registered clients.
+    PoolEvent(super::storage::PoolEvent),
     /// Unsolicited: another client took the console of `uuid` (FORCE); end
     /// the streams on it.
     ConsoleTaken(crate::domain::Uuid),
@@ -303,12 +305,13 @@ impl BrokerReply {
                 listeners.len() + config.fd_count() + usize::from(*sign_channel)
             }
             BrokerReply::Reconfigure(config) => config.fd_count(),
-            BrokerReply::Value(Ok(CallValue::Console)) => 1,
+            BrokerReply::Value(Ok(v)) if v.carries_fd() => 1,
             BrokerReply::Ok
             | BrokerReply::Admitted(_)
             | BrokerReply::Refused(_)
             | BrokerReply::Value(_)
             | BrokerReply::Event(_)
+            | BrokerReply::PoolEvent(_)
             | BrokerReply::ConsoleTaken(_)
             | BrokerReply::Disconnect(_) => 0,
         }

@@ -11,6 +11,7 @@ mod channel;
 pub mod helper;
 mod messages;
 mod procedure;
+pub mod storage;
 
 pub use calls::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, Query, VcpuInfo};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};

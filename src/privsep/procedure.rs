@@ -59,6 +59,7 @@ impl Call {
             Call::GetTime { .. } => P::DomainGetTime,
             Call::GetMetadata { .. } => P::DomainGetMetadata,
             Call::SetMetadata { .. } => P::DomainSetMetadata,
+            Call::Storage(c) => c.procedure(),
             Call::Admin(_) => return None,
         })
     }

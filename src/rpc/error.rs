@@ -27,6 +27,10 @@ mod code {
     pub const XML_INVALID_SCHEMA: i32 = 92;
     pub const NO_SERVER: i32 = 95;
     pub const NO_CLIENT: i32 = 96;
+    pub const SYSTEM_ERROR: i32 = 38;
+    pub const NO_STORAGE_POOL: i32 = 49;
+    pub const NO_STORAGE_VOL: i32 = 50;
+    pub const STORAGE_VOL_EXIST: i32 = 90;
 }
 
 /// `virErrorDomain` values used here.
@@ -245,6 +249,7 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                     err(code::NO_DOMAIN_METADATA, from::DOMAIN, "metadata not found: %s", detail)
                 }
                 CallError::MetadataSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
+                CallError::Storage(s) => storage_error(s, detail),
                 CallError::Unsupported(_) => err(
                     code::NO_SUPPORT,
                     from::ADMIN,
@@ -278,6 +283,25 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
         RpcError::NoDriver(_) => err(5, from::RPC, "no connection driver available for %s", Some(detail_of_uri(e))),
         RpcError::UnsupportedFlags { .. } => err(code::INVALID_ARG, from::RPC, "invalid argument: %s", detail),
     }
+}
+
+/// libvirt's storage driver errors (`VIR_FROM_STORAGE`).
+fn storage_error(e: &crate::privsep::storage::StorageError, detail: Option<String>) -> RemoteError {
+    use crate::privsep::storage::StorageError as S;
+    let (code, template) = match e {
+        S::NoPool(_) => (code::NO_STORAGE_POOL, "Storage pool not found: %s"),
+        S::NoVol(_) => (code::NO_STORAGE_VOL, "Storage volume not found: %s"),
+        S::VolExists(_) => (code::STORAGE_VOL_EXIST, "storage volume already exists: %s"),
+        S::Failed(_) => (code::OPERATION_FAILED, "operation failed: %s"),
+        S::Invalid(_) => (code::OPERATION_INVALID, "Requested operation is not valid: %s"),
+        S::InvalidArg(_) | S::Flags { .. } => (code::INVALID_ARG, "invalid argument: %s"),
+        S::Xml(_) => (code::XML_ERROR, "XML error: %s"),
+        S::XmlSyntax(_) => (code::XML_DETAIL, "%s"),
+        S::Internal(_) => (code::INTERNAL_ERROR, "internal error: %s"),
+        S::System(_) => (code::SYSTEM_ERROR, "%s"),
+        S::NoSupport(_) => (code::NO_SUPPORT, "this function is not supported by the connection driver: %s"),
+    };
+    err(code, from::STORAGE, template, detail)
 }
 
 fn detail_of_uri(e: &RpcError) -> String {

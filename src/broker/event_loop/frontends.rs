@@ -248,6 +248,14 @@ impl Broker {
             }
             return self.flush_events();
         }
+        // A volume's file goes with the answer likewise (vol-upload, vol-download).
+        if let Answer::Now(value @ Ok(v)) = &answer
+            && v.carries_fd()
+            && let Some(fd) = self.setup.ctx.storage.stream_fd.take()
+        {
+            self.reply(slot, id, &BrokerReply::Value(value.clone()), &[fd.as_fd()]);
+            return self.flush_events();
+        }
         // What waited on a guest this call stopped fails now; a call
         // that asked a helper is answered when the helper answers.
         self.fail_awaiting(|_| false);
@@ -300,6 +308,9 @@ impl Broker {
     pub(super) fn flush_events(&mut self) {
         for event in std::mem::take(&mut self.setup.ctx.guests.events) {
             self.broadcast(&BrokerReply::Event(event));
+        }
+        for event in std::mem::take(&mut self.setup.ctx.storage.events) {
+            self.broadcast(&BrokerReply::PoolEvent(event));
         }
     }
 
