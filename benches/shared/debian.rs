@@ -99,6 +99,18 @@ impl Debian {
             }
             script += &format!("mount --bind {} {host}\n", q(&p.join(name)));
         }
+        // Its QEMU driver looks up the user and group it was built for
+        // before it reads qemu.conf; libvirt-daemon-system creates them, so
+        // without that package they are added to private copies here.
+        script += &format!(
+            "cp /etc/passwd {0}/passwd; cp /etc/group {0}/group\n\
+             getent passwd libvirt-qemu >/dev/null || \
+             echo 'libvirt-qemu:x:64055:64055::/nonexistent:/usr/sbin/nologin' >> {0}/passwd\n\
+             getent group libvirt-qemu >/dev/null || echo 'libvirt-qemu:x:64055:' >> {0}/group\n\
+             getent group kvm >/dev/null || echo 'kvm:x:64056:' >> {0}/group\n\
+             mount --bind {0}/passwd /etc/passwd\nmount --bind {0}/group /etc/group\n",
+            q(p)
+        );
         script += &format!("{LIBVIRTD} -f {} &\nwait\n", q(&p.join("libvirtd.conf")));
         let sock = p.join("sock");
         std::fs::create_dir(&sock).map_err(|e| format!("mkdir: {e}"))?;

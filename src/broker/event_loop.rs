@@ -325,8 +325,11 @@ impl Broker {
         if ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) {
             let e = crate::privsep::CallError::OperationFailed(format!("guest '{name}' failed to start: {why}"));
             self.settle(uuid, Err(e));
-            self.flush_events();
+        } else {
+            // A running guest found again after a restart, out of reach.
+            ctx.emit_control_error(&uuid);
         }
+        self.flush_events();
     }
 
     /// A helper reported `Started`, `Paused`, `Resumed` or `PauseFailed`:
@@ -458,6 +461,9 @@ impl Broker {
             self.settle(uuid, Err(why));
             return self.flush_events();
         }
+        if matches!(reason, StopReason::Failed) {
+            ctx.emit_control_error(&uuid);
+        }
         let Ok(entry) = ctx.domains.by_uuid(&uuid) else { return };
         let (name, def) = (entry.def.name.clone(), &entry.def);
         let requested = matches!(reason, StopReason::Reset) && ctx.resetting.contains(&uuid);
@@ -503,7 +509,12 @@ impl Broker {
             // A reboot keeps the domain running under its id; any other
             // restart is a new start.
             match self.setup.ctx.start(&uuid, in_place.then_some(id), false, "start", calls::Asker::Daemon(op)) {
-                Ok(_) => log::info!("domain '{name}' restarting ({op})"),
+                Ok(_) => {
+                    log::info!("domain '{name}' restarting ({op})");
+                    if in_place {
+                        self.setup.ctx.emit_reboot(&uuid);
+                    }
+                }
                 Err(e) => {
                     log::error!("domain '{name}' could not be restarted: {e}");
                     calls::audit_guest(&mut self.setup.auditor, "start", (&name, &uuid), -1, Some(op), false);
