@@ -456,3 +456,82 @@ print("still 20 running:", len(ro.listDomainsID()) == 20)
          still 20 running: True\n"
     );
 }
+
+/// `virsh cpu-compare`, `cpu-baseline` and their hypervisor variants against
+/// the host CPU, with the files users give them (a capabilities dump, a
+/// bare `<cpu>`).
+#[test]
+fn virsh_compares_and_baselines_cpus_against_the_host() {
+    if !have_virsh() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
+    let file = |name: &str, text: &str| {
+        let p = d.tree.path(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let (code, caps, err) = virsh(&ro, &["capabilities"]);
+    assert_eq!(code, 0, "{err}");
+    let host = file("caps.xml", &caps);
+    let flags: Vec<String> = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("flags").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(!flags.is_empty());
+
+    let (code, out, err) = virsh(&ro, &["cpu-compare", &host]);
+    assert_eq!((code, out.trim()), (0, format!("CPU described in {host} is identical to host CPU").as_str()), "{err}");
+    let subset = file("subset.xml", &format!("<cpu><feature name='{}'/></cpu>", flags[0]));
+    let (code, out, err) = virsh(&ro, &["cpu-compare", &subset]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("Host CPU is a superset of CPU described in {subset}").as_str()),
+        "{err}"
+    );
+    let missing = file("missing.xml", "<cpu><feature name='no-such-feature'/></cpu>");
+    let (code, out, _) = virsh(&ro, &["cpu-compare", &missing]);
+    assert_eq!((code, out.trim()), (1, format!("CPU described in {missing} is incompatible with host CPU").as_str()));
+    let (code, _, err) = virsh(&ro, &["cpu-compare", "--error", &missing]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "error: the CPU is incompatible with host CPU: Host CPU does not provide required features: no-such-feature"
+        ),
+        "{err}"
+    );
+    let model = file("model.xml", "<cpu mode='custom' match='exact'><model>NoSuchModel</model></cpu>");
+    let (code, _, err) = virsh(&ro, &["cpu-compare", &model]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: internal error: Unknown CPU model NoSuchModel"), "{err}");
+
+    // The baseline of the host alone is the host's features, as a guest CPU.
+    let (code, out, err) = virsh(&ro, &["cpu-baseline", &host]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("<cpu mode='custom' match='exact'>\n"), "{out}");
+    assert_eq!(
+        out.matches("<feature policy='require' name=").count(),
+        flags.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        "{out}"
+    );
+    let two = file("two.xml", &format!("{caps}\n{}", std::fs::read_to_string(&subset).unwrap()));
+    let (code, out, err) = virsh(&ro, &["cpu-baseline", &two]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("<feature ").count(), 1, "{out}");
+
+    // The hypervisor variants name an emulator, so they are read-write only.
+    let (code, out, err) = virsh(&rw, &["hypervisor-cpu-compare", &host]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("identical"), "{out}");
+    let (code, out, err) = virsh(&rw, &["hypervisor-cpu-baseline", &subset]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("name='{}'", flags[0])), "{out}");
+    let (code, _, err) = virsh(&ro, &["hypervisor-cpu-compare", &host]);
+    assert_eq!(code, 1);
+    assert!(err.contains("read only access prevents virConnectCompareHypervisorCPU"), "{err}");
+}
