@@ -14,26 +14,7 @@ pub const STATE_SHUTOFF: i32 = 5;
 /// `VIR_DOMAIN_SHUTOFF_UNKNOWN`: defined, never started.
 pub const SHUTOFF_UNKNOWN: i32 = 0;
 
-/// `virConnectListAllDomainsFlags` bits.
-mod list {
-    pub const ACTIVE: u32 = 1;
-    pub const INACTIVE: u32 = 2;
-    pub const PERSISTENT: u32 = 4;
-    pub const TRANSIENT: u32 = 8;
-    pub const RUNNING: u32 = 16;
-    pub const PAUSED: u32 = 32;
-    pub const SHUTOFF: u32 = 64;
-    pub const OTHER: u32 = 128;
-    pub const MANAGEDSAVE: u32 = 256;
-    pub const NO_MANAGEDSAVE: u32 = 512;
-    pub const AUTOSTART: u32 = 1024;
-    pub const NO_AUTOSTART: u32 = 2048;
-    pub const HAS_SNAPSHOT: u32 = 4096;
-    pub const NO_SNAPSHOT: u32 = 8192;
-    pub const HAS_CHECKPOINT: u32 = 16384;
-    pub const NO_CHECKPOINT: u32 = 32768;
-    pub const ALL: u32 = 65535;
-}
+use crate::privsep::replica::list;
 
 /// `VIR_DOMAIN_DEFINE_VALIDATE`.
 const DEFINE_VALIDATE: u32 = 1;
@@ -116,23 +97,7 @@ impl Entry {
     }
 
     fn matches(&self, flags: u32) -> bool {
-        let group = |yes: u32, no: u32, is: bool| {
-            flags & (yes | no) == 0 || (is && flags & yes != 0) || (!is && flags & no != 0)
-        };
-        let state = self.state.0;
-        let state_bits = list::RUNNING | list::PAUSED | list::SHUTOFF | list::OTHER;
-        let state_ok = flags & state_bits == 0
-            || (state == 1 && flags & list::RUNNING != 0)
-            || (state == 3 && flags & list::PAUSED != 0)
-            || (state == STATE_SHUTOFF && flags & list::SHUTOFF != 0)
-            || (![1, 3, STATE_SHUTOFF].contains(&state) && flags & list::OTHER != 0);
-        group(list::ACTIVE, list::INACTIVE, self.is_active())
-            && group(list::PERSISTENT, list::TRANSIENT, self.persistent)
-            && state_ok
-            && group(list::MANAGEDSAVE, list::NO_MANAGEDSAVE, false)
-            && group(list::AUTOSTART, list::NO_AUTOSTART, self.autostart)
-            && group(list::HAS_SNAPSHOT, list::NO_SNAPSHOT, false)
-            && group(list::HAS_CHECKPOINT, list::NO_CHECKPOINT, false)
+        crate::privsep::replica::listed(flags, self.is_active(), self.state.0, self.persistent, self.autostart)
     }
 }
 
@@ -195,6 +160,11 @@ impl Domains {
     /// By UUID, or the libvirt "no domain" error.
     pub fn by_uuid(&self, uuid: &[u8; 16]) -> Result<&Entry, CallError> {
         self.entries.iter().find(|e| &e.def.uuid == uuid).ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))
+    }
+
+    /// Every domain, in table order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
     }
 
     /// By name.

@@ -3,6 +3,7 @@
 //! [`frontends`].
 
 mod frontends;
+mod publishing;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
@@ -89,6 +90,8 @@ pub struct Broker {
     /// Registered guest fds: token to (domain, helper pid, which fd).
     guest_tokens: HashMap<Token, ([u8; 16], Pid, GuestFd)>,
     next_guest_token: usize,
+    /// The domain table as the frontends last got it (`publish.rs`).
+    published: super::publish::Published,
 }
 
 impl Broker {
@@ -119,6 +122,7 @@ impl Broker {
             exit: None,
             guest_tokens: HashMap::new(),
             next_guest_token: FIRST_GUEST,
+            published: Default::default(),
         })
     }
 

@@ -26,6 +26,7 @@ mod metadata;
 mod permit;
 mod pidfile;
 mod procfs;
+mod publish;
 mod readiness;
 mod restarts;
 mod sched;

@@ -11,6 +11,7 @@ mod admin;
 mod conn;
 pub mod dispatch;
 mod packets;
+mod replica;
 mod server;
 mod session;
 mod streams;

@@ -293,6 +293,9 @@ pub enum BrokerReply {
     ConsoleTaken([u8; 16]),
     /// Unsolicited: close this client's connection (`virt-admin client-disconnect`).
     Disconnect(ConnId),
+    /// Unsolicited: the domain table changed; read-only calls are answered
+    /// from this copy from now on (`privsep::replica`).
+    Replica(super::replica::DomainTable),
 }
 
 impl BrokerReply {
@@ -310,7 +313,8 @@ impl BrokerReply {
             | BrokerReply::Value(_)
             | BrokerReply::Event(_)
             | BrokerReply::ConsoleTaken(_)
-            | BrokerReply::Disconnect(_) => 0,
+            | BrokerReply::Disconnect(_)
+            | BrokerReply::Replica(_) => 0,
         }
     }
 }
