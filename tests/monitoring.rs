@@ -535,3 +535,60 @@ fn virsh_compares_and_baselines_cpus_against_the_host() {
     assert_eq!(code, 1);
     assert!(err.contains("read only access prevents virConnectCompareHypervisorCPU"), "{err}");
 }
+
+/// Read-only listing and lookups are answered by the frontend from the
+/// broker's published domain table: they answer while the broker itself is
+/// stopped (a call the broker must answer waits meanwhile), and a change
+/// made on the read-write socket is in the read-only socket's answers as
+/// soon as its reply came.
+#[test]
+fn listing_and_lookups_come_from_the_frontends_copy_which_follows_every_change() {
+    use libvirtd::rpc::remote::{ListAllDomainsArgs, StringArg};
+    use libvirtd::rpc::xdr;
+    const LIST_ALL_DOMAINS: i32 = 273;
+    const LOOKUP_BY_NAME: i32 = 23;
+    const DEFINE_XML: i32 = 11;
+    const UNDEFINE: i32 = 35;
+    const GET_HOSTNAME: i32 = 59;
+    let d = Daemon::start("", &[]);
+    let mut rw = RawClient::connect(&d.tree.sock("libvirt-sock"));
+    rw.open(0);
+    let mut ro = RawClient::connect(&d.tree.sock("libvirt-sock-ro"));
+    ro.open(1);
+    let list = xdr::to_bytes(&ListAllDomainsArgs { need_results: 1, flags: 0 }).unwrap();
+    let count = |ro: &mut RawClient| {
+        let (h, p) = ro.call(LIST_ALL_DOMAINS, &list);
+        assert_eq!(h.status, 0);
+        u32::from_be_bytes(p[p.len() - 4..].try_into().unwrap())
+    };
+    for i in 0..30 {
+        let name = format!("copy-{i}");
+        let xml = domain_xml(&name, &format!("00000000-0000-4000-8000-{i:012}"));
+        let (h, dom) = rw.call(DEFINE_XML, &xdr::to_bytes(&StringArg { value: xml }).unwrap());
+        assert_eq!(h.status, 0);
+        assert_eq!(count(&mut ro), 1, "define {i} not yet in the read-only socket's list");
+        let lookup = xdr::to_bytes(&StringArg { value: name }).unwrap();
+        assert_eq!(ro.call(LOOKUP_BY_NAME, &lookup).0.status, 0);
+        assert_eq!(rw.call(UNDEFINE, &dom).0.status, 0);
+        assert_eq!(count(&mut ro), 0, "undefine {i} not yet in the read-only socket's list");
+        assert_ne!(ro.call(LOOKUP_BY_NAME, &lookup).0.status, 0);
+    }
+    let xml = domain_xml("kept", "00000000-0000-4000-8000-0000000000ff");
+    assert_eq!(rw.call(DEFINE_XML, &xdr::to_bytes(&StringArg { value: xml }).unwrap()).0.status, 0);
+
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    let t = std::time::Instant::now();
+    let listed = count(&mut ro);
+    let took = t.elapsed();
+    // A call only the broker answers waits for it.
+    let (serial, hostname) = ro.packet(GET_HOSTNAME, &[]);
+    ro.send(&hostname);
+    ro.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let waited = ro.read().is_err();
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    ro.stream.set_read_timeout(Some(SECS)).unwrap();
+    let (h, _) = ro.read().unwrap();
+    assert_eq!((listed, h.serial, h.status), (1, serial, 0));
+    assert!(took < Duration::from_secs(1), "listing took {took:?} with the broker stopped");
+    assert!(waited, "the broker answered while stopped?");
+}
