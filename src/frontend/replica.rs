@@ -1,13 +1,13 @@
 //! The frontend's copy of the broker's domain table (`privsep::replica`),
 //! and the read-only calls answered from it without a round trip to the
-//! broker: listing, counting and looking up domains, the calls monitoring
-//! tools repeat most. The broker alone writes the table; it sends a new one
+//! broker: listing, counting and looking up domains and asking their state,
+//! persistence and autostart, the calls monitoring tools repeat most. The broker alone writes the table; it sends a new one
 //! before any reply or event that follows a change, and the server reads
 //! its channel before a client's bytes, so a client never gets an answer
 //! older than something it has already been told.
 
 use crate::privsep::replica::DomainTable;
-use crate::privsep::{Call, CallError, CallValue};
+use crate::privsep::{Call, CallError, CallValue, Query};
 
 /// The copy; empty until the broker sends one (calls then go to the broker).
 #[derive(Debug, Default)]
@@ -34,6 +34,16 @@ impl Replica {
             Call::LookupById(id) => t.by_id(*id).map(|r| CallValue::Domain(r.handle())),
             Call::LookupByName(name) => t.by_name(name).map(|r| CallValue::Domain(r.handle())),
             Call::LookupByUuid(uuid) => t.by_uuid(uuid).map(|r| CallValue::Domain(r.handle())),
+            // Flags, and every other question, are the broker's to judge.
+            Call::Query {
+                uuid,
+                query: query @ (Query::State { flags: 0 } | Query::IsActive | Query::IsPersistent | Query::Autostart),
+            } => t.by_uuid(uuid).map(|r| match query {
+                Query::State { .. } => CallValue::State { state: r.state.0, reason: r.state.1 },
+                Query::IsActive => CallValue::Int((r.id >= 0).into()),
+                Query::IsPersistent => CallValue::Int(r.persistent.into()),
+                _ => CallValue::Int(r.autostart.into()),
+            }),
             _ => return None,
         };
         Some(result.map_err(CallError::clipped))
@@ -75,5 +85,12 @@ mod tests {
             Some(Err(CallError::UnsupportedFlags { .. }))
         ));
         assert_eq!(r.answer(&Call::GetHostname), None, "not a replica call");
+        let ask = |uuid, query| r.answer(&Call::Query { uuid, query });
+        assert_eq!(ask([1; 16], Query::State { flags: 0 }), Some(Ok(CallValue::State { state: 1, reason: 1 })));
+        assert_eq!(ask([2; 16], Query::IsActive), Some(Ok(CallValue::Int(0))));
+        assert_eq!(ask([2; 16], Query::IsPersistent), Some(Ok(CallValue::Int(1))));
+        assert!(matches!(ask([9; 16], Query::IsActive), Some(Err(CallError::NoDomainUuid(_)))));
+        assert_eq!(ask([1; 16], Query::State { flags: 1 }), None, "flags are the broker's to refuse");
+        assert_eq!(ask([1; 16], Query::Info), None);
     }
 }
