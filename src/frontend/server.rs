@@ -443,7 +443,7 @@ impl Server {
         // What the broker sent first (a newer domain table) is read before
         // the client's calls, which may be answered from it. A broken
         // channel is the main loop's to notice.
-        if readable && self.on_channel().is_err() {
+        if readable && self.receive().is_err() {
             return;
         }
         let Some(client) = self.clients.get_mut(&token) else {
@@ -686,6 +686,11 @@ impl Server {
         if self.channel.flush()? {
             self.needs_resume = true;
         }
+        self.receive()
+    }
+
+    /// Takes in everything the broker has sent.
+    fn receive(&mut self) -> Result<(), ChannelError> {
         loop {
             let (env, fds) = match self.channel.recv::<Envelope<BrokerReply>>(|e| e.body.fd_count()) {
                 Ok(m) => m,
