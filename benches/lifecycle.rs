@@ -7,13 +7,8 @@
 //! The same figures follow for Debian's libvirtd+QEMU booting the same test
 //! guest (its PVH image, `-kernel pvh.elf`) when `/usr/sbin/libvirtd` and
 //! `qemu-system-x86_64` are installed, so the two can be read side by side.
-//! That libvirtd is a private instance which must neither see nor disturb the
-//! host's: it runs in its own mount, network and PID namespaces (`unshare`),
-//! with a fresh tmpfs on /run, temporary directories bound over /etc/libvirt,
-//! /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt, no cgroup
-//! mounts (so it creates no cgroups) and its sockets in a temporary
-//! directory. Killing the namespace's init ends it and every QEMU it started.
-//! One such daemon serves all its guests, so its QEMU capability probe runs
+//! That libvirtd is a private instance in namespaces of its own
+//! (`shared/debian.rs`), which neither sees nor disturbs the host's. One such daemon serves all its guests, so its QEMU capability probe runs
 //! once, before its first answer, and stays cached in that private cache
 //! directory: it is reported separately, with the first define and a warm-up
 //! start that checks whether QEMU can use KVM here (else the guests run as
@@ -27,15 +22,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/debian.rs"]
+mod debian;
+#[path = "shared/guests.rs"]
+mod guests;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, children_of, cmdline, domain_xml, rss_kib_of, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{Daemon, children_of, rss_kib_of, wait_until};
+use debian::Debian;
+use guests::{guest_xml, virsh};
 
 const GUESTS: usize = 10;
 /// Start to `GUEST-READY` and destroy, one guest at a time.
@@ -45,15 +42,6 @@ const LISTS: usize = 20;
 const CALL: Duration = Duration::from_secs(120);
 /// Bound on the whole Debian side; fewer guests are started if it would take longer.
 const DEBIAN_BUDGET: Duration = Duration::from_secs(15 * 60);
-const DEBIAN_LIBVIRTD: &str = "/usr/sbin/libvirtd";
-const DEBIAN_QEMU: &str = "/usr/bin/qemu-system-x86_64";
-/// Host directories Debian's libvirtd writes to, each replaced by a private one.
-const DEBIAN_DIRS: [(&str, &str); 4] = [
-    ("etc", "/etc/libvirt"),
-    ("lib", "/var/lib/libvirt"),
-    ("cache", "/var/cache/libvirt"),
-    ("log", "/var/log/libvirt"),
-];
 
 struct Guest {
     name: String,
@@ -70,37 +58,6 @@ struct Figures {
     daemon_rss: u64,
     guests_rss: u64,
     list: Duration,
-}
-
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut out = children_of(pid);
-    let mut i = 0;
-    while i < out.len() {
-        out.extend(children_of(out[i]));
-        i += 1;
-    }
-    out
-}
-
-/// Runs virsh against `socket`, killing it after `within`; stdout if it exits 0.
-fn virsh(socket: &Path, args: &[&str], within: Duration) -> Result<String, String> {
-    let what = args.join(" ");
-    match common::client_tool_within("virsh", &common::uri(socket), args, within) {
-        None => Err(format!("virsh {what} did not finish within {} s", within.as_secs())),
-        Some((0, out, _)) => Ok(out),
-        Some((_, _, err)) => Err(format!("virsh {what}: {}", err.trim().replace('\n', " / "))),
-    }
-}
-
-/// The test domain of `type='{kind}'`, booting `kernel`, its serial console in `log`.
-fn guest_xml(kind: &str, name: &str, i: usize, kernel: &Path, log: &Path) -> String {
-    domain_xml(name, &format!("00000000-0000-4000-8000-{i:012}"))
-        .replace("<domain type='kvm'>", &format!("<domain type='{kind}'>"))
-        .replace("/var/tmp/guestkit/vmlinuz", &kernel.to_string_lossy())
-        .replace(
-            "<serial type='pty'><target port='0'/></serial>",
-            &format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display()),
-        )
 }
 
 /// Defines `bench-0..count` in `dir`; returns them and how long the first define took.
@@ -239,134 +196,8 @@ fn ours(images: &Path) {
     report("libvirtd-rs (a KVM helper process per guest; bzImage test guest):", &f, "broker + frontends", "helpers");
 }
 
-/// A private Debian libvirtd (see the module comment); dropping it kills it and its guests.
-struct Debian {
-    dir: tempfile::TempDir,
-    unshare: Child,
-    /// The namespace's init (bash), parent of libvirtd and of every QEMU.
-    init: Option<i32>,
-}
-
-impl Debian {
-    fn start() -> Result<Debian, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("lifecycle-debian")
-            .tempdir()
-            .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
-        let p = dir.path();
-        if p.starts_with("/run") || DEBIAN_DIRS.iter().any(|(_, host)| p.starts_with(host)) {
-            return Err(format!("the temporary directory {} would be hidden in the namespace", p.display()));
-        }
-        let q = |s: &Path| format!("'{}'", s.display());
-        let mut script = String::from(
-            "set -e\nmount -t tmpfs tmpfs /run\nmkdir /run/libvirt\numount -R -l /sys/fs/cgroup 2>/dev/null || true\n",
-        );
-        for (name, host) in DEBIAN_DIRS {
-            if !Path::new(host).is_dir() {
-                return Err(format!("{host} does not exist (is libvirt-daemon installed?)"));
-            }
-            std::fs::create_dir(p.join(name)).map_err(|e| format!("mkdir: {e}"))?;
-            script += &format!("mount --bind {} {host}\n", q(&p.join(name)));
-        }
-        script += &format!("{DEBIAN_LIBVIRTD} -f {} &\nwait\n", q(&p.join("libvirtd.conf")));
-        let sock = p.join("sock");
-        std::fs::create_dir(&sock).map_err(|e| format!("mkdir: {e}"))?;
-        let files = [
-            (
-                "libvirtd.conf".to_owned(),
-                format!(
-                    "unix_sock_dir = \"{}\"\nauth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\n\
-                     log_outputs = \"3:file:{}\"\n",
-                    sock.display(),
-                    p.join("libvirtd.log").display()
-                ),
-            ),
-            // No virtlogd, no security driver, no per-guest namespaces or cgroups:
-            // nothing of the host's beyond /dev/kvm.
-            (
-                "etc/qemu.conf".to_owned(),
-                "stdio_handler = \"file\"\nsecurity_driver = \"none\"\nuser = \"root\"\ngroup = \"root\"\n\
-                 dynamic_ownership = 0\nremember_owner = 0\nnamespaces = [ ]\ncgroup_controllers = [ ]\n"
-                    .to_owned(),
-            ),
-        ];
-        for (name, text) in files {
-            std::fs::write(p.join(&name), text).map_err(|e| format!("writing {name}: {e}"))?;
-        }
-        let out = std::fs::File::create(p.join("output")).map_err(|e| format!("creating output: {e}"))?;
-        let err = out.try_clone().map_err(|e| format!("output: {e}"))?;
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private"])
-            .args(["bash", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // If this benchmark dies, the namespace (libvirtd and its QEMUs) dies with it.
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let unshare = cmd.spawn().map_err(|e| format!("cannot run unshare (util-linux): {e}"))?;
-        let mut d = Debian { dir, unshare, init: None };
-        let pid = d.unshare.id() as i32;
-        wait_until(Duration::from_secs(10), || {
-            d.init = children_of(pid).first().copied();
-            d.init.is_some()
-        });
-        let up = wait_until(Duration::from_secs(120), || {
-            d.sock().exists() || d.unshare.try_wait().is_ok_and(|s| s.is_some())
-        });
-        if !up || !d.sock().exists() {
-            let output = std::fs::read_to_string(d.dir.path().join("output")).unwrap_or_default();
-            let status = match d.unshare.try_wait() {
-                Ok(Some(s)) => format!("it exited ({s})"),
-                _ => "it did not listen within 120 s".to_owned(),
-            };
-            return Err(format!("its libvirtd did not start, {status}: {}", output.trim()));
-        }
-        Ok(d)
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("sock/libvirt-sock")
-    }
-
-    /// RSS of libvirtd, and of all the QEMU processes.
-    fn rss(&self) -> (u64, u64) {
-        let all = self.init.map(descendants).unwrap_or_default();
-        let sum = |what: &str| all.iter().filter(|p| cmdline(**p).contains(what)).map(|p| rss_kib_of(*p)).sum();
-        (sum(DEBIAN_LIBVIRTD), sum("qemu-system"))
-    }
-}
-
-impl Drop for Debian {
-    fn drop(&mut self) {
-        // The init's death ends the PID namespace: libvirtd and every QEMU.
-        match self.init {
-            Some(init) => {
-                let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
-            }
-            None => {
-                let _ = self.unshare.kill();
-            }
-        }
-        let _ = self.unshare.wait();
-    }
-}
-
 /// Debian's libvirtd+QEMU with the PVH image; Err says why it could not run.
 fn debian(images: &Path) -> Result<(), String> {
-    if !common::is_root() {
-        return Err("needs root (for its private namespaces)".into());
-    }
-    for exe in [DEBIAN_LIBVIRTD, DEBIAN_QEMU] {
-        if !Path::new(exe).exists() {
-            return Err(format!("{exe} is not installed (libvirt-daemon-driver-qemu, qemu-system-x86)"));
-        }
-    }
     let deadline = Instant::now() + DEBIAN_BUDGET;
     let t = Instant::now();
     let d = Debian::start()?;

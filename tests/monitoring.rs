@@ -456,3 +456,139 @@ print("still 20 running:", len(ro.listDomainsID()) == 20)
          still 20 running: True\n"
     );
 }
+
+/// `virsh cpu-compare`, `cpu-baseline` and their hypervisor variants against
+/// the host CPU, with the files users give them (a capabilities dump, a
+/// bare `<cpu>`).
+#[test]
+fn virsh_compares_and_baselines_cpus_against_the_host() {
+    if !have_virsh() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
+    let file = |name: &str, text: &str| {
+        let p = d.tree.path(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let (code, caps, err) = virsh(&ro, &["capabilities"]);
+    assert_eq!(code, 0, "{err}");
+    let host = file("caps.xml", &caps);
+    let flags: Vec<String> = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("flags").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(!flags.is_empty());
+
+    let (code, out, err) = virsh(&ro, &["cpu-compare", &host]);
+    assert_eq!((code, out.trim()), (0, format!("CPU described in {host} is identical to host CPU").as_str()), "{err}");
+    let subset = file("subset.xml", &format!("<cpu><feature name='{}'/></cpu>", flags[0]));
+    let (code, out, err) = virsh(&ro, &["cpu-compare", &subset]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("Host CPU is a superset of CPU described in {subset}").as_str()),
+        "{err}"
+    );
+    let missing = file("missing.xml", "<cpu><feature name='no-such-feature'/></cpu>");
+    let (code, out, _) = virsh(&ro, &["cpu-compare", &missing]);
+    assert_eq!((code, out.trim()), (1, format!("CPU described in {missing} is incompatible with host CPU").as_str()));
+    let (code, _, err) = virsh(&ro, &["cpu-compare", "--error", &missing]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "error: the CPU is incompatible with host CPU: Host CPU does not provide required features: no-such-feature"
+        ),
+        "{err}"
+    );
+    let model = file("model.xml", "<cpu mode='custom' match='exact'><model>NoSuchModel</model></cpu>");
+    let (code, _, err) = virsh(&ro, &["cpu-compare", &model]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: internal error: Unknown CPU model NoSuchModel"), "{err}");
+
+    // The baseline of the host alone is the host's features, as a guest CPU.
+    let (code, out, err) = virsh(&ro, &["cpu-baseline", &host]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("<cpu mode='custom' match='exact'>\n"), "{out}");
+    assert_eq!(
+        out.matches("<feature policy='require' name=").count(),
+        flags.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        "{out}"
+    );
+    let two = file("two.xml", &format!("{caps}\n{}", std::fs::read_to_string(&subset).unwrap()));
+    let (code, out, err) = virsh(&ro, &["cpu-baseline", &two]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("<feature ").count(), 1, "{out}");
+
+    // The hypervisor variants name an emulator, so they are read-write only.
+    let (code, out, err) = virsh(&rw, &["hypervisor-cpu-compare", &host]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("identical"), "{out}");
+    let (code, out, err) = virsh(&rw, &["hypervisor-cpu-baseline", &subset]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("name='{}'", flags[0])), "{out}");
+    let (code, _, err) = virsh(&ro, &["hypervisor-cpu-compare", &host]);
+    assert_eq!(code, 1);
+    assert!(err.contains("read only access prevents virConnectCompareHypervisorCPU"), "{err}");
+}
+
+/// Read-only listing and lookups are answered by the frontend from the
+/// broker's published domain table: they answer while the broker itself is
+/// stopped (a call the broker must answer waits meanwhile), and a change
+/// made on the read-write socket is in the read-only socket's answers as
+/// soon as its reply came.
+#[test]
+fn listing_and_lookups_come_from_the_frontends_copy_which_follows_every_change() {
+    use libvirtd::rpc::remote::{ListAllDomainsArgs, StringArg};
+    use libvirtd::rpc::xdr;
+    const LIST_ALL_DOMAINS: i32 = 273;
+    const LOOKUP_BY_NAME: i32 = 23;
+    const DEFINE_XML: i32 = 11;
+    const UNDEFINE: i32 = 35;
+    const GET_HOSTNAME: i32 = 59;
+    let d = Daemon::start("", &[]);
+    let mut rw = RawClient::connect(&d.tree.sock("libvirt-sock"));
+    rw.open(0);
+    let mut ro = RawClient::connect(&d.tree.sock("libvirt-sock-ro"));
+    ro.open(1);
+    let list = xdr::to_bytes(&ListAllDomainsArgs { need_results: 1, flags: 0 }).unwrap();
+    let count = |ro: &mut RawClient| {
+        let (h, p) = ro.call(LIST_ALL_DOMAINS, &list);
+        assert_eq!(h.status, 0);
+        u32::from_be_bytes(p[p.len() - 4..].try_into().unwrap())
+    };
+    for i in 0..30 {
+        let name = format!("copy-{i}");
+        let xml = domain_xml(&name, &format!("00000000-0000-4000-8000-{i:012}"));
+        let (h, dom) = rw.call(DEFINE_XML, &xdr::to_bytes(&StringArg { value: xml }).unwrap());
+        assert_eq!(h.status, 0);
+        assert_eq!(count(&mut ro), 1, "define {i} not yet in the read-only socket's list");
+        let lookup = xdr::to_bytes(&StringArg { value: name }).unwrap();
+        assert_eq!(ro.call(LOOKUP_BY_NAME, &lookup).0.status, 0);
+        assert_eq!(rw.call(UNDEFINE, &dom).0.status, 0);
+        assert_eq!(count(&mut ro), 0, "undefine {i} not yet in the read-only socket's list");
+        assert_ne!(ro.call(LOOKUP_BY_NAME, &lookup).0.status, 0);
+    }
+    let xml = domain_xml("kept", "00000000-0000-4000-8000-0000000000ff");
+    assert_eq!(rw.call(DEFINE_XML, &xdr::to_bytes(&StringArg { value: xml }).unwrap()).0.status, 0);
+
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    let t = std::time::Instant::now();
+    let listed = count(&mut ro);
+    let took = t.elapsed();
+    // A call only the broker answers waits for it.
+    let (serial, hostname) = ro.packet(GET_HOSTNAME, &[]);
+    ro.send(&hostname);
+    ro.stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let waited = ro.read().is_err();
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    ro.stream.set_read_timeout(Some(SECS)).unwrap();
+    let (h, _) = ro.read().unwrap();
+    assert_eq!((listed, h.serial, h.status), (1, serial, 0));
+    assert!(took < Duration::from_secs(1), "listing took {took:?} with the broker stopped");
+    assert!(waited, "the broker answered while stopped?");
+}

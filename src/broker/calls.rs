@@ -160,6 +160,8 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             hostpages::free_pages(&pages, start, count, flags).map(CallValue::U64s)
         }
         Call::CpuModelNames { arch, flags } => host::cpu_model_names(&arch, flags).map(CallValue::Texts),
+        Call::CompareCpu { on, xml, flags } => super::hostcpu::compare(&on, &xml, flags).map(CallValue::Int),
+        Call::BaselineCpu { on, xmls, flags } => super::hostcpu::baseline(&on, &xmls, flags).map(CallValue::Text),
         Call::GetTime { uuid, flags } => agent::get_time(ctx.domains.by_uuid(&uuid)?, flags)
             .map(|(seconds, nseconds)| CallValue::Time { seconds, nseconds }),
         Call::GetMetadata { uuid, kind, uri, flags } => {

@@ -10,26 +10,7 @@ use crate::domain::{self, DomainDef, DomainError, uuid_string};
 use crate::privsep::{CallError, DomainRef};
 use crate::rpc::remote::DomainInfoRet;
 
-/// `virConnectListAllDomainsFlags` bits.
-mod list {
-    pub const ACTIVE: u32 = 1;
-    pub const INACTIVE: u32 = 2;
-    pub const PERSISTENT: u32 = 4;
-    pub const TRANSIENT: u32 = 8;
-    pub const RUNNING: u32 = 16;
-    pub const PAUSED: u32 = 32;
-    pub const SHUTOFF: u32 = 64;
-    pub const OTHER: u32 = 128;
-    pub const MANAGEDSAVE: u32 = 256;
-    pub const NO_MANAGEDSAVE: u32 = 512;
-    pub const AUTOSTART: u32 = 1024;
-    pub const NO_AUTOSTART: u32 = 2048;
-    pub const HAS_SNAPSHOT: u32 = 4096;
-    pub const NO_SNAPSHOT: u32 = 8192;
-    pub const HAS_CHECKPOINT: u32 = 16384;
-    pub const NO_CHECKPOINT: u32 = 32768;
-    pub const ALL: u32 = 65535;
-}
+use crate::privsep::replica::list;
 
 /// `VIR_DOMAIN_DEFINE_VALIDATE`.
 const DEFINE_VALIDATE: u32 = 1;
@@ -112,23 +93,7 @@ impl Entry {
     }
 
     fn matches(&self, flags: u32) -> bool {
-        let group = |yes: u32, no: u32, is: bool| {
-            flags & (yes | no) == 0 || (is && flags & yes != 0) || (!is && flags & no != 0)
-        };
-        let state_bits = list::RUNNING | list::PAUSED | list::SHUTOFF | list::OTHER;
-        let state_ok = flags & state_bits == 0
-            || match self.state {
-                DomainState::Running(_) => flags & list::RUNNING != 0,
-                DomainState::Paused(_) => flags & list::PAUSED != 0,
-                DomainState::Shutoff(_) => flags & list::SHUTOFF != 0,
-            };
-        group(list::ACTIVE, list::INACTIVE, self.is_active())
-            && group(list::PERSISTENT, list::TRANSIENT, self.persistent)
-            && state_ok
-            && group(list::MANAGEDSAVE, list::NO_MANAGEDSAVE, false)
-            && group(list::AUTOSTART, list::NO_AUTOSTART, self.autostart)
-            && group(list::HAS_SNAPSHOT, list::NO_SNAPSHOT, false)
-            && group(list::HAS_CHECKPOINT, list::NO_CHECKPOINT, false)
+        crate::privsep::replica::listed(flags, self.is_active(), self.state.to_libvirt().0, self.persistent, self.autostart)
     }
 }
 
@@ -191,6 +156,11 @@ impl Domains {
     /// By UUID, or the libvirt "no domain" error.
     pub fn by_uuid(&self, uuid: &crate::domain::Uuid) -> Result<&Entry, CallError> {
         self.entries.iter().find(|e| &e.def.uuid == uuid).ok_or_else(|| CallError::NoDomainUuid(uuid_string(uuid)))
+    }
+
+    /// Every domain, in table order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
     }
 
     /// By name.

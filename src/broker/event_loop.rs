@@ -7,6 +7,7 @@
 mod frontends;
 mod guests;
 mod reload;
+mod publishing;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
@@ -88,6 +89,8 @@ pub struct Broker {
     /// Registered guest fds: token to (domain, helper pid, which fd).
     guest_tokens: HashMap<Token, (crate::domain::Uuid, Pid, GuestFd)>,
     next_guest_token: usize,
+    /// The domain table as the frontends last got it (`publish.rs`).
+    published: super::publish::Published,
 }
 
 impl Broker {
@@ -118,6 +121,7 @@ impl Broker {
             exit: None,
             guest_tokens: HashMap::new(),
             next_guest_token: FIRST_GUEST,
+            published: Default::default(),
         })
     }
 

@@ -10,7 +10,8 @@ use super::packets::{ErasedRet, ok_reply};
 pub use super::packets::{error_reply, keepalive, stream_packet};
 pub use super::session::{Action, Facts, Session};
 use super::session::{LIB_VERSION, MAX_CALLBACKS, nonnull};
-use crate::privsep::{Call, CallValue, Query};
+use crate::privsep::{Call, CallValue, CpuTarget, Query};
+use crate::rpc::cpu;
 use crate::rpc::error::RpcError;
 use crate::rpc::frame::{
     self, ADMIN_PROGRAM, Header, KEEPALIVE_PROGRAM, LXC_PROGRAM, MessageType, QEMU_PROGRAM, REMOTE_PROGRAM, Status,
@@ -390,6 +391,26 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: CpuModelNamesArgs = args(payload)?;
             fwd(Call::CpuModelNames { arch: a.arch, flags: a.flags })
         }
+        P::ConnectCompareCpu => {
+            let a: cpu::CompareCpuArgs = args(payload)?;
+            fwd(Call::CompareCpu { on: CpuTarget::Host, xml: a.xml, flags: a.flags })
+        }
+        P::ConnectCompareHypervisorCpu => {
+            let a: cpu::CompareHypervisorCpuArgs = args(payload)?;
+            let on =
+                CpuTarget::Hypervisor { emulator: a.emulator, arch: a.arch, machine: a.machine, virttype: a.virttype };
+            fwd(Call::CompareCpu { on, xml: a.xml_cpu, flags: a.flags })
+        }
+        P::ConnectBaselineCpu => {
+            let a: cpu::BaselineCpuArgs = args(payload)?;
+            fwd(Call::BaselineCpu { on: CpuTarget::Host, xmls: a.xml_cpus.0, flags: a.flags })
+        }
+        P::ConnectBaselineHypervisorCpu => {
+            let a: cpu::BaselineHypervisorCpuArgs = args(payload)?;
+            let on =
+                CpuTarget::Hypervisor { emulator: a.emulator, arch: a.arch, machine: a.machine, virttype: a.virttype };
+            fwd(Call::BaselineCpu { on, xmls: a.xml_cpus.0, flags: a.flags })
+        }
         P::DomainGetTime => {
             let a: DomainFlagsArgs = args(payload)?;
             fwd(Call::GetTime { uuid: a.dom.uuid.0.into(), flags: a.flags })
@@ -746,6 +767,24 @@ mod tests {
             enc(&DomainGetMetadataArgs { dom: dom.clone(), kind: 1, uri: None, flags: 0 }),
             enc(&DomainSetMetadataArgs { dom: dom.clone(), kind: 1, metadata: None, key: None, uri: None, flags: 0 }),
             enc(&DomainCapabilitiesArgs { emulatorbin: None, arch: None, machine: None, virttype: None, flags: 0 }),
+            enc(&cpu::CompareCpuArgs { xml: "<cpu/>".into(), flags: 0 }),
+            enc(&cpu::BaselineCpuArgs { xml_cpus: cpu::CpuXmls(vec!["<cpu/>".into()]), flags: 0 }),
+            enc(&cpu::CompareHypervisorCpuArgs {
+                emulator: None,
+                arch: None,
+                machine: None,
+                virttype: None,
+                xml_cpu: "<cpu/>".into(),
+                flags: 0,
+            }),
+            enc(&cpu::BaselineHypervisorCpuArgs {
+                emulator: None,
+                arch: None,
+                machine: None,
+                virttype: None,
+                xml_cpus: cpu::CpuXmls(vec!["<cpu/>".into()]),
+                flags: 0,
+            }),
         ]
         .into_iter()
         .chain(crate::frontend::storage::candidate_payloads())

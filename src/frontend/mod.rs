@@ -12,6 +12,7 @@ mod conn;
 pub mod dispatch;
 mod handshakes;
 mod packets;
+mod replica;
 mod server;
 mod session;
 mod storage;

@@ -102,6 +102,8 @@ pub struct Server {
     handshakes: Option<super::handshakes::Handshakes>,
     /// TLS for new TLS clients.
     tls: Option<crate::tls::session::Tls>,
+    /// The broker's domain table: read-only calls answered here.
+    replica: super::replica::Replica,
 }
 
 /// The rustls configuration for `config`'s TLS material, if TLS listens.
@@ -154,6 +156,7 @@ impl Server {
             clients: HashMap::new(),
             by_conn: HashMap::new(),
             pending: HashMap::new(),
+            replica: Default::default(),
             next_id: 2,
             needs_resume: false,
             next_token: FIRST_CLIENT,
@@ -481,6 +484,12 @@ impl Server {
     }
 
     fn on_client(&mut self, token: Token, readable: bool) {
+        // What the broker sent first (a newer domain table) is read before
+        // the client's calls, which may be answered from it. A broken
+        // channel is the main loop's to notice.
+        if readable && self.receive().is_err() {
+            return;
+        }
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
@@ -585,9 +594,18 @@ impl Server {
                     denied.push(header.proc_);
                     client.queue(&bytes)
                 }
+                // From the copy only behind no call of this client's still
+                // at the broker, so its answers keep their order.
                 Action::Forward(call) => {
-                    forwards.push((header, call));
-                    true
+                    let answered =
+                        (client.in_flight == 0 && forwards.is_empty()).then(|| self.replica.answer(&call)).flatten();
+                    match answered {
+                        Some(result) => client.queue(&dispatch::reply(&header, result)),
+                        None => {
+                            forwards.push((header, call));
+                            true
+                        }
+                    }
                 }
                 Action::Stream(h, data) => {
                     streams.push((h, data));
@@ -715,6 +733,11 @@ impl Server {
         if self.channel.flush()? {
             self.needs_resume = true;
         }
+        self.receive()
+    }
+
+    /// Takes in everything the broker has sent.
+    fn receive(&mut self) -> Result<(), ChannelError> {
         loop {
             let (env, fds) = match self.channel.recv::<Envelope<BrokerReply>>(|e| e.body.fd_count()) {
                 Ok(m) => m,
@@ -734,6 +757,7 @@ impl Server {
                 }
                 BrokerReply::Event(event) => self.deliver(&event),
                 BrokerReply::PoolEvent(event) => self.deliver_pool(&event),
+                BrokerReply::Replica(table) => self.replica.update(table),
                 BrokerReply::ConsoleTaken(uuid) => {
                     let holders: Vec<Token> = self
                         .clients

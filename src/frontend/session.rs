@@ -35,19 +35,18 @@ pub struct Session {
 
 /// Most event registrations one connection may hold (virsh makes 27).
 pub(super) const MAX_CALLBACKS: usize = 256;
-/// `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
-const EVENT_ID_LIFECYCLE: i32 = 0;
-/// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
-const EVENT_ID_METADATA_CHANGE: i32 = 23;
 
 impl Session {
     /// The MESSAGE packets that deliver `event` to this connection's
     /// registrations for its kind (usually none or one).
     pub fn event_messages(&self, event: &crate::privsep::DomainEvent) -> Vec<u8> {
         use crate::privsep::EventKind;
+        use crate::rpc::events::{self as ev, DomainOnlyEventMsg};
         let (event_id, proc_) = match event.kind {
-            EventKind::Lifecycle { .. } => (EVENT_ID_LIFECYCLE, DOMAIN_EVENT_CALLBACK_LIFECYCLE),
-            EventKind::MetadataChange { .. } => (EVENT_ID_METADATA_CHANGE, DOMAIN_EVENT_CALLBACK_METADATA_CHANGE),
+            EventKind::Lifecycle { .. } => (ev::ID_LIFECYCLE, DOMAIN_EVENT_CALLBACK_LIFECYCLE),
+            EventKind::MetadataChange { .. } => (ev::ID_METADATA_CHANGE, DOMAIN_EVENT_CALLBACK_METADATA_CHANGE),
+            EventKind::Reboot => (ev::ID_REBOOT, ev::CALLBACK_REBOOT),
+            EventKind::ControlError => (ev::ID_CONTROL_ERROR, ev::CALLBACK_CONTROL_ERROR),
         };
         let mut out = Vec::new();
         for (callback_id, _, _) in self
@@ -63,6 +62,7 @@ impl Session {
                 EventKind::MetadataChange { kind, uri } => {
                     xdr::to_bytes(&MetadataChangeEventMsg { callback_id, dom, kind: *kind, nsuri: uri.clone() })
                 }
+                EventKind::Reboot | EventKind::ControlError => xdr::to_bytes(&DomainOnlyEventMsg { callback_id, dom }),
             };
             let h = Header {
                 prog: REMOTE_PROGRAM,

@@ -43,6 +43,12 @@ pub enum EventKind {
         /// The namespace, for an element.
         uri: Option<String>,
     },
+    /// `VIR_DOMAIN_EVENT_ID_REBOOT`: the guest reset and runs on (its own
+    /// reboot, or `virDomainReset`), as QEMU's RESET makes libvirt send.
+    Reboot,
+    /// `VIR_DOMAIN_EVENT_ID_CONTROL_ERROR`: the daemon lost control of the
+    /// guest's helper (it died unexpectedly or speaks no protocol of ours).
+    ControlError,
 }
 
 /// A question about one domain, identified by UUID.
@@ -411,11 +417,50 @@ pub enum Call {
         /// `virDomainModificationImpact`.
         flags: u32,
     },
+    /// `virConnectCompareCPU`, `virConnectCompareHypervisorCPU`.
+    CompareCpu {
+        /// The host's CPU, or the one the hypervisor gives guests.
+        on: CpuTarget,
+        /// The CPU's XML.
+        xml: String,
+        /// `virConnectCompareCPUFlags`.
+        flags: u32,
+    },
+    /// `virConnectBaselineCPU`, `virConnectBaselineHypervisorCPU`.
+    BaselineCpu {
+        /// The host's CPU, or the one the hypervisor gives guests.
+        on: CpuTarget,
+        /// The CPUs' XML (at most `rpc::cpu::BASELINE_MAX`).
+        xmls: Vec<String>,
+        /// `virConnectBaselineCPUFlags`.
+        flags: u32,
+    },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
     /// A storage pool or volume call.
     Storage(super::storage::StorageCall),
 }
+
+/// Which CPU a comparison or baseline is against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CpuTarget {
+    /// The host's (`virConnectCompareCPU`).
+    Host,
+    /// What the hypervisor offers guests of this kind
+    /// (`virConnectCompareHypervisorCPU`); read-write, as in libvirt, since
+    /// it names an emulator.
+    Hypervisor {
+        /// Emulator binary.
+        emulator: Option<String>,
+        /// Architecture.
+        arch: Option<String>,
+        /// Machine type.
+        machine: Option<String>,
+        /// Virtualization type.
+        virttype: Option<String>,
+    },
+}
+
 
 /// A call's result; the frontend shapes it into the procedure's XDR reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -629,6 +674,10 @@ pub enum CallError {
     /// Something went wrong inside the daemon.
     #[error("{0}")]
     Internal(String),
+    /// A CPU comparison asked to fail on an incompatible CPU found one
+    /// (`VIR_ERR_CPU_INCOMPATIBLE`).
+    #[error("{0}")]
+    CpuIncompatible(String),
     /// An admin call named a server the daemon does not have.
     #[error("no server with matching name '{0}' found")]
     NoServer(String),
@@ -692,6 +741,7 @@ impl CallError {
             CallError::OperationFailed(s) => CallError::OperationFailed(c(s)),
             CallError::ReadOnly(s) => CallError::ReadOnly(c(s)),
             CallError::Internal(s) => CallError::Internal(c(s)),
+            CallError::CpuIncompatible(s) => CallError::CpuIncompatible(c(s)),
             CallError::NoServer(s) => CallError::NoServer(c(s)),
             CallError::Unsupported(s) => CallError::Unsupported(c(s)),
             CallError::ArgumentUnsupported(s) => CallError::ArgumentUnsupported(c(s)),

@@ -295,6 +295,9 @@ pub enum BrokerReply {
     ConsoleTaken(crate::domain::Uuid),
     /// Unsolicited: close this client's connection (`virt-admin client-disconnect`).
     Disconnect(ConnId),
+    /// Unsolicited: the domain table changed; read-only calls are answered
+    /// from this copy from now on (`privsep::replica`).
+    Replica(super::replica::DomainTable),
 }
 
 impl BrokerReply {
@@ -313,7 +316,8 @@ impl BrokerReply {
             | BrokerReply::Event(_)
             | BrokerReply::PoolEvent(_)
             | BrokerReply::ConsoleTaken(_)
-            | BrokerReply::Disconnect(_) => 0,
+            | BrokerReply::Disconnect(_)
+            | BrokerReply::Replica(_) => 0,
         }
     }
 }

@@ -12,8 +12,9 @@ pub mod helper;
 mod messages;
 mod procedure;
 pub mod storage;
+pub mod replica;
 
-pub use calls::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, Query, VcpuInfo};
+pub use calls::{Call, CallError, CallValue, CpuTarget, DomainEvent, DomainRef, EventKind, Query, VcpuInfo};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};
 pub use messages::{
     BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, KeyKind, ListenerKind,

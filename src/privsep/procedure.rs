@@ -5,7 +5,7 @@
 //! broker refuses the same call by the same row. A new [`Call`] variant
 //! does not compile until it names its procedure here.
 
-use super::calls::{Call, Query};
+use super::calls::{Call, CpuTarget, Query};
 use crate::rpc::remote::{Access, RemoteProc};
 
 impl Call {
@@ -60,6 +60,10 @@ impl Call {
             Call::GetMetadata { .. } => P::DomainGetMetadata,
             Call::SetMetadata { .. } => P::DomainSetMetadata,
             Call::Storage(c) => c.procedure(),
+            Call::CompareCpu { on: CpuTarget::Host, .. } => P::ConnectCompareCpu,
+            Call::CompareCpu { .. } => P::ConnectCompareHypervisorCpu,
+            Call::BaselineCpu { on: CpuTarget::Host, .. } => P::ConnectBaselineCpu,
+            Call::BaselineCpu { .. } => P::ConnectBaselineHypervisorCpu,
             Call::Admin(_) => return None,
         })
     }

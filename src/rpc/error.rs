@@ -24,6 +24,7 @@ mod code {
     pub const ARGUMENT_UNSUPPORTED: i32 = 74;
     pub const NO_DOMAIN_METADATA: i32 = 80;
     pub const OPERATION_UNSUPPORTED: i32 = 84;
+    pub const CPU_INCOMPATIBLE: i32 = 91;
     pub const XML_INVALID_SCHEMA: i32 = 92;
     pub const NO_SERVER: i32 = 95;
     pub const NO_CLIENT: i32 = 96;
@@ -45,6 +46,7 @@ mod from {
     pub const NODEDEV: i32 = 22;
     pub const INTERFACE: i32 = 26;
     pub const SECRET: i32 = 30;
+    pub const CPU: i32 = 31;
     pub const NWFILTER: i32 = 33;
     pub const DOMAIN_SNAPSHOT: i32 = 35;
     pub const ADMIN: i32 = 62;
@@ -237,6 +239,9 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                     err(code::OPERATION_INVALID, from::DOMAIN, "Requested operation is not valid: %s", detail)
                 }
                 CallError::Internal(_) => err(code::INTERNAL_ERROR, from::QEMU, "internal error: %s", detail),
+                CallError::CpuIncompatible(_) => {
+                    err(code::CPU_INCOMPATIBLE, from::CPU, "the CPU is incompatible with host CPU: %s", detail)
+                }
                 CallError::NoServer(_) => err(code::NO_SERVER, from::ADMIN, "Server not found: %s", detail),
                 CallError::NoClient(_) => err(code::NO_CLIENT, from::RPC, "Client not found: %s", detail),
                 CallError::ArgumentUnsupported(_) => {

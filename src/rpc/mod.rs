@@ -6,7 +6,9 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod cpu;
 pub mod error;
+pub mod events;
 pub mod frame;
 pub mod remote;
 pub mod stats;

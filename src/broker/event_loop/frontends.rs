@@ -41,7 +41,7 @@ const HIGH_WATER: usize = 4 * 1024 * 1024;
 const FAIR_SHARE: usize = 64;
 /// Queued bytes above which unsolicited messages (events) to a frontend
 /// that does not read are dropped rather than held.
-const EVENT_CEILING: usize = 2 * MAX_MESSAGE;
+pub(super) const EVENT_CEILING: usize = 2 * MAX_MESSAGE;
 
 impl Broker {
     pub(super) fn start_frontend(&mut self, slot: usize, readiness: &mut Readiness) {
@@ -268,6 +268,9 @@ impl Broker {
     /// Sends a frontend a message. A reply too large for the channel fails
     /// its call, not the frontend; only a dead channel ends the frontend.
     pub(super) fn reply(&mut self, slot: usize, id: u32, body: &BrokerReply, fds: &[BorrowedFd<'_>]) {
+        if let BrokerReply::Value(_) = body {
+            self.publish();
+        }
         let Some(link) = &self.frontends[slot].link else { return };
         match link.channel.send(&Envelope { id, body }, fds) {
             Ok(()) => {}
@@ -306,6 +309,7 @@ impl Broker {
     /// Sends queued lifecycle events to the frontends, which route them to
     /// the clients that registered.
     pub(super) fn flush_events(&mut self) {
+        self.publish();
         for event in std::mem::take(&mut self.setup.ctx.guests.events) {
             self.broadcast(&BrokerReply::Event(event));
         }
@@ -368,6 +372,7 @@ impl Broker {
         let pid = link.pid;
         let class = self.frontends[slot].class.name();
         self.frontends[slot].ready_once = true;
+        self.publish_to(slot);
         log::info!("{class} frontend pid {pid} is confined and serving");
         let fields = [("pid", Value::Num(pid.as_raw().into())), ("class", Value::Text(class))];
         self.setup.auditor.record("frontend-start", &fields, true);

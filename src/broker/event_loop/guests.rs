@@ -116,8 +116,11 @@ impl Broker {
         if ctx.guests.pending.starting(&uuid).is_some() {
             let e = CallError::OperationFailed(format!("guest '{name}' failed to start: {why}"));
             self.settle(uuid, |a| a.wait.starting(), Err(e));
-            self.flush_events();
+        } else {
+            // A running guest found again after a restart, out of reach.
+            ctx.emit_control_error(&uuid);
         }
+        self.flush_events();
     }
 
     /// A helper reported `Started`, `Paused`, `Resumed` or `PauseFailed`:
@@ -246,6 +249,9 @@ impl Broker {
             self.fail_awaiting(|_| false);
             return self.flush_events();
         }
+        if matches!(reason, StopReason::Failed) {
+            ctx.emit_control_error(&uuid);
+        }
         let Ok(entry) = ctx.domains.by_uuid(&uuid) else { return };
         let (name, def) = (entry.def.name.clone(), &entry.def);
         let g = &mut ctx.guests;
@@ -291,7 +297,12 @@ impl Broker {
             // A reboot keeps the domain running under its id; any other
             // restart is a new start.
             match self.setup.ctx.start(&uuid, in_place.then_some(id), false, "start", Asker::Daemon(op)) {
-                Ok(_) => log::info!("domain '{name}' restarting ({op})"),
+                Ok(_) => {
+                    log::info!("domain '{name}' restarting ({op})");
+                    if in_place {
+                        self.setup.ctx.emit_reboot(&uuid);
+                    }
+                }
                 Err(e) => {
                     log::error!("domain '{name}' could not be restarted: {e}");
                     call_audit::audit_guest(&mut self.setup.auditor, "start", (&name, &uuid), -1, Some(op), false);
