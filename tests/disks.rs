@@ -1,0 +1,426 @@
+//! Disks through the stock clients: `<disk>` definitions with PCI addresses,
+//! the shapes refused at define, start failures that name the disk and leave
+//! nothing behind, QEMU-style image locking between guests (and against
+//! `qemu-img`), qcow2 backing chains found from relative names, and the
+//! `virsh` disk commands.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const SECS: Duration = Duration::from_secs(10);
+const UUID_A: &str = "6b0c3c1e-2f4d-4e5a-8b9c-0d1e2f3a4b01";
+const UUID_B: &str = "6b0c3c1e-2f4d-4e5a-8b9c-0d1e2f3a4b02";
+
+fn have_kvm() -> bool {
+    require(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(), "/dev/kvm")
+}
+
+fn have_qemu_img() -> bool {
+    require(
+        Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "qemu-img (qemu-utils)",
+    )
+}
+
+/// `disks` (each a `<disk>` element) added to the minimal domain `name`.
+fn with_disks(xml: &str, disks: &str) -> String {
+    xml.replace("<devices>\n", &format!("<devices>\n{disks}\n"))
+}
+
+fn raw_disk(path: &Path, target: &str, extra: &str) -> String {
+    format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
+         <target dev='{target}' bus='virtio'/>{extra}</disk>",
+        path.display()
+    )
+}
+
+/// Defines `xml` (written into the tree as `NAME.xml`); returns virsh's answer.
+fn define(d: &Daemon, name: &str, xml: &str) -> (i32, String, String) {
+    let file = d.tree.path(&format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    virsh(&d.tree.sock("libvirt-sock"), &["define", file.to_str().unwrap()])
+}
+
+/// A sparse raw image of `mib` MiB.
+fn raw_image(path: &Path, mib: u64) {
+    std::fs::File::create(path).unwrap().set_len(mib << 20).unwrap();
+}
+
+fn qemu_img(args: &[&str]) -> (bool, String) {
+    let out = Command::new("qemu-img").args(args).output().expect("qemu-img");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Helper processes the daemon spawned that still run.
+fn helpers(d: &Daemon) -> Vec<i32> {
+    children_of(d.pid).into_iter().filter(|p| cmdline(*p).contains("libvirt-helper")).collect()
+}
+
+#[test]
+fn disks_get_pci_addresses_at_define_that_dumpxml_shows_and_redefine_keeps() {
+    if !have_virsh() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let (a, b) = (d.tree.path("a.img"), d.tree.path("b.qcow2"));
+    let disks = raw_disk(&a, "vda", "<serial>SER-1</serial><boot order='1'/>")
+        + &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none' discard='unmap'/>\
+             <source file='{}'/><target dev='vdb' bus='virtio'/><readonly/></disk>",
+            b.display()
+        );
+    let (code, _, err) = define(&d, "dd", &with_disks(&domain_xml("dd", UUID_A), &disks));
+    assert_eq!(code, 0, "{err}");
+    let (_, xml, _) = virsh(&rw, &["dumpxml", "dd"]);
+    for needle in [
+        "<driver name='qemu' type='raw'/>",
+        &format!("<source file='{}'/>", a.display()),
+        "<target dev='vda' bus='virtio'/>",
+        "<serial>SER-1</serial>",
+        "<boot order='1'/>",
+        "<address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>",
+        "<driver name='qemu' type='qcow2' cache='none' discard='unmap'/>",
+        "<readonly/>",
+        "<address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/>",
+    ] {
+        assert!(xml.contains(needle), "{needle} missing from\n{xml}");
+    }
+    // Shut off: no alias, no chain (those are the running guest's).
+    assert!(!xml.contains("<alias"), "{xml}");
+    // The dumped XML defines back to itself.
+    let (code, _, err) = define(&d, "dd", &xml);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(virsh(&rw, &["dumpxml", "dd"]).1, xml);
+    // A redefine without addresses keeps each disk's slot, and a new disk takes a free one.
+    let c = d.tree.path("c.img");
+    let swapped = raw_disk(&c, "vdc", "") + &raw_disk(&a, "vda", "");
+    assert_eq!(define(&d, "dd", &with_disks(&domain_xml("dd", UUID_A), &swapped)).0, 0);
+    let (_, xml, _) = virsh(&rw, &["dumpxml", "dd"]);
+    let vda = xml.find("dev='vda'").unwrap();
+    let vdc = xml.find("dev='vdc'").unwrap();
+    assert!(xml[vda..].contains("slot='0x03'") && xml[vdc..vda].contains("slot='0x04'"), "{xml}");
+    // domblklist reads the definition.
+    let (code, out, err) = virsh(&rw, &["domblklist", "dd", "--details"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("file   disk     vdc      {}", c.display())), "{out}");
+    assert!(out.contains(&format!("file   disk     vda      {}", a.display())), "{out}");
+}
+
+#[test]
+fn disk_shapes_we_do_not_run_are_refused_at_define_with_libvirts_error() {
+    if !have_virsh() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let img = d.tree.path("x.img");
+    for (disk, needle) in [
+        (
+            format!(
+                "<disk type='file' device='cdrom'><source file='{}'/><target dev='vdc' bus='virtio'/></disk>",
+                img.display()
+            ),
+            "unsupported configuration: disk device 'cdrom' is not supported",
+        ),
+        (
+            format!(
+                "<disk type='file' device='disk'><source file='{}'/><target dev='sda' bus='sata'/></disk>",
+                img.display()
+            ),
+            "unsupported configuration: disk bus 'sata' is not supported",
+        ),
+        (
+            "<disk type='network' device='disk'><source protocol='nbd' name='x'><host name='h'/></source>\
+             <target dev='vda' bus='virtio'/></disk>"
+                .to_string(),
+            "unsupported configuration: disk type 'network' is not supported",
+        ),
+        (
+            format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='raw' io='native'/><source file='{}'/>\
+                 <target dev='vda' bus='virtio'/></disk>",
+                img.display()
+            ),
+            "unsupported configuration: disk io mode 'native' is not supported",
+        ),
+        (
+            raw_disk(&img, "vda", "") + &raw_disk(&d.tree.path("y.img"), "vda", ""),
+            &format!(
+                "XML error: target 'vda' duplicated for disk sources '{}' and '{}'",
+                img.display(),
+                d.tree.path("y.img").display()
+            ),
+        ),
+    ] {
+        let (code, _, err) = define(&d, "bad", &with_disks(&domain_xml("bad", UUID_A), &disk));
+        assert_eq!(code, 1, "{needle}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(virsh(&d.tree.sock("libvirt-sock"), &["list", "--all", "--name"]).1.trim().is_empty());
+}
+
+#[test]
+fn a_disk_that_is_no_image_fails_start_naming_it_and_leaves_nothing_behind() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let base = test_guest_xml(&d, "nd", UUID_A);
+    let fifo = d.tree.path("fifo.img");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let dir = d.tree.path("dir.img");
+    std::fs::create_dir(&dir).unwrap();
+    let missing = d.tree.path("missing.img");
+    let good = d.tree.path("good.img");
+    raw_image(&good, 1);
+    for (path, needle) in [
+        (fifo.clone(), "is a FIFO, not a regular file or block device".to_string()),
+        (dir.clone(), "is a directory, not a regular file or block device".to_string()),
+        (PathBuf::from("/dev/null"), "is a character device, not a regular file or block device".to_string()),
+        (missing.clone(), format!("cannot open disk 'vdb' image '{}': No such file or directory", missing.display())),
+    ] {
+        // A good first disk, whose lock must not outlive the failed start.
+        let disks = raw_disk(&good, "vda", "") + &raw_disk(&path, "vdb", "");
+        assert_eq!(define(&d, "nd", &with_disks(&base, &disks)).0, 0);
+        let started = std::time::Instant::now();
+        let (code, _, err) = virsh(&rw, &["start", "nd"]);
+        assert!(started.elapsed() < Duration::from_secs(5), "the start waited");
+        assert_eq!(code, 1, "{}", path.display());
+        assert!(err.contains("error: Failed to start domain 'nd'"), "{err}");
+        assert!(err.contains(&needle) && err.contains(&path.display().to_string()), "{needle}: {err}");
+        assert!(err.contains("'vdb'"), "{err}");
+        assert_eq!(virsh(&rw, &["domstate", "nd"]).1, "shut off\n\n");
+        assert!(helpers(&d).is_empty(), "a helper was left running");
+        assert!(!d.tree.path("run/qemu/nd.xml").exists() && !d.tree.path("run/qemu/nd.status").exists());
+    }
+    // No lock on the first disk was left behind: QEMU's tools may write it.
+    if have_qemu_img() {
+        let (ok, text) = qemu_img(&["resize", "-f", "raw", good.to_str().unwrap(), "2M"]);
+        assert!(ok, "{text}");
+    }
+}
+
+/// `qemu-io` holding `img` open (read-write unless `read_only`), as a QEMU
+/// guest would: it takes QEMU's locks. Killed when dropped.
+struct QemuIo(std::process::Child);
+
+impl QemuIo {
+    fn hold(img: &Path, format: &str, read_only: bool) -> QemuIo {
+        let mut cmd = Command::new("qemu-io");
+        if read_only {
+            cmd.arg("-r");
+        }
+        let child = cmd
+            .args(["-f", format, "-c", "sleep 60000", img.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-io");
+        // Locked once /proc/locks shows its OFD lock on the write permission's byte (101).
+        use std::os::unix::fs::MetadataExt;
+        let ino = format!(":{} ", std::fs::metadata(img).unwrap().ino());
+        let byte = if read_only { " 100 100" } else { " 101" };
+        let locked = wait_until(SECS, || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("OFDLCK") && l.contains(&ino) && l.contains(byte))
+        });
+        assert!(locked, "qemu-io did not lock {}", img.display());
+        QemuIo(child)
+    }
+}
+
+impl Drop for QemuIo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_image_a_qemu_writes_is_refused_at_start_with_qemus_lock_error() {
+    if !have_virsh() || !have_kvm() || !have_qemu_img() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let img = d.tree.path("held.img");
+    raw_image(&img, 4);
+    let base = test_guest_xml(&d, "qh", UUID_A);
+    let holder = QemuIo::hold(&img, "raw", false);
+    // A writer shares writes (qemu-io does), but our disks do not: both a
+    // writable and a read-only disk refuse an image another process writes.
+    for extra in ["", "<readonly/>"] {
+        assert_eq!(define(&d, "qh", &with_disks(&base, &raw_disk(&img, "vda", extra))).0, 0);
+        let (code, _, err) = virsh(&rw, &["start", "qh"]);
+        assert_eq!(code, 1);
+        let needle = format!("disk 'vda': Failed to get shared \"write\" lock on '{}'", img.display());
+        assert!(err.contains(&needle), "{needle}: {err}");
+        assert!(err.contains("is another process using the image?"), "{err}");
+        assert_eq!(virsh(&rw, &["domstate", "qh"]).1, "shut off\n\n");
+        assert!(helpers(&d).is_empty());
+    }
+    drop(holder);
+}
+
+#[test]
+fn a_qcow2_chain_is_followed_from_relative_names_and_every_layer_checked() {
+    if !have_virsh() || !have_kvm() || !have_qemu_img() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let images = d.tree.path("images");
+    std::fs::create_dir(&images).unwrap();
+    let base = images.join("base.raw");
+    raw_image(&base, 8);
+    let overlay = images.join("overlay.qcow2");
+    let top = images.join("top.qcow2");
+    // Relative names, each found from the directory of the image naming it.
+    let create = |file: &Path, backing: &str, fmt: &str| {
+        let (ok, text) = qemu_img(&["create", "-f", "qcow2", "-b", backing, "-F", fmt, file.to_str().unwrap()]);
+        assert!(ok, "{text}");
+    };
+    create(&overlay, "base.raw", "raw");
+    create(&top, "overlay.qcow2", "qcow2");
+    let disk = |file: &Path| {
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+             <target dev='vda' bus='virtio'/></disk>",
+            file.display()
+        )
+    };
+    let xml = with_disks(&test_guest_xml(&d, "qc", UUID_A), &disk(&top));
+    assert_eq!(define(&d, "qc", &xml).0, 0);
+    // The base, two layers down, is found and locked as a backing file:
+    // a QEMU writing it keeps the guest from starting.
+    {
+        let _writer = QemuIo::hold(&base, "raw", false);
+        let (code, _, err) = virsh(&rw, &["start", "qc"]);
+        assert_eq!(code, 1);
+        assert!(err.contains(&format!("Failed to get shared \"write\" lock on '{}'", base.display())), "{err}");
+    }
+    // A missing layer is named, as resolved.
+    std::fs::rename(&base, images.join("elsewhere.raw")).unwrap();
+    let (code, _, err) = virsh(&rw, &["start", "qc"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("cannot open disk 'vda' image '{}'", base.display())), "{err}");
+    std::fs::rename(images.join("elsewhere.raw"), &base).unwrap();
+    // A backing format the header does not name is refused, as libvirt refuses it.
+    let nofmt = images.join("nofmt.qcow2");
+    // (qemu-img no longer writes one: its backing format extension is renamed to an unknown one.)
+    create(&nofmt, "base.raw", "raw");
+    let mut bytes = std::fs::read(&nofmt).unwrap();
+    let at = bytes.windows(4).position(|w| w == [0xe2, 0x79, 0x2a, 0xca]).expect("backing format extension");
+    bytes[at..at + 4].copy_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+    std::fs::write(&nofmt, bytes).unwrap();
+    assert_eq!(define(&d, "qc", &with_disks(&test_guest_xml(&d, "qc", UUID_A), &disk(&nofmt))).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "qc"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("was not specified in the image metadata"), "{err}");
+    assert!(helpers(&d).is_empty());
+}
+
+#[test]
+#[ignore = "needs the helper's virtio-blk (branch virtio): today's helper refuses disk fds"]
+fn a_second_guest_cannot_take_an_image_another_writes() {
+    if !have_virsh() || !have_kvm() || !have_qemu_img() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let img = d.tree.path("shared.img");
+    raw_image(&img, 4);
+    let a = with_disks(&test_guest_xml(&d, "la", UUID_A), &raw_disk(&img, "vda", ""));
+    let b = with_disks(&test_guest_xml(&d, "lb", UUID_B), &raw_disk(&img, "vdb", "<readonly/>"));
+    assert_eq!(define(&d, "la", &a).0, 0);
+    assert_eq!(define(&d, "lb", &b).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "la"]);
+    assert_eq!(code, 0, "{err}");
+    // Even a read-only user is kept out: what it reads would change under it.
+    let (code, _, err) = virsh(&rw, &["start", "lb"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("disk 'vdb': Failed to get shared \"write\" lock on '{}'", img.display())), "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "lb"]).1, "shut off\n\n");
+    assert_eq!(virsh(&rw, &["domstate", "la"]).1, "running\n\n");
+    // QEMU's tools see our lock, as they would see a QEMU's.
+    let (ok, text) = qemu_img(&["info", img.to_str().unwrap()]);
+    assert!(!ok && text.contains("Failed to get shared \"write\" lock"), "{text}");
+    assert!(qemu_img(&["info", "-U", img.to_str().unwrap()]).0);
+    // Two readers share.
+    assert_eq!(virsh(&rw, &["destroy", "la"]).0, 0);
+    let ra = with_disks(&test_guest_xml(&d, "la", UUID_A), &raw_disk(&img, "vda", "<readonly/>"));
+    assert_eq!(define(&d, "la", &ra).0, 0);
+    assert_eq!(virsh(&rw, &["start", "la"]).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "lb"]);
+    assert_eq!(code, 0, "{err}");
+    for name in ["la", "lb"] {
+        assert_eq!(virsh(&rw, &["destroy", name]).0, 0);
+    }
+    // Once both are gone, the image is free.
+    assert!(wait_until(SECS, || qemu_img(&["info", img.to_str().unwrap()]).0));
+}
+
+#[test]
+#[ignore = "needs the helper's virtio-blk (branch virtio): today's helper refuses disk fds"]
+fn a_qcow2_overlay_on_a_relative_backing_file_starts_and_shows_its_chain() {
+    if !have_virsh() || !have_kvm() || !have_qemu_img() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let images = d.tree.path("images");
+    std::fs::create_dir(&images).unwrap();
+    let base = images.join("base.raw");
+    raw_image(&base, 8);
+    let overlay = images.join("overlay.qcow2");
+    // Relative name: found from the overlay's own directory.
+    let (ok, text) = qemu_img(&["create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let disk = format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+         <target dev='vda' bus='virtio'/></disk>",
+        overlay.display()
+    );
+    assert_eq!(define(&d, "qc", &with_disks(&test_guest_xml(&d, "qc", UUID_A), &disk)).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "qc"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, live, _) = virsh(&rw, &["dumpxml", "qc"]);
+    for needle in [
+        format!("<source file='{}' index='1'/>", overlay.display()),
+        "<backingStore type='file' index='2'>".to_string(),
+        "<format type='raw'/>".to_string(),
+        format!("<source file='{}'/>", base.display()),
+    ] {
+        assert!(live.contains(&needle), "{needle} missing from\n{live}");
+    }
+    let (_, inactive, _) = virsh(&rw, &["dumpxml", "--inactive", "qc"]);
+    assert!(!inactive.contains("backingStore"), "{inactive}");
+    // The base is held read-only: a writer (qemu-img commit would be one) is refused.
+    let (ok, text) = qemu_img(&["info", base.to_str().unwrap()]);
+    assert!(ok, "a reader may look at the base: {text}");
+    let (ok, text) = qemu_img(&["resize", "-f", "raw", base.to_str().unwrap(), "16M"]);
+    assert!(!ok && text.contains("lock"), "{text}");
+    assert_eq!(virsh(&rw, &["destroy", "qc"]).0, 0);
+
+    // A backing format the header does not name is refused, as libvirt refuses it.
+    let (ok, text) =
+        qemu_img(&["create", "-f", "qcow2", "-u", "-b", "base.raw", images.join("nofmt.qcow2").to_str().unwrap()]);
+    if ok {
+        let disk = disk.replace("overlay.qcow2", "nofmt.qcow2");
+        assert_eq!(define(&d, "qc", &with_disks(&test_guest_xml(&d, "qc", UUID_A), &disk)).0, 0);
+        let (code, _, err) = virsh(&rw, &["start", "qc"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("was not specified in the image metadata"), "{err}");
+    } else {
+        eprintln!("qemu-img refuses a backing file without a format here: {text}");
+    }
+}
