@@ -424,3 +424,115 @@ fn a_qcow2_overlay_on_a_relative_backing_file_starts_and_shows_its_chain() {
         eprintln!("qemu-img refuses a backing file without a format here: {text}");
     }
 }
+
+#[test]
+fn attach_and_detach_change_the_definition_and_domblkinfo_reads_the_images() {
+    if !have_virsh() || !have_qemu_img() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    assert_eq!(define(&d, "at", &domain_xml("at", UUID_A)).0, 0);
+    let raw = d.tree.path("a.img");
+    raw_image(&raw, 4);
+    let qcow = d.tree.path("b.qcow2");
+    let (ok, text) = qemu_img(&["create", "-f", "qcow2", qcow.to_str().unwrap(), "16M"]);
+    assert!(ok, "{text}");
+
+    let (code, out, err) =
+        virsh(&rw, &["attach-disk", "at", raw.to_str().unwrap(), "vda", "--subdriver", "raw", "--config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Disk attached successfully"), "{out}");
+    let (code, _, err) = virsh(&rw, &["attach-disk", "at", raw.to_str().unwrap(), "vda", "--config"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Requested operation is not valid: target vda already exists"), "{err}");
+    let (code, _, err) =
+        virsh(&rw, &["attach-disk", "at", raw.to_str().unwrap(), "sdb", "--targetbus", "sata", "--config"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unsupported configuration: disk bus 'sata' is not supported"), "{err}");
+    let (code, _, err) = virsh(&rw, &["attach-disk", "at", raw.to_str().unwrap(), "vdc", "--live"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("domain is not running"), "{err}");
+    let dev = d.tree.path("vdb.xml");
+    std::fs::write(
+        &dev,
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>\
+             <target dev='vdb' bus='virtio'/><readonly/></disk>",
+            qcow.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = virsh(&rw, &["attach-device", "at", dev.to_str().unwrap(), "--config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Device attached successfully"), "{out}");
+    let (_, xml, _) = virsh(&rw, &["dumpxml", "at"]);
+    assert!(xml.contains("slot='0x03'") && xml.contains("slot='0x04'") && xml.contains("<readonly/>"), "{xml}");
+    let (_, list, _) = virsh(&rw, &["domblklist", "at"]);
+    assert!(list.contains(&format!("vda      {}", raw.display())), "{list}");
+    assert!(list.contains(&format!("vdb      {}", qcow.display())), "{list}");
+
+    // Block info from the images themselves: a sparse raw file, a qcow2 image's virtual size.
+    let (code, out, err) = virsh(&rw, &["domblkinfo", "at", "vda"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Capacity:       4194304") && out.contains("Physical:       4194304"), "{out}");
+    let (_, out, _) = virsh(&rw, &["domblkinfo", "at", qcow.to_str().unwrap()]);
+    assert!(out.contains("Capacity:       16777216"), "{out}");
+    let physical = std::fs::metadata(&qcow).unwrap().len();
+    assert!(out.contains(&format!("Physical:       {physical}")), "{out}");
+    let (code, out, err) = virsh(&rw, &["domblkinfo", "at", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("vda") && out.contains("vdb") && out.contains("16777216"), "{out}");
+    let (code, _, err) = virsh(&rw, &["domblkinfo", "at", "vdq"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid path vdq not assigned to domain"), "{err}");
+    // The read-only socket may look.
+    assert_eq!(virsh(&d.tree.sock("libvirt-sock-ro"), &["domblkinfo", "at", "vda"]).0, 0);
+    // Counters and errors are a running guest's.
+    let (code, _, err) = virsh(&rw, &["domblkstat", "at", "vda"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("domain is not running"), "{err}");
+    let (code, _, err) = virsh(&rw, &["domblkerror", "at"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("domain is not running"), "{err}");
+
+    let (code, out, err) = virsh(&rw, &["detach-disk", "at", "vda", "--config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Disk detached successfully"), "{out}");
+    let (code, _, err) = virsh(&rw, &["detach-device-alias", "at", "virtio-disk9", "--config"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("device not found: no device found with alias virtio-disk9"), "{err}");
+    let (code, _, err) = virsh(&rw, &["detach-device-alias", "at", "virtio-disk1", "--config"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, xml, _) = virsh(&rw, &["dumpxml", "at"]);
+    assert!(!xml.contains("<disk"), "{xml}");
+    // The stored definition has the change: a restarted daemon loads it.
+    let stored = std::fs::read_to_string(d.tree.path("etc/qemu/at.xml")).unwrap();
+    assert!(stored.contains("<name>at</name>") && !stored.contains("<disk"), "{stored}");
+    assert!(d.tree.audit(&["op=attach", "vm=\"at\"", "res=success"], SECS).is_some());
+    assert!(d.tree.audit(&["op=detach", "vm=\"at\"", "res=success"], SECS).is_some());
+}
+
+#[test]
+fn a_running_guest_refuses_live_and_persistent_device_changes_with_a_clear_error() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    assert_eq!(define(&d, "rl", &test_guest_xml(&d, "rl", UUID_A)).0, 0);
+    assert_eq!(virsh(&rw, &["start", "rl"]).0, 0);
+    let img = d.tree.path("r.img");
+    raw_image(&img, 1);
+    let (code, _, err) = virsh(&rw, &["attach-disk", "rl", img.to_str().unwrap(), "vda", "--live"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Operation not supported: live attach of devices is not supported"), "{err}");
+    let (code, _, err) = virsh(&rw, &["attach-disk", "rl", img.to_str().unwrap(), "vda", "--config"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Operation not supported: changing the persistent definition of a running domain"), "{err}");
+    // No disks: nothing to report, at once.
+    let (code, out, err) = virsh(&rw, &["domblkerror", "rl"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("No errors found"), "{out}");
+    assert_eq!(virsh(&rw, &["destroy", "rl"]).0, 0);
+}

@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 
 use super::audit::{Auditor, Value, client_fields};
+use super::devices::{self, Change};
 use super::domains::Domains;
 use super::guests::{Launcher, Running};
-use super::{agent, host, hostpages, hoststats, metadata, sched, stats};
+use super::{agent, blockinfo, host, hostpages, hoststats, metadata, sched, stats};
 use crate::domain::uuid_string;
 use crate::privsep::helper::{HelperCommand, StopReason};
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, PeerIdentity, Query};
@@ -42,6 +43,8 @@ pub struct Ctx {
     /// Requests sent to helpers and not yet answered, at most one per
     /// guest; the event loop settles them.
     pub awaiting: HashMap<[u8; 16], Awaiting>,
+    /// Disk counters asked of helpers, and the clients waiting for them.
+    pub disk_asks: HashMap<[u8; 16], super::blockinfo::DiskAsk>,
 }
 
 /// What re-attaching found of one guest, for the audit trail.
@@ -335,6 +338,7 @@ impl Ctx {
         self.awaiting
             .values()
             .any(|a| matches!(a.asker, Asker::Client { conn: c, reply_to: Some(r), .. } if r == id && c == conn))
+            || self.disk_asks.values().any(|a| a.waiting.iter().any(|w| w.conn == conn && w.reply_to == id))
     }
 
     /// The frontend that sent the waiting requests of the clients `gone`
@@ -546,7 +550,25 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         Call::NodeCpuMap { map, online, flags } => hoststats::cpu_map(map, online, flags)
             .map(|(map, online, present)| CallValue::CpuMap { map, online, present }),
         Call::DomainStats { doms, stats: groups, flags } => stats::domain_stats(ctx, &doms, groups, flags),
-        Call::BlockStats { uuid, path, params } => stats::block_stats(ctx.domains.by_uuid(&uuid)?, &path, params),
+        Call::BlockStats { uuid, path, params } => {
+            blockinfo::ask(ctx, caller, &uuid, blockinfo::Question::Stats { path, params })
+        }
+        Call::DiskErrors { uuid, maxerrors, flags } => {
+            no_flags(flags, "qemuDomainGetDiskErrors")?;
+            blockinfo::ask(ctx, caller, &uuid, blockinfo::Question::Errors { maxerrors })
+        }
+        Call::BlockInfo { uuid, path, flags } => blockinfo::block_info(&ctx.domains.by_uuid(&uuid)?.def, &path, flags),
+        Call::ChangeDevice { uuid, xml, flags, detach } => {
+            let (op, change) = if detach { ("detach", Change::Detach) } else { ("attach", Change::Attach) };
+            let result = devices::change(&mut ctx.domains, &uuid, &xml, flags, change);
+            audit_change(auditor, caller, op, &uuid, &result, &[]);
+            result.map(|_| CallValue::Unit)
+        }
+        Call::DetachAlias { uuid, alias, flags } => {
+            let result = devices::detach_alias(&mut ctx.domains, &uuid, &alias, flags);
+            audit_change(auditor, caller, "detach", &uuid, &result, &[]);
+            result.map(|_| CallValue::Unit)
+        }
         Call::InterfaceStats { uuid, device } => stats::interface_stats(ctx.domains.by_uuid(&uuid)?, &device),
         Call::ListAll { flags, need_results } => {
             let list = ctx.domains.list(flags)?;
@@ -830,6 +852,9 @@ fn api_of(call: &Call) -> &'static str {
         Call::SetMetadata { .. } => "virDomainSetMetadata",
         Call::GetTime { .. } => "virDomainGetTime",
         Call::GetDomainCapabilities { .. } => "virConnectGetDomainCapabilities",
+        Call::ChangeDevice { detach: false, .. } => "virDomainAttachDeviceFlags",
+        Call::ChangeDevice { detach: true, .. } => "virDomainDetachDeviceFlags",
+        Call::DetachAlias { .. } => "virDomainDetachDeviceAlias",
         _ => "this call",
     }
 }
@@ -851,6 +876,8 @@ fn op_of(call: &Call) -> &'static str {
         Call::Resume { .. } => "resume",
         Call::OpenConsole { .. } => "console",
         Call::GetDomainCapabilities { .. } => "domcapabilities",
+        Call::ChangeDevice { detach: false, .. } => "attach",
+        Call::ChangeDevice { detach: true, .. } | Call::DetachAlias { .. } => "detach",
         _ => "call",
     }
 }

@@ -296,6 +296,34 @@ pub fn open_all(def: &DomainDef) -> Result<Vec<OpenDisk>, DiskError> {
     def.disks.iter().map(open).collect()
 }
 
+/// `virDomainGetBlockInfo`'s figures for `disk`, from its image without
+/// locking it: (allocation, capacity, physical) in bytes. A file's
+/// allocation is the blocks it takes, its physical size its length; a block
+/// device is its size throughout; capacity is what the guest sees (a qcow2
+/// image's virtual size).
+pub fn block_info(disk: &Disk) -> Result<(u64, u64, u64), DiskError> {
+    let path = Path::new(&disk.path);
+    let layer = open_layer(&disk.target, path, false, 0)?;
+    let io_err = |source| DiskError::Open { target: disk.target.clone(), path: path.to_owned(), source };
+    let meta = layer.file.metadata().map_err(io_err)?;
+    let (allocation, physical) = match layer.kind {
+        DiskKind::File => (meta.blocks().saturating_mul(512), meta.len()),
+        DiskKind::Block => {
+            let size = std::io::Seek::seek(&mut &layer.file, std::io::SeekFrom::End(0)).map_err(io_err)?;
+            (size, size)
+        }
+    };
+    let capacity = match disk.format {
+        DiskFormat::Qcow2 => {
+            qcow2::read(&layer.file)
+                .map_err(|source| DiskError::Header { target: disk.target.clone(), path: path.to_owned(), source })?
+                .size
+        }
+        DiskFormat::Raw => physical,
+    };
+    Ok((allocation, capacity, physical))
+}
+
 /// `VIR_DOMAIN_XML_INACTIVE`.
 const XML_INACTIVE: u32 = 2;
 

@@ -178,6 +178,7 @@ impl Broker {
             _ => None,
         };
         let awaiting = self.setup.ctx.awaiting.values().map(|a| a.deadline).min();
+        let awaiting = awaiting.into_iter().chain(super::blockinfo::next_deadline(&self.setup.ctx)).min();
         let restart = self.frontends.iter().filter_map(|s| s.restart.due).min();
         // A frontend with requests left over is served again at once.
         let more = self.frontends.iter().any(|s| s.more).then(Instant::now);
@@ -293,6 +294,12 @@ impl Broker {
                         | HelperEvent::PauseFailed { .. }),
                         _,
                     )) => self.helper_answered(uuid, &event),
+                    Ok((HelperEvent::DiskStats(counters), _)) => {
+                        for (conn, id, value) in super::blockinfo::answered(&mut self.setup.ctx, &uuid, pid, &counters)
+                        {
+                            self.answer_client(conn, id, value);
+                        }
+                    }
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
                     Err(ChannelError::Closed) if awaiting => {
@@ -405,6 +412,9 @@ impl Broker {
     /// guest is no longer running (a graceful destroy whose guest stopped
     /// succeeded).
     fn fail_awaiting(&mut self, give_up: impl Fn(&[u8; 16], &calls::Awaiting) -> bool) {
+        for (conn, id, value) in super::blockinfo::overdue(&mut self.setup.ctx, Instant::now()) {
+            self.answer_client(conn, id, value);
+        }
         let ctx = &self.setup.ctx;
         let ended: Vec<([u8; 16], Result<(), crate::privsep::CallError>)> = ctx
             .awaiting

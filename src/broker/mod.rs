@@ -9,7 +9,9 @@ mod activation;
 mod admin;
 mod agent;
 mod audit;
+mod blockinfo;
 mod calls;
+mod devices;
 mod disks;
 mod domains;
 mod event_loop;
@@ -168,6 +170,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         consoles: Default::default(),
         consoles_taken: Vec::new(),
         awaiting: Default::default(),
+        disk_asks: Default::default(),
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.

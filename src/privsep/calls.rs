@@ -411,6 +411,45 @@ pub enum Call {
         /// `virDomainModificationImpact`.
         flags: u32,
     },
+    /// `virDomainAttachDevice(Flags)` and `virDomainDetachDevice(Flags)`
+    /// (the forms without flags come as `VIR_DOMAIN_AFFECT_LIVE`).
+    ChangeDevice {
+        /// The domain.
+        uuid: [u8; 16],
+        /// The device's XML.
+        xml: String,
+        /// `virDomainDeviceModifyFlags`.
+        flags: u32,
+        /// Detach rather than attach.
+        detach: bool,
+    },
+    /// `virDomainDetachDeviceAlias`.
+    DetachAlias {
+        /// The domain.
+        uuid: [u8; 16],
+        /// The device's alias.
+        alias: String,
+        /// `virDomainDeviceModifyFlags`.
+        flags: u32,
+    },
+    /// `virDomainGetBlockInfo`.
+    BlockInfo {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Disk target or source path (compared with the definition, never opened).
+        path: String,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainGetDiskErrors`.
+    DiskErrors {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Room for this many; 0 asks how many there are.
+        maxerrors: u32,
+        /// Must be 0.
+        flags: u32,
+    },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
 }
@@ -439,6 +478,8 @@ impl Call {
                 | Call::OpenConsole { .. }
                 | Call::SetMetadata { .. }
                 | Call::GetTime { .. }
+                | Call::ChangeDevice { .. }
+                | Call::DetachAlias { .. }
                 | Call::Admin(_)
         )
     }
@@ -560,6 +601,22 @@ pub enum CallValue {
     },
     /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
     Figures(Vec<i64>),
+    /// `virDomainGetBlockInfo`, bytes.
+    BlockInfo {
+        /// Taken on the storage.
+        allocation: u64,
+        /// Seen by the guest.
+        capacity: u64,
+        /// The file's or device's size.
+        physical: u64,
+    },
+    /// `virDomainGetDiskErrors`: (target, `virDomainDiskErrorCode`), and how many there are.
+    DiskErrors {
+        /// The disks in error (empty when only the count was asked).
+        errors: Vec<(String, i32)>,
+        /// How many there are.
+        count: i32,
+    },
 }
 
 /// One vCPU as `virDomainGetVcpus` reports it.
@@ -667,6 +724,9 @@ pub enum CallError {
     /// The metadata asked for is not there (`VIR_ERR_NO_DOMAIN_METADATA`).
     #[error("{0}")]
     NoMetadata(String),
+    /// The device named is not the domain's (`VIR_ERR_DEVICE_MISSING`).
+    #[error("{0}")]
+    DeviceMissing(String),
     /// A metadata element given to `virDomainSetMetadata` is not well formed.
     #[error("(metadata_xml):{line}: {detail}")]
     MetadataSyntax {
@@ -711,6 +771,7 @@ impl CallError {
             CallError::Unsupported(s) => CallError::Unsupported(c(s)),
             CallError::ArgumentUnsupported(s) => CallError::ArgumentUnsupported(c(s)),
             CallError::NoMetadata(s) => CallError::NoMetadata(c(s)),
+            CallError::DeviceMissing(s) => CallError::DeviceMissing(c(s)),
             CallError::OperationUnsupported(s) => CallError::OperationUnsupported(c(s)),
             CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,

@@ -27,6 +27,7 @@ mod code {
     pub const XML_INVALID_SCHEMA: i32 = 92;
     pub const NO_SERVER: i32 = 95;
     pub const NO_CLIENT: i32 = 96;
+    pub const DEVICE_MISSING: i32 = 99;
 }
 
 /// `virErrorDomain` values used here.
@@ -245,6 +246,7 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                     err(code::NO_DOMAIN_METADATA, from::DOMAIN, "metadata not found: %s", detail)
                 }
                 CallError::MetadataSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
+                CallError::DeviceMissing(_) => err(code::DEVICE_MISSING, from::QEMU, "device not found: %s", detail),
                 CallError::Unsupported(_) => err(
                     code::NO_SUPPORT,
                     from::ADMIN,

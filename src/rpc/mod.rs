@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod blockdev;
 pub mod error;
 pub mod frame;
 pub mod remote;
