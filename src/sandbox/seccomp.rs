@@ -17,6 +17,8 @@ pub enum Thread {
     HelperVmm,
     /// A guest helper's vCPU threads.
     HelperVcpu,
+    /// A guest helper's disk I/O threads.
+    HelperIo,
 }
 
 impl Thread {
@@ -26,6 +28,7 @@ impl Thread {
             Thread::FrontendMain => PolicyFilter::FrontendMain,
             Thread::HelperVmm => PolicyFilter::HelperVmm,
             Thread::HelperVcpu => PolicyFilter::HelperVcpu,
+            Thread::HelperIo => PolicyFilter::HelperIo,
         }
     }
 
@@ -36,6 +39,7 @@ impl Thread {
             PolicyFilter::FrontendMain => Thread::FrontendMain,
             PolicyFilter::HelperVmm => Thread::HelperVmm,
             PolicyFilter::HelperVcpu => Thread::HelperVcpu,
+            PolicyFilter::HelperIo => Thread::HelperIo,
         }
     }
 
@@ -45,6 +49,7 @@ impl Thread {
             Thread::FrontendMain => "frontend-main",
             Thread::HelperVmm => "helper-vmm",
             Thread::HelperVcpu => "helper-vcpu",
+            Thread::HelperIo => "helper-io",
         }
     }
 }

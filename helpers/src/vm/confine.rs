@@ -39,6 +39,12 @@ pub fn vcpu_thread(index: usize) -> Result<(), String> {
     seccomp::apply_numbered(Thread::HelperVcpu, index as u32).map_err(|e| e.to_string())
 }
 
+/// Run first on disk I/O thread `index`: its filter (no path can be
+/// opened, only I/O on the fds it has) and its name (`helper-io0`).
+pub fn io_thread(index: usize) -> Result<(), String> {
+    seccomp::apply_numbered(Thread::HelperIo, index as u32).map_err(|e| e.to_string())
+}
+
 /// The control thread's filter, then a check from inside that all of the
 /// profile holds.
 pub fn control_thread(profile: Profile) -> Result<(), ConfineError> {
