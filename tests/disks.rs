@@ -541,3 +541,148 @@ fn a_running_guest_refuses_live_and_persistent_device_changes_with_a_clear_error
     assert!(out.contains("No errors found"), "{out}");
     assert_eq!(virsh(&rw, &["destroy", "rl"]).0, 0);
 }
+
+/// FNV-1a 32 of `bytes`, as the test guest's `blkread` prints it.
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// The test guest's domain `name` with `disks`, driven through python-libvirt:
+/// `script` runs after its console is open at the shell's prompt (`st`, and
+/// `cmd(line, answer)` returning the guest's answer line).
+fn drive_guest(d: &Daemon, name: &str, xml: &str, script: &str) -> String {
+    let head = format!(
+        "URI = {:?}\nNAME = {name:?}\nimport libvirt, sys\nlibvirt.registerErrorHandler(lambda *a: None, None)\n\
+         conn = libvirt.open(URI)\n",
+        uri(&d.tree.sock("libvirt-sock"))
+    );
+    let body = format!(
+        r#"
+buf = [b""]
+def upto(st, needle):
+    while needle not in buf[0]:
+        data = st.recv(4096)
+        if not data:
+            sys.exit("end of file while waiting for %r; got %r" % (needle, buf[0]))
+        buf[0] += data
+    at = buf[0].index(needle) + len(needle)
+    seen, buf[0] = buf[0][:at], buf[0][at:]
+    return seen
+dom = conn.defineXML({xml:?})
+st = conn.newStream(0)
+dom.create()
+dom.openConsole(None, st, 0)
+print(upto(st, b"> ").decode(errors="replace"))
+def cmd(line, answer):
+    st.send(line.encode() + b"\r")
+    upto(st, answer.encode())
+    rest = upto(st, b"\r\n")
+    upto(st, b"> ")
+    return answer + rest[:-2].decode()
+{script}
+"#
+    );
+    run_python(d, &(head + &body), Duration::from_secs(120))
+}
+
+#[test]
+fn the_guest_reads_and_writes_its_raw_and_qcow2_disks_and_the_counters_move() {
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    if !have_virsh() || !have_kvm() || !have_qemu_img() || !require(py, "python3-libvirt") {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let dir = d.tree.path("e2e");
+    std::fs::create_dir(&dir).unwrap();
+    // vda: raw, with a pattern the host wrote; vdb: qcow2 over a raw base; vdc: read-only raw.
+    let raw = dir.join("vda.raw");
+    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i / 512 * 7 + i % 251) as u8).collect();
+    std::fs::write(&raw, &pattern).unwrap();
+    let base = dir.join("base.raw");
+    std::fs::write(&base, vec![0x11u8; 1 << 20]).unwrap();
+    let overlay = dir.join("vdb.qcow2");
+    let (ok, text) = qemu_img(&["create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", overlay.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let ro = dir.join("vdc.raw");
+    std::fs::write(&ro, vec![0x22u8; 1 << 20]).unwrap();
+    let disks = raw_disk(&raw, "vda", "<serial>E2E-SERIAL</serial>")
+        + &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='writeback'/>\
+             <source file='{}'/><target dev='vdb' bus='virtio'/></disk>",
+            overlay.display()
+        )
+        + &raw_disk(&ro, "vdc", "<readonly/>");
+    let xml = with_disks(&test_guest_xml(&d, "e2e", UUID_A), &disks);
+    let out = drive_guest(
+        &d,
+        "e2e",
+        &xml,
+        r#"
+print(cmd("blkread 0 5", "BLKREAD "))
+print(cmd("blkwrite 0 9 90", "BLKWRITE "))
+print(cmd("blkflush 0", "BLKFLUSH "))
+print(cmd("blkid 0", "BLKID "))
+print(cmd("blkwrite 1 3 77", "BLKWRITE "))
+print(cmd("blkflush 1", "BLKFLUSH "))
+print(cmd("blkread 1 4", "BLKREAD "))
+print(cmd("blkwrite 2 1 255", "BLKWRITE "))
+print(cmd("blkread 2 1", "BLKREAD "))
+"#,
+    );
+    for line in [
+        "BLK vda SECTORS=2048",
+        "BLK vdb SECTORS=2048",
+        "BLK vdc SECTORS=2048",
+        &format!("BLKREAD STATUS=0 SUM={}", fnv1a(&pattern[5 * 512..6 * 512])),
+        "BLKWRITE STATUS=0",
+        "BLKFLUSH STATUS=0",
+        "BLKID STATUS=0 SERIAL=E2E-SERIAL",
+        &format!("BLKREAD STATUS=0 SUM={}", fnv1a(&[0x11; 512])),
+        // The read-only disk refuses the write; the guest answers on.
+        "BLKWRITE STATUS=1",
+        &format!("BLKREAD STATUS=0 SUM={}", fnv1a(&[0x22; 512])),
+    ] {
+        assert!(out.contains(line), "{line} missing from\n{out}");
+    }
+    // The guest's write is in the host's raw file, and nothing else changed.
+    let after = std::fs::read(&raw).unwrap();
+    assert!(after[9 * 512..10 * 512].iter().all(|b| *b == 90));
+    assert_eq!(after[..9 * 512], pattern[..9 * 512]);
+    assert_eq!(after[10 * 512..], pattern[10 * 512..]);
+    assert!(std::fs::read(&ro).unwrap().iter().all(|b| *b == 0x22), "the read-only image changed");
+
+    // The helper's counters, as libvirt names them.
+    let (code, out, err) = virsh(&rw, &["domblkstat", "e2e", "vda"]);
+    assert_eq!(code, 0, "{err}");
+    for line in ["vda rd_req 1", "vda rd_bytes 512", "vda wr_req 1", "vda wr_bytes 512", "vda flush_operations 1"] {
+        assert!(out.contains(line), "{line} missing from\n{out}");
+    }
+    let (_, out, _) = virsh(&d.tree.sock("libvirt-sock-ro"), &["domblkstat", "e2e", "vdc"]);
+    assert!(out.contains("vdc wr_req 0") && out.contains("vdc errs 1"), "{out}");
+    let (code, _, err) = virsh(&rw, &["domblkstat", "e2e", "vdq"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid path: vdq"), "{err}");
+    let (code, out, err) = virsh(&rw, &["domblkerror", "e2e"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("No errors found"), "{out}");
+    let (_, list, _) = virsh(&rw, &["domblklist", "e2e"]);
+    assert!(list.contains(&format!("vdb      {}", overlay.display())), "{list}");
+
+    assert_eq!(virsh(&rw, &["destroy", "e2e"]).0, 0);
+    // The qcow2 overlay holds the write, is clean, and reads as the base with it; the base is untouched.
+    let (ok, text) = qemu_img(&["check", overlay.to_str().unwrap()]);
+    assert!(ok && text.contains("No errors were found"), "{text}");
+    let mut expected = vec![0x11u8; 1 << 20];
+    expected[3 * 512..4 * 512].fill(77);
+    let want = dir.join("expected.raw");
+    std::fs::write(&want, &expected).unwrap();
+    let (ok, text) =
+        qemu_img(&["compare", "-f", "qcow2", "-F", "raw", overlay.to_str().unwrap(), want.to_str().unwrap()]);
+    assert!(ok && text.contains("Images are identical"), "{text}");
+    assert!(std::fs::read(&base).unwrap().iter().all(|b| *b == 0x11), "the base changed");
+}
