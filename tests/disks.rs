@@ -493,6 +493,18 @@ fn attach_and_detach_change_the_definition_and_domblkinfo_reads_the_images() {
     assert!(err.contains("invalid path vdq not assigned to domain"), "{err}");
     // The read-only socket may look.
     assert_eq!(virsh(&d.tree.sock("libvirt-sock-ro"), &["domblkinfo", "at", "vda"]).0, 0);
+    let (code, out, err) = virsh(&d.tree.sock("libvirt-sock-ro"), &["domstats", "at", "--block"]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "block.count=2".to_string(),
+        "block.0.name=vda".to_string(),
+        format!("block.0.path={}", raw.display()),
+        "block.0.capacity=4194304".to_string(),
+        "block.1.name=vdb".to_string(),
+        "block.1.capacity=16777216".to_string(),
+    ] {
+        assert!(out.contains(&line), "{line} missing from\n{out}");
+    }
     // Counters and errors are a running guest's.
     let (code, _, err) = virsh(&rw, &["domblkstat", "at", "vda"]);
     assert_eq!(code, 1);

@@ -79,6 +79,23 @@ pub fn block_info(def: &DomainDef, path: &str, flags: u32) -> Result<CallValue, 
     Ok(CallValue::BlockInfo { allocation, capacity, physical })
 }
 
+/// The `block` group of `virConnectGetAllDomainStats` for `def`, as
+/// libvirt names it: the count, then each disk's name, path and, where its
+/// image can be read, allocation, capacity and physical size.
+pub fn stats_group(def: &DomainDef) -> Vec<Param> {
+    let mut p = vec![Param { field: "block.count".into(), value: ParamValue::UInt(def.disks.len() as u32) }];
+    for (i, disk) in def.disks.iter().enumerate() {
+        p.push(Param { field: format!("block.{i}.name"), value: ParamValue::Text(disk.target.clone()) });
+        p.push(Param { field: format!("block.{i}.path"), value: ParamValue::Text(disk.path.clone()) });
+        if let Ok((allocation, capacity, physical)) = super::disks::block_info(disk) {
+            for (name, v) in [("allocation", allocation), ("capacity", capacity), ("physical", physical)] {
+                p.push(Param { field: format!("block.{i}.{name}"), value: ParamValue::ULLong(v) });
+            }
+        }
+    }
+    p
+}
+
 /// Checks a question before anything is asked: its sizes, flags, and that
 /// it names one of the domain's disks.
 fn check(def: &DomainDef, question: &Question) -> Result<(), CallError> {
