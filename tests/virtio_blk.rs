@@ -363,3 +363,28 @@ fn a_disk_without_its_layers_is_refused_at_start() {
     }
     let _ = nix::sys::wait::waitpid(spawned.pid, None);
 }
+
+#[test]
+fn each_disk_has_an_io_thread_of_its_own_under_its_filter() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = raw_image(dir.path(), "a.raw", 16, 1);
+    let b = raw_image(dir.path(), "b.raw", 16, 2);
+    let mut g = Guest::boot(&[raw_disk(&a, "vda", 4), raw_disk(&b, "vdb", 5)]);
+    g.expect("> ", T);
+    let pid = g.pid.as_raw();
+    let mut io = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
+        if comm.starts_with("helper-io") {
+            let status = format!("{}/status", task.path().display());
+            assert_eq!(common::task_status_field(&status, "Seccomp").as_deref(), Some("2"), "{comm}");
+            io.push(comm);
+        }
+    }
+    io.sort();
+    assert_eq!(io, ["helper-io0", "helper-io1"]);
+    g.power_off();
+}
