@@ -381,6 +381,13 @@ fn each_disk_has_an_io_thread_of_its_own_under_its_filter() {
         if comm.starts_with("helper-io") {
             let status = format!("{}/status", task.path().display());
             assert_eq!(common::task_status_field(&status, "Seccomp").as_deref(), Some("2"), "{comm}");
+            assert_eq!(common::task_status_field(&status, "NoNewPrivs").as_deref(), Some("1"), "{comm}");
+            if common::is_root() {
+                let id = (libvirtd::config::SANDBOX_ID_BASE + 9).to_string();
+                let uids = common::task_status_field(&status, "Uid").unwrap();
+                assert!(uids.split_whitespace().all(|u| u == id), "{comm} runs as the guest: {uids}");
+                assert_eq!(common::task_status_field(&status, "CapEff").as_deref(), Some("0000000000000000"));
+            }
             io.push(comm);
         }
     }
