@@ -363,3 +363,74 @@ fn a_disk_without_its_layers_is_refused_at_start() {
     }
     let _ = nix::sys::wait::waitpid(spawned.pid, None);
 }
+
+#[test]
+fn each_disk_has_an_io_thread_of_its_own_under_its_filter() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = raw_image(dir.path(), "a.raw", 16, 1);
+    let b = raw_image(dir.path(), "b.raw", 16, 2);
+    let mut g = Guest::boot(&[raw_disk(&a, "vda", 4), raw_disk(&b, "vdb", 5)]);
+    g.expect("> ", T);
+    let pid = g.pid.as_raw();
+    let mut io = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
+        if comm.starts_with("helper-io") {
+            let status = format!("{}/status", task.path().display());
+            assert_eq!(common::task_status_field(&status, "Seccomp").as_deref(), Some("2"), "{comm}");
+            assert_eq!(common::task_status_field(&status, "NoNewPrivs").as_deref(), Some("1"), "{comm}");
+            if common::is_root() {
+                let id = (libvirtd::config::SANDBOX_ID_BASE + 9).to_string();
+                let uids = common::task_status_field(&status, "Uid").unwrap();
+                assert!(uids.split_whitespace().all(|u| u == id), "{comm} runs as the guest: {uids}");
+                assert_eq!(common::task_status_field(&status, "CapEff").as_deref(), Some("0000000000000000"));
+            }
+            io.push(comm);
+        }
+    }
+    io.sort();
+    assert_eq!(io, ["helper-io0", "helper-io1"]);
+    g.power_off();
+}
+
+#[test]
+fn cache_none_takes_single_sectors_through_o_direct_and_unsafe_still_answers_flushes() {
+    use libvirtd::privsep::helper::CacheMode;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let direct = raw_image(dir.path(), "direct.raw", 2048, 9);
+    let host = std::fs::read(&direct).unwrap();
+    // As the broker opens a cache='none' image: O_DIRECT.
+    let file = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&direct);
+    let Ok(file) = file else {
+        // A filesystem without O_DIRECT (tmpfs): nothing to prove here.
+        return;
+    };
+    let mut none = DiskConfig { cache: CacheMode::None, pci_slot: 4, ..DiskConfig::test("vda") };
+    none.serial = Some("direct".into());
+    let scratch = raw_image(dir.path(), "unsafe.raw", 64, 4);
+    let mut unsafe_disk = raw_disk(&scratch, "vdb", 5);
+    unsafe_disk.config.cache = CacheMode::Unsafe;
+    let mut g = Guest::boot(&[GuestDisk { config: none, layers: vec![file] }, unsafe_disk]);
+    g.expect("BLK vda SECTORS=2048\r\n", T);
+    g.expect("> ", T);
+    let line = g.run("blkread 0 3", "BLKREAD ");
+    assert_eq!(line, format!("BLKREAD STATUS=0 SUM={}", fnv1a(&host[3 * 512..4 * 512])), "an unaligned-size read");
+    assert_eq!(g.run("blkwrite 0 5 33", "BLKWRITE "), "BLKWRITE STATUS=0");
+    assert_eq!(g.run("blkflush 0", "BLKFLUSH "), "BLKFLUSH STATUS=0");
+    let after = std::fs::read(&direct).unwrap();
+    assert!(after[5 * 512..6 * 512].iter().all(|b| *b == 33), "a 512-byte write through O_DIRECT landed");
+    assert_eq!(after[4 * 512..5 * 512], host[4 * 512..5 * 512], "its neighbours are intact");
+    assert_eq!(after[6 * 512..7 * 512], host[6 * 512..7 * 512]);
+    assert_eq!(g.run("blkwrite 1 2 44", "BLKWRITE "), "BLKWRITE STATUS=0");
+    assert_eq!(g.run("blkflush 1", "BLKFLUSH "), "BLKFLUSH STATUS=0");
+    let stats = g.disk_stats();
+    assert_eq!((stats[0].flush_reqs, stats[1].flush_reqs), (1, 1), "both flushes are answered and counted");
+    g.power_off();
+}

@@ -94,7 +94,7 @@ impl ConfigSpace {
 
     /// Places BAR `index` (0-5) at `bar`: a 32-bit, non-prefetchable memory BAR.
     pub fn set_bar(&mut self, index: usize, bar: Bar) {
-        debug_assert!(bar.size.is_power_of_two() && bar.size >= 16 && bar.addr % bar.size == 0);
+        debug_assert!(bar.size.is_power_of_two() && bar.size >= 16 && bar.addr.is_multiple_of(bar.size));
         self.bars[index] = Some(bar);
         self.regs[BAR0 + index] = bar.addr;
         self.writable[BAR0 + index] = !(bar.size - 1);
@@ -186,7 +186,7 @@ impl ConfigSpace {
 
 /// Whether an access of `len` at `offset` is one the space answers.
 fn fits(offset: usize, len: usize) -> bool {
-    matches!(len, 1 | 2 | 4) && offset % len == 0 && offset + len <= CONFIG_SIZE
+    matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len) && offset + len <= CONFIG_SIZE
 }
 
 #[cfg(test)]

@@ -242,14 +242,12 @@ impl VirtioPci {
         match offset {
             0x00 => self.device_feature_select = v32,
             0x08 => self.driver_feature_select = v32,
-            0x0c => {
-                // Features are chosen after DRIVER and before FEATURES_OK.
-                if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 {
-                    match self.driver_feature_select {
-                        0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v32),
-                        1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v32) << 32),
-                        _ => {}
-                    }
+            // Features are chosen after DRIVER and before FEATURES_OK.
+            0x0c if self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0 => {
+                match self.driver_feature_select {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v32),
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v32) << 32),
+                    _ => {}
                 }
             }
             0x14 => self.set_status(v as u8),
@@ -267,7 +265,7 @@ impl VirtioPci {
             }
             0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34 => {
                 if let Some(q) = self.queue_mut() {
-                    let (lo, hi) = if offset % 8 == 0 { (Some(v32), None) } else { (None, Some(v32)) };
+                    let (lo, hi) = if offset.is_multiple_of(8) { (Some(v32), None) } else { (None, Some(v32)) };
                     match offset & !7 {
                         0x20 => q.set_desc_table_address(lo, hi),
                         0x28 => q.set_avail_ring_address(lo, hi),
@@ -400,7 +398,7 @@ mod tests {
     /// A device that records what the transport did to it.
     #[derive(Default)]
     struct Probe {
-        activated: Arc<Mutex<Vec<(u64, usize)>>>,
+        activated: Activations,
         resets: Arc<Mutex<u32>>,
         event: Option<Arc<EventFd>>,
     }
@@ -436,7 +434,10 @@ mod tests {
         }
     }
 
-    fn transport() -> (VirtioPci, Arc<Mutex<Vec<(u64, usize)>>>, Arc<Mutex<u32>>, Arc<EventFd>) {
+    /// What `Probe` saw activated: (features, ready queues).
+    type Activations = Arc<Mutex<Vec<(u64, usize)>>>;
+
+    fn transport() -> (VirtioPci, Activations, Arc<Mutex<u32>>, Arc<EventFd>) {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let event = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let probe = Probe { event: Some(event.clone()), ..Default::default() };

@@ -4,7 +4,8 @@
 //! (`rt_sigaction` is not in any filter), then the sandbox profile (the
 //! guest's ids, no capabilities, no_new_privs, landlock with no
 //! filesystem). Each vCPU thread puts its own filter on before it runs the
-//! guest; the control thread's goes on last, once the vCPU threads exist
+//! guest, and each disk's I/O thread (started after the process is
+//! confined, so it inherits all of it) before it serves a request; the control thread's goes on last, once the vCPU threads exist
 //! (it allows no `clone`), and is checked from inside.
 
 use libvirtd::sandbox::{self, Profile, SandboxError, Thread, seccomp};
