@@ -685,8 +685,11 @@ print(cmd("blkread 2 1", "BLKREAD "))
     let (_, list, _) = virsh(&rw, &["domblklist", "e2e"]);
     assert!(list.contains(&format!("vdb      {}", overlay.display())), "{list}");
 
+    assert_eq!(helpers(&d).len(), 1, "the running guest's helper is the daemon's child");
     assert_eq!(virsh(&rw, &["destroy", "e2e"]).0, 0);
     // The qcow2 overlay holds the write, is clean, and reads as the base with it; the base is untouched.
+    // (Once the killed helper is gone: it holds the image's locks until then.)
+    assert!(wait_until(SECS, || helpers(&d).is_empty()), "the helper lingers");
     let (ok, text) = qemu_img(&["check", overlay.to_str().unwrap()]);
     assert!(ok && text.contains("No errors were found"), "{text}");
     let mut expected = vec![0x11u8; 1 << 20];
