@@ -701,3 +701,38 @@ print(cmd("blkread 2 1", "BLKREAD "))
     assert!(ok && text.contains("Images are identical"), "{text}");
     assert!(std::fs::read(&base).unwrap().iter().all(|b| *b == 0x11), "the base changed");
 }
+
+#[test]
+fn after_a_daemon_restart_the_helper_still_holds_its_images_and_answers_for_them() {
+    if !have_virsh() || !have_kvm() || !have_qemu_img() {
+        return;
+    }
+    let mut d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let img = d.tree.path("kept.img");
+    raw_image(&img, 1);
+    let a = with_disks(&test_guest_xml(&d, "ka", UUID_A), &raw_disk(&img, "vda", ""));
+    assert_eq!(define(&d, "ka", &a).0, 0);
+    assert_eq!(virsh(&rw, &["start", "ka"]).0, 0);
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(d.wait_exit(SECS).is_some());
+    assert!(wait_until(SECS, || d.frontend_pid().is_none()));
+    d.restart();
+    assert_eq!(virsh(&rw, &["domstate", "ka"]).1, "running\n\n");
+    // The broker that re-attached did not reopen the image: the helper's
+    // open file descriptions still hold QEMU's locks.
+    let (ok, text) = qemu_io_write(&img);
+    assert!(!ok && text.contains("Failed to get \"write\" lock"), "{text}");
+    let b = with_disks(&test_guest_xml(&d, "kb", UUID_B), &raw_disk(&img, "vda", ""));
+    assert_eq!(define(&d, "kb", &b).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "kb"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("disk 'vda': Failed to get \"write\" lock on '{}'", img.display())), "{err}");
+    // The counters are still the helper's to give.
+    let (code, out, err) = virsh(&rw, &["domblkstat", "ka", "vda"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("vda wr_req 0"), "{out}");
+    assert_eq!(virsh(&rw, &["destroy", "ka"]).0, 0);
+    // The helper gone, the image is free.
+    assert!(wait_until(SECS, || qemu_io_write(&img).0));
+}
