@@ -702,6 +702,15 @@ print(cmd("blkread 2 1", "BLKREAD "))
     assert!(std::fs::read(&base).unwrap().iter().all(|b| *b == 0x11), "the base changed");
 }
 
+/// Kills a process that outlived its parent when the test ends (or fails).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 #[test]
 fn after_a_daemon_restart_the_helper_still_holds_its_images_and_answers_for_them() {
     if !have_virsh() || !have_kvm() || !have_qemu_img() {
@@ -714,6 +723,10 @@ fn after_a_daemon_restart_the_helper_still_holds_its_images_and_answers_for_them
     let a = with_disks(&test_guest_xml(&d, "ka", UUID_A), &raw_disk(&img, "vda", ""));
     assert_eq!(define(&d, "ka", &a).0, 0);
     assert_eq!(virsh(&rw, &["start", "ka"]).0, 0);
+    // Once the daemon is killed, the helper is nobody's child: ended here whatever happens.
+    let helper = helpers(&d);
+    assert_eq!(helper.len(), 1);
+    let _reaper = KillOnDrop(helper[0]);
     d.signal(nix::sys::signal::Signal::SIGKILL);
     assert!(d.wait_exit(SECS).is_some());
     assert!(wait_until(SECS, || d.frontend_pid().is_none()));
