@@ -264,7 +264,7 @@ fn domstats_filters_groups_and_enforce_follow_libvirt() {
     assert!(g.keys().all(|k| k.starts_with("balloon.")) && g.contains_key("balloon.rss"), "{g:?}");
 
     // A group the daemon cannot fill is left out, or refused under --enforce.
-    let records = domstats(&ro, &["--interface", "--block", "g"]);
+    let records = domstats(&ro, &["--interface", "--perf", "g"]);
     assert_eq!(names(&records), ["g"]);
     assert!(records[0].1.is_empty(), "{records:?}");
     let (code, _, err) = virsh(&ro, &["domstats", "--vcpu", "--interface", "--enforce", "g"]);

@@ -150,6 +150,17 @@ fn probe_entry() {
             let r = unsafe { libc::read(0, byte.as_mut_ptr().cast(), 1) };
             println!("read returned {r}");
         }
+        "helper-io-open" => {
+            sandbox::confine(&Profile::helper(probe_ids())).unwrap();
+            sandbox::seccomp::apply(Thread::HelperIo).unwrap();
+            println!("confined");
+            // What the I/O thread does is allowed: a sync of an fd it has.
+            // SAFETY: fdatasync on stdout; any errno is fine.
+            let r = unsafe { libc::fdatasync(1) };
+            println!("fdatasync ran ({r})");
+            let r = std::fs::File::open("/etc/hostname");
+            println!("open returned {r:?}");
+        }
         "helper-landlock" => {
             sandbox::confine(&Profile::helper(probe_ids())).unwrap();
             let open = std::fs::File::open("/etc/hostname").map(|_| ()).map_err(|e| e.raw_os_error());
@@ -220,6 +231,14 @@ fn the_tls_handshake_threads_filter_kills_a_read() {
     let (status, out) = probe("frontend-tls-read");
     assert!(out.contains("confined"), "{out}");
     assert!(!out.contains("read returned"), "{out}");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?} {out}");
+}
+
+#[test]
+fn a_disk_io_thread_cannot_open_a_path() {
+    let (status, out) = probe("helper-io-open");
+    assert!(out.contains("fdatasync ran"), "its own calls are allowed: {out}");
+    assert!(!out.contains("open returned"), "{out}");
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?} {out}");
 }
 

@@ -1,14 +1,15 @@
 //! The guest's ACPI tables: RSDP, XSDT, FADT (with the power-off and reset
-//! registers the helper traps), MADT (one local APIC per vCPU, the I/O APIC)
-//! and a DSDT whose only object is `_S5`. Built as bytes, checksummed, and
-//! written below 1 MiB where both boot paths (and a BIOS-less Linux scan)
-//! find the RSDP.
+//! registers the helper traps), MADT (one local APIC per vCPU, the I/O APIC),
+//! MCFG (the PCI ECAM window) and a DSDT whose only object is `_S5`. Built
+//! as bytes, checksummed, and written below 1 MiB where both boot paths
+//! (and a BIOS-less Linux scan) find the RSDP.
 
 /// Where the tables go: the legacy BIOS area, outside the e820 RAM ranges.
 pub const RSDP_ADDR: u64 = 0xe_0000;
 const XSDT_ADDR: u64 = RSDP_ADDR + 0x40;
 const FADT_ADDR: u64 = RSDP_ADDR + 0x100;
 const MADT_ADDR: u64 = RSDP_ADDR + 0x300;
+const MCFG_ADDR: u64 = RSDP_ADDR + 0xf00;
 const DSDT_ADDR: u64 = RSDP_ADDR + 0x1000;
 
 /// PM1a event block (status and enable), and the control block that follows it.
@@ -102,10 +103,21 @@ fn madt(vcpus: u32) -> Vec<u8> {
     header(b"APIC", 5, &b)
 }
 
+/// MCFG: the ECAM window of PCI segment 0, bus 0 only.
+fn mcfg() -> Vec<u8> {
+    let mut b = vec![0u8; 8]; // reserved
+    b.extend_from_slice(&crate::pci::ECAM_BASE.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes()); // segment
+    b.extend_from_slice(&[0, 0]); // buses 0..=0
+    b.extend_from_slice(&0u32.to_le_bytes());
+    header(b"MCFG", 1, &b)
+}
+
 fn xsdt() -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&FADT_ADDR.to_le_bytes());
     b.extend_from_slice(&MADT_ADDR.to_le_bytes());
+    b.extend_from_slice(&MCFG_ADDR.to_le_bytes());
     header(b"XSDT", 1, &b)
 }
 
@@ -126,7 +138,14 @@ fn rsdp() -> Vec<u8> {
 
 /// Every table with the guest-physical address it belongs at.
 pub fn tables(vcpus: u32) -> Vec<(u64, Vec<u8>)> {
-    vec![(RSDP_ADDR, rsdp()), (XSDT_ADDR, xsdt()), (FADT_ADDR, fadt()), (MADT_ADDR, madt(vcpus)), (DSDT_ADDR, dsdt())]
+    vec![
+        (RSDP_ADDR, rsdp()),
+        (XSDT_ADDR, xsdt()),
+        (FADT_ADDR, fadt()),
+        (MADT_ADDR, madt(vcpus)),
+        (MCFG_ADDR, mcfg()),
+        (DSDT_ADDR, dsdt()),
+    ]
 }
 
 #[cfg(test)]
@@ -178,5 +197,13 @@ mod tests {
         assert_eq!(f[128], 0xfe);
         assert_eq!(u64::from_le_bytes(f[140..148].try_into().unwrap()), DSDT_ADDR);
         assert!(dsdt().windows(4).any(|w| w == b"_S5_"));
+    }
+
+    #[test]
+    fn the_mcfg_gives_the_ecam_window_and_the_xsdt_lists_it() {
+        let m = mcfg();
+        assert_eq!(u64::from_le_bytes(m[44..52].try_into().unwrap()), crate::pci::ECAM_BASE);
+        assert_eq!(&m[54..56], &[0, 0], "bus 0 only");
+        assert!(xsdt()[36..].chunks(8).any(|c| u64::from_le_bytes(c.try_into().unwrap()) == MCFG_ADDR));
     }
 }

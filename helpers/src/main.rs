@@ -8,6 +8,7 @@
 //! guest in `tests/guest/`.
 
 mod acpi;
+mod block;
 mod boot;
 mod bus;
 mod cpu;
@@ -15,7 +16,9 @@ mod devices;
 mod events;
 mod link;
 mod mmio;
+mod pci;
 mod vcpu;
+mod virtio;
 mod vm;
 
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -186,7 +186,12 @@ impl Domains {
         if flags & !DEFINE_VALIDATE != 0 {
             return Err(CallError::UnsupportedFlags { flags, function: "domainDefineXMLFlags".into() });
         }
-        let (def, dropped) = domain::parse(xml, flags & DEFINE_VALIDATE != 0)?;
+        let validate = flags & DEFINE_VALIDATE != 0;
+        let (mut def, mut dropped) = domain::parse(xml, validate)?;
+        // A redefine keeps the PCI slots its disks had (domain/pci.rs).
+        if let Some(old) = self.entries.iter().find(|e| e.def.name == def.name && !e.def.disks.is_empty()) {
+            (def, dropped) = domain::parse_with(xml, validate, Some(&old.def))?;
+        }
         let by_name = self.slot_for(&def)?;
         self.store.save(&def).map_err(store_err)?;
         let updated = by_name.is_some();

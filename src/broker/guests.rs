@@ -39,6 +39,10 @@ pub struct Running {
     pub child: bool,
     /// What is known of the protocol it speaks.
     pub protocol: Protocol,
+    /// Its disks' images, open and locked for as long as it runs (empty for
+    /// a helper re-attached after a restart: it holds the same open file
+    /// descriptions, and with them the locks; see `disks.rs`).
+    pub disks: Vec<super::disks::OpenDisk>,
 }
 
 /// What the broker knows of the protocol a helper speaks.
@@ -153,10 +157,7 @@ impl Launcher {
         running: &HashMap<crate::domain::Uuid, Running>,
     ) -> Result<Running, CallError> {
         // Defined, but the helper cannot give them to the guest yet: refuse
-        // to start rather than boot a guest without its disks or network.
-        if !def.disks.is_empty() {
-            return Err(CallError::ConfigUnsupported("the guest helper cannot provide <disk> devices yet".into()));
-        }
+        // to start rather than boot a guest without its network.
         if !def.interfaces.is_empty() {
             return Err(CallError::ConfigUnsupported("the guest helper cannot provide <interface> devices yet".into()));
         }
@@ -170,6 +171,10 @@ impl Launcher {
             .map_err(|e| failed("cannot open", Path::new("/dev/kvm"), e))?
             .into();
         let uid = self.free_uid(running)?;
+        // Every image opened, checked and locked before anything is spawned:
+        // a disk that fails leaves nothing behind (its fds close, and with
+        // them its locks).
+        let disks = super::disks::open_all(def).map_err(|e| CallError::OperationFailed(e.to_string()))?;
         let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
         console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
         std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
@@ -182,8 +187,9 @@ impl Launcher {
             cmdline: def.os.cmdline.clone().unwrap_or_default(),
             ids: uid.map(|u| (u, u)),
             invariant_tsc: def.invariant_tsc(),
-            disks: Vec::new(),
+            disks: disks.iter().map(|d| d.config.clone()).collect(),
         };
+        let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let guest_console: OwnedFd = guest_console.into();
         let fds = StartFds {
             kvm: kvm.as_fd(),
@@ -191,15 +197,18 @@ impl Launcher {
             initrd: initrd.as_ref().map(|f| f.as_fd()),
             console: guest_console.as_fd(),
             control_listener: listener.as_fd(),
-            disks: &[],
+            disks: &disk_fds,
         };
         // Sent at once, without waiting for the helper's greeting: the event
         // loop checks that (its first message) before anything else.
         let (command, fds) = HelperCommand::start(config, &fds);
         if let Err(e) = spawned.channel.send(&command, &fds) {
             let _ = kill(spawned.pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(spawned.pid, None);
             return Err(CallError::OperationFailed(format!("guest failed to start: {e}")));
         }
+        drop(fds);
+        drop(disk_fds);
         Ok(Running {
             id,
             pid: spawned.pid,
@@ -209,6 +218,7 @@ impl Launcher {
             log,
             child: true,
             protocol: Protocol::Awaiting,
+            disks,
         })
     }
 }
@@ -255,8 +265,17 @@ impl Launcher {
             None
         });
         let greeting = super::greeting::read(&channel, REATTACH_GRACE_MS);
-        let running =
-            |protocol| Running { id, pid: Pid::from_raw(pid), uid, channel, console, log, child: false, protocol };
+        let running = |protocol| Running {
+            id,
+            pid: Pid::from_raw(pid),
+            uid,
+            channel,
+            console,
+            log,
+            child: false,
+            protocol,
+            disks: Vec::new(),
+        };
         match greeting {
             Greeting::Stopped(reason) => Reattached::Stopped(reason),
             Greeting::Gone => Reattached::Gone,

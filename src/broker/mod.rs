@@ -10,7 +10,10 @@ mod admin;
 mod agent;
 mod audit;
 mod call_audit;
+mod blockinfo;
 mod calls;
+mod devices;
+mod disks;
 mod domains;
 mod event_loop;
 mod files;
@@ -23,6 +26,7 @@ mod hostcpu;
 mod hostpages;
 mod hoststats;
 mod lifecycle;
+mod imagelock;
 mod link;
 mod listen;
 mod metadata;
@@ -31,6 +35,7 @@ mod pidfile;
 mod procfs;
 mod query;
 mod publish;
+mod qcow2;
 mod readiness;
 mod restarts;
 mod sched;
@@ -168,7 +173,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             state_dir: config.domain_state_dir.clone(),
             uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
         }),
-        storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
+        storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),        disk_asks: Default::default(),
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.

@@ -53,7 +53,7 @@ pub fn query_domain(ctx: &Ctx, uuid: &Uuid, query: Query, readonly: bool) -> Res
             if readonly && flags & (1 | 8) != 0 {
                 return Err(CallError::ReadOnly("virDomainGetXMLDesc with secure flag".into()));
             }
-            CallValue::Text(e.def.to_xml())
+            CallValue::Text(super::disks::xml_desc(&e.def, ctx.guests.get(uuid), flags))
         }
         Query::Vcpus { maxinfo, maplen } => stats::vcpus(e, maxinfo, maplen)?,
         Query::VcpusFlags { flags } => {

@@ -1,10 +1,10 @@
 //! [`DomainDef`] to its canonical XML element tree.
 
 use super::xml::Element;
-use super::{CharDev, CharSource, DiskKind, DomainDef, KEPT_DEVICE_ORDER, KEPT_ORDER, uuid_string};
+use super::{CharDev, CharSource, DomainDef, KEPT_DEVICE_ORDER, KEPT_ORDER, LiveDisk, uuid_string};
 
 /// Builds the `<domain>` element in libvirt's element order.
-pub fn domain(d: &DomainDef) -> Element {
+pub fn domain(d: &DomainDef, live: Option<&[LiveDisk]>) -> Element {
     let kept = |name: &'static str| d.kept.iter().filter(move |e| e.name == name).cloned();
     let mut root = Element::new("domain")
         .attr("type", "kvm")
@@ -32,7 +32,7 @@ pub fn domain(d: &DomainDef) -> Element {
         .child(Element::new("on_reboot").with_text(d.on_reboot.as_str()))
         .child(Element::new("on_crash").with_text(d.on_crash.as_str()));
     root.children.extend(kept(pm));
-    root = root.child(devices(d));
+    root = root.child(devices(d, live));
     root.children.extend(kept(seclabel));
     root
 }
@@ -55,32 +55,16 @@ fn os(d: &DomainDef) -> Element {
     os
 }
 
-fn devices(d: &DomainDef) -> Element {
+fn devices(d: &DomainDef, live: Option<&[LiveDisk]>) -> Element {
     let kept = |name: &'static str| d.kept_devices.iter().filter(move |e| e.name == name).cloned();
     let mut devs = Element::new("devices");
     let [emulator, controller, rest @ ..] = KEPT_DEVICE_ORDER else { unreachable!() };
     devs.children.extend(kept(emulator));
-    for disk in &d.disks {
-        let (ty, attr) = match disk.kind {
-            DiskKind::File => ("file", "file"),
-            DiskKind::Block => ("block", "dev"),
-        };
-        let mut e = Element::new("disk")
-            .attr("type", ty)
-            .attr("device", "disk")
-            .child(Element::new("driver").attr("name", "qemu").attr("type", "raw"))
-            .child(Element::new("source").attr(attr, &disk.path))
-            .child(Element::new("target").attr("dev", &disk.target).attr("bus", "virtio"));
-        if disk.readonly {
-            e = e.child(Element::new("readonly"));
-        }
-        if disk.shareable {
-            e = e.child(Element::new("shareable"));
-        }
-        if let Some(s) = &disk.serial {
-            e = e.child(Element::new("serial").with_text(s));
-        }
-        devs = devs.child(e);
+    let mut index = 1;
+    let none = LiveDisk::default();
+    for (i, disk) in d.disks.iter().enumerate() {
+        let live = live.map(|l| (l.get(i).unwrap_or(&none), &mut index));
+        devs = devs.child(super::disk::emit(disk, live));
     }
     devs.children.extend(kept(controller));
     for nic in &d.interfaces {

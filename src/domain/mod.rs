@@ -13,16 +13,19 @@
 #![deny(missing_docs)]
 
 mod caps;
+pub mod disk;
 mod emit;
 pub mod nsxml;
 mod parse;
+pub mod pci;
 pub mod platform;
 mod units;
 mod uuid;
 pub mod xml;
 
 pub use caps::domain_capabilities;
-pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, parse};
+pub use disk::{BackingLayer, Disk, DiskCache, DiskFormat, DiskKind, LiveDisk};
+pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, parse, parse_with};
 pub use units::to_kib;
 pub use uuid::Uuid;
 
@@ -109,32 +112,6 @@ pub struct OsDef {
     pub boot: Vec<String>,
 }
 
-/// A disk backed by a raw file or block device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disk {
-    /// `file` or `block`.
-    pub kind: DiskKind,
-    /// Source path (absolute).
-    pub path: String,
-    /// Target device name (`vda`).
-    pub target: String,
-    /// Read-only.
-    pub readonly: bool,
-    /// Shareable.
-    pub shareable: bool,
-    /// `<serial>`.
-    pub serial: Option<String>,
-}
-
-/// Where a disk's data lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskKind {
-    /// A regular file.
-    File,
-    /// A block device.
-    Block,
-}
-
 /// A virtio network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -212,7 +189,14 @@ pub struct DomainDef {
 impl DomainDef {
     /// The canonical XML, as dumpxml shows it and as it is stored.
     pub fn to_xml(&self) -> String {
-        emit::domain(self).to_xml()
+        emit::domain(self, None).to_xml()
+    }
+
+    /// The XML of the running guest: as [`DomainDef::to_xml`], with each
+    /// disk's alias, source index and the backing chain found at start
+    /// (`live` in `disks` order; a disk beyond it shows no chain).
+    pub fn to_live_xml(&self, live: &[LiveDisk]) -> String {
+        emit::domain(self, Some(live)).to_xml()
     }
 
     /// Whether `<features>` asks for `name` (e.g. `acpi`).

@@ -2,7 +2,7 @@
 
 use super::platform;
 use super::xml::{self, Element};
-use super::{CharDev, CharSource, Disk, DiskKind, DomainDef, DomainError, Interface, LifecycleAction, OsDef};
+use super::{CharDev, CharSource, DomainDef, DomainError, Interface, LifecycleAction, OsDef};
 use super::{parse_uuid, to_kib};
 
 /// Most vCPUs a domain may have.
@@ -92,9 +92,21 @@ const UNSUPPORTED_DEVICES: &[&str] = &[
 /// unknown elements are then errors instead of being dropped. Returns the
 /// definition and the names of dropped elements (for the log).
 pub fn parse(text: &str, validate: bool) -> Result<(DomainDef, Vec<String>), DomainError> {
+    parse_with(text, validate, None)
+}
+
+/// [`parse`] for a definition that replaces `previous`: devices the XML
+/// leaves without an address keep the one they had there (`pci.rs`).
+pub fn parse_with(
+    text: &str,
+    validate: bool,
+    previous: Option<&DomainDef>,
+) -> Result<(DomainDef, Vec<String>), DomainError> {
     let root = xml::parse(text)?;
     let mut p = Parser { validate, dropped: Vec::new() };
-    let def = p.domain(&root)?;
+    let mut def = p.domain(&root)?;
+    super::disk::check_all(&def.disks, !def.os.boot.is_empty())?;
+    super::pci::assign(&mut def, previous)?;
     Ok((def, p.dropped))
 }
 
@@ -216,7 +228,10 @@ impl Parser {
     fn devices(&mut self, devices: &Element, def: &mut DomainDef) -> Result<(), DomainError> {
         for d in &devices.children {
             match d.name.as_str() {
-                "disk" => def.disks.push(self.disk(d)?),
+                "disk" => {
+                    let mut unknown = |c: &Element| self.unknown(c, "disk");
+                    def.disks.push(super::disk::parse(d, &mut unknown)?);
+                }
                 "interface" => def.interfaces.push(interface(d)?),
                 "serial" => def.serials.push(chardev(d, "serial")?),
                 "console" => def.consoles.push(chardev(d, "console")?),
@@ -232,63 +247,7 @@ impl Parser {
                 _ => self.unknown(d, "devices")?,
             }
         }
-        if def.disks.iter().enumerate().any(|(i, d)| def.disks[..i].iter().any(|o| o.target == d.target)) {
-            return Err(invalid("target device names of disks must be unique"));
-        }
         Ok(())
-    }
-
-    fn disk(&mut self, d: &Element) -> Result<Disk, DomainError> {
-        let kind = match d.get("type").unwrap_or("file") {
-            "file" => DiskKind::File,
-            "block" => DiskKind::Block,
-            t => {
-                return Err(unsupported(format!("disk type '{t}' is not supported, only 'file' and 'block'")));
-            }
-        };
-        match d.get("device").unwrap_or("disk") {
-            "disk" => {}
-            dev => {
-                return Err(unsupported(format!("disk device '{dev}' is not supported, only 'disk'")));
-            }
-        }
-        if let Some(driver) = d.find("driver") {
-            if let Some(name) = driver.get("name").filter(|n| *n != "qemu") {
-                return Err(unsupported(format!("disk driver '{name}' is not supported")));
-            }
-            if let Some(fmt) = driver.get("type").filter(|t| *t != "raw") {
-                return Err(unsupported(format!("disk format '{fmt}' is not supported, only 'raw'")));
-            }
-        }
-        let attr = if kind == DiskKind::File { "file" } else { "dev" };
-        let path = d
-            .find("source")
-            .and_then(|s| s.get(attr))
-            .ok_or_else(|| invalid(format!("disk has no <source {attr}='...'/>")))?;
-        absolute(path, "disk source")?;
-        let target = d.find("target").ok_or_else(|| invalid("missing target information for device"))?;
-        let dev = target.get("dev").ok_or_else(|| invalid("missing target information for device"))?;
-        if dev.is_empty() || dev.len() > 32 || !dev.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(invalid(format!("invalid disk target '{dev}'")));
-        }
-        if let Some(bus) = target.get("bus").filter(|b| *b != "virtio") {
-            return Err(unsupported(format!("disk bus '{bus}' is not supported, only 'virtio'")));
-        }
-        const DISK_CHILDREN: &[&str] =
-            &["driver", "source", "target", "readonly", "shareable", "serial", "boot", "address", "alias"];
-        for c in &d.children {
-            if !DISK_CHILDREN.contains(&c.name.as_str()) {
-                self.unknown(c, "disk")?;
-            }
-        }
-        Ok(Disk {
-            kind,
-            path: path.to_owned(),
-            target: dev.to_owned(),
-            readonly: d.find("readonly").is_some(),
-            shareable: d.find("shareable").is_some(),
-            serial: d.find("serial").map(|s| s.text.clone()),
-        })
     }
 }
 
@@ -564,9 +523,9 @@ mod tests {
             ),
             (
                 with_devices(
-                    "<disk type='file'><driver name='qemu' type='qcow2'/><source file='/x'/><target dev='vdb'/></disk>",
+                    "<disk type='file'><driver name='qemu' type='vmdk'/><source file='/x'/><target dev='vdb'/></disk>",
                 ),
-                "disk format 'qcow2'",
+                "disk format 'vmdk'",
             ),
             (with_devices("<memballoon model='virtio'/>"), "<memballoon>"),
             (

@@ -11,6 +11,7 @@ pub use super::packets::{error_reply, keepalive, stream_packet};
 pub use super::session::{Action, Facts, Session};
 use super::session::{LIB_VERSION, MAX_CALLBACKS, nonnull};
 use crate::privsep::{Call, CallValue, CpuTarget, Query};
+use crate::rpc::blockdev::*;
 use crate::rpc::cpu;
 use crate::rpc::error::RpcError;
 use crate::rpc::frame::{
@@ -430,6 +431,29 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
                 flags: a.flags,
             })
         }
+        P::DomainAttachDevice | P::DomainDetachDevice => {
+            let a: DeviceArgs = args(payload)?;
+            let detach = proc_ == P::DomainDetachDevice;
+            // virDomainAttachDevice is the flags form with VIR_DOMAIN_AFFECT_LIVE.
+            fwd(Call::ChangeDevice { uuid: a.dom.uuid.0.into(), xml: a.xml, flags: 1, detach })
+        }
+        P::DomainAttachDeviceFlags | P::DomainDetachDeviceFlags => {
+            let a: DeviceFlagsArgs = args(payload)?;
+            let detach = proc_ == P::DomainDetachDeviceFlags;
+            fwd(Call::ChangeDevice { uuid: a.dom.uuid.0.into(), xml: a.xml, flags: a.flags, detach })
+        }
+        P::DomainDetachDeviceAlias => {
+            let a: DetachAliasArgs = args(payload)?;
+            fwd(Call::DetachAlias { uuid: a.dom.uuid.0.into(), alias: a.alias, flags: a.flags })
+        }
+        P::DomainGetBlockInfo => {
+            let a: BlockInfoArgs = args(payload)?;
+            fwd(Call::BlockInfo { uuid: a.dom.uuid.0.into(), path: a.path, flags: a.flags })
+        }
+        P::DomainGetDiskErrors => {
+            let a: DiskErrorsArgs = args(payload)?;
+            fwd(Call::DiskErrors { uuid: a.dom.uuid.0.into(), maxerrors: a.maxerrors, flags: a.flags })
+        }
         P::ConnectGetAllDomainStats => {
             // remote_nonnull_domain doms<REMOTE_DOMAIN_LIST_MAX>: the count is
             // checked before anything is decoded.
@@ -553,6 +577,13 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
         }
         (P::DomainInterfaceStats, CallValue::Figures(v)) => {
             ok_reply(h, &InterfaceStatsRet { values: v.try_into().map_err(|_| mismatch)? })
+        }
+        (_, CallValue::BlockInfo { allocation, capacity, physical }) => {
+            ok_reply(h, &BlockInfoRet { allocation, capacity, physical })
+        }
+        (_, CallValue::DiskErrors { errors, count }) => {
+            let errors = errors.into_iter().map(|(disk, error)| DiskErrorWire { disk, error }).collect();
+            ok_reply(h, &DiskErrorsRet { errors, nerrors: count })
         }
         (_, CallValue::Domains { .. } | CallValue::Console | CallValue::Admin(_) | CallValue::Figures(_)) => {
             Err(mismatch)
@@ -785,6 +816,11 @@ mod tests {
                 xml_cpus: cpu::CpuXmls(vec!["<cpu/>".into()]),
                 flags: 0,
             }),
+            enc(&DeviceArgs { dom: dom.clone(), xml: "<disk/>".into() }),
+            enc(&DeviceFlagsArgs { dom: dom.clone(), xml: "<disk/>".into(), flags: 2 }),
+            enc(&DetachAliasArgs { dom: dom.clone(), alias: "virtio-disk0".into(), flags: 2 }),
+            enc(&BlockInfoArgs { dom: dom.clone(), path: "vda".into(), flags: 0 }),
+            enc(&DiskErrorsArgs { dom: dom.clone(), maxerrors: 0, flags: 0 }),
         ]
         .into_iter()
         .chain(crate::frontend::storage::candidate_payloads())

@@ -435,6 +435,45 @@ pub enum Call {
         /// `virConnectBaselineCPUFlags`.
         flags: u32,
     },
+    /// `virDomainAttachDevice(Flags)` and `virDomainDetachDevice(Flags)`
+    /// (the forms without flags come as `VIR_DOMAIN_AFFECT_LIVE`).
+    ChangeDevice {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// The device's XML.
+        xml: String,
+        /// `virDomainDeviceModifyFlags`.
+        flags: u32,
+        /// Detach rather than attach.
+        detach: bool,
+    },
+    /// `virDomainDetachDeviceAlias`.
+    DetachAlias {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// The device's alias.
+        alias: String,
+        /// `virDomainDeviceModifyFlags`.
+        flags: u32,
+    },
+    /// `virDomainGetBlockInfo`.
+    BlockInfo {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// Disk target or source path (compared with the definition, never opened).
+        path: String,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainGetDiskErrors`.
+    DiskErrors {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// Room for this many; 0 asks how many there are.
+        maxerrors: u32,
+        /// Must be 0.
+        flags: u32,
+    },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
     /// A storage pool or volume call.
@@ -580,6 +619,22 @@ pub enum CallValue {
     Figures(Vec<i64>),
     /// A storage call's result.
     Storage(super::storage::StorageValue),
+    /// `virDomainGetBlockInfo`, bytes.
+    BlockInfo {
+        /// Taken on the storage.
+        allocation: u64,
+        /// Seen by the guest.
+        capacity: u64,
+        /// The file's or device's size.
+        physical: u64,
+    },
+    /// `virDomainGetDiskErrors`: (target, `virDomainDiskErrorCode`), and how many there are.
+    DiskErrors {
+        /// The disks in error (empty when only the count was asked).
+        errors: Vec<(String, i32)>,
+        /// How many there are.
+        count: i32,
+    },
 }
 
 impl CallValue {
@@ -701,6 +756,9 @@ pub enum CallError {
     /// A storage call failed.
     #[error(transparent)]
     Storage(super::storage::StorageError),
+    /// The device named is not the domain's (`VIR_ERR_DEVICE_MISSING`).
+    #[error("{0}")]
+    DeviceMissing(String),
     /// A metadata element given to `virDomainSetMetadata` is not well formed.
     #[error("(metadata_xml):{line}: {detail}")]
     MetadataSyntax {
@@ -746,6 +804,7 @@ impl CallError {
             CallError::Unsupported(s) => CallError::Unsupported(c(s)),
             CallError::ArgumentUnsupported(s) => CallError::ArgumentUnsupported(c(s)),
             CallError::NoMetadata(s) => CallError::NoMetadata(c(s)),
+            CallError::DeviceMissing(s) => CallError::DeviceMissing(c(s)),
             CallError::OperationUnsupported(s) => CallError::OperationUnsupported(c(s)),
             CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
             CallError::Storage(e) => CallError::Storage(e.clipped()),

@@ -32,6 +32,7 @@ mod code {
     pub const NO_STORAGE_POOL: i32 = 49;
     pub const NO_STORAGE_VOL: i32 = 50;
     pub const STORAGE_VOL_EXIST: i32 = 90;
+    pub const DEVICE_MISSING: i32 = 99;
 }
 
 /// `virErrorDomain` values used here.
@@ -255,6 +256,7 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                 }
                 CallError::MetadataSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
                 CallError::Storage(s) => storage_error(s, detail),
+                CallError::DeviceMissing(_) => err(code::DEVICE_MISSING, from::QEMU, "device not found: %s", detail),
                 CallError::Unsupported(_) => err(
                     code::NO_SUPPORT,
                     from::ADMIN,

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cpu;
+pub mod blockdev;
 pub mod error;
 pub mod events;
 pub mod frame;

@@ -20,6 +20,8 @@ pub enum Thread {
     HelperVmm,
     /// A guest helper's vCPU threads.
     HelperVcpu,
+    /// A guest helper's disk I/O threads.
+    HelperIo,
 }
 
 impl Thread {
@@ -30,6 +32,7 @@ impl Thread {
             Thread::FrontendTls => PolicyFilter::FrontendTls,
             Thread::HelperVmm => PolicyFilter::HelperVmm,
             Thread::HelperVcpu => PolicyFilter::HelperVcpu,
+            Thread::HelperIo => PolicyFilter::HelperIo,
         }
     }
 
@@ -41,6 +44,7 @@ impl Thread {
             PolicyFilter::FrontendTls => Thread::FrontendTls,
             PolicyFilter::HelperVmm => Thread::HelperVmm,
             PolicyFilter::HelperVcpu => Thread::HelperVcpu,
+            PolicyFilter::HelperIo => Thread::HelperIo,
         }
     }
 
@@ -51,6 +55,7 @@ impl Thread {
             Thread::FrontendTls => "frontend-tls",
             Thread::HelperVmm => "helper-vmm",
             Thread::HelperVcpu => "helper-vcpu",
+            Thread::HelperIo => "helper-io",
         }
     }
 }

@@ -12,6 +12,8 @@
  *               | mmio (read, write, read back unassigned MMIO: MMIO=ones|other)
  *               | fault (int3 with an empty IDT: a triple fault, or KVM's
  *                 internal error under an emulating KVM)
+ *               | blkread, blkwrite, blkflush, blkid, blkbad, blkbench
+ *                 (virtio-blk: see that section; BLK lines at boot)
  * Command line: "resetatboot" makes it print RESETTING after CMDLINE= and
  *               reset at once (i8042 0xFE), on every boot.
  */
@@ -235,6 +237,7 @@ common:
         incq %rsi
         loop 53b
 52:     call newline
+        call blk_init                   /* BLK lines: see the virtio-blk section */
         call serial_init_irq
 shell:
         leaq msg_prompt(%rip), %rsi
@@ -303,6 +306,8 @@ shell:
         int3
         jmp halt_forever
 .Lnot_fault:
+        call blk_command                /* the blk* words, if it is one */
+        jc shell
         leaq msg_unknown(%rip), %rsi
         call puts
         jmp shell
@@ -556,6 +561,559 @@ isr_kbd:
         popq %rax
         iretq
 
+/* ================= virtio-blk: PCI scan and a polling driver ============
+ * At boot: maps the 32-bit PCI hole (3-4 GiB, uncached), scans bus 0
+ * through 0xCF8/0xCFC for virtio-blk (1af4:1042) functions, sets each up
+ * through its common-cfg capability (VERSION_1 and FLUSH, one queue of 8)
+ * and prints "BLK vd<x> SECTORS=<n>". Requests are synchronous: three
+ * descriptors (header, data, status), a notify write, then polling the
+ * used ring (bounded); no interrupts. Shell words (D: disk index, 0 = vda):
+ *   blkread D S       BLKREAD STATUS=<s> SUM=<FNV-1a 32 of the 512 bytes, hex>
+ *   blkwrite D S B    fills sector S with byte B: BLKWRITE STATUS=<s>
+ *   blkflush D        BLKFLUSH STATUS=<s>
+ *   blkid D           BLKID STATUS=<s> SERIAL=<get-id bytes up to NUL>
+ *   blkbad D          a read whose data descriptor lies outside guest RAM:
+ *                     BLKBAD STATUS=<s>
+ *   blkbench D N      N 4 KiB random reads, then N 4 KiB random writes:
+ *                     BLKBENCH N=<n> ERRORS=<e> CYCLES=<TSC cycles>
+ * A status of 255 means the device did not answer in time.
+ */
+        .set PCI_ADDR, 0xcf8
+        .set PCI_DATA, 0xcfc
+        .set VQ_SIZE, 8
+        .set MAX_BLK, 4
+        .set BLK_STRIDE, 64
+        .set D_COMMON, 0
+        .set D_NOTIFY, 8
+        .set D_DEVCFG, 16
+        .set D_CAP, 24
+        .set D_AVAIL, 32                /* next avail idx (16-bit) */
+        .set D_MULT, 36                 /* notify_off_multiplier */
+        .set D_QUEUE, 40                /* the queue's page */
+        .set BAD_ADDR, 0xf0000000       /* in the PCI hole: no RAM */
+        .set POLL_BOUND, 20000000
+
+/* pci_read32: eax = config dword of bus 0 slot edi at register esi. */
+pci_read32:
+        pushq %rdx
+        movl %edi, %eax
+        shll $11, %eax
+        orl %esi, %eax
+        orl $0x80000000, %eax
+        movw $PCI_ADDR, %dx
+        outl %eax, %dx
+        movw $PCI_DATA, %dx
+        inl %dx, %eax
+        popq %rdx
+        ret
+
+/* pci_write32: config dword of slot edi at register esi = ecx. */
+pci_write32:
+        pushq %rdx
+        pushq %rax
+        movl %edi, %eax
+        shll $11, %eax
+        orl %esi, %eax
+        orl $0x80000000, %eax
+        movw $PCI_ADDR, %dx
+        outl %eax, %dx
+        movw $PCI_DATA, %dx
+        movl %ecx, %eax
+        outl %eax, %dx
+        popq %rax
+        popq %rdx
+        ret
+
+/* map_pci_hole: PDPT[3] of the live page tables -> 2 MiB uncached pages
+   for 0xC0000000-0xFFFFFFFF, where BARs, ECAM and the APICs live. */
+map_pci_hole:
+        movq %cr3, %rax
+        movabsq $0x000ffffffffff000, %rcx
+        andq %rcx, %rax
+        movq (%rax), %rax               /* PML4[0] -> PDPT */
+        andq %rcx, %rax
+        leaq pd_hole(%rip), %rdi
+        movq %rdi, %rdx
+        orq $3, %rdx
+        movq %rdx, 24(%rax)
+        movl $0xc000009b, %eax          /* present|rw|PWT|PCD|2 MiB */
+        movq $512, %rcx
+.Lmap:  movq %rax, (%rdi)
+        addq $0x200000, %rax
+        addq $8, %rdi
+        loop .Lmap
+        movq %cr3, %rax
+        movq %rax, %cr3
+        ret
+
+blk_init:
+        pushq %rbx
+        pushq %r12
+        pushq %r13
+        pushq %r14
+        pushq %r15
+        call map_pci_hole
+        movl $1, %r12d                  /* slot 0 is the host bridge */
+.Lscan: movl %r12d, %edi
+        xorl %esi, %esi
+        call pci_read32
+        cmpl $0x10421af4, %eax
+        jne .Lscan_next
+        call blk_probe
+.Lscan_next:
+        incl %r12d
+        cmpl $32, %r12d
+        jb .Lscan
+        popq %r15
+        popq %r14
+        popq %r13
+        popq %r12
+        popq %rbx
+        ret
+
+/* blk_probe: sets up the virtio-blk function in slot r12d. */
+blk_probe:
+        movl blk_count(%rip), %eax
+        cmpl $MAX_BLK, %eax
+        jae .Lprobe_out
+        imull $BLK_STRIDE, %eax
+        leaq blk_table(%rip), %rbx
+        addq %rax, %rbx                 /* rbx: this disk's entry */
+        movl %r12d, %edi
+        movl $4, %esi
+        call pci_read32
+        orl $6, %eax                    /* memory space, bus master */
+        movl %eax, %ecx
+        call pci_write32
+        movl $0x34, %esi
+        call pci_read32
+        movzbl %al, %r13d               /* r13: capability */
+.Lcap:  testl %r13d, %r13d
+        jz .Lcaps_done
+        movl %r13d, %esi
+        call pci_read32
+        movl %eax, %r14d                /* r14: id, next, len, type */
+        cmpb $0x09, %al
+        jne .Lcap_next
+        leal 4(%r13), %esi
+        call pci_read32
+        movzbl %al, %r15d               /* r15: BAR index */
+        leal 8(%r13), %esi
+        call pci_read32
+        movl %eax, %r8d                 /* r8: offset in the BAR */
+        leal 0x10(,%r15,4), %esi
+        call pci_read32
+        movl %eax, %r9d
+        andl $-16, %r9d
+        testb $4, %al                   /* 64-bit BAR: high half next */
+        jz .Lbar32
+        addl $4, %esi
+        call pci_read32
+        shlq $32, %rax
+        orq %rax, %r9
+.Lbar32:
+        addq %r8, %r9                   /* r9: the region's address */
+        movl %r14d, %eax
+        shrl $24, %eax
+        cmpl $1, %eax
+        jne 1f
+        movq %r9, D_COMMON(%rbx)
+1:      cmpl $4, %eax
+        jne 2f
+        movq %r9, D_DEVCFG(%rbx)
+2:      cmpl $2, %eax
+        jne .Lcap_next
+        movq %r9, D_NOTIFY(%rbx)
+        leal 16(%r13), %esi
+        call pci_read32
+        movl %eax, D_MULT(%rbx)
+.Lcap_next:
+        movl %r14d, %eax
+        shrl $8, %eax
+        movzbl %al, %r13d
+        jmp .Lcap
+.Lcaps_done:
+        movq D_COMMON(%rbx), %rdi
+        testq %rdi, %rdi
+        jz .Lprobe_out
+        movb $0, 0x14(%rdi)             /* reset */
+        movb $1, 0x14(%rdi)             /* ACKNOWLEDGE */
+        movb $3, 0x14(%rdi)             /* DRIVER */
+        movl $1, 0x00(%rdi)
+        movl 0x04(%rdi), %eax
+        testl $1, %eax                  /* VERSION_1 offered? */
+        jz .Lprobe_out
+        movl $0, 0x08(%rdi)
+        movl $0x200, 0x0c(%rdi)         /* FLUSH */
+        movl $1, 0x08(%rdi)
+        movl $1, 0x0c(%rdi)             /* VERSION_1 */
+        movb $0x0b, 0x14(%rdi)          /* FEATURES_OK */
+        movb 0x14(%rdi), %al
+        testb $8, %al
+        jz .Lprobe_out
+        movw $0, 0x16(%rdi)             /* queue 0 */
+        movw $VQ_SIZE, 0x18(%rdi)
+        movl blk_count(%rip), %eax
+        shll $12, %eax
+        leaq blk_queues(%rip), %rcx
+        addq %rcx, %rax
+        movq %rax, D_QUEUE(%rbx)
+        movl %eax, 0x20(%rdi)           /* descriptors */
+        movl $0, 0x24(%rdi)
+        leaq 0x100(%rax), %rcx
+        movl %ecx, 0x28(%rdi)           /* available ring */
+        movl $0, 0x2c(%rdi)
+        leaq 0x200(%rax), %rcx
+        movl %ecx, 0x30(%rdi)           /* used ring */
+        movl $0, 0x34(%rdi)
+        movzwl 0x1e(%rdi), %eax         /* queue_notify_off */
+        imull D_MULT(%rbx), %eax
+        addq %rax, D_NOTIFY(%rbx)
+        movw $1, 0x1c(%rdi)             /* queue_enable */
+        movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
+        movq D_DEVCFG(%rbx), %rsi
+        movq (%rsi), %rax               /* capacity in sectors */
+        movq %rax, D_CAP(%rbx)
+        leaq msg_blk(%rip), %rsi
+        call puts
+        movl blk_count(%rip), %eax
+        addb $'a', %al
+        call putc
+        leaq msg_sectors(%rip), %rsi
+        call puts
+        movq D_CAP(%rbx), %rax
+        call putdec
+        call newline
+        incl blk_count(%rip)
+.Lprobe_out:
+        ret
+
+/* blk_req: one request on disk rbx: type eax, sector rdx, data at rsi of
+   ecx bytes (none if 0), data descriptor flags r8d (2: device writes).
+   Returns the status in eax (255: no answer in time). */
+blk_req:
+        pushq %rdi
+        movl %eax, blk_hdr(%rip)
+        movl $0, blk_hdr+4(%rip)
+        movq %rdx, blk_hdr+8(%rip)
+        movb $0xee, blk_status(%rip)
+        movq D_QUEUE(%rbx), %rdi
+        leaq blk_hdr(%rip), %rax
+        movq %rax, 0(%rdi)              /* 0: header, readable */
+        movl $16, 8(%rdi)
+        movw $1, 12(%rdi)
+        movw $2, 14(%rdi)
+        testl %ecx, %ecx
+        jz 1f
+        movw $1, 14(%rdi)
+        movq %rsi, 16(%rdi)             /* 1: data */
+        movl %ecx, 24(%rdi)
+        movl %r8d, %eax
+        orl $1, %eax
+        movw %ax, 28(%rdi)
+        movw $2, 30(%rdi)
+1:      leaq blk_status(%rip), %rax
+        movq %rax, 32(%rdi)             /* 2: status, device-writable */
+        movl $1, 40(%rdi)
+        movw $2, 44(%rdi)
+        movw $0, 46(%rdi)
+        movzwl D_AVAIL(%rbx), %eax
+        movl %eax, %ecx
+        andl $VQ_SIZE - 1, %ecx
+        movw $0, 0x104(%rdi,%rcx,2)     /* avail.ring[idx] = head 0 */
+        incl %eax
+        movw %ax, D_AVAIL(%rbx)
+        mfence
+        movw %ax, 0x102(%rdi)           /* avail.idx */
+        mfence
+        movq D_NOTIFY(%rbx), %rcx
+        movw $0, (%rcx)                 /* notify queue 0 */
+        movl $POLL_BOUND, %ecx
+2:      movzwl 0x202(%rdi), %eax        /* used.idx */
+        cmpw D_AVAIL(%rbx), %ax
+        je 3f
+        decl %ecx
+        jnz 2b
+        movl $255, %eax
+        popq %rdi
+        ret
+3:      movzbl blk_status(%rip), %eax
+        popq %rdi
+        ret
+
+/* skipsp: rsi past spaces. */
+skipsp:
+        cmpb $' ', (%rsi)
+        jne 1f
+        incq %rsi
+        jmp skipsp
+1:      ret
+
+/* blk_disk: parses the disk index at rsi into rbx; CF set if no such disk. */
+blk_disk:
+        call skipsp
+        call parsedec
+        cmpl blk_count(%rip), %eax
+        jae 1f
+        imull $BLK_STRIDE, %eax
+        leaq blk_table(%rip), %rbx
+        addq %rax, %rbx
+        clc
+        ret
+1:      stc
+        ret
+
+/* fnv1a: eax = FNV-1a 32 of rcx bytes at rsi. */
+fnv1a:
+        movl $0x811c9dc5, %eax
+1:      testq %rcx, %rcx
+        jz 2f
+        xorb (%rsi), %al
+        imull $0x01000193, %eax
+        incq %rsi
+        decq %rcx
+        jmp 1b
+2:      ret
+
+/* puthex32: eax as 8 hex digits. */
+puthex32:
+        pushq %rcx
+        pushq %rdx
+        movl %eax, %edx
+        movl $8, %ecx
+1:      roll $4, %edx
+        movl %edx, %eax
+        andl $15, %eax
+        addb $'0', %al
+        cmpb $'9', %al
+        jbe 2f
+        addb $'a' - '9' - 1, %al
+2:      call putc
+        loop 1b
+        popq %rdx
+        popq %rcx
+        ret
+
+/* put_status: "<label>STATUS=<eax>", label at rsi. */
+put_status:
+        pushq %rax
+        call puts
+        leaq msg_status(%rip), %rsi
+        call puts
+        popq %rax
+        jmp putdec
+
+/* blk_command: runs the blk word in linebuf; CF set if it was one. */
+blk_command:
+        leaq linebuf(%rip), %rsi
+        leaq w_blkread(%rip), %rdi
+        call prefix
+        jc .Lblkread
+        leaq linebuf(%rip), %rsi
+        leaq w_blkwrite(%rip), %rdi
+        call prefix
+        jc .Lblkwrite
+        leaq linebuf(%rip), %rsi
+        leaq w_blkflush(%rip), %rdi
+        call prefix
+        jc .Lblkflush
+        leaq linebuf(%rip), %rsi
+        leaq w_blkid(%rip), %rdi
+        call prefix
+        jc .Lblkid
+        leaq linebuf(%rip), %rsi
+        leaq w_blkbad(%rip), %rdi
+        call prefix
+        jc .Lblkbad
+        leaq linebuf(%rip), %rsi
+        leaq w_blkbench(%rip), %rdi
+        call prefix
+        jc .Lblkbench
+        clc
+        ret
+.Lnodisk:
+        leaq msg_nodisk(%rip), %rsi
+        call puts
+        stc
+        ret
+.Lblkread:
+        call blk_disk
+        jc .Lnodisk
+        call skipsp
+        call parsedec
+        movq %rax, %rdx
+        xorl %eax, %eax                 /* VIRTIO_BLK_T_IN */
+        leaq blk_data(%rip), %rsi
+        movl $512, %ecx
+        movl $2, %r8d
+        call blk_req
+        leaq msg_blkread(%rip), %rsi
+        call put_status
+        leaq msg_sum(%rip), %rsi
+        call puts
+        leaq blk_data(%rip), %rsi
+        movq $512, %rcx
+        call fnv1a
+        call puthex32
+        call newline
+        stc
+        ret
+.Lblkwrite:
+        call blk_disk
+        jc .Lnodisk
+        call skipsp
+        call parsedec
+        pushq %rax                      /* sector */
+        call skipsp
+        call parsedec
+        leaq blk_data(%rip), %rdi
+        movq $512, %rcx
+        rep stosb
+        popq %rdx
+        movl $1, %eax                   /* VIRTIO_BLK_T_OUT */
+        leaq blk_data(%rip), %rsi
+        movl $512, %ecx
+        xorl %r8d, %r8d
+        call blk_req
+        leaq msg_blkwrite(%rip), %rsi
+        call put_status
+        call newline
+        stc
+        ret
+.Lblkflush:
+        call blk_disk
+        jc .Lnodisk
+        movl $4, %eax                   /* VIRTIO_BLK_T_FLUSH */
+        xorl %edx, %edx
+        xorl %ecx, %ecx
+        call blk_req
+        leaq msg_blkflush(%rip), %rsi
+        call put_status
+        call newline
+        stc
+        ret
+.Lblkid:
+        call blk_disk
+        jc .Lnodisk
+        leaq blk_data(%rip), %rdi
+        xorl %eax, %eax
+        movq $32, %rcx
+        rep stosb
+        movl $8, %eax                   /* VIRTIO_BLK_T_GET_ID */
+        xorl %edx, %edx
+        leaq blk_data(%rip), %rsi
+        movl $20, %ecx
+        movl $2, %r8d
+        call blk_req
+        leaq msg_blkid(%rip), %rsi
+        call put_status
+        leaq msg_serial(%rip), %rsi
+        call puts
+        leaq blk_data(%rip), %rsi       /* NUL-terminated: 32 zeroed, 20 used */
+        call puts
+        call newline
+        stc
+        ret
+.Lblkbad:
+        call blk_disk
+        jc .Lnodisk
+        xorl %eax, %eax
+        xorl %edx, %edx
+        movl $BAD_ADDR, %esi
+        movl $512, %ecx
+        movl $2, %r8d
+        call blk_req
+        leaq msg_blkbad(%rip), %rsi
+        call put_status
+        call newline
+        stc
+        ret
+.Lblkbench:
+        call blk_disk
+        jc .Lnodisk
+        call skipsp
+        call parsedec
+        pushq %r12
+        pushq %r13
+        pushq %r14
+        pushq %r15
+        movq %rax, %r12                 /* r12: N */
+        xorl %r13d, %r13d               /* r13: errors */
+        rdtsc
+        shlq $32, %rdx
+        orq %rax, %rdx
+        movq %rdx, %r14                 /* r14: start */
+        movq D_CAP(%rbx), %r15
+        shrq $3, %r15
+        decq %r15                       /* r15: 4 KiB blocks to choose from */
+        jg 1f
+        movl $1, %r15d                  /* a disk under 8 KiB: block 0 only */
+1:
+        xorl %eax, %eax                 /* reads first, then writes */
+        call blk_bench_pass
+        movl $1, %eax
+        call blk_bench_pass
+        rdtsc
+        shlq $32, %rdx
+        orq %rax, %rdx
+        subq %r14, %rdx
+        pushq %rdx
+        leaq msg_bench(%rip), %rsi
+        call puts
+        movq %r12, %rax
+        call putdec
+        leaq msg_errors(%rip), %rsi
+        call puts
+        movq %r13, %rax
+        call putdec
+        leaq msg_cycles(%rip), %rsi
+        call puts
+        popq %rax
+        call putdec
+        call newline
+        popq %r15
+        popq %r14
+        popq %r13
+        popq %r12
+        stc
+        ret
+
+/* blk_bench_pass: r12 requests of type eax (0 read, 1 write) of 4 KiB at
+   random 4 KiB blocks below r15; counts errors in r13. */
+blk_bench_pass:
+        pushq %rbp
+        movl %eax, %ebp
+        movq %r12, %rcx
+1:      testq %rcx, %rcx
+        jz 3f
+        pushq %rcx
+        movq blk_seed(%rip), %rax
+        movabsq $6364136223846793005, %rdx
+        imulq %rdx, %rax
+        movabsq $1442695040888963407, %rdx
+        addq %rdx, %rax
+        movq %rax, blk_seed(%rip)
+        shrq $33, %rax
+        xorl %edx, %edx
+        divq %r15
+        leaq (,%rdx,8), %rdx            /* sector of the block */
+        movl %ebp, %eax
+        movl %ebp, %r8d
+        xorl $1, %r8d
+        shll $1, %r8d                   /* reads: device writes the data */
+        leaq blk_data(%rip), %rsi
+        movl $4096, %ecx
+        call blk_req
+        testl %eax, %eax
+        jz 2f
+        incq %r13
+2:      popq %rcx
+        decq %rcx
+        jmp 1b
+3:      popq %rbp
+        ret
+/* ================= end of virtio-blk ===================================== */
+
 /* The AP trampoline, copied to TRAMPOLINE: real mode to long mode with
    the BSP's page tables, count in, then halt for good. */
         .code16
@@ -631,6 +1189,28 @@ w_mmio:      .asciz "mmio"
 w_fault:     .asciz "fault"
 msg_mmio_ones:  .asciz "MMIO=ones\r\n"
 msg_mmio_other: .asciz "MMIO=other\r\n"
+/* virtio-blk section's strings */
+msg_blk:     .asciz "BLK vd"
+msg_sectors: .asciz " SECTORS="
+msg_status:  .asciz "STATUS="
+msg_sum:     .asciz " SUM="
+msg_serial:  .asciz " SERIAL="
+msg_nodisk:  .asciz "BLK NODISK\r\n"
+msg_blkread: .asciz "BLKREAD "
+msg_blkwrite: .asciz "BLKWRITE "
+msg_blkflush: .asciz "BLKFLUSH "
+msg_blkid:   .asciz "BLKID "
+msg_blkbad:  .asciz "BLKBAD "
+msg_bench:   .asciz "BLKBENCH N="
+msg_errors:  .asciz " ERRORS="
+msg_cycles:  .asciz " CYCLES="
+w_blkread:   .asciz "blkread "
+w_blkwrite:  .asciz "blkwrite "
+w_blkflush:  .asciz "blkflush "
+w_blkid:     .asciz "blkid "
+w_blkbad:    .asciz "blkbad "
+w_blkbench:  .asciz "blkbench "
+/* end of the virtio-blk section's strings */
 idt_desc:
         .word 256 * 16 - 1
         .quad idt
@@ -658,4 +1238,15 @@ numbuf: .fill 32, 1, 0
 ap_count: .long 0
         .align 8
 initrd_size: .quad 0
+/* virtio-blk section's data */
+        .align 4096
+pd_hole:    .fill 4096, 1, 0
+blk_data:   .fill 4096, 1, 0
+blk_queues: .fill 4096 * MAX_BLK, 1, 0
+blk_table:  .fill BLK_STRIDE * MAX_BLK, 1, 0
+blk_hdr:    .fill 16, 1, 0
+blk_seed:   .quad 0
+blk_count:  .long 0
+blk_status: .byte 0
+/* end of the virtio-blk section's data */
 

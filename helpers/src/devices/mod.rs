@@ -54,6 +54,10 @@ pub enum DeviceState {
     AcpiPm(acpi_pm::AcpiPmState),
     /// The pvpanic port.
     Pvpanic(pvpanic::PvpanicState),
+    /// The PCI config mechanism (0xCF8's address register).
+    Pci(crate::pci::bus::PciState),
+    /// A virtio-pci function.
+    VirtioPci(crate::virtio::pci::VirtioPciState),
 }
 
 impl DeviceState {
@@ -64,6 +68,8 @@ impl DeviceState {
             DeviceState::I8042(_) => "i8042",
             DeviceState::AcpiPm(_) => "acpi-pm",
             DeviceState::Pvpanic(_) => "pvpanic",
+            DeviceState::Pci(_) => "pci",
+            DeviceState::VirtioPci(_) => "virtio-pci",
         }
     }
 }

@@ -15,6 +15,7 @@ use libvirtd::privsep::helper::GuestConfig;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::disks::{self, DiskInfo};
 use super::machine::Machine;
 use crate::boot::{self, BootError};
 use crate::bus::{Bus, BusError, Space};
@@ -24,6 +25,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
 use crate::devices::{IrqFd, acpi_pm, pvpanic};
 use crate::vcpu::kvm::KvmVcpu;
+use crate::virtio::blk::Worker;
 
 /// Guest RAM must end below the 32-bit PCI hole.
 const MAX_MEMORY_MIB: u64 = 3 * 1024;
@@ -70,6 +72,9 @@ pub enum BuildError {
     /// Two devices claimed one address.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A disk could not be set up.
+    #[error("{0}")]
+    Disk(String),
 }
 
 fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BuildError {
@@ -84,6 +89,8 @@ pub struct BootFiles {
     pub kernel: OwnedFd,
     /// The initrd, if any.
     pub initrd: Option<OwnedFd>,
+    /// Each disk's image chain, top layer first, in `GuestConfig::disks` order.
+    pub disks: Vec<Vec<OwnedFd>>,
 }
 
 /// The devices the control loop acts on by name, beside the bus.
@@ -94,6 +101,8 @@ pub struct Devices {
     pub i8042: Arc<Mutex<I8042>>,
     /// COM1, for its console's event side.
     pub serial: Arc<Mutex<Serial<ConsoleOut>>>,
+    /// The disks, for `DiskStats`.
+    pub disks: Vec<DiskInfo>,
 }
 
 /// A VM ready to run.
@@ -108,6 +117,8 @@ pub struct Built {
     pub console: ConsoleIo,
     /// Set once the VM stops (for the console writer).
     pub stopping: Arc<AtomicBool>,
+    /// The disks' I/O threads, to start once the process is confined.
+    pub workers: Vec<Worker>,
 }
 
 /// Builds the guest `config` describes from `files`.
@@ -141,10 +152,10 @@ pub fn build(config: &GuestConfig, files: BootFiles) -> Result<Built, BuildError
         config.vcpus,
     )?;
     let stopping = Arc::new(AtomicBool::new(false));
-    let devices = devices(machine.vm())?;
+    let (devices, workers) = devices(machine.vm(), machine.memory(), config, files.disks)?;
     let console = ConsoleIo::new(devices.serial.clone(), stopping.clone());
     let vcpus = vcpus(&kvm_fd, &machine, config, entry, &devices.bus)?;
-    Ok(Built { machine, vcpus, devices, console, stopping })
+    Ok(Built { machine, vcpus, devices, console, stopping, workers })
 }
 
 /// Tells KVM where guest memory lives.
@@ -169,14 +180,20 @@ fn register_memory(machine: &Machine) -> Result<(), BuildError> {
 }
 
 /// An interrupt line wired to `irq` through a KVM irqfd.
-fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqFd, BuildError> {
+pub(super) fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqFd, BuildError> {
     let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::Eventfd)?;
     vm.register_irqfd(&fd, irq).map_err(kvm("KVM_IRQFD"))?;
     Ok(IrqFd(Arc::new(fd)))
 }
 
-/// The legacy devices, each with one registration on the port bus.
-fn devices(vm: &VmFd) -> Result<Devices, BuildError> {
+/// The legacy devices, each with one registration on the port bus, and
+/// the PCI bus with the disks.
+fn devices(
+    vm: &VmFd,
+    memory: &GuestMemoryMmap,
+    config: &GuestConfig,
+    disk_files: Vec<Vec<OwnedFd>>,
+) -> Result<(Devices, Vec<Worker>), BuildError> {
     let serial = Arc::new(Mutex::new(Serial::new(Arc::new(irq_line(vm, COM1_IRQ)?), ConsoleOut::default())));
     let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(irq_line(vm, KBD_IRQ)?))));
     let mut bus = Bus::default();
@@ -184,7 +201,8 @@ fn devices(vm: &VmFd) -> Result<Devices, BuildError> {
     bus.insert(Space::Pio, i8042::BASE.into(), i8042::LEN, i8042.clone())?;
     bus.insert(Space::Pio, acpi_pm::BASE.into(), acpi_pm::LEN, Arc::new(Mutex::new(acpi_pm::AcpiPm)))?;
     bus.insert(Space::Pio, pvpanic::BASE.into(), pvpanic::LEN, Arc::new(Mutex::new(pvpanic::Pvpanic)))?;
-    Ok(Devices { bus: Arc::new(bus), i8042, serial })
+    let disks = disks::attach(vm, memory, &mut bus, &config.disks, disk_files)?;
+    Ok((Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info }, disks.workers))
 }
 
 /// Creates and sets up the vCPUs: CPUID with this one's topology (and the

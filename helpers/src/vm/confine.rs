@@ -4,7 +4,8 @@
 //! (`rt_sigaction` is not in any filter), then the sandbox profile (the
 //! guest's ids, no capabilities, no_new_privs, landlock with no
 //! filesystem). Each vCPU thread puts its own filter on before it runs the
-//! guest; the control thread's goes on last, once the vCPU threads exist
+//! guest, and each disk's I/O thread (started after the process is
+//! confined, so it inherits all of it) before it serves a request; the control thread's goes on last, once the vCPU threads exist
 //! (it allows no `clone`), and is checked from inside.
 
 use libvirtd::sandbox::{self, Profile, SandboxError, Thread, seccomp};
@@ -37,6 +38,12 @@ pub fn process(ids: Option<(u32, u32)>) -> Result<Profile, ConfineError> {
 /// tell the vCPUs apart.
 pub fn vcpu_thread(index: usize) -> Result<(), String> {
     seccomp::apply_numbered(Thread::HelperVcpu, index as u32).map_err(|e| e.to_string())
+}
+
+/// Run first on disk I/O thread `index`: its filter (no path can be
+/// opened, only I/O on the fds it has) and its name (`helper-io0`).
+pub fn io_thread(index: usize) -> Result<(), String> {
+    seccomp::apply_numbered(Thread::HelperIo, index as u32).map_err(|e| e.to_string())
 }
 
 /// The control thread's filter, then a check from inside that all of the

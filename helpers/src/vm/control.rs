@@ -17,7 +17,7 @@ use crate::link::Link;
 use crate::vcpu::PAUSE_BOUND;
 
 /// Why hotplug is refused, for now.
-const NO_HOTPLUG: &str = "this helper has no PCI bus yet, so it cannot plug or unplug devices";
+const NO_HOTPLUG: &str = "this helper has no PCI hotplug, so it cannot plug or unplug devices in a running guest";
 
 /// How the loop ended.
 pub enum Ended {
@@ -146,8 +146,8 @@ impl Control<'_> {
                 self.answer(&HelperEvent::Device { id: device.id().into(), answer });
             }
             HelperCommand::DiskStats => {
-                // No disks yet: the guest's disk list is empty.
-                self.answer(&HelperEvent::DiskStats(Vec::new()));
+                let counters = self.devices.disks.iter().map(|d| d.stats.snapshot(&d.alias)).collect();
+                self.answer(&HelperEvent::DiskStats(counters));
             }
             HelperCommand::DetachDevice { id } => {
                 let answer = DeviceAnswer::Unsupported(NO_HOTPLUG.into());

@@ -8,6 +8,7 @@
 pub mod builder;
 pub mod confine;
 pub mod control;
+pub mod disks;
 pub mod machine;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -60,11 +61,19 @@ pub fn run(
         kvm: fds.require(FdRole::Kvm)?,
         kernel: fds.require(FdRole::Kernel)?,
         initrd: fds.take(FdRole::Initrd),
+        disks: disks::take_layers(config, &mut fds)?,
     };
     let built = builder::build(config, files)?;
     // Everything that needs privilege or a path is done: confine the
     // process before the guest runs a single instruction.
     let profile = confine::process(config.ids)?;
+    // The disks' I/O threads, each under its own filter; stopped and joined
+    // when dropped, after the vCPUs.
+    let mut io_threads = Vec::with_capacity(built.workers.len());
+    for (index, worker) in built.workers.into_iter().enumerate() {
+        let name = format!("helper-io{index}");
+        io_threads.push(worker.spawn(name, move || confine::io_thread(index)).map_err(VmError::Eventfd)?);
+    }
     let mut events = EventLoop::new()?;
     events.add_subscriber(Box::new(built.console))?;
     // The console's fds go to the device that owns them.
@@ -112,7 +121,7 @@ pub fn run(
     if let Err(e) = machine.end() {
         eprintln!("libvirt-helper: {e}");
     }
-    drop((devices, events));
+    drop((io_threads, devices, events));
     Ok(match outcome? {
         control::Ended::Broker(reason, detail) => (reason, detail),
         control::Ended::Vcpu => vcpu_reason.unwrap_or((StopReason::Failed, "vCPU ended".into())),

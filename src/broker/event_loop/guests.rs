@@ -10,7 +10,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::{Broker, GuestFd};
-use crate::broker::call_audit;
+use crate::broker::{blockinfo, call_audit};
 use crate::broker::guests::Protocol;
 use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
@@ -84,6 +84,11 @@ impl Broker {
                         | HelperEvent::PauseFailed { .. }),
                         _,
                     )) => self.helper_answered(uuid, &event),
+                    Ok((HelperEvent::DiskStats(counters), _)) => {
+                        for (conn, id, value) in blockinfo::answered(&mut self.setup.ctx, &uuid, pid, &counters) {
+                            self.answer_client(conn, id, value);
+                        }
+                    }
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
                     Err(ChannelError::Closed) if awaiting => {
@@ -193,6 +198,9 @@ impl Broker {
     /// guest is no longer running (a graceful destroy whose guest stopped
     /// succeeded).
     pub(super) fn fail_awaiting(&mut self, give_up: impl Fn(&Awaiting) -> bool) {
+        for (conn, id, value) in blockinfo::overdue(&mut self.setup.ctx, Instant::now()) {
+            self.answer_client(conn, id, value);
+        }
         let ctx = &self.setup.ctx;
         let ended: Vec<(Uuid, u64, Result<(), CallError>)> = ctx
             .guests

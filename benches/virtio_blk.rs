@@ -1,0 +1,317 @@
+//! virtio-blk figures: the test guest's own driver (tests/guest/guest.S)
+//! issuing 4 KiB random reads, then writes (`blkbench`), against a raw
+//! image in the page cache, in our helper and, when `qemu-system-x86_64`
+//! is installed, under QEMU with `-device virtio-blk-pci` (KVM if it
+//! works here, else TCG), the same guest image, side by side. The guest's
+//! BLK line and a sector's checksum must agree under both. Also the
+//! helper's RSS with one qcow2 disk against the same guest with none.
+//!
+//! The device model alone, from the host side, is a unit test of the
+//! helper (it is not a library): `cargo test --release --bin libvirt-helper
+//! -- --ignored --nocapture host_side`.
+//!
+//! Run: `cargo bench --bench virtio_blk` (as root, with /dev/kvm).
+//! QEMU is never required: without it, its column is skipped.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libvirtd::privsep::helper::{DiskConfig, GuestConfig, HelperCommand, HelperEvent, ImageFormat, StartFds};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
+/// Requests per direction in one guest benchmark.
+const N: u32 = 2000;
+const DISK_SECTORS: usize = 32 * 2048; // 32 MiB
+
+/// A console: what was read so far, and how to write.
+trait Console {
+    fn read_some(&mut self, buf: &mut [u8]) -> usize;
+    fn send(&mut self, bytes: &[u8]);
+    fn seen(&mut self) -> &mut String;
+
+    /// Reads until `needle`; returns everything up to and including it.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(i) = self.seen().find(needle) {
+                let upto: String = self.seen()[..i + needle.len()].to_string();
+                self.seen().drain(..i + needle.len());
+                return upto;
+            }
+            assert!(Instant::now() < end, "no {needle:?}; got {:?}", self.seen());
+            let n = self.read_some(&mut buf);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen().push_str(&text);
+        }
+    }
+
+    /// Runs a shell line; returns its answer line starting with `answer`, and how long it took.
+    fn run(&mut self, line: &str, answer: &str) -> (String, Duration) {
+        let t = Instant::now();
+        self.send(format!("{line}\r").as_bytes());
+        self.wait_for(answer, Duration::from_secs(600));
+        let rest = self.wait_for("\r\n", Duration::from_secs(60));
+        let took = t.elapsed();
+        self.wait_for("> ", Duration::from_secs(60));
+        (format!("{answer}{}", rest.trim_end()), took)
+    }
+}
+
+struct Helper {
+    spawned: libvirtd::broker::Spawned,
+    console: UnixStream,
+    seen: String,
+}
+
+impl Console for Helper {
+    fn read_some(&mut self, buf: &mut [u8]) -> usize {
+        self.console.read(buf).unwrap_or(0)
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.console.write_all(bytes).unwrap();
+    }
+    fn seen(&mut self) -> &mut String {
+        &mut self.seen
+    }
+}
+
+impl Helper {
+    fn start(kernel: &Path, disks: Vec<(DiskConfig, Vec<std::fs::File>)>) -> Helper {
+        let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
+        let kvm = OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap());
+        let kernel = OwnedFd::from(std::fs::File::open(kernel).unwrap());
+        let (console, theirs) = UnixStream::pair().unwrap();
+        let (listener, _) = libvirtd::privsep::Channel::pair().unwrap();
+        let listener = listener.fd().try_clone_to_owned().unwrap();
+        let layers: Vec<Vec<_>> = disks.iter().map(|(_, l)| l.iter().map(|f| f.as_fd()).collect()).collect();
+        let fds = StartFds {
+            kvm: kvm.as_fd(),
+            kernel: kernel.as_fd(),
+            initrd: None,
+            console: theirs.as_fd(),
+            control_listener: listener.as_fd(),
+            disks: &layers,
+        };
+        let config = GuestConfig { disks: disks.iter().map(|(c, _)| c.clone()).collect(), ..GuestConfig::test(64) };
+        let (command, borrowed) = HelperCommand::start(config, &fds);
+        spawned.channel.send(&command, &borrowed).unwrap();
+        console.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        Helper { spawned, console, seen: String::new() }
+    }
+
+    /// Peak RSS in KiB, from `Stats`.
+    fn rss_kib(&self) -> u64 {
+        self.spawned.channel.send(&HelperCommand::Stats, &[]).unwrap();
+        loop {
+            let (e, _) = self.spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
+            if let HelperEvent::Stats(s) = e {
+                return s.rss_kib;
+            }
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.spawned.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.spawned.pid, None);
+    }
+}
+
+struct Qemu {
+    child: Child,
+    /// Its stdout, pumped by a thread so that a silent QEMU times out.
+    out: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Console for Qemu {
+    fn read_some(&mut self, buf: &mut [u8]) -> usize {
+        match self.out.recv_timeout(Duration::from_millis(200)) {
+            Ok(bytes) => {
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+    fn seen(&mut self) -> &mut String {
+        &mut self.seen
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qemu {
+    /// QEMU booted to the guest's prompt, and what the guest printed at boot.
+    fn start(kernel: &Path, disk: &Path, accel: &str) -> Option<(Qemu, String)> {
+        let drive = format!("file={},format=raw,if=none,id=d0,cache=writeback", disk.display());
+        let mut child = qemu()
+            .args(["-accel", accel, "-M", "pc", "-m", "64", "-nodefaults", "-display", "none", "-no-reboot"])
+            .args(["-serial", "stdio", "-monitor", "none", "-kernel"])
+            .arg(kernel)
+            .args(["-drive", &drive, "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut stdout = child.stdout.take()?;
+        let (tx, out) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut q = Qemu { child, out, seen: String::new() };
+        let end = Instant::now() + Duration::from_secs(120);
+        let mut buf = [0u8; 4096];
+        while !q.seen.contains("> ") {
+            // A QEMU that cannot use this accelerator exits at once.
+            if Instant::now() > end || q.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            let n = q.read_some(&mut buf);
+            q.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let boot = q.wait_for("> ", Duration::from_secs(1));
+        Some((q, boot))
+    }
+}
+
+/// `qemu-system-x86_64`, or the binary `LIBVIRTD_BENCH_QEMU` names (one
+/// unpacked from Debian's package beside a newer qemu-utils, say) with
+/// Debian's firmware directories.
+fn qemu() -> Command {
+    match std::env::var_os("LIBVIRTD_BENCH_QEMU") {
+        Some(path) => {
+            let mut c = Command::new(path);
+            c.args(["-L", "/usr/share/seabios", "-L", "/usr/share/qemu"]);
+            c
+        }
+        None => Command::new("qemu-system-x86_64"),
+    }
+}
+
+/// Writes the image and makes it durable: a page still under writeback
+/// makes a later write to it wait, which would measure the host's disk.
+fn write_synced(path: &Path, bytes: &[u8]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// The guest's benchmark on `console`: prints and returns IOPS, and the BLK line and checksum seen.
+fn guest_bench(label: &str, console: &mut dyn Console, boot: &str) -> (String, String, f64) {
+    let blk = boot.lines().find(|l| l.starts_with("BLK vda")).unwrap_or("none").trim().to_string();
+    let (sum, _) = console.run("blkread 0 77", "BLKREAD ");
+    let (line, took) = console.run(&format!("blkbench 0 {N}"), "BLKBENCH ");
+    let iops = f64::from(2 * N) / took.as_secs_f64();
+    println!("{label}: {line}; {:.0} IOPS (4 KiB, half read half write, wall clock)", iops);
+    (blk, sum, iops)
+}
+
+fn main() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        println!("no /dev/kvm: nothing to measure");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("libvirtd-bench-blk-{}", std::process::id()));
+    common::build_guest(&dir);
+    let kernel = dir.join("pvh.elf");
+    let disk = dir.join("disk.raw");
+    let bytes: Vec<u8> = (0..DISK_SECTORS * 512).map(|i| (i / 512) as u8 ^ (i as u8).wrapping_mul(7)).collect();
+    write_synced(&disk, &bytes);
+    let want_sum = format!("BLKREAD STATUS=0 SUM={}", fnv1a(&bytes[77 * 512..78 * 512]));
+
+    let open = || std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let mut ours = Helper::start(&kernel, vec![(DiskConfig::test("vda"), vec![open()])]);
+    let boot = ours.wait_for("> ", Duration::from_secs(60));
+    let (our_blk, our_sum, our_iops) = guest_bench("helper", &mut ours, &boot);
+    assert_eq!(our_sum, want_sum, "our checksum");
+    drop(ours);
+
+    // RSS: the same guest with no disk, then with one qcow2 disk (over a raw base).
+    let mut bare = Helper::start(&kernel, Vec::new());
+    bare.wait_for("> ", Duration::from_secs(60));
+    let rss_bare = bare.rss_kib();
+    drop(bare);
+    let overlay = dir.join("overlay.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(&disk)
+        .args(["-F", "raw"])
+        .arg(&overlay)
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        let config = DiskConfig { format: ImageFormat::Qcow2, layers: 2, ..DiskConfig::test("vda") };
+        let top = std::fs::OpenOptions::new().read(true).write(true).open(&overlay).unwrap();
+        let mut q = Helper::start(&kernel, vec![(config, vec![top, std::fs::File::open(&disk).unwrap()])]);
+        q.wait_for("> ", Duration::from_secs(60));
+        let (line, took) = q.run(&format!("blkbench 0 {N}"), "BLKBENCH ");
+        let rss_disk = q.rss_kib();
+        println!(
+            "helper, qcow2 over raw: {line}; {:.0} IOPS; peak RSS {} KiB vs {} KiB with no disk: +{} KiB for the disk",
+            f64::from(2 * N) / took.as_secs_f64(),
+            rss_disk,
+            rss_bare,
+            rss_disk.saturating_sub(rss_bare)
+        );
+    } else {
+        println!("helper RSS with no disk: {rss_bare} KiB (no qemu-img for the qcow2 figure)");
+    }
+
+    let have_qemu = qemu().arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have_qemu {
+        println!("qemu-system-x86_64 not installed: no side-by-side figure");
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    write_synced(&disk, &bytes);
+    for accel in ["kvm", "tcg"] {
+        let Some((mut q, boot)) = Qemu::start(&kernel, &disk, accel) else {
+            println!("QEMU with -accel {accel}: did not boot the guest");
+            continue;
+        };
+        let (blk, sum, iops) = guest_bench(&format!("QEMU -accel {accel}"), &mut q, &boot);
+        println!(
+            "side by side: helper {our_iops:.0} IOPS, QEMU ({accel}) {iops:.0} IOPS; BLK line {}; checksum {}",
+            if blk == our_blk { "agrees" } else { "differs" },
+            if sum == our_sum { "agrees" } else { "DIFFERS" }
+        );
+        break;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,374 @@
+//! The disk calls: `virDomainGetBlockInfo` (from the image itself), and
+//! `virDomainBlockStats(Flags)` and `virDomainGetDiskErrors` for a running
+//! guest with disks, from its helper's counters.
+//!
+//! The counters are asked of the helper (`HelperCommand::DiskStats`) and
+//! the clients answered when its `DiskStats` event comes through the event
+//! loop, or with an error at the deadline: the broker never waits on a
+//! helper. Clients that ask while a question is out wait for the same
+//! answer, so a guest is asked at most once at a time.
+
+use std::time::{Duration, Instant};
+
+use super::calls::{Answer, Caller, Ctx};
+use crate::domain::{DomainDef, Uuid};
+use crate::privsep::admin::{Param, ParamValue};
+use crate::privsep::helper::{DiskCounters, HelperCommand};
+use crate::privsep::{Call, CallError, CallValue};
+use crate::rpc::stats as limits;
+
+/// How long a helper gets to report its disks' counters.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// `VIR_TYPED_PARAM_STRING_OKAY`.
+const STRING_OKAY: u32 = 4;
+/// `virDomainDiskErrorCode`: UNSPEC, NO_SPACE.
+const DISK_ERROR_UNSPEC: i32 = 1;
+const DISK_ERROR_NO_SPACE: i32 = 2;
+
+/// What a waiting client asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// `virDomainBlockStats` (`params` `None`) or `virDomainBlockStatsFlags`.
+    Stats {
+        /// Disk target or path, "" for all.
+        path: String,
+        /// `nparams` and flags.
+        params: Option<(i32, u32)>,
+    },
+    /// `virDomainGetDiskErrors`.
+    Errors {
+        /// Room for this many.
+        maxerrors: u32,
+    },
+}
+
+/// One client waiting for a helper's counters.
+#[derive(Debug)]
+pub struct Waiter {
+    /// Its connection.
+    pub conn: u64,
+    /// The frontend request to answer.
+    pub reply_to: u32,
+    /// What it asked.
+    pub question: Question,
+}
+
+/// The question out to one guest's helper and who waits for its answer.
+#[derive(Debug)]
+pub struct DiskAsk {
+    /// The helper asked (a guest restarted meanwhile is another helper).
+    pub pid: nix::unistd::Pid,
+    /// When the waiters get an error instead.
+    pub deadline: Instant,
+    /// Who waits.
+    pub waiting: Vec<Waiter>,
+}
+
+/// `virDomainGetBlockInfo`: the disk named by target or source path.
+pub fn block_info(def: &DomainDef, path: &str, flags: u32) -> Result<CallValue, CallError> {
+    if flags != 0 {
+        return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainGetBlockInfo".into() });
+    }
+    let disk = def
+        .disks
+        .iter()
+        .find(|d| d.target == path || d.path == path)
+        .ok_or_else(|| CallError::InvalidArg(format!("invalid path {path} not assigned to domain")))?;
+    let (allocation, capacity, physical) =
+        super::disks::block_info(disk).map_err(|e| CallError::OperationFailed(e.to_string()))?;
+    Ok(CallValue::BlockInfo { allocation, capacity, physical })
+}
+
+/// The `block` group of `virConnectGetAllDomainStats` for `def`, as
+/// libvirt names it: the count, then each disk's name, path and, where its
+/// image can be read, allocation, capacity and physical size.
+pub fn stats_group(def: &DomainDef) -> Vec<Param> {
+    let mut p = vec![Param { field: "block.count".into(), value: ParamValue::UInt(def.disks.len() as u32) }];
+    for (i, disk) in def.disks.iter().enumerate() {
+        p.push(Param { field: format!("block.{i}.name"), value: ParamValue::Text(disk.target.clone()) });
+        p.push(Param { field: format!("block.{i}.path"), value: ParamValue::Text(disk.path.clone()) });
+        if let Ok((allocation, capacity, physical)) = super::disks::block_info(disk) {
+            for (name, v) in [("allocation", allocation), ("capacity", capacity), ("physical", physical)] {
+                p.push(Param { field: format!("block.{i}.{name}"), value: ParamValue::ULLong(v) });
+            }
+        }
+    }
+    p
+}
+
+/// Checks a question before anything is asked: its sizes, flags, and that
+/// it names one of the domain's disks.
+fn check(def: &DomainDef, question: &Question) -> Result<(), CallError> {
+    match question {
+        Question::Stats { path, params } => {
+            if let Some((nparams, flags)) = *params {
+                if nparams > limits::BLOCK_STATS_PARAMETERS_MAX {
+                    return Err(CallError::Internal("nparams too large".into()));
+                }
+                if nparams < 0 {
+                    return Err(CallError::InvalidArg(
+                        "nparams in virDomainBlockStatsFlags must be non-negative".into(),
+                    ));
+                }
+                if flags & !STRING_OKAY != 0 {
+                    return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainBlockStatsFlags".into() });
+                }
+            }
+            if !path.is_empty() && !def.disks.iter().any(|d| &d.target == path || &d.path == path) {
+                return Err(CallError::InvalidArg(format!("invalid path: {path}")));
+            }
+        }
+        Question::Errors { maxerrors } => {
+            if *maxerrors > crate::rpc::blockdev::DISK_ERRORS_MAX {
+                return Err(CallError::Internal("maxerrors > REMOTE_DOMAIN_DISK_ERRORS_MAX".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether [`handle`] answers `call`: the questions the helper's counters answer.
+pub fn handles(call: &Call) -> bool {
+    matches!(call, Call::BlockStats { .. } | Call::DiskErrors { .. })
+}
+
+/// Answers `BlockStats` and `DiskErrors`: now when the guest has nothing to
+/// count (or the question is wrong), else when its helper's counters arrive.
+pub fn handle(ctx: &mut Ctx, caller: &Caller, call: Call) -> Answer {
+    let asked = match call {
+        Call::BlockStats { uuid, path, params } => ask(ctx, caller, &uuid, Question::Stats { path, params }),
+        Call::DiskErrors { flags, .. } if flags != 0 => {
+            Err(CallError::UnsupportedFlags { flags, function: "qemuDomainGetDiskErrors".into() })
+        }
+        Call::DiskErrors { uuid, maxerrors, .. } => ask(ctx, caller, &uuid, Question::Errors { maxerrors }),
+        _ => Err(CallError::Internal("not a question about a guest's disks".into())),
+    };
+    match asked {
+        Ok(None) => Answer::Later,
+        Ok(Some(value)) => Answer::Now(Ok(value)),
+        Err(e) => Answer::Now(Err(e)),
+    }
+}
+
+/// Asks guest `uuid`'s helper for its disks' counters on behalf of
+/// `caller`, who is answered when they arrive (see [`answer`]). A domain
+/// that is not running, or runs without disks, is answered at once.
+fn ask(ctx: &mut Ctx, caller: &Caller, uuid: &Uuid, question: Question) -> Result<Option<CallValue>, CallError> {
+    let e = ctx.domains.by_uuid(uuid)?;
+    check(&e.def, &question)?;
+    let running = ctx.guests.get(uuid).filter(|_| e.id.is_some()).ok_or(CallError::NotRunning)?;
+    if e.def.disks.is_empty() {
+        return match &question {
+            Question::Stats { path, params } => super::stats::block_stats(e, path, *params),
+            Question::Errors { .. } => answer(&e.def, &[], &question),
+        }
+        .map(Some);
+    }
+    running.manageable(&e.def.name)?;
+    let waiter = Waiter { conn: caller.conn, reply_to: caller.request, question };
+    match ctx.disk_asks.get_mut(uuid) {
+        Some(ask) if ask.pid == running.pid => ask.waiting.push(waiter),
+        _ => {
+            running
+                .channel
+                .send(&HelperCommand::DiskStats, &[])
+                .map_err(|err| CallError::OperationFailed(format!("guest '{}' did not answer: {err}", e.def.name)))?;
+            let deadline = Instant::now() + ASK_TIMEOUT;
+            ctx.disk_asks.insert(*uuid, DiskAsk { pid: running.pid, deadline, waiting: vec![waiter] });
+        }
+    }
+    Ok(None)
+}
+
+/// An answer for a waiting client: its connection, request and result.
+pub type Reply = (u64, u32, Result<CallValue, CallError>);
+
+/// Guest `uuid`'s helper `pid` reported its disks' counters: the answers
+/// for everyone waiting on it.
+pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[DiskCounters]) -> Vec<Reply> {
+    let Some(ask) = ctx.disk_asks.remove(uuid) else { return Vec::new() };
+    if ask.pid != pid {
+        ctx.disk_asks.insert(*uuid, ask);
+        return Vec::new();
+    }
+    let def = ctx.domains.by_uuid(uuid).map(|e| e.def.clone());
+    ask.waiting
+        .into_iter()
+        .map(|w| {
+            let result = def.clone().and_then(|d| answer(&d, counters, &w.question));
+            (w.conn, w.reply_to, result)
+        })
+        .collect()
+}
+
+/// Waiters whose guest stopped (or restarted in another helper) or whose
+/// helper let the deadline pass, with their errors.
+pub fn overdue(ctx: &mut Ctx, now: Instant) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    let uuids: Vec<Uuid> = ctx.disk_asks.keys().copied().collect();
+    for uuid in uuids {
+        let asked = ctx.disk_asks.get(&uuid).map(|a| a.pid);
+        let gone = ctx.guests.get(&uuid).is_none_or(|r| asked != Some(r.pid));
+        let late = ctx.disk_asks.get(&uuid).is_some_and(|a| a.deadline <= now);
+        if !gone && !late {
+            continue;
+        }
+        let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
+        let Some(ask) = ctx.disk_asks.remove(&uuid) else { continue };
+        for w in ask.waiting {
+            let e = if gone {
+                CallError::NotRunning
+            } else {
+                CallError::OperationFailed(format!(
+                    "guest '{name}' did not report its disks' counters within {} s",
+                    ASK_TIMEOUT.as_secs()
+                ))
+            };
+            replies.push((w.conn, w.reply_to, Err(e)));
+        }
+    }
+    replies
+}
+
+/// The earliest deadline of a question out to a helper.
+pub fn next_deadline(ctx: &Ctx) -> Option<Instant> {
+    ctx.disk_asks.values().map(|a| a.deadline).min()
+}
+
+/// The counters of the disk `path` names ("" sums every disk).
+fn counters_for(def: &DomainDef, counters: &[DiskCounters], path: &str) -> DiskCounters {
+    let mut sum = DiskCounters::default();
+    for d in def.disks.iter().filter(|d| path.is_empty() || d.target == path || d.path == path) {
+        if let Some(c) = counters.iter().find(|c| c.alias == d.alias()) {
+            sum.rd_reqs += c.rd_reqs;
+            sum.rd_bytes += c.rd_bytes;
+            sum.rd_total_ns += c.rd_total_ns;
+            sum.wr_reqs += c.wr_reqs;
+            sum.wr_bytes += c.wr_bytes;
+            sum.wr_total_ns += c.wr_total_ns;
+            sum.flush_reqs += c.flush_reqs;
+            sum.flush_total_ns += c.flush_total_ns;
+            sum.errors += c.errors;
+        }
+    }
+    sum
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The answer to `question` from the helper's `counters`.
+pub fn answer(def: &DomainDef, counters: &[DiskCounters], question: &Question) -> Result<CallValue, CallError> {
+    Ok(match question {
+        Question::Stats { path, params } => {
+            let c = counters_for(def, counters, path);
+            // libvirt's QEMU driver's fields and order, and errs.
+            let fields = [
+                ("wr_bytes", c.wr_bytes),
+                ("wr_operations", c.wr_reqs),
+                ("rd_bytes", c.rd_bytes),
+                ("rd_operations", c.rd_reqs),
+                ("flush_operations", c.flush_reqs),
+                ("wr_total_times", c.wr_total_ns),
+                ("rd_total_times", c.rd_total_ns),
+                ("flush_total_times", c.flush_total_ns),
+                ("errs", c.errors),
+            ];
+            match params {
+                None => CallValue::Figures(vec![
+                    int(c.rd_reqs),
+                    int(c.rd_bytes),
+                    int(c.wr_reqs),
+                    int(c.wr_bytes),
+                    int(c.errors),
+                ]),
+                Some((0, _)) => CallValue::Params { params: Vec::new(), count: fields.len() as i32 },
+                Some((n, _)) => {
+                    let params: Vec<Param> = fields
+                        .iter()
+                        .take(*n as usize)
+                        .map(|(f, v)| Param { field: (*f).into(), value: ParamValue::LLong(int(*v)) })
+                        .collect();
+                    let count = params.len() as i32;
+                    CallValue::Params { params, count }
+                }
+            }
+        }
+        Question::Errors { maxerrors } => {
+            let failing: Vec<(String, i32)> = def
+                .disks
+                .iter()
+                .filter_map(|d| {
+                    let c = counters.iter().find(|c| c.alias == d.alias())?;
+                    let e = c.last_error.as_deref()?;
+                    let code = if e.contains("No space") { DISK_ERROR_NO_SPACE } else { DISK_ERROR_UNSPEC };
+                    Some((d.target.clone(), code))
+                })
+                .collect();
+            let count = failing.len() as i32;
+            match maxerrors {
+                0 => CallValue::DiskErrors { errors: Vec::new(), count },
+                m => {
+                    let errors: Vec<(String, i32)> = failing.into_iter().take(*m as usize).collect();
+                    let count = errors.len() as i32;
+                    CallValue::DiskErrors { errors, count }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> DomainDef {
+        let xml = "<domain type='kvm'><name>b</name><memory>65536</memory><os><type>hvm</type><kernel>/k</kernel>\
+                   </os><devices><disk><source file='/a'/><target dev='vda'/></disk>\
+                   <disk><source file='/b'/><target dev='vdb'/></disk></devices></domain>";
+        crate::domain::parse(xml, false).unwrap().0
+    }
+
+    fn counters(alias: &str, rd: u64, error: Option<&str>) -> DiskCounters {
+        DiskCounters {
+            alias: alias.into(),
+            rd_reqs: rd,
+            rd_bytes: rd * 512,
+            wr_reqs: 1,
+            errors: u64::from(error.is_some()),
+            last_error: error.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counters_are_answered_per_disk_by_target_or_path_and_summed_for_all() {
+        let d = def();
+        let c = [counters("virtio-disk0", 3, None), counters("virtio-disk1", 4, Some("EIO"))];
+        let ask = |path: &str, params| answer(&d, &c, &Question::Stats { path: path.into(), params }).unwrap();
+        assert_eq!(ask("vda", None), CallValue::Figures(vec![3, 1536, 1, 0, 0]));
+        assert_eq!(ask("/b", None), CallValue::Figures(vec![4, 2048, 1, 0, 1]));
+        assert_eq!(ask("", None), CallValue::Figures(vec![7, 3584, 2, 0, 1]));
+        assert_eq!(ask("vda", Some((0, 0))), CallValue::Params { params: Vec::new(), count: 9 });
+        let CallValue::Params { params, count } = ask("vdb", Some((4, 0))) else { panic!() };
+        assert_eq!(count, 4);
+        assert_eq!(params[3], Param { field: "rd_operations".into(), value: ParamValue::LLong(4) });
+        let errors = answer(&d, &c, &Question::Errors { maxerrors: 0 }).unwrap();
+        assert_eq!(errors, CallValue::DiskErrors { errors: Vec::new(), count: 1 });
+        let errors = answer(&d, &c, &Question::Errors { maxerrors: 8 }).unwrap();
+        assert_eq!(errors, CallValue::DiskErrors { errors: vec![("vdb".into(), DISK_ERROR_UNSPEC)], count: 1 });
+    }
+
+    #[test]
+    fn questions_are_checked_before_a_helper_is_asked() {
+        let d = def();
+        let stats = |path: &str, params| check(&d, &Question::Stats { path: path.into(), params });
+        assert_eq!(stats("vdc", None), Err(CallError::InvalidArg("invalid path: vdc".into())));
+        assert!(matches!(stats("vda", Some((17, 0))), Err(CallError::Internal(_))));
+        assert!(matches!(stats("vda", Some((-1, 0))), Err(CallError::InvalidArg(_))));
+        assert!(matches!(stats("vda", Some((2, 1))), Err(CallError::UnsupportedFlags { .. })));
+        assert!(check(&d, &Question::Errors { maxerrors: 257 }).is_err());
+        assert!(matches!(block_info(&d, "vdq", 0), Err(CallError::InvalidArg(m)) if m.contains("not assigned")));
+    }
+}
