@@ -128,7 +128,15 @@ fn a_helper_of_another_protocol_version_is_reported_running_but_unmanageable() {
     }
     let tree = Tree::new();
     tree.write_conf("");
-    let mut newer = stand_in(&tree, "from-v3", "5d1f7a3c-2b8e-4c61-9f0a-7e3d2c1b0a01", 1, Speaks::Version(3));
+    // A helper of a newer build than this daemon's.
+    let newer_version = HELPER_PROTOCOL_VERSION + 1;
+    let mut newer = stand_in(
+        &tree,
+        "from-v3",
+        "5d1f7a3c-2b8e-4c61-9f0a-7e3d2c1b0a01",
+        1,
+        Speaks::Version(HELPER_PROTOCOL_VERSION + 1),
+    );
     let mut older = stand_in(&tree, "from-v1", "5d1f7a3c-2b8e-4c61-9f0a-7e3d2c1b0a02", 2, Speaks::Unversioned);
     let d = Daemon::start_in(tree, &[]);
     let rw = d.tree.sock("libvirt-sock");
@@ -146,8 +154,8 @@ fn a_helper_of_another_protocol_version_is_reported_running_but_unmanageable() {
         let (code, _, err) = virsh(&rw, &args);
         assert_ne!(code, 0, "{op} worked on an unmanageable guest");
         assert!(err.contains("guest 'from-v3' runs but cannot be managed"), "{op}: {err}");
-        assert!(err.contains("its helper speaks helper protocol version 3"), "{op}: {err}");
-        assert!(err.contains("this daemon speaks version 2"), "{op}: {err}");
+        assert!(err.contains(&format!("its helper speaks helper protocol version {newer_version}")), "{op}: {err}");
+        assert!(err.contains(&format!("this daemon speaks version {HELPER_PROTOCOL_VERSION}")), "{op}: {err}");
         assert!(err.contains("only destroy works on it"), "{op}: {err}");
     }
     let (code, _, err) = virsh(&rw, &["suspend", "from-v1"]);
@@ -171,7 +179,10 @@ fn a_helper_of_another_protocol_version_is_reported_running_but_unmanageable() {
     // Reported in the audit trail and the log.
     let v3 = d.tree.audit(&["op=reattach ", "vm=\"from-v3\"", "res=failed"], SECS).expect("no audit record");
     let why = reason(&v3);
-    assert!(why.starts_with("unmanageable: its helper speaks helper protocol version 3;"), "{why}");
+    assert!(
+        why.starts_with(&format!("unmanageable: its helper speaks helper protocol version {newer_version};")),
+        "{why}"
+    );
     let v1 = d.tree.audit(&["op=reattach ", "vm=\"from-v1\"", "res=failed"], SECS).expect("no audit record");
     assert!(reason(&v1).contains("unversioned"), "{v1}");
     assert!(
