@@ -527,9 +527,9 @@ print("events", seen)
 "#,
         uri = uri(&rw),
         ro = uri(&d.tree.sock("libvirt-sock-ro")),
-        path = images.join("v.qcow2").display().to_string(),
-        dir = images.display().to_string(),
-        tdir = d.tree.path("tp").display().to_string(),
+        path = images.join("v.qcow2").display(),
+        dir = images.display(),
+        tdir = d.tree.path("tp").display(),
     );
     let out = run_python(&d, &program, Duration::from_secs(30));
     let want = [
