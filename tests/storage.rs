@@ -81,6 +81,7 @@ fn pools_persist_as_libvirt_lays_them_out_and_autostart_after_a_restart() {
     let xml = ok(&rw, &["pool-dumpxml", "p"]);
     assert!(xml.starts_with("<pool type='dir'>\n  <name>p</name>\n"), "{xml}");
     assert!(!xml.contains("<capacity unit='bytes'>0</capacity>"), "a running pool has its sizes: {xml}");
+    assert!(xml.contains("<mode>0711</mode>\n      <owner>0</owner>"), "pool-build's directory, as it is: {xml}");
     let caps = ok(&rw, &["pool-capabilities"]);
     assert!(
         caps.contains("<pool type='dir' supported='yes'>") && caps.contains("<pool type='logical' supported='no'/>")
@@ -526,9 +527,9 @@ print("events", seen)
 "#,
         uri = uri(&rw),
         ro = uri(&d.tree.sock("libvirt-sock-ro")),
-        path = images.join("v.qcow2").display().to_string(),
-        dir = images.display().to_string(),
-        tdir = d.tree.path("tp").display().to_string(),
+        path = images.join("v.qcow2").display(),
+        dir = images.display(),
+        tdir = d.tree.path("tp").display(),
     );
     let out = run_python(&d, &program, Duration::from_secs(30));
     let want = [

@@ -20,7 +20,7 @@ use crate::privsep::storage::{
     pool_event,
 };
 use crate::privsep::{CallError, CallValue};
-use crate::storage::pool::{PoolDef, PoolSizes, normalise};
+use crate::storage::pool::{Perms, PoolDef, PoolSizes, normalise};
 use crate::storage::volume::VolRequest;
 
 /// Most pools the daemon keeps.
@@ -446,7 +446,16 @@ impl Storage {
                 flags_in(flags, 1, "storagePoolGetXMLDesc")?;
                 let live = p.active && flags & 1 == 0;
                 let def = if flags & 1 != 0 { p.next.as_ref().unwrap_or(&p.def) } else { &p.def };
-                StorageValue::Text(def.to_xml(live.then(|| sizes(&p.def.target))))
+                if !live {
+                    return Ok(StorageValue::Text(def.to_xml(None)));
+                }
+                // A running pool shows its directory as it is, as libvirt's refresh records it.
+                let mut shown = def.clone();
+                if let Ok(m) = std::fs::metadata(&def.target) {
+                    use std::os::unix::fs::MetadataExt;
+                    shown.perms = Perms { mode: Some(m.mode() & 0o777), owner: Some(m.uid()), group: Some(m.gid()) };
+                }
+                StorageValue::Text(shown.to_xml(Some(sizes(&def.target))))
             }
             PoolQuery::Autostart => StorageValue::Int(p.autostart.into()),
             PoolQuery::IsActive => StorageValue::Int(p.active.into()),
