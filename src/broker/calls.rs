@@ -42,6 +42,8 @@ pub struct Ctx {
     /// Requests sent to helpers and not yet answered, at most one per
     /// guest; the event loop settles them.
     pub awaiting: HashMap<[u8; 16], Awaiting>,
+    /// The virtual networks (libvirt's network driver).
+    pub networks: super::networks::Networks,
 }
 
 /// What re-attaching found of one guest, for the audit trail.
@@ -702,6 +704,7 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             audit_change(auditor, caller, "console", &uuid, &Ok(name), &[]);
             Ok(CallValue::Console)
         }
+        Call::Network(n) => ctx.networks.handle(auditor, caller, n).map(CallValue::Network).map_err(CallError::Network),
         // The event loop hands these to the admin module, for admin-socket clients only.
         Call::Admin(_) => Err(CallError::Internal("an admin call outside the admin server".into())),
         Call::Destroy { uuid, flags } => {
@@ -830,6 +833,7 @@ fn api_of(call: &Call) -> &'static str {
         Call::SetMetadata { .. } => "virDomainSetMetadata",
         Call::GetTime { .. } => "virDomainGetTime",
         Call::GetDomainCapabilities { .. } => "virConnectGetDomainCapabilities",
+        Call::Network(n) => n.api(),
         _ => "this call",
     }
 }

@@ -21,6 +21,7 @@ mod hoststats;
 mod link;
 mod listen;
 mod metadata;
+mod networks;
 mod permit;
 mod pidfile;
 mod procfs;
@@ -165,6 +166,11 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         consoles: Default::default(),
         consoles_taken: Vec::new(),
         awaiting: Default::default(),
+        networks: networks::Networks::load(
+            &config.domain_config_dir,
+            &config.domain_state_dir,
+            config.default_network && mode == Mode::System,
+        ),
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.
@@ -182,7 +188,9 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             calls::audit_guest(&mut auditor, "start", (&name, &uuid), -1, Some("autostart"), false);
         }
     }
+    ctx.networks.autostart();
     ctx.events.clear();
+    ctx.networks.events.clear();
     Broker::new(event_loop::Setup {
         cli: cli.clone(),
         mode,

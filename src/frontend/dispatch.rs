@@ -90,7 +90,9 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         P::ConnectSupportsFeature => {
             let f: IntArg = args(payload)?;
             let supported = match f.value {
-                9 | 14 | 15 => 1,
+                // 16: NETWORK_UPDATE_HAS_CORRECT_ORDER (virNetworkUpdate's
+                // command before its section on the wire).
+                9 | 14 | 15 | 16 => 1,
                 10 => {
                     s.keepalive = true;
                     1
@@ -364,6 +366,30 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
                 flags: a.flags,
             })
         }
+        P::ConnectListAllNetworks
+        | P::ConnectNumOfNetworks
+        | P::ConnectNumOfDefinedNetworks
+        | P::ConnectListNetworks
+        | P::ConnectListDefinedNetworks
+        | P::NetworkLookupByName
+        | P::NetworkLookupByUuid
+        | P::NetworkDefineXml
+        | P::NetworkDefineXmlFlags
+        | P::NetworkCreateXml
+        | P::NetworkCreateXmlFlags
+        | P::NetworkUndefine
+        | P::NetworkCreate
+        | P::NetworkDestroy
+        | P::NetworkSetAutostart
+        | P::NetworkGetXmlDesc
+        | P::NetworkGetBridgeName
+        | P::NetworkGetAutostart
+        | P::NetworkIsActive
+        | P::NetworkIsPersistent
+        | P::NetworkUpdate
+        | P::NetworkGetDhcpLeases
+        | P::ConnectNetworkEventRegisterAny
+        | P::ConnectNetworkEventDeregisterAny => super::network::call(s, h, proc_, payload),
         P::ConnectGetAllDomainStats => {
             // remote_nonnull_domain doms<REMOTE_DOMAIN_LIST_MAX>: the count is
             // checked before anything is decoded.
@@ -411,6 +437,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
     let proc_ = RemoteProc::from_number(h.proc_).ok_or(RpcError::Internal("procedure"))?;
     let mismatch = RpcError::Internal(proc_.name());
     match (proc_, v) {
+        (p, v @ CallValue::Network(_)) => super::network::shape_value(h, p, v),
         // virDomainCreate has no return value; the client looks the id up itself.
         (P::DomainCreate, _) | (_, CallValue::Unit) => ok_reply(h, &()),
         (_, CallValue::Domain(d)) => ok_reply(h, &DomainRet { dom: nonnull(d) }),

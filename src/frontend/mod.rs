@@ -10,6 +10,7 @@
 mod admin;
 mod conn;
 pub mod dispatch;
+mod network;
 mod packets;
 mod server;
 mod session;

@@ -686,6 +686,7 @@ impl Server {
                     log::warn!("ignoring a second Welcome from the broker")
                 }
                 BrokerReply::Event(event) => self.deliver(&event),
+                BrokerReply::NetEvent(event) => self.deliver_net(&event),
                 BrokerReply::ConsoleTaken(uuid) => {
                     let holders: Vec<Token> = self
                         .clients
@@ -722,6 +723,24 @@ impl Server {
         for token in tokens {
             let Some(client) = self.clients.get_mut(&token) else { continue };
             let bytes = client.session.event_messages(event);
+            if !bytes.is_empty() {
+                self.queue_for(token, &bytes);
+            }
+            self.settle(token);
+        }
+    }
+
+    /// Sends a network event to every client registered for it.
+    fn deliver_net(&mut self, event: &crate::privsep::network::NetEvent) {
+        let tokens: Vec<Token> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.admission == Admission::Admitted && !c.gone && !c.session.net_callbacks.is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            let Some(client) = self.clients.get_mut(&token) else { continue };
+            let bytes = super::network::event_messages(&client.session, event);
             if !bytes.is_empty() {
                 self.queue_for(token, &bytes);
             }

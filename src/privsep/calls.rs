@@ -413,6 +413,8 @@ pub enum Call {
     },
     /// A daemon-administration call from an admin-socket client.
     Admin(super::admin::AdminCall),
+    /// A virtual-network call (libvirt's network driver).
+    Network(super::network::NetCall),
 }
 
 impl Call {
@@ -440,7 +442,7 @@ impl Call {
                 | Call::SetMetadata { .. }
                 | Call::GetTime { .. }
                 | Call::Admin(_)
-        )
+        ) || matches!(self, Call::Network(n) if n.mutates())
     }
 }
 
@@ -560,6 +562,8 @@ pub enum CallValue {
     },
     /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
     Figures(Vec<i64>),
+    /// A network call's result.
+    Network(super::network::NetValue),
 }
 
 /// One vCPU as `virDomainGetVcpus` reports it.
@@ -667,6 +671,9 @@ pub enum CallError {
     /// The metadata asked for is not there (`VIR_ERR_NO_DOMAIN_METADATA`).
     #[error("{0}")]
     NoMetadata(String),
+    /// A network call failed.
+    #[error("{0}")]
+    Network(super::network::NetError),
     /// A metadata element given to `virDomainSetMetadata` is not well formed.
     #[error("(metadata_xml):{line}: {detail}")]
     MetadataSyntax {
@@ -713,6 +720,7 @@ impl CallError {
             CallError::NoMetadata(s) => CallError::NoMetadata(c(s)),
             CallError::OperationUnsupported(s) => CallError::OperationUnsupported(c(s)),
             CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
+            CallError::Network(e) => CallError::Network(e.clipped()),
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
         }
     }

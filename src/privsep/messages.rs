@@ -288,6 +288,8 @@ pub enum BrokerReply {
     Reconfigure(FrontendConfig),
     /// Unsolicited: a domain lifecycle event for registered clients.
     Event(DomainEvent),
+    /// A network lifecycle event, for clients that registered for it.
+    NetEvent(super::network::NetEvent),
     /// Unsolicited: another client took the console of `uuid` (FORCE); end
     /// the streams on it.
     ConsoleTaken([u8; 16]),
@@ -309,6 +311,7 @@ impl BrokerReply {
             | BrokerReply::Refused(_)
             | BrokerReply::Value(_)
             | BrokerReply::Event(_)
+            | BrokerReply::NetEvent(_)
             | BrokerReply::ConsoleTaken(_)
             | BrokerReply::Disconnect(_) => 0,
         }

@@ -10,6 +10,7 @@ mod calls;
 mod channel;
 pub mod helper;
 mod messages;
+pub mod network;
 
 pub use calls::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, Query, VcpuInfo};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};

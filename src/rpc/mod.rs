@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod error;
 pub mod frame;
+pub mod network;
 pub mod remote;
 pub mod stats;
 pub mod xdr;
