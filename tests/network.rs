@@ -408,3 +408,41 @@ fn network_lifecycle_events_reach_a_registered_client() {
         assert!(text.contains(&format!("for network lab: {what}")), "{what} missing from:\n{text}");
     }
 }
+
+#[test]
+fn a_tap_is_created_with_a_vnet_header_attached_to_a_bridge_and_gone_with_its_fd() {
+    use libvirtd::network::{bridge, tap};
+    if !require(is_root(), "root") || !require(Path::new("/dev/net/tun").exists(), "/dev/net/tun") {
+        return;
+    }
+    // A thread of its own in a new network namespace: its children (ip)
+    // see the same namespace, the rest of the test process keeps the host's.
+    let seen = std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let ip = |args: &[&str]| {
+            String::from_utf8_lossy(&Command::new("ip").args(args).output().unwrap().stdout).into_owned()
+        };
+        let spec = bridge::BridgeSpec { name: "virbr3", mac: None, mtu: Some(1450), stp: false, delay: 0 };
+        bridge::create(&spec).unwrap();
+        bridge::set_up("virbr3").unwrap();
+        let (fd, name) = tap::create(None).unwrap();
+        assert_eq!(name, "vnet0", "the kernel's first free vnetN");
+        let (_fd2, second) = tap::create(None).unwrap();
+        assert_eq!(second, "vnet1");
+        assert!(matches!(tap::create(Some("vnet0")), Err(tap::TapError::Create { .. })), "a name in use is refused");
+        tap::attach(&name, "virbr3", Some(1450)).unwrap();
+        let link = ip(&["-d", "link", "show", &name]);
+        // The tap is a bridge port, up, with the bridge's MTU, and its flags say vnet_hdr.
+        let details = ip(&["-d", "-j", "link", "show", &name]);
+        drop(fd);
+        let gone = ip(&["link", "show", "vnet0"]);
+        (link, details, gone)
+    })
+    .join()
+    .unwrap();
+    let (link, details, gone) = seen;
+    assert!(link.contains("master virbr3") && link.contains("mtu 1450") && link.contains(",UP"), "{link}");
+    assert!(details.contains("\"vnet_hdr\":true") && details.contains("\"pi\":false"), "{details}");
+    assert!(details.contains("\"type\":\"tap\""), "{details}");
+    assert!(gone.is_empty(), "the tap outlived its fd: {gone}");
+}

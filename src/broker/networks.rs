@@ -218,7 +218,10 @@ impl Networks {
 
     /// Finds the networks a previous broker left running.
     fn reattach(&mut self) {
-        for live in load_dir(&self.state_dir) {
+        let recorded = load_dir(&self.state_dir);
+        // With no record, no table of ours can be wanted and nft is not run.
+        let any = !recorded.is_empty();
+        for live in recorded {
             let name = live.name.clone();
             let files = self.files(&name);
             let bridge = live.bridge.clone().unwrap_or_default();
@@ -245,7 +248,7 @@ impl Networks {
                 None => self.nets.push(Net { config: None, live: Some(l), autostart: false }),
             }
         }
-        if let Err(e) = self.apply_rules() {
+        if any && let Err(e) = self.apply_rules() {
             log::error!("cannot restore the networks' firewall rules: {e}");
         }
     }
@@ -452,10 +455,6 @@ impl Networks {
     fn apply_rules(&self) -> Result<(), NetError> {
         let active = self.active_rules();
         let table = nft::table(&active);
-        // Nothing of ours to remove, and no nft needed, with no network at all.
-        if table.is_none() && self.nets.iter().all(|n| n.live.is_none()) && !nft_table_may_exist() {
-            return Ok(());
-        }
         nft::apply(&nft::script(table.as_deref())).map_err(|e| NetError::Internal(e.to_string()))
     }
 
@@ -706,12 +705,6 @@ impl Networks {
             other => return Err(NetError::Internal(format!("{} is a change", other.api()))),
         })
     }
-}
-
-/// Whether a table of ours may exist (nft is installed): a host without
-/// nft and without networks never needs it run.
-fn nft_table_may_exist() -> bool {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].iter().any(|p| Path::new(p).is_file())
 }
 
 fn check_validate_flag(flags: u32, function: &str) -> Result<(), NetError> {

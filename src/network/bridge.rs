@@ -147,6 +147,11 @@ pub fn set_up(name: &str) -> Result<(), BridgeError> {
     request(RouteNetlinkMessage::SetLink(m), 0, "bring up", name)
 }
 
+/// Applies link change `m` to interface `name` (`what` names it in errors).
+pub fn set_link(m: LinkMessage, what: &'static str, name: &str) -> Result<(), BridgeError> {
+    request(RouteNetlinkMessage::SetLink(m), 0, what, name)
+}
+
 /// Deletes interface `name`; one that is already gone is no error.
 pub fn delete(name: &str) -> Result<(), BridgeError> {
     let Some(index) = ifindex(name) else { return Ok(()) };

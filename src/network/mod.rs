@@ -1,9 +1,10 @@
 //! libvirt's virtual networks, the parts that need no broker state: the
 //! network XML model (`xml`), the bridge over rtnetlink (`bridge`), the
 //! nftables table of the daemon's own (`nft`) and dnsmasq's configuration,
-//! process and leases (`dnsmasq`). `broker/networks.rs` drives them.
+//! process and leases (`dnsmasq`), and guest taps (`tap`). `broker/networks.rs` drives them.
 
 pub mod bridge;
 pub mod dnsmasq;
 pub mod nft;
+pub mod tap;
 pub mod xml;
