@@ -446,3 +446,34 @@ fn a_tap_is_created_with_a_vnet_header_attached_to_a_bridge_and_gone_with_its_fd
     assert!(details.contains("\"type\":\"tap\""), "{details}");
     assert!(gone.is_empty(), "the tap outlived its fd: {gone}");
 }
+
+#[test]
+fn a_domains_interfaces_are_kept_listed_by_domiflist_and_refused_at_start() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new("dom");
+    let d = daemon_in(&ns, "");
+    let nics = "<interface type='network'><mac address='52:54:00:11:22:33'/><source network='default'/>\
+                <model type='virtio'/></interface>\
+                <interface type='bridge'><source bridge='br0'/><target dev='tap-web'/><model type='virtio'/>\
+                <link state='down'/><mtu size='1400'/></interface>\
+                <interface type='ethernet'><model type='virtio'/></interface>";
+    let xml =
+        domain_xml("nics", "6f1c4c2e-0d6a-4c59-9d70-0b4c53a1e001").replace("<devices>", &format!("<devices>{nics}"));
+    let file = d.tree.path("dom.xml");
+    std::fs::write(&file, &xml).unwrap();
+    ok(rw(&d, &["define", file.to_str().unwrap()]));
+    let list = ok(ro(&d, &["domiflist", "nics"]));
+    assert!(list.contains("network") && list.contains("default") && list.contains("52:54:00:11:22:33"), "{list}");
+    assert!(list.contains("tap-web") && list.contains("br0") && list.contains("virtio"), "{list}");
+    let dump = ok(rw(&d, &["dumpxml", "nics"]));
+    assert!(dump.contains("<link state='down'/>") && dump.contains("<mtu size='1400'/>"), "{dump}");
+    // A MAC is generated for the NIC that had none, in libvirt's range.
+    assert_eq!(dump.matches("<mac address='52:54:00:").count(), 3, "{dump}");
+    let start = rw(&d, &["start", "nics"]);
+    assert!(start.2.contains("cannot provide <interface> devices yet"), "{start:?}");
+    std::fs::write(&file, xml.replace("type='ethernet'", "type='user'")).unwrap();
+    let user = rw(&d, &["define", file.to_str().unwrap()]);
+    assert!(user.2.contains("unsupported configuration: interface type 'user' is not supported"), "{user:?}");
+}
