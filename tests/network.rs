@@ -118,8 +118,17 @@ fn daemon_in(ns: &Netns, extra_conf: &str) -> Daemon {
 
 /// Stops the daemon with SIGTERM (as `systemctl stop` does) and starts it again in `ns`.
 fn restart_in(ns: &Netns, d: &mut Daemon) {
+    stop(d);
+    start_again_in(ns, d);
+}
+
+fn stop(d: &mut Daemon) {
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).is_some(), "daemon did not stop");
+}
+
+/// Starts the stopped daemon `d` again in `ns`.
+fn start_again_in(ns: &Netns, d: &mut Daemon) {
     let child = spawn_in(ns, &d.tree);
     d.pid = child.id() as i32;
     d.child = Some(child);
@@ -249,6 +258,18 @@ fn a_nat_network_gets_its_bridge_rules_and_dnsmasq_and_destroy_removes_them() {
         assert!(ok(ro(&d, &["net-dhcp-leases", "lab"])).contains("10.77.0.10/24"));
     }
 
+    // A dnsmasq that died while no daemon ran is started again, with the
+    // lease file it kept.
+    stop(&mut d);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(3), || dnsmasq_of(&ns, &d, "lab").is_none()));
+    start_again_in(&ns, &mut d);
+    let respawned = dnsmasq_of(&ns, &d, "lab").expect("dnsmasq started again");
+    assert_ne!(respawned, pid);
+    if Path::new("/bin/busybox").exists() {
+        assert!(ok(ro(&d, &["net-dhcp-leases", "lab"])).contains("10.77.0.10/24"));
+    }
+
     // Destroy: nothing of ours is left.
     ok(rw(&d, &["net-destroy", "lab"]));
     assert!(!ns.run(&["ip", "link", "show", "virbr7"]).0, "the bridge is left");
@@ -258,6 +279,11 @@ fn a_nat_network_gets_its_bridge_rules_and_dnsmasq_and_destroy_removes_them() {
     ok(rw(&d, &["net-undefine", "lab"]));
     assert!(!d.tree.path("etc/qemu/networks/lab.xml").exists());
     assert!(ok(rw(&d, &["net-list", "--all", "--name"])).trim().is_empty());
+    // Every change is audited with the client and the network.
+    for op in ["op=net-define", "op=net-start", "op=net-update", "op=net-destroy", "op=net-undefine"] {
+        let found = d.tree.audit(&[op, "net=\"lab\"", "res=success"], Duration::from_secs(5));
+        assert!(found.is_some(), "{op} not audited");
+    }
 }
 
 #[test]
