@@ -202,3 +202,45 @@ pub fn event_messages(s: &Session, event: &NetEvent) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(proc_: i32) -> Header {
+        Header { prog: REMOTE_PROGRAM, vers: 1, proc_, kind: MessageType::Call, serial: 1, status: 0 }
+    }
+
+    #[test]
+    fn events_reach_only_the_registrations_that_match_their_network() {
+        let mut s = Session { opened: true, ..Session::default() };
+        let net = |u: u8| NonnullNetwork { name: "n".into(), uuid: xdr::FixedOpaque([u; 16]) };
+        for filter in [None, Some(net(9)), Some(net(7))] {
+            let payload = xdr::to_bytes(&NetEventRegisterArgs { event_id: 0, net: filter }).unwrap();
+            let action = call(&mut s, &header(313), RemoteProc::ConnectNetworkEventRegisterAny, &payload).unwrap();
+            assert!(matches!(action, Action::Send(_)));
+        }
+        assert_eq!(s.net_callbacks.len(), 3);
+        let event = NetEvent { net: NetRef { name: "n".into(), uuid: [7; 16] }, event: 2 };
+        let bytes = event_messages(&s, &event);
+        // Two frames: the unfiltered registration and the one for this network.
+        let (first, rest) = {
+            let (h, payload, used) = frame::split(&bytes).unwrap().unwrap();
+            assert_eq!((h.proc_, h.kind), (NETWORK_EVENT_LIFECYCLE, MessageType::Message));
+            let msg: NetLifecycleMsg = xdr::from_bytes(&bytes[payload]).unwrap();
+            (msg, bytes[used..].to_vec())
+        };
+        assert_eq!((first.callback_id, first.event, first.net.uuid.0), (s.net_callbacks[0].0, 2, [7; 16]));
+        let (_, payload, used) = frame::split(&rest).unwrap().unwrap();
+        let second: NetLifecycleMsg = xdr::from_bytes(&rest[payload]).unwrap();
+        assert_eq!(second.callback_id, s.net_callbacks[2].0);
+        assert_eq!(used, rest.len(), "no message for the other network's registration");
+        // Deregistering an unknown id is an error; a known one removes it.
+        let unknown = xdr::to_bytes(&IntArg { value: 999 }).unwrap();
+        let unknown = call(&mut s, &header(314), RemoteProc::ConnectNetworkEventDeregisterAny, &unknown);
+        assert!(matches!(unknown, Err(RpcError::NoCallback(999))));
+        let id = xdr::to_bytes(&IntArg { value: s.net_callbacks[0].0 }).unwrap();
+        call(&mut s, &header(314), RemoteProc::ConnectNetworkEventDeregisterAny, &id).unwrap();
+        assert_eq!(s.net_callbacks.len(), 2);
+    }
+}
