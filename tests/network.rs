@@ -24,7 +24,8 @@ struct Netns {
 impl Netns {
     fn new(tag: &str) -> Netns {
         let name = format!("lvrs-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // One left by an earlier run of this test under the same pid.
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap().success();
         assert!(ok, "ip netns add {name}");
         let ns = Netns { name };
