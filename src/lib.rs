@@ -17,6 +17,8 @@ pub mod domain;
 pub mod frontend;
 /// Log levels, filters and outputs in libvirt's syntax, written to stderr, syslog or files.
 pub mod logging;
+/// libvirt's virtual networks: network XML, bridges over rtnetlink, our nftables table, dnsmasq.
+pub mod network;
 /// The messages between frontend and broker, and the channel that carries them.
 pub mod privsep;
 /// The libvirt wire protocol: XDR, framing, procedures, error replies.

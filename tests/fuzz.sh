@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-30}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-for target in rpc_packets domain_xml storage_xml; do
+for target in rpc_packets domain_xml storage_xml network_xml; do
     # Work on a copy, so the committed seeds stay as they are.
     work=$(mktemp -d)
     cp -r "fuzz/corpus/$target/." "$work/"

@@ -48,7 +48,8 @@ fn the_readme_quick_start_command_starts_a_daemon_virsh_reaches() {
     let cmd = quick_start_command();
     assert!(cmd.starts_with("cargo run"), "the quick start begins with {cmd:?}");
     let tree = Tree::new();
-    let conf = format!("syslog_socket = \"{}\"\n", tree.path("syslog").display());
+    // No default network: this daemon runs in the host's network namespace.
+    let conf = format!("syslog_socket = \"{}\"\ndefault_network = 0\n", tree.path("syslog").display());
     let target: PathBuf = Path::new(BIN).parent().and_then(Path::parent).unwrap().join("readme-quick-start");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let cargo_dir = Path::new(&cargo).parent().map(Path::to_path_buf).unwrap_or_default();

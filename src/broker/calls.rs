@@ -9,8 +9,8 @@
 
 use super::audit::{Auditor, Value};
 use super::call_audit::{audit, audit_change};
-pub use super::state::Ctx;
 use super::devices::{self, Change};
+pub use super::state::Ctx;
 use super::{agent, blockinfo, guest_calls, host, hostpages, hoststats, metadata, query, stats};
 use crate::domain::uuid_string;
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, EventKind, PeerIdentity};
@@ -217,6 +217,7 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         | Call::OpenConsole { .. }
         | Call::Destroy { .. } => Err(CallError::Internal("a call on a guest's life outside its module".into())),
         Call::Storage(c) => super::storage::handle(&mut ctx.storage, auditor, caller, c),
+        Call::Network(n) => ctx.networks.handle(auditor, caller, n).map(CallValue::Network).map_err(CallError::Network),
         // The event loop hands these to the admin module, for admin-socket clients only.
         Call::Admin(_) => Err(CallError::Internal("an admin call outside the admin server".into())),
     }

@@ -38,7 +38,12 @@ impl Change {
 }
 
 /// The definition of `uuid` to change, after libvirt's flag checks and ours.
-fn config_def(domains: &Domains, uuid: &crate::domain::Uuid, flags: u32, change: Change) -> Result<DomainDef, CallError> {
+fn config_def(
+    domains: &Domains,
+    uuid: &crate::domain::Uuid,
+    flags: u32,
+    change: Change,
+) -> Result<DomainDef, CallError> {
     if flags & !(AFFECT_LIVE | AFFECT_CONFIG) != 0 {
         return Err(CallError::UnsupportedFlags { flags, function: change.function().into() });
     }
@@ -113,7 +118,12 @@ pub fn change(
 }
 
 /// `virDomainDetachDeviceAlias` for a disk (`virtio-diskN`).
-pub fn detach_alias(domains: &mut Domains, uuid: &crate::domain::Uuid, alias: &str, flags: u32) -> Result<String, CallError> {
+pub fn detach_alias(
+    domains: &mut Domains,
+    uuid: &crate::domain::Uuid,
+    alias: &str,
+    flags: u32,
+) -> Result<String, CallError> {
     let mut def = config_def(domains, uuid, flags, Change::Detach)?;
     let i = def
         .disks

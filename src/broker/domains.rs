@@ -93,7 +93,13 @@ impl Entry {
     }
 
     fn matches(&self, flags: u32) -> bool {
-        crate::privsep::replica::listed(flags, self.is_active(), self.state.to_libvirt().0, self.persistent, self.autostart)
+        crate::privsep::replica::listed(
+            flags,
+            self.is_active(),
+            self.state.to_libvirt().0,
+            self.persistent,
+            self.autostart,
+        )
     }
 }
 

@@ -6,8 +6,8 @@
 
 mod frontends;
 mod guests;
-mod reload;
 mod publishing;
+mod reload;
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;

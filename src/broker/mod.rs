@@ -9,8 +9,8 @@ mod activation;
 mod admin;
 mod agent;
 mod audit;
-mod call_audit;
 mod blockinfo;
+mod call_audit;
 mod calls;
 mod devices;
 mod disks;
@@ -25,17 +25,18 @@ mod host;
 mod hostcpu;
 mod hostpages;
 mod hoststats;
-mod lifecycle;
 mod imagelock;
+mod lifecycle;
 mod link;
 mod listen;
 mod metadata;
+mod networks;
 mod permit;
 mod pidfile;
 mod procfs;
-mod query;
 mod publish;
 mod qcow2;
+mod query;
 mod readiness;
 mod restarts;
 mod sched;
@@ -173,7 +174,13 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             state_dir: config.domain_state_dir.clone(),
             uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
         }),
-        storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),        disk_asks: Default::default(),
+        storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
+        disk_asks: Default::default(),
+        networks: networks::Networks::load(
+            &config.domain_config_dir,
+            &config.domain_state_dir,
+            config.default_network && mode == Mode::System,
+        ),
     };
     // Guests outlive the daemon: find the ones a previous broker left
     // running, then start the autostart domains that are not.
@@ -191,7 +198,9 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             call_audit::audit_guest(&mut auditor, "start", (&name, &uuid), -1, Some("autostart"), false);
         }
     }
+    ctx.networks.autostart();
     ctx.guests.events.clear();
+    ctx.networks.events.clear();
     Broker::new(event_loop::Setup {
         cli: cli.clone(),
         mode,

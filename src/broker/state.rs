@@ -13,9 +13,13 @@ pub struct Ctx {
     /// Host UUID for capabilities.
     pub host_uuid: String,
     /// The running guests, their requests in flight, consoles and events.
-    pub guests: Supervisor,    /// Storage pools and volumes.
-    pub storage: super::storage::Storage,    /// Disk counters asked of helpers, and the clients waiting for them.
+    pub guests: Supervisor,
+    /// Storage pools and volumes.
+    pub storage: super::storage::Storage,
+    /// Disk counters asked of helpers, and the clients waiting for them.
     pub disk_asks: std::collections::HashMap<Uuid, super::blockinfo::DiskAsk>,
+    /// Virtual networks.
+    pub networks: super::networks::Networks,
 }
 
 impl Ctx {

@@ -123,6 +123,9 @@ pub struct Config {
     pub domain_state_dir: PathBuf,
     /// The syslog socket audit records and syslog log outputs are sent to.
     pub syslog_socket: PathBuf,
+    /// Write libvirt's `default` network (virbr0, NAT) on first start, as a
+    /// fresh libvirt install has it.
+    pub default_network: bool,
 }
 
 /// First id of the documented block the sandboxed processes run under by default.
@@ -170,6 +173,7 @@ impl Config {
             domain_config_dir: paths.domain_config_dir.clone(),
             domain_state_dir: paths.domain_state_dir.clone(),
             syslog_socket: PathBuf::from("/dev/log"),
+            default_network: true,
         }
     }
 

@@ -79,7 +79,14 @@ fn devices(d: &DomainDef, live: Option<&[LiveDisk]>) -> Element {
         if let Some(t) = &nic.target {
             e = e.child(Element::new("target").attr("dev", t));
         }
-        devs = devs.child(e.child(Element::new("model").attr("type", "virtio")));
+        e = e.child(Element::new("model").attr("type", "virtio"));
+        if nic.link_down {
+            e = e.child(Element::new("link").attr("state", "down"));
+        }
+        if let Some(m) = nic.mtu {
+            e = e.child(Element::new("mtu").attr("size", m.to_string()));
+        }
+        devs = devs.child(e);
     }
     for s in &d.serials {
         devs = devs.child(chardev("serial", s, Element::new("target").attr("port", s.port.to_string())));

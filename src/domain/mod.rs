@@ -115,7 +115,7 @@ pub struct OsDef {
 /// A virtio network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
-    /// `network`, `bridge`, `ethernet` or `user`.
+    /// `network`, `bridge` or `ethernet`.
     pub kind: String,
     /// The network or bridge name, when the kind has one.
     pub source: Option<String>,
@@ -123,6 +123,10 @@ pub struct Interface {
     pub mac: [u8; 6],
     /// Host-side device name.
     pub target: Option<String>,
+    /// `<link state='down'>`: the guest sees no carrier.
+    pub link_down: bool,
+    /// `<mtu size=...>`.
+    pub mtu: Option<u32>,
 }
 
 /// Where a serial port or console goes.

@@ -357,7 +357,7 @@ fn interface(e: &Element) -> Result<Interface, DomainError> {
     let source = match kind {
         "network" => e.find("source").and_then(|s| s.get("network")).map(str::to_owned),
         "bridge" => e.find("source").and_then(|s| s.get("bridge")).map(str::to_owned),
-        "ethernet" | "user" => None,
+        "ethernet" => None,
         t => {
             return Err(unsupported(format!("interface type '{t}' is not supported")));
         }
@@ -376,7 +376,26 @@ fn interface(e: &Element) -> Result<Interface, DomainError> {
         }
     };
     let target = e.find("target").and_then(|t| t.get("dev")).map(str::to_owned);
-    Ok(Interface { kind: kind.to_owned(), source, mac, target })
+    if let Some(t) = &target
+        && (t.is_empty() || t.len() > 15 || t.contains(['/', ':', '%']) || t.chars().any(char::is_whitespace))
+    {
+        return Err(invalid(format!("invalid interface target dev '{t}'")));
+    }
+    let link_down = match e.find("link").and_then(|l| l.get("state")) {
+        None | Some("up") => false,
+        Some("down") => true,
+        Some(s) => return Err(invalid(format!("unknown interface link state '{s}'"))),
+    };
+    let mtu = match e.find("mtu").and_then(|m| m.get("size")) {
+        None => None,
+        Some(m) => Some(
+            m.parse::<u32>()
+                .ok()
+                .filter(|v| (68..=65535).contains(v))
+                .ok_or_else(|| invalid(format!("malformed mtu size '{m}'")))?,
+        ),
+    };
+    Ok(Interface { kind: kind.to_owned(), source, mac, target, link_down, mtu })
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -503,6 +522,21 @@ mod tests {
     }
 
     #[test]
+    fn an_interfaces_link_state_mtu_and_target_are_kept() {
+        let nic = "<interface type='bridge'><mac address='52:54:00:01:02:03'/><source bridge='br0'/>\
+                   <target dev='tap-a'/><model type='virtio'/><link state='down'/><mtu size='1400'/></interface>";
+        let (def, _) = parse(&with_devices(nic), false).unwrap();
+        let i = def.interfaces.iter().find(|i| i.kind == "bridge").unwrap();
+        assert!(i.link_down);
+        assert_eq!((i.mtu, i.target.as_deref()), (Some(1400), Some("tap-a")));
+        let xml = def.to_xml();
+        assert!(xml.contains("<link state='down'/>") && xml.contains("<mtu size='1400'/>"), "{xml}");
+        assert_eq!(parse(&xml, false).unwrap().0.interfaces, def.interfaces);
+        let bad = with_devices("<interface type='ethernet'><target dev='a/b'/></interface>");
+        assert!(matches!(reject(&bad), DomainError::Invalid(m) if m.contains("target dev")));
+    }
+
+    #[test]
     fn a_missing_uuid_is_generated_and_a_given_one_kept() {
         let (a, _) = parse(GOOD, false).unwrap();
         let (b, _) = parse(GOOD, false).unwrap();
@@ -532,6 +566,8 @@ mod tests {
                 with_devices("<interface type='network'><source network='d'/><model type='e1000'/></interface>"),
                 "'e1000'",
             ),
+            (with_devices("<interface type='user'/>"), "interface type 'user'"),
+            (with_devices("<interface type='direct'><source dev='eth0'/></interface>"), "interface type 'direct'"),
             (GOOD.replace("<vcpu placement='static'>1</vcpu>", "<vcpu>1</vcpu><cputune/>"), "<cputune>"),
         ] {
             match reject(&xml) {

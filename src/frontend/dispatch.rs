@@ -92,7 +92,9 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
         P::ConnectSupportsFeature => {
             let f: IntArg = args(payload)?;
             let supported = match f.value {
-                9 | 14 | 15 => 1,
+                // 16: NETWORK_UPDATE_HAS_CORRECT_ORDER (virNetworkUpdate's
+                // command before its section on the wire).
+                9 | 14 | 15 | 16 => 1,
                 10 => {
                     s.keepalive = true;
                     1
@@ -454,6 +456,30 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DiskErrorsArgs = args(payload)?;
             fwd(Call::DiskErrors { uuid: a.dom.uuid.0.into(), maxerrors: a.maxerrors, flags: a.flags })
         }
+        P::ConnectListAllNetworks
+        | P::ConnectNumOfNetworks
+        | P::ConnectNumOfDefinedNetworks
+        | P::ConnectListNetworks
+        | P::ConnectListDefinedNetworks
+        | P::NetworkLookupByName
+        | P::NetworkLookupByUuid
+        | P::NetworkDefineXml
+        | P::NetworkDefineXmlFlags
+        | P::NetworkCreateXml
+        | P::NetworkCreateXmlFlags
+        | P::NetworkUndefine
+        | P::NetworkCreate
+        | P::NetworkDestroy
+        | P::NetworkSetAutostart
+        | P::NetworkGetXmlDesc
+        | P::NetworkGetBridgeName
+        | P::NetworkGetAutostart
+        | P::NetworkIsActive
+        | P::NetworkIsPersistent
+        | P::NetworkUpdate
+        | P::NetworkGetDhcpLeases
+        | P::ConnectNetworkEventRegisterAny
+        | P::ConnectNetworkEventDeregisterAny => super::network::call(s, h, proc_, payload),
         P::ConnectGetAllDomainStats => {
             // remote_nonnull_domain doms<REMOTE_DOMAIN_LIST_MAX>: the count is
             // checked before anything is decoded.
@@ -501,6 +527,7 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
     let proc_ = RemoteProc::from_number(h.proc_).ok_or(RpcError::Internal("procedure"))?;
     let mismatch = RpcError::Internal(proc_.name());
     match (proc_, v) {
+        (p, v @ CallValue::Network(_)) => super::network::shape_value(h, p, v),
         // virDomainCreate has no return value; the client looks the id up itself.
         (P::DomainCreate, _) | (_, CallValue::Unit) => ok_reply(h, &()),
         (_, CallValue::Domain(d)) => ok_reply(h, &DomainRet { dom: nonnull(d) }),
@@ -715,7 +742,7 @@ mod tests {
         // virConnectDomainXMLFromNative (libvirt-domain.c), virNetworkCreate
         // (libvirt-network.c), virConnectFindStoragePoolSources (libvirt-storage.c).
         assert_eq!(domain_of(135), 20);
-        assert_eq!(domain_of(39), 19);
+        assert_eq!(domain_of(404), 19);
         assert_eq!(domain_of(75), 18);
     }
 
@@ -824,7 +851,23 @@ mod tests {
         ]
         .into_iter()
         .chain(crate::frontend::storage::candidate_payloads())
+        .chain(network_payloads())
         .collect()
+    }
+
+    fn network_payloads() -> Vec<Vec<u8>> {
+        use crate::rpc::network::*;
+        let net = NonnullNetwork { name: "n".into(), uuid: xdr::FixedOpaque([7; 16]) };
+        let enc = |v: &dyn ErasedRet| v.encode().unwrap();
+        vec![
+            enc(&NetArg { net: net.clone() }),
+            enc(&NetFlagsArgs { net: net.clone(), flags: 0 }),
+            enc(&NetSetAutostartArgs { net: net.clone(), autostart: 1 }),
+            enc(&ListAllNetworksArgs { need_results: 1, flags: 0 }),
+            enc(&NetEventRegisterArgs { event_id: 0, net: None }),
+            enc(&NetLeasesArgs { net: net.clone(), mac: None, need_results: 1, flags: 0 }),
+            enc(&NetUpdateArgs { net, command: 3, section: 4, parent_index: -1, xml: "<host/>".into(), flags: 0 }),
+        ]
     }
 
     /// The read-only rule has one source, the table's access column: the

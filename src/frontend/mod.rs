@@ -11,6 +11,7 @@ mod admin;
 mod conn;
 pub mod dispatch;
 mod handshakes;
+mod network;
 mod packets;
 mod replica;
 mod server;

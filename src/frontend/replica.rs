@@ -57,7 +57,14 @@ mod tests {
 
     fn row(name: &str, n: u8, id: i32) -> DomainRow {
         let state = if id >= 0 { (1, 1) } else { (5, 0) };
-        DomainRow { name: name.into(), uuid: crate::domain::Uuid([n; 16]), id, state, persistent: true, autostart: false }
+        DomainRow {
+            name: name.into(),
+            uuid: crate::domain::Uuid([n; 16]),
+            id,
+            state,
+            persistent: true,
+            autostart: false,
+        }
     }
 
     #[test]
@@ -79,7 +86,9 @@ mod tests {
         assert!(matches!(r.answer(&Call::LookupById(3)), Some(Ok(CallValue::Domain(d))) if d.name == "a"));
         assert_eq!(r.answer(&Call::LookupById(-1)), Some(Err(CallError::NoDomainId(-1))));
         assert_eq!(r.answer(&Call::LookupByName("c".into())), Some(Err(CallError::NoDomainName("c".into()))));
-        assert!(matches!(r.answer(&Call::LookupByUuid(crate::domain::Uuid([2; 16]))), Some(Ok(CallValue::Domain(d))) if d.id == -1));
+        assert!(
+            matches!(r.answer(&Call::LookupByUuid(crate::domain::Uuid([2; 16]))), Some(Ok(CallValue::Domain(d))) if d.id == -1)
+        );
         assert!(matches!(
             r.answer(&Call::ListAll { flags: 1 << 20, need_results: true }),
             Some(Err(CallError::UnsupportedFlags { .. }))

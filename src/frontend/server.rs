@@ -758,6 +758,7 @@ impl Server {
                 BrokerReply::Event(event) => self.deliver(&event),
                 BrokerReply::PoolEvent(event) => self.deliver_pool(&event),
                 BrokerReply::Replica(table) => self.replica.update(table),
+                BrokerReply::NetEvent(event) => self.deliver_net(&event),
                 BrokerReply::ConsoleTaken(uuid) => {
                     let holders: Vec<Token> = self
                         .clients
@@ -803,15 +804,30 @@ impl Server {
 
     /// Sends a storage pool event to every client registered for it.
     fn deliver_pool(&mut self, event: &crate::privsep::storage::PoolEvent) {
+        self.deliver_to(|s| !s.pool_callbacks.is_empty(), |s| super::storage::event_messages(s, event));
+    }
+
+    /// Sends a network event to every client registered for it.
+    fn deliver_net(&mut self, event: &crate::privsep::network::NetEvent) {
+        self.deliver_to(|s| !s.net_callbacks.is_empty(), |s| super::network::event_messages(s, event));
+    }
+
+    /// Queues for every admitted client that `registered` picks the event
+    /// messages `messages` builds from its registrations (none: nothing).
+    fn deliver_to(
+        &mut self,
+        registered: impl Fn(&super::session::Session) -> bool,
+        messages: impl Fn(&super::session::Session) -> Vec<u8>,
+    ) {
         let tokens: Vec<Token> = self
             .clients
             .iter()
-            .filter(|(_, c)| c.admission == Admission::Admitted && !c.gone && !c.session.pool_callbacks.is_empty())
+            .filter(|(_, c)| c.admission == Admission::Admitted && !c.gone && registered(&c.session))
             .map(|(t, _)| *t)
             .collect();
         for token in tokens {
             let Some(client) = self.clients.get_mut(&token) else { continue };
-            let bytes = super::storage::event_messages(&client.session, event);
+            let bytes = messages(&client.session);
             if !bytes.is_empty() {
                 self.queue_for(token, &bytes);
             }

@@ -27,6 +27,8 @@ pub struct Session {
     pub admin: bool,
     /// Event registrations: (callbackID, eventID, domain filter).
     pub callbacks: Vec<(i32, i32, Option<crate::domain::Uuid>)>,
+    /// Network event registrations: (callbackID, eventID, network filter).
+    pub net_callbacks: Vec<(i32, i32, Option<[u8; 16]>)>,
     /// The next callbackID to hand out.
     pub next_callback: i32,
     /// Storage pool event registrations: (callbackID, eventID, pool filter).

@@ -246,7 +246,10 @@ mod tests {
         assert_eq!((h.status, payload.len()), (Status::Continue as i32, 0));
         let (h, _, _) = frame::split(&r.finish_packet()).unwrap().unwrap();
         assert_eq!(h.status, Status::Ok as i32);
-        assert_eq!(r.kind.closed(4), Some(FrontendRequest::ConsoleClosed { conn: 4, uuid: crate::domain::Uuid([7; 16]) }));
+        assert_eq!(
+            r.kind.closed(4),
+            Some(FrontendRequest::ConsoleClosed { conn: 4, uuid: crate::domain::Uuid([7; 16]) })
+        );
     }
 
     #[test]

@@ -478,6 +478,8 @@ pub enum Call {
     Admin(super::admin::AdminCall),
     /// A storage pool or volume call.
     Storage(super::storage::StorageCall),
+    /// A virtual-network call (libvirt's network driver).
+    Network(super::network::NetCall),
 }
 
 /// Which CPU a comparison or baseline is against.
@@ -499,7 +501,6 @@ pub enum CpuTarget {
         virttype: Option<String>,
     },
 }
-
 
 /// A call's result; the frontend shapes it into the procedure's XDR reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -635,6 +636,8 @@ pub enum CallValue {
         /// How many there are.
         count: i32,
     },
+    /// A network call's result.
+    Network(super::network::NetValue),
 }
 
 impl CallValue {
@@ -759,6 +762,9 @@ pub enum CallError {
     /// The device named is not the domain's (`VIR_ERR_DEVICE_MISSING`).
     #[error("{0}")]
     DeviceMissing(String),
+    /// A network call failed.
+    #[error("{0}")]
+    Network(super::network::NetError),
     /// A metadata element given to `virDomainSetMetadata` is not well formed.
     #[error("(metadata_xml):{line}: {detail}")]
     MetadataSyntax {
@@ -808,6 +814,7 @@ impl CallError {
             CallError::OperationUnsupported(s) => CallError::OperationUnsupported(c(s)),
             CallError::MetadataSyntax { line, detail } => CallError::MetadataSyntax { line, detail: c(detail) },
             CallError::Storage(e) => CallError::Storage(e.clipped()),
+            CallError::Network(e) => CallError::Network(e.clipped()),
             e @ (CallError::NoDomainId(_) | CallError::NotRunning | CallError::NoClient(_)) => e,
         }
     }

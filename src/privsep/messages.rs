@@ -290,6 +290,8 @@ pub enum BrokerReply {
     Event(DomainEvent),
     /// Unsolicited: a storage pool event for registered clients.
     PoolEvent(super::storage::PoolEvent),
+    /// A network lifecycle event, for clients that registered for it.
+    NetEvent(super::network::NetEvent),
     /// Unsolicited: another client took the console of `uuid` (FORCE); end
     /// the streams on it.
     ConsoleTaken(crate::domain::Uuid),
@@ -315,6 +317,7 @@ impl BrokerReply {
             | BrokerReply::Value(_)
             | BrokerReply::Event(_)
             | BrokerReply::PoolEvent(_)
+            | BrokerReply::NetEvent(_)
             | BrokerReply::ConsoleTaken(_)
             | BrokerReply::Disconnect(_)
             | BrokerReply::Replica(_) => 0,

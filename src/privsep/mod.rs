@@ -10,9 +10,10 @@ mod calls;
 mod channel;
 pub mod helper;
 mod messages;
+pub mod network;
 mod procedure;
-pub mod storage;
 pub mod replica;
+pub mod storage;
 
 pub use calls::{Call, CallError, CallValue, CpuTarget, DomainEvent, DomainRef, EventKind, Query, VcpuInfo};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};

@@ -60,6 +60,7 @@ impl Call {
             Call::GetMetadata { .. } => P::DomainGetMetadata,
             Call::SetMetadata { .. } => P::DomainSetMetadata,
             Call::Storage(c) => c.procedure(),
+            Call::Network(n) => n.procedure(),
             Call::ChangeDevice { detach: false, .. } => P::DomainAttachDeviceFlags,
             Call::ChangeDevice { detach: true, .. } => P::DomainDetachDeviceFlags,
             Call::DetachAlias { .. } => P::DomainDetachDeviceAlias,

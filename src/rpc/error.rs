@@ -19,6 +19,7 @@ mod code {
     pub const XML_DETAIL: i32 = 35;
     pub const RPC: i32 = 39;
     pub const NO_DOMAIN: i32 = 42;
+    pub const NO_NETWORK: i32 = 43;
     pub const OPERATION_INVALID: i32 = 55;
     pub const CONFIG_UNSUPPORTED: i32 = 67;
     pub const ARGUMENT_UNSUPPORTED: i32 = 74;
@@ -257,6 +258,20 @@ pub fn to_remote(e: &RpcError) -> RemoteError {
                 CallError::MetadataSyntax { .. } => err(code::XML_DETAIL, from::DOMAIN, "%s", detail),
                 CallError::Storage(s) => storage_error(s, detail),
                 CallError::DeviceMissing(_) => err(code::DEVICE_MISSING, from::QEMU, "device not found: %s", detail),
+                CallError::Network(n) => {
+                    use crate::privsep::network::NetError as N;
+                    let (code, template) = match n {
+                        N::NoName(_) | N::NoUuid(_) => (code::NO_NETWORK, "Network not found: %s"),
+                        N::Xml(_) => (code::XML_ERROR, "XML error: %s"),
+                        N::Unsupported(_) => (code::CONFIG_UNSUPPORTED, "unsupported configuration: %s"),
+                        N::Invalid(_) => (code::OPERATION_INVALID, "Requested operation is not valid: %s"),
+                        N::Failed(_) => (code::OPERATION_FAILED, "operation failed: %s"),
+                        N::InvalidArg(_) | N::Flags { .. } => (code::INVALID_ARG, "invalid argument: %s"),
+                        N::Internal(_) => (code::INTERNAL_ERROR, "internal error: %s"),
+                        N::ReadOnly(_) => (code::OPERATION_DENIED, "operation forbidden: %s"),
+                    };
+                    err(code, from::NETWORK, template, detail)
+                }
                 CallError::Unsupported(_) => err(
                     code::NO_SUPPORT,
                     from::ADMIN,

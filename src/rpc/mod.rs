@@ -6,11 +6,12 @@
 #![deny(missing_docs)]
 
 pub mod admin;
-pub mod cpu;
 pub mod blockdev;
+pub mod cpu;
 pub mod error;
 pub mod events;
 pub mod frame;
+pub mod network;
 pub mod remote;
 pub mod stats;
 pub mod storage;

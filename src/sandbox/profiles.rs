@@ -30,6 +30,10 @@ pub const BROKER_CAPS: &[Capability] = &[
     // New namespaces for helpers; taps and bridges for guest networking.
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_NET_ADMIN,
+    // dnsmasq, started by the broker for each virtual network, inherits its
+    // bounding set and needs raw sockets for DHCP (it refuses to start
+    // without this capability) before it drops to its own user.
+    Capability::CAP_NET_RAW,
     // Raising helpers' memlock and fd limits for guest memory.
     Capability::CAP_SYS_RESOURCE,
     Capability::CAP_IPC_LOCK,

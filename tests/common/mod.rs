@@ -93,6 +93,11 @@ impl Tree {
                 text.push_str(&format!("{key} = \"{}\"\n", path.display()));
             }
         }
+        // The default network (virbr0) is written and started only by tests
+        // that run the daemon in a network namespace of their own.
+        if !extra.contains("default_network") {
+            text.push_str("default_network = 0\n");
+        }
         std::fs::write(self.conf_path(), text + extra).unwrap();
     }
     /// Waits for an audit record containing every one of `needles`, in any

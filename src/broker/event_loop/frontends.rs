@@ -316,6 +316,9 @@ impl Broker {
         for event in std::mem::take(&mut self.setup.ctx.storage.events) {
             self.broadcast(&BrokerReply::PoolEvent(event));
         }
+        for event in std::mem::take(&mut self.setup.ctx.networks.events) {
+            self.broadcast(&BrokerReply::NetEvent(event));
+        }
     }
 
     fn welcome(&mut self, slot: usize, id: u32, version: u32) {

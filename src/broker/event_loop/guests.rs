@@ -10,11 +10,11 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::{Broker, GuestFd};
-use crate::broker::{blockinfo, call_audit};
 use crate::broker::guests::Protocol;
 use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
 use crate::broker::supervisor::{Asker, Awaiting, Wait};
+use crate::broker::{blockinfo, call_audit};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
 use crate::privsep::{CallError, CallValue, ChannelError};
