@@ -367,6 +367,11 @@ impl Ctx {
         let entry = self.domains.by_uuid(uuid)?;
         let (Some(id), Some(pid)) = (entry.id, entry.pid) else { return Err(CallError::NotRunning) };
         let name = entry.def.name.clone();
+        let (vcpus, cputune) = (entry.def.vcpus, entry.def.tuning().cpu);
+        if let Some(running) = self.guests.get(uuid) {
+            super::pinning::place(pid, vcpus, &cputune, running.cgroup.as_ref())
+                .map_err(|e| CallError::OperationFailed(format!("guest '{name}' cannot be placed: {e}")))?;
+        }
         self.domains.set_running(uuid, id, pid, RUNNING_BOOTED);
         self.record(uuid);
         if fresh && let Ok(dom) = self.domains.by_uuid(uuid).map(|e| e.handle()) {
@@ -391,8 +396,9 @@ impl Ctx {
     /// still runs), unless something else shut it off already. Returns
     /// whether it did.
     pub fn abort_start(&mut self, uuid: &[u8; 16]) -> bool {
-        if let Some(running) = self.guests.remove(uuid) {
+        if let Some(mut running) = self.guests.remove(uuid) {
             running.kill();
+            running.remove_cgroup();
         }
         if !self.domains.by_uuid(uuid).is_ok_and(|e| e.id.is_some()) {
             return false;
@@ -484,8 +490,9 @@ impl Ctx {
     /// clean exit, so it is killed without waiting (whatever else it was
     /// asked fails). Returns the helper's pid.
     pub fn destroy(&mut self, uuid: &[u8; 16]) -> Result<i32, CallError> {
-        let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
+        let mut running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
         running.kill();
+        running.remove_cgroup();
         let dom = self.domains.by_uuid(uuid).map(|e| e.stopped_handle());
         self.unrecord(uuid);
         self.domains.set_shutoff(uuid, SHUTOFF_DESTROYED);
@@ -610,6 +617,34 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             let e = ctx.domains.by_uuid(&uuid)?;
             metadata::check_impact(e, flags, false)?;
             metadata::get(&e.def, kind, uri.as_deref()).map(CallValue::Text)
+        }
+        Call::SetTuning { uuid, kind, params, flags } => {
+            let cgroup = ctx.guests.get(&uuid).and_then(|r| r.cgroup.as_ref());
+            let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::tuning::set(e, cgroup, kind, &params, flags));
+            let result = result.and_then(|def| ctx.domains.replace_def(&uuid, def));
+            let what = match kind {
+                crate::privsep::TuneKind::Scheduler => "cputune",
+                crate::privsep::TuneKind::Memory => "memtune",
+                crate::privsep::TuneKind::Blkio => "blkiotune",
+            };
+            audit_change(auditor, caller, "tune", &uuid, &result, &[("what", Value::Text(what))]);
+            result?;
+            if ctx.guests.contains_key(&uuid) {
+                ctx.record(&uuid);
+            }
+            Ok(CallValue::Unit)
+        }
+        Call::Pin { uuid, vcpu, cpumap, flags } => {
+            let cgroup = ctx.guests.get(&uuid).and_then(|r| r.cgroup.as_ref());
+            let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::tuning::pin(e, cgroup, vcpu, &cpumap, flags));
+            let result = result.and_then(|def| ctx.domains.replace_def(&uuid, def));
+            let what = if vcpu.is_some() { "vcpupin" } else { "emulatorpin" };
+            audit_change(auditor, caller, "pin", &uuid, &result, &[("what", Value::Text(what))]);
+            result?;
+            if ctx.guests.contains_key(&uuid) {
+                ctx.record(&uuid);
+            }
+            Ok(CallValue::Unit)
         }
         Call::SetMetadata { uuid, kind, value, key, uri, flags } => {
             let result = ctx.domains.by_uuid(&uuid).and_then(|e| {
@@ -743,6 +778,7 @@ fn no_flags(flags: u32, function: &str) -> Result<(), CallError> {
 
 fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Result<CallValue, CallError> {
     let e = ctx.domains.by_uuid(uuid)?;
+    let cgroup = ctx.guests.get(uuid).and_then(|r| r.cgroup.as_ref());
     Ok(match query {
         Query::Info => CallValue::DomainInfo(e.info()),
         Query::State { flags } => {
@@ -798,12 +834,23 @@ fn query_domain(ctx: &Ctx, uuid: &[u8; 16], query: Query, readonly: bool) -> Res
         Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
         Query::JobInfo => stats::job_info(e)?,
         Query::SchedulerType => {
-            let (kind, nparams) = sched::scheduler_type(e)?;
+            let (kind, nparams) = sched::scheduler_type(e, cgroup)?;
             CallValue::SchedulerType { kind, nparams }
         }
         Query::SchedulerParams { nparams, flags } => {
-            let params = sched::scheduler_params(e, nparams, flags)?;
+            let params = sched::scheduler_params(e, cgroup, nparams, flags)?;
             CallValue::Params { count: params.len() as i32, params }
+        }
+        Query::TuningParams { kind, nparams, flags } => {
+            let all = super::tuning::params(e, cgroup, kind, nparams, flags)?;
+            // Asked with no room: how many there are.
+            match nparams {
+                0 => CallValue::Params { count: all.len() as i32, params: Vec::new() },
+                _ => CallValue::Params { count: all.len() as i32, params: all },
+            }
+        }
+        Query::EmulatorPinInfo { maplen, flags } => {
+            CallValue::PinInfo { cpumaps: super::tuning::emulator_pin_info(e, maplen, flags)?, num: 1 }
         }
         Query::JobStats { flags } => stats::job_stats(e, flags)?,
     })
@@ -828,6 +875,9 @@ fn api_of(call: &Call) -> &'static str {
         Call::Destroy { .. } => "virDomainDestroyFlags",
         Call::SetAutostart { .. } => "virDomainSetAutostart",
         Call::SetMetadata { .. } => "virDomainSetMetadata",
+        Call::SetTuning { .. } => "virDomainSetParameters",
+        Call::Pin { vcpu: Some(_), .. } => "virDomainPinVcpuFlags",
+        Call::Pin { vcpu: None, .. } => "virDomainPinEmulator",
         Call::GetTime { .. } => "virDomainGetTime",
         Call::GetDomainCapabilities { .. } => "virConnectGetDomainCapabilities",
         _ => "this call",
@@ -840,6 +890,8 @@ fn op_of(call: &Call) -> &'static str {
         Call::Undefine { .. } => "undefine",
         Call::SetAutostart { .. } => "autostart",
         Call::SetMetadata { .. } => "metadata",
+        Call::SetTuning { .. } => "tune",
+        Call::Pin { .. } => "pin",
         Call::GetTime { .. } => "gettime",
         Call::Create { .. } => "start",
         Call::CreateXml { .. } => "create",

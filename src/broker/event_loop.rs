@@ -449,7 +449,8 @@ impl Broker {
     /// `on_poweroff`/`on_reboot`/`on_crash` says so.
     fn guest_stopped(&mut self, uuid: [u8; 16], reason: StopReason, detail: &str) {
         let ctx = &mut self.setup.ctx;
-        let Some(running) = ctx.guests.remove(&uuid) else { return };
+        let Some(mut running) = ctx.guests.remove(&uuid) else { return };
+        running.remove_cgroup();
         if ctx.awaiting.get(&uuid).is_some_and(|a| a.wait.starting()) {
             // The helper ended before the guest ran: the start failed
             // (settling it shuts the domain off).

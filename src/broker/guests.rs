@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use std::sync::Arc;
+
+use super::cgroup::{Cgroups, GuestCgroup};
 use super::files::{FileError, Purpose};
 use super::greeting::Greeting;
 use super::spawn;
@@ -39,6 +42,8 @@ pub struct Running {
     pub child: bool,
     /// What is known of the protocol it speaks.
     pub protocol: Protocol,
+    /// Its cgroups, where the daemon has them.
+    pub cgroup: Option<GuestCgroup>,
 }
 
 /// What the broker knows of the protocol a helper speaks.
@@ -73,6 +78,13 @@ pub fn unmanageable(name: &str, pid: Pid, why: &ProtocolMismatch) -> CallError {
 }
 
 impl Running {
+    /// Removes the guest's cgroups, once its helper is gone (or going).
+    pub fn remove_cgroup(&mut self) {
+        if let Some(c) = self.cgroup.take() {
+            c.remove();
+        }
+    }
+
     /// SIGKILLs the helper. A child of ours that has already been reaped is
     /// left alone, since its pid may belong to another process by now.
     pub fn kill(&self) {
@@ -93,6 +105,8 @@ pub struct Launcher {
     pub state_dir: PathBuf,
     /// Uids (and gids) for helpers, inclusive; `None` in session mode.
     pub uids: Option<(u32, u32)>,
+    /// The host's cgroups for guests; `None` where the daemon has none.
+    pub cgroups: Option<Arc<Cgroups>>,
 }
 
 fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> CallError {
@@ -155,6 +169,8 @@ impl Launcher {
         if !def.interfaces.is_empty() {
             return Err(CallError::ConfigUnsupported("the guest helper cannot provide <interface> devices yet".into()));
         }
+        let tuning = def.tuning();
+        super::cgroup::check(self.cgroups.as_deref(), &tuning).map_err(CallError::ConfigUnsupported)?;
         let log = serial_log(def)?;
         let kernel = open_regular(&def.name, "kernel", &def.os.kernel)?;
         let initrd = def.os.initrd.as_deref().map(|p| open_regular(&def.name, "initrd", p)).transpose()?;
@@ -171,6 +187,16 @@ impl Launcher {
         let listener = control_listener(&super::status::control_socket(&self.state_dir, &def.name))?;
 
         let spawned = spawn::helper(&self.exe).map_err(|e| failed("cannot start helper", &self.exe, e))?;
+        // Into its cgroups, with their limits, before it is told to start:
+        // no guest instruction runs outside them.
+        let cgroup = match self.cgroups.as_ref().map(|c| self.enter_cgroup(c, def, id, spawned.pid)).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = kill(spawned.pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(spawned.pid, None);
+                return Err(e);
+            }
+        };
         let config = GuestConfig {
             memory_mib: def.memory_kib.div_ceil(1024),
             vcpus: def.vcpus,
@@ -191,6 +217,9 @@ impl Launcher {
         let (command, fds) = HelperCommand::start(config, &fds);
         if let Err(e) = spawned.channel.send(&command, &fds) {
             let _ = kill(spawned.pid, Signal::SIGKILL);
+            if let Some(c) = cgroup {
+                c.remove();
+            }
             return Err(CallError::OperationFailed(format!("guest failed to start: {e}")));
         }
         Ok(Running {
@@ -202,7 +231,24 @@ impl Launcher {
             log,
             child: true,
             protocol: Protocol::Awaiting,
+            cgroup,
         })
+    }
+
+    /// Creates guest `id`'s cgroups, moves helper `pid` in and writes the
+    /// definition's limits; on failure nothing of them is left.
+    fn enter_cgroup(&self, cgroups: &Arc<Cgroups>, def: &DomainDef, id: i32, pid: Pid) -> Result<GuestCgroup, CallError> {
+        let fail = |e: super::cgroup::CgroupError| {
+            CallError::OperationFailed(format!("guest '{}' cannot be placed in its cgroup: {e}", def.name))
+        };
+        let cg = GuestCgroup::create(cgroups, id, &def.name, def.vcpus).map_err(fail)?;
+        match cg.add_helper(pid.as_raw()).and_then(|()| cg.apply(&def.tuning())) {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                cg.remove();
+                Err(fail(e))
+            }
+        }
     }
 }
 
@@ -248,8 +294,18 @@ impl Launcher {
             None
         });
         let greeting = super::greeting::read(&channel, REATTACH_GRACE_MS);
-        let running =
-            |protocol| Running { id, pid: Pid::from_raw(pid), uid, channel, console, log, child: false, protocol };
+        let cgroup = self.cgroups.as_ref().and_then(|c| GuestCgroup::find(c, id, &def.name, def.vcpus));
+        let running = |protocol| Running {
+            id,
+            pid: Pid::from_raw(pid),
+            uid,
+            channel,
+            console,
+            log,
+            child: false,
+            protocol,
+            cgroup,
+        };
         match greeting {
             Greeting::Stopped(reason) => Reattached::Stopped(reason),
             Greeting::Gone => Reattached::Gone,

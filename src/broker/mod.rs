@@ -10,6 +10,7 @@ mod admin;
 mod agent;
 mod audit;
 mod calls;
+pub mod cgroup;
 mod domains;
 mod event_loop;
 mod files;
@@ -23,6 +24,7 @@ mod listen;
 mod metadata;
 mod permit;
 mod pidfile;
+mod pinning;
 mod procfs;
 mod readiness;
 mod restarts;
@@ -31,6 +33,7 @@ mod spawn;
 mod stats;
 mod status;
 mod store;
+mod tuning;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -157,6 +160,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             exe: helper_exe,
             state_dir: config.domain_state_dir.clone(),
             uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
+            cgroups: guest_cgroups(&config, mode),
         },
         next_id: 1,
         resetting: Default::default(),
@@ -195,6 +199,34 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         ctx,
         tls,
     })
+}
+
+/// The host's cgroups for guests, said at start: which hierarchy and
+/// controllers, or why there are none (session mode, nothing writable), in
+/// which case tuning elements are refused at guest start.
+fn guest_cgroups(config: &Config, mode: Mode) -> Option<std::sync::Arc<cgroup::Cgroups>> {
+    if mode == Mode::Session {
+        log::info!("session mode: guests get no cgroups; <cputune>, <memtune> and <blkiotune> are refused");
+        return None;
+    }
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let place =
+        cgroup::Place { mount: &config.cgroup_mount, partition: &config.cgroup_partition, self_cgroup: &self_cgroup };
+    let mut notes = Vec::new();
+    let found = cgroup::Cgroups::detect(&place, &mut notes);
+    for n in &notes {
+        log::info!("{n}");
+    }
+    match found {
+        Ok(c) => {
+            log::info!("guests' cgroups: {} under '{}'", c.summary(), config.cgroup_partition);
+            Some(std::sync::Arc::new(c))
+        }
+        Err(e) => {
+            log::warn!("guests get no cgroups ({e}); <cputune>, <memtune> and <blkiotune> are refused at start");
+            None
+        }
+    }
 }
 
 /// Reports a failed start once on stderr in the foreground (or to the `-d`

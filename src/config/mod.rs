@@ -123,6 +123,11 @@ pub struct Config {
     pub domain_state_dir: PathBuf,
     /// The syslog socket audit records and syslog log outputs are sent to.
     pub syslog_socket: PathBuf,
+    /// Where the cgroup hierarchies are mounted.
+    pub cgroup_mount: PathBuf,
+    /// Where guests' cgroups go: absolute within the hierarchy, or relative
+    /// to the daemon's own cgroup (a delegated subtree).
+    pub cgroup_partition: String,
 }
 
 /// First id of the documented block the sandboxed processes run under by default.
@@ -170,6 +175,8 @@ impl Config {
             domain_config_dir: paths.domain_config_dir.clone(),
             domain_state_dir: paths.domain_state_dir.clone(),
             syslog_socket: PathBuf::from("/dev/log"),
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_partition: "/machine.slice".into(),
         }
     }
 
@@ -216,7 +223,9 @@ impl Config {
             helper_uid_min,
             helper_uid_max,
             domain_config_dir,
-            domain_state_dir
+            domain_state_dir,
+            cgroup_mount,
+            cgroup_partition
         );
         changed
     }

@@ -1,6 +1,7 @@
 //! Domain XML to [`DomainDef`]: what we model, keep, refuse or drop.
 
 use super::platform;
+use super::tuning;
 use super::xml::{self, Element};
 use super::{CharDev, CharSource, Disk, DiskKind, DomainDef, DomainError, Interface, LifecycleAction, OsDef};
 use super::{parse_uuid, to_kib};
@@ -42,9 +43,6 @@ const UNSUPPORTED_TOP: &[&str] = &[
     "vcpus",
     "iothreads",
     "iothreadids",
-    "cputune",
-    "memtune",
-    "blkiotune",
     "numatune",
     "memoryBacking",
     "sysinfo",
@@ -61,7 +59,8 @@ const UNSUPPORTED_TOP: &[&str] = &[
 /// Top-level elements kept as written: host-side settings the guest cannot
 /// see (`metadata`, `seclabel`, `resource`), and descriptions of the platform
 /// that `platform` checks first (it refuses what would change the guest).
-const HARMLESS_TOP: &[&str] = &["metadata", "features", "cpu", "clock", "pm", "seclabel", "resource"];
+const HARMLESS_TOP: &[&str] =
+    &["metadata", "features", "cpu", "clock", "pm", "seclabel", "resource", "cputune", "memtune", "blkiotune"];
 
 /// Devices that would change the guest and that we cannot provide.
 const UNSUPPORTED_DEVICES: &[&str] = &[
@@ -197,6 +196,19 @@ impl Parser {
                     }
                     "clock" => platform::clock(child)?,
                     "pm" => platform::pm(child)?,
+                    // Host-side limits, kept in canonical form (tuning.rs).
+                    "cputune" => {
+                        def.kept.extend(tuning::emit_cputune(&tuning::cputune(child, def.vcpus)?));
+                        continue;
+                    }
+                    "memtune" => {
+                        def.kept.extend(tuning::emit_memtune(&tuning::memtune(child)?));
+                        continue;
+                    }
+                    "blkiotune" => {
+                        def.kept.extend(tuning::emit_blkiotune(&tuning::blkiotune(child)?));
+                        continue;
+                    }
                     _ => {}
                 }
                 def.kept.push(child.clone());

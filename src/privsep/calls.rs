@@ -146,11 +146,38 @@ pub enum Query {
         /// `virDomainModificationImpact` and `VIR_TYPED_PARAM_STRING_OKAY`.
         flags: u32,
     },
+    /// `virDomainGet{Memory,Blkio}Parameters`.
+    TuningParams {
+        /// Which parameters.
+        kind: TuneKind,
+        /// Most parameters to report (0: how many there are).
+        nparams: i32,
+        /// `virDomainModificationImpact` and `VIR_TYPED_PARAM_STRING_OKAY`.
+        flags: u32,
+    },
+    /// `virDomainGetEmulatorPinInfo`.
+    EmulatorPinInfo {
+        /// Bytes of map wanted.
+        maplen: i32,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
     /// `virDomainGetJobStats`.
     JobStats {
         /// `virDomainGetJobStatsFlags`.
         flags: u32,
     },
+}
+
+/// Which resource controls a parameter call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TuneKind {
+    /// `<cputune>`: `virDomain{Get,Set}SchedulerParameters`.
+    Scheduler,
+    /// `<memtune>`: `virDomain{Get,Set}MemoryParameters`.
+    Memory,
+    /// `<blkiotune>`: `virDomain{Get,Set}BlkioParameters`.
+    Blkio,
 }
 
 /// Everything a client may ask of the broker through the frontend.
@@ -396,6 +423,28 @@ pub enum Call {
         /// `virDomainModificationImpact`.
         flags: u32,
     },
+    /// `virDomainSet{Scheduler,Memory,Blkio}Parameters(Flags)`.
+    SetTuning {
+        /// The domain.
+        uuid: [u8; 16],
+        /// Which parameters.
+        kind: TuneKind,
+        /// Their new values.
+        params: Vec<crate::privsep::admin::Param>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
+    /// `virDomainPinVcpu(Flags)`, and `virDomainPinEmulator` (`vcpu` `None`).
+    Pin {
+        /// The domain.
+        uuid: [u8; 16],
+        /// The vCPU, or the emulator threads.
+        vcpu: Option<u32>,
+        /// Host CPUs, one bit each.
+        cpumap: Vec<u8>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
     /// `virDomainSetMetadata`.
     SetMetadata {
         /// The domain.
@@ -438,6 +487,8 @@ impl Call {
                 | Call::Resume { .. }
                 | Call::OpenConsole { .. }
                 | Call::SetMetadata { .. }
+                | Call::SetTuning { .. }
+                | Call::Pin { .. }
                 | Call::GetTime { .. }
                 | Call::Admin(_)
         )

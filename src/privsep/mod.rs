@@ -11,7 +11,7 @@ mod channel;
 pub mod helper;
 mod messages;
 
-pub use calls::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, Query, VcpuInfo};
+pub use calls::{Call, CallError, CallValue, DomainEvent, DomainRef, EventKind, Query, TuneKind, VcpuInfo};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};
 pub use messages::{
     BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, KeyKind, ListenerKind,

@@ -10,4 +10,5 @@ pub mod error;
 pub mod frame;
 pub mod remote;
 pub mod stats;
+pub mod tuning;
 pub mod xdr;

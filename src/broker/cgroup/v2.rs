@@ -1,0 +1,231 @@
+//! cgroup v2: one unified tree. A guest's scope and its `libvirt` group are
+//! resource domains (memory, io, pids limits on the scope); `libvirt/emulator`
+//! and `libvirt/vcpuN` are threaded groups, so single threads of the one
+//! helper process can be placed and weighted apart, as libvirt does. Each
+//! level enables the controllers its children use in `cgroup.subtree_control`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::{Backend, Bandwidth, CgroupError, Controller, Kind, Place, base, mkdir, own_cgroup, read, read_num, rmdir, write};
+use crate::domain::tuning::{CpuSet, MemTune, UNLIMITED_KIB};
+
+/// The unified hierarchy: the partition's directory and the controllers
+/// enabled there.
+#[derive(Debug)]
+pub struct V2 {
+    base: PathBuf,
+    controllers: HashSet<Controller>,
+}
+
+/// Controllers that work in threaded groups.
+const THREADED: [Controller; 2] = [Controller::Cpu, Controller::Cpuset];
+
+impl V2 {
+    /// Finds the controllers the daemon's own group may hand down, and
+    /// creates the partition below it, enabling them at each level.
+    pub fn open(place: &Place<'_>, parts: &[String], absolute: bool, notes: &mut Vec<String>) -> Result<V2, String> {
+        let own = own_cgroup(place.self_cgroup, None);
+        let top = base(place.mount, own.as_deref(), &[], absolute);
+        let offered = read(&top.join("cgroup.controllers")).unwrap_or_default();
+        let offered: Vec<&str> = offered.split_whitespace().collect();
+        let mut controllers: HashSet<Controller> = Controller::ALL
+            .into_iter()
+            .filter(|c| c.v2_name().is_some_and(|n| offered.contains(&n)))
+            .collect();
+        if controllers.contains(&Controller::Cpu) {
+            controllers.insert(Controller::Cpuacct);
+        }
+        for c in Controller::ALL {
+            if !controllers.contains(&c) {
+                notes.push(format!("cgroup v2 controller '{}' is not offered at '{}'", c.v1_name(), top.display()));
+            }
+        }
+        let mut v2 = V2 { base: top.clone(), controllers };
+        let mut dir = top;
+        for p in parts {
+            if let Err(e) = v2.enable(&dir, &Controller::ALL).and_then(|()| mkdir(&dir.join(p))) {
+                notes.push(format!("cgroup v2 partition is not writable: {e}"));
+                v2.controllers.clear();
+                break;
+            }
+            dir.push(p);
+        }
+        v2.base = dir;
+        Ok(v2)
+    }
+
+    /// Enables `which` (those available) for the children of `dir`.
+    fn enable(&self, dir: &Path, which: &[Controller]) -> Result<(), CgroupError> {
+        let words: Vec<String> = which
+            .iter()
+            .filter(|c| self.controllers.contains(c))
+            .filter_map(|c| c.v2_name())
+            .map(|n| format!("+{n}"))
+            .collect();
+        if words.is_empty() {
+            return Ok(());
+        }
+        write(&dir.join("cgroup.subtree_control"), &words.join(" "))
+    }
+
+    fn file(&self, c: Controller, group: &Path, name: &str) -> Result<PathBuf, CgroupError> {
+        if !self.controllers.contains(&c) {
+            return Err(CgroupError::Unavailable(c.v2_name().unwrap_or("cpu")));
+        }
+        Ok(self.base.join(group).join(name))
+    }
+}
+
+/// A v2 memory figure ("max" or bytes) in KiB.
+fn kib_of(path: &Path) -> Result<u64, CgroupError> {
+    match read(path)?.as_str() {
+        "max" => Ok(UNLIMITED_KIB),
+        _ => Ok(read_num::<u64>(path)? / 1024),
+    }
+}
+
+fn bytes_of(kib: u64) -> String {
+    if kib >= UNLIMITED_KIB { "max".into() } else { kib.saturating_mul(1024).to_string() }
+}
+
+impl Backend for V2 {
+    fn version(&self) -> u8 {
+        2
+    }
+
+    fn has(&self, c: Controller) -> bool {
+        self.controllers.contains(&c)
+    }
+
+    fn dir(&self, _: Controller, group: &Path) -> PathBuf {
+        self.base.join(group)
+    }
+
+    fn create(&self, group: &Path, kind: Kind) -> Result<(), CgroupError> {
+        let dir = self.base.join(group);
+        let parent = dir.parent().unwrap_or(&self.base).to_owned();
+        match kind {
+            Kind::Domain => self.enable(&parent, &Controller::ALL)?,
+            Kind::Emulator | Kind::Vcpu => self.enable(&parent, &THREADED)?,
+        }
+        mkdir(&dir)?;
+        if kind != Kind::Domain {
+            write(&dir.join("cgroup.type"), "threaded")?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, group: &Path) -> Result<(), CgroupError> {
+        rmdir(&self.base.join(group))
+    }
+
+    fn exists(&self, group: &Path) -> bool {
+        self.base.join(group).is_dir()
+    }
+
+    fn add_process(&self, group: &Path, pid: i32) -> Result<(), CgroupError> {
+        write(&self.base.join(group).join("cgroup.procs"), &pid.to_string())
+    }
+
+    fn add_thread(&self, group: &Path, tid: i32) -> Result<(), CgroupError> {
+        write(&self.base.join(group).join("cgroup.threads"), &tid.to_string())
+    }
+
+    fn set_cpu_shares(&self, group: &Path, shares: u64) -> Result<(), CgroupError> {
+        // libvirt writes the figure as the weight, which the kernel bounds (1-10000).
+        write(&self.file(Controller::Cpu, group, "cpu.weight")?, &shares.clamp(1, 10_000).to_string())
+    }
+
+    fn cpu_shares(&self, group: &Path) -> Result<u64, CgroupError> {
+        read_num(&self.file(Controller::Cpu, group, "cpu.weight")?)
+    }
+
+    fn set_bandwidth(&self, group: &Path, b: Bandwidth) -> Result<(), CgroupError> {
+        let path = self.file(Controller::Cpu, group, "cpu.max")?;
+        let now = self.bandwidth(group).unwrap_or(Bandwidth { period: 100_000, quota: -1 });
+        let period = if b.period == 0 { now.period } else { b.period };
+        let quota = if b.quota == 0 { now.quota } else { b.quota };
+        let q = if quota < 0 { "max".to_owned() } else { quota.to_string() };
+        write(&path, &format!("{q} {period}"))
+    }
+
+    fn bandwidth(&self, group: &Path) -> Result<Bandwidth, CgroupError> {
+        let path = self.file(Controller::Cpu, group, "cpu.max")?;
+        let text = read(&path)?;
+        let bad = || CgroupError::Read { path: path.clone(), detail: format!("unexpected '{text}'") };
+        let (q, p) = text.split_once(' ').ok_or_else(bad)?;
+        let quota = if q == "max" { -1 } else { q.parse().map_err(|_| bad())? };
+        Ok(Bandwidth { period: p.parse().map_err(|_| bad())?, quota })
+    }
+
+    fn set_memory(&self, group: &Path, t: &MemTune) -> Result<(), CgroupError> {
+        if let Some(h) = t.hard_limit {
+            write(&self.file(Controller::Memory, group, "memory.max")?, &bytes_of(h))?;
+        }
+        if let Some(s) = t.soft_limit {
+            write(&self.file(Controller::Memory, group, "memory.high")?, &bytes_of(s))?;
+        }
+        if let Some(s) = t.swap_hard_limit {
+            // v2 bounds swap alone; libvirt's figure is memory plus swap.
+            let hard = match t.hard_limit {
+                Some(h) => h,
+                None => kib_of(&self.file(Controller::Memory, group, "memory.max")?)?,
+            };
+            let swap = if s >= UNLIMITED_KIB { UNLIMITED_KIB } else { s.saturating_sub(hard) };
+            write(&self.file(Controller::Memory, group, "memory.swap.max")?, &bytes_of(swap))?;
+        }
+        Ok(())
+    }
+
+    fn memory(&self, group: &Path) -> Result<MemTune, CgroupError> {
+        let hard = kib_of(&self.file(Controller::Memory, group, "memory.max")?)?;
+        let swap_path = self.file(Controller::Memory, group, "memory.swap.max")?;
+        let swap = if swap_path.exists() { Some(kib_of(&swap_path)?) } else { None };
+        Ok(MemTune {
+            hard_limit: Some(hard),
+            soft_limit: Some(kib_of(&self.file(Controller::Memory, group, "memory.high")?)?),
+            swap_hard_limit: swap.map(|s| if s >= UNLIMITED_KIB || hard >= UNLIMITED_KIB { UNLIMITED_KIB } else { s + hard }),
+        })
+    }
+
+    fn set_blkio_weight(&self, group: &Path, weight: u64) -> Result<(), CgroupError> {
+        let bfq = self.file(Controller::Blkio, group, "io.bfq.weight")?;
+        if bfq.exists() {
+            return write(&bfq, &weight.to_string());
+        }
+        write(&self.file(Controller::Blkio, group, "io.weight")?, &format!("default {weight}"))
+    }
+
+    fn blkio_weight(&self, group: &Path) -> Result<u64, CgroupError> {
+        let bfq = self.file(Controller::Blkio, group, "io.bfq.weight")?;
+        let path = if bfq.exists() { bfq } else { self.file(Controller::Blkio, group, "io.weight")? };
+        let text = read(&path)?;
+        let line = text.lines().find(|l| l.starts_with("default")).unwrap_or(&text);
+        let v = line.split_whitespace().last().unwrap_or("");
+        v.parse().map_err(|_| CgroupError::Read { path, detail: format!("unexpected '{text}'") })
+    }
+
+    fn set_blkio_throttle(&self, group: &Path, dev: (u32, u32), limits: [u64; 4]) -> Result<(), CgroupError> {
+        let v = |n: u64| if n == 0 { "max".to_owned() } else { n.to_string() };
+        let line = format!(
+            "{}:{} rbps={} wbps={} riops={} wiops={}",
+            dev.0,
+            dev.1,
+            v(limits[0]),
+            v(limits[1]),
+            v(limits[2]),
+            v(limits[3])
+        );
+        write(&self.file(Controller::Blkio, group, "io.max")?, &line)
+    }
+
+    fn set_pids_max(&self, group: &Path, max: u64) -> Result<(), CgroupError> {
+        let v = if max == 0 { "max".to_owned() } else { max.to_string() };
+        write(&self.file(Controller::Pids, group, "pids.max")?, &v)
+    }
+
+    fn set_cpus(&self, group: &Path, cpus: &CpuSet) -> Result<(), CgroupError> {
+        write(&self.file(Controller::Cpuset, group, "cpuset.cpus")?, &cpus.format())
+    }
+}
