@@ -139,7 +139,8 @@ fn a_guest_runs_in_its_own_cgroups_with_the_limits_of_its_xml() {
     // schedinfo reads the cgroups.
     let (code, out, err) = virsh(&rw, &["schedinfo", "cg", "--live"]);
     assert_eq!(code, 0, "{err}");
-    for want in ["cpu_shares     : 512", "vcpu_quota     : 50000", "emulator_quota : 20000", "global_quota   : 200000"] {
+    for want in ["cpu_shares     : 512", "vcpu_quota     : 50000", "emulator_quota : 20000", "global_quota   : 200000"]
+    {
         assert!(out.contains(want), "{want}: {out}");
     }
     // Changed live: the files change, and so does the definition.
@@ -222,8 +223,10 @@ fn tuning_the_host_cannot_apply_fails_the_start_naming_it() {
     }
     let d = Daemon::start("", &[]);
     let rw = d.tree.sock("libvirt-sock");
-    let xml = test_guest_xml(&d, "bw", UUID_B)
-        .replace("<vcpu placement='static'>1</vcpu>", "<vcpu placement='static'>1</vcpu><blkiotune><weight>300</weight></blkiotune>");
+    let xml = test_guest_xml(&d, "bw", UUID_B).replace(
+        "<vcpu placement='static'>1</vcpu>",
+        "<vcpu placement='static'>1</vcpu><blkiotune><weight>300</weight></blkiotune>",
+    );
     let file = d.tree.path("bw.xml");
     std::fs::write(&file, xml).unwrap();
     assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);

@@ -237,7 +237,13 @@ impl Launcher {
 
     /// Creates guest `id`'s cgroups, moves helper `pid` in and writes the
     /// definition's limits; on failure nothing of them is left.
-    fn enter_cgroup(&self, cgroups: &Arc<Cgroups>, def: &DomainDef, id: i32, pid: Pid) -> Result<GuestCgroup, CallError> {
+    fn enter_cgroup(
+        &self,
+        cgroups: &Arc<Cgroups>,
+        def: &DomainDef,
+        id: i32,
+        pid: Pid,
+    ) -> Result<GuestCgroup, CallError> {
         let fail = |e: super::cgroup::CgroupError| {
             CallError::OperationFailed(format!("guest '{}' cannot be placed in its cgroup: {e}", def.name))
         };

@@ -68,7 +68,8 @@ pub fn set_affinity(tid: i32, cpus: &CpuSet) -> Result<(), PinError> {
 
 /// Thread ids of helper `pid`: its vCPU threads by index, and the others.
 pub fn threads(pid: Pid, vcpus: u32) -> (Vec<Option<i32>>, Vec<i32>) {
-    let by_index: Vec<Option<i32>> = procfs::vcpu_threads(pid, vcpus).iter().map(|t| t.as_ref().map(|t| t.tid)).collect();
+    let by_index: Vec<Option<i32>> =
+        procfs::vcpu_threads(pid, vcpus).iter().map(|t| t.as_ref().map(|t| t.tid)).collect();
     let dir = std::path::Path::new("/proc").join(pid.to_string()).join("task");
     let others = std::fs::read_dir(dir)
         .map(|d| {

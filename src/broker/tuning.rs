@@ -47,7 +47,9 @@ fn signed(p: &Param) -> Result<i64, CallError> {
         ParamValue::Int(v) => Ok((*v).into()),
         ParamValue::UInt(v) => Ok((*v).into()),
         ParamValue::LLong(v) => Ok(*v),
-        ParamValue::ULLong(v) => i64::try_from(*v).map_err(|_| CallError::InvalidArg(format!("value of '{}' out of range", p.field))),
+        ParamValue::ULLong(v) => {
+            i64::try_from(*v).map_err(|_| CallError::InvalidArg(format!("value of '{}' out of range", p.field)))
+        }
         _ => Err(CallError::InvalidArg(format!("invalid type for parameter '{}'", p.field))),
     }
 }
@@ -236,12 +238,7 @@ fn changed(mut t: Tuning, kind: crate::privsep::TuneKind, params: &[Param]) -> R
 }
 
 /// Writes the figures `params` named to a running guest's cgroups.
-fn apply_live(
-    cg: &GuestCgroup,
-    kind: crate::privsep::TuneKind,
-    t: &Tuning,
-    params: &[Param],
-) -> Result<(), CallError> {
+fn apply_live(cg: &GuestCgroup, kind: crate::privsep::TuneKind, t: &Tuning, params: &[Param]) -> Result<(), CallError> {
     use crate::privsep::TuneKind;
     let b = &cg.cgroups().backend;
     let named = |f: &str| params.iter().any(|p| p.field == f);
@@ -340,7 +337,9 @@ pub fn pin(
         let pid = e.pid.ok_or(CallError::NotRunning)?;
         let (by_index, others) = pinning::threads(pid, e.def.vcpus);
         let tids: Vec<i32> = match vcpu {
-            Some(v) => vec![by_index.get(v as usize).copied().flatten().ok_or_else(|| failed(format!("vCPU {v} has no thread")))?],
+            Some(v) => vec![
+                by_index.get(v as usize).copied().flatten().ok_or_else(|| failed(format!("vCPU {v} has no thread")))?,
+            ],
             None => others,
         };
         if let Some(cg) = cg
@@ -407,10 +406,11 @@ mod tests {
 
     #[test]
     fn parameters_change_the_definition_within_libvirts_ranges() {
-        let t = changed(Tuning::default(), TuneKind::Scheduler, &[
-            p("cpu_shares", ParamValue::ULLong(512)),
-            p("vcpu_quota", ParamValue::LLong(-5)),
-        ])
+        let t = changed(
+            Tuning::default(),
+            TuneKind::Scheduler,
+            &[p("cpu_shares", ParamValue::ULLong(512)), p("vcpu_quota", ParamValue::LLong(-5))],
+        )
         .unwrap();
         assert_eq!((t.cpu.shares, t.cpu.quota), (Some(512), Some(-1)));
         assert!(changed(Tuning::default(), TuneKind::Scheduler, &[p("cpu_shares", ParamValue::ULLong(1))]).is_err());

@@ -585,7 +585,7 @@ mod tests {
                 with_devices("<interface type='network'><source network='d'/><model type='e1000'/></interface>"),
                 "'e1000'",
             ),
-            (GOOD.replace("<vcpu placement='static'>1</vcpu>", "<vcpu>1</vcpu><cputune/>"), "<cputune>"),
+            (GOOD.replace("<vcpu placement='static'>1</vcpu>", "<vcpu>1</vcpu><numatune/>"), "<numatune>"),
         ] {
             match reject(&xml) {
                 DomainError::Unsupported(m) => assert!(m.contains(needle), "{needle}: {m}"),

@@ -38,7 +38,9 @@ impl CpuSet {
                 None => (false, part),
             };
             let (lo, hi) = match part.split_once('-') {
-                Some((a, b)) if !neg => (a.trim().parse::<u32>().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+                Some((a, b)) if !neg => {
+                    (a.trim().parse::<u32>().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?)
+                }
                 _ => {
                     let n = part.parse::<u32>().map_err(|_| bad())?;
                     (n, n)
@@ -214,7 +216,10 @@ pub fn cputune(e: &Element, vcpus: u32) -> Result<CpuTune, DomainError> {
         let quota = |c: &Element| -> Result<Option<i64>, DomainError> {
             let v: i64 = num(c)?;
             if !check_quota(v) {
-                return Err(invalid(format!("Value of cputune '{}' must be in range [1000, 17592186044415] or less than 0", c.name)));
+                return Err(invalid(format!(
+                    "Value of cputune '{}' must be in range [1000, 17592186044415] or less than 0",
+                    c.name
+                )));
             }
             Ok(Some(v))
         };
@@ -227,10 +232,8 @@ pub fn cputune(e: &Element, vcpus: u32) -> Result<CpuTune, DomainError> {
             "emulator_period" => t.emulator_period = period(c)?,
             "emulator_quota" => t.emulator_quota = quota(c)?,
             "vcpupin" => {
-                let v: u32 = c
-                    .get("vcpu")
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| invalid("missing vcpu id in vcpupin"))?;
+                let v: u32 =
+                    c.get("vcpu").and_then(|v| v.parse().ok()).ok_or_else(|| invalid("missing vcpu id in vcpupin"))?;
                 if v >= vcpus {
                     return Err(invalid(format!("vcpupin: vCPU {v} does not exist (the guest has {vcpus})")));
                 }
@@ -268,10 +271,8 @@ fn vcpusched(c: &Element, vcpus: u32) -> Result<VcpuSched, DomainError> {
     let scheduler = c.get("scheduler").ok_or_else(|| invalid("Missing scheduler type"))?.to_owned();
     let priority = match scheduler.as_str() {
         "fifo" | "rr" => {
-            let p: u32 = c
-                .get("priority")
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| invalid("Missing scheduler priority"))?;
+            let p: u32 =
+                c.get("priority").and_then(|p| p.parse().ok()).ok_or_else(|| invalid("Missing scheduler priority"))?;
             if !(1..=99).contains(&p) {
                 return Err(invalid(format!("Scheduler priority {p} out of range [1, 99]")));
             }
@@ -402,7 +403,8 @@ pub fn emit_memtune(t: &MemTune) -> Option<Element> {
         return None;
     }
     let mut e = Element::new("memtune");
-    for (name, v) in [("hard_limit", t.hard_limit), ("soft_limit", t.soft_limit), ("swap_hard_limit", t.swap_hard_limit)]
+    for (name, v) in
+        [("hard_limit", t.hard_limit), ("soft_limit", t.soft_limit), ("swap_hard_limit", t.swap_hard_limit)]
     {
         if let Some(v) = v {
             e = e.child(Element::new(name).attr("unit", "KiB").with_text(v.to_string()));

@@ -434,7 +434,9 @@ fn set_tuning(
 /// a set may name is refused.
 fn pin(dom: NonnullDomain, vcpu: Option<u32>, cpumap: Vec<u8>, flags: u32) -> Result<Action, RpcError> {
     if cpumap.len() > crate::domain::tuning::MAX_CPUS as usize / 8 {
-        return Err(crate::privsep::CallError::InvalidArg("cpumap is longer than the host CPUs it may name".into()).into());
+        return Err(
+            crate::privsep::CallError::InvalidArg("cpumap is longer than the host CPUs it may name".into()).into()
+        );
     }
     Ok(Action::Forward(Call::Pin { uuid: dom.uuid.0, vcpu, cpumap, flags }))
 }
@@ -669,7 +671,7 @@ mod tests {
             }
         }
         let unsupported = LIBVIRT_PROCS.iter().filter(|e| e.status == ProcStatus::Unsupported).count();
-        assert!(unsupported > 300, "{unsupported}");
+        assert!(unsupported > 250, "{unsupported}");
     }
 
     #[test]
@@ -765,7 +767,12 @@ mod tests {
             enc(&crate::rpc::tuning::SetParamsFlagsArgs { dom: dom.clone(), params: Vec::new(), flags: 0 }),
             enc(&crate::rpc::tuning::GetParamsArgs { dom: dom.clone(), nparams: 0, flags: 0 }),
             enc(&crate::rpc::tuning::PinVcpuArgs { dom: dom.clone(), vcpu: 0, cpumap: xdr::Opaque(vec![1]) }),
-            enc(&crate::rpc::tuning::PinVcpuFlagsArgs { dom: dom.clone(), vcpu: 0, cpumap: xdr::Opaque(vec![1]), flags: 0 }),
+            enc(&crate::rpc::tuning::PinVcpuFlagsArgs {
+                dom: dom.clone(),
+                vcpu: 0,
+                cpumap: xdr::Opaque(vec![1]),
+                flags: 0,
+            }),
             enc(&crate::rpc::tuning::PinEmulatorArgs { dom: dom.clone(), cpumap: xdr::Opaque(vec![1]), flags: 0 }),
             enc(&crate::rpc::tuning::GetEmulatorPinInfoArgs { dom: dom.clone(), maplen: 1, flags: 0 }),
         ]

@@ -188,8 +188,8 @@ impl GuestCgroup {
 /// The device number of a block device node.
 fn device_number(path: &str) -> Result<(u32, u32), CgroupError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::metadata(path)
-        .map_err(|e| CgroupError::Read { path: PathBuf::from(path), detail: e.to_string() })?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| CgroupError::Read { path: PathBuf::from(path), detail: e.to_string() })?;
     if !meta.file_type().is_block_device() {
         return Err(CgroupError::Read { path: PathBuf::from(path), detail: "not a block device".into() });
     }

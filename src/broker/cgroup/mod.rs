@@ -294,8 +294,7 @@ impl Cgroups {
 
     /// The controllers available, by name, for the start-up log line.
     pub fn summary(&self) -> String {
-        let names: Vec<&str> =
-            Controller::ALL.iter().filter(|c| self.backend.has(**c)).map(|c| c.v1_name()).collect();
+        let names: Vec<&str> = Controller::ALL.iter().filter(|c| self.backend.has(**c)).map(|c| c.v1_name()).collect();
         format!("cgroup v{} with controllers {}", self.backend.version(), names.join(", "))
     }
 }

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, Bandwidth, CgroupError, Controller, Kind, Place, base, mkdir, own_cgroup, read, read_num, rmdir, write};
+use super::{
+    Backend, Bandwidth, CgroupError, Controller, Kind, Place, base, mkdir, own_cgroup, read, read_num, rmdir, write,
+};
 use crate::domain::tuning::{CpuSet, MemTune, UNLIMITED_KIB};
 
 /// The v1 hierarchies the daemon can use, by controller: the partition's

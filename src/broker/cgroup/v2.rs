@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, Bandwidth, CgroupError, Controller, Kind, Place, base, mkdir, own_cgroup, read, read_num, rmdir, write};
+use super::{
+    Backend, Bandwidth, CgroupError, Controller, Kind, Place, base, mkdir, own_cgroup, read, read_num, rmdir, write,
+};
 use crate::domain::tuning::{CpuSet, MemTune, UNLIMITED_KIB};
 
 /// The unified hierarchy: the partition's directory and the controllers
@@ -29,10 +31,8 @@ impl V2 {
         let top = base(place.mount, own.as_deref(), &[], absolute);
         let offered = read(&top.join("cgroup.controllers")).unwrap_or_default();
         let offered: Vec<&str> = offered.split_whitespace().collect();
-        let mut controllers: HashSet<Controller> = Controller::ALL
-            .into_iter()
-            .filter(|c| c.v2_name().is_some_and(|n| offered.contains(&n)))
-            .collect();
+        let mut controllers: HashSet<Controller> =
+            Controller::ALL.into_iter().filter(|c| c.v2_name().is_some_and(|n| offered.contains(&n))).collect();
         if controllers.contains(&Controller::Cpu) {
             controllers.insert(Controller::Cpuacct);
         }
@@ -185,7 +185,8 @@ impl Backend for V2 {
         Ok(MemTune {
             hard_limit: Some(hard),
             soft_limit: Some(kib_of(&self.file(Controller::Memory, group, "memory.high")?)?),
-            swap_hard_limit: swap.map(|s| if s >= UNLIMITED_KIB || hard >= UNLIMITED_KIB { UNLIMITED_KIB } else { s + hard }),
+            swap_hard_limit: swap
+                .map(|s| if s >= UNLIMITED_KIB || hard >= UNLIMITED_KIB { UNLIMITED_KIB } else { s + hard }),
         })
     }
 
@@ -227,5 +228,95 @@ impl Backend for V2 {
 
     fn set_cpus(&self, group: &Path, cpus: &CpuSet) -> Result<(), CgroupError> {
         write(&self.file(Controller::Cpuset, group, "cpuset.cpus")?, &cpus.format())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::cgroup::{Cgroups, GuestCgroup};
+    use crate::domain::tuning::{CpuTune, Tuning};
+
+    /// A unified tree as the kernel shows it to a daemon in `/daemon.service`.
+    fn fake_tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::create_dir(dir.path().join("daemon.service")).unwrap();
+        std::fs::write(dir.path().join("daemon.service/cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        dir
+    }
+
+    fn get(dir: &Path, rel: &str) -> String {
+        std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")).trim().to_owned()
+    }
+
+    #[test]
+    fn a_guest_on_a_unified_tree_gets_threaded_vcpu_groups_and_v2_limits() {
+        let tree = fake_tree();
+        let place = Place { mount: tree.path(), partition: "machine", self_cgroup: "0::/daemon.service\n" };
+        let mut notes = Vec::new();
+        let cgroups = Arc::new(Cgroups::detect(&place, &mut notes).unwrap());
+        assert_eq!(cgroups.backend.version(), 2, "{notes:?}");
+        assert!(Controller::ALL.iter().all(|c| cgroups.backend.has(*c)), "{notes:?}");
+        let base = tree.path().join("daemon.service/machine");
+        assert!(get(&tree.path().join("daemon.service"), "cgroup.subtree_control").contains("+memory"));
+
+        let cg = GuestCgroup::create(&cgroups, 3, "vm", 2).unwrap();
+        let scope = "machine-qemu\\x2d3\\x2dvm.scope";
+        assert_eq!(get(&base, &format!("{scope}/libvirt/vcpu1/cgroup.type")), "threaded");
+        assert_eq!(get(&base, &format!("{scope}/libvirt/emulator/cgroup.type")), "threaded");
+        // Only the threaded controllers are handed to the threaded groups.
+        assert_eq!(get(&base, &format!("{scope}/libvirt/cgroup.subtree_control")), "+cpu +cpuset");
+        cg.add_helper(4242).unwrap();
+        assert_eq!(get(&base, &format!("{scope}/libvirt/emulator/cgroup.procs")), "4242");
+        cg.add_vcpu(1, 4243, Some(&CpuSet(vec![0, 1]))).unwrap();
+        assert_eq!(get(&base, &format!("{scope}/libvirt/vcpu1/cgroup.threads")), "4243");
+        assert_eq!(get(&base, &format!("{scope}/libvirt/vcpu1/cpuset.cpus")), "0-1");
+
+        let t = Tuning {
+            cpu: CpuTune {
+                shares: Some(512),
+                period: Some(100_000),
+                quota: Some(50_000),
+                emulator_quota: Some(-1),
+                ..Default::default()
+            },
+            memory: MemTune { hard_limit: Some(262_144), soft_limit: Some(131_072), swap_hard_limit: Some(393_216) },
+            blkio: crate::domain::tuning::BlkioTune { weight: Some(300), devices: Vec::new() },
+        };
+        cg.apply(&t).unwrap();
+        assert_eq!(get(&base, &format!("{scope}/cpu.weight")), "512");
+        assert_eq!(get(&base, &format!("{scope}/libvirt/vcpu0/cpu.max")), "50000 100000");
+        assert_eq!(get(&base, &format!("{scope}/libvirt/emulator/cpu.max")), "max 100000");
+        assert_eq!(get(&base, &format!("{scope}/memory.max")), (256u64 << 20).to_string());
+        assert_eq!(get(&base, &format!("{scope}/memory.high")), (128u64 << 20).to_string());
+        // v2 bounds swap alone: libvirt's figure less the hard limit.
+        assert_eq!(get(&base, &format!("{scope}/memory.swap.max")), (128u64 << 20).to_string());
+        assert_eq!(get(&base, &format!("{scope}/io.weight")), "default 300");
+        assert_eq!(get(&base, &format!("{scope}/pids.max")), "66");
+        // Read back as libvirt reports them.
+        let b = &cgroups.backend;
+        assert_eq!(b.memory(cg.scope()).unwrap(), t.memory);
+        assert_eq!(b.bandwidth(&cg.vcpu(0)).unwrap(), Bandwidth { period: 100_000, quota: 50_000 });
+        assert_eq!(b.cpu_shares(cg.scope()).unwrap(), 512);
+        assert_eq!(b.blkio_weight(cg.scope()).unwrap(), 300);
+        b.set_blkio_throttle(cg.scope(), (8, 0), [1000, 0, 0, 20]).unwrap();
+        assert_eq!(get(&base, &format!("{scope}/io.max")), "8:0 rbps=1000 wbps=max riops=max wiops=20");
+
+        // Found again by name, as after a daemon restart.
+        assert!(GuestCgroup::find(&cgroups, 3, "vm", 2).is_some());
+        assert!(GuestCgroup::find(&cgroups, 4, "vm", 2).is_none());
+    }
+
+    #[test]
+    fn an_absolute_partition_ignores_the_daemons_own_group_and_no_controllers_means_none() {
+        let tree = fake_tree();
+        let place = Place { mount: tree.path(), partition: "/machine.slice", self_cgroup: "0::/daemon.service\n" };
+        let cgroups = Cgroups::detect(&place, &mut Vec::new()).unwrap();
+        assert_eq!(cgroups.backend.dir(Controller::Cpu, Path::new("x")), tree.path().join("machine.slice/x"));
+        std::fs::write(tree.path().join("cgroup.controllers"), "").unwrap();
+        assert!(Cgroups::detect(&place, &mut Vec::new()).is_err());
     }
 }
