@@ -300,7 +300,16 @@ impl Broker {
                                       libvirtd?)";
                         return self.guest_stopped(uuid, StopReason::Failed, detail);
                     }
-                    Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
+                    Err(e) => {
+                        // A helper the kernel killed over its memory limit: a crash, said so.
+                        let limit =
+                            self.setup.ctx.domains.by_uuid(&uuid).ok().and_then(|e| e.def.tuning().memory.hard_limit);
+                        let oom = running.cgroup.as_ref().and_then(|c| c.out_of_memory(limit));
+                        return match oom {
+                            Some(detail) => self.guest_stopped(uuid, StopReason::Crash, &detail),
+                            None => self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
+                        };
+                    }
                 }
             },
         }

@@ -12,6 +12,7 @@
  *               | mmio (read, write, read back unassigned MMIO: MMIO=ones|other)
  *               | fault (int3 with an empty IDT: a triple fault, or KVM's
  *                 internal error under an emulating KVM)
+ *               | touch MIB (see the resources block)
  * Command line: "resetatboot" makes it print RESETTING after CMDLINE= and
  *               reset at once (i8042 0xFE), on every boot.
  */
@@ -303,9 +304,47 @@ shell:
         int3
         jmp halt_forever
 .Lnot_fault:
+        jmp resources_commands          /* the resources block, below */
+.Lunknown_command:
         leaq msg_unknown(%rip), %rsi
         call puts
         jmp shell
+
+/* ---------------- resources (issue 17): memory commands ----------------
+ * touch MIB: writes one byte to every 4 KiB page of MIB MiB from 16 MiB up
+ *            (at most 1000 MiB, inside the identity map), then prints
+ *            TOUCHED=<MiB>; a guest over its memory limit is killed first.
+ * Anything else goes on to "unknown command".
+ */
+        .set TOUCH_BASE, 0x1000000
+resources_commands:
+        leaq linebuf(%rip), %rsi
+        leaq w_touch(%rip), %rdi
+        call prefix
+        jnc .Lunknown_command
+        call parsedec                   /* rax = MiB */
+        cmpq $1000, %rax
+        jbe 70f
+        movq $1000, %rax
+70:     pushq %rax
+        movq %rax, %rcx
+        shlq $8, %rcx                   /* 256 pages per MiB */
+        movq $TOUCH_BASE, %rdi
+        testq %rcx, %rcx
+        jz 72f
+71:     movb $0x5a, (%rdi)
+        addq $4096, %rdi
+        decq %rcx
+        jnz 71b
+72:     leaq msg_touched(%rip), %rsi
+        call puts
+        popq %rax
+        call putdec
+        call newline
+        jmp shell
+w_touch:     .asciz "touch "
+msg_touched: .asciz "TOUCHED="
+/* ---------------- end of the resources block ---------------- */
 
 /* start_aps: wakes the other CPUs (CPUID leaf 1 says how many) with
    INIT-SIPI through the x2APIC, and waits a bounded time for each to run

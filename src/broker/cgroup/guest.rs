@@ -153,6 +153,16 @@ impl GuestCgroup {
         Ok(())
     }
 
+    /// Why the helper is gone, if the kernel killed it for exceeding the
+    /// guest's memory limit.
+    pub fn out_of_memory(&self, limit: Option<u64>) -> Option<String> {
+        let kills = self.cgroups.backend.oom_kills(&self.scope);
+        (kills > 0).then(|| match limit {
+            Some(kib) => format!("killed by the kernel: out of memory in its cgroup (memtune hard_limit {kib} KiB)"),
+            None => "killed by the kernel: out of memory in its cgroup".to_owned(),
+        })
+    }
+
     /// Removes the groups, deepest first; false if one is still busy.
     fn remove_now(&self) -> bool {
         let b = &self.cgroups.backend;

@@ -186,6 +186,13 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     fn set_pids_max(&self, group: &Path, max: u64) -> Result<(), CgroupError>;
     /// Sets the host CPUs of a group (cpuset).
     fn set_cpus(&self, group: &Path, cpus: &CpuSet) -> Result<(), CgroupError>;
+    /// How many tasks of the group the kernel killed for want of memory.
+    fn oom_kills(&self, group: &Path) -> u64;
+}
+
+/// The `oom_kill N` figure of a `memory.oom_control` or `memory.events` file.
+pub(crate) fn oom_kill_count(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Writes `value` to `path`.

@@ -172,16 +172,20 @@ impl Backend for V1 {
         if let Some(s) = t.soft_limit {
             write(&self.file(Controller::Memory, group, "memory.soft_limit_in_bytes")?, &bytes_of(s))?;
         }
-        // memsw may never be below the hard limit: raise it first, lower it last.
-        let swap_first = t.swap_hard_limit.is_some_and(|s| Some(s) >= t.hard_limit);
-        if swap_first && let Some(s) = t.swap_hard_limit {
+        // memsw may never be below the hard limit: where writing it first
+        // fails, the hard limit goes first.
+        let mut hard_done = false;
+        if let Some(s) = t.swap_hard_limit
+            && write(&swap, &bytes_of(s)).is_err()
+        {
+            if let Some(h) = t.hard_limit {
+                write(&hard, &bytes_of(h))?;
+                hard_done = true;
+            }
             write(&swap, &bytes_of(s))?;
         }
-        if let Some(h) = t.hard_limit {
+        if !hard_done && let Some(h) = t.hard_limit {
             write(&hard, &bytes_of(h))?;
-        }
-        if !swap_first && let Some(s) = t.swap_hard_limit {
-            write(&swap, &bytes_of(s))?;
         }
         Ok(())
     }
@@ -233,5 +237,15 @@ impl Backend for V1 {
 
     fn set_cpus(&self, group: &Path, cpus: &CpuSet) -> Result<(), CgroupError> {
         write(&self.file(Controller::Cpuset, group, "cpuset.cpus")?, &cpus.format())
+    }
+
+    fn oom_kills(&self, group: &Path) -> u64 {
+        // v1 counts a kill in the victim's own group only, not its parents'.
+        let count = |g: &Path| {
+            self.file(Controller::Memory, g, "memory.oom_control")
+                .and_then(|p| read(&p))
+                .map_or(0, |t| super::oom_kill_count(&t))
+        };
+        count(group) + count(&group.join("libvirt/emulator"))
     }
 }

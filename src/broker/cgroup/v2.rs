@@ -229,6 +229,13 @@ impl Backend for V2 {
     fn set_cpus(&self, group: &Path, cpus: &CpuSet) -> Result<(), CgroupError> {
         write(&self.file(Controller::Cpuset, group, "cpuset.cpus")?, &cpus.format())
     }
+
+    fn oom_kills(&self, group: &Path) -> u64 {
+        // Hierarchical on v2: the scope's figure counts its descendants'.
+        self.file(Controller::Memory, group, "memory.events")
+            .and_then(|p| read(&p))
+            .map_or(0, |t| super::oom_kill_count(&t))
+    }
 }
 
 #[cfg(test)]
