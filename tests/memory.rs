@@ -90,3 +90,51 @@ print("ended")
     assert_eq!(code, 0, "{err}");
     assert_eq!(virsh(&rw, &["destroy", "oom"]).0, 0);
 }
+
+/// The answers to `e820`, `himem 5120` and `himem 8192` (past its RAM) of a 6 GiB
+/// guest booted from `kernel` (a file of the guest kit).
+fn six_gib_guest(kernel: &str, name: &str, uuid: &str) -> String {
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let images = d.tree.path("guest");
+    let xml = test_guest_xml(&d, name, uuid)
+        .replace(images.join("vmlinuz").to_str().unwrap(), images.join(kernel).to_str().unwrap())
+        .replace("<memory unit='MiB'>128</memory>", "<memory unit='GiB'>6</memory>")
+        .replace("<currentMemory unit='MiB'>128</currentMemory>", "<currentMemory unit='GiB'>6</currentMemory>");
+    let script = format!(
+        "URI = {:?}\nXML = {xml:?}\n{PRELUDE}{PY_UNTIL}{}",
+        uri(&rw),
+        r#"
+dom = conn.createXML(XML, 0)
+st = console(dom)
+st.send(b"\r")
+until(st, b"> ")
+def answer(command, marker):
+    st.send(command + b"\r")
+    text = until(st, b"\r\n> ").decode()
+    print([l for l in text.splitlines() if l.startswith(marker)][0])
+answer(b"e820", "E820=")
+answer(b"himem 5120", "HIMEM=")
+answer(b"himem 8192", "HIMEM=")
+dom.destroy()
+"#
+    );
+    run_python(&d, &script, Duration::from_secs(120))
+}
+
+#[test]
+fn a_six_gib_guest_gets_ram_above_4_gib_in_both_boot_protocols() {
+    if !ready() {
+        return;
+    }
+    // KiB: conventional memory, 1 MiB up to the hole at 3 GiB, and 3 GiB from 4 GiB.
+    let map = "E820=0+639:1,1024+3144704:1,4194304+3145728:1";
+    for (kernel, name, uuid) in [
+        ("vmlinuz", "big-bz", "4b2e8f10-6c3d-4a5e-8f7a-9b0c1d2e3f02"),
+        ("pvh.elf", "big-pvh", "4b2e8f10-6c3d-4a5e-8f7a-9b0c1d2e3f03"),
+    ] {
+        let out = six_gib_guest(kernel, name, uuid);
+        // 8 GiB is past the guest's RAM: no memory there to keep the pattern.
+        assert_eq!(out, format!("{map}\nHIMEM=ok 5120\nHIMEM=bad 8192\n"), "{kernel}");
+    }
+}

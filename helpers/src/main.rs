@@ -13,6 +13,7 @@ mod bus;
 mod cpu;
 mod devices;
 mod events;
+mod layout;
 mod link;
 mod mmio;
 mod vcpu;

@@ -25,8 +25,7 @@ use crate::devices::serial::{self, Serial};
 use crate::devices::{IrqFd, acpi_pm, pvpanic};
 use crate::vcpu::kvm::KvmVcpu;
 
-/// Guest RAM must end below the 32-bit PCI hole.
-const MAX_MEMORY_MIB: u64 = 3 * 1024;
+use crate::layout::MAX_MEMORY_MIB;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const COM1_IRQ: u32 = 4;
 const KBD_IRQ: u32 = 1;
@@ -126,8 +125,11 @@ pub fn build(config: &GuestConfig, files: BootFiles) -> Result<Built, BuildError
     vm.create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() })
         .map_err(kvm("KVM_CREATE_PIT2"))?;
     let mem_size = config.memory_mib << 20;
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-        .map_err(|e| BuildError::GuestMemory(e.to_string()))?;
+    // RAM around the PCI hole (layout.rs); anonymous, MAP_NORESERVE: what
+    // the guest never touches costs the host nothing.
+    let ranges: Vec<(GuestAddress, usize)> =
+        crate::layout::ram(mem_size).into_iter().map(|(s, l)| (GuestAddress(s), l as usize)).collect();
+    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| BuildError::GuestMemory(e.to_string()))?;
     // From here on the machine owns VM and memory, and drops them in order.
     let machine = Machine::new(vm, memory);
     register_memory(&machine)?;
