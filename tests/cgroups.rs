@@ -50,10 +50,10 @@ fn vcpu_tids(pid: i32, n: usize) -> Vec<i32> {
     for e in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let tid: i32 = e.file_name().to_str().unwrap().parse().unwrap();
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if let Some(i) = comm.trim().strip_prefix("helper-vcpu").and_then(|i| i.parse::<usize>().ok()) {
-            if i < n {
-                out[i] = tid;
-            }
+        if let Some(i) = comm.trim().strip_prefix("helper-vcpu").and_then(|i| i.parse::<usize>().ok())
+            && i < n
+        {
+            out[i] = tid;
         }
     }
     out
@@ -109,12 +109,12 @@ fn a_guest_runs_in_its_own_cgroups_with_the_limits_of_its_xml() {
         let cpu = scope(&d, "cpu", 1, "cg");
         assert_eq!(read(&cpu.join("cpu.shares")), "512");
         assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "200000");
-        for n in 0..2 {
+        for (n, tid) in tids.iter().enumerate() {
             let v = cpu.join(format!("libvirt/vcpu{n}"));
             assert_eq!(read(&v.join("cpu.cfs_period_us")), "100000");
             assert_eq!(read(&v.join("cpu.cfs_quota_us")), "50000");
             // Each vCPU thread, and only it, in its own group.
-            assert_eq!(read(&v.join("tasks")), tids[n].to_string());
+            assert_eq!(read(&v.join("tasks")), tid.to_string());
         }
         assert_eq!(read(&cpu.join("libvirt/emulator/cpu.cfs_quota_us")), "20000");
         assert!(read(&cpu.join("libvirt/emulator/tasks")).lines().any(|t| t == pid.to_string()));
