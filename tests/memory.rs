@@ -138,3 +138,71 @@ fn a_six_gib_guest_gets_ram_above_4_gib_in_both_boot_protocols() {
         assert_eq!(out, format!("{map}\nHIMEM=ok 5120\nHIMEM=bad 8192\n"), "{kernel}");
     }
 }
+
+/// Reserves `n` more 2 MiB huge pages for the test and gives them back after.
+struct HugePages(u64);
+
+impl HugePages {
+    const KNOB: &str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(n: u64) -> HugePages {
+        let before: u64 = std::fs::read_to_string(Self::KNOB).unwrap().trim().parse().unwrap();
+        std::fs::write(Self::KNOB, (before + n).to_string()).unwrap();
+        HugePages(before)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::KNOB, self.0.to_string());
+    }
+}
+
+fn free_2m() -> u64 {
+    let f = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages";
+    std::fs::read_to_string(f).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn huge_page_backing_shows_in_the_helpers_smaps_and_a_shortfall_fails_the_start() {
+    if !ready() {
+        return;
+    }
+    let _pages = HugePages::reserve(8);
+    assert!(free_2m() >= 8, "the kernel did not give 8 huge pages of 2 MiB");
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let backed = |mib: u32| {
+        format!(
+            "<memory unit='MiB'>{mib}</memory>\n  <currentMemory unit='MiB'>{mib}</currentMemory>\n  \
+             <memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages><nosharepages/></memoryBacking>"
+        )
+    };
+    let base = test_guest_xml(&d, "huge", UUID_M);
+    let plain = "<memory unit='MiB'>128</memory>\n  <currentMemory unit='MiB'>128</currentMemory>";
+    let file = d.tree.path("huge.xml");
+    std::fs::write(&file, base.replace(plain, &backed(16))).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let free = free_2m();
+    let (code, _, err) = virsh(&rw, &["start", "huge"]);
+    assert_eq!(code, 0, "{err}\n{}", d.stderr());
+    assert_eq!(free_2m(), free - 8, "the guest's 16 MiB are 8 huge pages");
+    let pid = children_of(d.pid).into_iter().find(|p| cmdline(*p).contains("libvirt-helper")).expect("helper");
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    // The mapping of guest RAM: 16 MiB in 2 MiB kernel pages, from the broker's memfd.
+    let mapping = smaps.split("\nSize:").find(|m| m.trim_start().starts_with("16384 kB")).expect(&smaps);
+    assert!(mapping.contains("KernelPageSize:     2048 kB"), "{mapping}");
+    let (code, _, _) = virsh(&rw, &["destroy", "huge"]);
+    assert_eq!(code, 0);
+    assert!(wait_until(Duration::from_secs(5), || free_2m() == free));
+
+    // 64 MiB would need 32 pages: refused at start, nothing left running.
+    std::fs::write(&file, base.replace(plain, &backed(64))).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "huge"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not enough free 2048 KiB huge pages for guest 'huge': 32 needed"), "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "huge"]).1.trim(), "shut off");
+    assert!(children_of(d.pid).into_iter().all(|p| !cmdline(p).contains("libvirt-helper")));
+    assert_eq!(free_2m(), free);
+}

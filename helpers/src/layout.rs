@@ -40,6 +40,12 @@ pub fn e820(size: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// Where guest-physical `start` (a range of [`ram`]) lies in a file that
+/// holds all of guest RAM: above the hole, RAM follows low RAM directly.
+pub fn file_offset(start: u64) -> u64 {
+    if start >= HIGH_START { start - HIGH_START + LOW_END } else { start }
+}
+
 /// The end of RAM below 4 GiB (where an initrd must fit for 32-bit loaders).
 pub fn low_top(size: u64) -> u64 {
     size.min(LOW_END)

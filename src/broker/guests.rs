@@ -181,6 +181,8 @@ impl Launcher {
             .map_err(|e| failed("cannot open", Path::new("/dev/kvm"), e))?
             .into();
         let uid = self.free_uid(running)?;
+        // Guest RAM the domain wants made by the broker (memfd, huge pages).
+        let memory = super::guestmem::create(&def.name, def.memory_kib.div_ceil(1024) << 20, &def.backing())?;
         let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
         console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
         std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
@@ -214,7 +216,7 @@ impl Launcher {
         };
         // Sent at once, without waiting for the helper's greeting: the event
         // loop checks that (its first message) before anything else.
-        let (command, fds) = HelperCommand::start(config, &fds);
+        let (command, fds) = HelperCommand::start_backed(config, &fds, memory.as_ref().map(|m| m.as_fd()));
         if let Err(e) = spawned.channel.send(&command, &fds) {
             let _ = kill(spawned.pid, Signal::SIGKILL);
             if let Some(c) = cgroup {

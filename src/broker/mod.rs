@@ -15,6 +15,7 @@ mod domains;
 mod event_loop;
 mod files;
 mod greeting;
+mod guestmem;
 mod guests;
 mod host;
 mod hostpages;

@@ -16,7 +16,8 @@ pub fn domain(d: &DomainDef) -> Element {
     if let Some(desc) = &d.description {
         root = root.child(Element::new("description").with_text(desc));
     }
-    let [metadata, blkiotune, memtune, cputune, resource, features, cpu, clock, pm, seclabel] = KEPT_ORDER else {
+    let [metadata, blkiotune, memtune, backing, cputune, resource, features, cpu, clock, pm, seclabel] = KEPT_ORDER
+    else {
         unreachable!()
     };
     root.children.extend(kept(metadata));
@@ -25,6 +26,7 @@ pub fn domain(d: &DomainDef) -> Element {
         .child(Element::new("currentMemory").attr("unit", "KiB").with_text(d.current_memory_kib.to_string()));
     root.children.extend(kept(blkiotune));
     root.children.extend(kept(memtune));
+    root.children.extend(kept(backing));
     root = root.child(Element::new("vcpu").attr("placement", "static").with_text(d.vcpus.to_string()));
     root.children.extend(kept(cputune));
     root.children.extend(kept(resource));

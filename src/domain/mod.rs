@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backing;
 mod caps;
 mod emit;
 pub mod nsxml;
@@ -28,8 +29,19 @@ pub use units::to_kib;
 use xml::Element;
 
 /// Order in which kept top-level elements are written (libvirt's order).
-const KEPT_ORDER: &[&str] =
-    &["metadata", "blkiotune", "memtune", "cputune", "resource", "features", "cpu", "clock", "pm", "seclabel"];
+const KEPT_ORDER: &[&str] = &[
+    "metadata",
+    "blkiotune",
+    "memtune",
+    "memoryBacking",
+    "cputune",
+    "resource",
+    "features",
+    "cpu",
+    "clock",
+    "pm",
+    "seclabel",
+];
 /// Order in which kept devices are written, around the modelled ones.
 const KEPT_DEVICE_ORDER: &[&str] = &["emulator", "controller", "input", "audio", "video", "memballoon"];
 
@@ -229,6 +241,11 @@ impl DomainDef {
             memory: find("memtune").and_then(|e| tuning::memtune(e).ok()).unwrap_or_default(),
             blkio: find("blkiotune").and_then(|e| tuning::blkiotune(e).ok()).unwrap_or_default(),
         }
+    }
+
+    /// The guest RAM's backing (`<memoryBacking>`, checked at parse time).
+    pub fn backing(&self) -> backing::Backing {
+        self.kept.iter().find(|e| e.name == "memoryBacking").and_then(|e| backing::parse(e).ok()).unwrap_or_default()
     }
 
     /// Replaces the tuning elements with `t`'s, in canonical form.

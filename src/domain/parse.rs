@@ -44,7 +44,6 @@ const UNSUPPORTED_TOP: &[&str] = &[
     "iothreads",
     "iothreadids",
     "numatune",
-    "memoryBacking",
     "sysinfo",
     "bootloader",
     "bootloader_args",
@@ -59,8 +58,19 @@ const UNSUPPORTED_TOP: &[&str] = &[
 /// Top-level elements kept as written: host-side settings the guest cannot
 /// see (`metadata`, `seclabel`, `resource`), and descriptions of the platform
 /// that `platform` checks first (it refuses what would change the guest).
-const HARMLESS_TOP: &[&str] =
-    &["metadata", "features", "cpu", "clock", "pm", "seclabel", "resource", "cputune", "memtune", "blkiotune"];
+const HARMLESS_TOP: &[&str] = &[
+    "metadata",
+    "features",
+    "cpu",
+    "clock",
+    "pm",
+    "seclabel",
+    "resource",
+    "cputune",
+    "memtune",
+    "blkiotune",
+    "memoryBacking",
+];
 
 /// Devices that would change the guest and that we cannot provide.
 const UNSUPPORTED_DEVICES: &[&str] = &[
@@ -208,6 +218,9 @@ impl Parser {
                     "blkiotune" => {
                         def.kept.extend(tuning::emit_blkiotune(&tuning::blkiotune(child)?));
                         continue;
+                    }
+                    "memoryBacking" => {
+                        super::backing::parse(child)?;
                     }
                     _ => {}
                 }

@@ -137,7 +137,8 @@ pub enum HelperCommand {
     /// socket, read for guest input and written with guest output),
     /// `ControlListener` (a listening `SOCK_SEQPACKET` socket in the run
     /// directory, on which a restarted broker reconnects: the helper
-    /// outlives the daemon), and `Initrd` if the guest has one.
+    /// outlives the daemon), `Initrd` if the guest has one, and `GuestMemory`
+    /// where the broker made the guest's RAM.
     Start {
         /// The broker's [`HELPER_PROTOCOL_VERSION`].
         version: u32,
@@ -202,9 +203,10 @@ impl HelperCommand {
     pub fn fd_rule(&self) -> manifest::FdRule {
         use FdRole::*;
         match self {
-            HelperCommand::Start { .. } => {
-                manifest::FdRule::new(&[Kvm, Kernel, ConsoleInput, ConsoleOutput, ControlListener], &[Initrd])
-            }
+            HelperCommand::Start { .. } => manifest::FdRule::new(
+                &[Kvm, Kernel, ConsoleInput, ConsoleOutput, ControlListener],
+                &[Initrd, GuestMemory],
+            ),
             HelperCommand::Console { .. } => manifest::FdRule::new(&[ConsoleInput, ConsoleOutput], &[]),
             HelperCommand::AttachDevice { device: DeviceSpec::Disk { .. }, .. } => {
                 manifest::FdRule::new(&[DiskImage], &[])
@@ -222,6 +224,15 @@ impl HelperCommand {
 
     /// `Start` for `config`, and the fds to send beside it in manifest order.
     pub fn start<'a>(config: GuestConfig, fds: &StartFds<'a>) -> (HelperCommand, Vec<BorrowedFd<'a>>) {
+        Self::start_backed(config, fds, None)
+    }
+
+    /// `Start` with guest RAM from `memory` ([`FdRole::GuestMemory`]).
+    pub fn start_backed<'a>(
+        config: GuestConfig,
+        fds: &StartFds<'a>,
+        memory: Option<BorrowedFd<'a>>,
+    ) -> (HelperCommand, Vec<BorrowedFd<'a>>) {
         let mut pairs = vec![
             (FdRole::Kvm, fds.kvm),
             (FdRole::Kernel, fds.kernel),
@@ -230,6 +241,7 @@ impl HelperCommand {
             (FdRole::ControlListener, fds.control_listener),
         ];
         pairs.extend(fds.initrd.map(|f| (FdRole::Initrd, f)));
+        pairs.extend(memory.map(|f| (FdRole::GuestMemory, f)));
         let (roles, fds) = manifest::split(&pairs);
         (HelperCommand::Start { version: HELPER_PROTOCOL_VERSION, config, fds: roles }, fds)
     }

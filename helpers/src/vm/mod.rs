@@ -60,6 +60,7 @@ pub fn run(
         kvm: fds.require(FdRole::Kvm)?,
         kernel: fds.require(FdRole::Kernel)?,
         initrd: fds.take(FdRole::Initrd),
+        memory: fds.take(FdRole::GuestMemory),
     };
     let built = builder::build(config, files)?;
     // Everything that needs privilege or a path is done: confine the

@@ -26,6 +26,10 @@ pub enum FdRole {
     DiskImage,
     /// A network interface's tap device.
     Tap,
+    /// Guest RAM the broker created (a memfd, with huge pages where the
+    /// domain asks): mapped shared, low RAM at offset 0 and RAM above the
+    /// PCI hole at offset 3 GiB.
+    GuestMemory,
 }
 
 /// Why a list of fds does not fit its message.
