@@ -28,7 +28,7 @@ pub fn create(name: &str, bytes: u64, backing: &Backing) -> Result<Option<OwnedF
     let mut flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
     if let Some(kib) = backing.hugepage_kib {
         let page = kib * 1024;
-        if bytes % page != 0 {
+        if !bytes.is_multiple_of(page) {
             return Err(CallError::ConfigUnsupported(format!(
                 "guest memory of {} KiB is not a multiple of the {kib} KiB huge page size",
                 bytes / 1024
