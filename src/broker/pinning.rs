@@ -15,7 +15,7 @@ use super::procfs;
 use crate::domain::tuning::{CpuSet, CpuTune};
 
 /// How long a started helper's vCPU threads may take to name themselves.
-const NAMING_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+const NAMING_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 /// The most threads of one helper looked at.
 const MAX_TASKS: usize = 1024;
 
@@ -47,9 +47,6 @@ pub enum PinError {
     /// A cgroup could not take a thread.
     #[error(transparent)]
     Cgroup(#[from] super::cgroup::CgroupError),
-    /// A vCPU has no thread (yet).
-    #[error("vCPU {0} has no thread")]
-    NoThread(u32),
 }
 
 /// Sets thread `tid`'s host CPUs.
@@ -102,35 +99,56 @@ fn set_scheduler(tid: i32, scheduler: &str, priority: Option<u32>) -> Result<(),
     Ok(())
 }
 
+/// Whether thread `tid` of helper `pid` still exists.
+fn alive(pid: Pid, tid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
 /// Places a started guest's threads: each vCPU thread into its cgroup and
 /// onto its pinned CPUs with its scheduler, the other threads onto the
-/// emulator's CPUs.
+/// emulator's CPUs. A guest may already be stopping again (one that resets
+/// at once): a vCPU thread that is gone, or never showed, is not placed,
+/// and said so in the log; any other failure fails the start.
 pub fn place(pid: Pid, vcpus: u32, t: &CpuTune, cgroup: Option<&GuestCgroup>) -> Result<(), PinError> {
     // Each vCPU thread names itself as it begins, which may be a moment
     // after the helper reported the guest started.
     let end = std::time::Instant::now() + NAMING_GRACE;
     let (mut by_index, mut others) = threads(pid, vcpus);
-    while by_index.iter().any(Option::is_none) && std::time::Instant::now() < end {
+    while by_index.iter().any(Option::is_none) && std::time::Instant::now() < end && alive(pid, pid.as_raw()) {
         std::thread::sleep(std::time::Duration::from_millis(2));
         (by_index, others) = threads(pid, vcpus);
     }
     for (n, tid) in by_index.iter().enumerate() {
         let n = n as u32;
-        let tid = tid.ok_or(PinError::NoThread(n))?;
+        let Some(tid) = *tid else {
+            log::warn!("helper {pid}: vCPU {n} has no thread to place (is the guest stopping?)");
+            continue;
+        };
         let pin = t.vcpupin.iter().find(|(v, _)| *v == n).map(|(_, s)| s);
-        if let Some(cg) = cgroup {
-            cg.add_vcpu(n, tid, pin)?;
-        }
-        if let Some(set) = pin {
-            set_affinity(tid, set)?;
-        }
-        if let Some(s) = t.vcpusched.iter().find(|s| s.vcpus.0.contains(&n)) {
-            set_scheduler(tid, &s.scheduler, s.priority)?;
+        let placed = (|| {
+            if let Some(cg) = cgroup {
+                cg.add_vcpu(n, tid, pin)?;
+            }
+            if let Some(set) = pin {
+                set_affinity(tid, set)?;
+            }
+            if let Some(s) = t.vcpusched.iter().find(|s| s.vcpus.0.contains(&n)) {
+                set_scheduler(tid, &s.scheduler, s.priority)?;
+            }
+            Ok(())
+        })();
+        match placed {
+            Err(e) if alive(pid, tid) => return Err(e),
+            Err(e) => log::warn!("helper {pid}: vCPU {n} ended while placed: {e}"),
+            Ok(()) => {}
         }
     }
     if let Some(set) = &t.emulatorpin {
         for tid in others {
-            set_affinity(tid, set)?;
+            match set_affinity(tid, set) {
+                Err(e) if alive(pid, tid) => return Err(e),
+                _ => {}
+            }
         }
     }
     Ok(())

@@ -45,6 +45,10 @@ impl GuestCgroup {
     pub fn create(cgroups: &Arc<Cgroups>, id: i32, name: &str, vcpus: u32) -> Result<GuestCgroup, CgroupError> {
         let g = GuestCgroup { cgroups: cgroups.clone(), scope: PathBuf::from(scope_name(id, name)), vcpus };
         let b = &g.cgroups.backend;
+        // A previous run of this guest whose removal still waits gives its
+        // groups over (see `Cgroups::pending`).
+        let mut pending = g.cgroups.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.remove(&g.scope);
         let made = (|| {
             b.create(&g.scope, Kind::Domain)?;
             b.create(&g.scope.join("libvirt"), Kind::Domain)?;
@@ -58,6 +62,7 @@ impl GuestCgroup {
             g.remove_now();
             return Err(e);
         }
+        drop(pending);
         Ok(g)
     }
 
@@ -176,14 +181,24 @@ impl GuestCgroup {
     /// retried on a thread of its own for a while rather than blocking
     /// the broker.
     pub fn remove(self) {
-        if self.remove_now() {
-            return;
+        {
+            let mut pending = self.cgroups.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if self.remove_now() {
+                return;
+            }
+            pending.insert(self.scope.clone());
         }
         let spawned = std::thread::Builder::new().name("cgroup-remove".into()).spawn(move || {
             let end = Instant::now() + REMOVE_GRACE;
             while Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(20));
+                let mut pending = self.cgroups.pending.lock().unwrap_or_else(|p| p.into_inner());
+                // Taken back by a new run of the guest: its groups now.
+                if !pending.contains(&self.scope) {
+                    return;
+                }
                 if self.remove_now() {
+                    pending.remove(&self.scope);
                     return;
                 }
             }

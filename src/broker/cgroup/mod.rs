@@ -265,6 +265,11 @@ pub fn own_cgroup(proc_self_cgroup: &str, name: Option<&str>) -> Option<String> 
 pub struct Cgroups {
     /// The hierarchy.
     pub backend: Box<dyn Backend>,
+    /// Scopes of stopped guests whose removal waits for their last tasks to
+    /// leave. A guest started again under the same id and name (a reboot)
+    /// takes its scope back from here, under this lock, so a late removal
+    /// never takes the new guest's groups.
+    pub(crate) pending: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// Where to look for cgroups and where guests go.
@@ -296,7 +301,7 @@ impl Cgroups {
         if !Controller::ALL.iter().any(|c| backend.has(*c)) {
             return Err("no cgroup controller is writable".into());
         }
-        Ok(Cgroups { backend })
+        Ok(Cgroups { backend, pending: Default::default() })
     }
 
     /// The controllers available, by name, for the start-up log line.
