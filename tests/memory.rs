@@ -206,3 +206,39 @@ fn huge_page_backing_shows_in_the_helpers_smaps_and_a_shortfall_fails_the_start(
     assert!(children_of(d.pid).into_iter().all(|p| !cmdline(p).contains("libvirt-helper")));
     assert_eq!(free_2m(), free);
 }
+
+#[test]
+fn setmaxmem_changes_the_definition_and_a_running_guests_maximum_stays() {
+    if !have_virsh()
+        || !require(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(), "/dev/kvm")
+    {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let file = d.tree.path("mx.xml");
+    std::fs::write(&file, test_guest_xml(&d, "mx", "4b2e8f10-6c3d-4a5e-8f7a-9b0c1d2e3f04")).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let (code, _, err) = virsh(&rw, &["setmaxmem", "mx", "96M", "--config"]);
+    assert_eq!(code, 0, "{err}");
+    let xml = virsh(&rw, &["dumpxml", "mx"]).1;
+    assert!(xml.contains("<memory unit='KiB'>98304</memory>"), "{xml}");
+    assert!(xml.contains("<currentMemory unit='KiB'>98304</currentMemory>"), "{xml}");
+    assert_eq!(
+        virsh(&rw, &["dominfo", "mx"])
+            .1
+            .lines()
+            .find(|l| l.starts_with("Max memory"))
+            .unwrap()
+            .split_whitespace()
+            .nth(2),
+        Some("98304")
+    );
+    assert_eq!(virsh(&rw, &["start", "mx"]).0, 0);
+    let (code, _, err) = virsh(&rw, &["setmaxmem", "mx", "64M", "--live"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot resize the maximum memory on an active domain"), "{err}");
+    let (code, _, err) = virsh(&rw, &["setmaxmem", "mx", "64M", "--config"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(virsh(&rw, &["destroy", "mx"]).0, 0);
+}

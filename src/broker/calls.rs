@@ -634,6 +634,14 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             }
             Ok(CallValue::Unit)
         }
+        Call::SetMemory { uuid, kib, flags } => {
+            let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::memsize::set(e, kib, flags));
+            let result = result.and_then(|def| ctx.domains.replace_def(&uuid, def));
+            let what = if flags & super::memsize::MEM_MAXIMUM != 0 { "maximum" } else { "current" };
+            audit_change(auditor, caller, "memory", &uuid, &result, &[("what", Value::Text(what))]);
+            result?;
+            Ok(CallValue::Unit)
+        }
         Call::Pin { uuid, vcpu, cpumap, flags } => {
             let cgroup = ctx.guests.get(&uuid).and_then(|r| r.cgroup.as_ref());
             let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::tuning::pin(e, cgroup, vcpu, &cpumap, flags));
@@ -876,6 +884,7 @@ fn api_of(call: &Call) -> &'static str {
         Call::SetAutostart { .. } => "virDomainSetAutostart",
         Call::SetMetadata { .. } => "virDomainSetMetadata",
         Call::SetTuning { .. } => "virDomainSetParameters",
+        Call::SetMemory { .. } => "virDomainSetMemoryFlags",
         Call::Pin { vcpu: Some(_), .. } => "virDomainPinVcpuFlags",
         Call::Pin { vcpu: None, .. } => "virDomainPinEmulator",
         Call::GetTime { .. } => "virDomainGetTime",
@@ -891,6 +900,7 @@ fn op_of(call: &Call) -> &'static str {
         Call::SetAutostart { .. } => "autostart",
         Call::SetMetadata { .. } => "metadata",
         Call::SetTuning { .. } => "tune",
+        Call::SetMemory { .. } => "memory",
         Call::Pin { .. } => "pin",
         Call::GetTime { .. } => "gettime",
         Call::Create { .. } => "start",

@@ -22,6 +22,7 @@ mod hostpages;
 mod hoststats;
 mod link;
 mod listen;
+mod memsize;
 mod metadata;
 mod permit;
 mod pidfile;

@@ -305,6 +305,14 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: crate::rpc::tuning::SetParamsFlagsArgs = args(payload)?;
             set_tuning(a.dom, TuneKind::Blkio, a.params, a.flags)
         }
+        P::DomainSetMaxMemory => {
+            let a: crate::rpc::tuning::SetMemoryArgs = args(payload)?;
+            Ok(Action::Forward(Call::SetMemory { uuid: a.dom.uuid.0, kib: a.memory, flags: 4 }))
+        }
+        P::DomainSetMemoryFlags => {
+            let a: crate::rpc::tuning::SetMemoryFlagsArgs = args(payload)?;
+            Ok(Action::Forward(Call::SetMemory { uuid: a.dom.uuid.0, kib: a.memory, flags: a.flags }))
+        }
         P::DomainGetMemoryParameters => {
             let a: crate::rpc::tuning::GetParamsArgs = args(payload)?;
             query(a.dom, Query::TuningParams { kind: TuneKind::Memory, nparams: a.nparams, flags: a.flags })
@@ -775,6 +783,8 @@ mod tests {
             }),
             enc(&crate::rpc::tuning::PinEmulatorArgs { dom: dom.clone(), cpumap: xdr::Opaque(vec![1]), flags: 0 }),
             enc(&crate::rpc::tuning::GetEmulatorPinInfoArgs { dom: dom.clone(), maplen: 1, flags: 0 }),
+            enc(&crate::rpc::tuning::SetMemoryArgs { dom: dom.clone(), memory: 1024 }),
+            enc(&crate::rpc::tuning::SetMemoryFlagsArgs { dom: dom.clone(), memory: 1024, flags: 0 }),
         ]
     }
 

@@ -434,6 +434,15 @@ pub enum Call {
         /// `virDomainModificationImpact`.
         flags: u32,
     },
+    /// `virDomainSetMemoryFlags` and `virDomainSetMaxMemory`.
+    SetMemory {
+        /// The domain.
+        uuid: [u8; 16],
+        /// KiB.
+        kib: u64,
+        /// `virDomainMemoryModFlags`.
+        flags: u32,
+    },
     /// `virDomainPinVcpu(Flags)`, and `virDomainPinEmulator` (`vcpu` `None`).
     Pin {
         /// The domain.
@@ -488,6 +497,7 @@ impl Call {
                 | Call::OpenConsole { .. }
                 | Call::SetMetadata { .. }
                 | Call::SetTuning { .. }
+                | Call::SetMemory { .. }
                 | Call::Pin { .. }
                 | Call::GetTime { .. }
                 | Call::Admin(_)

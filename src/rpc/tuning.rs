@@ -93,3 +93,23 @@ pub struct GetEmulatorPinInfoRet {
     /// 1: one map.
     pub ret: i32,
 }
+
+/// `remote_domain_set_max_memory_args` (and `remote_domain_set_memory_args`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMemoryArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// KiB.
+    pub memory: u64,
+}
+
+/// `remote_domain_set_memory_flags_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMemoryFlagsArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// KiB.
+    pub memory: u64,
+    /// `virDomainMemoryModFlags`.
+    pub flags: u32,
+}
