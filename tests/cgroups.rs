@@ -89,7 +89,7 @@ fn a_guest_runs_in_its_own_cgroups_with_the_limits_of_its_xml() {
         "<vcpu placement='static'>2</vcpu>\n  <cputune><shares>512</shares><period>100000</period>\
          <quota>50000</quota><global_period>100000</global_period><global_quota>200000</global_quota>\
          <emulator_period>100000</emulator_period><emulator_quota>20000</emulator_quota>\
-         <vcpupin vcpu='0' cpuset='{last}'/><vcpupin vcpu='1' cpuset='0'/><emulatorpin cpuset='0'/></cputune>\n  \
+         <vcpupin vcpu='0' cpuset='{last}'/><vcpupin vcpu='1' cpuset='0'/><emulatorpin cpuset='0'/><vcpusched vcpus='1' scheduler='batch'/></cputune>\n  \
          <memtune><hard_limit unit='MiB'>256</hard_limit><soft_limit unit='MiB'>192</soft_limit></memtune>"
     );
     let xml = test_guest_xml(&d, "cg", UUID_T).replace("<vcpu placement='static'>1</vcpu>", &tune);
@@ -131,6 +131,12 @@ fn a_guest_runs_in_its_own_cgroups_with_the_limits_of_its_xml() {
         let line = own.lines().find(|l| l.split(':').nth(1) == Some("memory")).unwrap();
         assert!(line.ends_with("machine-qemu\\x2d1\\x2dcg.scope/libvirt/emulator"), "{line}");
     }
+    // vCPU 1 under SCHED_BATCH (3), vCPU 0 left as it was (SCHED_OTHER, 0).
+    let policy = |tid: i32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).unwrap();
+        text.lines().find(|l| l.starts_with("policy")).and_then(|l| l.split_whitespace().last()).unwrap().to_owned()
+    };
+    assert_eq!((policy(tids[0]).as_str(), policy(tids[1]).as_str()), ("0", "3"));
     // Pinned where the XML says.
     assert_eq!(cpus_allowed(pid, tids[0]), last);
     assert_eq!(cpus_allowed(pid, tids[1]), "0");
