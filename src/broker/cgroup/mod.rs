@@ -238,6 +238,20 @@ pub(crate) fn rmdir(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Whether the daemon could create `dir` (or write in it, if it exists):
+/// the nearest existing ancestor must be a writable directory.
+pub(crate) fn writable(dir: &Path) -> Result<(), CgroupError> {
+    let mut at = dir;
+    while !at.exists() {
+        at = at.parent().unwrap_or(Path::new("/"));
+    }
+    nix::unistd::access(at, nix::unistd::AccessFlags::W_OK).map_err(|e| CgroupError::Dir {
+        what: "create",
+        path: dir.to_owned(),
+        source: std::io::Error::from(e),
+    })
+}
+
 /// The partition's components, checked: no `..`, no empty or odd names, at
 /// most 16 deep (it comes from the configuration file).
 pub fn partition_parts(partition: &str) -> Option<Vec<String>> {
@@ -285,8 +299,8 @@ pub struct Place<'a> {
 
 impl Cgroups {
     /// Finds the hierarchy at `place.mount` (v2 if its root is a unified
-    /// tree, v1 otherwise), and creates the partition in every controller
-    /// the daemon can write. Returns `None`, with the reason, when no
+    /// tree, v1 otherwise), and the controllers whose partition the daemon
+    /// could make; nothing is created until a guest starts. Returns `None`, with the reason, when no
     /// controller is usable; the reasons for each missing controller go
     /// into `notes`.
     pub fn detect(place: &Place<'_>, notes: &mut Vec<String>) -> Result<Cgroups, String> {

@@ -18,6 +18,9 @@ use crate::domain::tuning::{CpuSet, MemTune, UNLIMITED_KIB};
 #[derive(Debug)]
 pub struct V1 {
     bases: HashMap<Controller, PathBuf>,
+    /// Per controller: the existing group the partition goes below, and the
+    /// partition relative to it (made with the first guest's groups).
+    partitions: HashMap<Controller, (PathBuf, PathBuf)>,
 }
 
 /// Creates `dir` below `top` (which exists), each missing level in turn;
@@ -43,10 +46,11 @@ fn create_below(top: &Path, rel: &Path, cpuset: bool) -> Result<(), CgroupError>
 }
 
 impl V1 {
-    /// Finds the mounted v1 controllers and creates the partition in each
-    /// the daemon can write; notes say why a controller is left out.
+    /// Finds the mounted v1 controllers whose partition the daemon could
+    /// make (it is made with the first guest's groups); notes say why a
+    /// controller is left out.
     pub fn open(place: &Place<'_>, parts: &[String], absolute: bool, notes: &mut Vec<String>) -> Result<V1, String> {
-        let mut bases = HashMap::new();
+        let (mut bases, mut partitions) = (HashMap::new(), HashMap::new());
         for c in Controller::ALL {
             let root = place.mount.join(c.v1_name());
             if !root.join("cgroup.procs").exists() {
@@ -57,14 +61,16 @@ impl V1 {
             let own_dir = base(&root, own.as_deref(), &[], absolute);
             let dir = base(&root, own.as_deref(), parts, absolute);
             let rel = dir.strip_prefix(&own_dir).unwrap_or(&dir).to_owned();
-            match create_below(&own_dir, &rel, c == Controller::Cpuset) {
+            // Nothing is made until a guest starts: here only whether it could be.
+            match super::writable(&dir) {
                 Ok(()) => {
                     bases.insert(c, dir);
+                    partitions.insert(c, (own_dir, rel));
                 }
                 Err(e) => notes.push(format!("cgroup v1 controller '{}' is not writable: {e}", c.v1_name())),
             }
         }
-        Ok(V1 { bases })
+        Ok(V1 { bases, partitions })
     }
 
     fn base(&self, c: Controller) -> Result<&PathBuf, CgroupError> {
@@ -103,6 +109,9 @@ impl Backend for V1 {
         for (c, b) in &self.bases {
             if kind == Kind::Vcpu && !c.threaded() {
                 continue;
+            }
+            if let Some((top, rel)) = self.partitions.get(c) {
+                create_below(top, rel, *c == Controller::Cpuset)?;
             }
             create_below(b, group, *c == Controller::Cpuset)?;
         }

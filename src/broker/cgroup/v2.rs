@@ -18,6 +18,10 @@ use crate::domain::tuning::{CpuSet, MemTune, UNLIMITED_KIB};
 pub struct V2 {
     base: PathBuf,
     controllers: HashSet<Controller>,
+    /// The daemon's group the partition goes below, and its components
+    /// (made with the first guest's groups).
+    top: PathBuf,
+    parts: Vec<String>,
 }
 
 /// Controllers that work in threaded groups.
@@ -25,7 +29,8 @@ const THREADED: [Controller; 2] = [Controller::Cpu, Controller::Cpuset];
 
 impl V2 {
     /// Finds the controllers the daemon's own group may hand down, and
-    /// creates the partition below it, enabling them at each level.
+    /// whether the partition can be made below it (it is made, enabling
+    /// them at each level, with the first guest's groups).
     pub fn open(place: &Place<'_>, parts: &[String], absolute: bool, notes: &mut Vec<String>) -> Result<V2, String> {
         let own = own_cgroup(place.self_cgroup, None);
         let top = base(place.mount, own.as_deref(), &[], absolute);
@@ -41,18 +46,25 @@ impl V2 {
                 notes.push(format!("cgroup v2 controller '{}' is not offered at '{}'", c.v1_name(), top.display()));
             }
         }
-        let mut v2 = V2 { base: top.clone(), controllers };
-        let mut dir = top;
-        for p in parts {
-            if let Err(e) = v2.enable(&dir, &Controller::ALL).and_then(|()| mkdir(&dir.join(p))) {
-                notes.push(format!("cgroup v2 partition is not writable: {e}"));
-                v2.controllers.clear();
-                break;
-            }
-            dir.push(p);
+        let base = base(&top, None, parts, true);
+        let mut v2 = V2 { base, controllers, top, parts: parts.to_vec() };
+        // Nothing is made until a guest starts: here only whether it could be.
+        if let Err(e) = super::writable(&v2.base) {
+            notes.push(format!("cgroup v2 partition is not writable: {e}"));
+            v2.controllers.clear();
         }
-        v2.base = dir;
         Ok(v2)
+    }
+
+    /// Makes the partition, enabling the controllers at each level.
+    fn make_partition(&self) -> Result<(), CgroupError> {
+        let mut dir = self.top.clone();
+        for p in &self.parts {
+            self.enable(&dir, &Controller::ALL)?;
+            dir.push(p);
+            mkdir(&dir)?;
+        }
+        Ok(())
     }
 
     /// Enables `which` (those available) for the children of `dir`.
@@ -105,6 +117,9 @@ impl Backend for V2 {
     fn create(&self, group: &Path, kind: Kind) -> Result<(), CgroupError> {
         let dir = self.base.join(group);
         let parent = dir.parent().unwrap_or(&self.base).to_owned();
+        if parent == self.base {
+            self.make_partition()?;
+        }
         match kind {
             Kind::Domain => self.enable(&parent, &Controller::ALL)?,
             Kind::Emulator | Kind::Vcpu => self.enable(&parent, &THREADED)?,
@@ -268,9 +283,10 @@ mod tests {
         assert_eq!(cgroups.backend.version(), 2, "{notes:?}");
         assert!(Controller::ALL.iter().all(|c| cgroups.backend.has(*c)), "{notes:?}");
         let base = tree.path().join("daemon.service/machine");
-        assert!(get(&tree.path().join("daemon.service"), "cgroup.subtree_control").contains("+memory"));
+        assert!(!base.exists(), "nothing is made before a guest starts");
 
         let cg = GuestCgroup::create(&cgroups, 3, "vm", 2).unwrap();
+        assert!(get(&tree.path().join("daemon.service"), "cgroup.subtree_control").contains("+memory"));
         let scope = "machine-qemu\\x2d3\\x2dvm.scope";
         assert_eq!(get(&base, &format!("{scope}/libvirt/vcpu1/cgroup.type")), "threaded");
         assert_eq!(get(&base, &format!("{scope}/libvirt/emulator/cgroup.type")), "threaded");
