@@ -2,7 +2,8 @@
 //! helper to `GUEST-READY` on the console (both image formats), the helper's
 //! memory overhead for a 128 MiB guest (RSS minus the guest RAM it touched,
 //! which this small guest keeps to a few pages), and the cost of one serial
-//! byte exit round trip (a line echoed by the guest).
+//! byte exit round trip (a line echoed by the guest); and start time and
+//! helper RSS for guests of 1, 8 and 64 GiB (RAM reserved, not touched).
 //!
 //! Run: `cargo bench --bench guest_boot` (as root, with /dev/kvm).
 
@@ -123,5 +124,19 @@ fn main() {
     }
     summary("helper RSS, 128 MiB guest (guest touches <1 MiB)", overheads, "MiB");
     summary("serial byte round trip (in + echo out)", per_byte, "us");
+    // Guest size: RAM is reserved (MAP_NORESERVE), not touched, so start
+    // time and the helper's own memory should not grow with it.
+    for gib in [1u64, 8, 64] {
+        let (mut times, mut rss) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let mut r = Run::start(&dir.join("vmlinuz"), gib << 10);
+            r.wait_for(b"> ");
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            rss.push(r.stats().rss_kib as f64 / 1024.0);
+        }
+        summary(&format!("spawn to prompt, {gib} GiB guest"), times, "ms");
+        summary(&format!("helper RSS, {gib} GiB guest"), rss, "MiB");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -20,8 +20,6 @@ const PVH_MODLIST: u64 = 0x7200;
 pub const CMDLINE: u64 = 0x2_0000;
 /// Longest command line accepted.
 pub const CMDLINE_MAX: usize = 4096;
-/// Low memory below the EBDA, usable by the guest.
-const LOW_MEM_END: u64 = 0x9_fc00;
 const E820_RAM: u32 = 1;
 const HVM_START_MAGIC: u32 = 0x336e_c578;
 
@@ -73,7 +71,9 @@ pub fn load(
     }
     mem.write_slice(cmdline.as_bytes(), GuestAddress(CMDLINE)).map_err(mem_err)?;
     mem.write_obj(0u8, GuestAddress(CMDLINE + cmdline.len() as u64)).map_err(mem_err)?;
-    let ram = [(0, LOW_MEM_END), (KERNEL_START, mem_size - KERNEL_START)];
+    // The usable RAM, around the PCI hole (layout.rs); an initrd goes below it.
+    let ram = crate::layout::e820(mem_size);
+    let low_top = crate::layout::low_top(mem_size);
 
     match BzImage::load(mem, None, kernel, Some(GuestAddress(KERNEL_START))) {
         Ok(loaded) => {
@@ -86,7 +86,7 @@ pub fn load(
             params.hdr.cmd_line_ptr = CMDLINE as u32;
             params.hdr.cmdline_size = cmdline.len() as u32 + 1;
             if let Some(f) = initrd {
-                let (addr, size) = load_initrd(mem, f, loaded.kernel_end, mem_size, params.hdr.initrd_addr_max)?;
+                let (addr, size) = load_initrd(mem, f, loaded.kernel_end, low_top, params.hdr.initrd_addr_max)?;
                 params.hdr.ramdisk_image = addr as u32;
                 params.hdr.ramdisk_size = size as u32;
             }
@@ -111,7 +111,7 @@ pub fn load(
             }
             let mut modules = 0;
             if let Some(f) = initrd {
-                let (addr, size) = load_initrd(mem, f, loaded.kernel_end, mem_size, u32::MAX)?;
+                let (addr, size) = load_initrd(mem, f, loaded.kernel_end, low_top, u32::MAX)?;
                 let module = hvm_modlist_entry { paddr: addr, size, cmdline_paddr: 0, reserved: 0 };
                 mem.write_obj(module, GuestAddress(PVH_MODLIST)).map_err(mem_err)?;
                 modules = 1;

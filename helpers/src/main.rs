@@ -14,6 +14,7 @@ mod bus;
 mod cpu;
 mod devices;
 mod events;
+mod layout;
 mod link;
 mod mmio;
 mod pci;

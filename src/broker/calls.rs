@@ -184,6 +184,42 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             metadata::check_impact(e, flags, false)?;
             metadata::get(&e.def, kind, uri.as_deref()).map(CallValue::Text)
         }
+        Call::SetTuning { uuid, kind, params, flags } => {
+            let cgroup = ctx.guests.get(&uuid).and_then(|r| r.cgroup.as_ref());
+            let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::tuning::set(e, cgroup, kind, &params, flags));
+            let result = result.and_then(|def| ctx.domains.replace_def(&uuid, def));
+            let what = match kind {
+                crate::privsep::TuneKind::Scheduler => "cputune",
+                crate::privsep::TuneKind::Memory => "memtune",
+                crate::privsep::TuneKind::Blkio => "blkiotune",
+            };
+            audit_change(auditor, caller, "tune", &uuid, &result, &[("what", Value::Text(what))]);
+            result?;
+            if ctx.guests.contains_key(&uuid) {
+                ctx.record(&uuid);
+            }
+            Ok(CallValue::Unit)
+        }
+        Call::SetMemory { uuid, kib, flags } => {
+            let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::memsize::set(e, kib, flags));
+            let result = result.and_then(|def| ctx.domains.replace_def(&uuid, def));
+            let what = if flags & super::memsize::MEM_MAXIMUM != 0 { "maximum" } else { "current" };
+            audit_change(auditor, caller, "memory", &uuid, &result, &[("what", Value::Text(what))]);
+            result?;
+            Ok(CallValue::Unit)
+        }
+        Call::Pin { uuid, vcpu, cpumap, flags } => {
+            let cgroup = ctx.guests.get(&uuid).and_then(|r| r.cgroup.as_ref());
+            let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::tuning::pin(e, cgroup, vcpu, &cpumap, flags));
+            let result = result.and_then(|def| ctx.domains.replace_def(&uuid, def));
+            let what = if vcpu.is_some() { "vcpupin" } else { "emulatorpin" };
+            audit_change(auditor, caller, "pin", &uuid, &result, &[("what", Value::Text(what))]);
+            result?;
+            if ctx.guests.contains_key(&uuid) {
+                ctx.record(&uuid);
+            }
+            Ok(CallValue::Unit)
+        }
         Call::SetMetadata { uuid, kind, value, key, uri, flags } => {
             let result = ctx.domains.by_uuid(&uuid).and_then(|e| {
                 metadata::check_impact(e, flags, true)?;
@@ -236,6 +272,9 @@ fn op_of(call: &Call) -> &'static str {
         Call::Undefine { .. } => "undefine",
         Call::SetAutostart { .. } => "autostart",
         Call::SetMetadata { .. } => "metadata",
+        Call::SetTuning { .. } => "tune",
+        Call::SetMemory { .. } => "memory",
+        Call::Pin { .. } => "pin",
         Call::GetTime { .. } => "gettime",
         Call::Create { .. } => "start",
         Call::CreateXml { .. } => "create",

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use std::sync::Arc;
+
+use super::cgroup::{Cgroups, GuestCgroup};
 use super::files::{FileError, Purpose};
 use super::greeting::Greeting;
 use super::spawn;
@@ -43,6 +46,8 @@ pub struct Running {
     /// a helper re-attached after a restart: it holds the same open file
     /// descriptions, and with them the locks; see `disks.rs`).
     pub disks: Vec<super::disks::OpenDisk>,
+    /// Its cgroups, where the daemon has them.
+    pub cgroup: Option<GuestCgroup>,
 }
 
 /// What the broker knows of the protocol a helper speaks.
@@ -77,6 +82,13 @@ pub fn unmanageable(name: &str, pid: Pid, why: &ProtocolMismatch) -> CallError {
 }
 
 impl Running {
+    /// Removes the guest's cgroups, once its helper is gone (or going).
+    pub fn remove_cgroup(&mut self) {
+        if let Some(c) = self.cgroup.take() {
+            c.remove();
+        }
+    }
+
     /// SIGKILLs the helper. A child of ours that has already been reaped is
     /// left alone, since its pid may belong to another process by now.
     pub fn kill(&self) {
@@ -97,6 +109,8 @@ pub struct Launcher {
     pub state_dir: PathBuf,
     /// Uids (and gids) for helpers, inclusive; `None` in session mode.
     pub uids: Option<(u32, u32)>,
+    /// The host's cgroups for guests; `None` where the daemon has none.
+    pub cgroups: Option<Arc<Cgroups>>,
 }
 
 fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> CallError {
@@ -161,6 +175,8 @@ impl Launcher {
         if !def.interfaces.is_empty() {
             return Err(CallError::ConfigUnsupported("the guest helper cannot provide <interface> devices yet".into()));
         }
+        let tuning = def.tuning();
+        super::cgroup::check(self.cgroups.as_deref(), &tuning).map_err(CallError::ConfigUnsupported)?;
         let log = serial_log(def)?;
         let kernel = open_regular(&def.name, "kernel", &def.os.kernel)?;
         let initrd = def.os.initrd.as_deref().map(|p| open_regular(&def.name, "initrd", p)).transpose()?;
@@ -175,12 +191,24 @@ impl Launcher {
         // a disk that fails leaves nothing behind (its fds close, and with
         // them its locks).
         let disks = super::disks::open_all(def).map_err(|e| CallError::OperationFailed(e.to_string()))?;
+        // Guest RAM the domain wants made by the broker (memfd, huge pages).
+        let memory = super::guestmem::create(&def.name, def.memory_kib.div_ceil(1024) << 20, &def.backing())?;
         let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
         console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
         std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
         let listener = control_listener(&super::status::control_socket(&self.state_dir, &def.name))?;
 
         let spawned = spawn::helper(&self.exe).map_err(|e| failed("cannot start helper", &self.exe, e))?;
+        // Into its cgroups, with their limits, before it is told to start:
+        // no guest instruction runs outside them.
+        let cgroup = match self.cgroups.as_ref().map(|c| self.enter_cgroup(c, def, id, spawned.pid)).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = kill(spawned.pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(spawned.pid, None);
+                return Err(e);
+            }
+        };
         let config = GuestConfig {
             memory_mib: def.memory_kib.div_ceil(1024),
             vcpus: def.vcpus,
@@ -201,10 +229,13 @@ impl Launcher {
         };
         // Sent at once, without waiting for the helper's greeting: the event
         // loop checks that (its first message) before anything else.
-        let (command, fds) = HelperCommand::start(config, &fds);
+        let (command, fds) = HelperCommand::start_backed(config, &fds, memory.as_ref().map(|m| m.as_fd()));
         if let Err(e) = spawned.channel.send(&command, &fds) {
             let _ = kill(spawned.pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(spawned.pid, None);
+            if let Some(c) = cgroup {
+                c.remove();
+            }
             return Err(CallError::OperationFailed(format!("guest failed to start: {e}")));
         }
         drop(fds);
@@ -219,7 +250,30 @@ impl Launcher {
             child: true,
             protocol: Protocol::Awaiting,
             disks,
+            cgroup,
         })
+    }
+
+    /// Creates guest `id`'s cgroups, moves helper `pid` in and writes the
+    /// definition's limits; on failure nothing of them is left.
+    fn enter_cgroup(
+        &self,
+        cgroups: &Arc<Cgroups>,
+        def: &DomainDef,
+        id: i32,
+        pid: Pid,
+    ) -> Result<GuestCgroup, CallError> {
+        let fail = |e: super::cgroup::CgroupError| {
+            CallError::OperationFailed(format!("guest '{}' cannot be placed in its cgroup: {e}", def.name))
+        };
+        let cg = GuestCgroup::create(cgroups, id, &def.name, def.vcpus).map_err(fail)?;
+        match cg.add_helper(pid.as_raw()).and_then(|()| cg.apply(&def.tuning())) {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                cg.remove();
+                Err(fail(e))
+            }
+        }
     }
 }
 
@@ -265,6 +319,7 @@ impl Launcher {
             None
         });
         let greeting = super::greeting::read(&channel, REATTACH_GRACE_MS);
+        let cgroup = self.cgroups.as_ref().and_then(|c| GuestCgroup::find(c, id, &def.name, def.vcpus));
         let running = |protocol| Running {
             id,
             pid: Pid::from_raw(pid),
@@ -275,6 +330,7 @@ impl Launcher {
             child: false,
             protocol,
             disks: Vec::new(),
+            cgroup,
         };
         match greeting {
             Greeting::Stopped(reason) => Reattached::Stopped(reason),

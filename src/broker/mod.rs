@@ -12,6 +12,7 @@ mod audit;
 mod blockinfo;
 mod call_audit;
 mod calls;
+pub mod cgroup;
 mod devices;
 mod disks;
 mod domains;
@@ -20,6 +21,7 @@ mod files;
 mod greeting;
 mod guest_calls;
 mod guest_events;
+mod guestmem;
 mod guests;
 mod host;
 mod hostcpu;
@@ -29,10 +31,12 @@ mod imagelock;
 mod lifecycle;
 mod link;
 mod listen;
+mod memsize;
 mod metadata;
 mod networks;
 mod permit;
 mod pidfile;
+mod pinning;
 mod procfs;
 mod publish;
 mod qcow2;
@@ -47,6 +51,7 @@ mod status;
 mod storage;
 mod store;
 mod supervisor;
+mod tuning;
 mod volumes;
 
 use std::path::PathBuf;
@@ -173,6 +178,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             exe: helper_exe,
             state_dir: config.domain_state_dir.clone(),
             uids: (mode == Mode::System).then_some((config.helper_uid_min, config.helper_uid_max)),
+            cgroups: guest_cgroups(&config, mode),
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
@@ -213,6 +219,34 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         ctx,
         tls,
     })
+}
+
+/// The host's cgroups for guests, said at start: which hierarchy and
+/// controllers, or why there are none (session mode, nothing writable), in
+/// which case tuning elements are refused at guest start.
+fn guest_cgroups(config: &Config, mode: Mode) -> Option<std::sync::Arc<cgroup::Cgroups>> {
+    if mode == Mode::Session {
+        log::info!("session mode: guests get no cgroups; <cputune>, <memtune> and <blkiotune> are refused");
+        return None;
+    }
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let place =
+        cgroup::Place { mount: &config.cgroup_mount, partition: &config.cgroup_partition, self_cgroup: &self_cgroup };
+    let mut notes = Vec::new();
+    let found = cgroup::Cgroups::detect(&place, &mut notes);
+    for n in &notes {
+        log::info!("{n}");
+    }
+    match found {
+        Ok(c) => {
+            log::info!("guests' cgroups: {} under '{}'", c.summary(), config.cgroup_partition);
+            Some(std::sync::Arc::new(c))
+        }
+        Err(e) => {
+            log::warn!("guests get no cgroups ({e}); <cputune>, <memtune> and <blkiotune> are refused at start");
+            None
+        }
+    }
 }
 
 /// Reports a failed start once on stderr in the foreground (or to the `-d`

@@ -11,6 +11,7 @@ use crate::privsep::{CallError, CallValue, Query};
 /// connection is `readonly`.
 pub fn query_domain(ctx: &Ctx, uuid: &Uuid, query: Query, readonly: bool) -> Result<CallValue, CallError> {
     let e = ctx.domains.by_uuid(uuid)?;
+    let cgroup = ctx.guests.get(uuid).and_then(|r| r.cgroup.as_ref());
     Ok(match query {
         Query::Info => CallValue::DomainInfo(e.info()),
         Query::State { flags } => {
@@ -69,14 +70,25 @@ pub fn query_domain(ctx: &Ctx, uuid: &Uuid, query: Query, readonly: bool) -> Res
         Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
         Query::JobInfo => stats::job_info(e)?,
         Query::SchedulerType => {
-            let (kind, nparams) = sched::scheduler_type(e)?;
+            let (kind, nparams) = sched::scheduler_type(e, cgroup)?;
             CallValue::SchedulerType { kind, nparams }
         }
         Query::SchedulerParams { nparams, flags } => {
-            let params = sched::scheduler_params(e, nparams, flags)?;
+            let params = sched::scheduler_params(e, cgroup, nparams, flags)?;
             CallValue::Params { count: params.len() as i32, params }
         }
         Query::JobStats { flags } => stats::job_stats(e, flags)?,
+        Query::TuningParams { kind, nparams, flags } => {
+            let all = super::tuning::params(e, cgroup, kind, nparams, flags)?;
+            // Asked with no room: how many there are.
+            match nparams {
+                0 => CallValue::Params { count: all.len() as i32, params: Vec::new() },
+                _ => CallValue::Params { count: all.len() as i32, params: all },
+            }
+        }
+        Query::EmulatorPinInfo { maplen, flags } => {
+            CallValue::PinInfo { cpumaps: super::tuning::emulator_pin_info(e, maplen, flags)?, num: 1 }
+        }
     })
 }
 

@@ -160,8 +160,12 @@ pub fn vcpu_pin_info(e: &Entry, ncpumaps: i32, maplen: i32, flags: u32) -> Resul
     check_flags(flags, AFFECT_LIVE | AFFECT_CONFIG, "qemuDomainGetVcpuPinInfo")?;
     one_def(e, flags)?;
     let num = (e.def.vcpus as i32).min(ncpumaps);
-    let map = pack(&online_cpus(present_cpus()), maplen as usize);
-    Ok(CallValue::PinInfo { cpumaps: map.repeat(num as usize), num })
+    let all = pack(&online_cpus(present_cpus()), maplen as usize);
+    // Each vCPU's pin (`<vcpupin>`, kept current by `virsh vcpupin`), or every online CPU.
+    let cpumaps = (0..num as u32)
+        .flat_map(|v| super::tuning::pinned(e, Some(v)).map_or_else(|| all.clone(), |s| s.to_map(maplen as usize)))
+        .collect();
+    Ok(CallValue::PinInfo { cpumaps, num })
 }
 
 /// `virDomainMemoryStats`: the memory the guest has (no balloon takes any

@@ -108,6 +108,14 @@ pub fn parse(text: &str, path: &Path, mut config: Config) -> Result<(Config, Vec
             "domain_state_dir" => c.domain_state_dir = v.abs_path()?,
             "syslog_socket" => c.syslog_socket = v.abs_path()?,
             "default_network" => c.default_network = v.boolean()?,
+            "cgroup_mount" => c.cgroup_mount = v.abs_path()?,
+            "cgroup_partition" => {
+                let s = v.string()?;
+                if crate::broker::cgroup::partition_parts(&s).is_none() {
+                    return Err(v.bad("expected a cgroup path such as \"/machine.slice\", without '..'"));
+                }
+                c.cgroup_partition = s;
+            }
             k if UNSUPPORTED_LIBVIRT_KEYS.contains(&k) => warnings
                 .push(format!("{}: configuration key '{k}' is not supported by this daemon (ignored)", path.display())),
             k => warnings.push(format!("{}: unknown configuration key '{k}' (ignored)", path.display())),

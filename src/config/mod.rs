@@ -126,6 +126,11 @@ pub struct Config {
     /// Write libvirt's `default` network (virbr0, NAT) on first start, as a
     /// fresh libvirt install has it.
     pub default_network: bool,
+    /// Where the cgroup hierarchies are mounted.
+    pub cgroup_mount: PathBuf,
+    /// Where guests' cgroups go: absolute within the hierarchy, or relative
+    /// to the daemon's own cgroup (a delegated subtree).
+    pub cgroup_partition: String,
 }
 
 /// First id of the documented block the sandboxed processes run under by default.
@@ -174,6 +179,8 @@ impl Config {
             domain_state_dir: paths.domain_state_dir.clone(),
             syslog_socket: PathBuf::from("/dev/log"),
             default_network: true,
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_partition: "/machine.slice".into(),
         }
     }
 
@@ -231,7 +238,9 @@ impl Config {
             helper_uid_min,
             helper_uid_max,
             domain_config_dir,
-            domain_state_dir
+            domain_state_dir,
+            cgroup_mount,
+            cgroup_partition
         );
         changed
     }

@@ -16,12 +16,19 @@ pub fn domain(d: &DomainDef, live: Option<&[LiveDisk]>) -> Element {
     if let Some(desc) = &d.description {
         root = root.child(Element::new("description").with_text(desc));
     }
-    let [metadata, resource, features, cpu, clock, pm, seclabel] = KEPT_ORDER else { unreachable!() };
+    let [metadata, blkiotune, memtune, backing, cputune, resource, features, cpu, clock, pm, seclabel] = KEPT_ORDER
+    else {
+        unreachable!()
+    };
     root.children.extend(kept(metadata));
     root = root
         .child(Element::new("memory").attr("unit", "KiB").with_text(d.memory_kib.to_string()))
-        .child(Element::new("currentMemory").attr("unit", "KiB").with_text(d.current_memory_kib.to_string()))
-        .child(Element::new("vcpu").attr("placement", "static").with_text(d.vcpus.to_string()));
+        .child(Element::new("currentMemory").attr("unit", "KiB").with_text(d.current_memory_kib.to_string()));
+    root.children.extend(kept(blkiotune));
+    root.children.extend(kept(memtune));
+    root.children.extend(kept(backing));
+    root = root.child(Element::new("vcpu").attr("placement", "static").with_text(d.vcpus.to_string()));
+    root.children.extend(kept(cputune));
     root.children.extend(kept(resource));
     root = root.child(os(d));
     for name in [features, cpu, clock] {

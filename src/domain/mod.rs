@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backing;
 mod caps;
 pub mod disk;
 mod emit;
@@ -19,6 +20,7 @@ pub mod nsxml;
 mod parse;
 pub mod pci;
 pub mod platform;
+pub mod tuning;
 mod units;
 mod uuid;
 pub mod xml;
@@ -32,7 +34,19 @@ pub use uuid::Uuid;
 use xml::Element;
 
 /// Order in which kept top-level elements are written (libvirt's order).
-const KEPT_ORDER: &[&str] = &["metadata", "resource", "features", "cpu", "clock", "pm", "seclabel"];
+const KEPT_ORDER: &[&str] = &[
+    "metadata",
+    "blkiotune",
+    "memtune",
+    "memoryBacking",
+    "cputune",
+    "resource",
+    "features",
+    "cpu",
+    "clock",
+    "pm",
+    "seclabel",
+];
 /// Order in which kept devices are written, around the modelled ones.
 const KEPT_DEVICE_ORDER: &[&str] = &["emulator", "controller", "input", "audio", "video", "memballoon"];
 
@@ -206,6 +220,31 @@ impl DomainDef {
     /// Whether `<features>` asks for `name` (e.g. `acpi`).
     pub fn has_feature(&self, name: &str) -> bool {
         self.kept.iter().any(|e| e.name == "features" && e.find(name).is_some())
+    }
+
+    /// The guest's `<cputune>`, `<memtune>` and `<blkiotune>` (checked at
+    /// parse time, so a kept element always reads back).
+    pub fn tuning(&self) -> tuning::Tuning {
+        let find = |name: &str| self.kept.iter().find(|e| e.name == name);
+        tuning::Tuning {
+            cpu: find("cputune").and_then(|e| tuning::cputune(e, self.vcpus).ok()).unwrap_or_default(),
+            memory: find("memtune").and_then(|e| tuning::memtune(e).ok()).unwrap_or_default(),
+            blkio: find("blkiotune").and_then(|e| tuning::blkiotune(e).ok()).unwrap_or_default(),
+        }
+    }
+
+    /// The guest RAM's backing (`<memoryBacking>`, checked at parse time).
+    pub fn backing(&self) -> backing::Backing {
+        self.kept.iter().find(|e| e.name == "memoryBacking").and_then(|e| backing::parse(e).ok()).unwrap_or_default()
+    }
+
+    /// Replaces the tuning elements with `t`'s, in canonical form.
+    pub fn set_tuning(&mut self, t: &tuning::Tuning) {
+        self.kept.retain(|e| !matches!(e.name.as_str(), "cputune" | "memtune" | "blkiotune"));
+        self.kept.extend(tuning::emit_cputune(&t.cpu));
+        self.kept.extend(tuning::emit_memtune(&t.memory));
+        self.kept.extend(tuning::emit_blkiotune(&t.blkio));
+        self.kept.sort_by_key(|e| rank(KEPT_ORDER, &e.name));
     }
 
     /// Whether the guest's CPUID shows the host's invariant TSC: hidden for

@@ -1,6 +1,7 @@
 //! Domain XML to [`DomainDef`]: what we model, keep, refuse or drop.
 
 use super::platform;
+use super::tuning;
 use super::xml::{self, Element};
 use super::{CharDev, CharSource, DomainDef, DomainError, Interface, LifecycleAction, OsDef};
 use super::{parse_uuid, to_kib};
@@ -42,11 +43,7 @@ const UNSUPPORTED_TOP: &[&str] = &[
     "vcpus",
     "iothreads",
     "iothreadids",
-    "cputune",
-    "memtune",
-    "blkiotune",
     "numatune",
-    "memoryBacking",
     "sysinfo",
     "bootloader",
     "bootloader_args",
@@ -61,7 +58,19 @@ const UNSUPPORTED_TOP: &[&str] = &[
 /// Top-level elements kept as written: host-side settings the guest cannot
 /// see (`metadata`, `seclabel`, `resource`), and descriptions of the platform
 /// that `platform` checks first (it refuses what would change the guest).
-const HARMLESS_TOP: &[&str] = &["metadata", "features", "cpu", "clock", "pm", "seclabel", "resource"];
+const HARMLESS_TOP: &[&str] = &[
+    "metadata",
+    "features",
+    "cpu",
+    "clock",
+    "pm",
+    "seclabel",
+    "resource",
+    "cputune",
+    "memtune",
+    "blkiotune",
+    "memoryBacking",
+];
 
 /// Devices that would change the guest and that we cannot provide.
 const UNSUPPORTED_DEVICES: &[&str] = &[
@@ -209,6 +218,22 @@ impl Parser {
                     }
                     "clock" => platform::clock(child)?,
                     "pm" => platform::pm(child)?,
+                    // Host-side limits, kept in canonical form (tuning.rs).
+                    "cputune" => {
+                        def.kept.extend(tuning::emit_cputune(&tuning::cputune(child, def.vcpus)?));
+                        continue;
+                    }
+                    "memtune" => {
+                        def.kept.extend(tuning::emit_memtune(&tuning::memtune(child)?));
+                        continue;
+                    }
+                    "blkiotune" => {
+                        def.kept.extend(tuning::emit_blkiotune(&tuning::blkiotune(child)?));
+                        continue;
+                    }
+                    "memoryBacking" => {
+                        super::backing::parse(child)?;
+                    }
                     _ => {}
                 }
                 def.kept.push(child.clone());
@@ -568,7 +593,7 @@ mod tests {
             ),
             (with_devices("<interface type='user'/>"), "interface type 'user'"),
             (with_devices("<interface type='direct'><source dev='eth0'/></interface>"), "interface type 'direct'"),
-            (GOOD.replace("<vcpu placement='static'>1</vcpu>", "<vcpu>1</vcpu><cputune/>"), "<cputune>"),
+            (GOOD.replace("<vcpu placement='static'>1</vcpu>", "<vcpu>1</vcpu><numatune/>"), "<numatune>"),
         ] {
             match reject(&xml) {
                 DomainError::Unsupported(m) => assert!(m.contains(needle), "{needle}: {m}"),

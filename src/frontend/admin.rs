@@ -172,7 +172,7 @@ pub(super) fn param_out(p: Param) -> wire::TypedParam {
 }
 
 /// A client's parameters for a setter, bounded in count.
-fn params_in(params: Vec<wire::TypedParam>) -> Result<Vec<Param>, RpcError> {
+pub(super) fn params_in(params: Vec<wire::TypedParam>) -> Result<Vec<Param>, RpcError> {
     if params.len() > wire::SERVER_PARAMS_MAX {
         return Err(CallError::InvalidArg(format!("too many parameters (at most {})", wire::SERVER_PARAMS_MAX)).into());
     }

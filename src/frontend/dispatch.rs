@@ -10,6 +10,7 @@ use super::packets::{ErasedRet, ok_reply};
 pub use super::packets::{error_reply, keepalive, stream_packet};
 pub use super::session::{Action, Facts, Session};
 use super::session::{LIB_VERSION, MAX_CALLBACKS, nonnull};
+use crate::privsep::TuneKind;
 use crate::privsep::{Call, CallValue, CpuTarget, Query};
 use crate::rpc::blockdev::*;
 use crate::rpc::cpu;
@@ -337,6 +338,54 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             }
             query(a.dom, Query::VcpusFlags { flags: a.flags })
         }
+        P::DomainSetSchedulerParameters => {
+            let a: crate::rpc::tuning::SetParamsArgs = args(payload)?;
+            set_tuning(a.dom, TuneKind::Scheduler, a.params, 0)
+        }
+        P::DomainSetSchedulerParametersFlags => {
+            let a: crate::rpc::tuning::SetParamsFlagsArgs = args(payload)?;
+            set_tuning(a.dom, TuneKind::Scheduler, a.params, a.flags)
+        }
+        P::DomainSetMemoryParameters => {
+            let a: crate::rpc::tuning::SetParamsFlagsArgs = args(payload)?;
+            set_tuning(a.dom, TuneKind::Memory, a.params, a.flags)
+        }
+        P::DomainSetBlkioParameters => {
+            let a: crate::rpc::tuning::SetParamsFlagsArgs = args(payload)?;
+            set_tuning(a.dom, TuneKind::Blkio, a.params, a.flags)
+        }
+        P::DomainSetMaxMemory => {
+            let a: crate::rpc::tuning::SetMemoryArgs = args(payload)?;
+            Ok(Action::Forward(Call::SetMemory { uuid: a.dom.uuid.0.into(), kib: a.memory, flags: 4 }))
+        }
+        P::DomainSetMemoryFlags => {
+            let a: crate::rpc::tuning::SetMemoryFlagsArgs = args(payload)?;
+            Ok(Action::Forward(Call::SetMemory { uuid: a.dom.uuid.0.into(), kib: a.memory, flags: a.flags }))
+        }
+        P::DomainGetMemoryParameters => {
+            let a: crate::rpc::tuning::GetParamsArgs = args(payload)?;
+            query(a.dom, Query::TuningParams { kind: TuneKind::Memory, nparams: a.nparams, flags: a.flags })
+        }
+        P::DomainGetBlkioParameters => {
+            let a: crate::rpc::tuning::GetParamsArgs = args(payload)?;
+            query(a.dom, Query::TuningParams { kind: TuneKind::Blkio, nparams: a.nparams, flags: a.flags })
+        }
+        P::DomainPinVcpu => {
+            let a: crate::rpc::tuning::PinVcpuArgs = args(payload)?;
+            pin(a.dom, Some(a.vcpu), a.cpumap.0, 0)
+        }
+        P::DomainPinVcpuFlags => {
+            let a: crate::rpc::tuning::PinVcpuFlagsArgs = args(payload)?;
+            pin(a.dom, Some(a.vcpu), a.cpumap.0, a.flags)
+        }
+        P::DomainPinEmulator => {
+            let a: crate::rpc::tuning::PinEmulatorArgs = args(payload)?;
+            pin(a.dom, None, a.cpumap.0, a.flags)
+        }
+        P::DomainGetEmulatorPinInfo => {
+            let a: crate::rpc::tuning::GetEmulatorPinInfoArgs = args(payload)?;
+            query(a.dom, Query::EmulatorPinInfo { maplen: a.maplen, flags: a.flags })
+        }
         P::DomainGetVcpuPinInfo => {
             let a: DomainGetVcpuPinInfoArgs = args(payload)?;
             query(a.dom, Query::VcpuPinInfo { ncpumaps: a.ncpumaps, maplen: a.maplen, flags: a.flags })
@@ -492,6 +541,28 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             fwd(Call::DomainStats { doms, stats: a.stats, flags: a.flags })
         }
     }
+}
+
+/// A resource-control setter, its parameters bounded in count.
+fn set_tuning(
+    dom: NonnullDomain,
+    kind: TuneKind,
+    params: Vec<crate::rpc::admin::TypedParam>,
+    flags: u32,
+) -> Result<Action, RpcError> {
+    let params = super::admin::params_in(params)?;
+    Ok(Action::Forward(Call::SetTuning { uuid: dom.uuid.0.into(), kind, params, flags }))
+}
+
+/// A vCPU's or the emulator's pinning; a map longer than the most host CPUs
+/// a set may name is refused.
+fn pin(dom: NonnullDomain, vcpu: Option<u32>, cpumap: Vec<u8>, flags: u32) -> Result<Action, RpcError> {
+    if cpumap.len() > crate::domain::tuning::MAX_CPUS as usize / 8 {
+        return Err(
+            crate::privsep::CallError::InvalidArg("cpumap is longer than the host CPUs it may name".into()).into()
+        );
+    }
+    Ok(Action::Forward(Call::Pin { uuid: dom.uuid.0.into(), vcpu, cpumap, flags }))
 }
 
 fn query(dom: NonnullDomain, query: Query) -> Result<Action, RpcError> {
@@ -848,6 +919,20 @@ mod tests {
             enc(&DetachAliasArgs { dom: dom.clone(), alias: "virtio-disk0".into(), flags: 2 }),
             enc(&BlockInfoArgs { dom: dom.clone(), path: "vda".into(), flags: 0 }),
             enc(&DiskErrorsArgs { dom: dom.clone(), maxerrors: 0, flags: 0 }),
+            enc(&crate::rpc::tuning::SetParamsArgs { dom: dom.clone(), params: Vec::new() }),
+            enc(&crate::rpc::tuning::SetParamsFlagsArgs { dom: dom.clone(), params: Vec::new(), flags: 0 }),
+            enc(&crate::rpc::tuning::GetParamsArgs { dom: dom.clone(), nparams: 0, flags: 0 }),
+            enc(&crate::rpc::tuning::PinVcpuArgs { dom: dom.clone(), vcpu: 0, cpumap: xdr::Opaque(vec![1]) }),
+            enc(&crate::rpc::tuning::PinVcpuFlagsArgs {
+                dom: dom.clone(),
+                vcpu: 0,
+                cpumap: xdr::Opaque(vec![1]),
+                flags: 0,
+            }),
+            enc(&crate::rpc::tuning::PinEmulatorArgs { dom: dom.clone(), cpumap: xdr::Opaque(vec![1]), flags: 0 }),
+            enc(&crate::rpc::tuning::GetEmulatorPinInfoArgs { dom: dom.clone(), maplen: 1, flags: 0 }),
+            enc(&crate::rpc::tuning::SetMemoryArgs { dom: dom.clone(), memory: 1024 }),
+            enc(&crate::rpc::tuning::SetMemoryFlagsArgs { dom: dom.clone(), memory: 1024, flags: 0 }),
         ]
         .into_iter()
         .chain(crate::frontend::storage::candidate_payloads())

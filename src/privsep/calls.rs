@@ -152,11 +152,38 @@ pub enum Query {
         /// `virDomainModificationImpact` and `VIR_TYPED_PARAM_STRING_OKAY`.
         flags: u32,
     },
+    /// `virDomainGet{Memory,Blkio}Parameters`.
+    TuningParams {
+        /// Which parameters.
+        kind: TuneKind,
+        /// Most parameters to report (0: how many there are).
+        nparams: i32,
+        /// `virDomainModificationImpact` and `VIR_TYPED_PARAM_STRING_OKAY`.
+        flags: u32,
+    },
+    /// `virDomainGetEmulatorPinInfo`.
+    EmulatorPinInfo {
+        /// Bytes of map wanted.
+        maplen: i32,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
     /// `virDomainGetJobStats`.
     JobStats {
         /// `virDomainGetJobStatsFlags`.
         flags: u32,
     },
+}
+
+/// Which resource controls a parameter call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TuneKind {
+    /// `<cputune>`: `virDomain{Get,Set}SchedulerParameters`.
+    Scheduler,
+    /// `<memtune>`: `virDomain{Get,Set}MemoryParameters`.
+    Memory,
+    /// `<blkiotune>`: `virDomain{Get,Set}BlkioParameters`.
+    Blkio,
 }
 
 /// Everything a client may ask of the broker through the frontend.
@@ -399,6 +426,37 @@ pub enum Call {
         kind: i32,
         /// The namespace, for an element.
         uri: Option<String>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
+    /// `virDomainSet{Scheduler,Memory,Blkio}Parameters(Flags)`.
+    SetTuning {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// Which parameters.
+        kind: TuneKind,
+        /// Their new values.
+        params: Vec<crate::privsep::admin::Param>,
+        /// `virDomainModificationImpact`.
+        flags: u32,
+    },
+    /// `virDomainSetMemoryFlags` and `virDomainSetMaxMemory`.
+    SetMemory {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// KiB.
+        kib: u64,
+        /// `virDomainMemoryModFlags`.
+        flags: u32,
+    },
+    /// `virDomainPinVcpu(Flags)`, and `virDomainPinEmulator` (`vcpu` `None`).
+    Pin {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// The vCPU, or the emulator threads.
+        vcpu: Option<u32>,
+        /// Host CPUs, one bit each.
+        cpumap: Vec<u8>,
         /// `virDomainModificationImpact`.
         flags: u32,
     },

@@ -189,7 +189,8 @@ pub enum HelperCommand {
     /// socket, read for guest input and written with guest output),
     /// `ControlListener` (a listening `SOCK_SEQPACKET` socket in the run
     /// directory, on which a restarted broker reconnects: the helper
-    /// outlives the daemon), and `Initrd` if the guest has one.
+    /// outlives the daemon), `Initrd` if the guest has one, and `GuestMemory`
+    /// where the broker made the guest's RAM.
     Start {
         /// The broker's [`HELPER_PROTOCOL_VERSION`].
         version: u32,
@@ -280,6 +281,15 @@ impl HelperCommand {
 
     /// `Start` for `config`, and the fds to send beside it in manifest order.
     pub fn start<'a>(config: GuestConfig, fds: &StartFds<'a>) -> (HelperCommand, Vec<BorrowedFd<'a>>) {
+        Self::start_backed(config, fds, None)
+    }
+
+    /// `Start` with guest RAM from `memory` ([`FdRole::GuestMemory`]).
+    pub fn start_backed<'a>(
+        config: GuestConfig,
+        fds: &StartFds<'a>,
+        memory: Option<BorrowedFd<'a>>,
+    ) -> (HelperCommand, Vec<BorrowedFd<'a>>) {
         let mut pairs = vec![
             (FdRole::Kvm, fds.kvm),
             (FdRole::Kernel, fds.kernel),
@@ -295,6 +305,7 @@ impl HelperCommand {
                 pairs.push((FdRole::DiskLayer { disk, layer }, *fd));
             }
         }
+        pairs.extend(memory.map(|f| (FdRole::GuestMemory, f)));
         let (roles, fds) = manifest::split(&pairs);
         (HelperCommand::Start { version: HELPER_PROTOCOL_VERSION, config, fds: roles }, fds)
     }

@@ -5,7 +5,7 @@
 //! broker refuses the same call by the same row. A new [`Call`] variant
 //! does not compile until it names its procedure here.
 
-use super::calls::{Call, CpuTarget, Query};
+use super::calls::{Call, CpuTarget, Query, TuneKind};
 use crate::rpc::remote::{Access, RemoteProc};
 
 impl Call {
@@ -60,6 +60,14 @@ impl Call {
             Call::GetMetadata { .. } => P::DomainGetMetadata,
             Call::SetMetadata { .. } => P::DomainSetMetadata,
             Call::Storage(c) => c.procedure(),
+            Call::SetTuning { kind: TuneKind::Scheduler, .. } => P::DomainSetSchedulerParametersFlags,
+            Call::SetTuning { kind: TuneKind::Memory, .. } => P::DomainSetMemoryParameters,
+            Call::SetTuning { kind: TuneKind::Blkio, .. } => P::DomainSetBlkioParameters,
+            // virDomainSetMaxMemory is the flags form with VIR_DOMAIN_MEM_MAXIMUM alone.
+            Call::SetMemory { flags: 4, .. } => P::DomainSetMaxMemory,
+            Call::SetMemory { .. } => P::DomainSetMemoryFlags,
+            Call::Pin { vcpu: Some(_), .. } => P::DomainPinVcpuFlags,
+            Call::Pin { vcpu: None, .. } => P::DomainPinEmulator,
             Call::Network(n) => n.procedure(),
             Call::ChangeDevice { detach: false, .. } => P::DomainAttachDeviceFlags,
             Call::ChangeDevice { detach: true, .. } => P::DomainDetachDeviceFlags,
@@ -117,6 +125,10 @@ impl Query {
             Query::SchedulerParams { flags: 0, .. } => P::DomainGetSchedulerParameters,
             Query::SchedulerParams { .. } => P::DomainGetSchedulerParametersFlags,
             Query::JobStats { .. } => P::DomainGetJobStats,
+            Query::TuningParams { kind: TuneKind::Memory, .. } => P::DomainGetMemoryParameters,
+            Query::TuningParams { kind: TuneKind::Blkio, .. } => P::DomainGetBlkioParameters,
+            Query::TuningParams { kind: TuneKind::Scheduler, .. } => P::DomainGetSchedulerParametersFlags,
+            Query::EmulatorPinInfo { .. } => P::DomainGetEmulatorPinInfo,
         }
     }
 }

@@ -15,4 +15,5 @@ pub mod network;
 pub mod remote;
 pub mod stats;
 pub mod storage;
+pub mod tuning;
 pub mod xdr;

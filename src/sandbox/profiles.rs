@@ -37,6 +37,9 @@ pub const BROKER_CAPS: &[Capability] = &[
     // Raising helpers' memlock and fd limits for guest memory.
     Capability::CAP_SYS_RESOURCE,
     Capability::CAP_IPC_LOCK,
+    // Pinning helpers' threads (sched_setaffinity) and giving vCPU threads
+    // a real-time scheduler (<vcpusched>): they run under other uids.
+    Capability::CAP_SYS_NICE,
     // listen_addr ports below 1024, if an operator configures them.
     Capability::CAP_NET_BIND_SERVICE,
 ];

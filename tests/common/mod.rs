@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod pki;
 
 use std::io::Read;
@@ -88,7 +89,8 @@ impl Tree {
             ("domain_state_dir", self.path("run/qemu")),
         ];
         let mut text = String::new();
-        for (key, path) in base {
+        let cgroups = [("cgroup_partition", PathBuf::from(cgroup::partition(self.dir.path())))];
+        for (key, path) in base.into_iter().chain(cgroups) {
             if !extra.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == key)) {
                 text.push_str(&format!("{key} = \"{}\"\n", path.display()));
             }
@@ -205,6 +207,12 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        cgroup::cleanup(self.dir.path());
     }
 }
 

@@ -14,6 +14,7 @@
  *                 internal error under an emulating KVM)
  *               | blkread, blkwrite, blkflush, blkid, blkbad, blkbench
  *                 (virtio-blk: see that section; BLK lines at boot)
+ *               | touch MIB | e820 | himem MIB (see the resources block)
  * Command line: "resetatboot" makes it print RESETTING after CMDLINE= and
  *               reset at once (i8042 0xFE), on every boot.
  */
@@ -153,6 +154,7 @@ pvh_64:
 
 /* Common 64-bit code. r12 cmdline, r13 memory map, r14 entries, r15 stride. */
 common:
+        call resources_save_map         /* for the e820 command (resources block) */
         /* Our own GDT, and CS reloaded from it: the boot protocol's CS is
            0x10, which is data here, and iretq would reload it. */
         lgdt gdt_desc
@@ -308,9 +310,174 @@ shell:
 .Lnot_fault:
         call blk_command                /* the blk* words, if it is one */
         jc shell
+        jmp resources_commands          /* the resources block, below */
+.Lunknown_command:
         leaq msg_unknown(%rip), %rsi
         call puts
         jmp shell
+
+/* ---------------- resources (issue 17): memory commands ----------------
+ * touch MIB: writes one byte to every 4 KiB page of MIB MiB from 16 MiB up
+ *            (at most 1000 MiB, inside the identity map), then prints
+ *            TOUCHED=<MiB>; a guest over its memory limit is killed first.
+ * e820:      the memory map the boot protocol gave (bzImage E820 or PVH
+ *            memmap): E820=<start KiB>+<length KiB>:<type>,... 
+ * himem MIB: maps the 1 GiB around physical address MIB MiB (4 GiB up,
+ *            below 512 GiB) with 2 MiB pages, writes a pattern to its
+ *            first 64 bytes and reads it back: HIMEM=ok|bad <MiB>.
+ * Anything else goes on to "unknown command".
+ */
+        .set TOUCH_BASE, 0x1000000
+/* resources_save_map: keeps the boot memory map (r13 table, r14 entries,
+   r15 stride) for the e820 command; changes no register. */
+resources_save_map:
+        movq %r13, res_map(%rip)
+        movq %r14, res_entries(%rip)
+        movq %r15, res_stride(%rip)
+        ret
+
+resources_commands:
+        leaq linebuf(%rip), %rsi
+        leaq w_touch(%rip), %rdi
+        call prefix
+        jc res_touch
+        leaq linebuf(%rip), %rsi
+        leaq w_e820(%rip), %rdi
+        call prefix
+        jc res_e820
+        leaq linebuf(%rip), %rsi
+        leaq w_himem(%rip), %rdi
+        call prefix
+        jc res_himem
+        jmp .Lunknown_command
+
+res_touch:
+        call parsedec                   /* rax = MiB */
+        cmpq $1000, %rax
+        jbe 70f
+        movq $1000, %rax
+70:     pushq %rax
+        movq %rax, %rcx
+        shlq $8, %rcx                   /* 256 pages per MiB */
+        movq $TOUCH_BASE, %rdi
+        testq %rcx, %rcx
+        jz 72f
+71:     movb $0x5a, (%rdi)
+        addq $4096, %rdi
+        decq %rcx
+        jnz 71b
+72:     leaq msg_touched(%rip), %rsi
+        call puts
+        popq %rax
+        call putdec
+        call newline
+        jmp shell
+
+res_e820:
+        leaq msg_e820(%rip), %rsi
+        call puts
+        movq res_map(%rip), %rbx        /* rbx: entry */
+        movq res_entries(%rip), %r8     /* r8: entries left */
+        cmpq $128, %r8
+        jbe 73f
+        movq $128, %r8
+73:     testq %r8, %r8
+        jz 75f
+        movq (%rbx), %rax
+        shrq $10, %rax
+        call putdec
+        movb $'+', %al
+        call putc
+        movq 8(%rbx), %rax
+        shrq $10, %rax
+        call putdec
+        movb $':', %al
+        call putc
+        movl 16(%rbx), %eax
+        call putdec
+        addq res_stride(%rip), %rbx
+        decq %r8
+        jz 75f
+        movb $',', %al
+        call putc
+        jmp 73b
+75:     call newline
+        jmp shell
+
+res_himem:
+        call parsedec                   /* rax = MiB */
+        movq %rax, %r9                  /* r9: MiB, for the answer */
+        shlq $20, %rax
+        movq %rax, %rbx                 /* rbx: physical address */
+        shrq $30, %rax                  /* the PDPT slot of its GiB */
+        cmpq $4, %rax
+        jb 78f
+        cmpq $512, %rax
+        jae 78f
+        /* PDPT of PML4[0] (identity-mapped low memory in both boot paths). */
+        movq %cr3, %rdi
+        andq $~0xfff, %rdi
+        movq (%rdi), %rdi
+        movabsq $0x000ffffffffff000, %rcx
+        andq %rcx, %rdi
+        leaq res_pd(%rip), %rdx
+        orq $3, %rdx
+        movq %rdx, (%rdi,%rax,8)
+        /* res_pd: 512 2 MiB pages from the GiB's start. */
+        movq %rax, %rdx
+        shlq $30, %rdx
+        orq $0x83, %rdx
+        leaq res_pd(%rip), %rdi
+        movq $512, %rcx
+76:     movq %rdx, (%rdi)
+        addq $0x200000, %rdx
+        addq $8, %rdi
+        decq %rcx
+        jnz 76b
+        movq %cr3, %rax
+        movq %rax, %cr3                 /* flush the TLB */
+        /* Write 8 quadwords of a pattern that names the address, read back. */
+        movabsq $0x5a5aa5a512345678, %rdx
+        xorq %rbx, %rdx
+        movq $8, %rcx
+        movq %rbx, %rdi
+77:     movq %rdx, (%rdi)
+        addq $8, %rdi
+        decq %rcx
+        jnz 77b
+        movq $8, %rcx
+        movq %rbx, %rdi
+79:     cmpq %rdx, (%rdi)
+        jne 78f
+        addq $8, %rdi
+        decq %rcx
+        jnz 79b
+        leaq msg_himem_ok(%rip), %rsi
+        jmp 74f
+78:     leaq msg_himem_bad(%rip), %rsi
+74:     call puts
+        movq %r9, %rax
+        call putdec
+        call newline
+        jmp shell
+
+        .pushsection .rodata, "a"
+w_touch:       .asciz "touch "
+w_e820:        .asciz "e820"
+w_himem:       .asciz "himem "
+msg_touched:   .asciz "TOUCHED="
+msg_e820:      .asciz "E820="
+msg_himem_ok:  .asciz "HIMEM=ok "
+msg_himem_bad: .asciz "HIMEM=bad "
+        .popsection
+        .pushsection .bss, "aw", @nobits
+        .align 4096
+res_pd:      .fill 4096, 1, 0
+res_map:     .quad 0
+res_entries: .quad 0
+res_stride:  .quad 0
+        .popsection
+/* ---------------- end of the resources block ---------------- */
 
 /* start_aps: wakes the other CPUs (CPUID leaf 1 says how many) with
    INIT-SIPI through the x2APIC, and waits a bounded time for each to run

@@ -27,8 +27,7 @@ use crate::devices::{IrqFd, acpi_pm, pvpanic};
 use crate::vcpu::kvm::KvmVcpu;
 use crate::virtio::blk::Worker;
 
-/// Guest RAM must end below the 32-bit PCI hole.
-const MAX_MEMORY_MIB: u64 = 3 * 1024;
+use crate::layout::MAX_MEMORY_MIB;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const COM1_IRQ: u32 = 4;
 const KBD_IRQ: u32 = 1;
@@ -91,6 +90,8 @@ pub struct BootFiles {
     pub initrd: Option<OwnedFd>,
     /// Each disk's image chain, top layer first, in `GuestConfig::disks` order.
     pub disks: Vec<Vec<OwnedFd>>,
+    /// Guest RAM the broker made (memfd, huge pages), if the domain asks.
+    pub memory: Option<OwnedFd>,
 }
 
 /// The devices the control loop acts on by name, beside the bus.
@@ -137,8 +138,20 @@ pub fn build(config: &GuestConfig, files: BootFiles) -> Result<Built, BuildError
     vm.create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() })
         .map_err(kvm("KVM_CREATE_PIT2"))?;
     let mem_size = config.memory_mib << 20;
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-        .map_err(|e| BuildError::GuestMemory(e.to_string()))?;
+    // RAM around the PCI hole (layout.rs); anonymous, MAP_NORESERVE (what
+    // the guest never touches costs the host nothing), or the broker's
+    // memfd mapped shared, each range at its own offset.
+    let file = files.memory.map(|fd| Arc::new(File::from(fd)));
+    let ranges: Vec<(GuestAddress, usize, Option<vm_memory::FileOffset>)> = crate::layout::ram(mem_size)
+        .into_iter()
+        .map(|(s, l)| {
+            let offset =
+                file.as_ref().map(|f| vm_memory::FileOffset::from_arc(f.clone(), crate::layout::file_offset(s)));
+            (GuestAddress(s), l as usize, offset)
+        })
+        .collect();
+    let memory =
+        GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| BuildError::GuestMemory(e.to_string()))?;
     // From here on the machine owns VM and memory, and drops them in order.
     let machine = Machine::new(vm, memory);
     register_memory(&machine)?;

@@ -62,6 +62,7 @@ pub fn run(
         kernel: fds.require(FdRole::Kernel)?,
         initrd: fds.take(FdRole::Initrd),
         disks: disks::take_layers(config, &mut fds)?,
+        memory: fds.take(FdRole::GuestMemory),
     };
     let built = builder::build(config, files)?;
     // Everything that needs privilege or a path is done: confine the

@@ -96,7 +96,16 @@ impl Broker {
                                       libvirtd?)";
                         return self.guest_stopped(uuid, StopReason::Failed, detail);
                     }
-                    Err(e) => return self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
+                    Err(e) => {
+                        // A helper the kernel killed over its memory limit: a crash, said so.
+                        let limit =
+                            self.setup.ctx.domains.by_uuid(&uuid).ok().and_then(|e| e.def.tuning().memory.hard_limit);
+                        let oom = running.cgroup.as_ref().and_then(|c| c.out_of_memory(limit));
+                        return match oom {
+                            Some(detail) => self.guest_stopped(uuid, StopReason::Crash, &detail),
+                            None => self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
+                        };
+                    }
                 }
             },
         }
@@ -246,7 +255,8 @@ impl Broker {
     /// `on_poweroff`/`on_reboot`/`on_crash` says so.
     fn guest_stopped(&mut self, uuid: Uuid, reason: StopReason, detail: &str) {
         let ctx = &mut self.setup.ctx;
-        let Some(running) = ctx.guests.remove(&uuid) else { return };
+        let Some(mut running) = ctx.guests.remove(&uuid) else { return };
+        running.remove_cgroup();
         if ctx.guests.pending.starting(&uuid).is_some() {
             // The helper ended before the guest ran: the start failed
             // (settling it shuts the domain off).

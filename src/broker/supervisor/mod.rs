@@ -158,6 +158,11 @@ impl Ctx {
         let entry = self.domains.by_uuid(uuid)?;
         let (Some(id), Some(pid)) = (entry.id, entry.pid) else { return Err(CallError::NotRunning) };
         let name = entry.def.name.clone();
+        let (vcpus, cputune) = (entry.def.vcpus, entry.def.tuning().cpu);
+        if let Some(running) = self.guests.get(uuid) {
+            super::pinning::place(pid, vcpus, &cputune, running.cgroup.as_ref())
+                .map_err(|e| CallError::OperationFailed(format!("guest '{name}' cannot be placed: {e}")))?;
+        }
         self.domains.set_running(uuid, id, pid, DomainState::Running(RunningReason::Booted));
         self.record(uuid);
         if fresh && let Ok(dom) = self.domains.by_uuid(uuid).map(|e| e.handle()) {
@@ -182,8 +187,9 @@ impl Ctx {
     /// still runs), unless something else shut it off already. Returns
     /// whether it did.
     pub fn abort_start(&mut self, uuid: &Uuid) -> bool {
-        if let Some(running) = self.guests.remove(uuid) {
+        if let Some(mut running) = self.guests.remove(uuid) {
             running.kill();
+            running.remove_cgroup();
         }
         if !self.domains.by_uuid(uuid).is_ok_and(|e| e.id.is_some()) {
             return false;
@@ -277,8 +283,9 @@ impl Ctx {
     /// clean exit, so it is killed without waiting (whatever else it was
     /// asked fails). Returns the helper's pid.
     pub fn destroy(&mut self, uuid: &Uuid) -> Result<i32, CallError> {
-        let running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
+        let mut running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
         running.kill();
+        running.remove_cgroup();
         let dom = self.domains.by_uuid(uuid).map(|e| e.stopped_handle());
         self.unrecord(uuid);
         self.domains.set_shutoff(uuid, ShutoffReason::Destroyed);

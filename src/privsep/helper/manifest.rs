@@ -37,7 +37,9 @@ pub enum FdRole {
         /// Which NIC.
         nic: u8,
     },
-    /// A file or memfd backing guest RAM (hugepages, shared memory).
+    /// Guest RAM the broker created (a memfd, with huge pages where the
+    /// domain asks): mapped shared, low RAM at offset 0 and RAM above the
+    /// PCI hole at offset 3 GiB.
     GuestMemory,
 }
 
