@@ -107,12 +107,17 @@ fn six_gib_guest(kernel: &str, name: &str, uuid: &str) -> String {
         r#"
 dom = conn.createXML(XML, 0)
 st = console(dom)
-st.send(b"\r")
-until(st, b"> ")
+# The console may open before or after the guest's first prompt: a marker
+# line the guest echoes back says where its answers begin.
+st.send(b"echo ready-for-commands\r")
+until(st, b"ready-for-commands\r\n> ")
 def answer(command, marker):
     st.send(command + b"\r")
     text = until(st, b"\r\n> ").decode()
-    print([l for l in text.splitlines() if l.startswith(marker)][0])
+    lines = [l for l in text.splitlines() if l.startswith(marker)]
+    if not lines:
+        raise SystemExit("no %s line in the guest's answer %r" % (marker, text))
+    print(lines[0])
 answer(b"e820", "E820=")
 answer(b"himem 5120", "HIMEM=")
 answer(b"himem 8192", "HIMEM=")
