@@ -293,12 +293,12 @@ fn procedures_the_daemon_does_not_implement_say_so_as_libvirt_does() {
     let (code, _, err) = virsh(&ro, &["domxml-from-native", "qemu-argv", argv.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "error: operation forbidden: read only access prevents virConnectDomainXMLFromNative");
-    // virsh falls back from virConnectListAllStoragePools on NO_SUPPORT to the
+    // virsh falls back from virConnectListAllInterfaces on NO_SUPPORT to the
     // older call, and reports that one's answer: a fallback, not a protocol error.
-    let (code, _, err) = virsh(&ro, &["pool-list"]);
+    let (code, _, err) = virsh(&ro, &["iface-list"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("error: this function is not supported by the connection driver: virConnectNumOfStoragePools"),
+        err.contains("error: this function is not supported by the connection driver: virConnectNumOfInterfaces"),
         "{err}"
     );
     assert!(!err.contains("unknown procedure"), "{err}");
