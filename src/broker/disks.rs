@@ -146,21 +146,6 @@ pub struct OpenDisk {
     pub config: DiskConfig,
 }
 
-/// The name of a file type that is no image.
-fn kind_of(t: std::fs::FileType) -> &'static str {
-    if t.is_fifo() {
-        "FIFO"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_dir() {
-        "directory"
-    } else {
-        "special file"
-    }
-}
-
 fn cache_mode(c: Option<DiskCache>) -> CacheMode {
     match c {
         Some(DiskCache::None) => CacheMode::None,
@@ -198,7 +183,13 @@ fn open_layer(target: &str, path: &Path, write: bool, flags: i32) -> Result<Laye
     let kind = match (t.is_file(), t.is_block_device()) {
         (true, _) => DiskKind::File,
         (_, true) => DiskKind::Block,
-        _ => return Err(DiskError::NotImage { target: target.to_owned(), path: path.to_owned(), kind: kind_of(t) }),
+        _ => {
+            return Err(DiskError::NotImage {
+                target: target.to_owned(),
+                path: path.to_owned(),
+                kind: super::files::kind_of(t),
+            });
+        }
     };
     let via = format!("/proc/self/fd/{}", handle.as_raw_fd());
     let file = OpenOptions::new()

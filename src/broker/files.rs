@@ -46,7 +46,7 @@ pub enum FileError {
 }
 
 /// The name of a file type that is not a regular file.
-fn kind_of(t: std::fs::FileType) -> &'static str {
+pub fn kind_of(t: std::fs::FileType) -> &'static str {
     if t.is_fifo() {
         "FIFO"
     } else if t.is_socket() {

@@ -8,6 +8,7 @@
 mod activation;
 mod admin;
 mod agent;
+mod atomic;
 mod audit;
 mod blockinfo;
 mod call_audit;

@@ -95,20 +95,8 @@ fn mkdir(dir: &Path, mode: u32) -> std::io::Result<()> {
 
 /// Writes `text` to `path` atomically.
 fn save(path: &Path, text: &str) -> Result<(), NetError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("xml.new");
-    let fail = |e: std::io::Error| NetError::Internal(format!("cannot write '{}': {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    super::atomic::write(path, &tmp, text.as_bytes()).map_err(|e| NetError::Internal(e.to_string()))
 }
 
 fn load_dir(dir: &Path) -> Vec<NetworkDef> {

@@ -7,9 +7,8 @@
 //! frontend did; every change is audited with the client's identity.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::audit::{Auditor, Value, client_fields};
@@ -72,17 +71,7 @@ fn sys(what: &str, path: &Path, e: std::io::Error) -> StorageError {
 fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), StorageError> {
     let tmp = dir.join(format!(".{name}.xml.new"));
     let path = dir.join(format!("{name}.xml"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(|e| sys("cannot create", &tmp, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| sys("cannot write", &tmp, e))?;
-    f.sync_all().map_err(|e| sys("cannot sync", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| sys("cannot rename into", &path, e))?;
+    super::atomic::write(&path, &tmp, text.as_bytes()).map_err(|e| sys(e.what, &e.path, e.source))?;
     let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! so a crash leaves the old definition or the new one, never half of either.
 //! A file that does not parse is reported and left alone, never deleted.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -121,17 +121,7 @@ impl Store {
     pub fn save(&self, def: &DomainDef) -> Result<(), StoreError> {
         let path = self.file(&def.name);
         let tmp = self.dir.join(format!(".{}.xml.new", def.name));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io("cannot create", &tmp))?;
-        f.write_all(def.to_xml().as_bytes()).map_err(io("cannot write", &tmp))?;
-        f.sync_all().map_err(io("cannot sync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("cannot rename into", &path))?;
+        super::atomic::write(&path, &tmp, def.to_xml().as_bytes()).map_err(|e| io(e.what, &e.path)(e.source))?;
         self.sync_dir()
     }
 
