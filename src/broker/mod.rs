@@ -9,6 +9,7 @@ mod activation;
 mod admin;
 mod agent;
 mod audit;
+mod balloon;
 mod blockinfo;
 mod call_audit;
 mod calls;
@@ -182,6 +183,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
+        balloons: Default::default(),
         networks: networks::Networks::load(
             &config.domain_config_dir,
             &config.domain_state_dir,
