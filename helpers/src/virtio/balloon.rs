@@ -208,10 +208,9 @@ impl Control {
         if let Some(a) = slot.as_mut()
             && let Some(head) = a.stats_head.take()
             && let Some(q) = a.queues.get_mut(STATS)
+            && q.add_used(&a.memory, head, 0).is_ok()
         {
-            if q.add_used(&a.memory, head, 0).is_ok() {
-                a.interrupt.queue(STATS as u16);
-            }
+            a.interrupt.queue(STATS as u16);
         }
         f
     }
