@@ -1,7 +1,7 @@
 //! virtio-balloon end to end: `<memballoon model='virtio'>` gets a PCI
 //! slot, `setmem --live` sets the balloon's target, the test guest's
 //! polling driver inflates to it, `dommemstat` and `domstats --balloon`
-//! follow, the pages the guest had touched go back to the host (the
+//! follow with the guest's statistics, the pages the guest had touched go back to the host (the
 //! helper's resident set drops), and a page number outside guest RAM is
 //! ignored with the helper serving on. A guest without a balloon keeps
 //! libvirt's error for a live `setmem`.
@@ -71,13 +71,25 @@ st.send(b"\r")
 until(st, b"> ")
 st.send(b"touch 64\r")
 until(st, b"TOUCHED=64")
+# The driver's setup: the target is 0, and the guest posts its statistics.
+st.send(b"balloon\r")
+until(st, b"BALLOON actual=0\r\n")
 s = stat(dom, "actual", 256 * 1024)
 rss_touched = s["rss"]
+for _ in range(100):
+    if "available" in s:
+        break
+    time.sleep(0.1)
+    s = dom.memoryStats()
+available = s.get("available", 0)
+print("guest stats", available > 200 * 1024, s.get("unused") == available - 16 * 1024)
 dom.setMemoryFlags(192 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 st.send(b"balloon\r")
 until(st, b"BALLOON actual=64\r\n")
 s = stat(dom, "actual", 192 * 1024)
 print("inflated", s["actual"])
+# The guest posted fresh statistics with this balloon command.
+s = stat(dom, "available", available - 64 * 1024)
 dropped = rss_touched - s["rss"]
 print("rss dropped by 48 MiB or more:", dropped >= 48 * 1024, dropped // 1024)
 rec = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BALLOON)[0][1]
@@ -97,9 +109,10 @@ dom.destroy()
     );
     let out = run_python(&d, &script, Duration::from_secs(180));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "inflated 196608", "{out}");
-    assert!(lines[1].starts_with("rss dropped by 48 MiB or more: True"), "{out}");
-    assert_eq!(lines[2..], ["balloon.current 196608", "deflated 262144", "alive 1 262144"], "{out}");
+    assert_eq!(lines[0], "guest stats True True", "{out}");
+    assert_eq!(lines[1], "inflated 196608", "{out}");
+    assert!(lines[2].starts_with("rss dropped by 48 MiB or more: True"), "{out}");
+    assert_eq!(lines[3..], ["balloon.current 196608", "deflated 262144", "alive 1 262144"], "{out}");
 
     // virsh's own path: setmem --live on the running guest, dommemstat shows actual.
     let (code, _, err) = virsh(&rw, &["start", "bal"]);

@@ -189,7 +189,8 @@ common:
 5:      addq %r15, %rdi
         decq %rcx
         jmp 3b
-4:      leaq msg_mem(%rip), %rsi
+4:      movq %rbx, bln_mem(%rip)        /* for the balloon's statistics */
+        leaq msg_mem(%rip), %rsi
         call puts
         movq %rbx, %rax
         shrq $20, %rax
@@ -481,7 +482,10 @@ res_stride:  .quad 0
 
 /* ---------------- virtio-balloon (issue 17) ----------------
  * A polling driver for the virtio-balloon function (found by a PCI scan
- * on first use; inflate and deflate queues, no statistics queue).
+ * on first use; inflate and deflate queues, and the statistics queue when
+ * offered: available = usable RAM minus the balloon, unused = that minus
+ * the 16 MiB below the balloon's pages, posted at setup and again on a
+ * `balloon` command once the device handed the buffer back).
  * balloon:    reads the target (num_pages) from the config space, inflates
  *             (posting the PFNs of the pages from 16 MiB up, the ones
  *             `touch` writes) or deflates to it, at most 1000 MiB, writes
@@ -588,15 +592,23 @@ bln_probe:
         movb $0, 0x14(%rdi)             /* reset */
         movb $1, 0x14(%rdi)             /* ACKNOWLEDGE */
         movb $3, 0x14(%rdi)             /* DRIVER */
+        movl $0, 0x00(%rdi)
+        movl 0x04(%rdi), %eax
+        andl $2, %eax                   /* STATS_VQ, if offered */
+        movl %eax, bln_stats(%rip)
+        shrl $1, %eax
+        addl $2, %eax
+        movl %eax, bln_nq(%rip)
         movl $0, 0x08(%rdi)
-        movl $0, 0x0c(%rdi)             /* no features but... */
+        movl bln_stats(%rip), %eax
+        movl %eax, 0x0c(%rdi)           /* STATS_VQ or nothing, and... */
         movl $1, 0x08(%rdi)
         movl $1, 0x0c(%rdi)             /* ...VERSION_1 */
         movb $0x0b, 0x14(%rdi)          /* FEATURES_OK */
         movb 0x14(%rdi), %al
         testb $8, %al
         jz 98f
-        xorl %ecx, %ecx                 /* queues 0 (inflate) and 1 (deflate) */
+        xorl %ecx, %ecx                 /* queues 0 (inflate), 1 (deflate), 2 (stats) */
 95:     movw %cx, 0x16(%rdi)
         movw $VQ_SIZE, 0x18(%rdi)
         movl %ecx, %eax
@@ -618,15 +630,51 @@ bln_probe:
         movq %rax, (%rdx,%rcx,8)
         movw $1, 0x1c(%rdi)             /* queue_enable */
         incl %ecx
-        cmpl $2, %ecx
+        cmpl bln_nq(%rip), %ecx
         jb 95b
         movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
         movl $1, bln_ready(%rip)
+        cmpl $0, bln_stats(%rip)
+        je 98f
+        call bln_stats_post
 98:     ret
+
+/* bln_stats_post: the statistics buffer, filled, on queue 2 (no wait:
+   the device keeps it until the host wants fresh figures). */
+bln_stats_post:
+        movq bln_mem(%rip), %rax
+        movl bln_pages(%rip), %ecx
+        shlq $12, %rcx
+        subq %rcx, %rax                 /* available */
+        leaq bln_sbuf(%rip), %rsi
+        movw $5, 0(%rsi)
+        movq %rax, 2(%rsi)
+        subq $BLN_BASE, %rax            /* unused */
+        movw $4, 10(%rsi)
+        movq %rax, 12(%rsi)
+        movl $20, %edx
+        movl $2, %ecx
+        jmp bln_kick
 
 /* bln_post: one readable buffer at rsi of edx bytes on queue ecx, then a
    bounded wait for the device to use it; CF set if it did not. */
 bln_post:
+        call bln_kick
+        movl $POLL_BOUND, %edx
+1:      movzwl 0x202(%rdi), %eax        /* used.idx */
+        cmpw %cx, %ax
+        je 2f
+        decl %edx
+        jnz 1b
+        stc
+        ret
+2:      clc
+        ret
+
+/* bln_kick: one readable buffer at rsi of edx bytes on queue ecx, made
+   available and notified; returns the queue's page in rdi and its new
+   available index in ecx. */
+bln_kick:
         pushq %rbx
         movl %ecx, %ebx
         movl %ebx, %eax
@@ -650,17 +698,7 @@ bln_post:
         leaq bln_qnotify(%rip), %rax
         movq (%rax,%rbx,8), %rax
         movw %bx, (%rax)                /* notify */
-        movl $POLL_BOUND, %edx
-1:      movzwl 0x202(%rdi), %eax        /* used.idx */
-        cmpw %cx, %ax
-        je 2f
-        decl %edx
-        jnz 1b
         popq %rbx
-        stc
-        ret
-2:      popq %rbx
-        clc
         ret
 
 /* bln_fill: bln_pfns[0..ecx) = the PFNs of balloon pages eax... */
@@ -722,6 +760,14 @@ bln_cmd:
 .Lbln_done:
         movq bln_devcfg(%rip), %rsi
         movl %r13d, 4(%rsi)             /* actual */
+        cmpl $0, bln_stats(%rip)
+        je 3f
+        leaq bln_queues+0x2000(%rip), %rdi
+        movzwl 0x202(%rdi), %eax        /* the stats queue's used.idx */
+        cmpw bln_avail+4(%rip), %ax
+        jne 3f                          /* the device still holds it */
+        call bln_stats_post
+3:
         leaq msg_balloon(%rip), %rsi
         call puts
         movl bln_pages(%rip), %eax
@@ -769,16 +815,20 @@ msg_bln_bad:     .asciz "BALLOONBAD used="
         .popsection
         .pushsection .bss, "aw", @nobits
         .align 4096
-bln_queues:  .fill 4096 * 2, 1, 0
+bln_queues:  .fill 4096 * 3, 1, 0
 bln_pfns:    .fill 4 * BLN_BATCH, 1, 0
 bln_common:  .quad 0
 bln_devcfg:  .quad 0
 bln_notify:  .quad 0
-bln_qnotify: .quad 0, 0
+bln_qnotify: .quad 0, 0, 0
+bln_mem:     .quad 0
+bln_sbuf:    .fill 20, 1, 0
 bln_mult:    .long 0
 bln_ready:   .long 0
 bln_pages:   .long 0
-bln_avail:   .word 0, 0
+bln_avail:   .word 0, 0, 0
+bln_stats:   .long 0
+bln_nq:      .long 0
         .popsection
 /* ---------------- end of the virtio-balloon block ---------------- */
 
