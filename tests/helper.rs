@@ -85,6 +85,7 @@ impl Guest {
             ids: guest_ids(),
             invariant_tsc: true,
             disks: Vec::new(),
+            balloon: None,
         };
         console_tweak(&theirs);
         let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));

@@ -82,6 +82,7 @@ impl Guest {
             ids,
             invariant_tsc: true,
             disks: disks.iter().map(|d| d.config.clone()).collect(),
+            balloon: None,
         };
         let layer_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let fds = StartFds {

@@ -201,8 +201,14 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             Ok(CallValue::Unit)
         }
         Call::SetMemory { uuid, kib, flags } => {
-            let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::memsize::set(e, kib, flags));
-            let result = result.and_then(|def| ctx.domains.replace_def(&uuid, def));
+            let result = match super::balloon::set_memory(ctx, &uuid, kib, flags) {
+                Some(by_balloon) => by_balloon,
+                None => ctx
+                    .domains
+                    .by_uuid(&uuid)
+                    .and_then(|e| super::memsize::set(e, kib, flags))
+                    .and_then(|def| ctx.domains.replace_def(&uuid, def)),
+            };
             let what = if flags & super::memsize::MEM_MAXIMUM != 0 { "maximum" } else { "current" };
             audit_change(auditor, caller, "memory", &uuid, &result, &[("what", Value::Text(what))]);
             result?;

@@ -20,7 +20,9 @@ use super::files::{FileError, Purpose};
 use super::greeting::Greeting;
 use super::spawn;
 use crate::domain::DomainDef;
-use crate::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, ProtocolMismatch, StartFds, StopReason};
+use crate::privsep::helper::{
+    BalloonConfig, GuestConfig, HelperCommand, HelperEvent, ProtocolMismatch, StartFds, StopReason,
+};
 use crate::privsep::{CallError, Channel};
 
 /// One running guest.
@@ -216,6 +218,8 @@ impl Launcher {
             ids: uid.map(|u| (u, u)),
             invariant_tsc: def.invariant_tsc(),
             disks: disks.iter().map(|d| d.config.clone()).collect(),
+            balloon: crate::domain::balloon::of(def)
+                .and_then(|b| Some(BalloonConfig { pci_slot: b.pci_slot?, stats_period: b.stats_period })),
         };
         let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let guest_console: OwnedFd = guest_console.into();

@@ -10,6 +10,7 @@ mod admin;
 mod agent;
 mod atomic;
 mod audit;
+mod balloon;
 mod blockinfo;
 mod call_audit;
 mod calls;
@@ -183,6 +184,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
+        balloons: Default::default(),
         networks: networks::Networks::load(
             &config.domain_config_dir,
             &config.domain_state_dir,

@@ -65,7 +65,10 @@ pub fn query_domain(ctx: &Ctx, uuid: &Uuid, query: Query, readonly: bool) -> Res
             stats::vcpus_flags(e, flags)?
         }
         Query::VcpuPinInfo { ncpumaps, maplen, flags } => stats::vcpu_pin_info(e, ncpumaps, maplen, flags)?,
-        Query::MemoryStats { max, flags } => stats::memory_stats(e, max, flags)?,
+        Query::MemoryStats { max, flags } => match super::balloon::memory_stats(ctx, e, max, flags) {
+            Some(v) => v,
+            None => stats::memory_stats(e, max, flags)?,
+        },
         Query::CpuStats { nparams, start_cpu, ncpus, flags } => stats::cpu_stats(e, nparams, start_cpu, ncpus, flags)?,
         Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
         Query::JobInfo => stats::job_info(e)?,

@@ -18,6 +18,8 @@ pub struct Ctx {
     pub storage: super::storage::Storage,
     /// Disk counters asked of helpers, and the clients waiting for them.
     pub disk_asks: std::collections::HashMap<Uuid, super::blockinfo::DiskAsk>,
+    /// The balloon figures running guests' helpers last reported.
+    pub balloons: super::balloon::Balloons,
     /// Virtual networks.
     pub networks: super::networks::Networks,
 }

@@ -335,7 +335,9 @@ pub fn domain_stats(ctx: &Ctx, doms: &[crate::domain::Uuid], stats: u32, flags: 
     let mut records = Vec::with_capacity(picked.len());
     for d in picked {
         let e = ctx.domains.by_uuid(&d.uuid)?;
-        records.push((e.handle(), record(e, groups)));
+        let mut r = record(e, groups);
+        super::balloon::patch_record(ctx, e, &mut r);
+        records.push((e.handle(), r));
     }
     Ok(CallValue::DomainStats(records))
 }

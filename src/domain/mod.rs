@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod backing;
+pub mod balloon;
 mod caps;
 pub mod disk;
 mod emit;

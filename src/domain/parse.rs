@@ -265,7 +265,11 @@ impl Parser {
                     platform::controller(d)?;
                     def.kept_devices.push(d.clone());
                 }
-                "memballoon" | "video" | "input" | "audio" => def.kept_devices.push(harmless_device(d)?),
+                "memballoon" => {
+                    super::balloon::check(d)?;
+                    def.kept_devices.push(d.clone());
+                }
+                "video" | "input" | "audio" => def.kept_devices.push(harmless_device(d)?),
                 n if UNSUPPORTED_DEVICES.contains(&n) => {
                     return Err(unsupported(format!("<{n}> devices are not supported by this daemon")));
                 }
@@ -461,7 +465,6 @@ fn chardev(e: &Element, what: &str) -> Result<CharDev, DomainError> {
 
 fn harmless_device(e: &Element) -> Result<Element, DomainError> {
     let ok = match e.name.as_str() {
-        "memballoon" => e.get("model") == Some("none"),
         "video" => e.find("model").and_then(|m| m.get("type")) == Some("none"),
         "input" => e.get("bus") == Some("ps2") && matches!(e.get("type"), Some("mouse" | "keyboard")),
         "audio" => e.get("type") == Some("none"),
@@ -586,7 +589,7 @@ mod tests {
                 ),
                 "disk format 'vmdk'",
             ),
-            (with_devices("<memballoon model='virtio'/>"), "<memballoon>"),
+            (with_devices("<memballoon model='xen'/>"), "memballoon model 'xen'"),
             (
                 with_devices("<interface type='network'><source network='d'/><model type='e1000'/></interface>"),
                 "'e1000'",

@@ -76,6 +76,7 @@ fn kept_slots(def: &DomainDef) -> Vec<u8> {
 /// first free one. Refuses two devices on one slot, as libvirt does.
 pub fn assign(def: &mut DomainDef, previous: Option<&DomainDef>) -> Result<(), DomainError> {
     let mut used = kept_slots(def);
+    used.extend(super::balloon::of(def).and_then(|b| b.pci_slot));
     for d in &def.disks {
         if let Some(s) = d.pci_slot {
             if used.contains(&s) {
@@ -107,7 +108,7 @@ pub fn assign(def: &mut DomainDef, previous: Option<&DomainDef>) -> Result<(), D
         def.disks[i].pci_slot = Some(slot);
         used.push(slot);
     }
-    Ok(())
+    super::balloon::assign(def, &mut used)
 }
 
 #[cfg(test)]

@@ -81,6 +81,34 @@ pub struct GuestConfig {
     /// The guest's disks, in the order of their `disk` index in
     /// [`FdRole::DiskLayer`].
     pub disks: Vec<DiskConfig>,
+    /// The guest's virtio-balloon, if it has one (appended in version 3).
+    pub balloon: Option<BalloonConfig>,
+}
+
+/// `<memballoon model='virtio'>`: where the helper puts the balloon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonConfig {
+    /// The PCI slot on bus 0.
+    pub pci_slot: u8,
+    /// `<stats period=...>` in seconds (0: the guest's statistics are not asked for).
+    pub stats_period: u32,
+}
+
+/// What the balloon shows: the host's target, the guest's `actual`, what
+/// went back to the host, and the guest's last statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonFigures {
+    /// The target the host set, in KiB of guest memory left to the guest.
+    pub target_kib: u64,
+    /// Guest memory minus what the guest says it gave the balloon (`actual`), in KiB.
+    pub actual_kib: u64,
+    /// Pages handed back to the host (MADV_DONTNEED) since start.
+    pub released_pages: u64,
+    /// Page numbers the guest gave that lie outside its RAM, ignored.
+    pub ignored_pfns: u64,
+    /// The guest's last statistics, (virtio tag, value) as the guest sent
+    /// them (bytes for memory figures), at most one per tag.
+    pub guest_stats: Vec<(u16, u64)>,
 }
 
 /// How a disk's image is laid out, for the helper's block backend.
@@ -235,6 +263,14 @@ pub enum HelperCommand {
     },
     /// Report each disk's I/O counters; answered with `DiskStats`.
     DiskStats,
+    /// Set the balloon's target (guest memory the guest should keep);
+    /// answered with `Balloon`, or `Balloon(None)` without a balloon.
+    SetBalloon {
+        /// The target in MiB.
+        target_mib: u64,
+    },
+    /// Report the balloon's figures; answered with `Balloon`.
+    BalloonStats,
 }
 
 impl HelperCommand {
@@ -402,6 +438,8 @@ pub enum HelperEvent {
     /// Answer to `DiskStats`: one entry per disk, in `GuestConfig::disks`
     /// order, hotplugged disks after.
     DiskStats(Vec<DiskCounters>),
+    /// Answer to `SetBalloon` and `BalloonStats`; `None` when the guest has no balloon.
+    Balloon(Option<BalloonFigures>),
 }
 
 /// One disk's I/O since the guest started, as `virsh domblkstat` shows it.
@@ -442,7 +480,15 @@ impl HelperEvent {
 impl GuestConfig {
     /// A small guest with no devices, for tests and benchmarks.
     pub fn test(memory_mib: u64) -> GuestConfig {
-        GuestConfig { memory_mib, vcpus: 1, cmdline: String::new(), ids: None, invariant_tsc: true, disks: Vec::new() }
+        GuestConfig {
+            memory_mib,
+            vcpus: 1,
+            cmdline: String::new(),
+            ids: None,
+            invariant_tsc: true,
+            disks: Vec::new(),
+            balloon: None,
+        }
     }
 }
 

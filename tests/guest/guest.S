@@ -189,7 +189,8 @@ common:
 5:      addq %r15, %rdi
         decq %rcx
         jmp 3b
-4:      leaq msg_mem(%rip), %rsi
+4:      movq %rbx, bln_mem(%rip)        /* for the balloon's statistics */
+        leaq msg_mem(%rip), %rsi
         call puts
         movq %rbx, %rax
         shrq $20, %rax
@@ -325,7 +326,7 @@ shell:
  * himem MIB: maps the 1 GiB around physical address MIB MiB (4 GiB up,
  *            below 512 GiB) with 2 MiB pages, writes a pattern to its
  *            first 64 bytes and reads it back: HIMEM=ok|bad <MiB>.
- * Anything else goes on to "unknown command".
+ * Anything else goes on to the virtio-balloon block.
  */
         .set TOUCH_BASE, 0x1000000
 /* resources_save_map: keeps the boot memory map (r13 table, r14 entries,
@@ -349,7 +350,7 @@ resources_commands:
         leaq w_himem(%rip), %rdi
         call prefix
         jc res_himem
-        jmp .Lunknown_command
+        jmp bln_commands                /* the virtio-balloon block, below */
 
 res_touch:
         call parsedec                   /* rax = MiB */
@@ -478,6 +479,358 @@ res_entries: .quad 0
 res_stride:  .quad 0
         .popsection
 /* ---------------- end of the resources block ---------------- */
+
+/* ---------------- virtio-balloon (issue 17) ----------------
+ * A polling driver for the virtio-balloon function (found by a PCI scan
+ * on first use; inflate and deflate queues, and the statistics queue when
+ * offered: available = usable RAM minus the balloon, unused = that minus
+ * the 16 MiB below the balloon's pages, posted at setup and again on a
+ * `balloon` command once the device handed the buffer back).
+ * balloon:    reads the target (num_pages) from the config space, inflates
+ *             (posting the PFNs of the pages from 16 MiB up, the ones
+ *             `touch` writes) or deflates to it, at most 1000 MiB, writes
+ *             `actual`, and prints BALLOON actual=<MiB in the balloon>;
+ *             BALLOON none without the device, BALLOON timeout if it does
+ *             not answer.
+ * balloonbad: posts a PFN in the PCI hole and one past 16 TiB on the
+ *             inflate queue: BALLOONBAD used=<1 if the device answered>.
+ */
+        .set BLN_BASE, 0x1000000
+        .set BLN_MAX, 256000            /* pages: 1000 MiB */
+        .set BLN_BATCH, 256
+
+bln_commands:
+        leaq linebuf(%rip), %rsi
+        leaq w_balloonbad(%rip), %rdi
+        call prefix
+        jc bln_bad_cmd
+        leaq linebuf(%rip), %rsi
+        leaq w_balloon(%rip), %rdi
+        call prefix
+        jc bln_cmd
+        jmp .Lunknown_command
+
+/* bln_init: finds and sets up the balloon once; CF set if there is none. */
+bln_init:
+        cmpl $0, bln_ready(%rip)
+        jne 90f
+        movl $1, %r12d                  /* slot 0 is the host bridge */
+91:     movl %r12d, %edi
+        xorl %esi, %esi
+        call pci_read32
+        cmpl $0x10451af4, %eax
+        je 92f
+        incl %r12d
+        cmpl $32, %r12d
+        jb 91b
+        stc
+        ret
+92:     call bln_probe
+        cmpl $0, bln_ready(%rip)
+        jne 90f
+        stc
+        ret
+90:     clc
+        ret
+
+/* bln_probe: sets up the virtio-balloon function in slot r12d. */
+bln_probe:
+        movl %r12d, %edi
+        movl $4, %esi
+        call pci_read32
+        orl $6, %eax                    /* memory space, bus master */
+        movl %eax, %ecx
+        call pci_write32
+        movl $0x34, %esi
+        call pci_read32
+        movzbl %al, %r13d               /* r13: capability */
+93:     testl %r13d, %r13d
+        jz 97f
+        movl %r13d, %esi
+        call pci_read32
+        movl %eax, %r14d                /* r14: id, next, len, type */
+        cmpb $0x09, %al
+        jne 96f
+        leal 4(%r13), %esi
+        call pci_read32
+        movzbl %al, %r15d               /* r15: BAR index */
+        leal 8(%r13), %esi
+        call pci_read32
+        movl %eax, %r8d                 /* r8: offset in the BAR */
+        leal 0x10(,%r15,4), %esi
+        call pci_read32
+        movl %eax, %r9d
+        andl $-16, %r9d
+        testb $4, %al                   /* 64-bit BAR: high half next */
+        jz 94f
+        addl $4, %esi
+        call pci_read32
+        shlq $32, %rax
+        orq %rax, %r9
+94:     addq %r8, %r9                   /* r9: the region's address */
+        movl %r14d, %eax
+        shrl $24, %eax
+        cmpl $1, %eax
+        jne 1f
+        movq %r9, bln_common(%rip)
+1:      cmpl $4, %eax
+        jne 2f
+        movq %r9, bln_devcfg(%rip)
+2:      cmpl $2, %eax
+        jne 96f
+        movq %r9, bln_notify(%rip)
+        leal 16(%r13), %esi
+        call pci_read32
+        movl %eax, bln_mult(%rip)
+96:     movl %r14d, %eax
+        shrl $8, %eax
+        movzbl %al, %r13d
+        jmp 93b
+97:     movq bln_common(%rip), %rdi
+        testq %rdi, %rdi
+        jz 98f
+        movb $0, 0x14(%rdi)             /* reset */
+        movb $1, 0x14(%rdi)             /* ACKNOWLEDGE */
+        movb $3, 0x14(%rdi)             /* DRIVER */
+        movl $0, 0x00(%rdi)
+        movl 0x04(%rdi), %eax
+        andl $2, %eax                   /* STATS_VQ, if offered */
+        movl %eax, bln_stats(%rip)
+        shrl $1, %eax
+        addl $2, %eax
+        movl %eax, bln_nq(%rip)
+        movl $0, 0x08(%rdi)
+        movl bln_stats(%rip), %eax
+        movl %eax, 0x0c(%rdi)           /* STATS_VQ or nothing, and... */
+        movl $1, 0x08(%rdi)
+        movl $1, 0x0c(%rdi)             /* ...VERSION_1 */
+        movb $0x0b, 0x14(%rdi)          /* FEATURES_OK */
+        movb 0x14(%rdi), %al
+        testb $8, %al
+        jz 98f
+        xorl %ecx, %ecx                 /* queues 0 (inflate), 1 (deflate), 2 (stats) */
+95:     movw %cx, 0x16(%rdi)
+        movw $VQ_SIZE, 0x18(%rdi)
+        movl %ecx, %eax
+        shll $12, %eax
+        leaq bln_queues(%rip), %rdx
+        addq %rdx, %rax                 /* rax: the queue's page */
+        movl %eax, 0x20(%rdi)           /* descriptors */
+        movl $0, 0x24(%rdi)
+        leaq 0x100(%rax), %rdx
+        movl %edx, 0x28(%rdi)           /* available ring */
+        movl $0, 0x2c(%rdi)
+        leaq 0x200(%rax), %rdx
+        movl %edx, 0x30(%rdi)           /* used ring */
+        movl $0, 0x34(%rdi)
+        movzwl 0x1e(%rdi), %eax         /* queue_notify_off */
+        imull bln_mult(%rip), %eax
+        addq bln_notify(%rip), %rax
+        leaq bln_qnotify(%rip), %rdx
+        movq %rax, (%rdx,%rcx,8)
+        movw $1, 0x1c(%rdi)             /* queue_enable */
+        incl %ecx
+        cmpl bln_nq(%rip), %ecx
+        jb 95b
+        movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
+        movl $1, bln_ready(%rip)
+        cmpl $0, bln_stats(%rip)
+        je 98f
+        call bln_stats_post
+98:     ret
+
+/* bln_stats_post: the statistics buffer, filled, on queue 2 (no wait:
+   the device keeps it until the host wants fresh figures). */
+bln_stats_post:
+        movq bln_mem(%rip), %rax
+        movl bln_pages(%rip), %ecx
+        shlq $12, %rcx
+        subq %rcx, %rax                 /* available */
+        leaq bln_sbuf(%rip), %rsi
+        movw $5, 0(%rsi)
+        movq %rax, 2(%rsi)
+        subq $BLN_BASE, %rax            /* unused */
+        movw $4, 10(%rsi)
+        movq %rax, 12(%rsi)
+        movl $20, %edx
+        movl $2, %ecx
+        jmp bln_kick
+
+/* bln_post: one readable buffer at rsi of edx bytes on queue ecx, then a
+   bounded wait for the device to use it; CF set if it did not. */
+bln_post:
+        call bln_kick
+        movl $POLL_BOUND, %edx
+1:      movzwl 0x202(%rdi), %eax        /* used.idx */
+        cmpw %cx, %ax
+        je 2f
+        decl %edx
+        jnz 1b
+        stc
+        ret
+2:      clc
+        ret
+
+/* bln_kick: one readable buffer at rsi of edx bytes on queue ecx, made
+   available and notified; returns the queue's page in rdi and its new
+   available index in ecx. */
+bln_kick:
+        pushq %rbx
+        movl %ecx, %ebx
+        movl %ebx, %eax
+        shll $12, %eax
+        leaq bln_queues(%rip), %rdi
+        addq %rax, %rdi                 /* rdi: the queue's page */
+        movq %rsi, 0(%rdi)              /* descriptor 0 */
+        movl %edx, 8(%rdi)
+        movw $0, 12(%rdi)               /* readable, no next */
+        movw $0, 14(%rdi)
+        leaq bln_avail(%rip), %rax
+        movzwl (%rax,%rbx,2), %ecx
+        movl %ecx, %edx
+        andl $VQ_SIZE - 1, %edx
+        movw $0, 0x104(%rdi,%rdx,2)     /* avail.ring[idx] = head 0 */
+        incl %ecx
+        movw %cx, (%rax,%rbx,2)
+        mfence
+        movw %cx, 0x102(%rdi)           /* avail.idx */
+        mfence
+        leaq bln_qnotify(%rip), %rax
+        movq (%rax,%rbx,8), %rax
+        movw %bx, (%rax)                /* notify */
+        popq %rbx
+        ret
+
+/* bln_fill: bln_pfns[0..ecx) = the PFNs of balloon pages eax... */
+bln_fill:
+        leaq bln_pfns(%rip), %rdi
+        addl $BLN_BASE >> 12, %eax
+1:      movl %eax, (%rdi)
+        addq $4, %rdi
+        incl %eax
+        decl %ecx
+        jnz 1b
+        ret
+
+bln_cmd:
+        call bln_init
+        jc bln_none
+        movq bln_devcfg(%rip), %rsi
+        movl (%rsi), %r12d              /* r12: the target in pages */
+        cmpl $BLN_MAX, %r12d
+        jbe .Lbln_loop
+        movl $BLN_MAX, %r12d
+.Lbln_loop:
+        movl bln_pages(%rip), %r13d     /* r13: pages held */
+        cmpl %r12d, %r13d
+        je .Lbln_done
+        jb .Lbln_inflate
+        movl %r13d, %ecx                /* deflate the top pages */
+        subl %r12d, %ecx
+        cmpl $BLN_BATCH, %ecx
+        jbe 1f
+        movl $BLN_BATCH, %ecx
+1:      movl %ecx, %r14d                /* r14: this batch */
+        movl %r13d, %eax
+        subl %r14d, %eax
+        call bln_fill
+        leaq bln_pfns(%rip), %rsi
+        leal (,%r14,4), %edx
+        movl $1, %ecx
+        call bln_post
+        jc .Lbln_timeout
+        subl %r14d, bln_pages(%rip)
+        jmp .Lbln_loop
+.Lbln_inflate:
+        movl %r12d, %ecx
+        subl %r13d, %ecx
+        cmpl $BLN_BATCH, %ecx
+        jbe 2f
+        movl $BLN_BATCH, %ecx
+2:      movl %ecx, %r14d
+        movl %r13d, %eax
+        call bln_fill
+        leaq bln_pfns(%rip), %rsi
+        leal (,%r14,4), %edx
+        xorl %ecx, %ecx
+        call bln_post
+        jc .Lbln_timeout
+        addl %r14d, bln_pages(%rip)
+        jmp .Lbln_loop
+.Lbln_done:
+        movq bln_devcfg(%rip), %rsi
+        movl %r13d, 4(%rsi)             /* actual */
+        cmpl $0, bln_stats(%rip)
+        je 3f
+        leaq bln_queues+0x2000(%rip), %rdi
+        movzwl 0x202(%rdi), %eax        /* the stats queue's used.idx */
+        cmpw bln_avail+4(%rip), %ax
+        jne 3f                          /* the device still holds it */
+        call bln_stats_post
+3:
+        leaq msg_balloon(%rip), %rsi
+        call puts
+        movl bln_pages(%rip), %eax
+        shrl $8, %eax                   /* 256 pages per MiB */
+        call putdec
+        call newline
+        jmp shell
+.Lbln_timeout:
+        leaq msg_bln_timeout(%rip), %rsi
+        call puts
+        call newline
+        jmp shell
+bln_none:
+        leaq msg_bln_none(%rip), %rsi
+        call puts
+        call newline
+        jmp shell
+
+bln_bad_cmd:
+        call bln_init
+        jc bln_none
+        movl $BAD_ADDR >> 12, bln_pfns(%rip)
+        movl $0xffffffff, bln_pfns+4(%rip)
+        leaq bln_pfns(%rip), %rsi
+        movl $8, %edx
+        xorl %ecx, %ecx
+        call bln_post
+        setnc %al
+        movzbl %al, %eax
+        pushq %rax
+        leaq msg_bln_bad(%rip), %rsi
+        call puts
+        popq %rax
+        call putdec
+        call newline
+        jmp shell
+
+        .pushsection .rodata, "a"
+w_balloonbad:    .asciz "balloonbad"
+w_balloon:       .asciz "balloon"
+msg_balloon:     .asciz "BALLOON actual="
+msg_bln_none:    .asciz "BALLOON none"
+msg_bln_timeout: .asciz "BALLOON timeout"
+msg_bln_bad:     .asciz "BALLOONBAD used="
+        .popsection
+        .pushsection .bss, "aw", @nobits
+        .align 4096
+bln_queues:  .fill 4096 * 3, 1, 0
+bln_pfns:    .fill 4 * BLN_BATCH, 1, 0
+bln_common:  .quad 0
+bln_devcfg:  .quad 0
+bln_notify:  .quad 0
+bln_qnotify: .quad 0, 0, 0
+bln_mem:     .quad 0
+bln_sbuf:    .fill 20, 1, 0
+bln_mult:    .long 0
+bln_ready:   .long 0
+bln_pages:   .long 0
+bln_avail:   .word 0, 0, 0
+bln_stats:   .long 0
+bln_nq:      .long 0
+        .popsection
+/* ---------------- end of the virtio-balloon block ---------------- */
 
 /* start_aps: wakes the other CPUs (CPUID leaf 1 says how many) with
    INIT-SIPI through the x2APIC, and waits a bounded time for each to run

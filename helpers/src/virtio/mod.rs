@@ -1,12 +1,13 @@
 //! virtio devices: the [`VirtioDevice`] trait every device implements, the
 //! virtio-pci modern transport they all plug into ([`pci`]), and the
-//! devices themselves ([`blk`]).
+//! devices themselves ([`blk`], [`balloon`]).
 //!
 //! A device owns its queue eventfds and the thread that serves them; the
 //! transport owns the guest-facing registers, negotiates features, checks
 //! the queues the driver set up, hands them to the device when the driver
 //! says DRIVER_OK and takes them back on reset.
 
+pub mod balloon;
 pub mod blk;
 pub mod pci;
 
@@ -41,6 +42,8 @@ pub trait VirtioInterrupt: Send + Sync {
     /// The device broke (a queue the guest corrupted): NEEDS_RESET, and a
     /// configuration-change interrupt.
     fn broken(&self);
+    /// The device's configuration changed (a configuration-change interrupt).
+    fn config(&self) {}
 }
 
 /// Why a device could not start with the queues it was given.
@@ -60,6 +63,9 @@ pub trait VirtioDevice: Send {
     fn queue_events(&self) -> Vec<Arc<EventFd>>;
     /// Reads its configuration space (out of range: zeros).
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// A driver's write to its configuration space (ignored unless the
+    /// device has a field the driver writes).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts serving `queues` (the driver's features in `features`).
     fn activate(
         &mut self,

@@ -57,6 +57,10 @@ impl VirtioInterrupt for Interrupt {
         self.isr.fetch_or(2, Ordering::SeqCst);
         self.line.raise();
     }
+    fn config(&self) {
+        self.isr.fetch_or(2, Ordering::SeqCst);
+        self.line.raise();
+    }
 }
 
 /// One virtio device on PCI.
@@ -294,6 +298,9 @@ impl VirtioPci {
     fn bar_write(&mut self, offset: u64, data: &[u8]) {
         match offset {
             o if o < COMMON + COMMON_LEN && o + data.len() as u64 <= COMMON_LEN => self.common_write(o, data),
+            o if (DEVICE_CFG..DEVICE_CFG + DEVICE_CFG_LEN).contains(&o) => {
+                self.device.write_config(o - DEVICE_CFG, data)
+            }
             o if o >= NOTIFY => {
                 // Reached only where no ioeventfd caught the write.
                 let index = (o - NOTIFY) / u64::from(NOTIFY_MULTIPLIER);

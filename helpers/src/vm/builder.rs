@@ -104,6 +104,8 @@ pub struct Devices {
     pub serial: Arc<Mutex<Serial<ConsoleOut>>>,
     /// The disks, for `DiskStats`.
     pub disks: Vec<DiskInfo>,
+    /// The balloon, for `SetBalloon` and `BalloonStats`.
+    pub balloon: Option<crate::virtio::balloon::Control>,
 }
 
 /// A VM ready to run.
@@ -120,6 +122,8 @@ pub struct Built {
     pub stopping: Arc<AtomicBool>,
     /// The disks' I/O threads, to start once the process is confined.
     pub workers: Vec<Worker>,
+    /// The balloon's thread, to start once the process is confined.
+    pub balloon: Option<crate::virtio::balloon::Worker>,
 }
 
 /// Builds the guest `config` describes from `files`.
@@ -165,10 +169,10 @@ pub fn build(config: &GuestConfig, files: BootFiles) -> Result<Built, BuildError
         config.vcpus,
     )?;
     let stopping = Arc::new(AtomicBool::new(false));
-    let (devices, workers) = devices(machine.vm(), machine.memory(), config, files.disks)?;
+    let (devices, workers, balloon) = devices(machine.vm(), machine.memory(), config, files.disks)?;
     let console = ConsoleIo::new(devices.serial.clone(), stopping.clone());
     let vcpus = vcpus(&kvm_fd, &machine, config, entry, &devices.bus)?;
-    Ok(Built { machine, vcpus, devices, console, stopping, workers })
+    Ok(Built { machine, vcpus, devices, console, stopping, workers, balloon })
 }
 
 /// Tells KVM where guest memory lives.
@@ -206,7 +210,7 @@ fn devices(
     memory: &GuestMemoryMmap,
     config: &GuestConfig,
     disk_files: Vec<Vec<OwnedFd>>,
-) -> Result<(Devices, Vec<Worker>), BuildError> {
+) -> Result<(Devices, Vec<Worker>, Option<crate::virtio::balloon::Worker>), BuildError> {
     let serial = Arc::new(Mutex::new(Serial::new(Arc::new(irq_line(vm, COM1_IRQ)?), ConsoleOut::default())));
     let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(irq_line(vm, KBD_IRQ)?))));
     let mut bus = Bus::default();
@@ -214,8 +218,9 @@ fn devices(
     bus.insert(Space::Pio, i8042::BASE.into(), i8042::LEN, i8042.clone())?;
     bus.insert(Space::Pio, acpi_pm::BASE.into(), acpi_pm::LEN, Arc::new(Mutex::new(acpi_pm::AcpiPm)))?;
     bus.insert(Space::Pio, pvpanic::BASE.into(), pvpanic::LEN, Arc::new(Mutex::new(pvpanic::Pvpanic)))?;
-    let disks = disks::attach(vm, memory, &mut bus, &config.disks, disk_files)?;
-    Ok((Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info }, disks.workers))
+    let disks = disks::attach(vm, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
+    let (balloon, balloon_worker) = disks.balloon.map_or((None, None), |(c, w)| (Some(c), Some(w)));
+    Ok((Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info, balloon }, disks.workers, balloon_worker))
 }
 
 /// Creates and sets up the vCPUs: CPUID with this one's topology (and the

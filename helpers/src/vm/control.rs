@@ -149,6 +149,17 @@ impl Control<'_> {
                 let counters = self.devices.disks.iter().map(|d| d.stats.snapshot(&d.alias)).collect();
                 self.answer(&HelperEvent::DiskStats(counters));
             }
+            HelperCommand::SetBalloon { target_mib } => {
+                let figures = self.devices.balloon.as_ref().map(|b| {
+                    b.set_target(*target_mib);
+                    b.figures()
+                });
+                self.answer(&HelperEvent::Balloon(figures));
+            }
+            HelperCommand::BalloonStats => {
+                let figures = self.devices.balloon.as_ref().map(|b| b.figures());
+                self.answer(&HelperEvent::Balloon(figures));
+            }
             HelperCommand::DetachDevice { id } => {
                 let answer = DeviceAnswer::Unsupported(NO_HOTPLUG.into());
                 self.answer(&HelperEvent::Device { id: id.clone(), answer });

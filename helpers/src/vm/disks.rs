@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use libvirtd::privsep::helper::{DiskConfig, DiskDevice, FdRole, GuestConfig, ManifestError, RoleFds};
+use libvirtd::privsep::helper::{BalloonConfig, DiskConfig, DiskDevice, FdRole, GuestConfig, ManifestError, RoleFds};
 use vm_memory::GuestMemoryMmap;
 
 use super::builder::{BuildError, irq_line};
@@ -39,6 +39,8 @@ pub struct Disks {
     pub info: Vec<DiskInfo>,
     /// Their I/O threads, not started yet.
     pub workers: Vec<Worker>,
+    /// The balloon, if the guest has one, and its thread, not started yet.
+    pub balloon: Option<(crate::virtio::balloon::Control, crate::virtio::balloon::Worker)>,
 }
 
 /// Takes every disk's layer fds from `fds`, in `config.disks` order.
@@ -61,6 +63,7 @@ pub fn attach(
     bus: &mut Bus,
     disks: &[DiskConfig],
     layers: Vec<Vec<OwnedFd>>,
+    balloon: Option<&BalloonConfig>,
 ) -> Result<Disks, BuildError> {
     let pci = Arc::new(Mutex::new(PciBus::new()));
     bus.insert(Space::Pio, CONFIG_PORT.into(), CONFIG_PORT_LEN, Arc::new(Mutex::new(PciPorts(pci.clone()))))?;
@@ -100,6 +103,9 @@ pub fn attach(
             .map_err(|e| BuildError::Disk(format!("disk {}: {e}", config.target)))?;
         out.info.push(DiskInfo { alias: config.alias.clone(), stats });
         out.workers.push(worker);
+    }
+    if let Some(config) = balloon {
+        out.balloon = Some(super::balloon::attach(vm, memory, bus, &pci, &mut bars, config)?);
     }
     Ok(out)
 }

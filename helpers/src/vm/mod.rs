@@ -5,6 +5,7 @@
 //! device fds and vCPU exits, and [`machine::Machine`] owns what must go in
 //! a fixed order when the VM ends. [`run`] puts them in sequence.
 
+pub mod balloon;
 pub mod builder;
 pub mod confine;
 pub mod control;
@@ -75,6 +76,13 @@ pub fn run(
         let name = format!("helper-io{index}");
         io_threads.push(worker.spawn(name, move || confine::io_thread(index)).map_err(VmError::Eventfd)?);
     }
+    // The balloon's thread, under the I/O threads' filter (madvise is in it).
+    let index = io_threads.len();
+    let balloon_thread = built
+        .balloon
+        .map(|worker| worker.spawn(format!("helper-io{index}"), move || confine::io_thread(index)))
+        .transpose()
+        .map_err(VmError::Eventfd)?;
     let mut events = EventLoop::new()?;
     events.add_subscriber(Box::new(built.console))?;
     // The console's fds go to the device that owns them.
@@ -122,7 +130,7 @@ pub fn run(
     if let Err(e) = machine.end() {
         eprintln!("libvirt-helper: {e}");
     }
-    drop((io_threads, devices, events));
+    drop((io_threads, balloon_thread, devices, events));
     Ok(match outcome? {
         control::Ended::Broker(reason, detail) => (reason, detail),
         control::Ended::Vcpu => vcpu_reason.unwrap_or((StopReason::Failed, "vCPU ended".into())),

@@ -89,6 +89,9 @@ impl Broker {
                             self.answer_client(conn, id, value);
                         }
                     }
+                    Ok((HelperEvent::Balloon(figures), _)) => {
+                        crate::broker::balloon::answered(&mut self.setup.ctx, &uuid, pid, figures);
+                    }
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
                     Err(ChannelError::Closed) if awaiting => {
