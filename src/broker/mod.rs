@@ -34,6 +34,7 @@ mod listen;
 mod memsize;
 mod metadata;
 mod networks;
+mod percpu;
 mod permit;
 mod pidfile;
 mod pinning;

@@ -66,7 +66,9 @@ pub fn query_domain(ctx: &Ctx, uuid: &Uuid, query: Query, readonly: bool) -> Res
         }
         Query::VcpuPinInfo { ncpumaps, maplen, flags } => stats::vcpu_pin_info(e, ncpumaps, maplen, flags)?,
         Query::MemoryStats { max, flags } => stats::memory_stats(e, max, flags)?,
-        Query::CpuStats { nparams, start_cpu, ncpus, flags } => stats::cpu_stats(e, nparams, start_cpu, ncpus, flags)?,
+        Query::CpuStats { nparams, start_cpu, ncpus, flags } => {
+            stats::cpu_stats(e, cgroup, nparams, start_cpu, ncpus, flags)?
+        }
         Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
         Query::JobInfo => stats::job_info(e)?,
         Query::SchedulerType => {
