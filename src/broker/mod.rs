@@ -183,6 +183,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
+        disk_errors: Default::default(),
         networks: networks::Networks::load(
             &config.domain_config_dir,
             &config.domain_state_dir,

@@ -18,6 +18,9 @@ pub struct Ctx {
     pub storage: super::storage::Storage,
     /// Disk counters asked of helpers, and the clients waiting for them.
     pub disk_asks: std::collections::HashMap<Uuid, super::blockinfo::DiskAsk>,
+    /// Per running guest (by helper pid): each disk's error count last
+    /// reported, so that a growth is an I/O error event (`blockinfo.rs`).
+    pub disk_errors: std::collections::HashMap<Uuid, super::blockinfo::ErrorsSeen>,
     /// Virtual networks.
     pub networks: super::networks::Networks,
 }
