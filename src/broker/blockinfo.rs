@@ -215,6 +215,9 @@ pub struct ErrorsSeen {
 /// a backend error to name (a bad request or a write to a read-only disk is
 /// the guest's doing, as QEMU sends no BLOCK_IO_ERROR for those either).
 fn io_error_events(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[DiskCounters]) {
+    // Only running guests' counts are kept.
+    let guests = &ctx.guests;
+    ctx.disk_errors.retain(|u, _| u == uuid || guests.get(u).is_some());
     let seen = ctx.disk_errors.entry(*uuid).or_default();
     if seen.pid != pid.as_raw() {
         *seen = ErrorsSeen { pid: pid.as_raw(), errors: HashMap::new() };
