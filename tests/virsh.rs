@@ -29,7 +29,8 @@ fn host_commands_answer_like_libvirt() {
     let (code, out, err) = virsh(&rw, &["version"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Using API: QEMU 9.0.0"), "{out}");
-    assert!(out.contains(&format!("Running hypervisor: QEMU {}", env!("CARGO_PKG_VERSION"))), "{out}");
+    // The QEMU release whose XML defaults the daemon follows (tools gate on it).
+    assert!(out.contains("Running hypervisor: QEMU 7.2.0"), "{out}");
     let (_, out, _) = virsh(&rw, &["hostname"]);
     assert_eq!(out.trim(), nix::unistd::gethostname().unwrap().to_string_lossy());
     let (_, out, _) = virsh(&rw, &["uri"]);

@@ -129,6 +129,10 @@ fn domain_capabilities_describe_what_a_guest_gets_here() {
     assert!(caps.contains("<mode name='host-passthrough' supported='yes'>"), "{caps}");
     assert!(caps.contains("<mode name='host-model' supported='no'/>"), "{caps}");
     assert!(caps.contains("<loader supported='no'/>") && caps.contains("<graphics supported='no'/>"), "{caps}");
+    // Disks are virtio-blk, and nothing else.
+    let disk = caps.split("<disk supported='yes'>").nth(1).and_then(|s| s.split("</disk>").next()).unwrap_or("");
+    assert!(disk.contains("<enum name='bus'>\n        <value>virtio</value>\n      </enum>"), "{caps}");
+    assert!(disk.contains("<enum name='diskDevice'>\n        <value>disk</value>\n      </enum>"), "{caps}");
     let (code, caps, _) = virsh(&rw, &["domcapabilities", "--machine", "q35", "--virttype", "kvm"]);
     assert_eq!(code, 0);
     assert!(caps.contains("<machine>q35</machine>"), "{caps}");

@@ -8,13 +8,14 @@
 //! helper. Clients that ask while a question is out wait for the same
 //! answer, so a guest is asked at most once at a time.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::calls::{Answer, Caller, Ctx};
 use crate::domain::{DomainDef, Uuid};
 use crate::privsep::admin::{Param, ParamValue};
 use crate::privsep::helper::{DiskCounters, HelperCommand};
-use crate::privsep::{Call, CallError, CallValue};
+use crate::privsep::{Call, CallError, CallValue, DomainEvent, EventKind};
 use crate::rpc::stats as limits;
 
 /// How long a helper gets to report its disks' counters.
@@ -186,6 +187,7 @@ pub type Reply = (u64, u32, Result<CallValue, CallError>);
 /// Guest `uuid`'s helper `pid` reported its disks' counters: the answers
 /// for everyone waiting on it.
 pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[DiskCounters]) -> Vec<Reply> {
+    io_error_events(ctx, uuid, pid, counters);
     let Some(ask) = ctx.disk_asks.remove(uuid) else { return Vec::new() };
     if ask.pid != pid {
         ctx.disk_asks.insert(*uuid, ask);
@@ -200,6 +202,52 @@ pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[D
         })
         .collect()
 }
+
+/// The error counts per disk alias last reported by a guest's helper `pid`.
+#[derive(Debug, Default)]
+pub struct ErrorsSeen {
+    pid: i32,
+    errors: HashMap<String, u64>,
+}
+
+/// Queues libvirt's IO_ERROR and IO_ERROR_REASON events for each disk of
+/// guest `uuid` whose error count grew since its helper last reported, with
+/// a backend error to name (a bad request or a write to a read-only disk is
+/// the guest's doing, as QEMU sends no BLOCK_IO_ERROR for those either).
+fn io_error_events(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[DiskCounters]) {
+    // Only running guests' counts are kept.
+    let guests = &ctx.guests;
+    ctx.disk_errors.retain(|u, _| u == uuid || guests.get(u).is_some());
+    let seen = ctx.disk_errors.entry(*uuid).or_default();
+    if seen.pid != pid.as_raw() {
+        *seen = ErrorsSeen { pid: pid.as_raw(), errors: HashMap::new() };
+    }
+    let mut grew = Vec::new();
+    for c in counters.iter().take(MAX_DISKS_SEEN) {
+        let before = seen.errors.insert(c.alias.clone(), c.errors).unwrap_or(0);
+        if c.errors > before
+            && let Some(reason) = &c.last_error
+        {
+            grew.push((c.alias.clone(), reason.clone()));
+        }
+    }
+    let Ok(e) = ctx.domains.by_uuid(uuid) else { return };
+    let dom = e.handle();
+    let mut events = Vec::new();
+    for (alias, reason) in grew {
+        let Some(disk) = e.def.disks.iter().find(|d| d.alias() == alias) else { continue };
+        let path = disk.path.clone();
+        let action = crate::rpc::events::IO_ERROR_REPORT;
+        for reason in [None, Some(reason.clone())] {
+            let kind = EventKind::IoError { path: path.clone(), alias: alias.clone(), action, reason };
+            events.push(DomainEvent { dom: dom.clone(), kind });
+        }
+    }
+    ctx.guests.events.extend(events);
+}
+
+/// Most disks a guest's error counts are kept for (a domain's disks are bounded far below).
+const MAX_DISKS_SEEN: usize = 1024;
 
 /// Waiters whose guest stopped (or restarted in another helper) or whose
 /// helper let the deadline pass, with their errors.

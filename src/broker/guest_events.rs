@@ -5,9 +5,10 @@
 //! stop, broke its channel, or speaks no protocol of this build; libvirt
 //! sends `VIR_DOMAIN_EVENT_ID_CONTROL_ERROR` when it loses QEMU's monitor).
 //!
-//! Of the other events a monitor may register for, none has a source here
+//! I/O errors are raised where disk counters arrive (`blockinfo.rs`). Of the
+//! other events a monitor may register for, none has a source here
 //! yet, so none is sent: RTC change (the helper has no guest-settable RTC
-//! offset), watchdog (no watchdog device), I/O error (no disks), device
+//! offset), watchdog (no watchdog device), device
 //! added/removed (no hotplug), job completed (no jobs).
 
 use super::state::Ctx;

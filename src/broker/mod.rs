@@ -36,6 +36,7 @@ mod listen;
 mod memsize;
 mod metadata;
 mod networks;
+mod percpu;
 mod permit;
 mod pidfile;
 mod pinning;
@@ -185,6 +186,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
         balloons: Default::default(),
+        disk_errors: Default::default(),
         networks: networks::Networks::load(
             &config.domain_config_dir,
             &config.domain_state_dir,

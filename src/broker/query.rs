@@ -69,7 +69,9 @@ pub fn query_domain(ctx: &Ctx, uuid: &Uuid, query: Query, readonly: bool) -> Res
             Some(v) => v,
             None => stats::memory_stats(e, max, flags)?,
         },
-        Query::CpuStats { nparams, start_cpu, ncpus, flags } => stats::cpu_stats(e, nparams, start_cpu, ncpus, flags)?,
+        Query::CpuStats { nparams, start_cpu, ncpus, flags } => {
+            stats::cpu_stats(e, cgroup, nparams, start_cpu, ncpus, flags)?
+        }
         Query::ControlInfo { flags } => stats::control_info(ctx, e, flags)?,
         Query::JobInfo => stats::job_info(e)?,
         Query::SchedulerType => {

@@ -198,10 +198,16 @@ fn ullong(field: impl Into<String>, v: u64) -> Param {
 }
 
 /// `virDomainGetCPUStats`: the total (`start_cpu` -1) as libvirt's
-/// `cpu_time`, `user_time`, `system_time`; per host CPU there is no figure
-/// (the kernel splits a process's time by CPU only in a cgroup), which the
-/// call says by having 0 parameters per CPU.
-pub fn cpu_stats(e: &Entry, nparams: u32, start_cpu: i32, ncpus: u32, flags: u32) -> Result<CallValue, CallError> {
+/// `cpu_time`, `user_time`, `system_time`; per host CPU from the guest's
+/// cpuacct cgroup (`percpu.rs`), the kernel splitting time by CPU only there.
+pub fn cpu_stats(
+    e: &Entry,
+    cgroup: Option<&super::cgroup::GuestCgroup>,
+    nparams: u32,
+    start_cpu: i32,
+    ncpus: u32,
+    flags: u32,
+) -> Result<CallValue, CallError> {
     if nparams > limits::NODE_CPU_STATS_MAX as u32 {
         return Err(CallError::Internal("nparams too large".into()));
     }
@@ -226,14 +232,7 @@ pub fn cpu_stats(e: &Entry, nparams: u32, start_cpu: i32, ncpus: u32, flags: u32
         let count = params.len() as i32;
         return Ok(CallValue::Params { params, count });
     }
-    let present = present_cpus();
-    if ncpus == 0 {
-        return Ok(CallValue::Params { params: Vec::new(), count: present });
-    }
-    if nparams != 0 && start_cpu >= present {
-        return Err(CallError::InvalidArg(format!("start_cpu {start_cpu} larger than maximum of {}", present - 1)));
-    }
-    Ok(CallValue::Params { params: Vec::new(), count: 0 })
+    super::percpu::cpu_stats(cgroup, nparams, start_cpu, ncpus, present_cpus())
 }
 
 /// `virDomainGetControlInfo`: OK, or OCCUPIED while the helper has a
@@ -460,9 +459,9 @@ mod tests {
         assert!(matches!(vcpus(&e, 0, 1), Err(CallError::InvalidArg(_))));
         assert!(matches!(vcpu_pin_info(&e, 1, i32::MAX, 0), Err(CallError::Internal(_))));
         assert!(matches!(memory_stats(&e, 1025, 0), Err(CallError::Internal(_))));
-        assert!(matches!(cpu_stats(&e, 17, -1, 1, 0), Err(CallError::Internal(_))));
-        assert!(matches!(cpu_stats(&e, 3, 0, 129, 0), Err(CallError::Internal(_))));
-        assert!(matches!(cpu_stats(&e, 3, -1, 2, 0), Err(CallError::InvalidArg(_))));
+        assert!(matches!(cpu_stats(&e, None, 17, -1, 1, 0), Err(CallError::Internal(_))));
+        assert!(matches!(cpu_stats(&e, None, 3, 0, 129, 0), Err(CallError::Internal(_))));
+        assert!(matches!(cpu_stats(&e, None, 3, -1, 2, 0), Err(CallError::InvalidArg(_))));
         assert!(matches!(block_stats(&e, "", Some((17, 0))), Err(CallError::Internal(_))));
     }
 
@@ -480,14 +479,15 @@ mod tests {
         assert!(m[1].0 == MEMORY_STAT_RSS && m[1].1 > 0, "{m:?}");
         let CallValue::MemoryStats(one) = memory_stats(&e, 1, 0).unwrap() else { panic!() };
         assert_eq!(one.len(), 1);
-        let CallValue::Params { params, count } = cpu_stats(&e, 3, -1, 1, 0).unwrap() else { panic!() };
+        let CallValue::Params { params, count } = cpu_stats(&e, None, 3, -1, 1, 0).unwrap() else { panic!() };
         assert_eq!(count, 3);
         let names: Vec<&str> = params.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(names, ["cpu_time", "user_time", "system_time"]);
         assert!(matches!(params[0].value, ParamValue::ULLong(t) if t > 0));
-        // Per host CPU: how many CPUs there are, and no parameter for any.
-        assert!(matches!(cpu_stats(&e, 0, 0, 0, 0).unwrap(), CallValue::Params { count, .. } if count >= 1));
-        assert!(matches!(cpu_stats(&e, 0, 0, 1, 0).unwrap(), CallValue::Params { count: 0, .. }));
+        // Per host CPU needs the guest's cpuacct cgroup, as in libvirt.
+        assert!(
+            matches!(cpu_stats(&e, None, 0, 0, 0, 0), Err(CallError::OperationInvalid(m)) if m.contains("CPUACCT"))
+        );
         let CallValue::PinInfo { cpumaps, num } = vcpu_pin_info(&e, 4, 1, 0).unwrap() else { panic!() };
         assert_eq!((num, cpumaps.len()), (2, 2));
         assert!(cpumaps[0] != 0 && cpumaps[0] == cpumaps[1]);
@@ -502,7 +502,7 @@ mod tests {
         let e = entry_of(None);
         assert!(matches!(vcpus(&e, 2, 1), Err(CallError::OperationInvalid(_))));
         assert_eq!(memory_stats(&e, 13, 0), Err(CallError::NotRunning));
-        assert_eq!(cpu_stats(&e, 3, -1, 1, 0), Err(CallError::NotRunning));
+        assert_eq!(cpu_stats(&e, None, 3, -1, 1, 0), Err(CallError::NotRunning));
         assert_eq!(job_info(&e), Err(CallError::NotRunning));
         assert_eq!(job_stats(&e, JOB_STATS_COMPLETED), Ok(CallValue::NoJob));
         assert_eq!(vcpus_flags(&e, AFFECT_LIVE), Err(CallError::NotRunning));

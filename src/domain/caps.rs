@@ -4,8 +4,9 @@
 //! Tools read it to choose their defaults (virt-install picks its CPU mode,
 //! firmware, graphics and TPM from it), so it says what the helper provides
 //! and no more: the host CPU (`host-passthrough`, migratable or not), direct
-//! kernel boot only (no firmware), and no device class the helper cannot
-//! give a guest yet. It follows the same rules as `parse` and `platform`.
+//! kernel boot only (no firmware), virtio-blk disks (a modern-only virtio
+//! 1.x device, so no `virtio-transitional` model), and no device class the
+//! helper cannot give a guest yet. It follows the same rules as `parse` and `platform`.
 
 use super::DomainError;
 use super::parse::KNOWN_TYPES;
@@ -62,7 +63,18 @@ pub fn domain_capabilities(
   </cpu>
   <memoryBacking supported='no'/>
   <devices>
-    <disk supported='no'/>
+    <disk supported='yes'>
+      <enum name='diskDevice'>
+        <value>disk</value>
+      </enum>
+      <enum name='bus'>
+        <value>virtio</value>
+      </enum>
+      <enum name='model'>
+        <value>virtio</value>
+        <value>virtio-non-transitional</value>
+      </enum>
+    </disk>
     <graphics supported='no'/>
     <video supported='yes'>
       <enum name='modelType'>
@@ -111,11 +123,28 @@ mod tests {
         }
         let firmware = doc.descendants().find(|n| n.attribute("name") == Some("firmware")).unwrap();
         assert_eq!(firmware.children().filter(|n| n.is_element()).count(), 0, "no firmware to choose");
-        for absent in ["disk", "graphics", "rng", "tpm", "hostdev", "loader"] {
+        for absent in ["graphics", "rng", "tpm", "hostdev", "loader"] {
             let n = doc.descendants().find(|n| n.has_tag_name(absent)).unwrap();
             assert_eq!(n.attribute("supported"), Some("no"), "{absent}");
         }
         assert!(caps.contains("<vcpu max='255'/>"));
+    }
+
+    #[test]
+    fn disks_are_virtio_blk_devices_only() {
+        let caps = domain_capabilities(None, None, None, 8).unwrap();
+        let doc = roxmltree::Document::parse(&caps).unwrap();
+        let disk = doc.descendants().find(|n| n.has_tag_name("disk")).unwrap();
+        assert_eq!(disk.attribute("supported"), Some("yes"));
+        let values = |name: &str| -> Vec<&str> {
+            let e = disk.children().find(|n| n.attribute("name") == Some(name)).unwrap();
+            e.children().filter(|n| n.has_tag_name("value")).filter_map(|n| n.text()).collect()
+        };
+        assert_eq!(values("diskDevice"), ["disk"]);
+        assert_eq!(values("bus"), ["virtio"]);
+        assert_eq!(values("model"), ["virtio", "virtio-non-transitional"]);
+        // Still no network device: the helper has no virtio-net.
+        assert!(!doc.descendants().any(|n| n.has_tag_name("interface")), "{caps}");
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct Disk {
     pub boot_order: Option<u32>,
     /// The PCI slot on bus 0, assigned at define when not given (`pci.rs`).
     pub pci_slot: Option<u8>,
+    /// `<disk model=...>` as given: `virtio` or `virtio-non-transitional`,
+    /// both the helper's modern-only device (a transitional one is refused).
+    pub model: Option<&'static str>,
 }
 
 impl Disk {
@@ -172,6 +175,15 @@ pub fn parse(d: &Element, unknown: &mut dyn FnMut(&Element) -> Result<(), Domain
         "disk" => {}
         dev => return Err(unsupported(format!("disk device '{dev}' is not supported, only 'disk'"))),
     }
+    let model = match d.get("model") {
+        None => None,
+        Some("virtio") => Some("virtio"),
+        Some("virtio-non-transitional") => Some("virtio-non-transitional"),
+        Some(m @ "virtio-transitional") => {
+            return Err(unsupported(format!("disk model '{m}' is not supported, the device is virtio 1.x only")));
+        }
+        Some(m) => return Err(invalid(format!("unknown disk model '{m}'"))),
+    };
     if let Some(s) = d.get("snapshot").filter(|s| *s != "no" && *s != "internal") {
         return Err(unsupported(format!("disk snapshot mode '{s}' is not supported")));
     }
@@ -277,6 +289,7 @@ pub fn parse(d: &Element, unknown: &mut dyn FnMut(&Element) -> Result<(), Domain
         serial,
         boot_order,
         pci_slot,
+        model,
     })
 }
 
@@ -353,7 +366,11 @@ pub fn emit(disk: &Disk, live: Option<(&LiveDisk, &mut u32)>) -> Element {
     if let Some(d) = disk.discard {
         driver = driver.attr("discard", if d { "unmap" } else { "ignore" });
     }
-    let mut e = Element::new("disk").attr("type", kind_word(disk.kind)).attr("device", "disk").child(driver);
+    let mut e = Element::new("disk").attr("type", kind_word(disk.kind)).attr("device", "disk");
+    if let Some(m) = disk.model {
+        e = e.attr("model", m);
+    }
+    let mut e = e.child(driver);
     let live = live.map(|(l, next)| {
         // libvirt numbers every image of the domain from 1, top layers first.
         let top = *next;
@@ -417,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_qcow2_disk_with_every_setting_round_trips() {
-        let text = "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none' io='threads' \
+        let text = "<disk type='file' device='disk' model='virtio-non-transitional'><driver name='qemu' type='qcow2' cache='none' io='threads' \
                     discard='unmap'/><source file='/i/x.qcow2'/><target dev='vdb' bus='virtio'/><readonly/>\
                     <serial>S-1.2</serial><boot order='2'/>\
                     <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/></disk>";
@@ -436,6 +453,10 @@ mod tests {
     fn shapes_we_do_not_run_are_refused_naming_them() {
         for (text, needle) in [
             ("<disk type='file' device='cdrom'><source file='/x'/><target dev='vda'/></disk>", "'cdrom'"),
+            (
+                "<disk model='virtio-transitional'><source file='/x'/><target dev='vda'/></disk>",
+                "'virtio-transitional'",
+            ),
             ("<disk type='file' device='floppy'><source file='/x'/><target dev='fda'/></disk>", "'floppy'"),
             ("<disk type='block' device='lun'><source dev='/x'/><target dev='sda'/></disk>", "'lun'"),
             ("<disk type='file'><source file='/x'/><target dev='sda' bus='sata'/></disk>", "'sata'"),

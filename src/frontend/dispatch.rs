@@ -569,12 +569,17 @@ fn query(dom: NonnullDomain, query: Query) -> Result<Action, RpcError> {
     Ok(Action::Forward(Call::Query { uuid: dom.uuid.0.into(), query }))
 }
 
-/// Our version as a hypervisor version number (major * 1e6 + minor * 1e3 + micro).
+/// The hypervisor version a `qemu://` client sees: the QEMU release (Debian
+/// bookworm's 7.2.0, beside libvirt 9.0) whose libvirt XML defaults and
+/// device shapes the daemon follows. Tools gate their choices on it
+/// (virt-install makes qcow2 volumes only for QEMU >= 1.2.0), so our own
+/// 0.x version would make them write XML for a decade-old QEMU.
 fn hypervisor_version() -> u64 {
-    let mut parts = crate::VERSION.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
-    let (a, b, c) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    a * 1_000_000 + b * 1_000 + c
+    QEMU_COMPAT_VERSION
 }
+
+/// QEMU 7.2.0 as major * 1e6 + minor * 1e3 + micro.
+const QEMU_COMPAT_VERSION: u64 = 7_002_000;
 
 fn args<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RpcError> {
     xdr::from_bytes(payload).map_err(|_| RpcError::Decode)

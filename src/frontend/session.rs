@@ -49,6 +49,8 @@ impl Session {
             EventKind::MetadataChange { .. } => (ev::ID_METADATA_CHANGE, DOMAIN_EVENT_CALLBACK_METADATA_CHANGE),
             EventKind::Reboot => (ev::ID_REBOOT, ev::CALLBACK_REBOOT),
             EventKind::ControlError => (ev::ID_CONTROL_ERROR, ev::CALLBACK_CONTROL_ERROR),
+            EventKind::IoError { reason: None, .. } => (ev::ID_IO_ERROR, ev::CALLBACK_IO_ERROR),
+            EventKind::IoError { reason: Some(_), .. } => (ev::ID_IO_ERROR_REASON, ev::CALLBACK_IO_ERROR_REASON),
         };
         let mut out = Vec::new();
         for (callback_id, _, _) in self
@@ -65,6 +67,23 @@ impl Session {
                     xdr::to_bytes(&MetadataChangeEventMsg { callback_id, dom, kind: *kind, nsuri: uri.clone() })
                 }
                 EventKind::Reboot | EventKind::ControlError => xdr::to_bytes(&DomainOnlyEventMsg { callback_id, dom }),
+                EventKind::IoError { path, alias, action, reason: None } => xdr::to_bytes(&ev::IoErrorEventMsg {
+                    callback_id,
+                    dom,
+                    src_path: path.clone(),
+                    dev_alias: alias.clone(),
+                    action: *action,
+                }),
+                EventKind::IoError { path, alias, action, reason: Some(r) } => {
+                    xdr::to_bytes(&ev::IoErrorReasonEventMsg {
+                        callback_id,
+                        dom,
+                        src_path: path.clone(),
+                        dev_alias: alias.clone(),
+                        action: *action,
+                        reason: r.clone(),
+                    })
+                }
             };
             let h = Header {
                 prog: REMOTE_PROGRAM,

@@ -49,6 +49,19 @@ pub enum EventKind {
     /// `VIR_DOMAIN_EVENT_ID_CONTROL_ERROR`: the daemon lost control of the
     /// guest's helper (it died unexpectedly or speaks no protocol of ours).
     ControlError,
+    /// `VIR_DOMAIN_EVENT_ID_IO_ERROR` (`reason` `None`) or
+    /// `VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON`: a disk's backend failed a
+    /// request; the guest got the error status and runs on.
+    IoError {
+        /// The disk's source path.
+        path: String,
+        /// Its alias (`virtio-disk0`).
+        alias: String,
+        /// `virDomainEventIOErrorAction`.
+        action: i32,
+        /// The backend's error, for the REASON event.
+        reason: Option<String>,
+    },
 }
 
 /// A question about one domain, identified by UUID.

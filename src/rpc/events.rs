@@ -11,6 +11,10 @@ use super::remote::NonnullDomain;
 pub const ID_LIFECYCLE: i32 = 0;
 /// `VIR_DOMAIN_EVENT_ID_REBOOT`.
 pub const ID_REBOOT: i32 = 1;
+/// `VIR_DOMAIN_EVENT_ID_IO_ERROR`.
+pub const ID_IO_ERROR: i32 = 4;
+/// `VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON`.
+pub const ID_IO_ERROR_REASON: i32 = 6;
 /// `VIR_DOMAIN_EVENT_ID_CONTROL_ERROR`.
 pub const ID_CONTROL_ERROR: i32 = 7;
 /// `VIR_DOMAIN_EVENT_ID_METADATA_CHANGE`.
@@ -18,6 +22,12 @@ pub const ID_METADATA_CHANGE: i32 = 23;
 
 /// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_REBOOT`.
 pub const CALLBACK_REBOOT: i32 = 319;
+/// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_IO_ERROR`.
+pub const CALLBACK_IO_ERROR: i32 = 322;
+/// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_IO_ERROR_REASON`.
+pub const CALLBACK_IO_ERROR_REASON: i32 = 324;
+/// `VIR_DOMAIN_EVENT_IO_ERROR_REPORT`: the error went to the guest, which runs on.
+pub const IO_ERROR_REPORT: i32 = 2;
 /// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_CONTROL_ERROR`.
 pub const CALLBACK_CONTROL_ERROR: i32 = 325;
 
@@ -28,4 +38,37 @@ pub struct DomainOnlyEventMsg {
     pub callback_id: i32,
     /// The domain.
     pub dom: NonnullDomain,
+}
+
+/// `remote_domain_event_callback_io_error_msg` (its inner message flattened,
+/// as XDR lays it out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoErrorEventMsg {
+    /// The client's registration.
+    pub callback_id: i32,
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// The disk's source path.
+    pub src_path: String,
+    /// The disk's alias.
+    pub dev_alias: String,
+    /// `virDomainEventIOErrorAction`.
+    pub action: i32,
+}
+
+/// `remote_domain_event_callback_io_error_reason_msg`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoErrorReasonEventMsg {
+    /// The client's registration.
+    pub callback_id: i32,
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// The disk's source path.
+    pub src_path: String,
+    /// The disk's alias.
+    pub dev_alias: String,
+    /// `virDomainEventIOErrorAction`.
+    pub action: i32,
+    /// Why.
+    pub reason: String,
 }

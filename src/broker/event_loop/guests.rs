@@ -88,6 +88,8 @@ impl Broker {
                         for (conn, id, value) in blockinfo::answered(&mut self.setup.ctx, &uuid, pid, &counters) {
                             self.answer_client(conn, id, value);
                         }
+                        // I/O error events the counters raised.
+                        self.flush_events();
                     }
                     Ok((HelperEvent::Balloon(figures), _)) => {
                         crate::broker::balloon::answered(&mut self.setup.ctx, &uuid, pid, figures);
