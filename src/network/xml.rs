@@ -476,11 +476,15 @@ impl NetworkDef {
             }
             root = root.child(f);
         }
-        if let Some(b) = &self.bridge {
+        // A bridge not named yet (one is picked at start) still keeps its
+        // STP and delay settings.
+        if self.bridge.is_some() || !self.stp || self.delay != 0 {
+            let mut e = Element::new("bridge");
+            if let Some(b) = &self.bridge {
+                e = e.attr("name", b.clone());
+            }
             let stp = if self.stp { "on" } else { "off" };
-            root = root.child(
-                Element::new("bridge").attr("name", b.clone()).attr("stp", stp).attr("delay", self.delay.to_string()),
-            );
+            root = root.child(e.attr("stp", stp).attr("delay", self.delay.to_string()));
         }
         if let Some(m) = self.mtu {
             root = root.child(Element::new("mtu").attr("size", m.to_string()));
@@ -539,6 +543,19 @@ pub fn default_network_xml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the network_xml fuzz target: a bridge element without a
+    /// name, with STP and a delay, must write back what it read.
+    #[test]
+    fn a_nameless_bridge_with_stp_and_delay_round_trips() {
+        let xml = "<network><name>n</name><uuid>9a05da11-e96b-47f3-8253-a3a482e445f5</uuid>\
+                   <forward mode='nat'/><bridge stp='on' delay='1'/>\
+                   <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp>\
+                   <host mac='52:54:00:00:00:07' name='w.b' ip='192.168.122.7'/></dhcp></ip></network>";
+        let def = parse(xml).unwrap();
+        let again = parse(&def.to_xml()).unwrap();
+        assert_eq!(again, def, "{}", def.to_xml());
+    }
 
     #[test]
     fn the_default_network_parses_and_round_trips() {
