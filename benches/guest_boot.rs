@@ -50,6 +50,7 @@ impl Run {
             console: theirs.as_fd(),
             control_listener: listener.as_fd(),
             disks: &[],
+            taps: &[],
         };
         let config = GuestConfig::test(memory_mib);
         let (command, borrowed) = HelperCommand::start(config, &fds);

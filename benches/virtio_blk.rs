@@ -99,6 +99,7 @@ impl Helper {
             console: theirs.as_fd(),
             control_listener: listener.as_fd(),
             disks: &layers,
+            taps: &[],
         };
         let config = GuestConfig { disks: disks.iter().map(|(c, _)| c.clone()).collect(), ..GuestConfig::test(64) };
         let (command, borrowed) = HelperCommand::start(config, &fds);

@@ -86,6 +86,8 @@ impl Guest {
             invariant_tsc: true,
             disks: Vec::new(),
             balloon: None,
+            nics: Vec::new(),
+            mem_locked: false,
         };
         console_tweak(&theirs);
         let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));
@@ -99,6 +101,7 @@ impl Guest {
             console: theirs.as_fd(),
             control_listener: listener.as_fd(),
             disks: &[],
+            taps: &[],
         };
         let (mut command, borrowed) = HelperCommand::start(config, &fds);
         start_tweak(&mut command);

@@ -83,6 +83,8 @@ impl Guest {
             invariant_tsc: true,
             disks: disks.iter().map(|d| d.config.clone()).collect(),
             balloon: None,
+            nics: Vec::new(),
+            mem_locked: false,
         };
         let layer_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let fds = StartFds {
@@ -92,6 +94,7 @@ impl Guest {
             console: theirs.as_fd(),
             control_listener: listener.as_fd(),
             disks: &layer_fds,
+            taps: &[],
         };
         let (command, borrowed) = HelperCommand::start(config, &fds);
         spawned.channel.send(&command, &borrowed).unwrap();
@@ -351,6 +354,7 @@ fn a_disk_without_its_layers_is_refused_at_start() {
         console: theirs.as_fd(),
         control_listener: listener.as_fd(),
         disks: &layers,
+        taps: &[],
     };
     let (command, borrowed) = HelperCommand::start(config, &fds);
     spawned.channel.send(&command, &borrowed).unwrap();

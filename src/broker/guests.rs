@@ -220,6 +220,8 @@ impl Launcher {
             disks: disks.iter().map(|d| d.config.clone()).collect(),
             balloon: crate::domain::balloon::of(def)
                 .and_then(|b| Some(BalloonConfig { pci_slot: b.pci_slot?, stats_period: b.stats_period })),
+            nics: Vec::new(),
+            mem_locked: false,
         };
         let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let guest_console: OwnedFd = guest_console.into();
@@ -230,6 +232,7 @@ impl Launcher {
             console: guest_console.as_fd(),
             control_listener: listener.as_fd(),
             disks: &disk_fds,
+            taps: &[],
         };
         // Sent at once, without waiting for the helper's greeting: the event
         // loop checks that (its first message) before anything else.

@@ -34,8 +34,10 @@ pub use manifest::{FdRole, ManifestError, RoleFds};
 /// The helper protocol this build speaks. 1 was the unversioned protocol
 /// (no greeting, fds by position); 2 added the greeting, fd manifests,
 /// `PauseFailed` and device attach/detach; 3 added disks (and the
-/// per-device fd roles) to the guest's configuration.
-pub const HELPER_PROTOCOL_VERSION: u32 = 3;
+/// per-device fd roles) to the guest's configuration; 4 added network
+/// interfaces (`nics`, `Tap` fds, `SetLink`, `NetStats`), locked memory,
+/// the balloon's live statistics period and unsolicited disk I/O errors.
+pub const HELPER_PROTOCOL_VERSION: u32 = 4;
 
 /// Why a broker cannot manage a helper: it speaks another protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +85,56 @@ pub struct GuestConfig {
     pub disks: Vec<DiskConfig>,
     /// The guest's virtio-balloon, if it has one (appended in version 3).
     pub balloon: Option<BalloonConfig>,
+    /// The guest's network interfaces, in the order of their `nic` index in
+    /// [`FdRole::Tap`] (appended in version 4).
+    pub nics: Vec<NicConfig>,
+    /// `<memoryBacking><locked/>`: guest RAM is locked in host memory
+    /// (`mlock`), never swapped; the broker raised the helper's
+    /// `RLIMIT_MEMLOCK` to fit (appended in version 4).
+    pub mem_locked: bool,
+}
+
+/// One virtio-net interface as the helper builds it, over the tap fd the
+/// broker made (role `Tap { nic }`); the helper never creates, names or
+/// configures an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicConfig {
+    /// The device's alias (`<alias name=...>`, `net0`...), unique in the guest.
+    pub alias: String,
+    /// The guest's MAC address (`<mac address=...>`).
+    pub mac: [u8; 6],
+    /// The PCI slot on bus 0 (`<address type='pci' slot=...>`).
+    pub pci_slot: u8,
+    /// `<link state=...>`: whether the guest sees its link up at start.
+    pub link_up: bool,
+    /// `<mtu size=...>`, offered to the guest (VIRTIO_NET_F_MTU) when set.
+    pub mtu: Option<u16>,
+}
+
+/// One interface's traffic since the guest started, from the device's own
+/// counters, as `virsh domifstat` shows it (rx is what the guest received).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicCounters {
+    /// The device's alias.
+    pub alias: String,
+    /// Bytes delivered to the guest.
+    pub rx_bytes: u64,
+    /// Frames delivered to the guest.
+    pub rx_packets: u64,
+    /// Frames from the tap that could not be delivered (malformed buffers).
+    pub rx_errs: u64,
+    /// Frames from the tap dropped (link down, no guest buffers).
+    pub rx_drop: u64,
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Frames the guest sent.
+    pub tx_packets: u64,
+    /// Frames from the guest that were malformed (bad chains, lengths, headers).
+    pub tx_errs: u64,
+    /// Frames from the guest dropped (link down, tap refused them).
+    pub tx_drop: u64,
+    /// Whether the link is up, as the guest sees it.
+    pub link_up: bool,
 }
 
 /// `<memballoon model='virtio'>`: where the helper puts the balloon.
@@ -271,6 +323,22 @@ pub enum HelperCommand {
     },
     /// Report the balloon's figures; answered with `Balloon`.
     BalloonStats,
+    /// Set one interface's link state as the guest sees it (`virsh
+    /// domif-setlink`); answered with `NetStats`, which shows the new state.
+    SetLink {
+        /// The interface's alias.
+        alias: String,
+        /// Up or down.
+        up: bool,
+    },
+    /// Report each interface's counters; answered with `NetStats`.
+    NetStats,
+    /// Set how often the guest's balloon statistics are asked for, in
+    /// seconds (0: never); answered with `Balloon`.
+    SetBalloonPeriod {
+        /// The period in seconds.
+        seconds: u32,
+    },
 }
 
 impl HelperCommand {
@@ -341,6 +409,10 @@ impl HelperCommand {
                 pairs.push((FdRole::DiskLayer { disk, layer }, *fd));
             }
         }
+        for (nic, fd) in fds.taps.iter().enumerate() {
+            // GuestConfig::nics is bounded far below 256 by the broker.
+            pairs.push((FdRole::Tap { nic: nic as u8 }, *fd));
+        }
         pairs.extend(memory.map(|f| (FdRole::GuestMemory, f)));
         let (roles, fds) = manifest::split(&pairs);
         (HelperCommand::Start { version: HELPER_PROTOCOL_VERSION, config, fds: roles }, fds)
@@ -368,6 +440,8 @@ pub struct StartFds<'a> {
     pub control_listener: BorrowedFd<'a>,
     /// Each disk's image chain, top layer first, in `GuestConfig::disks` order.
     pub disks: &'a [Vec<BorrowedFd<'a>>],
+    /// Each interface's tap, in `GuestConfig::nics` order.
+    pub taps: &'a [BorrowedFd<'a>],
 }
 
 /// Why a guest stopped running.
@@ -440,6 +514,18 @@ pub enum HelperEvent {
     DiskStats(Vec<DiskCounters>),
     /// Answer to `SetBalloon` and `BalloonStats`; `None` when the guest has no balloon.
     Balloon(Option<BalloonFigures>),
+    /// Answer to `NetStats` and `SetLink`: one entry per interface, in
+    /// `GuestConfig::nics` order, hotplugged interfaces after.
+    NetStats(Vec<NicCounters>),
+    /// Unsolicited: a disk's backend failed a request (the guest got an
+    /// I/O error status). Sent for the first error and then at most once a
+    /// second per disk, so a failing disk cannot flood the broker.
+    IoError {
+        /// The disk's alias.
+        alias: String,
+        /// The backend's error, for the event and `virsh domblkerror`.
+        detail: String,
+    },
 }
 
 /// One disk's I/O since the guest started, as `virsh domblkstat` shows it.
@@ -488,6 +574,8 @@ impl GuestConfig {
             invariant_tsc: true,
             disks: Vec::new(),
             balloon: None,
+            nics: Vec::new(),
+            mem_locked: false,
         }
     }
 }
@@ -539,7 +627,7 @@ mod tests {
         assert_eq!(check_version(HELPER_PROTOCOL_VERSION), Ok(()));
         assert_eq!(check_version(1), Err(ProtocolMismatch::Version(1)));
         let e = check_version(HELPER_PROTOCOL_VERSION + 1).unwrap_err().to_string();
-        assert!(e.contains("version 4") && e.contains("this daemon speaks version 3"), "{e}");
+        assert!(e.contains("version 5") && e.contains("this daemon speaks version 4"), "{e}");
     }
 
     #[test]
@@ -552,6 +640,7 @@ mod tests {
             console: a.as_fd(),
             control_listener: b.as_fd(),
             disks: &[],
+            taps: &[],
         };
         let config = GuestConfig::test(32);
         let (command, sent) = HelperCommand::start(config, &fds);

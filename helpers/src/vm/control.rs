@@ -160,6 +160,14 @@ impl Control<'_> {
                 let figures = self.devices.balloon.as_ref().map(|b| b.figures());
                 self.answer(&HelperEvent::Balloon(figures));
             }
+            HelperCommand::SetLink { .. } | HelperCommand::NetStats => {
+                // No virtio-net device yet: no interfaces to report.
+                self.answer(&HelperEvent::NetStats(Vec::new()));
+            }
+            HelperCommand::SetBalloonPeriod { .. } => {
+                let figures = self.devices.balloon.as_ref().map(|b| b.figures());
+                self.answer(&HelperEvent::Balloon(figures));
+            }
             HelperCommand::DetachDevice { id } => {
                 let answer = DeviceAnswer::Unsupported(NO_HOTPLUG.into());
                 self.answer(&HelperEvent::Device { id: id.clone(), answer });
