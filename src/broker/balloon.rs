@@ -82,6 +82,43 @@ fn set_live(ctx: &Ctx, e: &Entry, kib: u64) -> Result<(), CallError> {
         .map_err(|err| CallError::OperationFailed(format!("guest '{}' did not answer: {err}", e.def.name)))
 }
 
+/// `virDomainSetMemoryStatsPeriod` (`virsh dommemstat --period`): how
+/// often the guest's balloon statistics are collected, for the running
+/// guest (its helper asks the guest on that period,
+/// `HelperCommand::SetBalloonPeriod`) and in the definition. The daemon
+/// keeps one definition per domain, so live and config both change it.
+/// Checked as libvirt's QEMU driver checks it.
+pub fn set_period(ctx: &mut Ctx, uuid: &Uuid, period: i32, flags: u32) -> Result<String, CallError> {
+    if flags & !(AFFECT_LIVE | AFFECT_CONFIG) != 0 {
+        return Err(CallError::UnsupportedFlags { flags, function: "qemuDomainSetMemoryStatsPeriod".into() });
+    }
+    let e = ctx.domains.by_uuid(uuid)?;
+    let (live, _) = e.impact(flags, false)?;
+    let seconds =
+        u32::try_from(period).map_err(|_| CallError::InvalidArg("invalid value for collection period".into()))?;
+    let mut def = e.def.clone();
+    let found =
+        crate::domain::balloon::set_period(&mut def, seconds).map_err(|err| CallError::InvalidArg(err.to_string()))?;
+    if !found {
+        return Err(CallError::OperationInvalid(
+            "No memory balloon device configured, can not set the collection period".into(),
+        ));
+    }
+    if live {
+        let running = ctx.guests.get(uuid).filter(|_| e.id.is_some()).ok_or(CallError::NotRunning)?;
+        running.manageable(&e.def.name)?;
+        running
+            .channel
+            .send(&HelperCommand::SetBalloonPeriod { seconds }, &[])
+            .map_err(|err| CallError::OperationFailed(format!("guest '{}' did not answer: {err}", e.def.name)))?;
+    }
+    let name = ctx.domains.replace_def(uuid, def)?;
+    if ctx.guests.contains_key(uuid) {
+        ctx.record(uuid);
+    }
+    Ok(name)
+}
+
 /// The helper `pid` of guest `uuid` reported its balloon.
 pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: Pid, figures: Option<BalloonFigures>) {
     match figures {
@@ -123,7 +160,10 @@ pub fn memory_stats(ctx: &Ctx, e: &Entry, max: u32, flags: u32) -> Option<CallVa
         return None;
     }
     let f = figures(ctx, e)?;
-    let mut stats = guest_stats(&f);
+    // The guest's own figures only while they are collected (a stats
+    // period), as libvirt shows them.
+    let collected = crate::domain::balloon::of(&e.def).is_some_and(|b| b.stats_period > 0);
+    let mut stats = if collected { guest_stats(&f) } else { Vec::new() };
     stats.push((tag::ACTUAL, f.actual_kib));
     if let Some(s) = e.pid.and_then(super::procfs::process_stat) {
         stats.push((tag::RSS, s.rss_kib));

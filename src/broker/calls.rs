@@ -214,6 +214,12 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             result?;
             Ok(CallValue::Unit)
         }
+        Call::SetMemoryStatsPeriod { uuid, period, flags } => {
+            let result = super::balloon::set_period(ctx, &uuid, period, flags);
+            audit_change(auditor, caller, "memory", &uuid, &result, &[("what", Value::Text("stats-period"))]);
+            result?;
+            Ok(CallValue::Unit)
+        }
         Call::Pin { uuid, vcpu, cpumap, flags } => {
             let cgroup = ctx.guests.get(&uuid).and_then(|r| r.cgroup.as_ref());
             let result = ctx.domains.by_uuid(&uuid).and_then(|e| super::tuning::pin(e, cgroup, vcpu, &cpumap, flags));
@@ -279,7 +285,7 @@ fn op_of(call: &Call) -> &'static str {
         Call::SetAutostart { .. } => "autostart",
         Call::SetMetadata { .. } => "metadata",
         Call::SetTuning { .. } => "tune",
-        Call::SetMemory { .. } => "memory",
+        Call::SetMemory { .. } | Call::SetMemoryStatsPeriod { .. } => "memory",
         Call::Pin { .. } => "pin",
         Call::GetTime { .. } => "gettime",
         Call::Create { .. } => "start",

@@ -194,7 +194,13 @@ impl Launcher {
         // them its locks).
         let disks = super::disks::open_all(def).map_err(|e| CallError::OperationFailed(e.to_string()))?;
         // Guest RAM the domain wants made by the broker (memfd, huge pages).
-        let memory = super::guestmem::create(&def.name, def.memory_kib.div_ceil(1024) << 20, &def.backing())?;
+        let backing = def.backing();
+        let ram_bytes = def.memory_kib.div_ceil(1024) << 20;
+        if backing.locked {
+            let host_kib = super::host::host_memory()?.iter().map(|c| c.total_kib).sum();
+            super::memlock::check(&def.name, ram_bytes, host_kib)?;
+        }
+        let memory = super::guestmem::create(&def.name, ram_bytes, &backing)?;
         let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
         console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
         std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
@@ -211,6 +217,17 @@ impl Launcher {
                 return Err(e);
             }
         };
+        // Its memlock limit, before it is told to start (and lock).
+        if backing.locked
+            && let Err(e) = super::memlock::raise(&def.name, spawned.pid, ram_bytes)
+        {
+            let _ = kill(spawned.pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(spawned.pid, None);
+            if let Some(c) = cgroup {
+                c.remove();
+            }
+            return Err(e);
+        }
         let config = GuestConfig {
             memory_mib: def.memory_kib.div_ceil(1024),
             vcpus: def.vcpus,
@@ -221,7 +238,7 @@ impl Launcher {
             balloon: crate::domain::balloon::of(def)
                 .and_then(|b| Some(BalloonConfig { pci_slot: b.pci_slot?, stats_period: b.stats_period })),
             nics: Vec::new(),
-            mem_locked: false,
+            mem_locked: backing.locked,
         };
         let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let guest_console: OwnedFd = guest_console.into();
@@ -273,8 +290,9 @@ impl Launcher {
         let fail = |e: super::cgroup::CgroupError| {
             CallError::OperationFailed(format!("guest '{}' cannot be placed in its cgroup: {e}", def.name))
         };
-        let cg = GuestCgroup::create(cgroups, id, &def.name, def.vcpus).map_err(fail)?;
-        match cg.add_helper(pid.as_raw()).and_then(|()| cg.apply(&def.tuning())) {
+        let mut cg = GuestCgroup::create(cgroups, id, &def.name, def.vcpus).map_err(fail)?;
+        let tuning = def.tuning();
+        match cg.add_helper(pid.as_raw()).and_then(|()| cg.apply(&tuning)).and_then(|()| cg.reserve_rt(&tuning.cpu)) {
             Ok(()) => Ok(cg),
             Err(e) => {
                 cg.remove();

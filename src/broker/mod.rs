@@ -33,6 +33,7 @@ mod imagelock;
 mod lifecycle;
 mod link;
 mod listen;
+mod memlock;
 mod memsize;
 mod metadata;
 mod networks;

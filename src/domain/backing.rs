@@ -2,8 +2,10 @@
 //! default; a memfd (`<source type='memfd'/>`, or `<access mode='shared'/>`)
 //! or huge pages (`<hugepages/>`, 2 MiB or 1 GiB) the broker creates and
 //! hands the helper as an fd. `<nosharepages/>` is what the helper always
-//! does (it never offers guest memory to KSM). `<locked/>` and the rest
-//! would change what the host promises and are refused, naming them.
+//! does (it never offers guest memory to KSM). `<locked/>` locks guest RAM
+//! in host memory (the broker raises the helper's `RLIMIT_MEMLOCK`, the
+//! helper locks before the guest runs). The rest would change what the host
+//! promises and are refused, naming them.
 
 use super::DomainError;
 use super::xml::Element;
@@ -17,6 +19,8 @@ pub struct Backing {
     pub memfd: bool,
     /// Shared with other mappings of the same memory (`access mode='shared'`).
     pub shared: bool,
+    /// Locked in host RAM, never swapped (`<locked/>`).
+    pub locked: bool,
 }
 
 impl Backing {
@@ -69,6 +73,7 @@ pub fn parse(e: &Element) -> Result<Backing, DomainError> {
                 Some(m) => return Err(DomainError::Invalid(format!("unknown memoryBacking access mode '{m}'"))),
             },
             "nosharepages" => {}
+            "locked" => b.locked = true,
             n => return Err(unsupported(format!("<memoryBacking><{n}> is not supported by this daemon"))),
         }
     }
@@ -83,7 +88,9 @@ mod tests {
     #[test]
     fn huge_pages_memfd_and_shared_access_are_read_and_the_rest_refused() {
         let b = parse(&xml::parse("<memoryBacking><hugepages/><nosharepages/></memoryBacking>").unwrap()).unwrap();
-        assert_eq!(b, Backing { hugepage_kib: Some(2048), memfd: false, shared: false });
+        assert_eq!(b, Backing { hugepage_kib: Some(2048), memfd: false, shared: false, locked: false });
+        let locked = parse(&xml::parse("<memoryBacking><locked/></memoryBacking>").unwrap()).unwrap();
+        assert!(locked.locked && !locked.needs_fd());
         let one_g = "<memoryBacking><hugepages><page size='1' unit='G'/></hugepages></memoryBacking>";
         assert_eq!(parse(&xml::parse(one_g).unwrap()).unwrap().hugepage_kib, Some(1_048_576));
         let memfd = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>";
@@ -91,7 +98,7 @@ mod tests {
         assert!(b.memfd && b.shared && b.needs_fd());
         assert!(!Backing::default().needs_fd());
         for bad in [
-            "<memoryBacking><locked/></memoryBacking>",
+            "<memoryBacking><discard/></memoryBacking>",
             "<memoryBacking><hugepages><page size='64' unit='KiB'/></hugepages></memoryBacking>",
             "<memoryBacking><source type='file'/></memoryBacking>",
         ] {

@@ -57,6 +57,23 @@ fn is_virtio(e: &Element) -> bool {
     e.name == "memballoon" && e.get("model") == Some("virtio")
 }
 
+/// Sets the virtio balloon's statistics period to `seconds` (no `<stats>`
+/// for 0, as libvirt writes it); false when the definition has no virtio
+/// balloon.
+pub fn set_period(def: &mut DomainDef, seconds: u32) -> Result<bool, DomainError> {
+    if seconds > MAX_PERIOD {
+        return Err(DomainError::Invalid(format!("statistics period {seconds} s is longer than {MAX_PERIOD} s")));
+    }
+    let Some(e) = def.kept_devices.iter_mut().find(|e| is_virtio(e)) else { return Ok(false) };
+    e.raw = None;
+    e.children.retain(|c| c.name != "stats");
+    if seconds > 0 {
+        // libvirt writes <stats> before <alias> and <address>.
+        e.children.insert(0, Element::new("stats").attr("period", seconds.to_string()));
+    }
+    Ok(true)
+}
+
 /// Gives a virtio balloon without an address the first slot not in `used`.
 pub fn assign(def: &mut DomainDef, used: &mut Vec<u8>) -> Result<(), DomainError> {
     let Some(e) = def.kept_devices.iter_mut().find(|e| is_virtio(e)) else { return Ok(()) };

@@ -358,6 +358,14 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: crate::rpc::tuning::SetMemoryArgs = args(payload)?;
             Ok(Action::Forward(Call::SetMemory { uuid: a.dom.uuid.0.into(), kib: a.memory, flags: 4 }))
         }
+        P::DomainSetMemoryStatsPeriod => {
+            let a: crate::rpc::tuning::SetMemoryStatsPeriodArgs = args(payload)?;
+            Ok(Action::Forward(Call::SetMemoryStatsPeriod {
+                uuid: a.dom.uuid.0.into(),
+                period: a.period,
+                flags: a.flags,
+            }))
+        }
         P::DomainSetMemoryFlags => {
             let a: crate::rpc::tuning::SetMemoryFlagsArgs = args(payload)?;
             Ok(Action::Forward(Call::SetMemory { uuid: a.dom.uuid.0.into(), kib: a.memory, flags: a.flags }))

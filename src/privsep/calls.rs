@@ -551,6 +551,15 @@ pub enum Call {
     Storage(super::storage::StorageCall),
     /// A virtual-network call (libvirt's network driver).
     Network(super::network::NetCall),
+    /// `virDomainSetMemoryStatsPeriod`.
+    SetMemoryStatsPeriod {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// Seconds; 0 stops the collection, below 0 is refused.
+        period: i32,
+        /// `virDomainMemoryModFlags`.
+        flags: u32,
+    },
 }
 
 /// Which CPU a comparison or baseline is against.

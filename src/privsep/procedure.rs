@@ -66,6 +66,7 @@ impl Call {
             // virDomainSetMaxMemory is the flags form with VIR_DOMAIN_MEM_MAXIMUM alone.
             Call::SetMemory { flags: 4, .. } => P::DomainSetMaxMemory,
             Call::SetMemory { .. } => P::DomainSetMemoryFlags,
+            Call::SetMemoryStatsPeriod { .. } => P::DomainSetMemoryStatsPeriod,
             Call::Pin { vcpu: Some(_), .. } => P::DomainPinVcpuFlags,
             Call::Pin { vcpu: None, .. } => P::DomainPinEmulator,
             Call::Network(n) => n.procedure(),

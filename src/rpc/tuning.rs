@@ -103,6 +103,17 @@ pub struct SetMemoryArgs {
     pub memory: u64,
 }
 
+/// `remote_domain_set_memory_stats_period_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMemoryStatsPeriodArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Seconds (0 stops the collection).
+    pub period: i32,
+    /// `virDomainMemoryModFlags`.
+    pub flags: u32,
+}
+
 /// `remote_domain_set_memory_flags_args`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetMemoryFlagsArgs {

@@ -5,19 +5,31 @@
 //! The host sets the target (`num_pages`, [`Control::set_target`], from
 //! the control thread); the guest posts page frame numbers on the inflate
 //! queue and writes how many it holds to `actual`. Every inflated page
-//! that lies inside guest RAM goes back to the host with
-//! `madvise(MADV_DONTNEED)` (with anonymous guest memory, the default, its
-//! host page is freed; a later guest access gets a fresh zero page). A
-//! page number outside guest RAM is counted and ignored. Deflating needs
+//! that lies inside guest RAM goes back to the host:
+//! - anonymous guest memory (the default): `madvise(MADV_DONTNEED)` frees
+//!   its host page; a later guest access gets a fresh zero page;
+//! - memory the broker made (a memfd, `<source type='memfd'/>` or shared
+//!   access): DONTNEED would only drop this mapping's view of a shared page,
+//!   which the memfd keeps, so the page is cut out of the memfd with
+//!   `fallocate(PUNCH_HOLE|KEEP_SIZE)`, which frees it;
+//! - huge pages (a hugetlb memfd of 2 MiB or 1 GiB pages): a host page can
+//!   only go back whole, so the worker keeps, per huge page, a bitmap of
+//!   its 4 KiB pages in the balloon; once every one of them is, the whole
+//!   huge page is punched out. A deflated page leaves the bitmap again. The
+//!   bitmaps are bounded by guest RAM (one bit per 4 KiB page of a huge
+//!   page that is partly inflated).
+//!
+//! A page number outside guest RAM is counted and ignored. Deflating needs
 //! nothing of the host. At most [`MAX_PFNS`] numbers are read per buffer.
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use libvirtd::privsep::helper::BalloonFigures;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, VirtioDevice, VirtioInterrupt};
@@ -48,6 +60,8 @@ pub struct Shared {
     released: AtomicU64,
     ignored: AtomicU64,
     guest_stats: Mutex<Vec<(u16, u64)>>,
+    /// How often the guest is asked for fresh statistics, in seconds (0: only when the host asks).
+    period_s: AtomicU32,
     /// Guest RAM in pages.
     ram_pages: u64,
 }
@@ -75,6 +89,49 @@ pub struct Worker {
     shared: Arc<Shared>,
     events: Vec<Arc<EventFd>>,
     active: Slot,
+    /// Huge pages partly in the balloon.
+    partial: Partial,
+}
+
+/// Which 4 KiB pages of each partly inflated huge page are in the balloon,
+/// by the huge page's index in the memfd; empty for 4 KiB backing.
+#[derive(Debug)]
+struct Partial {
+    /// The backing's page size in bytes (4096, or the huge page size).
+    host_page: u64,
+    pages: HashMap<u64, Vec<u64>>,
+}
+
+impl Partial {
+    /// Marks (`inflated`) or clears the 4 KiB page at memfd offset `off`;
+    /// returns the huge page's offset once all of it is in the balloon
+    /// (and forgets it: it is about to be punched out).
+    fn mark(&mut self, off: u64, inflated: bool) -> Option<u64> {
+        let (index, sub) = (off / self.host_page, (off % self.host_page) / PAGE);
+        let words = (self.host_page / PAGE).div_ceil(64) as usize;
+        let (word, bit) = ((sub / 64) as usize, 1u64 << (sub % 64));
+        if !inflated {
+            if let Some(b) = self.pages.get_mut(&index) {
+                b[word] &= !bit;
+                if b.iter().all(|w| *w == 0) {
+                    self.pages.remove(&index);
+                }
+            }
+            return None;
+        }
+        let b = self.pages.entry(index).or_insert_with(|| vec![0; words]);
+        b[word] |= bit;
+        let per = self.host_page / PAGE;
+        let full = b.iter().enumerate().all(|(i, w)| {
+            let bits = (per - 64 * i as u64).min(64);
+            *w == if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 }
+        });
+        if full {
+            self.pages.remove(&index);
+            return Some(index * self.host_page);
+        }
+        None
+    }
 }
 
 /// The control thread's handle on the balloon.
@@ -82,6 +139,8 @@ pub struct Worker {
 pub struct Control {
     shared: Arc<Shared>,
     active: Slot,
+    /// Wakes the balloon's thread (the statistics queue's eventfd).
+    wake: Option<Arc<EventFd>>,
 }
 
 /// A running balloon thread: stopped and joined when dropped.
@@ -100,17 +159,25 @@ impl Drop for WorkerHandle {
 }
 
 impl Balloon {
-    /// A balloon for a guest of `ram_bytes`, with the statistics queue when `stats`.
-    pub fn new(ram_bytes: u64, stats: bool) -> std::io::Result<(Balloon, Worker, Control)> {
-        let shared = Arc::new(Shared { ram_pages: ram_bytes / PAGE, ..Shared::default() });
+    /// A balloon for a guest of `ram_bytes` whose memory has pages of
+    /// `host_page` bytes (4096, or a huge page size), asking the guest for
+    /// statistics every `period_s` seconds (0: never on its own). The
+    /// statistics queue is always offered, as QEMU offers it, so that a
+    /// period set live (`virsh dommemstat --period`) finds it negotiated.
+    pub fn new(ram_bytes: u64, period_s: u32, host_page: u64) -> std::io::Result<(Balloon, Worker, Control)> {
+        let shared =
+            Arc::new(Shared { ram_pages: ram_bytes / PAGE, period_s: AtomicU32::new(period_s), ..Shared::default() });
+        let stats = true;
         let queues = if stats { 3 } else { 2 };
         let events =
             (0..queues).map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         let active: Slot = Arc::default();
         let features = if stats { F_STATS_VQ } else { 0 };
         let balloon = Balloon { shared: shared.clone(), features, events: events.clone(), active: active.clone() };
-        let worker = Worker { shared: shared.clone(), events, active: active.clone() };
-        Ok((balloon, worker, Control { shared, active }))
+        let partial = Partial { host_page: host_page.max(PAGE), pages: HashMap::new() };
+        let wake = events.get(STATS).cloned();
+        let worker = Worker { shared: shared.clone(), events, active: active.clone(), partial };
+        Ok((balloon, worker, Control { shared, active, wake }))
     }
 
     fn config(&self) -> [u8; 16] {
@@ -192,6 +259,15 @@ impl Control {
         }
     }
 
+    /// Sets how often the guest is asked for statistics, and wakes the
+    /// balloon's thread to wait by the new period.
+    pub fn set_period(&self, seconds: u32) {
+        self.shared.period_s.store(seconds, Ordering::SeqCst);
+        if let Some(e) = self.wake.as_ref() {
+            let _ = e.write(1);
+        }
+    }
+
     /// The figures, and a request to the guest for fresh statistics (its
     /// held buffer handed back).
     pub fn figures(&self) -> BalloonFigures {
@@ -204,15 +280,21 @@ impl Control {
             ignored_pfns: s.ignored.load(Ordering::Relaxed),
             guest_stats: s.guest_stats.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         };
-        let mut slot = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = slot.as_mut()
-            && let Some(head) = a.stats_head.take()
-            && let Some(q) = a.queues.get_mut(STATS)
-            && q.add_used(&a.memory, head, 0).is_ok()
-        {
-            a.interrupt.queue(STATS as u16);
-        }
+        refresh(&self.active);
         f
+    }
+}
+
+/// Hands the guest its held statistics buffer back, which asks it for
+/// fresh figures (virtio 1.2, 5.5.6.3).
+fn refresh(active: &Slot) {
+    let mut slot = active.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(a) = slot.as_mut()
+        && let Some(head) = a.stats_head.take()
+        && let Some(q) = a.queues.get_mut(STATS)
+        && q.add_used(&a.memory, head, 0).is_ok()
+    {
+        a.interrupt.queue(STATS as u16);
     }
 }
 
@@ -236,6 +318,8 @@ impl Worker {
     }
 
     fn run(mut self, stop: &EventFd) {
+        // When the guest is next asked for statistics (with a period).
+        let mut due: Option<std::time::Instant> = None;
         loop {
             let mut fds: Vec<libc::pollfd> = self
                 .events
@@ -244,8 +328,27 @@ impl Worker {
                 .chain(std::iter::once(stop.as_raw_fd()))
                 .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
                 .collect();
+            // With a period, the wait ends when the guest is due to be asked
+            // for statistics again.
+            let period = u64::from(self.shared.period_s.load(Ordering::SeqCst));
+            let now = std::time::Instant::now();
+            let timeout = match (period, due) {
+                (0, _) => -1,
+                (_, Some(at)) if at > now => i32::try_from((at - now).as_millis()).unwrap_or(i32::MAX).max(1),
+                _ => {
+                    refresh(&self.active);
+                    due = Some(now + std::time::Duration::from_secs(period));
+                    i32::try_from(period * 1000).unwrap_or(i32::MAX)
+                }
+            };
+            if period == 0 {
+                due = None;
+            }
             // SAFETY: `fds` is a live array of `fds.len()` pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n == 0 {
+                continue;
+            }
             if n < 0 {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -266,7 +369,8 @@ impl Worker {
 
     /// Takes every buffer available on every queue, then interrupts the guest.
     pub fn serve(&mut self) {
-        let mut slot = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let slot_arc = self.active.clone();
+        let mut slot = slot_arc.lock().unwrap_or_else(|p| p.into_inner());
         let Some(active) = slot.as_mut() else { return };
         let mut broken = false;
         for index in 0..active.queues.len() {
@@ -283,15 +387,15 @@ impl Worker {
     }
 
     /// Serves queue `index`; whether anything was used.
-    fn serve_queue(&self, active: &mut Active, index: usize) -> Result<bool, ()> {
+    fn serve_queue(&mut self, active: &mut Active, index: usize) -> Result<bool, ()> {
         let Active { queues, memory, stats_head, .. } = active;
         let Some(queue) = queues.get_mut(index).filter(|q| q.ready()) else { return Ok(false) };
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(&*memory) {
             let head = chain.head_index();
             match index {
-                INFLATE => self.inflate(memory, chain),
-                DEFLATE => {}
+                INFLATE => self.pages(memory, chain, true),
+                DEFLATE => self.pages(memory, chain, false),
                 _ => {
                     self.stats(memory, chain);
                     // Held until the host asks again; a second one replaces it.
@@ -308,8 +412,9 @@ impl Worker {
         Ok(used)
     }
 
-    /// Gives the host back every page of `chain`'s numbers inside guest RAM.
-    fn inflate<M>(&self, memory: &GuestMemoryMmap, chain: DescriptorChain<M>)
+    /// Gives the host back every page of `chain`'s numbers inside guest
+    /// RAM (`inflate`), or takes them out of the huge-page bitmaps (deflate).
+    fn pages<M>(&mut self, memory: &GuestMemoryMmap, chain: DescriptorChain<M>, inflate: bool)
     where
         M: std::ops::Deref<Target = GuestMemoryMmap> + Clone,
     {
@@ -319,11 +424,32 @@ impl Worker {
         };
         for _ in 0..MAX_PFNS {
             let Ok(pfn) = reader.read_obj::<u32>() else { break };
-            if release(memory, u64::from(pfn)) {
-                self.shared.released.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.shared.ignored.fetch_add(1, Ordering::Relaxed);
+            let Some(page) = locate(memory, u64::from(pfn)) else {
+                if inflate {
+                    self.shared.ignored.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            };
+            if !inflate {
+                if let Backed::File { offset, .. } = page
+                    && self.partial.host_page > PAGE
+                {
+                    self.partial.mark(offset, false);
+                }
+                continue;
             }
+            let freed = match page {
+                Backed::Anonymous(ptr) => dontneed(ptr).then_some(1),
+                Backed::File { fd, offset } if self.partial.host_page == PAGE => punch(fd, offset, PAGE).then_some(1),
+                Backed::File { fd, offset } => match self.partial.mark(offset, true) {
+                    Some(start) => punch(fd, start, self.partial.host_page).then_some(self.partial.host_page / PAGE),
+                    None => Some(0),
+                },
+            };
+            match freed {
+                Some(n) => self.shared.released.fetch_add(n, Ordering::Relaxed),
+                None => self.shared.ignored.fetch_add(1, Ordering::Relaxed),
+            };
         }
     }
 
@@ -345,16 +471,52 @@ impl Worker {
     }
 }
 
-/// Hands guest page `pfn` back to the host; false when it is not guest RAM.
-fn release(memory: &GuestMemoryMmap, pfn: u64) -> bool {
-    let Some(addr) = pfn.checked_mul(PAGE) else { return false };
-    let Ok(slice) = memory.get_slice(GuestAddress(addr), PAGE as usize) else { return false };
-    let ptr = slice.ptr_guard_mut().as_ptr();
-    // SAFETY: `ptr` is the start of PAGE bytes of one guest memory mapping
-    // (get_slice checked the whole range lies in one region), page aligned
-    // as regions start on pages and `addr` is a page multiple. DONTNEED
-    // only drops their content, which the guest gave up by inflating.
+/// Where guest page `pfn` lives on the host.
+#[derive(Debug, Clone, Copy)]
+enum Backed {
+    /// In the helper's anonymous memory, at this address.
+    Anonymous(*mut u8),
+    /// In the memfd `fd`, at this offset.
+    File {
+        /// The memfd.
+        fd: i32,
+        /// The page's offset in it.
+        offset: u64,
+    },
+}
+
+/// Finds guest page `pfn`; `None` when it is not guest RAM.
+fn locate(memory: &GuestMemoryMmap, pfn: u64) -> Option<Backed> {
+    let addr = GuestAddress(pfn.checked_mul(PAGE)?);
+    let region = memory.find_region(addr)?;
+    let within = addr.checked_offset_from(region.start_addr())?;
+    if within.checked_add(PAGE)? > region.len() {
+        return None;
+    }
+    Some(match region.file_offset() {
+        Some(f) => Backed::File { fd: f.file().as_raw_fd(), offset: f.start().checked_add(within)? },
+        // `within` + PAGE lies inside the region's mapping (checked above).
+        None => Backed::Anonymous(region.as_ptr().wrapping_add(within as usize)),
+    })
+}
+
+/// Frees an anonymous page; false if the kernel refused (a locked mapping,
+/// `<locked/>`, cannot drop pages).
+fn dontneed(ptr: *mut u8) -> bool {
+    // SAFETY: `ptr` is the start of PAGE bytes inside one guest memory
+    // mapping (`locate` checked the range), page aligned as regions start
+    // on pages and page numbers are page multiples. DONTNEED only drops
+    // their content, which the guest gave up by inflating.
     unsafe { libc::madvise(ptr.cast(), PAGE as usize, libc::MADV_DONTNEED) == 0 }
+}
+
+/// Cuts `len` bytes at `offset` out of the memfd `fd`, freeing the pages;
+/// the mapping stays, and reads zeroes there afterwards.
+fn punch(fd: i32, offset: u64, len: u64) -> bool {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return false };
+    // SAFETY: a plain syscall on an fd the guest memory holds open.
+    unsafe { libc::fallocate(fd, mode, offset, len) == 0 }
 }
 
 #[cfg(test)]
@@ -399,7 +561,7 @@ mod tests {
     /// A 4 MiB guest with a balloon and its three queues of 16.
     fn rig() -> Rig {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
-        let (mut balloon, worker, control) = Balloon::new(4 << 20, true).unwrap();
+        let (mut balloon, worker, control) = Balloon::new(4 << 20, 5, 4096).unwrap();
         let queues = (0..3)
             .map(|n| {
                 let (d, a, u) = ring(n);

@@ -26,7 +26,15 @@ pub fn attach(
 ) -> Result<(Control, Worker), BuildError> {
     let fail = |why: String| BuildError::Disk(format!("memballoon: {why}"));
     let ram = memory.iter().map(|r| r.len()).sum();
-    let (balloon, worker, control) = Balloon::new(ram, config.stats_period > 0).map_err(BuildError::Eventfd)?;
+    // The backing's page size: a hugetlb memfd reports its huge page size
+    // as its block size; anonymous memory and a plain memfd have 4 KiB pages.
+    let host_page = memory
+        .iter()
+        .find_map(|r| r.file_offset().map(|f| f.file().metadata()))
+        .transpose()
+        .map_err(BuildError::Eventfd)?
+        .map_or(4096, |m| std::os::unix::fs::MetadataExt::blksize(&m));
+    let (balloon, worker, control) = Balloon::new(ram, config.stats_period, host_page).map_err(BuildError::Eventfd)?;
     let bar = bars.allocate(u64::from(BAR_SIZE)).ok_or_else(|| fail("no room for its BAR".into()))?;
     let irq = 10 + (config.pci_slot % 2);
     let line = Arc::new(irq_line(vm, u32::from(irq))?);

@@ -164,8 +164,11 @@ impl Control<'_> {
                 // No virtio-net device yet: no interfaces to report.
                 self.answer(&HelperEvent::NetStats(Vec::new()));
             }
-            HelperCommand::SetBalloonPeriod { .. } => {
-                let figures = self.devices.balloon.as_ref().map(|b| b.figures());
+            HelperCommand::SetBalloonPeriod { seconds } => {
+                let figures = self.devices.balloon.as_ref().map(|b| {
+                    b.set_period(*seconds);
+                    b.figures()
+                });
                 self.answer(&HelperEvent::Balloon(figures));
             }
             HelperCommand::DetachDevice { id } => {

@@ -32,18 +32,25 @@ pub fn scope_name(id: i32, name: &str) -> String {
     out + ".scope"
 }
 
+/// Real-time CPU time each fifo/rr vCPU's group gets, µs per period (of
+/// the default 1 s): 5 %, so that a real-time vCPU that never yields is
+/// throttled rather than starving the host.
+pub const RT_RUNTIME_PER_VCPU_US: u64 = 50_000;
+
 /// A running guest's groups.
 #[derive(Debug)]
 pub struct GuestCgroup {
     cgroups: Arc<Cgroups>,
     scope: PathBuf,
     vcpus: u32,
+    /// Real-time runtime the partition's levels hold for this guest, µs.
+    rt_us: u64,
 }
 
 impl GuestCgroup {
     /// Creates the groups of guest `id` (`name`, `vcpus` vCPUs).
     pub fn create(cgroups: &Arc<Cgroups>, id: i32, name: &str, vcpus: u32) -> Result<GuestCgroup, CgroupError> {
-        let g = GuestCgroup { cgroups: cgroups.clone(), scope: PathBuf::from(scope_name(id, name)), vcpus };
+        let g = GuestCgroup { cgroups: cgroups.clone(), scope: PathBuf::from(scope_name(id, name)), vcpus, rt_us: 0 };
         let b = &g.cgroups.backend;
         // A previous run of this guest whose removal still waits gives its
         // groups over (see `Cgroups::pending`).
@@ -68,7 +75,9 @@ impl GuestCgroup {
 
     /// The groups of a guest a previous broker started, if they exist.
     pub fn find(cgroups: &Arc<Cgroups>, id: i32, name: &str, vcpus: u32) -> Option<GuestCgroup> {
-        let g = GuestCgroup { cgroups: cgroups.clone(), scope: PathBuf::from(scope_name(id, name)), vcpus };
+        let mut g =
+            GuestCgroup { cgroups: cgroups.clone(), scope: PathBuf::from(scope_name(id, name)), vcpus, rt_us: 0 };
+        g.rt_us = g.cgroups.backend.rt_runtime(&g.scope);
         g.cgroups.backend.exists(&g.scope).then_some(g)
     }
 
@@ -158,6 +167,21 @@ impl GuestCgroup {
         Ok(())
     }
 
+    /// Gives the vCPU groups of `<vcpusched>` fifo/rr vCPUs their
+    /// real-time budget (see [`super::Backend::reserve_rt`]), before their
+    /// threads get the scheduler.
+    pub fn reserve_rt(&mut self, t: &crate::domain::tuning::CpuTune) -> Result<(), CgroupError> {
+        let rt: Vec<PathBuf> = (0..self.vcpus)
+            .filter(|n| {
+                t.vcpusched.iter().any(|s| s.vcpus.0.contains(n) && matches!(s.scheduler.as_str(), "fifo" | "rr"))
+            })
+            .map(|n| self.vcpu(n))
+            .collect();
+        let _held = self.cgroups.pending.lock().unwrap_or_else(|p| p.into_inner());
+        self.rt_us = self.cgroups.backend.reserve_rt(&self.scope, &rt, RT_RUNTIME_PER_VCPU_US)?;
+        Ok(())
+    }
+
     /// Why the helper is gone, if the kernel killed it for exceeding the
     /// guest's memory limit.
     pub fn out_of_memory(&self, limit: Option<u64>) -> Option<String> {
@@ -173,7 +197,11 @@ impl GuestCgroup {
         let b = &self.cgroups.backend;
         let mut groups: Vec<PathBuf> = (0..self.vcpus).map(|n| self.vcpu(n)).collect();
         groups.extend([self.emulator(), self.scope.join("libvirt"), self.scope.clone()]);
-        groups.iter().all(|g| b.remove(g).is_ok())
+        let gone = groups.iter().all(|g| b.remove(g).is_ok());
+        if gone && self.rt_us > 0 {
+            b.release_rt(self.rt_us);
+        }
+        gone
     }
 
     /// Removes the groups of a guest that stopped. Its helper's threads may

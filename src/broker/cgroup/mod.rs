@@ -133,6 +133,22 @@ pub enum CgroupError {
     /// The controller a setting needs is not available to the daemon.
     #[error("cgroup {0} controller is not available")]
     Unavailable(&'static str),
+    /// A level of the guest's cgroup chain could not get the real-time CPU
+    /// time its fifo/rr vCPUs need (`cpu.rt_runtime_us`).
+    #[error(
+        "no real-time CPU budget for the guest's fifo/rr vCPUs: cannot raise '{}' to {runtime_us} us per period \
+         (its parent has too little left, or real-time group scheduling is off): {source}",
+        path.display()
+    )]
+    RtBudget {
+        /// The group's `cpu.rt_runtime_us`.
+        path: PathBuf,
+        /// The runtime asked for.
+        runtime_us: u64,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One group's CPU bandwidth: period and quota, µs (quota -1: none).
@@ -188,6 +204,24 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     fn set_cpus(&self, group: &Path, cpus: &CpuSet) -> Result<(), CgroupError>;
     /// How many tasks of the group the kernel killed for want of memory.
     fn oom_kills(&self, group: &Path) -> u64;
+    /// Gives the guest whose scope is `scope` `each_us` of real-time CPU
+    /// time per period for each of the vCPU groups `vcpus` (v1's
+    /// `cpu.rt_runtime_us`, without which the kernel refuses SCHED_FIFO/RR
+    /// to a task in the group): the partition's levels are raised by the
+    /// sum, the scope and `libvirt` get the sum, each vCPU group `each_us`.
+    /// Returns the sum given, 0 where the kernel has no real-time group
+    /// scheduling (nothing to give; v2, whose cpu controller has no such
+    /// budget). On failure nothing stays raised.
+    fn reserve_rt(&self, _scope: &Path, _vcpus: &[PathBuf], _each_us: u64) -> Result<u64, CgroupError> {
+        Ok(0)
+    }
+    /// Takes `total_us` back from the partition's levels once a guest's
+    /// groups (which held it) are gone.
+    fn release_rt(&self, _total_us: u64) {}
+    /// The real-time runtime a group holds, 0 without one.
+    fn rt_runtime(&self, _group: &Path) -> u64 {
+        0
+    }
 }
 
 /// The `oom_kill N` figure of a `memory.oom_control` or `memory.events` file.

@@ -92,6 +92,38 @@ fn bytes_of(kib: u64) -> String {
     if kib >= UNLIMITED_KIB { "-1".into() } else { (kib.saturating_mul(1024)).to_string() }
 }
 
+/// `cpu.rt_runtime_us` of the cpu group `dir`.
+const RT_RUNTIME: &str = "cpu.rt_runtime_us";
+
+/// Adds `delta_us` (may be negative) to `dir`'s real-time runtime.
+fn add_rt(dir: &Path, delta_us: i64) -> Result<(), CgroupError> {
+    let path = dir.join(RT_RUNTIME);
+    let now: i64 = read_num(&path)?;
+    set_rt(dir, now.saturating_add(delta_us).max(0) as u64)
+}
+
+/// Sets `dir`'s real-time runtime.
+fn set_rt(dir: &Path, runtime_us: u64) -> Result<(), CgroupError> {
+    let path = dir.join(RT_RUNTIME);
+    std::fs::write(&path, runtime_us.to_string()).map_err(|source| CgroupError::RtBudget { path, runtime_us, source })
+}
+
+impl V1 {
+    /// The partition's levels in the cpu hierarchy that the daemon may
+    /// raise, top first: those below the daemon's own group (the root, or
+    /// the group it was started in, is the host's to budget).
+    fn rt_partition_levels(&self) -> Vec<PathBuf> {
+        let Some((top, rel)) = self.partitions.get(&Controller::Cpu) else { return Vec::new() };
+        let mut dir = top.clone();
+        rel.components()
+            .map(|c| {
+                dir.push(c);
+                dir.clone()
+            })
+            .collect()
+    }
+}
+
 impl Backend for V1 {
     fn version(&self) -> u8 {
         1
@@ -139,6 +171,58 @@ impl Backend for V1 {
             write(&b.join(group).join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
+    }
+
+    fn reserve_rt(&self, scope: &Path, vcpus: &[PathBuf], each_us: u64) -> Result<u64, CgroupError> {
+        let Ok(base) = self.base(Controller::Cpu) else { return Ok(0) };
+        if vcpus.is_empty() || !base.join(RT_RUNTIME).exists() {
+            return Ok(0);
+        }
+        let total = each_us.saturating_mul(vcpus.len() as u64);
+        let delta = i64::try_from(total).unwrap_or(i64::MAX);
+        // Top down: a group may hold no more than its parent leaves it.
+        let levels = self.rt_partition_levels();
+        let mut raised = Vec::new();
+        let mut given = || -> Result<(), CgroupError> {
+            for l in &levels {
+                add_rt(l, delta)?;
+                raised.push(l.clone());
+            }
+            set_rt(&base.join(scope), total)?;
+            set_rt(&base.join(scope).join("libvirt"), total)?;
+            for v in vcpus {
+                set_rt(&base.join(v), each_us)?;
+            }
+            Ok(())
+        };
+        match given() {
+            Ok(()) => Ok(total),
+            Err(e) => {
+                // Bottom up, the guest's own groups first.
+                for v in vcpus {
+                    let _ = set_rt(&base.join(v), 0);
+                }
+                let _ = set_rt(&base.join(scope).join("libvirt"), 0);
+                let _ = set_rt(&base.join(scope), 0);
+                for l in raised.iter().rev() {
+                    let _ = add_rt(l, -delta);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn release_rt(&self, total_us: u64) {
+        let delta = i64::try_from(total_us).unwrap_or(i64::MAX);
+        for l in self.rt_partition_levels().iter().rev() {
+            if let Err(e) = add_rt(l, -delta) {
+                log::warn!("cannot take back the real-time budget of a stopped guest: {e}");
+            }
+        }
+    }
+
+    fn rt_runtime(&self, group: &Path) -> u64 {
+        self.file(Controller::Cpu, group, RT_RUNTIME).ok().and_then(|p| read_num(&p).ok()).unwrap_or(0)
     }
 
     fn add_thread(&self, group: &Path, tid: i32) -> Result<(), CgroupError> {
