@@ -3,7 +3,13 @@
 //! memory overhead for a 128 MiB guest (RSS minus the guest RAM it touched,
 //! which this small guest keeps to a few pages), and the cost of one serial
 //! byte exit round trip (a line echoed by the guest); and start time and
-//! helper RSS for guests of 1, 8 and 64 GiB (RAM reserved, not touched).
+//! helper RSS for guests of 1, 8 and 64 GiB (RAM reserved, not touched),
+//! beside QEMU booting the same image with the same memory and vCPUs
+//! (`qemu-system-x86_64 -accel kvm -m N -kernel pvh.elf`, its PVH entry;
+//! the domain XML's devices: one serial console, nothing else) where
+//! `/usr/bin/qemu-system-x86_64` is installed, or Debian's packages are
+//! unpacked (`dpkg -x` of qemu-system-x86, -common, -data and seabios) in
+//! `$LIBVIRTD_BENCH_QEMU_ROOT`; without either, only ours.
 //!
 //! Run: `cargo bench --bench guest_boot` (as root, with /dev/kvm).
 
@@ -87,6 +93,74 @@ impl Drop for Run {
     }
 }
 
+/// Where Debian's QEMU is, if installed.
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+/// QEMU's binary and its firmware directories (`-L`), if there is one.
+fn qemu() -> Option<(PathBuf, Vec<PathBuf>)> {
+    if let Some(root) = std::env::var_os("LIBVIRTD_BENCH_QEMU_ROOT").map(PathBuf::from) {
+        let bin = root.join(QEMU.trim_start_matches('/'));
+        let firmware = ["usr/share/qemu", "usr/share/seabios"].map(|d| root.join(d)).to_vec();
+        return bin.exists().then_some((bin, firmware));
+    }
+    Path::new(QEMU).exists().then(|| (PathBuf::from(QEMU), Vec::new()))
+}
+
+/// QEMU running the test guest's PVH image with `mib` of RAM, its serial
+/// console on a pipe; killed when dropped.
+struct Qemu {
+    child: std::process::Child,
+    seen: Vec<u8>,
+}
+
+impl Qemu {
+    fn start((bin, firmware): &(PathBuf, Vec<PathBuf>), image: &Path, mib: u64) -> Qemu {
+        let mut cmd = std::process::Command::new(bin);
+        for dir in firmware {
+            cmd.arg("-L").arg(dir);
+        }
+        let child = cmd
+            .args(["-accel", "kvm", "-smp", "1", "-m"])
+            .arg(format!("{mib}M"))
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-kernel"])
+            .arg(image)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        Qemu { child, seen: Vec::new() }
+    }
+
+    fn wait_for(&mut self, needle: &[u8]) {
+        let out = self.child.stdout.as_mut().expect("qemu's stdout");
+        let mut buf = [0u8; 4096];
+        while !self.seen.windows(needle.len()).any(|w| w == needle) {
+            let n = out.read(&mut buf).expect("qemu's console");
+            assert!(n > 0, "qemu ended: {}", String::from_utf8_lossy(&self.seen));
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Resident set of the QEMU process, MiB.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn summary(label: &str, mut v: Vec<f64>, unit: &str) {
     v.sort_by(f64::total_cmp);
     let mean = v.iter().sum::<f64>() / v.len() as f64;
@@ -138,6 +212,20 @@ fn main() {
         }
         summary(&format!("spawn to prompt, {gib} GiB guest"), times, "ms");
         summary(&format!("helper RSS, {gib} GiB guest"), rss, "MiB");
+        let Some(qemu) = qemu() else { continue };
+        let (mut times, mut rss) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let mut q = Qemu::start(&qemu, &dir.join("pvh.elf"), gib << 10);
+            q.wait_for(b"> ");
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            rss.push(q.rss_mib());
+        }
+        summary(&format!("QEMU: spawn to prompt, {gib} GiB guest"), times, "ms");
+        summary(&format!("QEMU: RSS, {gib} GiB guest"), rss, "MiB");
+    }
+    if qemu().is_none() {
+        println!("({QEMU} is not installed and $LIBVIRTD_BENCH_QEMU_ROOT is unset: QEMU's figures left out)");
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -150,3 +150,113 @@ fn without_a_balloon_setmem_live_keeps_libvirts_error() {
     assert_ne!(code, 0);
     assert!(err.contains("memballoon model 'xen' is not supported"), "{err}");
 }
+
+const UUID_F: &str = "5c3f9021-7d4e-4b6f-9a8b-0c1d2e3f4a03";
+
+/// `RssShmem` of process `pid` (its resident shared memory: a memfd's pages), KiB.
+fn rss_shmem(pid: i32) -> u64 {
+    task_status_field(&format!("/proc/{pid}/status"), "RssShmem")
+        .and_then(|v| v.trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_memfd_backed_guest_gives_inflated_pages_back_and_the_stats_period_is_set_live() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let xml = guest_xml(&d, "mfd", UUID_F, "<memballoon model='virtio'/>").replace(
+        "<currentMemory unit='MiB'>256</currentMemory>",
+        "<currentMemory unit='MiB'>256</currentMemory><memoryBacking><source type='memfd'/></memoryBacking>",
+    );
+    let file = d.tree.path("mfd.xml");
+    std::fs::write(&file, &xml).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let script = format!(
+        "URI = {:?}\n{}{PY_UNTIL}{}",
+        uri(&rw),
+        r#"
+import libvirt, sys, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.open(URI)
+"#,
+        r#"
+dom = conn.lookupByName("mfd")
+dom.create()
+st = conn.newStream(0)
+dom.openConsole(None, st, 0)
+st.send(b"\r")
+until(st, b"> ")
+st.send(b"touch 64\r")
+until(st, b"TOUCHED=64")
+st.send(b"balloon\r")
+until(st, b"BALLOON actual=0\r\n")
+# No period: the guest's own statistics are not collected.
+s = dom.memoryStats()
+print("no period", "available" in s, "actual" in s)
+print("READY", flush=True)
+sys.stdin.readline()
+dom.setMemoryFlags(192 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+st.send(b"balloon\r")
+until(st, b"BALLOON actual=64\r\n")
+print("INFLATED", flush=True)
+sys.stdin.readline()
+try:
+    dom.setMemoryStatsPeriod(-1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    print("negative accepted")
+except libvirt.libvirtError as e:
+    print("negative:", e.get_error_message())
+dom.setMemoryStatsPeriod(1, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+# After a period the helper handed the guest its buffer back; the guest
+# posts fresh figures with its next balloon command.
+time.sleep(1.5)
+st.send(b"balloon\r")
+until(st, b"BALLOON actual=64\r\n")
+for _ in range(50):
+    s = dom.memoryStats()
+    if "available" in s:
+        break
+    time.sleep(0.1)
+print("period", "available" in s, "unused" in s)
+print("xml", "<stats period='1'/>" in dom.XMLDesc(0))
+dom.setMemoryStatsPeriod(0, libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+print("off", "available" in dom.memoryStats(), "<stats" in dom.XMLDesc(0))
+dom.destroy()
+"#
+    );
+    let _ = &d;
+    let mut py = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = String::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(py.stdout.take().unwrap()));
+    let mut next = |out: &mut String| {
+        let l = lines.next().expect("a line from python").unwrap();
+        out.push_str(&l);
+        out.push('\n');
+        l
+    };
+    assert_eq!(next(&mut out), "no period False True", "{out}");
+    assert_eq!(next(&mut out), "READY", "{out}");
+    let pid = children_of(d.pid).into_iter().find(|p| cmdline(*p).contains("libvirt-helper")).expect("helper");
+    let before = rss_shmem(pid);
+    assert!(before >= 64 << 10, "the touched pages are the memfd's: {before} KiB");
+    let mut stdin = py.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"\n").unwrap();
+    assert_eq!(next(&mut out), "INFLATED", "{out}");
+    let after = rss_shmem(pid);
+    assert!(before - after >= 48 << 10, "the memfd's pages went back: {before} -> {after} KiB");
+    std::io::Write::write_all(&mut stdin, b"\n").unwrap();
+    // libvirt's client library refuses a negative period before sending it.
+    assert!(next(&mut out).starts_with("negative: period in virDomainSetMemoryStatsPeriod must be zero or greater"));
+    assert_eq!(next(&mut out), "period True True", "{out}");
+    assert_eq!(next(&mut out), "xml True", "{out}");
+    assert_eq!(next(&mut out), "off False False", "{out}");
+    assert!(py.wait().unwrap().success());
+}

@@ -16,6 +16,8 @@ use common::*;
 const SECS: Duration = Duration::from_secs(10);
 const UUID_T: &str = "7d1e5c30-2f4a-4b6c-9e8d-1a2b3c4d5e01";
 const UUID_B: &str = "7d1e5c30-2f4a-4b6c-9e8d-1a2b3c4d5e02";
+const UUID_R: &str = "7d1e5c30-2f4a-4b6c-9e8d-1a2b3c4d5e03";
+const UUID_RB: &str = "7d1e5c30-2f4a-4b6c-9e8d-1a2b3c4d5e04";
 
 fn have_kvm() -> bool {
     require(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(), "/dev/kvm")
@@ -259,4 +261,109 @@ fn tuning_the_host_cannot_apply_fails_the_start_naming_it() {
     let (code, out, err) = virsh(&rw, &["blkiotune", "bw", "--config"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("weight         : 300"), "{out}");
+}
+
+/// Field `n` (1-based, as proc(5) counts) of `/proc/PID/task/TID/stat`.
+fn stat_field(pid: i32, tid: i32, n: usize) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    // Fields after the command name, which ends at the last ')', start at 3.
+    let rest = &text[text.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(n - 3).unwrap().to_owned()
+}
+
+#[test]
+fn fifo_and_rr_vcpus_get_a_real_time_budget_and_their_scheduler() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let tune = "<vcpu placement='static'>2</vcpu><cputune><vcpusched vcpus='0' scheduler='fifo' priority='10'/>\
+                <vcpusched vcpus='1' scheduler='rr' priority='5'/></cputune>";
+    let xml = test_guest_xml(&d, "rt", UUID_R).replace("<vcpu placement='static'>1</vcpu>", tune);
+    let file = d.tree.path("rt.xml");
+    std::fs::write(&file, xml).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "rt"]);
+    assert_eq!(code, 0, "{err}\n{}", d.stderr());
+    let pid = helper_of(&d);
+    let _kill = KillOnDrop(pid);
+    let mut tids = vec![0, 0];
+    assert!(wait_until(SECS, || {
+        tids = vcpu_tids(pid, 2);
+        tids.iter().all(|t| *t != 0)
+    }));
+    // stat field 40 is rt_priority, 41 the policy: SCHED_FIFO 1, SCHED_RR 2.
+    assert!(wait_until(SECS, || stat_field(pid, tids[0], 41) == "1"), "{}", d.stderr());
+    assert_eq!((stat_field(pid, tids[0], 40).as_str(), stat_field(pid, tids[0], 41).as_str()), ("10", "1"));
+    assert_eq!((stat_field(pid, tids[1], 40).as_str(), stat_field(pid, tids[1], 41).as_str()), ("5", "2"));
+    if cgroup::is_v1() && cgroup::dir(d.tree.dir.path(), "cpu").parent().unwrap().join("cpu.rt_runtime_us").exists() {
+        // The chain holds the budget: 5 % of the period per real-time vCPU.
+        let cpu = scope(&d, "cpu", 1, "rt");
+        assert_eq!(read(&cpu.join("cpu.rt_runtime_us")), "100000");
+        assert_eq!(read(&cpu.join("libvirt/vcpu0/cpu.rt_runtime_us")), "50000");
+        assert_eq!(read(&cpu.join("libvirt/vcpu1/cpu.rt_runtime_us")), "50000");
+        let partition = cgroup::dir(d.tree.dir.path(), "cpu");
+        assert_eq!(read(&partition.join("cpu.rt_runtime_us")), "100000");
+    }
+    // Live pinning still works on a real-time vCPU.
+    let (code, _, err) = virsh(&rw, &["vcpupin", "rt", "0", "0", "--live"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(cpus_allowed(pid, tids[0]), "0");
+    let (code, out, _) = virsh(&rw, &["vcpuinfo", "rt"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("CPU Affinity:   y"), "{out}");
+    // The guest still answers.
+    assert_eq!(virsh(&rw, &["destroy", "rt"]).0, 0);
+    if cgroup::is_v1() && cgroup::dir(d.tree.dir.path(), "cpu").parent().unwrap().join("cpu.rt_runtime_us").exists() {
+        // Its budget went back with its groups.
+        let partition = cgroup::dir(d.tree.dir.path(), "cpu");
+        assert!(wait_until(SECS, || read(&partition.join("cpu.rt_runtime_us")) == "0"), "{}", d.stderr());
+    }
+
+    // batch, idle and other: no budget needed; SCHED_IDLE is 5, SCHED_OTHER 0.
+    let tune = "<vcpu placement='static'>2</vcpu><cputune><vcpusched vcpus='0' scheduler='idle'/>\
+                <vcpusched vcpus='1' scheduler='other'/></cputune>";
+    let xml = test_guest_xml(&d, "rt", UUID_R).replace("<vcpu placement='static'>1</vcpu>", tune);
+    std::fs::write(&file, xml).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "rt"]);
+    assert_eq!(code, 0, "{err}");
+    let pid = helper_of(&d);
+    let _kill2 = KillOnDrop(pid);
+    assert!(wait_until(SECS, || {
+        tids = vcpu_tids(pid, 2);
+        tids.iter().all(|t| *t != 0)
+    }));
+    assert!(wait_until(SECS, || stat_field(pid, tids[0], 41) == "5"));
+    assert_eq!(stat_field(pid, tids[1], 41), "0");
+    assert_eq!(virsh(&rw, &["destroy", "rt"]).0, 0);
+}
+
+#[test]
+fn real_time_vcpus_beyond_the_hosts_budget_fail_the_start_clearly() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    // 20 fifo vCPUs need 20 x 5 % of the period: more than the host's 95 %.
+    let tune = "<vcpu placement='static'>20</vcpu><cputune><vcpusched scheduler='fifo' priority='1'/></cputune>";
+    let xml = test_guest_xml(&d, "rtbig", UUID_RB).replace("<vcpu placement='static'>1</vcpu>", tune);
+    let file = d.tree.path("rtbig.xml");
+    std::fs::write(&file, xml).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let (code, _, err) = virsh(&rw, &["start", "rtbig"]);
+    if cgroup::is_v1() && Path::new("/sys/fs/cgroup/cpu/cpu.rt_runtime_us").exists() {
+        assert_ne!(code, 0);
+        assert!(err.contains("no real-time CPU budget"), "{err}");
+        assert_eq!(virsh(&rw, &["domstate", "rtbig"]).1.trim(), "shut off");
+        assert!(wait_until(SECS, || !scope(&d, "cpu", 1, "rtbig").exists()));
+        assert!(children_of(d.pid).into_iter().all(|p| !cmdline(p).contains("libvirt-helper")));
+        assert_eq!(read(&cgroup::dir(d.tree.dir.path(), "cpu").join("cpu.rt_runtime_us")), "0");
+    } else {
+        // Without real-time group scheduling no budget is needed.
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(virsh(&rw, &["destroy", "rtbig"]).0, 0);
+    }
 }

@@ -247,3 +247,62 @@ fn setmaxmem_changes_the_definition_and_a_running_guests_maximum_stays() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(virsh(&rw, &["destroy", "mx"]).0, 0);
 }
+
+/// `VmLck` of process `pid`, KiB.
+fn vm_lck(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn locked_guest_memory_is_locked_in_the_helper_and_one_too_large_fails_the_start() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let plain = "<memory unit='MiB'>128</memory>\n  <currentMemory unit='MiB'>128</currentMemory>";
+    let locked = format!("{plain}\n  <memoryBacking><locked/></memoryBacking>");
+    let file = d.tree.path("lck.xml");
+    std::fs::write(&file, test_guest_xml(&d, "lck", UUID_M).replace(plain, &locked)).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let dumped = virsh(&rw, &["dumpxml", "lck"]).1;
+    assert!(dumped.contains("<memoryBacking>") && dumped.contains("<locked/>"), "{dumped}");
+    let helpers =
+        || children_of(d.pid).into_iter().filter(|p| cmdline(*p).contains("libvirt-helper")).collect::<Vec<_>>();
+    let (code, _, err) = virsh(&rw, &["start", "lck"]);
+    assert_eq!(code, 0, "{err}\n{}", d.stderr());
+    let pid = helpers()[0];
+    // The whole of guest RAM is locked (on fault: nothing is touched up front).
+    assert_eq!(vm_lck(pid), 128 << 10, "{}", d.stderr());
+    let rss = |pid: i32| task_status_field(&format!("/proc/{pid}/status"), "VmRSS").unwrap_or_default();
+    assert!(rss(pid).trim_end_matches(" kB").trim().parse::<u64>().unwrap() < 64 << 10, "{}", rss(pid));
+    assert!(virsh(&rw, &["dumpxml", "lck"]).1.contains("<locked/>"));
+    assert_eq!(virsh(&rw, &["destroy", "lck"]).0, 0);
+
+    // The same guest unlocked locks nothing.
+    std::fs::write(&file, test_guest_xml(&d, "lck", UUID_M)).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    assert_eq!(virsh(&rw, &["start", "lck"]).0, 0);
+    assert!(wait_until(Duration::from_secs(5), || helpers().len() == 1));
+    assert_eq!(vm_lck(helpers()[0]), 0);
+    assert_eq!(virsh(&rw, &["destroy", "lck"]).0, 0);
+
+    // More than the host has can never be locked: refused, nothing started.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let gib = (total_kib >> 20) + 2;
+    let big = format!(
+        "<memory unit='GiB'>{gib}</memory>\n  <currentMemory unit='GiB'>{gib}</currentMemory>\n  \
+         <memoryBacking><locked/></memoryBacking>"
+    );
+    std::fs::write(&file, test_guest_xml(&d, "lck", UUID_M).replace(plain, &big)).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    assert!(wait_until(Duration::from_secs(5), || helpers().is_empty()));
+    let (code, _, err) = virsh(&rw, &["start", "lck"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot lock the memory of guest 'lck'") && err.contains("more than the host's"), "{err}");
+    assert_eq!(virsh(&rw, &["domstate", "lck"]).1.trim(), "shut off");
+    assert!(helpers().is_empty());
+}

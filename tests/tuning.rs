@@ -68,6 +68,16 @@ fn schedinfo_reports_libvirts_parameters_from_the_definition_and_a_running_guest
     assert!(out.starts_with("Scheduler      : posix\ncpu_shares     : "), "{out}");
     assert!(!out.contains("cpu_shares     : 0\n"), "the live weight is the cgroup's: {out}");
     assert_eq!(virsh(&ro, &["schedinfo", "s", "--config"]).1, zeros);
+    // No vCPU hotplug: libvirt's unsupported error, the guest unchanged.
+    for args in [&["setvcpus", "s", "2", "--live"][..], &["setvcpus", "s", "1", "--live"][..]] {
+        let (code, _, err) = virsh(&rw, args);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("this function is not supported by the connection driver: virDomainSetVcpusFlags"),
+            "{err}"
+        );
+    }
+    assert!(virsh(&ro, &["vcpucount", "s", "--live", "--active"]).1.trim().ends_with('1'));
     assert_eq!(virsh(&rw, &["destroy", "s"]).0, 0);
 }
 

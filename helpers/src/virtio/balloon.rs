@@ -618,6 +618,39 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_page_goes_back_only_once_all_of_it_is_in_the_balloon() {
+        let mut p = Partial { host_page: 2 << 20, pages: HashMap::new() };
+        let base = 3 * (2 << 20);
+        for n in 0..511u64 {
+            assert_eq!(p.mark(base + n * PAGE, true), None);
+        }
+        // One deflated page and the huge page is not whole any more.
+        assert_eq!(p.mark(base, false), None);
+        assert_eq!(p.mark(base + 511 * PAGE, true), None);
+        assert_eq!(p.mark(base, true), Some(base));
+        assert!(p.pages.is_empty(), "forgotten once punched");
+        // A 4 KiB backing has no bitmaps: each page goes at once (see `pages`).
+        let mut one = Partial { host_page: PAGE, pages: HashMap::new() };
+        assert_eq!(one.mark(8 * PAGE, true), Some(8 * PAGE));
+    }
+
+    #[test]
+    fn a_period_hands_the_guest_its_statistics_buffer_back_on_its_own() {
+        let r = rig();
+        r.mem.write_slice(&[4, 0, 1, 0, 0, 0, 0, 0, 0, 0], GuestAddress(0x20000)).unwrap();
+        r.post(2, 0x20000, 10);
+        r.control.set_period(1);
+        let Rig { mem, worker, .. } = r;
+        let used = || mem.read_obj::<u16>(GuestAddress(ring(2).2 + 2)).unwrap();
+        let handle = worker.spawn("balloon-test".into(), || Ok(())).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(used(), 0, "held until the period is up");
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        assert_eq!(used(), 1, "returned by the period, with no question from the host");
+        drop(handle);
+    }
+
+    #[test]
     fn the_target_and_actual_meet_in_config_space() {
         let mut r = rig();
         r.control.set_target(3);

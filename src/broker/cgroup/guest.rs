@@ -43,14 +43,20 @@ pub struct GuestCgroup {
     cgroups: Arc<Cgroups>,
     scope: PathBuf,
     vcpus: u32,
-    /// Real-time runtime the partition's levels hold for this guest, µs.
-    rt_us: u64,
+    /// Real-time runtime the partition's levels hold for this guest, µs
+    /// (0 once given back).
+    rt_us: std::sync::atomic::AtomicU64,
 }
 
 impl GuestCgroup {
     /// Creates the groups of guest `id` (`name`, `vcpus` vCPUs).
     pub fn create(cgroups: &Arc<Cgroups>, id: i32, name: &str, vcpus: u32) -> Result<GuestCgroup, CgroupError> {
-        let g = GuestCgroup { cgroups: cgroups.clone(), scope: PathBuf::from(scope_name(id, name)), vcpus, rt_us: 0 };
+        let g = GuestCgroup {
+            cgroups: cgroups.clone(),
+            scope: PathBuf::from(scope_name(id, name)),
+            vcpus,
+            rt_us: Default::default(),
+        };
         let b = &g.cgroups.backend;
         // A previous run of this guest whose removal still waits gives its
         // groups over (see `Cgroups::pending`).
@@ -75,9 +81,13 @@ impl GuestCgroup {
 
     /// The groups of a guest a previous broker started, if they exist.
     pub fn find(cgroups: &Arc<Cgroups>, id: i32, name: &str, vcpus: u32) -> Option<GuestCgroup> {
-        let mut g =
-            GuestCgroup { cgroups: cgroups.clone(), scope: PathBuf::from(scope_name(id, name)), vcpus, rt_us: 0 };
-        g.rt_us = g.cgroups.backend.rt_runtime(&g.scope);
+        let mut g = GuestCgroup {
+            cgroups: cgroups.clone(),
+            scope: PathBuf::from(scope_name(id, name)),
+            vcpus,
+            rt_us: Default::default(),
+        };
+        g.rt_us = g.cgroups.backend.rt_runtime(&g.scope).into();
         g.cgroups.backend.exists(&g.scope).then_some(g)
     }
 
@@ -178,7 +188,8 @@ impl GuestCgroup {
             .map(|n| self.vcpu(n))
             .collect();
         let _held = self.cgroups.pending.lock().unwrap_or_else(|p| p.into_inner());
-        self.rt_us = self.cgroups.backend.reserve_rt(&self.scope, &rt, RT_RUNTIME_PER_VCPU_US)?;
+        let given = self.cgroups.backend.reserve_rt(&self.scope, &rt, RT_RUNTIME_PER_VCPU_US)?;
+        self.rt_us = given.into();
         Ok(())
     }
 
@@ -197,11 +208,14 @@ impl GuestCgroup {
         let b = &self.cgroups.backend;
         let mut groups: Vec<PathBuf> = (0..self.vcpus).map(|n| self.vcpu(n)).collect();
         groups.extend([self.emulator(), self.scope.join("libvirt"), self.scope.clone()]);
-        let gone = groups.iter().all(|g| b.remove(g).is_ok());
-        if gone && self.rt_us > 0 {
-            b.release_rt(self.rt_us);
+        let rt = self.rt_us.load(std::sync::atomic::Ordering::SeqCst);
+        if rt > 0 {
+            if !b.release_rt(&groups, rt) {
+                return false;
+            }
+            self.rt_us.store(0, std::sync::atomic::Ordering::SeqCst);
         }
-        gone
+        groups.iter().all(|g| b.remove(g).is_ok())
     }
 
     /// Removes the groups of a guest that stopped. Its helper's threads may

@@ -215,9 +215,13 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     fn reserve_rt(&self, _scope: &Path, _vcpus: &[PathBuf], _each_us: u64) -> Result<u64, CgroupError> {
         Ok(0)
     }
-    /// Takes `total_us` back from the partition's levels once a guest's
-    /// groups (which held it) are gone.
-    fn release_rt(&self, _total_us: u64) {}
+    /// Takes a stopped guest's real-time budget back: its `groups`
+    /// (deepest first) go to 0, then the partition's levels give up
+    /// `total_us`. Done before the groups are removed, as the kernel frees
+    /// a removed group's budget only later. Whether all of it went back.
+    fn release_rt(&self, _groups: &[PathBuf], _total_us: u64) -> bool {
+        true
+    }
     /// The real-time runtime a group holds, 0 without one.
     fn rt_runtime(&self, _group: &Path) -> u64 {
         0

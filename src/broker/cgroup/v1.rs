@@ -212,13 +212,20 @@ impl Backend for V1 {
         }
     }
 
-    fn release_rt(&self, total_us: u64) {
+    fn release_rt(&self, groups: &[PathBuf], total_us: u64) -> bool {
+        let Ok(base) = self.base(Controller::Cpu) else { return true };
+        // A group still holding a real-time task refuses 0 (EBUSY): the
+        // helper's threads are still exiting, and this is tried again.
+        if groups.iter().any(|g| base.join(g).exists() && set_rt(&base.join(g), 0).is_err()) {
+            return false;
+        }
         let delta = i64::try_from(total_us).unwrap_or(i64::MAX);
         for l in self.rt_partition_levels().iter().rev() {
             if let Err(e) = add_rt(l, -delta) {
                 log::warn!("cannot take back the real-time budget of a stopped guest: {e}");
             }
         }
+        true
     }
 
     fn rt_runtime(&self, group: &Path) -> u64 {
