@@ -259,4 +259,13 @@ dom.destroy()
     assert_eq!(next(&mut out), "xml True", "{out}");
     assert_eq!(next(&mut out), "off False False", "{out}");
     assert!(py.wait().unwrap().success());
+    // virsh's own path, on the shut-off domain: --config changes the
+    // definition, --live is refused.
+    assert!(wait_until(Duration::from_secs(5), || virsh(&rw, &["domstate", "mfd"]).1.trim() == "shut off"));
+    let (code, _, err) = virsh(&rw, &["dommemstat", "mfd", "--period", "3", "--config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(virsh(&rw, &["dumpxml", "mfd"]).1.contains("<stats period='3'/>"));
+    let (code, _, err) = virsh(&rw, &["dommemstat", "mfd", "--period", "4", "--live"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("domain is not running"), "{err}");
 }

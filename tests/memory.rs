@@ -306,3 +306,49 @@ fn locked_guest_memory_is_locked_in_the_helper_and_one_too_large_fails_the_start
     assert_eq!(virsh(&rw, &["domstate", "lck"]).1.trim(), "shut off");
     assert!(helpers().is_empty());
 }
+
+#[test]
+fn a_huge_page_backed_guest_gives_whole_huge_pages_back_to_the_pool_when_it_inflates() {
+    if !ready() {
+        return;
+    }
+    let _pages = HugePages::reserve(128);
+    assert!(free_2m() >= 128, "the kernel did not give 128 huge pages of 2 MiB");
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let plain = "<memory unit='MiB'>128</memory>\n  <currentMemory unit='MiB'>128</currentMemory>";
+    let backed = "<memory unit='MiB'>256</memory>\n  <currentMemory unit='MiB'>256</currentMemory>\n  \
+                  <memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking>";
+    let xml = test_guest_xml(&d, "hb", UUID_M)
+        .replace(plain, backed)
+        .replace("<memballoon model='none'/>", "<memballoon model='virtio'/>");
+    let file = d.tree.path("hb.xml");
+    std::fs::write(&file, &xml).unwrap();
+    assert_eq!(virsh(&rw, &["define", file.to_str().unwrap()]).0, 0);
+    let script = format!(
+        "URI = {:?}\n{PRELUDE}{PY_UNTIL}{}",
+        uri(&rw),
+        r#"
+dom = conn.lookupByName("hb")
+dom.create()
+st = console(dom)
+st.send(b"\r")
+until(st, b"> ")
+st.send(b"balloon\r")
+until(st, b"BALLOON actual=0\r\n")
+print("FREE", open("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").read().strip())
+# 64 MiB into the balloon: 16384 pages of 4 KiB from 16 MiB up, which are
+# 32 whole huge pages.
+dom.setMemoryFlags(192 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+st.send(b"balloon\r")
+until(st, b"BALLOON actual=64\r\n")
+time.sleep(0.5)
+print("FREE", open("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").read().strip())
+dom.destroy()
+"#
+    );
+    let out = run_python(&d, &script, Duration::from_secs(120));
+    let free: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("FREE ")?.parse().ok()).collect();
+    assert_eq!(free.len(), 2, "{out}");
+    assert_eq!(free[1] - free[0], 32, "whole huge pages went back to the pool: {out}");
+}
