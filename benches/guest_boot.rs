@@ -126,20 +126,28 @@ impl Qemu {
             .arg(image)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("qemu-system-x86_64");
         Qemu { child, seen: Vec::new() }
     }
 
-    fn wait_for(&mut self, needle: &[u8]) {
+    /// Reads the console up to `needle`; QEMU's error output if it ended first.
+    fn wait_for(&mut self, needle: &[u8]) -> Result<(), String> {
         let out = self.child.stdout.as_mut().expect("qemu's stdout");
         let mut buf = [0u8; 4096];
         while !self.seen.windows(needle.len()).any(|w| w == needle) {
-            let n = out.read(&mut buf).expect("qemu's console");
-            assert!(n > 0, "qemu ended: {}", String::from_utf8_lossy(&self.seen));
+            let n = out.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                let mut err = String::new();
+                if let Some(e) = self.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(err.lines().last().unwrap_or("it ended").to_owned());
+            }
             self.seen.extend_from_slice(&buf[..n]);
         }
+        Ok(())
     }
 
     /// Resident set of the QEMU process, MiB.
@@ -217,9 +225,17 @@ fn main() {
         for _ in 0..RUNS {
             let t = Instant::now();
             let mut q = Qemu::start(&qemu, &dir.join("pvh.elf"), gib << 10);
-            q.wait_for(b"> ");
+            if let Err(e) = q.wait_for(b"> ") {
+                // QEMU maps RAM without MAP_NORESERVE: a guest larger than
+                // the host's overcommit allows does not start at all.
+                println!("QEMU: {gib} GiB guest did not start: {e}");
+                break;
+            }
             times.push(t.elapsed().as_secs_f64() * 1e3);
             rss.push(q.rss_mib());
+        }
+        if times.is_empty() {
+            continue;
         }
         summary(&format!("QEMU: spawn to prompt, {gib} GiB guest"), times, "ms");
         summary(&format!("QEMU: RSS, {gib} GiB guest"), rss, "MiB");
