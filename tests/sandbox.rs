@@ -161,6 +161,18 @@ fn probe_entry() {
             let r = std::fs::File::open("/etc/hostname");
             println!("open returned {r:?}");
         }
+        "helper-vmm-mlock" | "helper-io-mlock" => {
+            // Guest RAM is locked (<locked/>) before the helper is confined;
+            // once confined no thread of it can lock memory.
+            let page = vec![0u8; 4096];
+            sandbox::confine(&Profile::helper(probe_ids())).unwrap();
+            let thread = if kind == "helper-vmm-mlock" { Thread::HelperVmm } else { Thread::HelperIo };
+            sandbox::seccomp::apply(thread).unwrap();
+            println!("confined");
+            // SAFETY: mlock2 on a live buffer only changes how it is kept.
+            let r = unsafe { libc::mlock2(page.as_ptr().cast(), page.len(), libc::MLOCK_ONFAULT) };
+            println!("mlock2 returned {r}");
+        }
         "helper-landlock" => {
             sandbox::confine(&Profile::helper(probe_ids())).unwrap();
             let open = std::fs::File::open("/etc/hostname").map(|_| ()).map_err(|e| e.raw_os_error());
@@ -216,7 +228,7 @@ fn the_broker_refuses_a_frontend_whose_sandbox_does_not_hold() {
 
 #[test]
 fn the_helpers_filters_kill_what_they_do_not_allow() {
-    for probe_kind in ["helper-vcpu-open", "helper-vmm-ioctl"] {
+    for probe_kind in ["helper-vcpu-open", "helper-vmm-ioctl", "helper-vmm-mlock", "helper-io-mlock"] {
         let (status, out) = probe(probe_kind);
         assert!(out.contains("confined"), "{probe_kind}: {out}");
         assert!(!out.contains("returned"), "{probe_kind}: {out}");
