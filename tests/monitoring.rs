@@ -689,6 +689,10 @@ st = rdom.blockStats("vda")
 print("as blockStats:", st[:4] == (a["block.0.rd.reqs"], a["block.0.rd.bytes"], a["block.0.wr.reqs"], a["block.0.wr.bytes"]))
 every = {{d.name(): s for d, s in ro.getAllDomainStats(0)}}
 print("in every group:", every["blk-b"]["block.0.rd.reqs"] == b["block.0.rd.reqs"], "vcpu.current" in every["blk-b"])
+for name in sorted(every):
+    r = every[name]
+    print(name, "sensible:", r["state.state"] == 1, r["cpu.time"] > 0, r["balloon.current"] == 131072 == r["balloon.maximum"],
+          r["vcpu.current"] == 1 == r["vcpu.maximum"], r["vcpu.0.time"] > 0, r["balloon.rss"] > 0)
 one = ro.domainListGetStats([rdom], S.VIR_DOMAIN_STATS_BLOCK)
 print("listed:", [d.name() for d, _ in one], one[0][1]["block.0.wr.reqs"])
 "#
@@ -701,6 +705,7 @@ print("listed:", [d.name() for d, _ in one], one[0][1]["block.0.wr.reqs"])
          blk-b disk: 1 vda True 1 1048576 True net: 0\n\
          a writes: 2 1024 flushes: 1\na reads: True True\na times: True True True\nb: 0 True\n\
          no errors field: False\nall numbers: True\nas blockStats: True\nin every group: True True\n\
+         blk-a sensible: True True True True True True\nblk-b sensible: True True True True True True\n\
          listed: ['blk-a'] 2\n"
     );
 
