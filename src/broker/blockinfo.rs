@@ -391,6 +391,66 @@ mod tests {
     }
 
     #[test]
+    fn the_block_group_has_libvirts_names_types_and_image_indices() {
+        let d = def();
+        let c = DiskCounters {
+            alias: "virtio-disk1".into(),
+            rd_reqs: 1,
+            rd_bytes: 2,
+            rd_total_ns: 3,
+            wr_reqs: 4,
+            wr_bytes: 5,
+            wr_total_ns: 6,
+            flush_reqs: 7,
+            flush_total_ns: 8,
+            errors: 9,
+            last_error: None,
+        };
+        // vda has one backing layer: vdb's image is the domain's third.
+        let live = [
+            LiveDisk {
+                backing: vec![crate::domain::BackingLayer {
+                    kind: crate::domain::DiskKind::File,
+                    path: "/base".into(),
+                    format: crate::domain::DiskFormat::Raw,
+                }],
+            },
+            LiveDisk::default(),
+        ];
+        let got: Vec<(String, ParamValue)> = stats_group(&d, Some(&live), Some(std::slice::from_ref(&c)))
+            .into_iter()
+            .map(|p| (p.field, p.value))
+            .collect();
+        let text = |f: &str, v: &str| (f.to_owned(), ParamValue::Text(v.into()));
+        let ull = |f: &str, v: u64| (f.to_owned(), ParamValue::ULLong(v));
+        let uint = |f: &str, v: u32| (f.to_owned(), ParamValue::UInt(v));
+        // The images /a and /b do not exist: no sizes.
+        assert_eq!(
+            got,
+            [
+                uint("block.count", 2),
+                text("block.0.name", "vda"),
+                uint("block.0.backingIndex", 1),
+                text("block.0.path", "/a"),
+                text("block.1.name", "vdb"),
+                uint("block.1.backingIndex", 3),
+                text("block.1.path", "/b"),
+                ull("block.1.rd.reqs", 1),
+                ull("block.1.rd.bytes", 2),
+                ull("block.1.rd.times", 3),
+                ull("block.1.wr.reqs", 4),
+                ull("block.1.wr.bytes", 5),
+                ull("block.1.wr.times", 6),
+                ull("block.1.fl.reqs", 7),
+                ull("block.1.fl.times", 8),
+            ]
+        );
+        // A shut-off domain: names and paths, no image indices.
+        let off: Vec<String> = stats_group(&d, None, None).into_iter().map(|p| p.field).collect();
+        assert_eq!(off, ["block.count", "block.0.name", "block.0.path", "block.1.name", "block.1.path"]);
+    }
+
+    #[test]
     fn questions_are_checked_before_a_helper_is_asked() {
         let d = def();
         let stats = |path: &str, params| check(&d, &Question::Stats { path: path.into(), params });

@@ -70,6 +70,37 @@ pub struct Sample {
 /// The bulk calls waiting for counters.
 pub type Samples = Vec<Sample>;
 
+impl Sample {
+    /// Takes `counters` from helper `pid` of guest `uuid` if this call
+    /// waits for them; whether it did.
+    fn take(&mut self, uuid: &Uuid, pid: Pid, counters: &Counters) -> bool {
+        let before = self.waiting.len();
+        self.waiting.retain(|w| *w != (*uuid, pid, counters.kind()));
+        if self.waiting.len() == before {
+            return false;
+        }
+        match counters {
+            Counters::Disks(c) => {
+                self.disks.insert(*uuid, c.clone());
+            }
+            Counters::Nics(c) => {
+                self.nics.insert(*uuid, c.clone());
+            }
+        }
+        true
+    }
+
+    /// Stops waiting for helpers that `alive` says are gone.
+    fn forget_gone(&mut self, alive: impl Fn(&Uuid, Pid) -> bool) {
+        self.waiting.retain(|(u, pid, _)| alive(u, *pid));
+    }
+
+    /// Whether the call is answered now: nothing left to wait for, or its time is up.
+    fn due(&self, now: Instant) -> bool {
+        self.waiting.is_empty() || self.deadline <= now
+    }
+}
+
 /// `virConnectGetAllDomainStats` / `virDomainListGetStats`: answered now
 /// when no running guest in it has devices to count, else once their
 /// helpers reported (or [`DEADLINE`] passed).
@@ -147,21 +178,8 @@ fn finish(ctx: &Ctx, sample: Sample) -> CallValue {
 /// Guest `uuid`'s helper `pid` reported `counters`: the bulk calls that
 /// now have everything they waited for, answered.
 pub fn arrived(ctx: &mut Ctx, uuid: &Uuid, pid: Pid, counters: &Counters) -> Vec<Reply> {
-    let kind = counters.kind();
     for s in ctx.samples.iter_mut() {
-        let before = s.waiting.len();
-        s.waiting.retain(|w| *w != (*uuid, pid, kind));
-        if s.waiting.len() == before {
-            continue;
-        }
-        match counters {
-            Counters::Disks(c) => {
-                s.disks.insert(*uuid, c.clone());
-            }
-            Counters::Nics(c) => {
-                s.nics.insert(*uuid, c.clone());
-            }
-        }
+        s.take(uuid, pid, counters);
     }
     settle(ctx, |s| s.waiting.is_empty())
 }
@@ -171,9 +189,9 @@ pub fn arrived(ctx: &mut Ctx, uuid: &Uuid, pid: Pid, counters: &Counters) -> Vec
 pub fn overdue(ctx: &mut Ctx, now: Instant) -> Vec<Reply> {
     let guests = &ctx.guests;
     for s in ctx.samples.iter_mut() {
-        s.waiting.retain(|(u, pid, _)| guests.get(u).is_some_and(|r| r.pid == *pid));
+        s.forget_gone(|u, pid| guests.get(u).is_some_and(|r| r.pid == pid));
     }
-    settle(ctx, |s| s.waiting.is_empty() || s.deadline <= now)
+    settle(ctx, |s| s.due(now))
 }
 
 /// Answers and forgets the bulk calls `done` picks.
@@ -193,4 +211,41 @@ fn settle(ctx: &mut Ctx, done: impl Fn(&Sample) -> bool) -> Vec<Reply> {
 /// The earliest deadline of a bulk call waiting for counters.
 pub fn next_deadline(ctx: &Ctx) -> Option<Instant> {
     ctx.samples.iter().map(|s| s.deadline).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_waits_only_for_the_helpers_it_asked_and_never_past_its_deadline() {
+        let (a, b) = (Uuid([1; 16]), Uuid([2; 16]));
+        let (pa, pb) = (Pid::from_raw(100), Pid::from_raw(200));
+        let now = Instant::now();
+        let mut s = Sample {
+            conn: 1,
+            reply_to: 2,
+            groups: group::DEVICES,
+            records: Vec::new(),
+            disks: HashMap::new(),
+            nics: HashMap::new(),
+            waiting: vec![(a, pa, Kind::Disks), (a, pa, Kind::Nics), (b, pb, Kind::Disks)],
+            deadline: now + DEADLINE,
+        };
+        let disks =
+            Counters::Disks(vec![DiskCounters { alias: "virtio-disk0".into(), rd_reqs: 3, ..Default::default() }]);
+        // Another helper of the same guest (restarted), or counters not asked for, are not taken.
+        assert!(!s.take(&a, Pid::from_raw(101), &disks));
+        assert!(!s.take(&b, pb, &Counters::Nics(Vec::new())));
+        assert!(s.take(&a, pa, &disks));
+        assert!(!s.take(&a, pa, &disks), "taken once");
+        assert_eq!(s.disks[&a][0].rd_reqs, 3);
+        assert!(s.take(&a, pa, &Counters::Nics(vec![NicCounters { alias: "net0".into(), ..Default::default() }])));
+        assert!(!s.due(now), "b has not answered");
+        assert!(s.due(now + DEADLINE), "but the deadline passes");
+        // A guest that stopped is not waited for.
+        s.forget_gone(|u, _| *u != b);
+        assert!(s.due(now));
+        assert!(!s.disks.contains_key(&b));
+    }
 }
