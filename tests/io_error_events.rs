@@ -53,7 +53,7 @@ fn a_backend_write_error_raises_the_io_error_events_on_both_sockets() {
     let xml = test_guest_xml(&d, "ioe", UUID).replace(
         "<devices>\n",
         &format!(
-            "<devices>\n<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
+            "<devices>\n<disk type='file' device='disk'><driver name='qemu' type='raw' error_policy='report'/><source file='{}'/>\
              <target dev='vda' bus='virtio'/></disk>\n",
             disk.display()
         ),
