@@ -8,14 +8,13 @@
 //! helper. Clients that ask while a question is out wait for the same
 //! answer, so a guest is asked at most once at a time.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::calls::{Answer, Caller, Ctx};
-use crate::domain::{DomainDef, Uuid};
+use crate::domain::{DomainDef, LiveDisk, Uuid};
 use crate::privsep::admin::{Param, ParamValue};
 use crate::privsep::helper::{DiskCounters, HelperCommand};
-use crate::privsep::{Call, CallError, CallValue, DomainEvent, EventKind};
+use crate::privsep::{Call, CallError, CallValue};
 use crate::rpc::stats as limits;
 
 /// How long a helper gets to report its disks' counters.
@@ -80,17 +79,41 @@ pub fn block_info(def: &DomainDef, path: &str, flags: u32) -> Result<CallValue, 
     Ok(CallValue::BlockInfo { allocation, capacity, physical })
 }
 
-/// The `block` group of `virConnectGetAllDomainStats` for `def`, as
-/// libvirt names it: the count, then each disk's name, path and, where its
-/// image can be read, allocation, capacity and physical size.
-pub fn stats_group(def: &DomainDef) -> Vec<Param> {
+/// The `block` group of `virConnectGetAllDomainStats` for `def`, with
+/// libvirt's QEMU driver's names and types: the count, then per disk its
+/// name, its image's index in the live XML (`backingIndex`, a running
+/// guest's `live` disks given), its path, the I/O counters its helper
+/// reported (none when it did not answer in time), and, where its image
+/// can be read, allocation, capacity and physical size. No `errors`: in
+/// libvirt that field is Xen's.
+pub fn stats_group(def: &DomainDef, live: Option<&[LiveDisk]>, counters: Option<&[DiskCounters]>) -> Vec<Param> {
+    let ull = |field: String, v: u64| Param { field, value: ParamValue::ULLong(v) };
     let mut p = vec![Param { field: "block.count".into(), value: ParamValue::UInt(def.disks.len() as u32) }];
+    // libvirt numbers every image of a running domain from 1, top layers first.
+    let mut next_index = 1u32;
     for (i, disk) in def.disks.iter().enumerate() {
         p.push(Param { field: format!("block.{i}.name"), value: ParamValue::Text(disk.target.clone()) });
+        if let Some(live) = live {
+            p.push(Param { field: format!("block.{i}.backingIndex"), value: ParamValue::UInt(next_index) });
+            next_index += 1 + live.get(i).map_or(0, |l| l.backing.len() as u32);
+        }
         p.push(Param { field: format!("block.{i}.path"), value: ParamValue::Text(disk.path.clone()) });
+        if let Some(c) = counters.and_then(|all| all.iter().find(|c| c.alias == disk.alias())) {
+            let figures = [
+                ("rd.reqs", c.rd_reqs),
+                ("rd.bytes", c.rd_bytes),
+                ("rd.times", c.rd_total_ns),
+                ("wr.reqs", c.wr_reqs),
+                ("wr.bytes", c.wr_bytes),
+                ("wr.times", c.wr_total_ns),
+                ("fl.reqs", c.flush_reqs),
+                ("fl.times", c.flush_total_ns),
+            ];
+            p.extend(figures.into_iter().map(|(name, v)| ull(format!("block.{i}.{name}"), v)));
+        }
         if let Ok((allocation, capacity, physical)) = super::disks::block_info(disk) {
             for (name, v) in [("allocation", allocation), ("capacity", capacity), ("physical", physical)] {
-                p.push(Param { field: format!("block.{i}.{name}"), value: ParamValue::ULLong(v) });
+                p.push(ull(format!("block.{i}.{name}"), v));
             }
         }
     }
@@ -181,13 +204,18 @@ fn ask(ctx: &mut Ctx, caller: &Caller, uuid: &Uuid, question: Question) -> Resul
     Ok(None)
 }
 
+/// Whether helper `pid` of guest `uuid` has a `DiskStats` question out:
+/// its answer serves whoever else wants the counters meanwhile.
+pub fn asked(ctx: &Ctx, uuid: &Uuid, pid: nix::unistd::Pid) -> bool {
+    ctx.disk_asks.get(uuid).is_some_and(|a| a.pid == pid)
+}
+
 /// An answer for a waiting client: its connection, request and result.
 pub type Reply = (u64, u32, Result<CallValue, CallError>);
 
 /// Guest `uuid`'s helper `pid` reported its disks' counters: the answers
 /// for everyone waiting on it.
 pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[DiskCounters]) -> Vec<Reply> {
-    io_error_events(ctx, uuid, pid, counters);
     let Some(ask) = ctx.disk_asks.remove(uuid) else { return Vec::new() };
     if ask.pid != pid {
         ctx.disk_asks.insert(*uuid, ask);
@@ -202,52 +230,6 @@ pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[D
         })
         .collect()
 }
-
-/// The error counts per disk alias last reported by a guest's helper `pid`.
-#[derive(Debug, Default)]
-pub struct ErrorsSeen {
-    pid: i32,
-    errors: HashMap<String, u64>,
-}
-
-/// Queues libvirt's IO_ERROR and IO_ERROR_REASON events for each disk of
-/// guest `uuid` whose error count grew since its helper last reported, with
-/// a backend error to name (a bad request or a write to a read-only disk is
-/// the guest's doing, as QEMU sends no BLOCK_IO_ERROR for those either).
-fn io_error_events(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[DiskCounters]) {
-    // Only running guests' counts are kept.
-    let guests = &ctx.guests;
-    ctx.disk_errors.retain(|u, _| u == uuid || guests.get(u).is_some());
-    let seen = ctx.disk_errors.entry(*uuid).or_default();
-    if seen.pid != pid.as_raw() {
-        *seen = ErrorsSeen { pid: pid.as_raw(), errors: HashMap::new() };
-    }
-    let mut grew = Vec::new();
-    for c in counters.iter().take(MAX_DISKS_SEEN) {
-        let before = seen.errors.insert(c.alias.clone(), c.errors).unwrap_or(0);
-        if c.errors > before
-            && let Some(reason) = &c.last_error
-        {
-            grew.push((c.alias.clone(), reason.clone()));
-        }
-    }
-    let Ok(e) = ctx.domains.by_uuid(uuid) else { return };
-    let dom = e.handle();
-    let mut events = Vec::new();
-    for (alias, reason) in grew {
-        let Some(disk) = e.def.disks.iter().find(|d| d.alias() == alias) else { continue };
-        let path = disk.path.clone();
-        let action = crate::rpc::events::IO_ERROR_REPORT;
-        for reason in [None, Some(reason.clone())] {
-            let kind = EventKind::IoError { path: path.clone(), alias: alias.clone(), action, reason };
-            events.push(DomainEvent { dom: dom.clone(), kind });
-        }
-    }
-    ctx.guests.events.extend(events);
-}
-
-/// Most disks a guest's error counts are kept for (a domain's disks are bounded far below).
-const MAX_DISKS_SEEN: usize = 1024;
 
 /// Waiters whose guest stopped (or restarted in another helper) or whose
 /// helper let the deadline pass, with their errors.
@@ -406,6 +388,66 @@ mod tests {
         assert_eq!(errors, CallValue::DiskErrors { errors: Vec::new(), count: 1 });
         let errors = answer(&d, &c, &Question::Errors { maxerrors: 8 }).unwrap();
         assert_eq!(errors, CallValue::DiskErrors { errors: vec![("vdb".into(), DISK_ERROR_UNSPEC)], count: 1 });
+    }
+
+    #[test]
+    fn the_block_group_has_libvirts_names_types_and_image_indices() {
+        let d = def();
+        let c = DiskCounters {
+            alias: "virtio-disk1".into(),
+            rd_reqs: 1,
+            rd_bytes: 2,
+            rd_total_ns: 3,
+            wr_reqs: 4,
+            wr_bytes: 5,
+            wr_total_ns: 6,
+            flush_reqs: 7,
+            flush_total_ns: 8,
+            errors: 9,
+            last_error: None,
+        };
+        // vda has one backing layer: vdb's image is the domain's third.
+        let live = [
+            LiveDisk {
+                backing: vec![crate::domain::BackingLayer {
+                    kind: crate::domain::DiskKind::File,
+                    path: "/base".into(),
+                    format: crate::domain::DiskFormat::Raw,
+                }],
+            },
+            LiveDisk::default(),
+        ];
+        let got: Vec<(String, ParamValue)> = stats_group(&d, Some(&live), Some(std::slice::from_ref(&c)))
+            .into_iter()
+            .map(|p| (p.field, p.value))
+            .collect();
+        let text = |f: &str, v: &str| (f.to_owned(), ParamValue::Text(v.into()));
+        let ull = |f: &str, v: u64| (f.to_owned(), ParamValue::ULLong(v));
+        let uint = |f: &str, v: u32| (f.to_owned(), ParamValue::UInt(v));
+        // The images /a and /b do not exist: no sizes.
+        assert_eq!(
+            got,
+            [
+                uint("block.count", 2),
+                text("block.0.name", "vda"),
+                uint("block.0.backingIndex", 1),
+                text("block.0.path", "/a"),
+                text("block.1.name", "vdb"),
+                uint("block.1.backingIndex", 3),
+                text("block.1.path", "/b"),
+                ull("block.1.rd.reqs", 1),
+                ull("block.1.rd.bytes", 2),
+                ull("block.1.rd.times", 3),
+                ull("block.1.wr.reqs", 4),
+                ull("block.1.wr.bytes", 5),
+                ull("block.1.wr.times", 6),
+                ull("block.1.fl.reqs", 7),
+                ull("block.1.fl.times", 8),
+            ]
+        );
+        // A shut-off domain: names and paths, no image indices.
+        let off: Vec<String> = stats_group(&d, None, None).into_iter().map(|p| p.field).collect();
+        assert_eq!(off, ["block.count", "block.0.name", "block.0.path", "block.1.name", "block.1.path"]);
     }
 
     #[test]

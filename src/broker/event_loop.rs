@@ -181,7 +181,12 @@ impl Broker {
             _ => None,
         };
         let awaiting = self.setup.ctx.guests.pending.deadline();
-        let awaiting = awaiting.into_iter().chain(super::blockinfo::next_deadline(&self.setup.ctx)).min();
+        let ctx = &self.setup.ctx;
+        let awaiting = awaiting
+            .into_iter()
+            .chain(super::blockinfo::next_deadline(ctx))
+            .chain(super::sampling::next_deadline(ctx))
+            .min();
         let restart = self.frontends.iter().filter_map(|s| s.restart.due).min();
         // A frontend with requests left over is served again at once.
         let more = self.frontends.iter().any(|s| s.more).then(Instant::now);

@@ -29,7 +29,9 @@ mod host;
 mod hostcpu;
 mod hostpages;
 mod hoststats;
+mod ifstats;
 mod imagelock;
+mod io_errors;
 mod lifecycle;
 mod link;
 mod listen;
@@ -47,6 +49,7 @@ mod qcow2;
 mod query;
 mod readiness;
 mod restarts;
+mod sampling;
 mod sched;
 mod spawn;
 mod state;
@@ -187,7 +190,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
         balloons: Default::default(),
-        disk_errors: Default::default(),
+        samples: Default::default(),
         networks: networks::Networks::load(
             &config.domain_config_dir,
             &config.domain_state_dir,

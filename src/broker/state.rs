@@ -20,9 +20,8 @@ pub struct Ctx {
     pub disk_asks: std::collections::HashMap<Uuid, super::blockinfo::DiskAsk>,
     /// The balloon figures running guests' helpers last reported.
     pub balloons: super::balloon::Balloons,
-    /// Per running guest (by helper pid): each disk's error count last
-    /// reported, so that a growth is an I/O error event (`blockinfo.rs`).
-    pub disk_errors: std::collections::HashMap<Uuid, super::blockinfo::ErrorsSeen>,
+    /// Bulk statistics calls waiting for their guests' device counters.
+    pub samples: super::sampling::Samples,
     /// Virtual networks.
     pub networks: super::networks::Networks,
 }

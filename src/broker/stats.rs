@@ -2,9 +2,11 @@
 //! argument rules: vCPUs, memory, CPU time, control and job state, and the
 //! bulk `virConnectGetAllDomainStats` records.
 //!
-//! Every figure of a running guest comes from its helper process through
-//! [`super::procfs`] (and the process CPU clock of [`super::guests`]): no
-//! request to a helper, so one wedged guest delays no statistics.
+//! The figures of a running guest here come from its helper process
+//! through [`super::procfs`] (and the process CPU clock of
+//! [`super::guests`]): no request to a helper, so one wedged guest delays
+//! no statistics. The device counters of the bulk call are the helpers'
+//! own, sampled with a deadline by [`super::sampling`].
 
 use super::domains::Entry;
 use super::hoststats::{online_cpus, pack, present_cpus};
@@ -47,14 +49,18 @@ pub mod group {
     pub const BALLOON: u32 = 4;
     /// `vcpu.*`.
     pub const VCPU: u32 = 8;
-    /// The groups this daemon fills; the others (interface, block, perf,
-    /// iothread, memory, dirtyrate, vm) are left out, as libvirt leaves out
-    /// what its QEMU cannot provide.
-    pub const SUPPORTED: u32 = STATE | CPU_TOTAL | BALLOON | VCPU;
-    /// `block.*`: filled when asked for by name (`virsh domstats --block`),
-    /// with each disk's name, path and sizes (`blockinfo.rs`); the I/O
-    /// counters are `domblkstat`'s, which asks the helper.
+    /// `net.*`: per interface, its helper's counters (`ifstats.rs`).
+    pub const INTERFACE: u32 = 16;
+    /// `block.*`: per disk, its image's sizes and its helper's counters
+    /// (`blockinfo.rs`).
     pub const BLOCK: u32 = 32;
+    /// The groups whose figures come from the helpers' device counters,
+    /// sampled for each call (`sampling.rs`).
+    pub const DEVICES: u32 = INTERFACE | BLOCK;
+    /// The groups this daemon fills; the others (perf, iothread, memory,
+    /// dirtyrate, vm) are left out, as libvirt leaves out what its QEMU
+    /// cannot provide.
+    pub const SUPPORTED: u32 = STATE | CPU_TOTAL | BALLOON | VCPU | DEVICES;
 }
 
 /// `virConnectGetAllDomainStatsFlags`: the list filters (as
@@ -294,9 +300,6 @@ fn record(e: &Entry, stats: u32) -> Vec<Param> {
             p.push(ullong("balloon.rss", s.rss_kib));
         }
     }
-    if stats & group::BLOCK != 0 {
-        p.extend(super::blockinfo::stats_group(&e.def));
-    }
     if stats & group::VCPU != 0 {
         p.push(uint("vcpu.current", e.def.vcpus));
         p.push(uint("vcpu.maximum", e.def.vcpus));
@@ -311,19 +314,30 @@ fn record(e: &Entry, stats: u32) -> Vec<Param> {
     p
 }
 
-/// `virConnectGetAllDomainStats` (no `doms`) and `virDomainListGetStats`.
-pub fn domain_stats(ctx: &Ctx, doms: &[crate::domain::Uuid], stats: u32, flags: u32) -> Result<CallValue, CallError> {
+/// One domain's statistics record.
+pub type Record = (DomainRef, Vec<Param>);
+
+/// `virConnectGetAllDomainStats` (no `doms`) and `virDomainListGetStats`:
+/// the groups to fill and each domain's record of the groups read from
+/// `/proc` and the broker's own state. The device groups ([`group::DEVICES`])
+/// are `sampling.rs`'s to add once the helpers have reported.
+pub fn domain_stats(
+    ctx: &Ctx,
+    doms: &[crate::domain::Uuid],
+    stats: u32,
+    flags: u32,
+) -> Result<(u32, Vec<Record>), CallError> {
     check_flags(flags, STATS_FILTERS | STATS_NOWAIT | STATS_BACKING | STATS_ENFORCE, "qemuConnectGetAllDomainStats")?;
     if doms.len() > limits::DOMAIN_LIST_MAX {
         return Err(CallError::InvalidArg(format!("at most {} domains", limits::DOMAIN_LIST_MAX)));
     }
-    let missing = stats & !(group::SUPPORTED | group::BLOCK);
+    let missing = stats & !group::SUPPORTED;
     if flags & STATS_ENFORCE != 0 && stats != 0 && missing != 0 {
         return Err(CallError::ArgumentUnsupported(format!(
             "Stats types bits 0x{missing:x} are not supported by this daemon or QEMU"
         )));
     }
-    let groups = if stats == 0 { group::SUPPORTED } else { stats & (group::SUPPORTED | group::BLOCK) };
+    let groups = if stats == 0 { group::SUPPORTED } else { stats & group::SUPPORTED };
     let matching = ctx.domains.list(flags & STATS_FILTERS)?;
     let picked: Vec<&DomainRef> = if doms.is_empty() {
         matching.iter().collect()
@@ -338,7 +352,7 @@ pub fn domain_stats(ctx: &Ctx, doms: &[crate::domain::Uuid], stats: u32, flags: 
         super::balloon::patch_record(ctx, e, &mut r);
         records.push((e.handle(), r));
     }
-    Ok(CallValue::DomainStats(records))
+    Ok((groups, records))
 }
 
 /// The fields of `virDomainBlockStatsFlags`, in libvirt's QEMU driver's order.

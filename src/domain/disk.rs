@@ -100,6 +100,10 @@ pub struct Disk {
     pub discard: Option<bool>,
     /// `<driver io='threads'>` was given (the helper's disks run on threads).
     pub io_threads: bool,
+    /// `<driver error_policy='report'>` was given: the only policy the
+    /// helper has (the guest gets the I/O error and runs on; the broker
+    /// sends libvirt's I/O error events), so the others are refused.
+    pub error_policy_report: bool,
     /// Target device name (`vda`).
     pub target: String,
     /// Read-only.
@@ -188,7 +192,7 @@ pub fn parse(d: &Element, unknown: &mut dyn FnMut(&Element) -> Result<(), Domain
         return Err(unsupported(format!("disk snapshot mode '{s}' is not supported")));
     }
     let mut format = DiskFormat::Raw;
-    let (mut cache, mut discard, mut io_threads) = (None, None, false);
+    let (mut cache, mut discard, mut io_threads, mut error_policy_report) = (None, None, false, false);
     if let Some(driver) = d.find("driver") {
         for (k, v) in &driver.attrs {
             match (k.as_str(), v.as_str()) {
@@ -210,6 +214,14 @@ pub fn parse(d: &Element, unknown: &mut dyn FnMut(&Element) -> Result<(), Domain
                     return Err(unsupported(format!("disk io mode '{io}' is not supported, only 'threads'")));
                 }
                 ("io", io) => return Err(invalid(format!("unknown disk io mode '{io}'"))),
+                ("error_policy", "report") => error_policy_report = true,
+                ("error_policy", p @ ("stop" | "ignore" | "enospace")) => {
+                    return Err(unsupported(format!(
+                        "disk error policy '{p}' is not supported, only 'report': the guest gets the I/O error and \
+                         runs on"
+                    )));
+                }
+                ("error_policy", p) => return Err(invalid(format!("unknown disk error policy '{p}'"))),
                 (attr, _) => return Err(unsupported(format!("disk driver attribute '{attr}' is not supported"))),
             }
         }
@@ -283,6 +295,7 @@ pub fn parse(d: &Element, unknown: &mut dyn FnMut(&Element) -> Result<(), Domain
         cache,
         discard,
         io_threads,
+        error_policy_report,
         target: target.to_owned(),
         readonly,
         shareable,
@@ -360,6 +373,9 @@ pub fn emit(disk: &Disk, live: Option<(&LiveDisk, &mut u32)>) -> Element {
     if let Some(c) = disk.cache {
         driver = driver.attr("cache", c.as_str());
     }
+    if disk.error_policy_report {
+        driver = driver.attr("error_policy", "report");
+    }
     if disk.io_threads {
         driver = driver.attr("io", "threads");
     }
@@ -423,6 +439,20 @@ mod tests {
     }
 
     #[test]
+    fn only_the_report_error_policy_is_taken() {
+        let with = |p: &str| {
+            disk(&format!(
+                "<disk><driver name='qemu' error_policy='{p}'/><source file='/a'/><target dev='vda'/></disk>"
+            ))
+        };
+        assert!(with("report").unwrap().error_policy_report);
+        let Err(e) = with("stop") else { panic!("stop taken") };
+        assert!(e.to_string().contains("disk error policy 'stop' is not supported, only 'report'"), "{e}");
+        let Err(e) = with("bogus") else { panic!("bogus taken") };
+        assert!(e.to_string().contains("unknown disk error policy 'bogus'"), "{e}");
+    }
+
+    #[test]
     fn targets_index_as_libvirt_counts_them() {
         assert_eq!(target_index("vda"), Some(0));
         assert_eq!(target_index("vdz"), Some(25));
@@ -434,7 +464,7 @@ mod tests {
 
     #[test]
     fn a_qcow2_disk_with_every_setting_round_trips() {
-        let text = "<disk type='file' device='disk' model='virtio-non-transitional'><driver name='qemu' type='qcow2' cache='none' io='threads' \
+        let text = "<disk type='file' device='disk' model='virtio-non-transitional'><driver name='qemu' type='qcow2' cache='none' error_policy='report' io='threads' \
                     discard='unmap'/><source file='/i/x.qcow2'/><target dev='vdb' bus='virtio'/><readonly/>\
                     <serial>S-1.2</serial><boot order='2'/>\
                     <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/></disk>";
@@ -444,7 +474,9 @@ mod tests {
             (DiskFormat::Qcow2, Some(DiskCache::None), Some(true), true)
         );
         assert_eq!((d.readonly, d.boot_order, d.pci_slot), (true, Some(2), Some(7)));
+        assert!(d.error_policy_report);
         assert_eq!(d.alias(), "virtio-disk1");
+        assert!(emit(&d, None).to_xml().contains("cache='none' error_policy='report' io='threads'"));
         let again = parse(&emit(&d, None), &mut |_| Ok(())).unwrap();
         assert_eq!(again, d);
     }

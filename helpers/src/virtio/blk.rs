@@ -80,10 +80,25 @@ struct Segment {
 // SAFETY: plain integers with no padding (8 + 4 + 4 bytes); any bit pattern is valid.
 unsafe impl ByteValued for Segment {}
 
+/// The least time between two unsolicited reports of one disk's backend
+/// errors, so that a failing disk cannot flood the broker.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A backend error waiting for the control thread to report it.
+#[derive(Debug, Default)]
+struct Report {
+    pending: Option<String>,
+    last: Option<Instant>,
+}
+
 /// One disk's I/O counters, read by the control thread for `DiskStats`
-/// without touching the device.
+/// without touching the device, and its backend errors for the
+/// unsolicited `IoError` (the control thread owns the broker link, so the
+/// I/O thread only wakes it through `notify`).
 #[derive(Debug, Default)]
 pub struct Stats {
+    report: Mutex<Report>,
+    notify: Option<Arc<EventFd>>,
     rd_reqs: AtomicU64,
     rd_bytes: AtomicU64,
     rd_ns: AtomicU64,
@@ -112,6 +127,33 @@ impl Stats {
             flush_total_ns: get(&self.flush_ns),
             errors: get(&self.errors),
             last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Counters whose backend errors wake the control thread on `notify`.
+    pub fn reporting_to(notify: Arc<EventFd>) -> Stats {
+        Stats { notify: Some(notify), ..Stats::default() }
+    }
+
+    /// The backend error to report now, if one waits (the first, then at
+    /// most one each [`REPORT_EVERY`]).
+    pub fn take_report(&self) -> Option<String> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).pending.take()
+    }
+
+    /// The image failed a request: counted, and reported unless one was
+    /// within [`REPORT_EVERY`].
+    fn backend_error(&self, why: String) {
+        self.error(Some(why.clone()));
+        let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        if r.last.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return;
+        }
+        (r.pending, r.last) = (Some(why), Some(Instant::now()));
+        drop(r);
+        if let Some(n) = &self.notify {
+            // A full counter still wakes the reader.
+            let _ = n.write(1);
         }
     }
 
@@ -254,7 +296,7 @@ impl Disk {
                 (S_IOERR, 0)
             }
             Err(Failure::Backend(e)) => {
-                self.stats.error(Some(e.to_string()));
+                self.stats.backend_error(e.to_string());
                 (S_IOERR, 0)
             }
         };
@@ -616,11 +658,16 @@ mod tests {
 
     /// A disk of 16 sectors of 0xab over a raw temp file, a queue of 16.
     fn rig(config: DiskConfig) -> Rig {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut image = tempfile::tempfile().unwrap();
         image.write_all(&[0xab; 16 * 512]).unwrap();
-        let stats = Arc::new(Stats::default());
-        let disk = Disk::new(&config, Box::new(Raw::new(image.try_clone().unwrap()).unwrap()), stats.clone());
+        let backend = image.try_clone().unwrap();
+        rig_over(config, image, backend, Arc::new(Stats::default()))
+    }
+
+    /// The same over `backend` (the image as the device opens it).
+    fn rig_over(config: DiskConfig, image: std::fs::File, backend: std::fs::File, stats: Arc<Stats>) -> Rig {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let disk = Disk::new(&config, Box::new(Raw::new(backend).unwrap()), stats.clone());
         let (mut blk, worker) = Blk::new(&config, disk).unwrap();
         let mut q = Queue::new(16).unwrap();
         q.set_size(16);
@@ -768,5 +815,33 @@ mod tests {
         assert_eq!(r.request(hdr(T_DISCARD, 0), &[(0x20000, 16, 0), STATUS]).0, S_UNSUPP, "discard not enabled");
         r.mem.write_obj(Segment { sector: 15, sectors: 2, flags: 0 }, GuestAddress(0x20000)).unwrap();
         assert_eq!(r.request(hdr(T_WRITE_ZEROES, 0), &[(0x20000, 16, 0), STATUS]).0, S_IOERR, "past the end");
+    }
+
+    #[test]
+    fn backend_errors_wake_the_control_thread_once_a_second_at_most() {
+        let mut image = tempfile::tempfile().unwrap();
+        image.write_all(&[0xab; 16 * 512]).unwrap();
+        // The same file opened read-only: every write fails in the backend (EBADF).
+        let backend = std::fs::File::open(format!("/proc/self/fd/{}", image.as_raw_fd())).unwrap();
+        let notify = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let stats = Arc::new(Stats::reporting_to(notify.clone()));
+        let mut r = rig_over(DiskConfig::test("vda"), image, backend, stats);
+        assert_eq!(r.stats.take_report(), None);
+        // A guest's own mistake is counted but is no backend error.
+        assert_eq!(r.request(hdr(T_IN, 15), &[(0x40000, 1024, WRITE), STATUS]).0, S_IOERR);
+        assert!(notify.read().is_err(), "nothing to report yet");
+        for _ in 0..3 {
+            assert_eq!(r.request(hdr(T_OUT, 0), &[(0x20000, 512, 0), STATUS]).0, S_IOERR);
+        }
+        assert_eq!(notify.read().unwrap(), 1, "woken once for three errors");
+        let report = r.stats.take_report().unwrap();
+        assert!(report.contains("Bad file descriptor"), "{report}");
+        assert_eq!(r.stats.take_report(), None);
+        assert_eq!(r.stats.snapshot("d").errors, 4);
+        // After a second the next error is reported again.
+        std::thread::sleep(REPORT_EVERY);
+        assert_eq!(r.request(hdr(T_OUT, 0), &[(0x20000, 512, 0), STATUS]).0, S_IOERR);
+        assert_eq!(notify.read().unwrap(), 1);
+        assert!(r.stats.take_report().is_some());
     }
 }

@@ -113,6 +113,8 @@ pub struct Devices {
     pub serial: Arc<Mutex<Serial<ConsoleOut>>>,
     /// The disks, for `DiskStats`.
     pub disks: Vec<DiskInfo>,
+    /// Written when a disk has a backend error to report (`IoError`).
+    pub io_errors: Option<Arc<EventFd>>,
     /// The balloon, for `SetBalloon` and `BalloonStats`.
     pub balloon: Option<crate::virtio::balloon::Control>,
 }
@@ -253,7 +255,8 @@ fn devices(
     bus.insert(Space::Pio, pvpanic::BASE.into(), pvpanic::LEN, Arc::new(Mutex::new(pvpanic::Pvpanic)))?;
     let disks = disks::attach(vm, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
     let (balloon, balloon_worker) = disks.balloon.map_or((None, None), |(c, w)| (Some(c), Some(w)));
-    Ok((Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info, balloon }, disks.workers, balloon_worker))
+    let devices = Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info, io_errors: disks.io_errors, balloon };
+    Ok((devices, disks.workers, balloon_worker))
 }
 
 /// Creates and sets up the vCPUs: CPUID with this one's topology (and the

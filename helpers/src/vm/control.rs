@@ -58,6 +58,8 @@ impl Control<'_> {
                     self.link.accept(self.listener, &mut self.events.control());
                 } else if r.fd == self.stop.as_raw_fd() {
                     return Ok(Ended::Vcpu);
+                } else if self.devices.io_errors.as_ref().is_some_and(|e| e.as_raw_fd() == r.fd) {
+                    self.report_io_errors();
                 } else if Some(r.fd) == self.link.fd()
                     && let Some(ended) = self.commands()
                 {
@@ -83,6 +85,23 @@ impl Control<'_> {
             }
         }
         None
+    }
+
+    /// Tells the broker of each disk's backend error waiting, unasked.
+    fn report_io_errors(&mut self) {
+        if let Some(e) = &self.devices.io_errors {
+            // Drains the counter; the reports themselves are in the disks.
+            let _ = e.read();
+        }
+        let reports: Vec<(String, String)> = self
+            .devices
+            .disks
+            .iter()
+            .filter_map(|d| d.stats.take_report().map(|detail| (d.alias.clone(), detail)))
+            .collect();
+        for (alias, detail) in reports {
+            self.answer(&HelperEvent::IoError { alias, detail });
+        }
     }
 
     fn answer(&mut self, event: &HelperEvent) {

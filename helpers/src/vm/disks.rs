@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use libvirtd::privsep::helper::{BalloonConfig, DiskConfig, DiskDevice, FdRole, GuestConfig, ManifestError, RoleFds};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::builder::{BuildError, irq_line};
 use crate::block;
@@ -39,6 +40,9 @@ pub struct Disks {
     pub info: Vec<DiskInfo>,
     /// Their I/O threads, not started yet.
     pub workers: Vec<Worker>,
+    /// Written by a disk's I/O thread when it has a backend error to report
+    /// (`Stats::take_report`); the control loop waits on it.
+    pub io_errors: Option<Arc<EventFd>>,
     /// The balloon, if the guest has one, and its thread, not started yet.
     pub balloon: Option<(crate::virtio::balloon::Control, crate::virtio::balloon::Worker)>,
 }
@@ -73,6 +77,8 @@ pub fn attach(
     }
     let mut bars = BarAllocator::default();
     let mut out = Disks::default();
+    let io_errors = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::Eventfd)?);
+    out.io_errors = Some(io_errors.clone());
     for (config, layers) in disks.iter().zip(layers) {
         let DiskDevice::VirtioBlk = config.device;
         if config.layers == 0 || config.layers > MAX_LAYERS {
@@ -80,7 +86,7 @@ pub fn attach(
         }
         let backend = block::open(&config.target, config.format, layers, !config.read_only, config.cache)
             .map_err(|e| BuildError::Disk(e.to_string()))?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::reporting_to(io_errors.clone()));
         let disk = Disk::new(config, backend, stats.clone());
         let (blk, worker) = Blk::new(config, disk).map_err(BuildError::Eventfd)?;
         let bar = bars

@@ -112,6 +112,9 @@ pub fn run(
     if let Some(fd) = link.fd() {
         ops.add(fd, EventSet::IN)?;
     }
+    if let Some(io_errors) = &built.devices.io_errors {
+        ops.add(io_errors.as_raw_fd(), EventSet::IN)?;
+    }
     link.send(&HelperEvent::Started, &mut ops);
     let devices = built.devices;
     let outcome = control::Control {

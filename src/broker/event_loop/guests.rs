@@ -13,8 +13,9 @@ use super::{Broker, GuestFd};
 use crate::broker::guests::Protocol;
 use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
+use crate::broker::sampling::Counters;
 use crate::broker::supervisor::{Asker, Awaiting, Wait};
-use crate::broker::{blockinfo, call_audit};
+use crate::broker::{blockinfo, call_audit, io_errors, sampling};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
 use crate::privsep::{CallError, CallValue, ChannelError};
@@ -85,10 +86,22 @@ impl Broker {
                         _,
                     )) => self.helper_answered(uuid, &event),
                     Ok((HelperEvent::DiskStats(counters), _)) => {
-                        for (conn, id, value) in blockinfo::answered(&mut self.setup.ctx, &uuid, pid, &counters) {
+                        let ctx = &mut self.setup.ctx;
+                        let mut replies = blockinfo::answered(ctx, &uuid, pid, &counters);
+                        replies.extend(sampling::arrived(ctx, &uuid, pid, &Counters::Disks(counters)));
+                        for (conn, id, value) in replies {
                             self.answer_client(conn, id, value);
                         }
-                        // I/O error events the counters raised.
+                    }
+                    Ok((HelperEvent::NetStats(counters), _)) => {
+                        for (conn, id, value) in
+                            sampling::arrived(&mut self.setup.ctx, &uuid, pid, &Counters::Nics(counters))
+                        {
+                            self.answer_client(conn, id, value);
+                        }
+                    }
+                    Ok((HelperEvent::IoError { alias, detail }, _)) => {
+                        io_errors::raise(&mut self.setup.ctx, &uuid, &alias, &detail);
                         self.flush_events();
                     }
                     Ok((HelperEvent::Balloon(figures), _)) => {
@@ -212,7 +225,10 @@ impl Broker {
     /// guest is no longer running (a graceful destroy whose guest stopped
     /// succeeded).
     pub(super) fn fail_awaiting(&mut self, give_up: impl Fn(&Awaiting) -> bool) {
-        for (conn, id, value) in blockinfo::overdue(&mut self.setup.ctx, Instant::now()) {
+        let now = Instant::now();
+        let mut replies = blockinfo::overdue(&mut self.setup.ctx, now);
+        replies.extend(sampling::overdue(&mut self.setup.ctx, now));
+        for (conn, id, value) in replies {
             self.answer_client(conn, id, value);
         }
         let ctx = &self.setup.ctx;
