@@ -70,6 +70,10 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         guest_calls::handle(ctx, auditor, caller, call)
     } else if blockinfo::handles(&call) {
         blockinfo::handle(ctx, caller, call)
+    } else if let Call::Storage(c) = &call
+        && super::storage::is_copy(c)
+    {
+        super::storage::handle_copy(&mut ctx.storage, auditor, caller, c)
     } else {
         Answer::Now(carry_out(ctx, auditor, caller, call))
     };
