@@ -159,15 +159,19 @@ impl VirtioPci {
         }
         let notify_len = u64::from(NOTIFY_MULTIPLIER) * device.queue_max_sizes().len() as u64;
         config.add_capability(CAP_VENDOR, &cap_body(20, 2, NOTIFY, notify_len, &NOTIFY_MULTIPLIER.to_le_bytes()));
-        // Both always fit: 4 vendor capabilities of 16-20 bytes, 12 and 20
-        // more, in the 192 bytes past the header.
+        // Both fit: 4 vendor capabilities of 16-20 bytes, 12 and 20 more,
+        // in the 192 bytes past the header (0 below would mean "absent").
         let msix_cap =
             config.add_capability(msix::CAP_ID, &msix.capability(1, MSIX_TABLE as u32, MSIX_PBA as u32)).unwrap_or(0);
-        config.set_writable(msix_cap, u32::from(msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK) << 16);
+        if msix_cap != 0 {
+            config.set_writable(msix_cap, u32::from(msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK) << 16);
+        }
         let pci_cfg_cap = config.add_capability(CAP_VENDOR, &cap_body(20, 5, 0, 0, &[0; 4])).unwrap_or(0);
-        config.set_writable(pci_cfg_cap + PCI_CFG_BAR, 0xff);
-        config.set_writable(pci_cfg_cap + PCI_CFG_OFFSET, 0xffff_ffff);
-        config.set_writable(pci_cfg_cap + PCI_CFG_LENGTH, 0xffff_ffff);
+        if pci_cfg_cap != 0 {
+            config.set_writable(pci_cfg_cap + PCI_CFG_BAR, 0xff);
+            config.set_writable(pci_cfg_cap + PCI_CFG_OFFSET, 0xffff_ffff);
+            config.set_writable(pci_cfg_cap + PCI_CFG_LENGTH, 0xffff_ffff);
+        }
         let queues: Vec<Queue> = device.queue_max_sizes().iter().filter_map(|&max| Queue::new(max).ok()).collect();
         let events = device.queue_events();
         let interrupt = Arc::new(Interrupt {
