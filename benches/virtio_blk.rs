@@ -239,7 +239,10 @@ fn guest_bench(label: &str, console: &mut dyn Console, boot: &str) -> (String, S
     let (sum, _) = console.run("blkread 0 77", "BLKREAD ");
     let (line, took) = console.run(&format!("blkbench 0 {N}"), "BLKBENCH ");
     let iops = f64::from(2 * N) / took.as_secs_f64();
-    println!("{label}: {line}; {:.0} IOPS (4 KiB, half read half write, wall clock)", iops);
+    // How completions reached the guest: MSI-X interrupts taken, if it enabled MSI-X.
+    let msix = boot.lines().find(|l| l.starts_with("BLK vda MSIX=")).unwrap_or("BLK vda MSIX=?").trim();
+    let (irqs, _) = console.run("irqs", "IRQS=");
+    println!("{label}: {line}; {:.0} IOPS (4 KiB, half read half write, wall clock); {msix}, {irqs}", iops);
     (blk, sum, iops)
 }
 

@@ -586,8 +586,10 @@ def upto(st, needle):
     return seen
 dom = conn.defineXML({xml:?})
 st = conn.newStream(0)
-dom.create()
+# Paused until the console is open: output with nobody attached is not kept.
+dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
 dom.openConsole(None, st, 0)
+dom.resume()
 print(upto(st, b"> ").decode(errors="replace"))
 def cmd(line, answer):
     st.send(line.encode() + b"\r")

@@ -206,6 +206,56 @@ fn raw_and_qcow2_volumes_are_created_inspected_copied_resized_wiped_and_deleted(
     assert!(fails(&rw, &["vol-info", "copy.img", "--pool", "p"]).contains("Storage volume not found"));
 }
 
+#[test]
+fn a_large_copy_runs_off_the_loop_and_read_only_clients_are_served_meanwhile() {
+    if !have_virsh() || !have_qemu_img() {
+        return;
+    }
+    let (d, images) = daemon_with_pool();
+    let (rw, ro) = (d.tree.sock("libvirt-sock"), d.tree.sock("libvirt-sock-ro"));
+    // 1 GiB of data that is not zeroes (qemu-img skips zeroes), made a
+    // qcow2 copy of: seconds of work for qemu-img.
+    let big = images.join("big.img");
+    {
+        let mut f = std::fs::File::create(&big).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1).collect();
+        for _ in 0..1024 {
+            std::io::Write::write_all(&mut f, &chunk).unwrap();
+        }
+    }
+    ok(&rw, &["pool-refresh", "p"]);
+    let from = d.tree.path("big-copy.xml");
+    std::fs::write(&from, "<volume><name>big.qcow2</name><target><format type='qcow2'/></target></volume>").unwrap();
+    let mut copy = Command::new("virsh")
+        .args(["-c", &uri(&rw), "vol-create-from", "p", from.to_str().unwrap(), "big.img", "--inputpool", "p"])
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The copy has begun once its file exists.
+    assert!(wait_until(SECS, || images.join("big.qcow2").exists()), "no copy under way");
+    let started = std::time::Instant::now();
+    let listed = virsh_within(&ro, &["list", "--all"], SECS);
+    let took = started.elapsed();
+    let copying = copy.try_wait().unwrap().is_none();
+    assert!(listed.is_some_and(|(code, _, _)| code == 0), "a read-only list did not answer within {SECS:?}");
+    assert!(copying, "the copy ended before the list answered ({took:?}): nothing shows the loop was free");
+    // A read-write call on another connection is served meanwhile too.
+    assert!(ok(&rw, &["pool-list", "--all"]).contains(" p "));
+    let out = copy.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Vol big.qcow2 created from input vol big.img"));
+    let copied = images.join("big.qcow2");
+    let cmp = Command::new("qemu-img").args(["compare", copied.to_str().unwrap(), big.to_str().unwrap()]).output();
+    assert!(cmp.unwrap().status.success(), "the copy holds the volume's bytes");
+    assert!(d.tree.audit(&["op=vol-clone", "storage=\"p\"", "res=success"], SECS).is_some());
+    // A copy refused before it starts (the target exists) is answered at once.
+    let err = fails(&rw, &["vol-create-from", "p", from.to_str().unwrap(), "big.img", "--inputpool", "p"]);
+    assert!(err.contains("already exists"), "{err}");
+}
+
 /// rchar + wchar of a process: every byte it read or wrote, files and sockets alike.
 fn io_bytes(pid: i32) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();

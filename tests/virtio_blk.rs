@@ -67,6 +67,11 @@ struct Guest {
 
 impl Guest {
     fn boot(disks: &[GuestDisk]) -> Guest {
+        Guest::boot_with(disks, "", 1)
+    }
+
+    /// Boots with `cmdline` on `vcpus` vCPUs.
+    fn boot_with(disks: &[GuestDisk], cmdline: &str, vcpus: u32) -> Guest {
         let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
         let kvm = OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap());
         let kernel = OwnedFd::from(std::fs::File::open(guest().join("pvh.elf")).unwrap());
@@ -77,8 +82,8 @@ impl Guest {
         let ids = common::is_root().then_some((id, id));
         let config = GuestConfig {
             memory_mib: 32,
-            vcpus: 1,
-            cmdline: String::new(),
+            vcpus,
+            cmdline: cmdline.into(),
             ids,
             invariant_tsc: true,
             disks: disks.iter().map(|d| d.config.clone()).collect(),
@@ -228,6 +233,46 @@ fn a_raw_disk_is_found_read_written_flushed_and_counted() {
     assert_eq!((s.rd_reqs, s.rd_bytes), (3, 3 * 512), "{s:?}");
     assert_eq!((s.wr_reqs, s.wr_bytes, s.flush_reqs), (1, 512, 1), "{s:?}");
     assert_eq!(s.errors, 2, "the bad descriptor and the read past the end: {s:?}");
+    g.power_off();
+}
+
+/// The guest's `irqs` count.
+fn irqs(g: &mut Guest) -> u32 {
+    let line = g.run("irqs", "IRQS=");
+    line.trim_start_matches("IRQS=").parse().unwrap()
+}
+
+#[test]
+fn completions_arrive_as_msix_interrupts_and_intx_still_works_without() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = raw_image(dir.path(), "vda.raw", 256, 5);
+    let host = std::fs::read(&path).unwrap();
+    // One vCPU (xAPIC, MMIO) and two (the guest switches to x2APIC to start the second).
+    for vcpus in [1, 2] {
+        let mut g = Guest::boot_with(&[raw_disk(&path, "vda", 4)], "", vcpus);
+        g.expect("BLK vda SECTORS=256\r\nBLK vda MSIX=on\r\n", T);
+        g.expect("> ", T);
+        let before = irqs(&mut g);
+        for sector in [3, 4, 5] {
+            let line = g.run(&format!("blkread 0 {sector}"), "BLKREAD ");
+            let want = fnv1a(&host[sector * 512..(sector + 1) * 512]);
+            assert_eq!(line, format!("BLKREAD STATUS=0 SUM={want}"));
+        }
+        let after = irqs(&mut g);
+        assert!(after >= before + 3, "{vcpus} vCPUs: {before} MSI-X interrupts before 3 reads, {after} after");
+        g.power_off();
+    }
+    // "nomsix": the driver leaves MSI-X off, the device falls back to INTx,
+    // and the disk works the same.
+    let mut g = Guest::boot_with(&[raw_disk(&path, "vda", 4)], "nomsix", 1);
+    g.expect("BLK vda SECTORS=256\r\nBLK vda MSIX=off\r\n", T);
+    g.expect("> ", T);
+    let line = g.run("blkread 0 7", "BLKREAD ");
+    assert_eq!(line, format!("BLKREAD STATUS=0 SUM={}", fnv1a(&host[7 * 512..8 * 512])));
+    assert_eq!(irqs(&mut g), 0, "no MSI-X interrupt without MSI-X");
     g.power_off();
 }
 

@@ -72,6 +72,10 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         blockinfo::handle(ctx, caller, call)
     } else if let Call::DomainStats { doms, stats: groups, flags } = &call {
         sampling::handle(ctx, caller, doms, *groups, *flags)
+    } else if let Call::Storage(c) = &call
+        && super::storage::is_copy(c)
+    {
+        super::storage::handle_copy(&mut ctx.storage, auditor, caller, c)
     } else {
         Answer::Now(carry_out(ctx, auditor, caller, call))
     };

@@ -235,12 +235,20 @@ impl Broker {
             if let (Some(slot), Some(_)) = (slot, pid) {
                 self.frontend_gone(slot, describe(status));
             }
+            // A volume copy ended: its client's answer.
+            let success = matches!(status, Ok(WaitStatus::Exited(_, 0)));
+            let storage = &mut self.setup.ctx.storage;
+            if let Some(done) = pid.and_then(|p| storage.copy_ended(&mut self.setup.auditor, p.as_raw(), success)) {
+                self.answer_client(done.conn, done.request, done.result);
+                self.flush_events();
+            }
         }
     }
 
     /// Stops the frontends (SIGTERM, then SIGKILL after a grace period); the
     /// sockets and PID file go when `setup` drops.
     fn shutdown(&mut self) {
+        self.setup.ctx.storage.abandon_copies();
         let links: Vec<_> = self.frontends.iter_mut().filter_map(|s| s.link.take()).collect();
         for link in &links {
             let _ = kill(link.pid, Signal::SIGTERM);

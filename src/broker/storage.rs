@@ -12,7 +12,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::audit::{Auditor, Value, client_fields};
-use super::calls::Caller;
+use super::calls::{Answer, Caller};
 use super::volumes::{self, Source};
 use crate::privsep::storage::{
     PoolEvent, PoolInfo, PoolOp, PoolQuery, PoolRef, StorageCall, StorageError, StorageValue, VolOp, VolQuery, VolRef,
@@ -60,6 +60,31 @@ pub struct Storage {
     /// A volume's file opened for the stream the last call asked for; the
     /// event loop sends it with the reply, so its bytes never pass here.
     pub stream_fd: Option<OwnedFd>,
+    /// Volume copies running in child processes, by pid, each with the
+    /// client waiting for it.
+    copies: BTreeMap<i32, Copying>,
+}
+
+/// Most volume copies running at once.
+pub const MAX_COPIES: usize = 8;
+
+/// A copy under way and who asked for it.
+struct Copying {
+    copy: volumes::PendingCopy,
+    vol: VolRef,
+    conn: u64,
+    request: u32,
+    peer: crate::privsep::PeerIdentity,
+}
+
+/// A copy that ended: the answer its client waits for.
+pub struct CopyDone {
+    /// The client's connection.
+    pub conn: u64,
+    /// Its request.
+    pub request: u32,
+    /// The answer.
+    pub result: Result<CallValue, CallError>,
 }
 
 fn sys(what: &str, path: &Path, e: std::io::Error) -> StorageError {
@@ -141,6 +166,7 @@ impl Storage {
             pools: BTreeMap::new(),
             events: Vec::new(),
             stream_fd: None,
+            copies: BTreeMap::new(),
         };
         for def in load_dir(config_dir) {
             let autostart = config_dir.join("autostart").join(format!("{}.xml", def.name)).symlink_metadata().is_ok();
@@ -512,6 +538,48 @@ impl Storage {
         Ok(Self::vol_ref(p, &req.name))
     }
 
+    /// Starts `vol-create-from`'s copy in a child process.
+    fn start_copy(&mut self, call: &StorageCall, caller: &Caller) -> Result<(), StorageError> {
+        let StorageCall::CreateVol { pool, xml, from: Some(from), flags } = call else {
+            return Err(StorageError::Internal("not a volume copy".into()));
+        };
+        if self.copies.len() >= MAX_COPIES {
+            return Err(StorageError::Failed(format!("{MAX_COPIES} volume copies are under way; try again later")));
+        }
+        let p = self.by_uuid(pool)?;
+        if !p.active {
+            return Err(not_active(&p.def.name));
+        }
+        let req = VolRequest::parse(xml)?;
+        if volumes::exists(&p.def.target, &req.name) {
+            return Err(StorageError::VolExists(req.name));
+        }
+        let (target, vol) = (p.def.target.clone(), Self::vol_ref(p, &req.name));
+        let source = volumes::path_in(&self.vol_pool(from)?.def.target, &from.name)?;
+        let copy = volumes::start_copy(&target, &req, &source, *flags)?;
+        let peer = caller.peer.clone();
+        self.copies.insert(copy.pid, Copying { copy, vol, conn: caller.conn, request: caller.request, peer });
+        Ok(())
+    }
+
+    /// Child `pid` ended; if it was a copy, its client's answer (audited).
+    pub fn copy_ended(&mut self, auditor: &mut Auditor, pid: i32, success: bool) -> Option<CopyDone> {
+        let c = self.copies.remove(&pid)?;
+        let result = c.copy.finish(success).map_err(StorageError::clipped);
+        let caller = Caller { conn: c.conn, peer: &c.peer, readonly: false, request: c.request };
+        let reason = result.as_ref().err().map(ToString::to_string);
+        audit(auditor, &caller, "vol-clone", Some(&c.vol.pool), reason.as_deref());
+        let result = result.map(|()| CallValue::Storage(StorageValue::Vol(c.vol))).map_err(CallError::Storage);
+        Some(CopyDone { conn: c.conn, request: c.request, result })
+    }
+
+    /// Stops every copy under way (the daemon is stopping).
+    pub fn abandon_copies(&mut self) {
+        for (_, c) in std::mem::take(&mut self.copies) {
+            c.copy.abandon();
+        }
+    }
+
     fn vol_op(&mut self, v: &VolRef, op: VolOp) -> Result<(), StorageError> {
         let dir = self.vol_pool(v)?.def.target.clone();
         match op {
@@ -710,6 +778,32 @@ pub fn handle(
         audit(auditor, caller, op_of(&call), subject.as_deref(), reason.as_deref());
     }
     result.map(CallValue::Storage).map_err(CallError::Storage)
+}
+
+/// `vol-create-from` (`vol-clone`): the copy runs in a child process and
+/// the client is answered when it ends ([`Storage::copy_ended`]), so the
+/// loop serves everyone else meanwhile.
+pub fn handle_copy(storage: &mut Storage, auditor: &mut Auditor, caller: &Caller, call: &StorageCall) -> Answer {
+    if caller.readonly {
+        audit(auditor, caller, op_of(call), None, Some("read-only"));
+        return Answer::Now(Err(CallError::ReadOnly(api_of(call).into())));
+    }
+    match storage.start_copy(call, caller).map_err(StorageError::clipped) {
+        Ok(()) => Answer::Later,
+        Err(e) => {
+            let subject = match call {
+                StorageCall::CreateVol { pool, .. } => Some(pool.name.as_str()),
+                _ => None,
+            };
+            audit(auditor, caller, op_of(call), subject, Some(&e.to_string()));
+            Answer::Now(Err(CallError::Storage(e)))
+        }
+    }
+}
+
+/// Whether `call` copies a volume (see [`handle_copy`]).
+pub fn is_copy(call: &StorageCall) -> bool {
+    matches!(call, StorageCall::CreateVol { from: Some(_), .. })
 }
 
 fn audit(auditor: &mut Auditor, caller: &Caller, op: &str, subject: Option<&str>, reason: Option<&str>) {

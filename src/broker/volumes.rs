@@ -170,13 +170,17 @@ pub fn split_path(path: &str) -> Option<(PathBuf, String)> {
     Some((p.parent()?.to_owned(), name))
 }
 
+/// `qemu-img` from the system's directories, with nothing of our environment.
+fn qemu_img_command() -> Command {
+    let mut c = Command::new("qemu-img");
+    c.env_clear().env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin").stdin(std::process::Stdio::null());
+    c
+}
+
 /// Runs `qemu-img ARGS`, failing with its own words.
 fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<(), StorageError> {
-    let out = Command::new("qemu-img")
+    let out = qemu_img_command()
         .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
-        .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| StorageError::Failed(format!("cannot run qemu-img: {}", strip_os_error(&e))))?;
     if !out.status.success() {
@@ -196,33 +200,117 @@ pub enum Source<'a> {
 
 /// Creates volume `req` in `dir`; on failure nothing is left behind.
 pub fn create(dir: &Path, req: &VolRequest, source: Source<'_>, flags: u32) -> Result<(), StorageError> {
+    let (file, path) = create_file(dir, req, flags)?;
+    let result = fill(&file, &path, req, source, flags);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&path);
+        return result;
+    }
+    set_owner(&file, &path, req)
+}
+
+/// The new volume's file, made with O_EXCL: an existing file (or a link
+/// planted there) is never overwritten.
+fn create_file(dir: &Path, req: &VolRequest, flags: u32) -> Result<(std::fs::File, PathBuf), StorageError> {
     if flags & !PREALLOC_METADATA != 0 {
         return Err(StorageError::Flags { flags, function: "virStorageBackendFileSystemVolBuild".into() });
     }
     let path = path_in(dir, &req.name)?;
-    let mode = req.perms.mode.unwrap_or(DEFAULT_MODE);
-    // O_EXCL: an existing file (or a link planted there) is never overwritten.
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(mode)
+        .mode(req.perms.mode.unwrap_or(DEFAULT_MODE))
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => StorageError::VolExists(req.name.clone()),
             _ => sys("cannot create volume", &path, e),
         })?;
-    let result = fill(&file, &path, req, source, flags);
-    if result.is_err() {
-        let _ = std::fs::remove_file(&path);
-        return result;
-    }
-    let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+    Ok((file, path))
+}
+
+fn set_owner(file: &std::fs::File, path: &Path, req: &VolRequest) -> Result<(), StorageError> {
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(req.perms.mode.unwrap_or(DEFAULT_MODE)));
     if req.perms.owner.is_some() || req.perms.group.is_some() {
-        std::os::unix::fs::fchown(&file, req.perms.owner, req.perms.group)
-            .map_err(|e| sys("cannot chown", &path, e))?;
+        std::os::unix::fs::fchown(file, req.perms.owner, req.perms.group).map_err(|e| sys("cannot chown", path, e))?;
     }
     Ok(())
+}
+
+/// A copy under way in a child process (`qemu-img convert`), so that the
+/// broker's loop serves other clients meanwhile: the loop reaps the child
+/// and calls [`PendingCopy::finish`].
+pub struct PendingCopy {
+    /// The child's pid.
+    pub pid: i32,
+    file: std::fs::File,
+    path: PathBuf,
+    req: VolRequest,
+    format: Format,
+    source_capacity: u64,
+    /// Where the child writes its errors (read after it exits; a file, so
+    /// the child never blocks on a full pipe).
+    stderr: std::fs::File,
+}
+
+/// Starts copying the volume at `from` into new volume `req` in `dir`.
+pub fn start_copy(dir: &Path, req: &VolRequest, from: &Path, flags: u32) -> Result<PendingCopy, StorageError> {
+    let (info, _) = probe_file(from)?;
+    let format = req.format.unwrap_or(info.format);
+    let (file, path) = create_file(dir, req, flags)?;
+    let started = nix::sys::memfd::memfd_create("qemu-img-errors", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map(std::fs::File::from)
+        .map_err(|e| StorageError::System(format!("cannot make a file for qemu-img's errors: {e}")))
+        .and_then(|stderr| {
+            let child = qemu_img_command()
+                .args(["convert", "-f", info.format.name(), "-O", format.name()])
+                .arg(from)
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .stderr(stderr.try_clone().map_err(|e| sys("cannot share", &path, e))?)
+                .spawn()
+                .map_err(|e| StorageError::Failed(format!("cannot run qemu-img: {}", strip_os_error(&e))))?;
+            Ok((child.id() as i32, stderr))
+        });
+    match started {
+        Ok((pid, stderr)) => {
+            Ok(PendingCopy { pid, file, path, req: req.clone(), format, source_capacity: info.capacity, stderr })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+impl PendingCopy {
+    /// The child ended (`success`: exit status 0): the volume is finished
+    /// (grown to the capacity asked, its owner set), or removed.
+    pub fn finish(mut self, success: bool) -> Result<(), StorageError> {
+        let result = if success {
+            match self.req.capacity {
+                Some(c) if c > self.source_capacity => resize_to(&self.path, self.format, c, false),
+                _ => Ok(()),
+            }
+            .and_then(|()| set_owner(&self.file, &self.path, &self.req))
+        } else {
+            let mut err = String::new();
+            let _ = self.stderr.seek(SeekFrom::Start(0));
+            let _ = (&mut self.stderr).take(4096).read_to_string(&mut err);
+            Err(StorageError::Failed(format!("qemu-img failed: {}", err.trim())))
+        };
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        result
+    }
+
+    /// The broker is going away with the copy unfinished: stop it and
+    /// leave no half-copied volume.
+    pub fn abandon(self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn fill(

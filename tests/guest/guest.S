@@ -240,6 +240,7 @@ common:
         incq %rsi
         loop 53b
 52:     call newline
+        call msix_cmdline               /* "nomsix": see the MSI-X block */
         call blk_init                   /* BLK lines: see the virtio-blk section */
         call serial_init_irq
 shell:
@@ -1110,6 +1111,8 @@ isr_kbd:
         .set D_AVAIL, 32                /* next avail idx (16-bit) */
         .set D_MULT, 36                 /* notify_off_multiplier */
         .set D_QUEUE, 40                /* the queue's page */
+        .set D_MSIX, 48                 /* MSI-X capability offset (32-bit) */
+        .set D_MSIXON, 52               /* MSI-X in use (byte) */
         .set BAD_ADDR, 0xf0000000       /* in the PCI hole: no RAM */
         .set POLL_BOUND, 20000000
 
@@ -1213,6 +1216,10 @@ blk_probe:
         movl %r13d, %esi
         call pci_read32
         movl %eax, %r14d                /* r14: id, next, len, type */
+        cmpb $0x11, %al                 /* MSI-X: the MSI-X block uses it */
+        jne .Lcap_vendor
+        movl %r13d, D_MSIX(%rbx)
+.Lcap_vendor:
         cmpb $0x09, %al
         jne .Lcap_next
         leal 4(%r13), %esi
@@ -1289,6 +1296,7 @@ blk_probe:
         movzwl 0x1e(%rdi), %eax         /* queue_notify_off */
         imull D_MULT(%rbx), %eax
         addq %rax, D_NOTIFY(%rbx)
+        call blk_msix_setup             /* vectors before queue_enable */
         movw $1, 0x1c(%rdi)             /* queue_enable */
         movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
         movq D_DEVCFG(%rbx), %rsi
@@ -1304,6 +1312,7 @@ blk_probe:
         movq D_CAP(%rbx), %rax
         call putdec
         call newline
+        call blk_msix_line
         incl blk_count(%rip)
 .Lprobe_out:
         ret
@@ -1449,6 +1458,10 @@ blk_command:
         leaq w_blkbench(%rip), %rdi
         call prefix
         jc .Lblkbench
+        leaq linebuf(%rip), %rsi
+        leaq w_irqs(%rip), %rdi
+        call prefix
+        jc msix_irqs_command            /* the MSI-X block */
         clc
         ret
 .Lnodisk:
@@ -1634,6 +1647,191 @@ blk_bench_pass:
         ret
 /* ================= end of virtio-blk ===================================== */
 
+/* ---------------- virtio-blk MSI-X (issue 15) ----------------
+ * Unless "nomsix" is on the command line, each virtio-blk disk with an
+ * MSI-X capability gets table entry 0 programmed to the boot CPU's local
+ * APIC (address 0xFEE00000, destination 0) with data MSIX_VECTOR, MSI-X
+ * enabled, its queue 0 mapped to vector 0 and no configuration vector.
+ * The local APIC is software-enabled (xAPIC MMIO or x2APIC MSRs, as the
+ * boot left it) and MSIX_VECTOR's handler counts and EOIs. Requests are
+ * still polled; the count shows completions arriving as MSI-X messages.
+ * At boot, after each BLK line: "BLK vd<x> MSIX=on|off". Shell word:
+ *   irqs              IRQS=<MSI-X interrupts taken so far>
+ */
+        .set MSIX_VECTOR, 0x40
+        .set LAPIC_MMIO, 0xfee00000
+
+/* msix_cmdline: msix_off = 1 if the command line (r12) has "nomsix". */
+msix_cmdline:
+        pushq %rbx
+        movq %r12, %rbx
+        testq %rbx, %rbx
+        jz 2f
+1:      cmpb $0, (%rbx)
+        je 2f
+        movq %rbx, %rsi
+        leaq w_nomsix(%rip), %rdi
+        call prefix
+        jnc 3f
+        movb $1, msix_off(%rip)
+        jmp 2f
+3:      incq %rbx
+        jmp 1b
+2:      popq %rbx
+        ret
+
+/* blk_msix_setup: disk entry rbx in slot r12d, common cfg at rdi (kept). */
+blk_msix_setup:
+        pushq %rdi
+        pushq %rsi
+        pushq %rax
+        pushq %rcx
+        pushq %rdx
+        pushq %r8
+        pushq %r9
+        cmpb $0, msix_off(%rip)
+        jne .Lmsix_out
+        movl D_MSIX(%rbx), %r8d         /* r8: the capability */
+        testl %r8d, %r8d
+        jz .Lmsix_out
+        movq %rdi, %r9                  /* r9: common cfg */
+        movl %r12d, %edi
+        leal 4(%r8), %esi
+        call pci_read32                 /* table offset | BIR */
+        movl %eax, %edx
+        andl $-8, %edx                  /* rdx: table offset */
+        andl $7, %eax
+        leal 0x10(,%rax,4), %esi
+        call pci_read32
+        movl %eax, %ecx
+        andl $-16, %ecx                 /* rcx: the BAR */
+        testb $4, %al
+        jz 1f
+        addl $4, %esi
+        call pci_read32
+        shlq $32, %rax
+        orq %rax, %rcx
+1:      addq %rcx, %rdx                 /* rdx: table entry 0 */
+        movl $LAPIC_MMIO, (%rdx)        /* address: local APIC 0 */
+        movl $0, 4(%rdx)
+        movl $MSIX_VECTOR, 8(%rdx)      /* data: fixed, edge, the vector */
+        movl $0, 12(%rdx)               /* unmasked */
+        movl %r8d, %esi
+        call pci_read32
+        orl $0x80000000, %eax           /* message control: enable */
+        andl $0xbfffffff, %eax          /* and no function mask */
+        movl %eax, %ecx
+        call pci_write32
+        movw $0xffff, 0x10(%r9)         /* config_msix_vector: none */
+        movw $0, 0x16(%r9)
+        movw $0, 0x1a(%r9)              /* queue 0: vector 0 */
+        cmpw $0, 0x1a(%r9)              /* reads back NO_VECTOR if refused */
+        jne .Lmsix_out
+        movb $1, D_MSIXON(%rbx)
+        call lapic_on
+.Lmsix_out:
+        popq %r9
+        popq %r8
+        popq %rdx
+        popq %rcx
+        popq %rax
+        popq %rsi
+        popq %rdi
+        ret
+
+/* lapic_on: once, the MSI-X gate in the IDT and the local APIC enabled. */
+lapic_on:
+        cmpb $0, lapic_ready(%rip)
+        jne 1f
+        movb $1, lapic_ready(%rip)
+        leaq idt+MSIX_VECTOR*16(%rip), %rdi
+        leaq isr_msix(%rip), %rax
+        call set_gate
+        movl $0x1b, %ecx                /* IA32_APIC_BASE: x2APIC on? */
+        rdmsr
+        btl $10, %eax
+        setc lapic_x2(%rip)
+        movl $0xf0, %ecx                /* spurious vector register */
+        call lapic_read
+        orl $0x1ff, %eax                /* enabled, spurious vector 0xff */
+        call lapic_write
+1:      ret
+
+/* lapic_read: eax = local APIC register ecx (xAPIC offset). */
+lapic_read:
+        cmpb $0, lapic_x2(%rip)
+        jne 1f
+        movl $LAPIC_MMIO, %eax
+        movl (%rax,%rcx), %eax
+        ret
+1:      pushq %rcx
+        pushq %rdx
+        shrl $4, %ecx
+        addl $0x800, %ecx
+        rdmsr
+        popq %rdx
+        popq %rcx
+        ret
+
+/* lapic_write: local APIC register ecx (xAPIC offset) = eax. */
+lapic_write:
+        pushq %rcx
+        pushq %rdx
+        cmpb $0, lapic_x2(%rip)
+        jne 1f
+        movl $LAPIC_MMIO, %edx
+        movl %eax, (%rdx,%rcx)
+        jmp 2f
+1:      shrl $4, %ecx
+        addl $0x800, %ecx
+        xorl %edx, %edx
+        wrmsr
+2:      popq %rdx
+        popq %rcx
+        ret
+
+isr_msix:
+        pushq %rax
+        pushq %rcx
+        lock incl msix_irqs(%rip)
+        movl $0xb0, %ecx                /* EOI */
+        xorl %eax, %eax
+        call lapic_write
+        popq %rcx
+        popq %rax
+        iretq
+
+/* blk_msix_line: "BLK vd<x> MSIX=on|off" for disk rbx (blk_count's letter). */
+blk_msix_line:
+        leaq msg_blk(%rip), %rsi
+        call puts
+        movl blk_count(%rip), %eax
+        addb $'a', %al
+        call putc
+        leaq msg_msix_on(%rip), %rsi
+        cmpb $0, D_MSIXON(%rbx)
+        jne 1f
+        leaq msg_msix_off(%rip), %rsi
+1:      call puts
+        ret
+
+/* irqs: IRQS=<count>; ends a blk_command (CF set). */
+msix_irqs_command:
+        leaq msg_irqs(%rip), %rsi
+        call puts
+        movl msix_irqs(%rip), %eax
+        call putdec
+        call newline
+        stc
+        ret
+
+w_nomsix:     .asciz "nomsix"
+w_irqs:       .asciz "irqs"
+msg_msix_on:  .asciz " MSIX=on\r\n"
+msg_msix_off: .asciz " MSIX=off\r\n"
+msg_irqs:     .asciz "IRQS="
+/* ---------------- end of the virtio-blk MSI-X block ---------------- */
+
 /* The AP trampoline, copied to TRAMPOLINE: real mode to long mode with
    the BSP's page tables, count in, then halt for good. */
         .code16
@@ -1769,4 +1967,10 @@ blk_seed:   .quad 0
 blk_count:  .long 0
 blk_status: .byte 0
 /* end of the virtio-blk section's data */
+/* the MSI-X block's data */
+msix_irqs:   .long 0
+msix_off:    .byte 0
+lapic_ready: .byte 0
+lapic_x2:    .byte 0
+/* end of the MSI-X block's data */
 

@@ -130,6 +130,14 @@ impl ConfigSpace {
         Some(at)
     }
 
+    /// Lets the guest change the bits of `mask` in the dword at `offset`
+    /// (a capability's registers the guest programs).
+    pub fn set_writable(&mut self, offset: usize, mask: u32) {
+        if let Some(w) = self.writable.get_mut(offset / 4) {
+            *w = mask;
+        }
+    }
+
     fn set_byte(&mut self, offset: usize, b: u8) {
         let shift = (offset % 4) * 8;
         let r = &mut self.regs[offset / 4];

@@ -8,6 +8,8 @@
 
 pub mod bus;
 pub mod config;
+pub mod msix;
+pub mod msix_irq;
 
 /// Where 32-bit BARs go.
 pub const BAR_HOLE_START: u64 = 0xc000_0000;

@@ -183,7 +183,7 @@ pub fn build(config: &GuestConfig, files: BootFiles) -> Result<Built, BuildError
         config.vcpus,
     )?;
     let stopping = Arc::new(AtomicBool::new(false));
-    let (devices, workers, balloon) = devices(machine.vm(), machine.memory(), config, files.disks)?;
+    let (devices, workers, balloon) = devices(&machine, config, files.disks)?;
     let console = ConsoleIo::new(devices.serial.clone(), stopping.clone());
     let vcpus = vcpus(&kvm_fd, &machine, config, entry, &devices.bus)?;
     Ok(Built { machine, vcpus, devices, console, stopping, workers, balloon })
@@ -241,11 +241,12 @@ pub(super) fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqFd, BuildError> {
 /// The legacy devices, each with one registration on the port bus, and
 /// the PCI bus with the disks.
 fn devices(
-    vm: &VmFd,
-    memory: &GuestMemoryMmap,
+    machine: &Machine,
     config: &GuestConfig,
     disk_files: Vec<Vec<OwnedFd>>,
 ) -> Result<(Devices, Vec<Worker>, Option<crate::virtio::balloon::Worker>), BuildError> {
+    let (vm, memory) = (machine.vm(), machine.memory());
+    let routes = Arc::new(super::gsi::GsiRoutes::new(machine.vm_weak()));
     let serial = Arc::new(Mutex::new(Serial::new(Arc::new(irq_line(vm, COM1_IRQ)?), ConsoleOut::default())));
     let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(irq_line(vm, KBD_IRQ)?))));
     let mut bus = Bus::default();
@@ -253,7 +254,7 @@ fn devices(
     bus.insert(Space::Pio, i8042::BASE.into(), i8042::LEN, i8042.clone())?;
     bus.insert(Space::Pio, acpi_pm::BASE.into(), acpi_pm::LEN, Arc::new(Mutex::new(acpi_pm::AcpiPm)))?;
     bus.insert(Space::Pio, pvpanic::BASE.into(), pvpanic::LEN, Arc::new(Mutex::new(pvpanic::Pvpanic)))?;
-    let disks = disks::attach(vm, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
+    let disks = disks::attach(vm, &routes, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
     let (balloon, balloon_worker) = disks.balloon.map_or((None, None), |(c, w)| (Some(c), Some(w)));
     let devices = Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info, io_errors: disks.io_errors, balloon };
     Ok((devices, disks.workers, balloon_worker))

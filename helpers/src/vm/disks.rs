@@ -1,24 +1,24 @@
 //! Puts the PCI bus and the guest's virtio disks into a VM being built:
 //! the config mechanisms on the port and MMIO buses, each disk's image
-//! opened from its layer fds, its virtio-pci function in its slot with a
-//! BAR from the 32-bit hole, KVM ioeventfds on its notify addresses and
-//! an irqfd for its INTx line, and its I/O thread ready to start.
+//! opened from its layer fds, its virtio-pci function plugged in
+//! ([`super::pci_plug`]), and its I/O thread ready to start.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use kvm_ioctls::VmFd;
 use libvirtd::privsep::helper::{BalloonConfig, DiskConfig, DiskDevice, FdRole, GuestConfig, ManifestError, RoleFds};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::builder::{BuildError, irq_line};
+use super::builder::BuildError;
+use super::gsi::GsiRoutes;
+use super::pci_plug::PciPlug;
 use crate::block;
 use crate::bus::{Bus, Space};
 use crate::pci::bus::{CONFIG_PORT, CONFIG_PORT_LEN, ECAM_LEN, PciBus, PciEcam, PciPorts};
 use crate::pci::{BarAllocator, ECAM_BASE};
 use crate::virtio::blk::{Blk, Disk, Stats, Worker};
-use crate::virtio::pci::{BAR_SIZE, VirtioPci};
 
 /// Most disks a guest may have (one PCI slot each, on bus 0).
 pub const MAX_DISKS: usize = 28;
@@ -63,6 +63,7 @@ pub fn take_layers(config: &GuestConfig, fds: &mut RoleFds) -> Result<Vec<Vec<Ow
 /// Puts the PCI bus on `bus` and every disk on it.
 pub fn attach(
     vm: &VmFd,
+    routes: &Arc<GsiRoutes>,
     memory: &GuestMemoryMmap,
     bus: &mut Bus,
     disks: &[DiskConfig],
@@ -89,29 +90,14 @@ pub fn attach(
         let stats = Arc::new(Stats::reporting_to(io_errors.clone()));
         let disk = Disk::new(config, backend, stats.clone());
         let (blk, worker) = Blk::new(config, disk).map_err(BuildError::Eventfd)?;
-        let bar = bars
-            .allocate(u64::from(BAR_SIZE))
-            .ok_or_else(|| BuildError::Disk(format!("disk {}: no room for its BAR", config.target)))?;
-        // INTx: INTA of each slot on GSI 10 or 11, alternating as a PCI
-        // swizzle would.
-        let irq = 10 + (config.pci_slot % 2);
-        let line = Arc::new(irq_line(vm, u32::from(irq))?);
-        let device = VirtioPci::new(Box::new(blk), memory.clone(), bar as u32, line, irq);
-        for (addr, event) in device.notify_addresses() {
-            vm.register_ioevent(&event, &IoEventAddress::Mmio(addr), NoDatamatch)
-                .map_err(|source| BuildError::Kvm { what: "KVM_IOEVENTFD", source })?;
-        }
-        let device = Arc::new(Mutex::new(device));
-        bus.insert(Space::Mmio, bar, u64::from(BAR_SIZE), device.clone())?;
-        pci.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(config.pci_slot, device)
-            .map_err(|e| BuildError::Disk(format!("disk {}: {e}", config.target)))?;
+        let mut plug = PciPlug { vm, routes, memory, bus: &mut *bus, pci: &pci, bars: &mut bars };
+        plug.plug(Box::new(blk), config.pci_slot, &format!("disk {}", config.target))?;
         out.info.push(DiskInfo { alias: config.alias.clone(), stats });
         out.workers.push(worker);
     }
     if let Some(config) = balloon {
-        out.balloon = Some(super::balloon::attach(vm, memory, bus, &pci, &mut bars, config)?);
+        let mut plug = PciPlug { vm, routes, memory, bus, pci: &pci, bars: &mut bars };
+        out.balloon = Some(super::balloon::attach(&mut plug, config)?);
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! What must go in a fixed order when the VM ends.
 
 use std::mem::ManuallyDrop;
+use std::sync::{Arc, Weak};
 
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
@@ -30,19 +31,31 @@ pub struct Machine {
     vcpus: Option<Vcpus>,
     /// A vCPU thread did not leave: keep guest memory mapped.
     keep_memory: bool,
-    vm: ManuallyDrop<VmFd>,
+    /// The only strong reference: others (the routing table) hold it weakly.
+    vm: ManuallyDrop<Arc<VmFd>>,
     memory: ManuallyDrop<GuestMemoryMmap>,
 }
 
 impl Machine {
     /// A VM whose memory is `memory` (registered with it already, or about to be).
     pub fn new(vm: VmFd, memory: GuestMemoryMmap) -> Machine {
-        Machine { vcpus: None, keep_memory: false, vm: ManuallyDrop::new(vm), memory: ManuallyDrop::new(memory) }
+        Machine {
+            vcpus: None,
+            keep_memory: false,
+            vm: ManuallyDrop::new(Arc::new(vm)),
+            memory: ManuallyDrop::new(memory),
+        }
     }
 
     /// The VM fd.
     pub fn vm(&self) -> &VmFd {
         &self.vm
+    }
+
+    /// The VM fd, for what must reach it later without keeping the VM
+    /// alive past the machine (the GSI routing table).
+    pub fn vm_weak(&self) -> Weak<VmFd> {
+        Arc::downgrade(&self.vm)
     }
 
     /// Guest memory.

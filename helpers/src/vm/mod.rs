@@ -10,7 +10,9 @@ pub mod builder;
 pub mod confine;
 pub mod control;
 pub mod disks;
+pub mod gsi;
 pub mod machine;
+pub mod pci_plug;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
