@@ -33,7 +33,6 @@ pub struct DiskInfo {
 }
 
 /// What the PCI bus and the disks gave the VM.
-#[derive(Default)]
 pub struct Disks {
     /// Per disk, in `GuestConfig::disks` order.
     pub info: Vec<DiskInfo>,
@@ -41,6 +40,10 @@ pub struct Disks {
     pub workers: Vec<Worker>,
     /// The balloon, if the guest has one, and its thread, not started yet.
     pub balloon: Option<(crate::virtio::balloon::Control, crate::virtio::balloon::Worker)>,
+    /// The PCI bus, for the devices placed after the disks.
+    pub pci: Arc<Mutex<PciBus>>,
+    /// What is left of the 32-bit hole for their BARs.
+    pub bars: BarAllocator,
 }
 
 /// Takes every disk's layer fds from `fds`, in `config.disks` order.
@@ -72,7 +75,8 @@ pub fn attach(
         return Err(BuildError::Disk(format!("{} disks; at most {MAX_DISKS} are possible", disks.len())));
     }
     let mut bars = BarAllocator::default();
-    let mut out = Disks::default();
+    let mut out =
+        Disks { info: Vec::new(), workers: Vec::new(), balloon: None, pci: pci.clone(), bars: Default::default() };
     for (config, layers) in disks.iter().zip(layers) {
         let DiskDevice::VirtioBlk = config.device;
         if config.layers == 0 || config.layers > MAX_LAYERS {
@@ -107,5 +111,6 @@ pub fn attach(
     if let Some(config) = balloon {
         out.balloon = Some(super::balloon::attach(vm, memory, bus, &pci, &mut bars, config)?);
     }
+    out.bars = bars;
     Ok(out)
 }

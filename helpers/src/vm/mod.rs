@@ -11,6 +11,7 @@ pub mod confine;
 pub mod control;
 pub mod disks;
 pub mod machine;
+pub mod nets;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,7 @@ pub fn run(
         initrd: fds.take(FdRole::Initrd),
         disks: disks::take_layers(config, &mut fds)?,
         memory: fds.take(FdRole::GuestMemory),
+        taps: nets::take_taps(config, &mut fds)?,
     };
     let built = builder::build(config, files)?;
     // Everything that needs privilege or a path is done: confine the
@@ -83,6 +85,12 @@ pub fn run(
         .map(|worker| worker.spawn(format!("helper-io{index}"), move || confine::io_thread(index)))
         .transpose()
         .map_err(VmError::Eventfd)?;
+    // Each network interface's thread, under the `net` filter.
+    let mut net_threads = Vec::with_capacity(built.nets.len());
+    for (index, worker) in built.nets.into_iter().enumerate() {
+        let name = format!("helper-net{index}");
+        net_threads.push(worker.spawn(name, move || confine::net_thread(index)).map_err(VmError::Eventfd)?);
+    }
     let mut events = EventLoop::new()?;
     events.add_subscriber(Box::new(built.console))?;
     // The console's fds go to the device that owns them.
@@ -130,7 +138,7 @@ pub fn run(
     if let Err(e) = machine.end() {
         eprintln!("libvirt-helper: {e}");
     }
-    drop((io_threads, balloon_thread, devices, events));
+    drop((io_threads, balloon_thread, net_threads, devices, events));
     Ok(match outcome? {
         control::Ended::Broker(reason, detail) => (reason, detail),
         control::Ended::Vcpu => vcpu_reason.unwrap_or((StopReason::Failed, "vCPU ended".into())),
