@@ -221,6 +221,8 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         // Waits for the pass in flight, if any: a reset completes after it.
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // The thread looks at the tap again (a starved one had stopped), to drop what comes.
+        let _ = self.wake.write(1);
     }
 }
 
@@ -524,6 +526,17 @@ mod tests {
         r.submit(TX, &[(0x10000, 72, 0)]);
         r.worker.serve();
         assert_eq!(r.sent(), [frame(1)]);
+    }
+
+    #[test]
+    fn an_avail_index_past_the_ring_breaks_the_device_without_spinning() {
+        let mut r = rig(nic(), 0);
+        r.mem.write_obj(1000u16, GuestAddress(RINGS[TX][1] + 2)).unwrap();
+        r.worker.serve();
+        assert_eq!(r.irq.broken.load(Ordering::SeqCst), 1);
+        assert!(r.worker.active.lock().unwrap().is_none(), "it stops until reset");
+        r.worker.serve();
+        assert_eq!(r.irq.broken.load(Ordering::SeqCst), 1, "and stays quiet");
     }
 
     #[test]

@@ -225,6 +225,7 @@ impl Datapath {
         let mut n = 0;
         loop {
             queue.disable_notification(mem)?;
+            pending(mem, queue)?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 self.transmit_one(mem, chain, features, link_up);
@@ -295,7 +296,7 @@ impl Datapath {
         let mut pass = Pass::default();
         queue.disable_notification(mem)?;
         for _ in 0..BATCH {
-            if queue.avail_idx(mem, Ordering::Acquire)? == Wrapping(queue.next_avail()) {
+            if pending(mem, queue)? == 0 {
                 // Out of buffers: ask for a kick when the guest adds some.
                 if queue.enable_notification(mem)? {
                     continue;
@@ -363,6 +364,15 @@ impl Datapath {
         }
         true
     }
+}
+
+/// How many chains the driver has made available and the device not taken.
+/// More than the queue holds is a corrupt ring (from which virtio-queue pops
+/// nothing while its notification check still says there is work, which
+/// would spin): the device needs a reset.
+fn pending(mem: &GuestMemoryMmap, queue: &Queue) -> Result<u16, Broken> {
+    let ahead = (queue.avail_idx(mem, Ordering::Acquire)? - Wrapping(queue.next_avail())).0;
+    if ahead > queue.size() { Err(Broken) } else { Ok(ahead) }
 }
 
 /// Checks a transmit header against the frame and the features, and clears
