@@ -284,6 +284,22 @@ impl Guest {
         all.remove(0)
     }
 
+    fn power_off(mut self) {
+        self.console.write_all(b"poweroff\r").unwrap();
+        loop {
+            match self.event(T) {
+                HelperEvent::Stopped { reason, detail } => {
+                    assert_eq!(reason, StopReason::PowerOff, "{detail}");
+                    break;
+                }
+                HelperEvent::IoError { .. } | HelperEvent::Balloon(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let status = nix::sys::wait::waitpid(self.pid, None).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(self.pid, 0), "no signal ended it");
+    }
+
     fn alive(&mut self) {
         let out = self.run("echo still here");
         assert!(out.contains("still here"), "{out}");
@@ -383,6 +399,8 @@ fn an_interface_runs_on_its_own_confined_thread_and_drops_frames_with_its_link_d
     // An unknown alias changes nothing and still gets the interfaces' counters.
     let all = g.net_stats(HelperCommand::SetLink { alias: "net9".into(), up: false });
     assert_eq!((all.len(), all[0].link_up), (1, true), "{all:?}");
+    // The network thread ends under its filter too: the helper reports the power-off.
+    g.power_off();
 }
 
 /// Re-runs this test binary's `net_probe_entry` with `kind`, in a child process.
