@@ -538,3 +538,31 @@ fn guest_malformed_chain_is_counted_and_the_helper_lives() {
     g.alive();
     assert!(ns.ping(GUEST_IP, 2), "the device goes on");
 }
+
+#[test]
+#[ignore = "needs the test guest's virtio-net driver; run with --ignored guest_ once it is merged"]
+fn guest_udp_round_trips_reach_a_host_echo_server() {
+    if !can_run() {
+        return;
+    }
+    let (ns, _tap, mut g) = net_guest("udprr");
+    let socket = ns.inside(|| std::net::UdpSocket::bind(format!("{HOST_IP}:7007")).unwrap());
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut seen = 0;
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            socket.send_to(&buf[..n], from).unwrap();
+            seen += 1;
+            if seen == 20 {
+                break;
+            }
+        }
+        seen
+    });
+    let out = g.run(&format!("udprr {HOST_IP} 7007 20"));
+    assert_eq!(echo.join().unwrap(), 20, "every request reached the host: {out}");
+    assert!(out.chars().any(|c| c.is_ascii_digit()), "it prints the elapsed time: {out}");
+    let c = g.stats();
+    assert!(c.tx_packets >= 20 && c.rx_packets >= 20, "{c:?}");
+}
