@@ -2,7 +2,7 @@
 //! tap the broker made, served by the interface's own thread ([`Worker`],
 //! `helper-net<N>`, under the `net` filter), never a vCPU thread.
 //!
-//! Offered: VERSION_1, MAC (the domain XML's), STATUS (link state the host
+//! Offered: VERSION_1, MAC (the domain XML's), MRG_RXBUF, STATUS (link state the host
 //! sets with [`Control::set_link`]; a change raises a configuration
 //! interrupt), MTU when the domain sets one, and the checksum and TSO
 //! offloads only when the tap takes them all (TUNSETOFFLOAD), else none.
@@ -135,7 +135,7 @@ impl Net {
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared { link_up: AtomicBool::new(config.link_up), counters: counters.clone() });
-        let mut features = F_MAC | F_STATUS;
+        let mut features = F_MAC | F_STATUS | datapath::F_MRG_RXBUF;
         if config.mtu.is_some() {
             features |= F_MTU;
         }
@@ -334,7 +334,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use vm_memory::{Bytes, GuestAddress};
 
-    use super::datapath::{F_CSUM, HDR_LEN};
+    use super::datapath::{F_CSUM, F_MRG_RXBUF, HDR_LEN};
     use super::*;
 
     const WRITE: u16 = 2;
@@ -580,6 +580,42 @@ mod tests {
     }
 
     #[test]
+    fn a_merged_frame_spans_buffers_and_waits_until_there_are_enough() {
+        let mut r = rig(nic(), F_MRG_RXBUF);
+        r.inject(&frame(11));
+        r.submit(RX, &[(0x20000, 30, WRITE)]);
+        r.submit(RX, &[(0x21000, 30, WRITE)]);
+        r.worker.serve();
+        assert!(r.used(RX).is_empty(), "two buffers of 30 cannot hold 72 bytes: nothing taken");
+        assert!(r.worker.starved);
+        r.submit(RX, &[(0x22000, 30, WRITE)]);
+        r.worker.serve();
+        assert_eq!(r.used(RX), [(0, 30), (1, 30), (2, 12)]);
+        let mut got = [0u8; 90];
+        for (i, at) in [0x20000u64, 0x21000, 0x22000].iter().enumerate() {
+            r.mem.read_slice(&mut got[i * 30..(i + 1) * 30], GuestAddress(*at)).unwrap();
+        }
+        assert_eq!(&got[10..12], &[3, 0], "num_buffers");
+        assert_eq!(got[12..72], frame(11)[12..]);
+        // One buffer that holds it all: num_buffers 1.
+        r.inject(&frame(12));
+        r.submit(RX, &[(0x30000, 1526, WRITE)]);
+        r.worker.serve();
+        assert_eq!(r.used(RX)[3], (3, 72));
+        let mut hdr = [0u8; 12];
+        r.mem.read_slice(&mut hdr, GuestAddress(0x30000)).unwrap();
+        assert_eq!(&hdr[10..12], &[1, 0]);
+        // A readable buffer among them: the frame is counted, the chains given back empty.
+        r.inject(&frame(13));
+        r.submit(RX, &[(0x20000, 30, WRITE)]);
+        r.submit(RX, &[(0x21000, 60, 0)]);
+        r.worker.serve();
+        assert_eq!(r.used(RX)[4..], [(4, 0), (5, 0)]);
+        let c = r.counters();
+        assert_eq!((c.rx_packets, c.rx_bytes, c.rx_errs, c.rx_drop), (2, 120, 1, 0), "{c:?}");
+    }
+
+    #[test]
     fn a_frame_waits_in_the_tap_until_the_guest_gives_a_buffer() {
         let mut r = rig(nic(), 0);
         r.inject(&frame(8));
@@ -625,7 +661,7 @@ mod tests {
     #[test]
     fn the_configuration_shows_mac_and_mtu_and_a_socket_gets_no_offloads() {
         let r = rig(NicConfig { mtu: Some(9000), ..nic() }, 0);
-        assert_eq!(r.net.features(), F_MAC | F_STATUS | F_MTU, "a non-tap takes no offloads");
+        assert_eq!(r.net.features(), F_MAC | F_STATUS | F_MTU | F_MRG_RXBUF, "a non-tap takes no offloads");
         let mut c = [0u8; 12];
         r.net.read_config(0, &mut c);
         assert_eq!(&c[..6], &[0x52, 0x54, 0, 1, 2, 3]);

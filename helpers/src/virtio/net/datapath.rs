@@ -12,7 +12,8 @@
 //! in all, or more than [`MAX_FRAME`] bytes after the header, and the frame
 //! is dropped and counted in `tx_errs`; its header must ask only for the
 //! offloads the driver negotiated, with checksum offsets inside the frame.
-//! A receive chain must be device-writable only and hold the whole frame.
+//! A receive chain must be device-writable only and hold the whole frame
+//! (with MRG_RXBUF: the frame waits until enough chains together hold it).
 //! Nothing is read or written outside guest RAM (vm-memory's checked
 //! accesses), and a broken chain costs the guest one frame, never the helper.
 
@@ -50,6 +51,9 @@ pub const F_GUEST_TSO6: u64 = 1 << 8;
 pub const F_HOST_TSO4: u64 = 1 << 11;
 /// VIRTIO_NET_F_HOST_TSO6: the guest may send TCPv6 super-frames.
 pub const F_HOST_TSO6: u64 = 1 << 12;
+/// VIRTIO_NET_F_MRG_RXBUF: a received frame may span several buffers,
+/// `num_buffers` in its header saying how many.
+pub const F_MRG_RXBUF: u64 = 1 << 15;
 /// Every offload feature, offered together or not at all.
 pub const OFFLOADS: u64 = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6;
 
@@ -195,6 +199,11 @@ pub struct Datapath {
     /// One frame with its header, and a byte more to tell an oversized
     /// frame from a full one.
     frame: Vec<u8>,
+    /// The length of a frame in `frame` that waits for more buffers
+    /// (merged receive buffers only).
+    held: Option<usize>,
+    /// The buffers a merged frame goes into: (chain head, address, length).
+    segments: Vec<(u16, u64, u32)>,
 }
 
 fn u16_at(b: &[u8], at: usize) -> usize {
@@ -204,7 +213,7 @@ fn u16_at(b: &[u8], at: usize) -> usize {
 impl Datapath {
     /// A data path over `tap`, counting into `counters`.
     pub fn new(tap: Tap, counters: std::sync::Arc<Counters>) -> Datapath {
-        Datapath { tap, counters, frame: vec![0; HDR_LEN + MAX_FRAME + 1] }
+        Datapath { tap, counters, frame: vec![0; HDR_LEN + MAX_FRAME + 1], held: None, segments: Vec::new() }
     }
 
     /// The tap.
@@ -304,12 +313,27 @@ impl Datapath {
                 pass.starved = true;
                 return Ok(pass);
             }
-            let len = match self.tap.read(&mut self.frame) {
+            let len = match self.held.take().map_or_else(|| self.tap.read(&mut self.frame), Ok) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Empty (EAGAIN), or a tap that failed: poll says when to come back.
                 Err(_) => return Ok(pass),
             };
+            if features & F_MRG_RXBUF != 0 {
+                let seen = queue.avail_idx(mem, Ordering::Acquire)?;
+                if self.deliver_merged(mem, queue, len, features)? {
+                    pass.used = true;
+                    continue;
+                }
+                // Not buffers enough for it: it waits for the guest's next ones.
+                self.held = Some(len);
+                queue.enable_notification(mem)?;
+                if queue.avail_idx(mem, Ordering::Acquire)? != seen {
+                    continue;
+                }
+                pass.starved = true;
+                return Ok(pass);
+            }
             let chain = queue.pop_descriptor_chain(mem).ok_or(Broken)?;
             let head = chain.head_index();
             let written = self.deliver(mem, chain, len, features);
@@ -352,9 +376,83 @@ impl Datapath {
         len as u32
     }
 
+    /// Writes the frame of `len` bytes across as many of the guest's chains
+    /// as it needs (merged receive buffers); `false`, with nothing taken, if
+    /// the guest has not given enough. A frame that cannot be delivered is
+    /// counted in `rx_errs` and every chain it took given back empty.
+    fn deliver_merged(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue, len: usize, f: u64) -> Result<bool, Broken> {
+        let c = std::sync::Arc::clone(&self.counters);
+        if !(HDR_LEN + ETH_HLEN..=HDR_LEN + MAX_FRAME).contains(&len) || !rx_header_fix(&mut self.frame, f) {
+            bump(&c.rx_errs, 1);
+            return Ok(true);
+        }
+        self.segments.clear();
+        let (mut capacity, mut chains, mut heads_ok) = (0usize, 0u16, true);
+        while capacity < len {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                if pending(mem, queue)? != 0 {
+                    return Err(Broken);
+                }
+                // Give back what was taken: the same chains are popped again.
+                queue.set_next_avail(queue.next_avail().wrapping_sub(chains));
+                return Ok(false);
+            };
+            chains += 1;
+            let head = chain.head_index();
+            // A chain with no room still counts as a buffer: it is given back empty.
+            self.segments.push((head, 0, 0));
+            for (i, d) in chain.enumerate() {
+                if i >= MAX_DESCS || !d.is_write_only() {
+                    heads_ok = false;
+                    break;
+                }
+                self.segments.push((head, d.addr().0, d.len()));
+                capacity += d.len() as usize;
+            }
+            if !heads_ok {
+                break;
+            }
+        }
+        self.frame[10..12].copy_from_slice(&chains.to_le_bytes());
+        // Scatter, counting what each chain got.
+        let (mut done, mut ok) = (0usize, heads_ok);
+        let mut used: Vec<(u16, u32)> = Vec::with_capacity(usize::from(chains));
+        for &(head, addr, seg_len) in &self.segments {
+            if used.last().is_none_or(|(h, _)| *h != head) {
+                used.push((head, 0));
+            }
+            let n = (seg_len as usize).min(len - done);
+            if !ok || n == 0 {
+                continue;
+            }
+            if mem.write_slice(&self.frame[done..done + n], vm_memory::GuestAddress(addr)).is_err() {
+                ok = false;
+                continue;
+            }
+            done += n;
+            if let Some(last) = used.last_mut() {
+                last.1 += n as u32;
+            }
+        }
+        let ok = ok && done == len;
+        for (head, written) in used {
+            queue.add_used(mem, head, if ok { written } else { 0 })?;
+        }
+        if ok {
+            bump(&c.rx_packets, 1);
+            bump(&c.rx_bytes, (len - HDR_LEN) as u64);
+        } else {
+            bump(&c.rx_errs, 1);
+        }
+        Ok(true)
+    }
+
     /// Reads and drops up to a batch of frames from the tap (link down, or
     /// no driver), counting them; `true` if the tap may hold more.
     pub fn discard(&mut self) -> bool {
+        if self.held.take().is_some() {
+            bump(&self.counters.rx_drop, 1);
+        }
         for _ in 0..BATCH {
             match self.tap.read(&mut self.frame) {
                 Ok(_) => bump(&self.counters.rx_drop, 1),
