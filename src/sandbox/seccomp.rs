@@ -22,6 +22,8 @@ pub enum Thread {
     HelperVcpu,
     /// A guest helper's disk I/O threads.
     HelperIo,
+    /// A guest helper's network interface threads.
+    HelperNet,
 }
 
 impl Thread {
@@ -33,6 +35,7 @@ impl Thread {
             Thread::HelperVmm => PolicyFilter::HelperVmm,
             Thread::HelperVcpu => PolicyFilter::HelperVcpu,
             Thread::HelperIo => PolicyFilter::HelperIo,
+            Thread::HelperNet => PolicyFilter::HelperNet,
         }
     }
 
@@ -45,6 +48,7 @@ impl Thread {
             PolicyFilter::HelperVmm => Thread::HelperVmm,
             PolicyFilter::HelperVcpu => Thread::HelperVcpu,
             PolicyFilter::HelperIo => Thread::HelperIo,
+            PolicyFilter::HelperNet => Thread::HelperNet,
         }
     }
 
@@ -56,6 +60,7 @@ impl Thread {
             Thread::HelperVmm => "helper-vmm",
             Thread::HelperVcpu => "helper-vcpu",
             Thread::HelperIo => "helper-io",
+            Thread::HelperNet => "helper-net",
         }
     }
 }

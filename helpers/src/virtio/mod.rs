@@ -1,6 +1,6 @@
 //! virtio devices: the [`VirtioDevice`] trait every device implements, the
 //! virtio-pci modern transport they all plug into ([`pci`]), and the
-//! devices themselves ([`blk`], [`balloon`]).
+//! devices themselves ([`blk`], [`balloon`], [`net`]).
 //!
 //! A device owns its queue eventfds and the thread that serves them; the
 //! transport owns the guest-facing registers, negotiates features, checks
@@ -9,6 +9,7 @@
 
 pub mod balloon;
 pub mod blk;
+pub mod net;
 pub mod pci;
 
 use std::sync::Arc;

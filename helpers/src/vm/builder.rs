@@ -17,6 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::disks::{self, DiskInfo};
 use super::machine::Machine;
+use super::nets;
+use super::pci_plug::PciPlug;
 use crate::boot::{self, BootError};
 use crate::bus::{Bus, BusError, Space};
 use crate::cpu;
@@ -83,6 +85,9 @@ pub enum BuildError {
     /// A disk could not be set up.
     #[error("{0}")]
     Disk(String),
+    /// A network interface could not be set up.
+    #[error("{0}")]
+    Nic(String),
 }
 
 fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BuildError {
@@ -101,6 +106,8 @@ pub struct BootFiles {
     pub disks: Vec<Vec<OwnedFd>>,
     /// Guest RAM the broker made (memfd, huge pages), if the domain asks.
     pub memory: Option<OwnedFd>,
+    /// Each interface's tap, in `GuestConfig::nics` order.
+    pub taps: Vec<OwnedFd>,
 }
 
 /// The devices the control loop acts on by name, beside the bus.
@@ -117,6 +124,8 @@ pub struct Devices {
     pub io_errors: Option<Arc<EventFd>>,
     /// The balloon, for `SetBalloon` and `BalloonStats`.
     pub balloon: Option<crate::virtio::balloon::Control>,
+    /// The network interfaces, for `NetStats` and `SetLink`.
+    pub nics: Vec<crate::virtio::net::Control>,
 }
 
 /// A VM ready to run.
@@ -135,6 +144,8 @@ pub struct Built {
     pub workers: Vec<Worker>,
     /// The balloon's thread, to start once the process is confined.
     pub balloon: Option<crate::virtio::balloon::Worker>,
+    /// The network interfaces' threads, to start once the process is confined.
+    pub nets: Vec<crate::virtio::net::Worker>,
 }
 
 /// Builds the guest `config` describes from `files`.
@@ -183,10 +194,10 @@ pub fn build(config: &GuestConfig, files: BootFiles) -> Result<Built, BuildError
         config.vcpus,
     )?;
     let stopping = Arc::new(AtomicBool::new(false));
-    let (devices, workers, balloon) = devices(&machine, config, files.disks)?;
+    let (devices, workers, balloon, nets) = devices(&machine, config, files.disks, files.taps)?;
     let console = ConsoleIo::new(devices.serial.clone(), stopping.clone());
     let vcpus = vcpus(&kvm_fd, &machine, config, entry, &devices.bus)?;
-    Ok(Built { machine, vcpus, devices, console, stopping, workers, balloon })
+    Ok(Built { machine, vcpus, devices, console, stopping, workers, balloon, nets })
 }
 
 /// Locks guest RAM in host memory for `<memoryBacking><locked/>`, before
@@ -238,13 +249,17 @@ pub(super) fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqFd, BuildError> {
     Ok(IrqFd(Arc::new(fd)))
 }
 
+/// What [`devices`] gives: the devices and the threads to start.
+type Assembled = (Devices, Vec<Worker>, Option<crate::virtio::balloon::Worker>, Vec<crate::virtio::net::Worker>);
+
 /// The legacy devices, each with one registration on the port bus, and
-/// the PCI bus with the disks.
+/// the PCI bus with the disks and network interfaces.
 fn devices(
     machine: &Machine,
     config: &GuestConfig,
     disk_files: Vec<Vec<OwnedFd>>,
-) -> Result<(Devices, Vec<Worker>, Option<crate::virtio::balloon::Worker>), BuildError> {
+    taps: Vec<OwnedFd>,
+) -> Result<Assembled, BuildError> {
     let (vm, memory) = (machine.vm(), machine.memory());
     let routes = Arc::new(super::gsi::GsiRoutes::new(machine.vm_weak()));
     let serial = Arc::new(Mutex::new(Serial::new(Arc::new(irq_line(vm, COM1_IRQ)?), ConsoleOut::default())));
@@ -254,10 +269,14 @@ fn devices(
     bus.insert(Space::Pio, i8042::BASE.into(), i8042::LEN, i8042.clone())?;
     bus.insert(Space::Pio, acpi_pm::BASE.into(), acpi_pm::LEN, Arc::new(Mutex::new(acpi_pm::AcpiPm)))?;
     bus.insert(Space::Pio, pvpanic::BASE.into(), pvpanic::LEN, Arc::new(Mutex::new(pvpanic::Pvpanic)))?;
-    let disks = disks::attach(vm, &routes, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
+    let mut disks = disks::attach(vm, &routes, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
+    let pci = disks.pci.clone();
+    let mut plug = PciPlug { vm, routes: &routes, memory, bus: &mut bus, pci: &pci, bars: &mut disks.bars };
+    let (nics, nets) = nets::attach(&mut plug, &config.nics, taps)?;
     let (balloon, balloon_worker) = disks.balloon.map_or((None, None), |(c, w)| (Some(c), Some(w)));
-    let devices = Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info, io_errors: disks.io_errors, balloon };
-    Ok((devices, disks.workers, balloon_worker))
+    let devices =
+        Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info, io_errors: disks.io_errors, balloon, nics };
+    Ok((devices, disks.workers, balloon_worker, nets))
 }
 
 /// Creates and sets up the vCPUs: CPUID with this one's topology (and the

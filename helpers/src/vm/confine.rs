@@ -4,8 +4,8 @@
 //! (`rt_sigaction` is not in any filter), then the sandbox profile (the
 //! guest's ids, no capabilities, no_new_privs, landlock with no
 //! filesystem). Each vCPU thread puts its own filter on before it runs the
-//! guest, and each disk's I/O thread (started after the process is
-//! confined, so it inherits all of it) before it serves a request; the control thread's goes on last, once the vCPU threads exist
+//! guest, and each disk's I/O thread and network interface's thread (started after
+//! the process is confined, so they inherit all of it) before it serves a request; the control thread's goes on last, once the vCPU threads exist
 //! (it allows no `clone`), and is checked from inside.
 
 use libvirtd::sandbox::{self, Profile, SandboxError, Thread, seccomp};
@@ -44,6 +44,13 @@ pub fn vcpu_thread(index: usize) -> Result<(), String> {
 /// opened, only I/O on the fds it has) and its name (`helper-io0`).
 pub fn io_thread(index: usize) -> Result<(), String> {
     seccomp::apply_numbered(Thread::HelperIo, index as u32).map_err(|e| e.to_string())
+}
+
+/// Run first on network interface thread `index`: its filter (no path can
+/// be opened; reads and writes on its tap and eventfds, and the tap's
+/// offloads) and its name (`helper-net0`).
+pub fn net_thread(index: usize) -> Result<(), String> {
+    seccomp::apply_numbered(Thread::HelperNet, index as u32).map_err(|e| e.to_string())
 }
 
 /// The control thread's filter, then a check from inside that all of the

@@ -179,10 +179,14 @@ impl Control<'_> {
                 let figures = self.devices.balloon.as_ref().map(|b| b.figures());
                 self.answer(&HelperEvent::Balloon(figures));
             }
-            HelperCommand::SetLink { .. } | HelperCommand::NetStats => {
-                // No virtio-net device yet: no interfaces to report.
-                self.answer(&HelperEvent::NetStats(Vec::new()));
+            HelperCommand::SetLink { alias, up } => {
+                // An unknown alias changes nothing; the answer shows what there is.
+                if let Some(nic) = self.devices.nics.iter().find(|n| n.alias() == alias) {
+                    nic.set_link(*up);
+                }
+                self.answer(&HelperEvent::NetStats(self.net_stats()));
             }
+            HelperCommand::NetStats => self.answer(&HelperEvent::NetStats(self.net_stats())),
             HelperCommand::SetBalloonPeriod { seconds } => {
                 let figures = self.devices.balloon.as_ref().map(|b| {
                     b.set_period(*seconds);
@@ -196,6 +200,13 @@ impl Control<'_> {
             }
         }
         None
+    }
+}
+
+impl Control<'_> {
+    /// Every interface's counters, read without touching its device.
+    fn net_stats(&self) -> Vec<libvirtd::privsep::helper::NicCounters> {
+        self.devices.nics.iter().map(|n| n.counters()).collect()
     }
 }
 

@@ -34,7 +34,6 @@ pub struct DiskInfo {
 }
 
 /// What the PCI bus and the disks gave the VM.
-#[derive(Default)]
 pub struct Disks {
     /// Per disk, in `GuestConfig::disks` order.
     pub info: Vec<DiskInfo>,
@@ -45,6 +44,10 @@ pub struct Disks {
     pub io_errors: Option<Arc<EventFd>>,
     /// The balloon, if the guest has one, and its thread, not started yet.
     pub balloon: Option<(crate::virtio::balloon::Control, crate::virtio::balloon::Worker)>,
+    /// The PCI bus, for the devices placed after the disks.
+    pub pci: Arc<Mutex<PciBus>>,
+    /// What is left of the 32-bit hole for their BARs.
+    pub bars: BarAllocator,
 }
 
 /// Takes every disk's layer fds from `fds`, in `config.disks` order.
@@ -77,9 +80,15 @@ pub fn attach(
         return Err(BuildError::Disk(format!("{} disks; at most {MAX_DISKS} are possible", disks.len())));
     }
     let mut bars = BarAllocator::default();
-    let mut out = Disks::default();
     let io_errors = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::Eventfd)?);
-    out.io_errors = Some(io_errors.clone());
+    let mut out = Disks {
+        info: Vec::new(),
+        workers: Vec::new(),
+        io_errors: Some(io_errors.clone()),
+        balloon: None,
+        pci: pci.clone(),
+        bars: BarAllocator::default(),
+    };
     for (config, layers) in disks.iter().zip(layers) {
         let DiskDevice::VirtioBlk = config.device;
         if config.layers == 0 || config.layers > MAX_LAYERS {
@@ -99,5 +108,6 @@ pub fn attach(
         let mut plug = PciPlug { vm, routes, memory, bus, pci: &pci, bars: &mut bars };
         out.balloon = Some(super::balloon::attach(&mut plug, config)?);
     }
+    out.bars = bars;
     Ok(out)
 }

@@ -12,6 +12,7 @@ pub mod control;
 pub mod disks;
 pub mod gsi;
 pub mod machine;
+pub mod nets;
 pub mod pci_plug;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -66,6 +67,7 @@ pub fn run(
         initrd: fds.take(FdRole::Initrd),
         disks: disks::take_layers(config, &mut fds)?,
         memory: fds.take(FdRole::GuestMemory),
+        taps: nets::take_taps(config, &mut fds)?,
     };
     let built = builder::build(config, files)?;
     // Everything that needs privilege or a path is done: confine the
@@ -85,6 +87,12 @@ pub fn run(
         .map(|worker| worker.spawn(format!("helper-io{index}"), move || confine::io_thread(index)))
         .transpose()
         .map_err(VmError::Eventfd)?;
+    // Each network interface's thread, under the `net` filter.
+    let mut net_threads = Vec::with_capacity(built.nets.len());
+    for (index, worker) in built.nets.into_iter().enumerate() {
+        let name = format!("helper-net{index}");
+        net_threads.push(worker.spawn(name, move || confine::net_thread(index)).map_err(VmError::Eventfd)?);
+    }
     let mut events = EventLoop::new()?;
     events.add_subscriber(Box::new(built.console))?;
     // The console's fds go to the device that owns them.
@@ -135,7 +143,7 @@ pub fn run(
     if let Err(e) = machine.end() {
         eprintln!("libvirt-helper: {e}");
     }
-    drop((io_threads, balloon_thread, devices, events));
+    drop((io_threads, balloon_thread, net_threads, devices, events));
     Ok(match outcome? {
         control::Ended::Broker(reason, detail) => (reason, detail),
         control::Ended::Vcpu => vcpu_reason.unwrap_or((StopReason::Failed, "vCPU ended".into())),
