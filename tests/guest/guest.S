@@ -3,7 +3,8 @@
  * Linux x86-64 boot protocol (bzImage, 64-bit entry) or through PVH (ELF
  * note, 32-bit entry), report what they were given on COM1, and then serve a
  * line shell on the serial console. It idles in `hlt` with interrupts on:
- * under an emulating KVM a polling loop would burn a host core.
+ * under an emulating KVM a polling loop would burn a host core. (With a
+ * NIC it also wakes for the NICs' interrupts and a 100 Hz PIT tick.)
  *
  * COM1 output:  GUEST-READY / CPUS=<n> / MEM=<MiB> / CMDLINE=<...> /
  *               INITRD=<bytes> / ACPI=<RSDP OEM id> / "> "
@@ -15,8 +16,19 @@
  *               | blkread, blkwrite, blkflush, blkid, blkbad, blkbench
  *                 (virtio-blk: see that section; BLK lines at boot)
  *               | touch MIB | e820 | himem MIB (see the resources block)
+ *               | balloon, balloonbad (see the virtio-balloon block)
+ *               | udpsend A.B.C.D PORT TEXT (UDP SENT | UDP NOARP)
+ *               | udprr A.B.C.D PORT N (UDPRR N=<n> ERRORS=<e> CYCLES=<TSC>)
+ *               | netstat (NETSTAT eth<n> RX=<frames> TX=<frames> DROP=<n>)
+ *               | netbad (a malformed TX chain: NETBAD SENT)
+ *                 (virtio-net: see that block; without a NIC: NET none)
+ * NICs:         after the BLK lines, one line per virtio-net NIC:
+ *               NET eth<n> MAC=<aa:bb:..> IP=<a.b.c.d>|none (ip= or DHCP);
+ *               at the prompt it answers ARP, ICMP echo and UDP to port 7.
+ *               No NIC: no NET line, and it idles exactly as before.
  * Command line: "resetatboot" makes it print RESETTING after CMDLINE= and
- *               reset at once (i8042 0xFE), on every boot.
+ *               reset at once (i8042 0xFE), on every boot. "ip=A.B.C.D/NN"
+ *               is eth0's static address (no DHCP on eth0).
  */
 
         .set COM1, 0x3f8
@@ -766,8 +778,13 @@ bln_nq:      .long 0
  * ICMP echo requests, and UDP datagrams to port 7 (echoed to the sender);
  * it learns the last peer's MAC from ARP and IPv4 frames sent to it. The
  * RX side takes the functions' INTx interrupts (legacy line from PCI
- * config 0x3c, read-to-clear ISR) to leave `hlt`; without a usable line
- * it polls. Every length and option read from a frame is bounded.
+ * config 0x3c; every virtio ISR status is read, which clears it, before
+ * the rings are, so edge and level lines both wake it) to leave `hlt`,
+ * with the PIT at 100 Hz as a backstop; without a usable line it polls.
+ * Every length and option read from a frame is bounded: a frame too short
+ * for its headers, an IPv4 header with options or a length past the
+ * frame, a fragment, a UDP length past the packet, is dropped and counted
+ * (DROP= in netstat); DHCP options are walked inside the datagram only.
  * Shell words (to the NIC whose subnet holds A.B.C.D, else eth0; UDP from
  * port 40000; the next hop, or the gateway DHCP gave, resolved by ARP):
  *   udpsend A.B.C.D PORT TEXT  one datagram: UDP SENT | UDP NOARP
@@ -809,6 +826,7 @@ bln_nq:      .long 0
         .set UDP_LPORT, 40000
         .set WAIT_TSC, 0x18000000       /* ~0.1-0.3 s at 1-3 GHz */
         .set BIG_ADDR, 0x10000000000    /* 1 TiB: beyond any test guest's RAM */
+        .set PIT_DIVISOR, 11932         /* 1193182 Hz / 100 */
 
 /* net_rec: rbx = the record of NIC eax. */
 net_rec:
@@ -1137,6 +1155,7 @@ net_poll:
         pushq %r10
         pushq %r11
         pushq %r12
+        call virtio_isr_clear           /* before the rings: no lost wake-up */
         xorl %r12d, %r12d
 2:      movl %r12d, %eax
         call net_rec
@@ -2001,14 +2020,40 @@ net_irq_setup:
 6:      incl %r12d
         cmpl net_count(%rip), %r12d
         jb 1b
+        /* A backstop for an interrupt a line loses (seen with QEMU on an
+           emulating KVM, where the cascaded 8259 did not always wake the
+           vCPU): the PIT at 100 Hz on IRQ0 wakes the shell to poll. */
+        movb $0x34, %al                 /* channel 0, lo/hi, rate generator */
+        outb %al, $0x43
+        movb $PIT_DIVISOR & 0xff, %al
+        outb %al, $0x40
+        movb $PIT_DIVISOR >> 8, %al
+        outb %al, $0x40
+        inb $0x21, %al
+        andb $0xfe, %al
+        outb %al, $0x21
         popq %r12
         popq %rbx
         sti
 9:      ret
 
-/* isr_net: reads (and so clears) the ISR status of every virtio function
-   that may share the line, then EOIs; the shell polls after waking. */
+/* isr_net: clears the virtio ISR status and EOIs; the shell polls after
+   waking. */
 isr_net:
+        call virtio_isr_clear
+        pushq %rax
+        movb $0x20, %al
+        outb %al, $0xa0
+        outb %al, $0x20
+        popq %rax
+        iretq
+
+/* virtio_isr_clear: reads (and so clears) the ISR status of every virtio
+   function that may share a NIC's line, which lowers it: whatever the
+   devices use after this raises it again, so an edge-triggered line
+   (ours, or one another function holds up) wakes the shell as well as a
+   level-triggered one. Changes no register. */
+virtio_isr_clear:
         pushq %rax
         pushq %rbx
         pushq %rcx
@@ -2042,13 +2087,10 @@ isr_net:
         testq %rax, %rax
         jz 5f
         movb (%rax), %al
-5:      movb $0x20, %al
-        outb %al, $0xa0
-        outb %al, $0x20
-        popq %rcx
+5:      popq %rcx
         popq %rbx
         popq %rax
-        iretq
+        ret
 
         .pushsection .rodata, "a"
 w_udpsend:     .asciz "udpsend "
