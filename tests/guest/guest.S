@@ -770,8 +770,10 @@ bln_nq:      .long 0
  * RX queue (queue 0, VQ_SIZE buffers of 2 KiB posted) and one TX queue
  * (queue 1); every frame carries the 12-byte virtio_net_hdr_v1, zeroed.
  * Its address is `ip=A.B.C.D/NN` from the command line for eth0, else
- * DHCP (DISCOVER/OFFER/REQUEST/ACK, three tries of each, about a third
- * of a second each by the TSC); then it prints
+ * DHCP (DISCOVER/OFFER/REQUEST/ACK, by the TSC: four DISCOVERs waiting
+ * 2, 4, 8, 16 WAIT_TSC, as dnsmasq pings an address for up to 3 s before
+ * it offers it, so about 5 s without a server; then three REQUESTs);
+ * then it prints
  *     NET eth<n> MAC=<aa:bb:cc:dd:ee:ff> IP=<a.b.c.d>|none
  * Without a NIC nothing is printed and nothing changes. While the shell
  * waits for input it answers, on every NIC: ARP requests for its address,
@@ -824,7 +826,7 @@ bln_nq:      .long 0
         .set N_DROP, V_SIZE + 80
         .set N_STRIDE, 128
         .set UDP_LPORT, 40000
-        .set WAIT_TSC, 0x18000000       /* ~0.1-0.3 s at 1-3 GHz */
+        .set WAIT_TSC, 0x18000000       /* ~0.16 s at 2.5 GHz */
         .set BIG_ADDR, 0x10000000000    /* 1 TiB: beyond any test guest's RAM */
         .set PIT_DIVISOR, 11932         /* 1193182 Hz / 100 */
 
@@ -1613,12 +1615,14 @@ dhcp:
         xorl N_MAC+2(%rbx), %eax
         movl %eax, dh_xid(%rip)
         movl $0, dh_server(%rip)
-        movl $1, %r12d                  /* DISCOVER, for an OFFER */
+        movl $1, %r12d                  /* DISCOVER, for an OFFER: ~5 s at most */
         movl $2, %r13d
+        movl $4, %ecx
         call dhcp_exchange
         jc 9f
-        movl $3, %r12d                  /* REQUEST, for an ACK */
+        movl $3, %r12d                  /* REQUEST, for an ACK: ~2 s at most */
         movl $5, %r13d
+        movl $3, %ecx
         call dhcp_exchange
         jc 9f
         movl dh_yiaddr(%rip), %eax
@@ -1631,16 +1635,20 @@ dhcp:
         popq %r12
         ret
 
-/* dhcp_exchange: sends message type r12d (three times at most) until an
-   answer of type r13d comes; CF set if none did. */
+/* dhcp_exchange: sends message type r12d until an answer of type r13d
+   comes, ecx times at most, waiting 2, 4, 8, ... WAIT_TSC after each
+   (dnsmasq pings an address for up to 3 s before it offers it); CF set if
+   none came. */
 dhcp_exchange:
         pushq %r14
-        movl $3, %r14d
+        pushq %r15
+        movl %ecx, %r14d
+        movq $WAIT_TSC * 2, %r15        /* r15: this try's wait */
 1:      movl $0, dh_type(%rip)
         call dhcp_send
         call tsc
-        leaq WAIT_TSC*2(%rax), %rax
-        pushq %rax
+        addq %r15, %rax
+        pushq %rax                      /* the deadline */
 2:      call net_rx
         cmpl %r13d, dh_type(%rip)
         je 3f
@@ -1648,12 +1656,15 @@ dhcp_exchange:
         cmpq (%rsp), %rax
         jb 2b
         popq %rax
+        shlq $1, %r15
         decl %r14d
         jnz 1b
+        popq %r15
         popq %r14
         stc
         ret
 3:      popq %rax
+        popq %r15
         popq %r14
         clc
         ret
