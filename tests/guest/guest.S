@@ -999,7 +999,7 @@ net_static:
         jc 8b
         cmpb $'/', (%rsi)
         jne 8b
-        movl %eax, N_IP(%rbx)
+        movl %eax, %edx                 /* edx: the address */
         incq %rsi
         call parsedec
         cmpq $32, %rax
@@ -1010,6 +1010,7 @@ net_static:
         shlq %cl, %rax                  /* /0: shifted by 32, low half 0 */
         bswapl %eax
         movl %eax, N_MASK(%rbx)
+        movl %edx, N_IP(%rbx)
         movl $0, N_GW(%rbx)
         clc
         ret
