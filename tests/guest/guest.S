@@ -3,7 +3,8 @@
  * Linux x86-64 boot protocol (bzImage, 64-bit entry) or through PVH (ELF
  * note, 32-bit entry), report what they were given on COM1, and then serve a
  * line shell on the serial console. It idles in `hlt` with interrupts on:
- * under an emulating KVM a polling loop would burn a host core.
+ * under an emulating KVM a polling loop would burn a host core. (With a
+ * NIC it also wakes for the NICs' interrupts and a 100 Hz PIT tick.)
  *
  * COM1 output:  GUEST-READY / CPUS=<n> / MEM=<MiB> / CMDLINE=<...> /
  *               INITRD=<bytes> / ACPI=<RSDP OEM id> / "> "
@@ -15,8 +16,19 @@
  *               | blkread, blkwrite, blkflush, blkid, blkbad, blkbench
  *                 (virtio-blk: see that section; BLK lines at boot)
  *               | touch MIB | e820 | himem MIB (see the resources block)
+ *               | balloon, balloonbad (see the virtio-balloon block)
+ *               | udpsend A.B.C.D PORT TEXT (UDP SENT | UDP NOARP)
+ *               | udprr A.B.C.D PORT N (UDPRR N=<n> ERRORS=<e> CYCLES=<TSC>)
+ *               | netstat (NETSTAT eth<n> RX=<frames> TX=<frames> DROP=<n>)
+ *               | netbad (a malformed TX chain: NETBAD SENT)
+ *                 (virtio-net: see that block; without a NIC: NET none)
+ * NICs:         after the BLK lines, one line per virtio-net NIC:
+ *               NET eth<n> MAC=<aa:bb:..> IP=<a.b.c.d>|none (ip= or DHCP);
+ *               at the prompt it answers ARP, ICMP echo and UDP to port 7.
+ *               No NIC: no NET line, and it idles exactly as before.
  * Command line: "resetatboot" makes it print RESETTING after CMDLINE= and
- *               reset at once (i8042 0xFE), on every boot.
+ *               reset at once (i8042 0xFE), on every boot. "ip=A.B.C.D/NN"
+ *               is eth0's static address (no DHCP on eth0).
  */
 
         .set COM1, 0x3f8
@@ -242,7 +254,10 @@ common:
 52:     call newline
         call msix_cmdline               /* "nomsix": see the MSI-X block */
         call blk_init                   /* BLK lines: see the virtio-blk section */
+        movq %r12, %rdi
+        call net_init                   /* NET lines: see the virtio-net block */
         call serial_init_irq
+        call net_irq_setup
 shell:
         leaq msg_prompt(%rip), %rsi
         call puts
@@ -509,136 +524,58 @@ bln_commands:
         leaq w_balloon(%rip), %rdi
         call prefix
         jc bln_cmd
-        jmp .Lunknown_command
+        jmp net_commands                /* the virtio-net block, below */
 
 /* bln_init: finds and sets up the balloon once; CF set if there is none. */
 bln_init:
         cmpl $0, bln_ready(%rip)
         jne 90f
-        movl $1, %r12d                  /* slot 0 is the host bridge */
-91:     movl %r12d, %edi
-        xorl %esi, %esi
-        call pci_read32
-        cmpl $0x10451af4, %eax
-        je 92f
-        incl %r12d
-        cmpl $32, %r12d
-        jb 91b
-        stc
-        ret
-92:     call bln_probe
+        movl $1, %edi                   /* slot 0 is the host bridge */
+        movl $0x10451af4, %edx
+        call pci_find
+        jc 91f
+        movl %edi, %r12d
+        call bln_probe
         cmpl $0, bln_ready(%rip)
         jne 90f
-        stc
+91:     stc
         ret
 90:     clc
         ret
 
 /* bln_probe: sets up the virtio-balloon function in slot r12d. */
 bln_probe:
+        pushq %rbx
+        leaq bln_dev(%rip), %rbx
         movl %r12d, %edi
-        movl $4, %esi
-        call pci_read32
-        orl $6, %eax                    /* memory space, bus master */
-        movl %eax, %ecx
-        call pci_write32
-        movl $0x34, %esi
-        call pci_read32
-        movzbl %al, %r13d               /* r13: capability */
-93:     testl %r13d, %r13d
-        jz 97f
-        movl %r13d, %esi
-        call pci_read32
-        movl %eax, %r14d                /* r14: id, next, len, type */
-        cmpb $0x09, %al
-        jne 96f
-        leal 4(%r13), %esi
-        call pci_read32
-        movzbl %al, %r15d               /* r15: BAR index */
-        leal 8(%r13), %esi
-        call pci_read32
-        movl %eax, %r8d                 /* r8: offset in the BAR */
-        leal 0x10(,%r15,4), %esi
-        call pci_read32
-        movl %eax, %r9d
-        andl $-16, %r9d
-        testb $4, %al                   /* 64-bit BAR: high half next */
-        jz 94f
-        addl $4, %esi
-        call pci_read32
-        shlq $32, %rax
-        orq %rax, %r9
-94:     addq %r8, %r9                   /* r9: the region's address */
-        movl %r14d, %eax
-        shrl $24, %eax
-        cmpl $1, %eax
-        jne 1f
-        movq %r9, bln_common(%rip)
-1:      cmpl $4, %eax
-        jne 2f
-        movq %r9, bln_devcfg(%rip)
-2:      cmpl $2, %eax
-        jne 96f
-        movq %r9, bln_notify(%rip)
-        leal 16(%r13), %esi
-        call pci_read32
-        movl %eax, bln_mult(%rip)
-96:     movl %r14d, %eax
-        shrl $8, %eax
-        movzbl %al, %r13d
-        jmp 93b
-97:     movq bln_common(%rip), %rdi
-        testq %rdi, %rdi
-        jz 98f
-        movb $0, 0x14(%rdi)             /* reset */
-        movb $1, 0x14(%rdi)             /* ACKNOWLEDGE */
-        movb $3, 0x14(%rdi)             /* DRIVER */
-        movl $0, 0x00(%rdi)
-        movl 0x04(%rdi), %eax
-        andl $2, %eax                   /* STATS_VQ, if offered */
+        call vpci_caps
+        jc 98f
+        movl $2, %eax                   /* STATS_VQ, if offered */
+        call vpci_start
+        jc 98f
         movl %eax, bln_stats(%rip)
         shrl $1, %eax
         addl $2, %eax
         movl %eax, bln_nq(%rip)
-        movl $0, 0x08(%rdi)
-        movl bln_stats(%rip), %eax
-        movl %eax, 0x0c(%rdi)           /* STATS_VQ or nothing, and... */
-        movl $1, 0x08(%rdi)
-        movl $1, 0x0c(%rdi)             /* ...VERSION_1 */
-        movb $0x0b, 0x14(%rdi)          /* FEATURES_OK */
-        movb 0x14(%rdi), %al
-        testb $8, %al
-        jz 98f
         xorl %ecx, %ecx                 /* queues 0 (inflate), 1 (deflate), 2 (stats) */
-95:     movw %cx, 0x16(%rdi)
-        movw $VQ_SIZE, 0x18(%rdi)
-        movl %ecx, %eax
+95:     movl %ecx, %eax
         shll $12, %eax
         leaq bln_queues(%rip), %rdx
         addq %rdx, %rax                 /* rax: the queue's page */
-        movl %eax, 0x20(%rdi)           /* descriptors */
-        movl $0, 0x24(%rdi)
-        leaq 0x100(%rax), %rdx
-        movl %edx, 0x28(%rdi)           /* available ring */
-        movl $0, 0x2c(%rdi)
-        leaq 0x200(%rax), %rdx
-        movl %edx, 0x30(%rdi)           /* used ring */
-        movl $0, 0x34(%rdi)
-        movzwl 0x1e(%rdi), %eax         /* queue_notify_off */
-        imull bln_mult(%rip), %eax
-        addq bln_notify(%rip), %rax
+        call vpci_queue
         leaq bln_qnotify(%rip), %rdx
         movq %rax, (%rdx,%rcx,8)
-        movw $1, 0x1c(%rdi)             /* queue_enable */
         incl %ecx
         cmpl bln_nq(%rip), %ecx
         jb 95b
+        movq bln_dev+V_COMMON(%rip), %rdi
         movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
         movl $1, bln_ready(%rip)
         cmpl $0, bln_stats(%rip)
         je 98f
         call bln_stats_post
-98:     ret
+98:     popq %rbx
+        ret
 
 /* bln_stats_post: the statistics buffer, filled, on queue 2 (no wait:
    the device keeps it until the host wants fresh figures). */
@@ -686,16 +623,13 @@ bln_kick:
         movl %edx, 8(%rdi)
         movw $0, 12(%rdi)               /* readable, no next */
         movw $0, 14(%rdi)
-        leaq bln_avail(%rip), %rax
-        movzwl (%rax,%rbx,2), %ecx
-        movl %ecx, %edx
-        andl $VQ_SIZE - 1, %edx
-        movw $0, 0x104(%rdi,%rdx,2)     /* avail.ring[idx] = head 0 */
-        incl %ecx
-        movw %cx, (%rax,%rbx,2)
-        mfence
-        movw %cx, 0x102(%rdi)           /* avail.idx */
-        mfence
+        pushq %r8
+        leaq bln_avail(%rip), %r8
+        leaq (%r8,%rbx,2), %r8
+        xorl %edx, %edx                 /* head 0 */
+        call vq_push
+        movl %eax, %ecx
+        popq %r8
         leaq bln_qnotify(%rip), %rax
         movq (%rax,%rbx,8), %rax
         movw %bx, (%rax)                /* notify */
@@ -716,7 +650,7 @@ bln_fill:
 bln_cmd:
         call bln_init
         jc bln_none
-        movq bln_devcfg(%rip), %rsi
+        movq bln_dev+V_DEVCFG(%rip), %rsi
         movl (%rsi), %r12d              /* r12: the target in pages */
         cmpl $BLN_MAX, %r12d
         jbe .Lbln_loop
@@ -759,7 +693,7 @@ bln_cmd:
         addl %r14d, bln_pages(%rip)
         jmp .Lbln_loop
 .Lbln_done:
-        movq bln_devcfg(%rip), %rsi
+        movq bln_dev+V_DEVCFG(%rip), %rsi
         movl %r13d, 4(%rsi)             /* actual */
         cmpl $0, bln_stats(%rip)
         je 3f
@@ -818,13 +752,10 @@ msg_bln_bad:     .asciz "BALLOONBAD used="
         .align 4096
 bln_queues:  .fill 4096 * 3, 1, 0
 bln_pfns:    .fill 4 * BLN_BATCH, 1, 0
-bln_common:  .quad 0
-bln_devcfg:  .quad 0
-bln_notify:  .quad 0
+bln_dev:     .fill 48, 1, 0           /* its transport record (V_SIZE) */
 bln_qnotify: .quad 0, 0, 0
 bln_mem:     .quad 0
 bln_sbuf:    .fill 20, 1, 0
-bln_mult:    .long 0
 bln_ready:   .long 0
 bln_pages:   .long 0
 bln_avail:   .word 0, 0, 0
@@ -832,6 +763,1387 @@ bln_stats:   .long 0
 bln_nq:      .long 0
         .popsection
 /* ---------------- end of the virtio-balloon block ---------------- */
+
+/* ---------------- virtio-net and a tiny IPv4 stack (issue 16) ----------
+ * At boot (after the BLK lines) each virtio-net function (1af4:1041, or
+ * a transitional 1af4:1000 through its modern interface) in PCI order
+ * becomes ethN: VERSION_1, MAC and STATUS (when offered), one
+ * RX queue (queue 0, VQ_SIZE buffers of 2 KiB posted) and one TX queue
+ * (queue 1); every frame carries the 12-byte virtio_net_hdr_v1, zeroed.
+ * Its address is `ip=A.B.C.D/NN` from the command line for eth0, else
+ * DHCP (DISCOVER/OFFER/REQUEST/ACK, by the TSC: four DISCOVERs waiting
+ * 2, 4, 8, 16 WAIT_TSC, as dnsmasq pings an address for up to 3 s before
+ * it offers it, so about 5 s without a server; then three REQUESTs);
+ * then it prints
+ *     NET eth<n> MAC=<aa:bb:cc:dd:ee:ff> IP=<a.b.c.d>|none
+ * Without a NIC nothing is printed and nothing changes. While the shell
+ * waits for input it answers, on every NIC: ARP requests for its address,
+ * ICMP echo requests, and UDP datagrams to port 7 (echoed to the sender);
+ * it learns the last peer's MAC from ARP and IPv4 frames sent to it. The
+ * RX side takes the functions' INTx interrupts (legacy line from PCI
+ * config 0x3c; every virtio ISR status is read, which clears it, before
+ * the rings are, so edge and level lines both wake it) to leave `hlt`,
+ * with the PIT at 100 Hz as a backstop; without a usable line it polls.
+ * Every length and option read from a frame is bounded: a frame too short
+ * for its headers, an IPv4 header with options or a length past the
+ * frame, a fragment, a UDP length past the packet, is dropped and counted
+ * (DROP= in netstat); DHCP options are walked inside the datagram only.
+ * Shell words (to the NIC whose subnet holds A.B.C.D, else eth0; UDP from
+ * port 40000; the next hop, or the gateway DHCP gave, resolved by ARP):
+ *   udpsend A.B.C.D PORT TEXT  one datagram: UDP SENT | UDP NOARP
+ *   udprr A.B.C.D PORT N       N round trips against an echo server, each
+ *                              waiting up to ~1/3 s for the answer:
+ *                              UDPRR N=<n> ERRORS=<lost> CYCLES=<TSC cycles>
+ *   netstat                    NETSTAT eth<n> RX=<frames> TX=<frames>
+ *                              DROP=<frames dropped as malformed>
+ *   netbad                     a TX chain whose header descriptor has 6
+ *                              bytes (not 12) and whose frame lies at
+ *                              1 TiB, beyond RAM: NETBAD SENT
+ * Without a NIC these print NET none.
+ */
+        .set NET_ID, 0x10411af4
+        .set NET_ID_TRANSITIONAL, 0x10001af4    /* QEMU's default: driven as modern */
+        .set MAX_NET, 4
+        .set NET_MEM, 0x8000            /* per NIC: RX, TX queue pages, TX buffer, RX buffers */
+        .set NM_TXQ, 0x1000
+        .set NM_TXBUF, 0x2000
+        .set NM_RXBUF, 0x4000           /* VQ_SIZE buffers of RXBUF_LEN */
+        .set RXBUF_LEN, 2048
+        .set VNET_HDR, 12
+        .set N_RXQ, V_SIZE              /* the RX queue's page (and the NIC's memory) */
+        .set N_RXNOT, V_SIZE + 8
+        .set N_TXNOT, V_SIZE + 16
+        .set N_RXAV, V_SIZE + 24        /* 16-bit available indexes, last used seen */
+        .set N_RXLAST, V_SIZE + 26
+        .set N_TXAV, V_SIZE + 28
+        .set N_MAC, V_SIZE + 32         /* 6 bytes */
+        .set N_IP, V_SIZE + 40          /* addresses in network byte order */
+        .set N_MASK, V_SIZE + 44
+        .set N_GW, V_SIZE + 48
+        .set N_PEERIP, V_SIZE + 52
+        .set N_PEERMAC, V_SIZE + 56     /* 6 bytes */
+        .set N_RX, V_SIZE + 64
+        .set N_TX, V_SIZE + 72
+        .set N_DROP, V_SIZE + 80
+        .set N_STRIDE, 128
+        .set UDP_LPORT, 40000
+        .set WAIT_TSC, 0x18000000       /* ~0.16 s at 2.5 GHz */
+        .set BIG_ADDR, 0x10000000000    /* 1 TiB: beyond any test guest's RAM */
+        .set PIT_DIVISOR, 11932         /* 1193182 Hz / 100 */
+
+/* net_rec: rbx = the record of NIC eax. */
+net_rec:
+        imull $N_STRIDE, %eax, %eax
+        leaq net_table(%rip), %rbx
+        addq %rax, %rbx
+        ret
+
+/* tsc: rax = the time stamp counter. */
+tsc:
+        pushq %rdx
+        rdtsc
+        shlq $32, %rdx
+        orq %rdx, %rax
+        popq %rdx
+        ret
+
+/* net_init: finds and sets up every NIC; rdi = the command line (or 0). */
+net_init:
+        pushq %rbx
+        pushq %r12
+        movq %rdi, net_cmdline(%rip)
+        movl $1, %r12d                  /* slot 0 is the host bridge */
+1:      movl %r12d, %edi
+        cmpl $32, %edi
+        jae 2f
+        xorl %esi, %esi
+        call pci_read32
+        incl %r12d
+        cmpl $NET_ID, %eax
+        je 3f
+        cmpl $NET_ID_TRANSITIONAL, %eax
+        jne 1b
+3:      decl %r12d
+        cmpl $MAX_NET, net_count(%rip)
+        jae 2f
+        call net_probe
+        incl %r12d
+        jmp 1b
+2:      popq %r12
+        popq %rbx
+        ret
+
+/* net_probe: sets up the virtio-net function in slot r12d as the next ethN,
+   finds its address and prints its NET line. */
+net_probe:
+        movl net_count(%rip), %eax
+        call net_rec
+        movl %r12d, %edi
+        call vpci_caps
+        jc 9f
+        movl $0x10020, %eax             /* STATUS (16), MAC (5) */
+        call vpci_start
+        jc 9f
+        movl %eax, %r8d
+        /* The MAC: the device's, or 52:54:00:12:34:(56+n) without one. */
+        movl $0x12005452, N_MAC(%rbx)
+        movl net_count(%rip), %eax
+        shll $8, %eax
+        addl $0x5634, %eax
+        movw %ax, N_MAC+4(%rbx)
+        testl $0x20, %r8d
+        jz 1f
+        movq V_DEVCFG(%rbx), %rsi
+        movl (%rsi), %eax
+        movl %eax, N_MAC(%rbx)
+        movzwl 4(%rsi), %eax
+        movw %ax, N_MAC+4(%rbx)
+1:      movl net_count(%rip), %eax
+        imull $NET_MEM, %eax, %eax
+        leaq net_mem(%rip), %rdx
+        addq %rdx, %rax
+        movq %rax, N_RXQ(%rbx)
+        xorl %ecx, %ecx
+        call vpci_queue                 /* 0: receive */
+        movq %rax, N_RXNOT(%rbx)
+        movq N_RXQ(%rbx), %rax
+        addq $NM_TXQ, %rax
+        movl $1, %ecx
+        call vpci_queue                 /* 1: transmit */
+        movq %rax, N_TXNOT(%rbx)
+        movq V_COMMON(%rbx), %rdi
+        movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
+        /* Every RX buffer posted: descriptor i -> buffer i. */
+        xorl %edx, %edx
+2:      call net_rx_post
+        incl %edx
+        cmpl $VQ_SIZE, %edx
+        jb 2b
+        movq N_RXNOT(%rbx), %rax
+        movw $0, (%rax)
+        incl net_count(%rip)
+        /* Its address: ip= (eth0 only), else DHCP. */
+        cmpl $1, net_count(%rip)        /* eth0? */
+        jne 3f
+        call net_static
+        jnc 4f
+3:      call dhcp
+4:      leaq msg_net(%rip), %rsi
+        call puts
+        movl net_count(%rip), %eax
+        decl %eax
+        call putdec
+        leaq msg_mac(%rip), %rsi
+        call puts
+        leaq N_MAC(%rbx), %rsi
+        call putmac
+        leaq msg_ipeq(%rip), %rsi
+        call puts
+        movl N_IP(%rbx), %eax
+        testl %eax, %eax
+        jnz 5f
+        leaq msg_none(%rip), %rsi
+        call puts
+        jmp 6f
+5:      call putip
+6:      call newline
+9:      ret
+
+/* net_rx_post: (re)posts RX buffer edx of NIC rbx, without notifying. */
+net_rx_post:
+        pushq %rdx
+        pushq %rcx
+        pushq %r8
+        movq N_RXQ(%rbx), %rdi
+        movl %edx, %eax
+        shll $11, %eax                  /* RXBUF_LEN */
+        leaq NM_RXBUF(%rdi,%rax), %rax
+        movl %edx, %ecx
+        shll $4, %ecx
+        movq %rax, (%rdi,%rcx)          /* addr */
+        movl $RXBUF_LEN, 8(%rdi,%rcx)
+        movw $2, 12(%rdi,%rcx)          /* device-writable */
+        movw $0, 14(%rdi,%rcx)
+        leaq N_RXAV(%rbx), %r8
+        call vq_push
+        popq %r8
+        popq %rcx
+        popq %rdx
+        ret
+
+/* net_static: eth0's address from "ip=A.B.C.D/NN" (at the start of the
+   command line or after a space); CF set if there is none. */
+net_static:
+        movq net_cmdline(%rip), %rsi
+        testq %rsi, %rsi
+        jz 8f
+        movl $1024, %ecx                /* bounded: the command line is short */
+        movb $' ', %dl                  /* the byte before */
+1:      cmpb $0, (%rsi)
+        je 8f
+        cmpb $' ', %dl
+        jne 2f
+        cmpb $'i', (%rsi)
+        jne 2f
+        cmpb $'p', 1(%rsi)
+        jne 2f
+        cmpb $'=', 2(%rsi)
+        je 3f
+2:      movb (%rsi), %dl
+        incq %rsi
+        decl %ecx
+        jnz 1b
+8:      stc
+        ret
+3:      addq $3, %rsi
+        call parse_ip
+        jc 8b
+        cmpb $'/', (%rsi)
+        jne 8b
+        movl %eax, %edx                 /* edx: the address */
+        incq %rsi
+        call parsedec
+        cmpq $32, %rax
+        ja 8b
+        movl $32, %ecx
+        subl %eax, %ecx
+        movq $-1, %rax
+        shlq %cl, %rax                  /* /0: shifted by 32, low half 0 */
+        bswapl %eax
+        movl %eax, N_MASK(%rbx)
+        movl %edx, N_IP(%rbx)
+        movl $0, N_GW(%rbx)
+        clc
+        ret
+
+/* parse_ip: dotted quad at rsi -> eax (network byte order), rsi past it;
+   CF set if it is not one. */
+parse_ip:
+        pushq %rcx
+        pushq %rdx
+        pushq %r8
+        xorl %edx, %edx                 /* the address */
+        xorl %r8d, %r8d                 /* octets done */
+1:      xorl %eax, %eax
+        xorl %ecx, %ecx                 /* digits */
+2:      movzbl (%rsi), %edi
+        subl $'0', %edi
+        cmpl $9, %edi
+        ja 3f
+        imull $10, %eax
+        addl %edi, %eax
+        incq %rsi
+        incl %ecx
+        cmpl $3, %ecx
+        jbe 2b
+        jmp 9f
+3:      testl %ecx, %ecx
+        jz 9f
+        cmpl $255, %eax
+        ja 9f
+        movl %r8d, %ecx
+        shll $3, %ecx
+        shll %cl, %eax
+        orl %eax, %edx
+        incl %r8d
+        cmpl $4, %r8d
+        je 4f
+        cmpb $'.', (%rsi)
+        jne 9f
+        incq %rsi
+        jmp 1b
+4:      movl %edx, %eax
+        popq %r8
+        popq %rdx
+        popq %rcx
+        clc
+        ret
+9:      popq %r8
+        popq %rdx
+        popq %rcx
+        stc
+        ret
+
+/* putip: eax (network byte order) as a.b.c.d. */
+putip:
+        pushq %rbx
+        pushq %r12
+        movl %eax, %ebx
+        movl $4, %r12d
+1:      movzbl %bl, %eax
+        call putdec
+        shrl $8, %ebx
+        decl %r12d
+        jz 2f
+        movb $'.', %al
+        call putc
+        jmp 1b
+2:      popq %r12
+        popq %rbx
+        ret
+
+/* putmac: the 6 bytes at rsi as aa:bb:cc:dd:ee:ff. */
+putmac:
+        pushq %rbx
+        pushq %r12
+        movq %rsi, %rbx
+        movl $6, %r12d
+1:      movzbl (%rbx), %eax
+        shrl $4, %eax
+        call puthexdigit
+        movzbl (%rbx), %eax
+        andl $15, %eax
+        call puthexdigit
+        incq %rbx
+        decl %r12d
+        jz 2f
+        movb $':', %al
+        call putc
+        jmp 1b
+2:      popq %r12
+        popq %rbx
+        ret
+
+puthexdigit:
+        addb $'0', %al
+        cmpb $'9', %al
+        jbe 1f
+        addb $'a' - '9' - 1, %al
+1:      jmp putc
+
+/* csum: eax = the Internet checksum (complemented, ready to store with a
+   16-bit move) of ecx bytes at rsi, added to the partial sum in edx. */
+csum:
+        pushq %rsi
+        pushq %rcx
+        movl %edx, %eax
+1:      cmpl $2, %ecx
+        jb 2f
+        movzwl (%rsi), %edx
+        addl %edx, %eax
+        addq $2, %rsi
+        subl $2, %ecx
+        jmp 1b
+2:      testl %ecx, %ecx
+        jz 3f
+        movzbl (%rsi), %edx
+        addl %edx, %eax
+3:      movl %eax, %edx                 /* fold the carries */
+        shrl $16, %edx
+        andl $0xffff, %eax
+        addl %edx, %eax
+        cmpl $0xffff, %eax
+        ja 3b
+        notl %eax
+        andl $0xffff, %eax
+        popq %rcx
+        popq %rsi
+        ret
+
+/* ---- receiving ---- */
+
+/* net_poll: answers whatever arrived on every NIC; changes no register
+   (the shell's getc calls it with interrupts off). */
+net_poll:
+        cmpl $0, net_count(%rip)
+        jne 1f
+        ret
+1:      pushq %rax
+        pushq %rbx
+        pushq %rcx
+        pushq %rdx
+        pushq %rsi
+        pushq %rdi
+        pushq %r8
+        pushq %r9
+        pushq %r10
+        pushq %r11
+        pushq %r12
+        call virtio_isr_clear           /* before the rings: no lost wake-up */
+        xorl %r12d, %r12d
+2:      movl %r12d, %eax
+        call net_rec
+        call net_rx
+        incl %r12d
+        cmpl net_count(%rip), %r12d
+        jb 2b
+        popq %r12
+        popq %r11
+        popq %r10
+        popq %r9
+        popq %r8
+        popq %rdi
+        popq %rsi
+        popq %rdx
+        popq %rcx
+        popq %rbx
+        popq %rax
+        ret
+
+/* net_rx: handles the used RX buffers of NIC rbx (at most 4 * VQ_SIZE a
+   call), reposting each. */
+net_rx:
+        pushq %r12
+        pushq %r13
+        movl $4 * VQ_SIZE, %r13d
+1:      movq N_RXQ(%rbx), %rdi
+        movzwl 0x202(%rdi), %eax        /* used.idx */
+        movzwl N_RXLAST(%rbx), %ecx
+        cmpw %cx, %ax
+        je 9f
+        decl %r13d
+        js 9f
+        andl $VQ_SIZE - 1, %ecx
+        movl 0x204(%rdi,%rcx,8), %r12d  /* used.ring[]: id */
+        movl 0x208(%rdi,%rcx,8), %ecx   /* len */
+        incw N_RXLAST(%rbx)
+        cmpl $VQ_SIZE, %r12d
+        jae 1b                          /* not ours: nothing to repost */
+        cmpl $RXBUF_LEN, %ecx
+        ja 2f
+        subl $VNET_HDR + 14, %ecx
+        jb 2f
+        addl $14, %ecx                  /* ecx: the Ethernet frame's length */
+        incq N_RX(%rbx)
+        movl %r12d, %esi
+        shll $11, %esi
+        addq N_RXQ(%rbx), %rsi
+        addq $NM_RXBUF + VNET_HDR, %rsi
+        call net_frame
+        jmp 3f
+2:      incq N_DROP(%rbx)
+3:      movl %r12d, %edx
+        call net_rx_post
+        movq N_RXNOT(%rbx), %rax
+        movw $0, (%rax)
+        jmp 1b
+9:      popq %r13
+        popq %r12
+        ret
+
+/* net_frame: one Ethernet frame at rsi of ecx bytes (at least 14) on NIC
+   rbx. Anything malformed or not for us is dropped (counted). */
+net_frame:
+        /* For us: our MAC, or a group address. */
+        testb $1, (%rsi)
+        jnz 1f
+        movl (%rsi), %eax
+        cmpl N_MAC(%rbx), %eax
+        jne .Lnf_ignore
+        movw 4(%rsi), %ax
+        cmpw N_MAC+4(%rbx), %ax
+        jne .Lnf_ignore
+1:      movzwl 12(%rsi), %eax
+        cmpw $0x0608, %ax               /* ARP */
+        je net_arp_in
+        cmpw $0x0008, %ax               /* IPv4 */
+        je net_ip_in
+.Lnf_ignore:
+        ret
+.Lnf_drop:
+        incq N_DROP(%rbx)
+        ret
+
+/* net_learn: the peer is IP eax at the MAC at rdx. */
+net_learn:
+        movl %eax, N_PEERIP(%rbx)
+        movl (%rdx), %eax
+        movl %eax, N_PEERMAC(%rbx)
+        movw 4(%rdx), %ax
+        movw %ax, N_PEERMAC+4(%rbx)
+        ret
+
+net_arp_in:
+        cmpl $42, %ecx
+        jb .Lnf_drop
+        cmpl $0x00080100, 14(%rsi)      /* Ethernet, IPv4 */
+        jne .Lnf_drop
+        cmpw $0x0406, 18(%rsi)          /* 6-byte, 4-byte addresses */
+        jne .Lnf_drop
+        movl N_IP(%rbx), %eax
+        testl %eax, %eax
+        jz .Lnf_ignore
+        cmpl %eax, 38(%rsi)             /* the target: us? */
+        jne .Lnf_ignore
+        movl 28(%rsi), %eax             /* learn the sender */
+        leaq 22(%rsi), %rdx
+        call net_learn
+        cmpw $0x0100, 20(%rsi)          /* a request: answer it */
+        jne .Lnf_ignore
+        leaq 22(%rsi), %rdx
+        movw $0x0608, %ax
+        call eth_start                  /* rdi: the ARP payload */
+        movl $0x00080100, (%rdi)
+        movl $0x02000406, 4(%rdi)       /* sizes, reply */
+        movl N_MAC(%rbx), %eax
+        movl %eax, 8(%rdi)
+        movw N_MAC+4(%rbx), %ax
+        movw %ax, 12(%rdi)
+        movl N_IP(%rbx), %eax
+        movl %eax, 14(%rdi)
+        movl 22(%rsi), %eax
+        movl %eax, 18(%rdi)
+        movw 26(%rsi), %ax
+        movw %ax, 22(%rdi)
+        movl 28(%rsi), %eax
+        movl %eax, 24(%rdi)
+        movl $42, %ecx
+        jmp net_tx
+
+net_ip_in:
+        cmpl $34, %ecx
+        jb .Lnf_drop
+        cmpb $0x45, 14(%rsi)            /* IPv4 without options */
+        jne .Lnf_drop
+        movzwl 16(%rsi), %eax
+        xchgb %al, %ah                  /* total length */
+        cmpl $20, %eax
+        jb .Lnf_drop
+        leal 14(%rax), %edx
+        cmpl %ecx, %edx
+        ja .Lnf_drop
+        movl %edx, %ecx                 /* ecx: the frame without padding */
+        testw $0xff3f, 20(%rsi)         /* a fragment: not handled */
+        jnz .Lnf_drop
+        movzbl 23(%rsi), %edx           /* protocol */
+        movl 30(%rsi), %eax             /* destination */
+        cmpl N_IP(%rbx), %eax
+        je 1f
+        /* Not our address: only DHCP's answers (to 68) while we have none. */
+        cmpl $0, N_IP(%rbx)
+        jne .Lnf_ignore
+        cmpl $17, %edx
+        jne .Lnf_ignore
+        cmpl $42, %ecx
+        jb .Lnf_drop
+        cmpw $0x4400, 36(%rsi)
+        jne .Lnf_ignore
+        jmp dhcp_in
+1:      pushq %rdx
+        movl 26(%rsi), %eax
+        leaq 6(%rsi), %rdx
+        call net_learn
+        popq %rdx
+        cmpl $1, %edx
+        je net_icmp_in
+        cmpl $17, %edx
+        je net_udp_in
+        ret
+
+net_icmp_in:
+        cmpl $42, %ecx
+        jb .Lnf_drop
+        cmpb $8, 34(%rsi)               /* echo request */
+        jne .Lnf_ignore
+        call net_reply_copy             /* rdi: the reply's IP header */
+        movb $0, 20(%rdi)               /* echo reply */
+        movw $0, 22(%rdi)
+        pushq %rsi
+        pushq %rcx
+        leaq 20(%rdi), %rsi
+        subl $34, %ecx
+        xorl %edx, %edx
+        call csum
+        movw %ax, 22(%rdi)
+        popq %rcx
+        popq %rsi
+        jmp net_tx
+
+net_udp_in:
+        cmpl $42, %ecx
+        jb .Lnf_drop
+        movzwl 38(%rsi), %eax
+        xchgb %al, %ah                  /* UDP length */
+        cmpl $8, %eax
+        jb .Lnf_drop
+        leal 34(%rax), %edx
+        cmpl %ecx, %edx
+        ja .Lnf_drop
+        cmpw $0x0700, 36(%rsi)          /* to port 7: echo */
+        je 1f
+        cmpw $0x409c, 36(%rsi)          /* to our port: an answer */
+        jne 2f
+        incl net_udp_got(%rip)
+        ret
+2:      cmpw $0x4400, 36(%rsi)          /* to 68: DHCP */
+        je dhcp_in
+        ret
+1:      call net_reply_copy
+        movl 20(%rdi), %eax             /* swap the ports */
+        roll $16, %eax
+        movl %eax, 20(%rdi)
+        movw $0, 26(%rdi)               /* no UDP checksum */
+        jmp net_tx
+
+/* net_reply_copy: copies the IPv4 frame at rsi (ecx bytes) to NIC rbx's
+   TX buffer addressed back to its sender, with a fresh IP header
+   checksum; rdi = the reply's IP header. */
+net_reply_copy:
+        pushq %rsi
+        pushq %rcx
+        movq N_RXQ(%rbx), %rdi
+        addq $NM_TXBUF + VNET_HDR, %rdi
+        rep movsb
+        popq %rcx
+        popq %rsi
+        movq N_RXQ(%rbx), %rdi
+        addq $NM_TXBUF + VNET_HDR, %rdi
+        movl 6(%rsi), %eax              /* to the sender's MAC */
+        movl %eax, (%rdi)
+        movw 10(%rsi), %ax
+        movw %ax, 4(%rdi)
+        movl N_MAC(%rbx), %eax
+        movl %eax, 6(%rdi)
+        movw N_MAC+4(%rbx), %ax
+        movw %ax, 10(%rdi)
+        addq $14, %rdi
+        movl 26(%rsi), %eax             /* to the sender's address */
+        movl %eax, 16(%rdi)
+        movl N_IP(%rbx), %eax
+        movl %eax, 12(%rdi)
+        movb $64, 8(%rdi)               /* TTL */
+        jmp ip_csum
+
+/* ip_csum: the checksum of the IP header at rdi. */
+ip_csum:
+        pushq %rsi
+        pushq %rcx
+        pushq %rdx
+        movw $0, 10(%rdi)
+        movq %rdi, %rsi
+        movl $20, %ecx
+        xorl %edx, %edx
+        call csum
+        movw %ax, 10(%rdi)
+        popq %rdx
+        popq %rcx
+        popq %rsi
+        ret
+
+/* ---- sending ---- */
+
+/* eth_start: the virtio-net header and an Ethernet header to the MAC at
+   rdx, of type ax (network order), in NIC rbx's TX buffer; rdi = past it. */
+eth_start:
+        movq N_RXQ(%rbx), %rdi
+        addq $NM_TXBUF, %rdi
+        movq $0, (%rdi)                 /* virtio_net_hdr_v1: no offloads */
+        movl $0, 8(%rdi)
+        movw %ax, VNET_HDR + 12(%rdi)
+        movl (%rdx), %eax
+        movl %eax, VNET_HDR(%rdi)
+        movw 4(%rdx), %ax
+        movw %ax, VNET_HDR + 4(%rdi)
+        movl N_MAC(%rbx), %eax
+        movl %eax, VNET_HDR + 6(%rdi)
+        movw N_MAC+4(%rbx), %ax
+        movw %ax, VNET_HDR + 10(%rdi)
+        addq $VNET_HDR + 14, %rdi
+        ret
+
+/* net_tx: sends NIC rbx's TX buffer, an Ethernet frame of ecx bytes after
+   the virtio-net header, and waits (bounded) for the device to use it. */
+net_tx:
+        pushq %rsi
+        pushq %rdi
+        pushq %rdx
+        pushq %rcx
+        pushq %r8
+        pushq %r9
+        movq N_RXQ(%rbx), %rdi
+        leaq NM_TXBUF(%rdi), %rax
+        addq $NM_TXQ, %rdi              /* rdi: the TX queue's page */
+        movq $0, (%rax)                 /* virtio_net_hdr_v1: no offloads */
+        movl $0, 8(%rax)
+        movq %rax, 0(%rdi)              /* descriptor 0 */
+        addl $VNET_HDR, %ecx
+        movl %ecx, 8(%rdi)
+        movl $0, 12(%rdi)               /* readable, no next */
+        movzwl 0x202(%rdi), %r9d        /* used.idx before */
+        xorl %edx, %edx
+        leaq N_TXAV(%rbx), %r8
+        call vq_push
+        movq N_TXNOT(%rbx), %rax
+        movw $1, (%rax)
+        incq N_TX(%rbx)
+        call tsc
+        leaq WAIT_TSC(%rax), %r8
+1:      cmpw 0x202(%rdi), %r9w
+        jne 2f
+        pause
+        call tsc
+        cmpq %r8, %rax
+        jb 1b
+2:      popq %r9
+        popq %r8
+        popq %rcx
+        popq %rdx
+        popq %rdi
+        popq %rsi
+        ret
+
+/* udp_start: Ethernet (to the MAC at rdx), IPv4 (from N_IP to eax) and
+   UDP (from sport r9w to dport r10w, host order) headers for ecx payload
+   bytes in NIC rbx's TX buffer; rdi = the payload. ecx = the frame's
+   length. */
+udp_start:
+        pushq %rax
+        movw $0x0008, %ax
+        call eth_start
+        popq %rax
+        movl %eax, 16(%rdi)             /* destination */
+        movl N_IP(%rbx), %eax
+        movl %eax, 12(%rdi)
+        movw $0x0045, (%rdi)            /* version 4, 20-byte header, TOS 0 */
+        leal 28(%rcx), %eax
+        xchgb %al, %ah
+        movw %ax, 2(%rdi)               /* total length */
+        movl $0, 4(%rdi)                /* id 0, no fragments */
+        movw $0x1140, 8(%rdi)           /* TTL 64, UDP */
+        call ip_csum
+        addq $20, %rdi
+        movw %r9w, %ax
+        xchgb %al, %ah
+        movw %ax, 0(%rdi)
+        movw %r10w, %ax
+        xchgb %al, %ah
+        movw %ax, 2(%rdi)
+        leal 8(%rcx), %eax
+        xchgb %al, %ah
+        movw %ax, 4(%rdi)
+        movw $0, 6(%rdi)                /* no checksum */
+        addq $8, %rdi
+        addl $42, %ecx
+        ret
+
+/* net_resolve: the MAC of next hop eax on NIC rbx, into N_PEERMAC (from
+   the last peer, or by ARP: three requests, each waited for ~1/10 s);
+   CF set if nobody answered. */
+net_resolve:
+        pushq %r12
+        pushq %r13
+        movl %eax, %r12d
+        cmpl %eax, N_PEERIP(%rbx)
+        je 8f
+        movl $3, %r13d
+1:      leaq bcast_mac(%rip), %rdx
+        movw $0x0608, %ax
+        call eth_start
+        movl $0x00080100, (%rdi)
+        movl $0x01000406, 4(%rdi)       /* sizes, request */
+        movl N_MAC(%rbx), %eax
+        movl %eax, 8(%rdi)
+        movw N_MAC+4(%rbx), %ax
+        movw %ax, 12(%rdi)
+        movl N_IP(%rbx), %eax
+        movl %eax, 14(%rdi)
+        movl $0, 18(%rdi)
+        movw $0, 22(%rdi)
+        movl %r12d, 24(%rdi)
+        movl $42, %ecx
+        call net_tx
+        call tsc
+        leaq WAIT_TSC(%rax), %rsi
+        pushq %rsi
+2:      call net_rx
+        cmpl %r12d, N_PEERIP(%rbx)
+        je 7f
+        call tsc
+        cmpq (%rsp), %rax
+        jb 2b
+        popq %rsi
+        decl %r13d
+        jnz 1b
+        popq %r13
+        popq %r12
+        stc
+        ret
+7:      popq %rsi
+8:      popq %r13
+        popq %r12
+        clc
+        ret
+
+/* net_route: for destination eax, rbx = the NIC whose subnet holds it
+   (else eth0) and eax = the next hop (the destination or the gateway). */
+net_route:
+        pushq %rcx
+        pushq %rdx
+        movl %eax, %edx
+        xorl %ecx, %ecx
+1:      movl %ecx, %eax
+        call net_rec
+        movl N_IP(%rbx), %eax
+        xorl %edx, %eax
+        testl N_MASK(%rbx), %eax
+        jnz 2f
+        cmpl $0, N_IP(%rbx)
+        jne 3f
+2:      incl %ecx
+        cmpl net_count(%rip), %ecx
+        jb 1b
+        leaq net_table(%rip), %rbx      /* eth0, through its gateway */
+        movl N_GW(%rbx), %eax
+        testl %eax, %eax
+        jnz 4f
+3:      movl %edx, %eax
+4:      popq %rdx
+        popq %rcx
+        ret
+
+/* udp_send: ecx payload bytes at rsi to eax port r10w from r12 (host
+   order) through NIC rbx, to the MAC in N_PEERMAC. */
+udp_send:
+        pushq %r9
+        movl %r12d, %r9d
+        leaq N_PEERMAC(%rbx), %rdx
+        pushq %rcx
+        call udp_start
+        popq %rax                       /* the payload's length */
+        pushq %rcx
+        movl %eax, %ecx
+        rep movsb
+        popq %rcx
+        popq %r9
+        jmp net_tx
+
+/* ---- DHCP ---- */
+
+/* dhcp: leases an address for NIC rbx (N_IP stays 0 if none). */
+dhcp:
+        pushq %r12
+        pushq %r13
+        call tsc
+        xorl N_MAC+2(%rbx), %eax
+        movl %eax, dh_xid(%rip)
+        movl $0, dh_server(%rip)
+        movl $1, %r12d                  /* DISCOVER, for an OFFER: ~5 s at most */
+        movl $2, %r13d
+        movl $4, %ecx
+        call dhcp_exchange
+        jc 9f
+        movl $3, %r12d                  /* REQUEST, for an ACK: ~2 s at most */
+        movl $5, %r13d
+        movl $3, %ecx
+        call dhcp_exchange
+        jc 9f
+        movl dh_yiaddr(%rip), %eax
+        movl %eax, N_IP(%rbx)
+        movl dh_mask(%rip), %eax
+        movl %eax, N_MASK(%rbx)
+        movl dh_router(%rip), %eax
+        movl %eax, N_GW(%rbx)
+9:      popq %r13
+        popq %r12
+        ret
+
+/* dhcp_exchange: sends message type r12d until an answer of type r13d
+   comes, ecx times at most, waiting 2, 4, 8, ... WAIT_TSC after each
+   (dnsmasq pings an address for up to 3 s before it offers it); CF set if
+   none came. */
+dhcp_exchange:
+        pushq %r14
+        pushq %r15
+        movl %ecx, %r14d
+        movq $WAIT_TSC * 2, %r15        /* r15: this try's wait */
+1:      movl $0, dh_type(%rip)
+        call dhcp_send
+        call tsc
+        addq %r15, %rax
+        pushq %rax                      /* the deadline */
+2:      call net_rx
+        cmpl %r13d, dh_type(%rip)
+        je 3f
+        call tsc
+        cmpq (%rsp), %rax
+        jb 2b
+        popq %rax
+        shlq $1, %r15
+        decl %r14d
+        jnz 1b
+        popq %r15
+        popq %r14
+        stc
+        ret
+3:      popq %rax
+        popq %r15
+        popq %r14
+        clc
+        ret
+
+/* dhcp_send: a BOOTP request of DHCP message type r12d, broadcast. */
+dhcp_send:
+        xorl %eax, %eax
+        decl %eax                       /* to 255.255.255.255 */
+        movl $300, %ecx                 /* the BOOTP minimum */
+        movw $68, %r9w
+        movw $67, %r10w
+        leaq bcast_mac(%rip), %rdx
+        call udp_start
+        pushq %rcx
+        pushq %rdi
+        movl $300, %ecx
+        xorl %eax, %eax
+        rep stosb
+        popq %rdi
+        movl $0x00060101, (%rdi)        /* request, Ethernet, 6, 0 hops */
+        movl dh_xid(%rip), %eax
+        movl %eax, 4(%rdi)
+        movw $0x0080, 10(%rdi)          /* flags: broadcast answers */
+        movl N_MAC(%rbx), %eax
+        movl %eax, 28(%rdi)             /* chaddr */
+        movw N_MAC+4(%rbx), %ax
+        movw %ax, 32(%rdi)
+        movl $0x63538263, 236(%rdi)     /* magic cookie */
+        leaq 240(%rdi), %rsi
+        movw $0x0135, (%rsi)            /* 53: message type */
+        movb %r12b, 2(%rsi)
+        movl $0x03010237, 3(%rsi)       /* 55: want mask (1), router (3) */
+        addq $7, %rsi
+        cmpl $3, %r12d
+        jne 1f
+        movw $0x0432, (%rsi)            /* 50: the address offered */
+        movl dh_yiaddr(%rip), %eax
+        movl %eax, 2(%rsi)
+        movw $0x0436, 6(%rsi)           /* 54: from that server */
+        movl dh_server(%rip), %eax
+        movl %eax, 8(%rsi)
+        addq $12, %rsi
+1:      movb $0xff, (%rsi)              /* end */
+        popq %rcx
+        jmp net_tx
+
+/* dhcp_in: a UDP datagram to port 68 (frame rsi, ecx bytes, lengths
+   checked by the caller up to the UDP header): takes an OFFER or an ACK
+   for our transaction into dh_*; ignores anything else. */
+dhcp_in:
+        movzwl 38(%rsi), %eax
+        xchgb %al, %ah
+        leal 34(%rax), %edx
+        cmpl %ecx, %edx                 /* the UDP length inside the frame? */
+        ja .Lnf_drop
+        subl $8, %eax                   /* eax: BOOTP bytes */
+        cmpl $240, %eax
+        jb .Lnf_drop
+        leaq 42(%rsi), %rdi             /* rdi: BOOTP */
+        cmpb $2, (%rdi)                 /* a reply */
+        jne .Lnf_ignore
+        movl dh_xid(%rip), %edx
+        cmpl %edx, 4(%rdi)
+        jne .Lnf_ignore
+        cmpl $0x63538263, 236(%rdi)
+        jne .Lnf_drop
+        leaq (%rdi,%rax), %r8           /* r8: the end of the options */
+        leaq 240(%rdi), %rdx            /* rdx: the next option */
+        xorl %r9d, %r9d                 /* r9: its message type */
+        movl $0xff, %r10d               /* r10: mask, default /24 */
+        shll $24, %r10d
+        notl %r10d
+        xorl %r11d, %r11d               /* r11: router */
+        pushq %r12
+        xorl %r12d, %r12d               /* r12: server */
+1:      cmpq %r8, %rdx
+        jae 5f
+        movzbl (%rdx), %eax
+        cmpl $0, %eax                   /* pad */
+        jne 2f
+        incq %rdx
+        jmp 1b
+2:      cmpl $255, %eax                 /* end */
+        je 5f
+        leaq 2(%rdx), %rcx
+        cmpq %r8, %rcx
+        ja 5f
+        movzbl 1(%rdx), %ecx            /* the option's length */
+        leaq 2(%rdx,%rcx), %rsi         /* rsi: the option after it */
+        cmpq %r8, %rsi
+        ja 5f
+        cmpl $53, %eax
+        jne 3f
+        cmpl $1, %ecx
+        jb 4f
+        movzbl 2(%rdx), %r9d
+3:      cmpl $4, %ecx                   /* 4-byte options */
+        jb 4f
+        cmpl $1, %eax
+        jne 31f
+        movl 2(%rdx), %r10d
+31:     cmpl $3, %eax
+        jne 32f
+        movl 2(%rdx), %r11d
+32:     cmpl $54, %eax
+        jne 4f
+        movl 2(%rdx), %r12d
+4:      movq %rsi, %rdx
+        jmp 1b
+5:      cmpl $2, %r9d                   /* an OFFER */
+        jne 6f
+        movl 16(%rdi), %eax
+        movl %eax, dh_yiaddr(%rip)
+        movl %r12d, dh_server(%rip)
+        jmp 7f
+6:      cmpl $5, %r9d                   /* an ACK of the address asked */
+        jne 8f
+        movl 16(%rdi), %eax
+        cmpl dh_yiaddr(%rip), %eax
+        jne 8f
+7:      movl %r10d, dh_mask(%rip)
+        movl %r11d, dh_router(%rip)
+        movl %r9d, dh_type(%rip)
+8:      popq %r12
+        ret
+
+/* ---- shell words ---- */
+
+net_commands:
+        leaq linebuf(%rip), %rsi
+        leaq w_udpsend(%rip), %rdi
+        call prefix
+        jc net_udpsend_cmd
+        leaq linebuf(%rip), %rsi
+        leaq w_udprr(%rip), %rdi
+        call prefix
+        jc net_udprr_cmd
+        leaq linebuf(%rip), %rsi
+        leaq w_netstat(%rip), %rdi
+        call prefix
+        jc net_netstat_cmd
+        leaq linebuf(%rip), %rsi
+        leaq w_netbad(%rip), %rdi
+        call prefix
+        jc net_netbad_cmd
+        jmp .Lunknown_command
+
+net_none:
+        leaq msg_net_none(%rip), %rsi
+        call puts
+        jmp shell
+
+/* net_dest: parses "A.B.C.D PORT" at rsi: r13d = the address, r10w = the
+   port, rbx = the NIC, and resolves the next hop; rsi past the port.
+   Returns to the shell itself (after a message) on any failure. */
+net_dest:
+        cmpl $0, net_count(%rip)
+        je 9f
+        call skipsp
+        call parse_ip
+        jc 8f
+        movl %eax, %r13d
+        call skipsp
+        call parsedec
+        movl %eax, %r10d
+        call skipsp
+        pushq %rsi
+        movl %r13d, %eax
+        call net_route
+        pushq %r10
+        call net_resolve
+        popq %r10
+        popq %rsi
+        jc 7f
+        ret
+7:      addq $8, %rsp
+        leaq msg_udp_noarp(%rip), %rsi
+        call puts
+        jmp shell
+8:      addq $8, %rsp
+        jmp .Lunknown_command
+9:      addq $8, %rsp
+        jmp net_none
+
+net_udpsend_cmd:
+        call net_dest
+        movq %rsi, %rdi                 /* the text: the rest of the line */
+        xorl %ecx, %ecx
+1:      cmpb $0, (%rdi,%rcx)
+        je 2f
+        incl %ecx
+        cmpl $126, %ecx
+        jb 1b
+2:      movl %r13d, %eax
+        movl $UDP_LPORT, %r12d
+        call udp_send
+        leaq msg_udp_sent(%rip), %rsi
+        call puts
+        jmp shell
+
+net_udprr_cmd:
+        call net_dest
+        movw %r10w, net_dport(%rip)
+        call parsedec
+        movq %rax, %r14                 /* r14: N */
+        xorl %r15d, %r15d               /* r15: lost */
+        pushq %rbp
+        movq %rax, %rbp                 /* rbp: left */
+        call tsc
+        pushq %rax                      /* the start */
+1:      testq %rbp, %rbp
+        jz 4f
+        movl $0, net_udp_got(%rip)
+        leaq rr_payload(%rip), %rsi
+        movl $8, %ecx
+        movl %r13d, %eax
+        movl $UDP_LPORT, %r12d
+        movw net_dport(%rip), %r10w
+        call udp_send
+        call tsc
+        leaq WAIT_TSC*2(%rax), %rax
+        pushq %rax                      /* the deadline */
+2:      call net_rx
+        cmpl $0, net_udp_got(%rip)
+        jne 3f
+        call tsc
+        cmpq (%rsp), %rax
+        jb 2b
+        incq %r15
+3:      popq %rax
+        decq %rbp
+        jmp 1b
+4:      call tsc
+        popq %rdx
+        popq %rbp
+        subq %rdx, %rax
+        pushq %rax
+        leaq msg_udprr(%rip), %rsi
+        call puts
+        movq %r14, %rax
+        call putdec
+        leaq msg_errors(%rip), %rsi
+        call puts
+        movq %r15, %rax
+        call putdec
+        leaq msg_cycles(%rip), %rsi
+        call puts
+        popq %rax
+        call putdec
+        call newline
+        jmp shell
+
+net_netstat_cmd:
+        cmpl $0, net_count(%rip)
+        je net_none
+        xorl %r12d, %r12d
+1:      movl %r12d, %eax
+        call net_rec
+        leaq msg_netstat(%rip), %rsi
+        call puts
+        movl %r12d, %eax
+        call putdec
+        leaq msg_rxeq(%rip), %rsi
+        call puts
+        movq N_RX(%rbx), %rax
+        call putdec
+        leaq msg_txeq(%rip), %rsi
+        call puts
+        movq N_TX(%rbx), %rax
+        call putdec
+        leaq msg_dropeq(%rip), %rsi
+        call puts
+        movq N_DROP(%rbx), %rax
+        call putdec
+        call newline
+        incl %r12d
+        cmpl net_count(%rip), %r12d
+        jb 1b
+        jmp shell
+
+/* netbad: descriptor 2 (a 6-byte header) chained to descriptor 3 (a frame
+   at 1 TiB) on eth0's TX queue, kicked; a short wait for the device. */
+net_netbad_cmd:
+        cmpl $0, net_count(%rip)
+        je net_none
+        leaq net_table(%rip), %rbx
+        movq N_RXQ(%rbx), %rdi
+        leaq NM_TXBUF(%rdi), %rax
+        addq $NM_TXQ, %rdi
+        movq %rax, 32(%rdi)             /* descriptor 2: the short header */
+        movl $6, 40(%rdi)
+        movw $1, 44(%rdi)               /* NEXT */
+        movw $3, 46(%rdi)
+        movabsq $BIG_ADDR, %rax
+        movq %rax, 48(%rdi)             /* descriptor 3: beyond RAM */
+        movl $64, 56(%rdi)
+        movl $0, 60(%rdi)
+        movl $2, %edx
+        leaq N_TXAV(%rbx), %r8
+        call vq_push
+        movq N_TXNOT(%rbx), %rax
+        movw $1, (%rax)
+        call tsc
+        leaq WAIT_TSC(%rax), %r8
+1:      pause
+        call tsc
+        cmpq %r8, %rax
+        jb 1b
+        leaq msg_netbad(%rip), %rsi
+        call puts
+        jmp shell
+
+/* ---- interrupts ---- */
+
+/* net_irq_setup: each NIC's INTx line to isr_net and unmasked at the
+   8259s (after serial_init_irq); without a usable line the shell polls. */
+net_irq_setup:
+        cmpl $0, net_count(%rip)
+        je 9f
+        cli
+        pushq %rbx
+        pushq %r12
+        xorl %r12d, %r12d
+1:      movl %r12d, %eax
+        call net_rec
+        movl V_IRQ(%rbx), %ecx
+        cmpl $15, %ecx
+        ja 5f
+        cmpl $2, %ecx                   /* 0 timer, 1 keyboard, 2 cascade, 4 COM1 */
+        jbe 5f
+        cmpl $4, %ecx
+        je 5f
+        leal 0x20(%rcx), %eax
+        shll $4, %eax
+        leaq idt(%rip), %rdi
+        addq %rax, %rdi
+        leaq isr_net(%rip), %rax
+        pushq %rcx
+        call set_gate
+        popq %rcx
+        cmpl $8, %ecx
+        jae 2f
+        movl $1, %eax
+        shll %cl, %eax
+        notl %eax
+        movl %eax, %edx
+        inb $0x21, %al
+        andb %dl, %al
+        outb %al, $0x21
+        jmp 6f
+2:      subl $8, %ecx
+        movl $1, %eax
+        shll %cl, %eax
+        notl %eax
+        movl %eax, %edx
+        inb $0xa1, %al
+        andb %dl, %al
+        outb %al, $0xa1
+        inb $0x21, %al
+        andb $0xfb, %al                 /* the cascade */
+        outb %al, $0x21
+        jmp 6f
+5:      movl $1, net_spin(%rip)
+6:      incl %r12d
+        cmpl net_count(%rip), %r12d
+        jb 1b
+        /* A backstop for an interrupt a line loses (seen with QEMU on an
+           emulating KVM, where the cascaded 8259 did not always wake the
+           vCPU): the PIT at 100 Hz on IRQ0 wakes the shell to poll. */
+        movb $0x34, %al                 /* channel 0, lo/hi, rate generator */
+        outb %al, $0x43
+        movb $PIT_DIVISOR & 0xff, %al
+        outb %al, $0x40
+        movb $PIT_DIVISOR >> 8, %al
+        outb %al, $0x40
+        inb $0x21, %al
+        andb $0xfe, %al
+        outb %al, $0x21
+        popq %r12
+        popq %rbx
+        sti
+9:      ret
+
+/* isr_net: clears the virtio ISR status and EOIs; the shell polls after
+   waking. */
+isr_net:
+        call virtio_isr_clear
+        pushq %rax
+        movb $0x20, %al
+        outb %al, $0xa0
+        outb %al, $0x20
+        popq %rax
+        iretq
+
+/* virtio_isr_clear: reads (and so clears) the ISR status of every virtio
+   function that may share a NIC's line, which lowers it: whatever the
+   devices use after this raises it again, so an edge-triggered line
+   (ours, or one another function holds up) wakes the shell as well as a
+   level-triggered one. Changes no register. */
+virtio_isr_clear:
+        pushq %rax
+        pushq %rbx
+        pushq %rcx
+        xorl %ecx, %ecx
+1:      cmpl net_count(%rip), %ecx
+        jae 2f
+        movl %ecx, %eax
+        imull $N_STRIDE, %eax, %eax
+        leaq net_table(%rip), %rbx
+        movq V_ISR(%rbx,%rax), %rax
+        testq %rax, %rax
+        jz 11f
+        movb (%rax), %al
+11:     incl %ecx
+        jmp 1b
+2:      xorl %ecx, %ecx
+3:      cmpl blk_count(%rip), %ecx
+        jae 4f
+        movl %ecx, %eax
+        imull $BLK_STRIDE, %eax, %eax
+        leaq blk_table(%rip), %rbx
+        movq V_ISR(%rbx,%rax), %rax
+        testq %rax, %rax
+        jz 31f
+        movb (%rax), %al
+31:     incl %ecx
+        jmp 3b
+4:      cmpl $0, bln_ready(%rip)
+        je 5f
+        movq bln_dev+V_ISR(%rip), %rax
+        testq %rax, %rax
+        jz 5f
+        movb (%rax), %al
+5:      popq %rcx
+        popq %rbx
+        popq %rax
+        ret
+
+        .pushsection .rodata, "a"
+w_udpsend:     .asciz "udpsend "
+w_udprr:       .asciz "udprr "
+w_netstat:     .asciz "netstat"
+w_netbad:      .asciz "netbad"
+msg_net:       .asciz "NET eth"
+msg_mac:       .asciz " MAC="
+msg_ipeq:      .asciz " IP="
+msg_none:      .asciz "none"
+msg_net_none:  .asciz "NET none\r\n"
+msg_udp_sent:  .asciz "UDP SENT\r\n"
+msg_udp_noarp: .asciz "UDP NOARP\r\n"
+msg_udprr:     .asciz "UDPRR N="
+msg_netstat:   .asciz "NETSTAT eth"
+msg_rxeq:      .asciz " RX="
+msg_txeq:      .asciz " TX="
+msg_dropeq:    .asciz " DROP="
+msg_netbad:    .asciz "NETBAD SENT\r\n"
+bcast_mac:     .byte 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+rr_payload:    .ascii "udprr-00"
+        .popsection
+        .pushsection .bss, "aw", @nobits
+        .align 4096
+net_mem:     .fill NET_MEM * MAX_NET, 1, 0
+net_table:   .fill N_STRIDE * MAX_NET, 1, 0
+net_cmdline: .quad 0
+net_count:   .long 0
+net_spin:    .long 0
+net_udp_got: .long 0
+net_dport:   .word 0
+        .align 4
+dh_xid:      .long 0
+dh_type:     .long 0
+dh_yiaddr:   .long 0
+dh_server:   .long 0
+dh_mask:     .long 0
+dh_router:   .long 0
+        .popsection
+/* ---------------- end of the virtio-net block ---------------- */
 
 /* start_aps: wakes the other CPUs (CPUID leaf 1 says how many) with
    INIT-SIPI through the x2APIC, and waits a bounded time for each to run
@@ -990,12 +2302,18 @@ readline:
 /* getc: next received byte; sleeps in hlt until the UART interrupt. */
 getc:
         cli
+        call net_poll                   /* frames for us, with a NIC */
         movw $COM1 + 5, %dx
         inb %dx, %al
         testb $1, %al
         jnz 24f
+        cmpl $0, net_spin(%rip)         /* a NIC without an interrupt line */
+        jne 28f
         sti
         hlt                             /* sti's shadow: no lost wake-up */
+        jmp getc
+28:     sti
+        pause
         jmp getc
 24:     movw $COM1, %dx
         inb %dx, %al
@@ -1082,6 +2400,189 @@ isr_kbd:
         popq %rax
         iretq
 
+/* ---------------- virtio-pci modern transport (shared) ----------------
+ * The parts every virtio driver here uses: finding a function on bus 0,
+ * reading its vendor capabilities into a transport record, the status and
+ * feature handshake, setting up a queue of VQ_SIZE in one 4 KiB page
+ * (descriptors at 0, available ring at 0x100, used ring at 0x200), and
+ * making a descriptor chain available. A transport record (V_*): */
+        .set V_COMMON, 0                /* common configuration */
+        .set V_NOTIFY, 8                /* notification area */
+        .set V_DEVCFG, 16               /* device configuration */
+        .set V_ISR, 24                  /* ISR status (read clears) */
+        .set V_MULT, 32                 /* notify_off_multiplier (32-bit) */
+        .set V_IRQ, 36                  /* the legacy INTx line (32-bit) */
+        .set V_SIZE, 40
+
+/* pci_find: the first slot from edi on (below 32) whose vendor:device
+   dword is edx, in edi; CF set if none. */
+pci_find:
+        cmpl $32, %edi
+        jae 2f
+        xorl %esi, %esi
+        call pci_read32
+        cmpl %edx, %eax
+        je 1f
+        incl %edi
+        jmp pci_find
+1:      clc
+        ret
+2:      stc
+        ret
+
+/* vpci_caps: turns on memory decoding and bus mastering of the function
+   in slot edi and fills the transport record at rbx from its virtio
+   capabilities (at most 48 followed), and vpci_msix with its MSI-X
+   capability's offset (0: none); CF set without a common config. */
+vpci_caps:
+        pushq %r13
+        pushq %r14
+        pushq %r15
+        movl $4, %esi
+        call pci_read32
+        orl $6, %eax                    /* memory space, bus master */
+        movl %eax, %ecx
+        call pci_write32
+        movl $0x3c, %esi
+        call pci_read32
+        movzbl %al, %eax
+        movl %eax, V_IRQ(%rbx)
+        movq $0, V_COMMON(%rbx)
+        movl $0, vpci_msix(%rip)
+        movl $0x34, %esi
+        call pci_read32
+        movzbl %al, %r13d               /* r13: capability */
+        movl $48, %r15d                 /* r15: capabilities left to follow */
+1:      testl %r13d, %r13d
+        jz 5f
+        decl %r15d
+        jz 5f
+        andl $0xfc, %r13d
+        movl %r13d, %esi
+        call pci_read32
+        movl %eax, %r14d                /* r14: id, next, len, type */
+        cmpb $0x11, %al                 /* MSI-X: its offset for the caller */
+        jne 11f
+        movl %r13d, vpci_msix(%rip)
+11:     cmpb $0x09, %al
+        jne 4f
+        leal 4(%r13), %esi
+        call pci_read32
+        movzbl %al, %ecx                /* BAR index */
+        cmpl $5, %ecx
+        ja 4f
+        leal 8(%r13), %esi
+        call pci_read32
+        movl %eax, %r8d                 /* r8: offset in the BAR */
+        leal 0x10(,%rcx,4), %esi
+        call pci_read32
+        movl %eax, %r9d
+        andl $-16, %r9d
+        testb $4, %al                   /* 64-bit BAR: high half next */
+        jz 2f
+        addl $4, %esi
+        call pci_read32
+        shlq $32, %rax
+        orq %rax, %r9
+2:      addq %r8, %r9                   /* r9: the region's address */
+        movl %r14d, %eax
+        shrl $24, %eax                  /* cfg_type */
+        cmpl $1, %eax
+        jne 3f
+        movq %r9, V_COMMON(%rbx)
+3:      cmpl $3, %eax
+        jne 31f
+        movq %r9, V_ISR(%rbx)
+31:     cmpl $4, %eax
+        jne 32f
+        movq %r9, V_DEVCFG(%rbx)
+32:     cmpl $2, %eax
+        jne 4f
+        movq %r9, V_NOTIFY(%rbx)
+        leal 16(%r13), %esi
+        call pci_read32
+        movl %eax, V_MULT(%rbx)
+4:      movl %r14d, %eax
+        shrl $8, %eax
+        movzbl %al, %r13d
+        jmp 1b
+5:      popq %r15
+        popq %r14
+        popq %r13
+        cmpq $1, V_COMMON(%rbx)         /* CF: none */
+        ret
+
+/* vpci_start: resets the device of record rbx, acknowledges it, and
+   accepts VERSION_1 and those of the low 32 feature bits in eax that it
+   offers (returned in eax); CF set if it is not a VERSION_1 device or
+   refuses FEATURES_OK. */
+vpci_start:
+        pushq %rdx
+        movl %eax, %edx
+        movq V_COMMON(%rbx), %rdi
+        movb $0, 0x14(%rdi)             /* reset */
+        movb $1, 0x14(%rdi)             /* ACKNOWLEDGE */
+        movb $3, 0x14(%rdi)             /* DRIVER */
+        movl $1, 0x00(%rdi)
+        movl 0x04(%rdi), %eax
+        testl $1, %eax                  /* VERSION_1 offered? */
+        jz 1f
+        movl $0, 0x00(%rdi)
+        andl 0x04(%rdi), %edx           /* wanted and offered */
+        movl $0, 0x08(%rdi)
+        movl %edx, 0x0c(%rdi)
+        movl $1, 0x08(%rdi)
+        movl $1, 0x0c(%rdi)             /* VERSION_1 */
+        movb $0x0b, 0x14(%rdi)          /* FEATURES_OK */
+        movb 0x14(%rdi), %al
+        testb $8, %al
+        jz 1f
+        movl %edx, %eax
+        popq %rdx
+        clc
+        ret
+1:      popq %rdx
+        stc
+        ret
+
+/* vpci_queue: queue ecx of record rbx in the page at rax, VQ_SIZE
+   entries, enabled; rax = its notification address. */
+vpci_queue:
+        pushq %rdx
+        movq V_COMMON(%rbx), %rdi
+        movw %cx, 0x16(%rdi)            /* queue_select */
+        movw $VQ_SIZE, 0x18(%rdi)
+        movl %eax, 0x20(%rdi)           /* descriptors */
+        movl $0, 0x24(%rdi)
+        leaq 0x100(%rax), %rdx
+        movl %edx, 0x28(%rdi)           /* available ring */
+        movl $0, 0x2c(%rdi)
+        leaq 0x200(%rax), %rdx
+        movl %edx, 0x30(%rdi)           /* used ring */
+        movl $0, 0x34(%rdi)
+        movzwl 0x1e(%rdi), %eax         /* queue_notify_off */
+        imull V_MULT(%rbx), %eax
+        addq V_NOTIFY(%rbx), %rax
+        movw $1, 0x1c(%rdi)             /* queue_enable */
+        popq %rdx
+        ret
+
+/* vq_push: makes the chain at descriptor edx of the queue page rdi
+   available; r8 points at the driver's 16-bit available index, which it
+   advances. Returns the new index in eax (the caller notifies). */
+vq_push:
+        movzwl (%r8), %eax
+        movl %eax, %ecx
+        andl $VQ_SIZE - 1, %ecx
+        movw %dx, 0x104(%rdi,%rcx,2)    /* avail.ring[idx] = head */
+        incl %eax
+        movw %ax, (%r8)
+        mfence
+        movw %ax, 0x102(%rdi)           /* avail.idx */
+        mfence
+        ret
+/* ---------------- end of the virtio-pci transport ---------------- */
+
 /* ================= virtio-blk: PCI scan and a polling driver ============
  * At boot: maps the 32-bit PCI hole (3-4 GiB, uncached), scans bus 0
  * through 0xCF8/0xCFC for virtio-blk (1af4:1042) functions, sets each up
@@ -1103,16 +2604,15 @@ isr_kbd:
         .set PCI_DATA, 0xcfc
         .set VQ_SIZE, 8
         .set MAX_BLK, 4
-        .set BLK_STRIDE, 64
-        .set D_COMMON, 0
-        .set D_NOTIFY, 8
-        .set D_DEVCFG, 16
-        .set D_CAP, 24
-        .set D_AVAIL, 32                /* next avail idx (16-bit) */
-        .set D_MULT, 36                 /* notify_off_multiplier */
-        .set D_QUEUE, 40                /* the queue's page */
-        .set D_MSIX, 48                 /* MSI-X capability offset (32-bit) */
-        .set D_MSIXON, 52               /* MSI-X in use (byte) */
+        .set BLK_STRIDE, 80
+        .set D_COMMON, V_COMMON         /* a transport record first */
+        .set D_NOTIFY, V_NOTIFY         /* queue 0's, once set up */
+        .set D_DEVCFG, V_DEVCFG
+        .set D_CAP, V_SIZE
+        .set D_AVAIL, V_SIZE + 8        /* next avail idx (16-bit) */
+        .set D_QUEUE, V_SIZE + 16       /* the queue's page */
+        .set D_MSIX, V_SIZE + 24        /* MSI-X capability offset (32-bit) */
+        .set D_MSIXON, V_SIZE + 28      /* MSI-X in use (byte) */
         .set BAD_ADDR, 0xf0000000       /* in the PCI hole: no RAM */
         .set POLL_BOUND, 20000000
 
@@ -1178,15 +2678,14 @@ blk_init:
         call map_pci_hole
         movl $1, %r12d                  /* slot 0 is the host bridge */
 .Lscan: movl %r12d, %edi
-        xorl %esi, %esi
-        call pci_read32
-        cmpl $0x10421af4, %eax
-        jne .Lscan_next
+        movl $0x10421af4, %edx
+        call pci_find
+        jc .Lscan_done
+        movl %edi, %r12d
         call blk_probe
-.Lscan_next:
         incl %r12d
-        cmpl $32, %r12d
-        jb .Lscan
+        jmp .Lscan
+.Lscan_done:
         popq %r15
         popq %r14
         popq %r13
@@ -1203,101 +2702,24 @@ blk_probe:
         leaq blk_table(%rip), %rbx
         addq %rax, %rbx                 /* rbx: this disk's entry */
         movl %r12d, %edi
-        movl $4, %esi
-        call pci_read32
-        orl $6, %eax                    /* memory space, bus master */
-        movl %eax, %ecx
-        call pci_write32
-        movl $0x34, %esi
-        call pci_read32
-        movzbl %al, %r13d               /* r13: capability */
-.Lcap:  testl %r13d, %r13d
-        jz .Lcaps_done
-        movl %r13d, %esi
-        call pci_read32
-        movl %eax, %r14d                /* r14: id, next, len, type */
-        cmpb $0x11, %al                 /* MSI-X: the MSI-X block uses it */
-        jne .Lcap_vendor
-        movl %r13d, D_MSIX(%rbx)
-.Lcap_vendor:
-        cmpb $0x09, %al
-        jne .Lcap_next
-        leal 4(%r13), %esi
-        call pci_read32
-        movzbl %al, %r15d               /* r15: BAR index */
-        leal 8(%r13), %esi
-        call pci_read32
-        movl %eax, %r8d                 /* r8: offset in the BAR */
-        leal 0x10(,%r15,4), %esi
-        call pci_read32
-        movl %eax, %r9d
-        andl $-16, %r9d
-        testb $4, %al                   /* 64-bit BAR: high half next */
-        jz .Lbar32
-        addl $4, %esi
-        call pci_read32
-        shlq $32, %rax
-        orq %rax, %r9
-.Lbar32:
-        addq %r8, %r9                   /* r9: the region's address */
-        movl %r14d, %eax
-        shrl $24, %eax
-        cmpl $1, %eax
-        jne 1f
-        movq %r9, D_COMMON(%rbx)
-1:      cmpl $4, %eax
-        jne 2f
-        movq %r9, D_DEVCFG(%rbx)
-2:      cmpl $2, %eax
-        jne .Lcap_next
-        movq %r9, D_NOTIFY(%rbx)
-        leal 16(%r13), %esi
-        call pci_read32
-        movl %eax, D_MULT(%rbx)
-.Lcap_next:
-        movl %r14d, %eax
-        shrl $8, %eax
-        movzbl %al, %r13d
-        jmp .Lcap
-.Lcaps_done:
-        movq D_COMMON(%rbx), %rdi
-        testq %rdi, %rdi
-        jz .Lprobe_out
-        movb $0, 0x14(%rdi)             /* reset */
-        movb $1, 0x14(%rdi)             /* ACKNOWLEDGE */
-        movb $3, 0x14(%rdi)             /* DRIVER */
-        movl $1, 0x00(%rdi)
-        movl 0x04(%rdi), %eax
-        testl $1, %eax                  /* VERSION_1 offered? */
-        jz .Lprobe_out
-        movl $0, 0x08(%rdi)
-        movl $0x200, 0x0c(%rdi)         /* FLUSH */
-        movl $1, 0x08(%rdi)
-        movl $1, 0x0c(%rdi)             /* VERSION_1 */
-        movb $0x0b, 0x14(%rdi)          /* FEATURES_OK */
-        movb 0x14(%rdi), %al
-        testb $8, %al
-        jz .Lprobe_out
-        movw $0, 0x16(%rdi)             /* queue 0 */
-        movw $VQ_SIZE, 0x18(%rdi)
+        call vpci_caps
+        jc .Lprobe_out
+        movl vpci_msix(%rip), %eax      /* MSI-X: the MSI-X block uses it */
+        movl %eax, D_MSIX(%rbx)
+        movl $0x200, %eax               /* FLUSH */
+        call vpci_start
+        jc .Lprobe_out
         movl blk_count(%rip), %eax
         shll $12, %eax
         leaq blk_queues(%rip), %rcx
         addq %rcx, %rax
         movq %rax, D_QUEUE(%rbx)
-        movl %eax, 0x20(%rdi)           /* descriptors */
-        movl $0, 0x24(%rdi)
-        leaq 0x100(%rax), %rcx
-        movl %ecx, 0x28(%rdi)           /* available ring */
-        movl $0, 0x2c(%rdi)
-        leaq 0x200(%rax), %rcx
-        movl %ecx, 0x30(%rdi)           /* used ring */
-        movl $0, 0x34(%rdi)
-        movzwl 0x1e(%rdi), %eax         /* queue_notify_off */
-        imull D_MULT(%rbx), %eax
-        addq %rax, D_NOTIFY(%rbx)
+        movq D_COMMON(%rbx), %rdi
         call blk_msix_setup             /* vectors before queue_enable */
-        movw $1, 0x1c(%rdi)             /* queue_enable */
+        xorl %ecx, %ecx                 /* queue 0 */
+        call vpci_queue
+        movq %rax, D_NOTIFY(%rbx)       /* from now on: queue 0's */
+        movq D_COMMON(%rbx), %rdi
         movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
         movq D_DEVCFG(%rbx), %rsi
         movq (%rsi), %rax               /* capacity in sectors */
@@ -1346,15 +2768,9 @@ blk_req:
         movl $1, 40(%rdi)
         movw $2, 44(%rdi)
         movw $0, 46(%rdi)
-        movzwl D_AVAIL(%rbx), %eax
-        movl %eax, %ecx
-        andl $VQ_SIZE - 1, %ecx
-        movw $0, 0x104(%rdi,%rcx,2)     /* avail.ring[idx] = head 0 */
-        incl %eax
-        movw %ax, D_AVAIL(%rbx)
-        mfence
-        movw %ax, 0x102(%rdi)           /* avail.idx */
-        mfence
+        xorl %edx, %edx                 /* head 0 */
+        leaq D_AVAIL(%rbx), %r8
+        call vq_push
         movq D_NOTIFY(%rbx), %rcx
         movw $0, (%rcx)                 /* notify queue 0 */
         movl $POLL_BOUND, %ecx
@@ -1969,6 +3385,8 @@ blk_status: .byte 0
 /* end of the virtio-blk section's data */
 /* the MSI-X block's data */
 msix_irqs:   .long 0
+        .balign 4
+vpci_msix:   .long 0                 /* vpci_caps: the MSI-X capability */
 msix_off:    .byte 0
 lapic_ready: .byte 0
 lapic_x2:    .byte 0
