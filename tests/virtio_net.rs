@@ -7,11 +7,10 @@
 //! seccomp filter (which kills a path open), count frames, and drop them
 //! both ways with the link down.
 //!
-//! The `guest_` tests need the test guest's virtio-net driver (the guest
-//! side of issue 16, `tests/guest/guest.S`): it prints `NET eth0 MAC=...
-//! IP=...`, answers ARP and ICMP echo, echoes UDP on port 7 and has the
-//! shell commands `udpsend`, `netbad` and `udprr`. They are ignored until
-//! that guest is merged: `cargo test --test virtio_net -- --ignored guest_`.
+//! The `guest_` tests boot the test guest with its virtio-net driver
+//! (`tests/guest/guest.S`): it prints `NET eth0 MAC=... IP=...`, answers
+//! ARP and ICMP echo, echoes UDP on port 7 and has the shell commands
+//! `udpsend`, `netbad` and `udprr`.
 
 mod common;
 
@@ -475,7 +474,6 @@ fn net_guest(tag: &str) -> (Netns, OwnedFd, Guest) {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver; run with --ignored guest_ once it is merged"]
 fn guest_answers_ping_on_its_static_address_and_the_counters_show_it() {
     if !can_run() {
         return;
@@ -489,7 +487,6 @@ fn guest_answers_ping_on_its_static_address_and_the_counters_show_it() {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver; run with --ignored guest_ once it is merged"]
 fn guest_link_down_makes_it_unreachable_and_up_brings_it_back() {
     if !can_run() {
         return;
@@ -505,7 +502,6 @@ fn guest_link_down_makes_it_unreachable_and_up_brings_it_back() {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver; run with --ignored guest_ once it is merged"]
 fn guest_echoes_udp_and_sends_udp_to_the_host() {
     if !can_run() {
         return;
@@ -524,7 +520,6 @@ fn guest_echoes_udp_and_sends_udp_to_the_host() {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver; run with --ignored guest_ once it is merged"]
 fn guest_malformed_chain_is_counted_and_the_helper_lives() {
     if !can_run() {
         return;
@@ -540,7 +535,6 @@ fn guest_malformed_chain_is_counted_and_the_helper_lives() {
 }
 
 #[test]
-#[ignore = "needs the test guest's virtio-net driver; run with --ignored guest_ once it is merged"]
 fn guest_udp_round_trips_reach_a_host_echo_server() {
     if !can_run() {
         return;
