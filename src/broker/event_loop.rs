@@ -181,7 +181,11 @@ impl Broker {
             _ => None,
         };
         let awaiting = self.setup.ctx.guests.pending.deadline();
-        let awaiting = awaiting.into_iter().chain(super::blockinfo::next_deadline(&self.setup.ctx)).min();
+        let awaiting = awaiting
+            .into_iter()
+            .chain(super::blockinfo::next_deadline(&self.setup.ctx))
+            .chain(super::netinfo::next_deadline(&self.setup.ctx))
+            .min();
         let restart = self.frontends.iter().filter_map(|s| s.restart.due).min();
         // A frontend with requests left over is served again at once.
         let more = self.frontends.iter().any(|s| s.more).then(Instant::now);

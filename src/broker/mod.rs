@@ -35,7 +35,9 @@ mod link;
 mod listen;
 mod memsize;
 mod metadata;
+mod netinfo;
 mod networks;
+mod nics;
 mod percpu;
 mod permit;
 mod pidfile;
@@ -185,6 +187,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
+        net_asks: Default::default(),
         balloons: Default::default(),
         disk_errors: Default::default(),
         networks: networks::Networks::load(

@@ -25,6 +25,8 @@ pub struct Ctx {
     pub disk_errors: std::collections::HashMap<Uuid, super::blockinfo::ErrorsSeen>,
     /// Virtual networks.
     pub networks: super::networks::Networks,
+    /// Interface questions asked of helpers, and the clients waiting for them.
+    pub net_asks: std::collections::HashMap<Uuid, super::netinfo::NetAsks>,
 }
 
 impl Ctx {
@@ -42,6 +44,7 @@ impl Ctx {
             uid: r.uid,
             state: e.state,
             persistent: e.persistent,
+            nics: r.nics.clone(),
         };
         if let Err(err) = super::status::save(&self.guests.launcher.state_dir, &e.def, &s) {
             log::error!("cannot record running domain '{}': {err}", e.def.name);

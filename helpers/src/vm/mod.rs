@@ -83,6 +83,12 @@ pub fn run(
         .map(|worker| worker.spawn(format!("helper-io{index}"), move || confine::io_thread(index)))
         .transpose()
         .map_err(VmError::Eventfd)?;
+    // The interfaces' taps, held until the guest ends: the taps live as
+    // long as their fds. (No virtio-net device serves them yet.)
+    let taps: Vec<OwnedFd> = (0..config.nics.len())
+        .filter_map(|nic| u8::try_from(nic).ok())
+        .filter_map(|nic| fds.take(FdRole::Tap { nic }))
+        .collect();
     let mut events = EventLoop::new()?;
     events.add_subscriber(Box::new(built.console))?;
     // The console's fds go to the device that owns them.
@@ -130,7 +136,7 @@ pub fn run(
     if let Err(e) = machine.end() {
         eprintln!("libvirt-helper: {e}");
     }
-    drop((io_threads, balloon_thread, devices, events));
+    drop((io_threads, balloon_thread, devices, events, taps));
     Ok(match outcome? {
         control::Ended::Broker(reason, detail) => (reason, detail),
         control::Ended::Vcpu => vcpu_reason.unwrap_or((StopReason::Failed, "vCPU ended".into())),

@@ -14,7 +14,7 @@ use crate::broker::guests::Protocol;
 use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
 use crate::broker::supervisor::{Asker, Awaiting, Wait};
-use crate::broker::{blockinfo, call_audit};
+use crate::broker::{blockinfo, call_audit, netinfo};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
 use crate::privsep::{CallError, CallValue, ChannelError};
@@ -90,6 +90,11 @@ impl Broker {
                         }
                         // I/O error events the counters raised.
                         self.flush_events();
+                    }
+                    Ok((HelperEvent::NetStats(counters), _)) => {
+                        for (conn, id, value) in netinfo::answered(&mut self.setup.ctx, &uuid, pid, &counters) {
+                            self.answer_client(conn, id, value);
+                        }
                     }
                     Ok((HelperEvent::Balloon(figures), _)) => {
                         crate::broker::balloon::answered(&mut self.setup.ctx, &uuid, pid, figures);
@@ -215,6 +220,9 @@ impl Broker {
         for (conn, id, value) in blockinfo::overdue(&mut self.setup.ctx, Instant::now()) {
             self.answer_client(conn, id, value);
         }
+        for (conn, id, value) in netinfo::overdue(&mut self.setup.ctx, Instant::now()) {
+            self.answer_client(conn, id, value);
+        }
         let ctx = &self.setup.ctx;
         let ended: Vec<(Uuid, u64, Result<(), CallError>)> = ctx
             .guests
@@ -262,6 +270,7 @@ impl Broker {
         let ctx = &mut self.setup.ctx;
         let Some(mut running) = ctx.guests.remove(&uuid) else { return };
         running.remove_cgroup();
+        running.remove_taps();
         if ctx.guests.pending.starting(&uuid).is_some() {
             // The helper ended before the guest ran: the start failed
             // (settling it shuts the domain off).
