@@ -297,3 +297,36 @@ fn addresses(ctx: &Ctx, uuid: &Uuid, source: u32, flags: u32) -> Result<CallValu
     }
     Ok(CallValue::Interfaces(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(nics: &str) -> DomainDef {
+        let xml = format!(
+            "<domain type='kvm'><name>n</name><memory>65536</memory><os><type>hvm</type><kernel>/k</kernel></os>\
+             <devices>{nics}</devices></domain>"
+        );
+        crate::domain::parse(&xml, false).unwrap().0
+    }
+
+    fn nic(text: &str) -> crate::domain::Interface {
+        crate::domain::parse_interface(&xml::parse(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_update_finds_its_interface_by_mac_and_may_change_only_the_link() {
+        let d = def("<interface type='ethernet'><mac address='52:54:00:00:00:01'/></interface>\
+                     <interface type='network'><mac address='52:54:00:00:00:02'/><source network='n'/></interface>");
+        let down = "<interface type='network'><mac address='52:54:00:00:00:02'/><source network='n'/>\
+                    <target dev='vnet3'/><link state='down'/><alias name='net1'/></interface>";
+        assert_eq!(matching(&d, &nic(down)), Ok(1));
+        let moved = down.replace("network='n'", "network='other'");
+        assert!(matches!(matching(&d, &nic(&moved)), Err(CallError::OperationUnsupported(_))));
+        let stranger = down.replace(":02'", ":09'");
+        assert_eq!(
+            matching(&d, &nic(&stranger)),
+            Err(CallError::DeviceMissing("no device matching MAC address 52:54:00:00:00:09 found".into()))
+        );
+    }
+}
