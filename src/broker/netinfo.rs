@@ -29,6 +29,7 @@ const MODIFY_FORCE: u32 = 4;
 /// `virDomainInterfaceAddressesSource`.
 const SRC_LEASE: u32 = 0;
 const SRC_AGENT: u32 = 1;
+const SRC_ARP: u32 = 2;
 
 /// What a waiting client asked about interface `alias`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,11 +277,13 @@ fn addresses(ctx: &Ctx, uuid: &Uuid, source: u32, flags: u32) -> Result<CallValu
     match source {
         SRC_LEASE => {}
         SRC_AGENT => return Err(CallError::ArgumentUnsupported("QEMU guest agent is not configured".into())),
-        other => {
-            return Err(CallError::ArgumentUnsupported(format!(
-                "Unknown IP address data source {other}: only the lease source is supported"
-            )));
+        SRC_ARP => {
+            return Err(CallError::ArgumentUnsupported(
+                "IP address data source 'arp' is not supported: only 'lease' is".into(),
+            ));
         }
+        // libvirt's words for a source it does not know.
+        other => return Err(CallError::ArgumentUnsupported(format!("Unknown IP address data source {other}"))),
     }
     let taps = ctx.guests.get(uuid).map(|r| r.nics.as_slice()).unwrap_or_default();
     let mut out = Vec::new();
