@@ -667,6 +667,8 @@ fn interfaces_attach_and_detach_in_the_definition_and_live_changes_are_refused()
     let d = daemon_in(&ns, "");
     define(&d, NAT_XML);
     define_domain(&d, &guest_with(&d, "g3", NIC_UUID, ""));
+    let denied = ro(&d, &["attach-interface", "g3", "network", "lab", "--config"]);
+    assert!(denied.2.contains("read only access prevents virDomainAttachDeviceFlags"), "{denied:?}");
     ok(rw(&d, &["attach-interface", "g3", "network", "lab", "--mac", "52:54:00:77:00:08", "--config"]));
     let dump = ok(rw(&d, &["dumpxml", "--inactive", "g3"]));
     assert!(dump.contains("<mac address='52:54:00:77:00:08'/>\n      <source network='lab'/>"), "{dump}");
@@ -743,6 +745,9 @@ fn setlink_in_the_definition_of_a_stopped_guest_is_kept_and_read_back() {
     let d = daemon_in(&ns, "");
     let nic = "<interface type='ethernet'><mac address='52:54:00:77:00:0b'/><target dev='tap-cfg'/></interface>";
     define_domain(&d, &domain_xml("g5", NIC_UUID).replace("<devices>", &format!("<devices>{nic}")));
+    let denied = ro(&d, &["domif-setlink", "g5", "52:54:00:77:00:0b", "down", "--config"]);
+    assert!(denied.2.contains("read only access prevents virDomainUpdateDeviceFlags"), "{denied:?}");
+    assert!(!ok(rw(&d, &["dumpxml", "g5"])).contains("<link state="));
     ok(rw(&d, &["domif-setlink", "g5", "52:54:00:77:00:0b", "down", "--config"]));
     assert!(ok(rw(&d, &["domif-getlink", "g5", "52:54:00:77:00:0b", "--config"])).contains("down"));
     let stored = std::fs::read_to_string(d.tree.path("etc/qemu/g5.xml")).unwrap();
