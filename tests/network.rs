@@ -804,3 +804,23 @@ fn needs_device_domifstat_counts_the_guests_traffic_and_setlink_changes_its_link
     assert!(ok(rw(&d, &["domif-getlink", "g6", "vnet0"])).contains("up"));
     ok(rw(&d, &["destroy", "g6"]));
 }
+
+#[test]
+fn an_autostart_guest_on_an_autostart_network_starts_with_the_daemon() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gauto");
+    let mut d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-autostart", "lab"]));
+    let nic = "<interface type='network'><mac address='52:54:00:77:00:0d'/><source network='lab'/></interface>";
+    define_domain(&d, &guest_with(&d, "g7", NIC_UUID, nic));
+    ok(rw(&d, &["autostart", "g7"]));
+    // Neither runs; the daemon starts both, the network first.
+    restart_in(&ns, &mut d);
+    assert!(wait_until(Duration::from_secs(10), || state(&d, "g7") == "running"), "{}", d.stderr());
+    let link = link_of(&ns, "vnet0").expect("the guest's tap");
+    assert!(link.contains("master virbr7"), "{link}");
+    ok(rw(&d, &["destroy", "g7"]));
+}

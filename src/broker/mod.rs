@@ -204,6 +204,9 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         let reason = seen.unmanageable.as_deref();
         call_audit::audit_guest(&mut auditor, "reattach", (&seen.name, &seen.uuid), seen.pid, reason, seen.running);
     }
+    // Networks first, as libvirt's network driver starts before its
+    // domains: an autostart guest on an autostart network finds it running.
+    ctx.networks.autostart();
     for uuid in ctx.domains.autostart_pending() {
         // Success is audited when the helper reports the guest started.
         if let Err(e) = ctx.start(&uuid, None, false, "start", supervisor::Asker::Daemon("autostart")) {
@@ -212,7 +215,6 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             call_audit::audit_guest(&mut auditor, "start", (&name, &uuid), -1, Some("autostart"), false);
         }
     }
-    ctx.networks.autostart();
     ctx.guests.events.clear();
     ctx.networks.events.clear();
     Broker::new(event_loop::Setup {
