@@ -178,7 +178,9 @@ fn dnsmasq_of(ns: &Netns, d: &Daemon, name: &str) -> Option<i32> {
 /// Asks dnsmasq for a lease from a second namespace joined to `bridge` by
 /// a veth pair; returns the address it got.
 fn dhcp_client(ns: &Netns, bridge: &str, mac: &str) -> Option<String> {
-    let client = Netns::new("cl");
+    // One namespace per client: tests run in parallel in one process.
+    static CLIENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let client = Netns::new(&format!("cl{}", CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let host_end = format!("vh{}", std::process::id() % 100_000);
     let (made, out) =
         ns.run(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &client.name]);
@@ -456,7 +458,7 @@ fn a_tap_is_created_with_a_vnet_header_attached_to_a_bridge_and_gone_with_its_fd
         assert_eq!(name, "vnet0", "the kernel's first free vnetN");
         let (_fd2, second) = tap::create(None).unwrap();
         assert_eq!(second, "vnet1");
-        assert!(matches!(tap::create(Some("vnet0")), Err(tap::TapError::Create { .. })), "a name in use is refused");
+        assert!(matches!(tap::create(Some("vnet0")), Err(tap::TapError::Exists(_))), "a name in use is refused");
         tap::attach(&name, "virbr3", Some(1450)).unwrap();
         let link = ip(&["-d", "link", "show", &name]);
         // The tap is a bridge port, up, with the bridge's MTU, and its flags say vnet_hdr.
@@ -475,7 +477,7 @@ fn a_tap_is_created_with_a_vnet_header_attached_to_a_bridge_and_gone_with_its_fd
 }
 
 #[test]
-fn a_domains_interfaces_are_kept_listed_by_domiflist_and_refused_at_start() {
+fn a_domains_interfaces_are_kept_listed_by_domiflist_and_other_kinds_refused() {
     if !can_run() {
         return;
     }
@@ -498,9 +500,327 @@ fn a_domains_interfaces_are_kept_listed_by_domiflist_and_refused_at_start() {
     assert!(dump.contains("<link state='down'/>") && dump.contains("<mtu size='1400'/>"), "{dump}");
     // A MAC is generated for the NIC that had none, in libvirt's range.
     assert_eq!(dump.matches("<mac address='52:54:00:").count(), 3, "{dump}");
+    // Each interface has a PCI slot of its own, from 0x03 on.
+    for slot in ["0x03", "0x04", "0x05"] {
+        assert!(dump.contains(&format!("bus='0x00' slot='{slot}' function='0x0'/>\n    </interface>")), "{dump}");
+    }
+    // The network is not there: libvirt's error, and nothing runs.
     let start = rw(&d, &["start", "nics"]);
-    assert!(start.2.contains("cannot provide <interface> devices yet"), "{start:?}");
-    std::fs::write(&file, xml.replace("type='ethernet'", "type='user'")).unwrap();
-    let user = rw(&d, &["define", file.to_str().unwrap()]);
-    assert!(user.2.contains("unsupported configuration: interface type 'user' is not supported"), "{user:?}");
+    assert!(start.2.contains("no network with matching name 'default'"), "{start:?}");
+    for (kind, needle) in [
+        ("type='user'", "unsupported configuration: interface type 'user' is not supported"),
+        ("type='vhostuser'", "unsupported configuration: interface type 'vhostuser' is not supported"),
+    ] {
+        std::fs::write(&file, xml.replace("type='ethernet'", kind)).unwrap();
+        let refused = rw(&d, &["define", file.to_str().unwrap()]);
+        assert!(refused.2.contains(needle), "{refused:?}");
+    }
+    let e1000 = xml.replacen("<model type='virtio'/>", "<model type='e1000'/>", 1);
+    std::fs::write(&file, e1000).unwrap();
+    let refused = rw(&d, &["define", file.to_str().unwrap()]);
+    assert!(refused.2.contains("unsupported configuration: interface model 'e1000' is not supported"), "{refused:?}");
+}
+
+/// The test guest's domain XML with `nics` as its interfaces.
+fn guest_with(d: &Daemon, name: &str, uuid: &str, nics: &str) -> String {
+    test_guest_xml(d, name, uuid).replace("<devices>", &format!("<devices>{nics}"))
+}
+
+fn define_domain(d: &Daemon, xml: &str) {
+    let file = d.tree.path("dom.xml");
+    std::fs::write(&file, xml).unwrap();
+    ok(rw(d, &["define", file.to_str().unwrap()]));
+}
+
+/// `ip -d link show NAME` in `ns`, or None if there is no such interface.
+fn link_of(ns: &Netns, name: &str) -> Option<String> {
+    let (found, text) = ns.run(&["ip", "-d", "link", "show", name]);
+    found.then_some(text)
+}
+
+/// Every `vnetN` interface in `ns`.
+fn vnets(ns: &Netns) -> Vec<String> {
+    let (_, text) = ns.run(&["ip", "-o", "link", "show"]);
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with("vnet"))
+        .collect()
+}
+
+/// Whether guest `name` of `d` runs (`virsh domstate`).
+fn state(d: &Daemon, name: &str) -> String {
+    rw(d, &["domstate", name]).1.trim().to_owned()
+}
+
+const NIC_UUID: &str = "6f1c4c2e-0d6a-4c59-9d70-0b4c53a1e100";
+
+#[test]
+fn a_guest_on_a_network_gets_a_tap_on_its_bridge_kept_across_restarts_and_removed_with_it() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gnet");
+    let mut d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    let nic = "<interface type='network'><mac address='52:54:00:77:00:05'/><source network='lab'/>\
+               <model type='virtio'/></interface>";
+    define_domain(&d, &guest_with(&d, "g1", NIC_UUID, nic));
+
+    // Not active: libvirt's error, the domain stays shut off, no tap is left.
+    let refused = rw(&d, &["start", "g1"]);
+    assert!(refused.2.contains("Requested operation is not valid: network 'lab' is not active"), "{refused:?}");
+    assert_eq!(state(&d, "g1"), "shut off");
+    assert!(vnets(&ns).is_empty(), "{:?}", vnets(&ns));
+
+    ok(rw(&d, &["net-start", "lab"]));
+    ok(rw(&d, &["start", "g1"]));
+    let link = link_of(&ns, "vnet0").expect("the guest's tap");
+    assert!(link.contains("master virbr7") && link.contains(",UP") && link.contains("tun type tap"), "{link}");
+    // The network's MTU (1400), as the bridge has it.
+    assert!(link.contains("mtu 1400"), "{link}");
+    let live = ok(rw(&d, &["dumpxml", "g1"]));
+    assert!(live.contains("<source network='lab' bridge='virbr7'/>"), "{live}");
+    assert!(live.contains("<target dev='vnet0'/>") && live.contains("<alias name='net0'/>"), "{live}");
+    assert!(live.contains("<alias name='net0'/>\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x03'"));
+    let inactive = ok(rw(&d, &["dumpxml", "--inactive", "g1"]));
+    assert!(!inactive.contains("vnet0") && !inactive.contains("<alias name='net0'/>"), "{inactive}");
+    let list = ok(ro(&d, &["domiflist", "g1"]));
+    assert!(
+        list.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["vnet0", "network", "lab", "virtio", "52:54:00:77:00:05"]),
+        "{list}"
+    );
+
+    // A daemon restart finds the guest and its tap.
+    restart_in(&ns, &mut d);
+    assert_eq!(state(&d, "g1"), "running", "{}", d.stderr());
+    assert!(link_of(&ns, "vnet0").is_some_and(|l| l.contains("master virbr7")));
+    assert!(ok(ro(&d, &["domiflist", "g1"])).contains("vnet0"));
+    assert!(ok(rw(&d, &["dumpxml", "g1"])).contains("<target dev='vnet0'/>"));
+
+    // Destroy removes it.
+    ok(rw(&d, &["destroy", "g1"]));
+    assert!(wait_until(Duration::from_secs(3), || link_of(&ns, "vnet0").is_none()), "the tap is left");
+    assert!(!ok(rw(&d, &["dumpxml", "g1"])).contains("vnet0"));
+}
+
+#[test]
+fn bridge_and_ethernet_interfaces_get_their_taps_and_a_failing_one_leaves_nothing() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gbr");
+    let d = daemon_in(&ns, "");
+    assert!(ns.run(&["ip", "link", "add", "brt0", "type", "bridge"]).0);
+    assert!(ns.run(&["ip", "link", "set", "brt0", "mtu", "1450", "up"]).0);
+    let nics = "<interface type='bridge'><mac address='52:54:00:77:00:06'/><source bridge='brt0'/>\
+                <model type='virtio'/></interface>\
+                <interface type='ethernet'><mac address='52:54:00:77:00:07'/><target dev='tap-fixed'/>\
+                <model type='virtio'/><mtu size='1300'/></interface>";
+    define_domain(&d, &guest_with(&d, "g2", NIC_UUID, nics));
+    ok(rw(&d, &["start", "g2"]));
+    let bridged = link_of(&ns, "vnet0").expect("the bridge interface's tap");
+    assert!(bridged.contains("master brt0") && bridged.contains("mtu 1450") && bridged.contains(",UP"), "{bridged}");
+    let eth = link_of(&ns, "tap-fixed").expect("the fixed-name tap");
+    assert!(!eth.contains("master") && eth.contains(",UP") && eth.contains("mtu 1300"), "{eth}");
+    let live = ok(rw(&d, &["dumpxml", "g2"]));
+    assert!(live.contains("<target dev='vnet0'/>") && live.contains("<target dev='tap-fixed'/>"), "{live}");
+    assert!(live.contains("<alias name='net1'/>"), "{live}");
+
+    // The helper dies: its taps go, the fixed name is free for the next start.
+    let pid: i32 = std::fs::read_to_string(d.tree.path("run/qemu/g2.status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("pid=")?.parse().ok())
+        .unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    assert!(wait_until(Duration::from_secs(5), || state(&d, "g2") == "shut off"), "{}", state(&d, "g2"));
+    assert!(link_of(&ns, "tap-fixed").is_none() && vnets(&ns).is_empty());
+    ok(rw(&d, &["start", "g2"]));
+    assert!(link_of(&ns, "tap-fixed").is_some());
+    ok(rw(&d, &["destroy", "g2"]));
+    assert!(link_of(&ns, "tap-fixed").is_none() && vnets(&ns).is_empty());
+
+    // A fixed name already taken fails the start naming the interface, and
+    // the other interface's tap, made first, is gone with it.
+    assert!(ns.run(&["ip", "tuntap", "add", "tap-fixed", "mode", "tap"]).0);
+    let taken = rw(&d, &["start", "g2"]);
+    assert!(taken.2.contains("52:54:00:77:00:07") && taken.2.contains("tap-fixed"), "{taken:?}");
+    assert_eq!(state(&d, "g2"), "shut off");
+    assert!(vnets(&ns).is_empty(), "{:?}", vnets(&ns));
+    assert!(ns.run(&["ip", "link", "del", "tap-fixed"]).0);
+    // A host bridge that does not exist is named.
+    assert!(ns.run(&["ip", "link", "del", "brt0"]).0);
+    let missing = rw(&d, &["start", "g2"]);
+    assert!(missing.2.contains("bridge 'brt0'") && missing.2.contains("no such bridge"), "{missing:?}");
+    assert!(vnets(&ns).is_empty() && link_of(&ns, "tap-fixed").is_none());
+}
+
+#[test]
+fn interfaces_attach_and_detach_in_the_definition_and_live_changes_are_refused() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gatt");
+    let d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    define_domain(&d, &guest_with(&d, "g3", NIC_UUID, ""));
+    let denied = ro(&d, &["attach-interface", "g3", "network", "lab", "--config"]);
+    assert!(denied.2.contains("read only access prevents virDomainAttachDeviceFlags"), "{denied:?}");
+    ok(rw(&d, &["attach-interface", "g3", "network", "lab", "--mac", "52:54:00:77:00:08", "--config"]));
+    let dump = ok(rw(&d, &["dumpxml", "--inactive", "g3"]));
+    assert!(dump.contains("<mac address='52:54:00:77:00:08'/>\n      <source network='lab'/>"), "{dump}");
+    assert!(dump.contains("slot='0x03'"), "{dump}");
+    // Persisted: the definition on disk has it.
+    let stored = std::fs::read_to_string(d.tree.path("etc/qemu/g3.xml")).unwrap();
+    assert!(stored.contains("52:54:00:77:00:08"), "{stored}");
+    let file = d.tree.path("nic.xml");
+    std::fs::write(&file, "<interface type='ethernet'><mac address='52:54:00:77:00:09'/></interface>").unwrap();
+    ok(rw(&d, &["attach-device", "g3", file.to_str().unwrap(), "--config"]));
+    assert_eq!(ok(rw(&d, &["domiflist", "g3"])).matches("52:54:00:77:00:0").count(), 2);
+    let twice = rw(&d, &["attach-device", "g3", file.to_str().unwrap(), "--config"]);
+    assert!(twice.2.contains("52:54:00:77:00:09"), "{twice:?}");
+    ok(rw(&d, &["detach-device", "g3", file.to_str().unwrap(), "--config"]));
+    ok(rw(&d, &["detach-interface", "g3", "network", "--mac", "52:54:00:77:00:08", "--config"]));
+    let dump = ok(rw(&d, &["dumpxml", "--inactive", "g3"]));
+    assert!(!dump.contains("<interface"), "{dump}");
+    let gone = rw(&d, &["detach-interface", "g3", "network", "--mac", "52:54:00:77:00:08", "--config"]);
+    assert_ne!(gone.0, 0);
+
+    // A running guest: no hotplug, said clearly.
+    ok(rw(&d, &["start", "g3"]));
+    let live = rw(&d, &["attach-interface", "g3", "network", "lab", "--live"]);
+    assert!(live.2.contains("Operation not supported") && live.2.contains("hotplug"), "{live:?}");
+    ok(rw(&d, &["destroy", "g3"]));
+}
+
+#[test]
+fn domifaddr_reads_the_networks_leases_and_refuses_other_sources() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    if !require(Path::new("/bin/busybox").exists(), "busybox (udhcpc)") {
+        return;
+    }
+    let ns = Netns::new("gaddr");
+    let d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-start", "lab"]));
+    let mac = "52:54:00:77:00:0a";
+    let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
+    define_domain(&d, &guest_with(&d, "g4", NIC_UUID, &nic));
+    ok(rw(&d, &["start", "g4"]));
+    // No lease yet: nothing to show.
+    let none = ok(ro(&d, &["domifaddr", "g4", "--source", "lease"]));
+    assert!(!none.contains(mac), "{none}");
+    // A lease for the guest's MAC, from dnsmasq (a DHCP client standing in for the guest).
+    let ip = dhcp_client(&ns, "virbr7", mac).expect("a lease from dnsmasq");
+    let shown = ok(ro(&d, &["domifaddr", "g4", "--source", "lease"]));
+    let row = shown.lines().find(|l| l.contains(mac)).unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["vnet0", mac, "ipv4", &format!("{ip}/24")], "{shown}");
+    // The agent is refused on the read-only socket as libvirt refuses it,
+    // and is not configured on the read-write one; ARP is not a source here.
+    let agent = ro(&d, &["domifaddr", "g4", "--source", "agent"]);
+    assert!(agent.2.contains("read only access prevents virDomainInterfaceAddresses"), "{agent:?}");
+    let agent = rw(&d, &["domifaddr", "g4", "--source", "agent"]);
+    assert!(agent.2.contains("argument unsupported: QEMU guest agent is not configured"), "{agent:?}");
+    let arp = rw(&d, &["domifaddr", "g4", "--source", "arp"]);
+    assert!(arp.2.contains("argument unsupported") && arp.2.contains("lease"), "{arp:?}");
+    // Interfaces the guest does not have are named in the error.
+    let unknown = ro(&d, &["domifstat", "g4", "eth9"]);
+    assert!(unknown.2.contains("'eth9' is not a known interface"), "{unknown:?}");
+    ok(rw(&d, &["destroy", "g4"]));
+    let stopped = ro(&d, &["domifaddr", "g4", "--source", "lease"]);
+    assert!(stopped.2.contains("domain is not running"), "{stopped:?}");
+}
+
+#[test]
+fn setlink_in_the_definition_of_a_stopped_guest_is_kept_and_read_back() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new("gcfg");
+    let d = daemon_in(&ns, "");
+    let nic = "<interface type='ethernet'><mac address='52:54:00:77:00:0b'/><target dev='tap-cfg'/></interface>";
+    define_domain(&d, &domain_xml("g5", NIC_UUID).replace("<devices>", &format!("<devices>{nic}")));
+    let denied = ro(&d, &["domif-setlink", "g5", "52:54:00:77:00:0b", "down", "--config"]);
+    assert!(denied.2.contains("read only access prevents virDomainUpdateDeviceFlags"), "{denied:?}");
+    assert!(!ok(rw(&d, &["dumpxml", "g5"])).contains("<link state="));
+    ok(rw(&d, &["domif-setlink", "g5", "52:54:00:77:00:0b", "down", "--config"]));
+    assert!(ok(rw(&d, &["domif-getlink", "g5", "52:54:00:77:00:0b", "--config"])).contains("down"));
+    let stored = std::fs::read_to_string(d.tree.path("etc/qemu/g5.xml")).unwrap();
+    assert!(stored.contains("<link state='down'/>"), "{stored}");
+    ok(rw(&d, &["domif-setlink", "g5", "tap-cfg", "up", "--config"]));
+    assert!(!ok(rw(&d, &["dumpxml", "--inactive", "g5"])).contains("<link state="));
+    // Anything but the link state is not updated.
+    let file = d.tree.path("upd.xml");
+    std::fs::write(
+        &file,
+        "<interface type='bridge'><mac address='52:54:00:77:00:0b'/><source bridge='x'/></interface>",
+    )
+    .unwrap();
+    let other = rw(&d, &["update-device", "g5", file.to_str().unwrap(), "--config"]);
+    assert!(other.2.contains("only its link state can be updated"), "{other:?}");
+}
+
+/// Needs the helper's virtio-net device (its counters and link state): the
+/// guest's traffic is counted, and `domif-setlink` takes effect live.
+#[test]
+fn needs_device_domifstat_counts_the_guests_traffic_and_setlink_changes_its_link() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gdev");
+    let d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-start", "lab"]));
+    let mac = "52:54:00:77:00:0c";
+    let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
+    define_domain(&d, &guest_with(&d, "g6", NIC_UUID, &nic));
+    ok(rw(&d, &["start", "g6"]));
+    let field = |text: &str, name: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.nth(1)? == name).then(|| f.next()?.parse().ok()).flatten()
+        })
+    };
+    // The guest asks for a lease at boot: it has sent something.
+    let sent = wait_until(Duration::from_secs(30), || {
+        field(&rw(&d, &["domifstat", "g6", "vnet0"]).1, "tx_packets").is_some_and(|n| n > 0)
+    });
+    assert!(sent, "{:?}", rw(&d, &["domifstat", "g6", "vnet0"]));
+    // By MAC as well as by name.
+    let by_mac = ok(ro(&d, &["domifstat", "g6", mac]));
+    assert!(field(&by_mac, "rx_bytes").is_some() && field(&by_mac, "tx_drop").is_some(), "{by_mac}");
+
+    ok(rw(&d, &["domif-setlink", "g6", "vnet0", "down"]));
+    assert!(ok(rw(&d, &["domif-getlink", "g6", "vnet0"])).contains("down"));
+    assert!(ok(rw(&d, &["dumpxml", "g6"])).contains("<link state='down'/>"));
+    // The definition is not the live state.
+    assert!(!ok(rw(&d, &["dumpxml", "--inactive", "g6"])).contains("<link state='down'/>"));
+    ok(rw(&d, &["domif-setlink", "g6", "vnet0", "up"]));
+    assert!(ok(rw(&d, &["domif-getlink", "g6", "vnet0"])).contains("up"));
+    ok(rw(&d, &["destroy", "g6"]));
+}
+
+#[test]
+fn an_autostart_guest_on_an_autostart_network_starts_with_the_daemon() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gauto");
+    let mut d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-autostart", "lab"]));
+    let nic = "<interface type='network'><mac address='52:54:00:77:00:0d'/><source network='lab'/></interface>";
+    define_domain(&d, &guest_with(&d, "g7", NIC_UUID, nic));
+    ok(rw(&d, &["autostart", "g7"]));
+    // Neither runs; the daemon starts both, the network first.
+    restart_in(&ns, &mut d);
+    assert!(wait_until(Duration::from_secs(10), || state(&d, "g7") == "running"), "{}", d.stderr());
+    let link = link_of(&ns, "vnet0").expect("the guest's tap");
+    assert!(link.contains("master virbr7"), "{link}");
+    ok(rw(&d, &["destroy", "g7"]));
 }

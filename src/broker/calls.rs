@@ -11,7 +11,7 @@ use super::audit::{Auditor, Value};
 use super::call_audit::{audit, audit_change};
 use super::devices::{self, Change};
 pub use super::state::Ctx;
-use super::{agent, blockinfo, guest_calls, host, hostpages, hoststats, metadata, query, sampling, stats};
+use super::{agent, blockinfo, guest_calls, host, hostpages, hoststats, metadata, netinfo, query, sampling};
 use crate::domain::uuid_string;
 use crate::privsep::{Call, CallError, CallValue, DomainEvent, EventKind, PeerIdentity};
 
@@ -76,6 +76,8 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         && super::storage::is_copy(c)
     {
         super::storage::handle_copy(&mut ctx.storage, auditor, caller, c)
+    } else if netinfo::handles(&call) {
+        netinfo::handle(ctx, auditor, caller, call)
     } else {
         Answer::Now(carry_out(ctx, auditor, caller, call))
     };
@@ -123,7 +125,6 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             audit_change(auditor, caller, "detach", &uuid, &result, &[]);
             result.map(|_| CallValue::Unit)
         }
-        Call::InterfaceStats { uuid, device } => stats::interface_stats(ctx.domains.by_uuid(&uuid)?, &device),
         Call::ListAll { flags, need_results } => {
             let list = ctx.domains.list(flags)?;
             let count = list.len() as u32;
@@ -261,6 +262,10 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
         }
         // `handle` hands this to sampling.rs: the helpers count the devices.
         Call::DomainStats { .. } => Err(CallError::Internal("bulk statistics outside their module".into())),
+        // `handle` hands these to netinfo.rs.
+        Call::InterfaceStats { .. } | Call::InterfaceAddresses { .. } | Call::UpdateDevice { .. } => {
+            Err(CallError::Internal("a call on a guest's interfaces outside its module".into()))
+        }
         // `handle` hands these to guest_calls.rs.
         Call::Create { .. }
         | Call::CreateXml { .. }
@@ -307,6 +312,7 @@ fn op_of(call: &Call) -> &'static str {
         Call::GetDomainCapabilities { .. } => "domcapabilities",
         Call::ChangeDevice { detach: false, .. } => "attach",
         Call::ChangeDevice { detach: true, .. } | Call::DetachAlias { .. } => "detach",
+        Call::UpdateDevice { .. } => "update",
         _ => "call",
     }
 }

@@ -1,6 +1,6 @@
 //! `virDomainAttachDevice(Flags)`, `virDomainDetachDevice(Flags)` and
-//! `virDomainDetachDeviceAlias` for disks, in the persistent definition
-//! (`--config`).
+//! `virDomainDetachDeviceAlias` for disks and network interfaces, in the
+//! persistent definition (`--config`).
 //!
 //! Live changes (`--live`, or the current state of a running guest) need
 //! PCI hotplug in the helper, which it does not have: they are refused with
@@ -66,12 +66,12 @@ fn config_def(
     Ok(e.def.clone())
 }
 
-/// The `<disk>` element of a device XML, refusing any other device.
-fn disk_element(text: &str, change: Change) -> Result<xml::Element, CallError> {
+/// The `<disk>` or `<interface>` element of a device XML, refusing any other device.
+fn device_element(text: &str, change: Change) -> Result<xml::Element, CallError> {
     let root = xml::parse(text)?;
-    if root.name != "disk" {
+    if root.name != "disk" && root.name != "interface" {
         return Err(CallError::ConfigUnsupported(format!(
-            "{}ing <{}> devices is not supported, only <disk>",
+            "{}ing <{}> devices is not supported, only <disk> and <interface>",
             change.word(),
             root.name
         )));
@@ -79,7 +79,51 @@ fn disk_element(text: &str, change: Change) -> Result<xml::Element, CallError> {
     Ok(root)
 }
 
-/// Attaches or detaches the disk `text` describes in domain `uuid`'s
+/// Adds interface `element` to `def`, with a free PCI slot.
+fn attach_interface(def: &mut DomainDef, element: &xml::Element) -> Result<(), CallError> {
+    let nic = domain::parse_interface(element)?;
+    if def.interfaces.iter().any(|n| n.mac == nic.mac) {
+        return Err(CallError::OperationInvalid(format!(
+            "domain already has an interface with MAC address {}",
+            nic.mac_string()
+        )));
+    }
+    let previous = def.clone();
+    def.interfaces.push(nic);
+    domain::pci::assign(def, Some(&previous))?;
+    Ok(())
+}
+
+/// Removes the interface `element` describes from `def`: the one with its
+/// MAC, or without a MAC the only one of its type and source, as libvirt
+/// matches them.
+fn detach_interface(def: &mut DomainDef, element: &xml::Element) -> Result<(), CallError> {
+    let mac = element.find("mac").and_then(|m| m.get("address")).map(str::to_ascii_lowercase);
+    let kind = element.get("type");
+    let source = element.find("source").and_then(|s| s.get("network").or_else(|| s.get("bridge")));
+    let matching: Vec<usize> = (0..def.interfaces.len())
+        .filter(|&i| {
+            let n = &def.interfaces[i];
+            match &mac {
+                Some(m) => n.mac_string() == *m,
+                None => kind.is_none_or(|k| k == n.kind) && source.is_none_or(|s| n.source.as_deref() == Some(s)),
+            }
+        })
+        .collect();
+    match (matching.as_slice(), &mac) {
+        ([i], _) => {
+            def.interfaces.remove(*i);
+            Ok(())
+        }
+        ([], Some(m)) => Err(CallError::DeviceMissing(format!("no device matching MAC address {m} found"))),
+        ([], None) => Err(CallError::DeviceMissing("no matching network device was found".into())),
+        (_, _) => {
+            Err(CallError::OperationFailed("multiple devices matching MAC address, specify the MAC address".into()))
+        }
+    }
+}
+
+/// Attaches or detaches the disk or interface `text` describes in domain `uuid`'s
 /// definition. Returns the domain's name.
 pub fn change(
     domains: &mut Domains,
@@ -89,7 +133,14 @@ pub fn change(
     change: Change,
 ) -> Result<String, CallError> {
     let mut def = config_def(domains, uuid, flags, change)?;
-    let element = disk_element(text, change)?;
+    let element = device_element(text, change)?;
+    if element.name == "interface" {
+        match change {
+            Change::Attach => attach_interface(&mut def, &element)?,
+            Change::Detach => detach_interface(&mut def, &element)?,
+        }
+        return domains.replace_def(uuid, def);
+    }
     match change {
         Change::Attach => {
             let disk = domain::disk::parse(&element, &mut |_| Ok(()))?;

@@ -325,7 +325,8 @@ pub fn xml_desc(def: &DomainDef, running: Option<&super::guests::Running>, flags
     match running {
         Some(r) if flags & XML_INACTIVE == 0 => {
             let live: Vec<LiveDisk> = r.disks.iter().map(|d| d.live.clone()).collect();
-            def.to_live_xml(&live)
+            let nics: Vec<_> = r.nics.iter().map(|n| n.live.clone()).collect();
+            def.to_live_xml(&live, &nics)
         }
         _ => def.to_xml(),
     }

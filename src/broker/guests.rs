@@ -50,6 +50,9 @@ pub struct Running {
     pub disks: Vec<super::disks::OpenDisk>,
     /// Its cgroups, where the daemon has them.
     pub cgroup: Option<GuestCgroup>,
+    /// Its interfaces' taps, in `<interface>` order (from the record for a
+    /// helper re-attached after a restart).
+    pub nics: Vec<super::nics::GuestNic>,
 }
 
 /// What the broker knows of the protocol a helper speaks.
@@ -89,6 +92,11 @@ impl Running {
         if let Some(c) = self.cgroup.take() {
             c.remove();
         }
+    }
+
+    /// Removes the guest's taps that outlive its helper (see `nics.rs`).
+    pub fn remove_taps(&mut self) {
+        super::nics::release(&std::mem::take(&mut self.nics));
     }
 
     /// SIGKILLs the helper. A child of ours that has already been reaped is
@@ -171,12 +179,11 @@ impl Launcher {
         def: &DomainDef,
         id: i32,
         running: &HashMap<crate::domain::Uuid, Running>,
+        networks: &super::networks::Networks,
     ) -> Result<Running, CallError> {
-        // Defined, but the helper cannot give them to the guest yet: refuse
-        // to start rather than boot a guest without its network.
-        if !def.interfaces.is_empty() {
-            return Err(CallError::ConfigUnsupported("the guest helper cannot provide <interface> devices yet".into()));
-        }
+        // Where the interfaces go, first, as libvirt checks its networks
+        // before anything else is prepared.
+        let ports = super::nics::ports(def, networks)?;
         let tuning = def.tuning();
         super::cgroup::check(self.cgroups.as_deref(), &tuning).map_err(CallError::ConfigUnsupported)?;
         let log = serial_log(def)?;
@@ -201,6 +208,9 @@ impl Launcher {
             super::memlock::check(&def.name, ram_bytes, host_kib)?;
         }
         let memory = super::guestmem::create(&def.name, ram_bytes, &backing)?;
+        // The taps last, as they are the only thing here the host sees: a
+        // start that fails later removes them with their fds.
+        let nics = super::nics::open_all(def, ports)?;
         let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
         console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
         std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
@@ -237,9 +247,10 @@ impl Launcher {
             disks: disks.iter().map(|d| d.config.clone()).collect(),
             balloon: crate::domain::balloon::of(def)
                 .and_then(|b| Some(BalloonConfig { pci_slot: b.pci_slot?, stats_period: b.stats_period })),
-            nics: Vec::new(),
+            nics: nics.configs.clone(),
             mem_locked: backing.locked,
         };
+        let tap_fds: Vec<_> = nics.fds.iter().map(|f| f.as_fd()).collect();
         let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let guest_console: OwnedFd = guest_console.into();
         let fds = StartFds {
@@ -249,7 +260,7 @@ impl Launcher {
             console: guest_console.as_fd(),
             control_listener: listener.as_fd(),
             disks: &disk_fds,
-            taps: &[],
+            taps: &tap_fds,
         };
         // Sent at once, without waiting for the helper's greeting: the event
         // loop checks that (its first message) before anything else.
@@ -264,6 +275,7 @@ impl Launcher {
         }
         drop(fds);
         drop(disk_fds);
+        drop(tap_fds);
         Ok(Running {
             id,
             pid: spawned.pid,
@@ -275,6 +287,7 @@ impl Launcher {
             protocol: Protocol::Awaiting,
             disks,
             cgroup,
+            nics: nics.nics,
         })
     }
 
@@ -356,6 +369,7 @@ impl Launcher {
             protocol,
             disks: Vec::new(),
             cgroup,
+            nics: Vec::new(),
         };
         match greeting {
             Greeting::Stopped(reason) => Reattached::Stopped(reason),

@@ -17,12 +17,12 @@ pub fn alias(index: usize) -> String {
 /// alias before the guest has one) and, where the helper reported them in
 /// time, its traffic as the host sees it: libvirt's `rx` is what the guest
 /// received, as in the helper's counters.
-pub fn stats_group(def: &DomainDef, counters: Option<&[NicCounters]>) -> Vec<Param> {
+pub fn stats_group(def: &DomainDef, taps: &[String], counters: Option<&[NicCounters]>) -> Vec<Param> {
     let ull = |field: String, v: u64| Param { field, value: ParamValue::ULLong(v) };
     let mut p = vec![Param { field: "net.count".into(), value: ParamValue::UInt(def.interfaces.len() as u32) }];
     for (i, nic) in def.interfaces.iter().enumerate() {
         let alias = alias(i);
-        let name = nic.target.clone().unwrap_or_else(|| alias.clone());
+        let name = taps.get(i).or(nic.target.as_ref()).cloned().unwrap_or_else(|| alias.clone());
         p.push(Param { field: format!("net.{i}.name"), value: ParamValue::Text(name) });
         let Some(c) = counters.and_then(|all| all.iter().find(|c| c.alias == alias)) else { continue };
         let figures = [
@@ -72,7 +72,7 @@ mod tests {
             tx_drop: 7,
             link_up: true,
         };
-        let got = fields(&stats_group(&d, Some(std::slice::from_ref(&c))));
+        let got = fields(&stats_group(&d, &[], Some(std::slice::from_ref(&c))));
         let ull = |f: &str, v: u64| (f.to_owned(), ParamValue::ULLong(v));
         assert_eq!(
             got,
@@ -91,6 +91,9 @@ mod tests {
             ]
         );
         // A helper that did not answer: names only.
-        assert_eq!(stats_group(&d, None).len(), 3);
+        assert_eq!(stats_group(&d, &[], None).len(), 3);
+        // A running guest's taps name its interfaces as the host sees them.
+        let named = fields(&stats_group(&d, &["vnet3".into(), "vnet4".into()], None));
+        assert!(named.iter().any(|(f, v)| f == "net.1.name" && v == &ParamValue::Text("vnet4".into())), "{named:?}");
     }
 }

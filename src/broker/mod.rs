@@ -38,7 +38,9 @@ mod listen;
 mod memlock;
 mod memsize;
 mod metadata;
+mod netinfo;
 mod networks;
+mod nics;
 mod percpu;
 mod permit;
 mod pidfile;
@@ -189,6 +191,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         disk_asks: Default::default(),
+        net_asks: Default::default(),
         balloons: Default::default(),
         samples: Default::default(),
         networks: networks::Networks::load(
@@ -205,6 +208,9 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         let reason = seen.unmanageable.as_deref();
         call_audit::audit_guest(&mut auditor, "reattach", (&seen.name, &seen.uuid), seen.pid, reason, seen.running);
     }
+    // Networks first, as libvirt's network driver starts before its
+    // domains: an autostart guest on an autostart network finds it running.
+    ctx.networks.autostart();
     for uuid in ctx.domains.autostart_pending() {
         // Success is audited when the helper reports the guest started.
         if let Err(e) = ctx.start(&uuid, None, false, "start", supervisor::Asker::Daemon("autostart")) {
@@ -213,7 +219,6 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             call_audit::audit_guest(&mut auditor, "start", (&name, &uuid), -1, Some("autostart"), false);
         }
     }
-    ctx.networks.autostart();
     ctx.guests.events.clear();
     ctx.networks.events.clear();
     Broker::new(event_loop::Setup {

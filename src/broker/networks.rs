@@ -595,6 +595,24 @@ impl Networks {
         Ok(self.nets[i].handle())
     }
 
+    /// The bridge of running network `name`, for a guest interface on it;
+    /// libvirt's errors for a network that is missing or not active.
+    pub fn bridge_of(&self, name: &str) -> Result<String, NetError> {
+        let n = self.nets.iter().find(|n| n.current().name == name).ok_or_else(|| NetError::NoName(name.into()))?;
+        let live = n.live.as_ref().ok_or_else(|| NetError::Invalid(format!("network '{name}' is not active")))?;
+        live.def.bridge.clone().ok_or_else(|| NetError::Internal(format!("network '{name}' has no bridge")))
+    }
+
+    /// The current leases of running network `name` for MAC `mac`
+    /// (`virDomainInterfaceAddresses` from the lease source); none when the
+    /// network is missing or stopped.
+    pub fn leases_for(&self, name: &str, mac: &str) -> Vec<Lease> {
+        match self.nets.iter().find(|n| n.current().name == name) {
+            Some(n) => self.leases(&n.current().uuid, Some(mac), 0).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
     fn leases(&self, uuid: &[u8; 16], mac: Option<&str>, flags: u32) -> Result<Vec<Lease>, NetError> {
         if flags != 0 {
             return Err(NetError::Flags { flags, function: "networkGetDHCPLeases".into() });

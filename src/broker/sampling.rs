@@ -163,7 +163,10 @@ fn finish(ctx: &Ctx, sample: Sample) -> CallValue {
         let running = ctx.guests.get(&dom.uuid).filter(|_| e.id.is_some());
         // libvirt's order: interfaces, then disks.
         if groups & group::INTERFACE != 0 && running.is_some() {
-            params.extend(super::ifstats::stats_group(&e.def, nics.get(&dom.uuid).map(Vec::as_slice)));
+            // The taps the broker made, by the names the host sees.
+            let taps: Vec<String> =
+                running.map(|r| r.nics.iter().map(|n| n.live.tap.clone()).collect()).unwrap_or_default();
+            params.extend(super::ifstats::stats_group(&e.def, &taps, nics.get(&dom.uuid).map(Vec::as_slice)));
         }
         if groups & group::BLOCK != 0 {
             let live: Option<Vec<crate::domain::LiveDisk>> =

@@ -24,6 +24,8 @@ pub struct Ctx {
     pub samples: super::sampling::Samples,
     /// Virtual networks.
     pub networks: super::networks::Networks,
+    /// Interface questions asked of helpers, and the clients waiting for them.
+    pub net_asks: std::collections::HashMap<Uuid, super::netinfo::NetAsks>,
 }
 
 impl Ctx {
@@ -41,6 +43,7 @@ impl Ctx {
             uid: r.uid,
             state: e.state,
             persistent: e.persistent,
+            nics: r.nics.clone(),
         };
         if let Err(err) = super::status::save(&self.guests.launcher.state_dir, &e.def, &s) {
             log::error!("cannot record running domain '{}': {err}", e.def.name);

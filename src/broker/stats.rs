@@ -399,12 +399,6 @@ pub fn block_stats(e: &Entry, path: &str, params: Option<(i32, u32)>) -> Result<
     })
 }
 
-/// `virDomainInterfaceStats`: a running guest has no network interfaces yet.
-pub fn interface_stats(e: &Entry, device: &str) -> Result<CallValue, CallError> {
-    running(e)?;
-    Err(CallError::InvalidArg(format!("'{device}' is not a known interface")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

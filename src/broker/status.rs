@@ -12,6 +12,8 @@ use crate::domain::{self, DomainDef};
 
 /// Most records read at start-up.
 const MAX_RECORDS: usize = 4096;
+/// Most interfaces read from one record.
+const MAX_NICS: usize = 64;
 
 /// What a restarted broker needs to re-attach to a guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub struct Status {
     pub state: DomainState,
     /// Defined (persistent) or transient.
     pub persistent: bool,
+    /// Its interfaces' taps (`nic=` lines, see `nics.rs`).
+    pub nics: Vec<super::nics::GuestNic>,
 }
 
 /// Where guest `name`'s helper listens for a (re)connecting broker.
@@ -59,7 +63,8 @@ pub fn save(dir: &Path, def: &DomainDef, s: &Status) -> std::io::Result<()> {
         reason,
         u8::from(s.persistent)
     );
-    write_atomic(&status, &text)
+    let nics: String = s.nics.iter().map(|n| format!("nic={}\n", super::nics::record_line(n))).collect();
+    write_atomic(&status, &(text + &nics))
 }
 
 /// Removes a guest's record (it stopped).
@@ -78,6 +83,12 @@ fn parse(text: &str) -> Option<Status> {
         uid: field("uid")?.parse().ok()?,
         state: DomainState::from_libvirt(field("state")?.parse().ok()?, field("reason")?.parse().ok()?)?,
         persistent: field("persistent")? == "1",
+        nics: text
+            .lines()
+            .filter_map(|l| l.strip_prefix("nic="))
+            .take(MAX_NICS)
+            .map(super::nics::parse_record_line)
+            .collect::<Option<_>>()?,
     })
 }
 
@@ -114,8 +125,12 @@ mod tests {
             uid: 99,
             state: DomainState::Paused(super::super::lifecycle::PausedReason::User),
             persistent: false,
+            nics: Vec::new(),
         };
-        assert_eq!(parse("id=7\npid=1234\nuid=99\nstate=3\nreason=1\npersistent=0\n"), Some(s));
+        assert_eq!(parse("id=7\npid=1234\nuid=99\nstate=3\nreason=1\npersistent=0\n"), Some(s.clone()));
+        let with_tap = "id=7\npid=1234\nuid=99\nstate=3\nreason=1\npersistent=0\nnic=vnet0 12 virbr0\n";
+        let nics = parse(with_tap).map(|s| s.nics).unwrap_or_default();
+        assert_eq!(nics.iter().map(super::super::nics::record_line).collect::<Vec<_>>(), ["vnet0 12 virbr0"]);
         assert_eq!(parse("id=x\n"), None);
     }
 }

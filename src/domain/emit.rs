@@ -1,10 +1,10 @@
 //! [`DomainDef`] to its canonical XML element tree.
 
 use super::xml::Element;
-use super::{CharDev, CharSource, DomainDef, KEPT_DEVICE_ORDER, KEPT_ORDER, LiveDisk, uuid_string};
+use super::{CharDev, CharSource, DomainDef, KEPT_DEVICE_ORDER, KEPT_ORDER, LiveDisk, LiveNic, uuid_string};
 
 /// Builds the `<domain>` element in libvirt's element order.
-pub fn domain(d: &DomainDef, live: Option<&[LiveDisk]>) -> Element {
+pub fn domain(d: &DomainDef, live: Option<(&[LiveDisk], &[LiveNic])>) -> Element {
     let kept = |name: &'static str| d.kept.iter().filter(move |e| e.name == name).cloned();
     let mut root = Element::new("domain")
         .attr("type", "kvm")
@@ -62,7 +62,7 @@ fn os(d: &DomainDef) -> Element {
     os
 }
 
-fn devices(d: &DomainDef, live: Option<&[LiveDisk]>) -> Element {
+fn devices(d: &DomainDef, live: Option<(&[LiveDisk], &[LiveNic])>) -> Element {
     let kept = |name: &'static str| d.kept_devices.iter().filter(move |e| e.name == name).cloned();
     let mut devs = Element::new("devices");
     let [emulator, controller, rest @ ..] = KEPT_DEVICE_ORDER else { unreachable!() };
@@ -70,30 +70,13 @@ fn devices(d: &DomainDef, live: Option<&[LiveDisk]>) -> Element {
     let mut index = 1;
     let none = LiveDisk::default();
     for (i, disk) in d.disks.iter().enumerate() {
-        let live = live.map(|l| (l.get(i).unwrap_or(&none), &mut index));
+        let live = live.map(|(l, _)| (l.get(i).unwrap_or(&none), &mut index));
         devs = devs.child(super::disk::emit(disk, live));
     }
     devs.children.extend(kept(controller));
-    for nic in &d.interfaces {
-        let m = nic.mac;
-        let mac = format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
-        let mut e = Element::new("interface").attr("type", &nic.kind).child(Element::new("mac").attr("address", mac));
-        match (nic.kind.as_str(), &nic.source) {
-            ("network", Some(s)) => e = e.child(Element::new("source").attr("network", s)),
-            ("bridge", Some(s)) => e = e.child(Element::new("source").attr("bridge", s)),
-            _ => {}
-        }
-        if let Some(t) = &nic.target {
-            e = e.child(Element::new("target").attr("dev", t));
-        }
-        e = e.child(Element::new("model").attr("type", "virtio"));
-        if nic.link_down {
-            e = e.child(Element::new("link").attr("state", "down"));
-        }
-        if let Some(m) = nic.mtu {
-            e = e.child(Element::new("mtu").attr("size", m.to_string()));
-        }
-        devs = devs.child(e);
+    for (i, nic) in d.interfaces.iter().enumerate() {
+        let running = live.map(|(_, nics)| nics.get(i).cloned().unwrap_or_default());
+        devs = devs.child(interface(nic, i, running.as_ref()));
     }
     for s in &d.serials {
         devs = devs.child(chardev("serial", s, Element::new("target").attr("port", s.port.to_string())));
@@ -119,4 +102,41 @@ fn chardev(name: &str, c: &CharDev, target: Element) -> Element {
         e = e.child(s);
     }
     e.child(target)
+}
+
+/// One `<interface>`, in libvirt's child order; a running guest's shows its
+/// tap, its network's bridge and its alias.
+fn interface(nic: &super::Interface, index: usize, live: Option<&LiveNic>) -> Element {
+    let mut e =
+        Element::new("interface").attr("type", &nic.kind).child(Element::new("mac").attr("address", nic.mac_string()));
+    match (nic.kind.as_str(), &nic.source) {
+        ("network", Some(s)) => {
+            let mut source = Element::new("source").attr("network", s);
+            if let Some(br) = live.and_then(|l| l.bridge.as_deref()) {
+                source = source.attr("bridge", br);
+            }
+            e = e.child(source);
+        }
+        ("bridge", Some(s)) => e = e.child(Element::new("source").attr("bridge", s)),
+        _ => {}
+    }
+    match (live.map(|l| l.tap.as_str()).filter(|t| !t.is_empty()), &nic.target) {
+        (Some(tap), _) => e = e.child(Element::new("target").attr("dev", tap)),
+        (None, Some(t)) => e = e.child(Element::new("target").attr("dev", t)),
+        (None, None) => {}
+    }
+    e = e.child(Element::new("model").attr("type", "virtio"));
+    if live.and_then(|l| l.link_down).unwrap_or(nic.link_down) {
+        e = e.child(Element::new("link").attr("state", "down"));
+    }
+    if let Some(m) = nic.mtu {
+        e = e.child(Element::new("mtu").attr("size", m.to_string()));
+    }
+    if live.is_some() {
+        e = e.child(Element::new("alias").attr("name", super::nic_alias(index)));
+    }
+    if let Some(slot) = nic.pci_slot {
+        e = e.child(super::pci::address(slot));
+    }
+    e
 }

@@ -28,7 +28,7 @@ pub mod xml;
 
 pub use caps::domain_capabilities;
 pub use disk::{BackingLayer, Disk, DiskCache, DiskFormat, DiskKind, LiveDisk};
-pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, parse, parse_with};
+pub use parse::{MAX_NAME_BYTES, MAX_VCPUS, interface as parse_interface, parse, parse_with};
 pub use units::to_kib;
 pub use uuid::Uuid;
 
@@ -142,6 +142,34 @@ pub struct Interface {
     pub link_down: bool,
     /// `<mtu size=...>`.
     pub mtu: Option<u32>,
+    /// The PCI slot on bus 0, assigned at define when not given (`pci.rs`).
+    pub pci_slot: Option<u8>,
+}
+
+impl Interface {
+    /// The MAC in libvirt's text form.
+    pub fn mac_string(&self) -> String {
+        let m = self.mac;
+        format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+/// The alias libvirt gives the `index`th interface of a running guest.
+pub fn nic_alias(index: usize) -> String {
+    format!("net{index}")
+}
+
+/// What a running guest's interface has that its definition does not: the
+/// tap made for it and, on a network, the network's bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveNic {
+    /// The tap's name (`vnetN`, or the `<target dev>` asked for).
+    pub tap: String,
+    /// The bridge of the network it is on (`type='network'` only).
+    pub bridge: Option<String>,
+    /// The link state set on the running guest (`domif-setlink`), where it
+    /// differs from the definition's: `Some(true)` down.
+    pub link_down: Option<bool>,
 }
 
 /// Where a serial port or console goes.
@@ -214,8 +242,9 @@ impl DomainDef {
     /// The XML of the running guest: as [`DomainDef::to_xml`], with each
     /// disk's alias, source index and the backing chain found at start
     /// (`live` in `disks` order; a disk beyond it shows no chain).
-    pub fn to_live_xml(&self, live: &[LiveDisk]) -> String {
-        emit::domain(self, Some(live)).to_xml()
+    /// Each interface shows its tap and alias (`nics` in `interfaces` order).
+    pub fn to_live_xml(&self, live: &[LiveDisk], nics: &[LiveNic]) -> String {
+        emit::domain(self, Some((live, nics))).to_xml()
     }
 
     /// Whether `<features>` asks for `name` (e.g. `acpi`).

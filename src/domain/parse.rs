@@ -381,7 +381,8 @@ fn lifecycle(root: &Element, name: &str, default: LifecycleAction) -> Result<Lif
     }
 }
 
-fn interface(e: &Element) -> Result<Interface, DomainError> {
+/// One `<interface>` element (a domain's, or one given to attach-device).
+pub fn interface(e: &Element) -> Result<Interface, DomainError> {
     let kind = e.get("type").unwrap_or("");
     let source = match kind {
         "network" => e.find("source").and_then(|s| s.get("network")).map(str::to_owned),
@@ -424,7 +425,8 @@ fn interface(e: &Element) -> Result<Interface, DomainError> {
                 .ok_or_else(|| invalid(format!("malformed mtu size '{m}'")))?,
         ),
     };
-    Ok(Interface { kind: kind.to_owned(), source, mac, target, link_down, mtu })
+    let pci_slot = e.find("address").map(super::pci::parse_address).transpose()?;
+    Ok(Interface { kind: kind.to_owned(), source, mac, target, link_down, mtu, pci_slot })
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {

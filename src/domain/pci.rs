@@ -71,42 +71,51 @@ fn kept_slots(def: &DomainDef) -> Vec<u8> {
         .collect()
 }
 
-/// Gives every disk without an address a free slot: the one it had in
-/// `previous` (the definition this one replaces) if still free, else the
-/// first free one. Refuses two devices on one slot, as libvirt does.
+/// Gives every interface and disk without an address a free slot: the one
+/// it had in `previous` (the definition this one replaces; an interface is
+/// known by its MAC, a disk by its target) if still free, else the first
+/// free one, interfaces before disks as libvirt assigns them. Refuses two
+/// devices on one slot, as libvirt does.
 pub fn assign(def: &mut DomainDef, previous: Option<&DomainDef>) -> Result<(), DomainError> {
     let mut used = kept_slots(def);
     used.extend(super::balloon::of(def).and_then(|b| b.pci_slot));
-    for d in &def.disks {
-        if let Some(s) = d.pci_slot {
-            if used.contains(&s) {
-                return Err(DomainError::Invalid(format!("Attempted double use of PCI Address 0000:00:{s:02x}.0")));
-            }
-            used.push(s);
+    let given = def.interfaces.iter().map(|n| n.pci_slot).chain(def.disks.iter().map(|d| d.pci_slot));
+    for s in given.flatten().collect::<Vec<_>>() {
+        if used.contains(&s) {
+            return Err(DomainError::Invalid(format!("Attempted double use of PCI Address 0000:00:{s:02x}.0")));
         }
+        used.push(s);
     }
-    // Slots carried over first, so that a new disk listed before an old
+    // Slots carried over first, so that a new device listed before an old
     // one does not take the old one's place.
     if let Some(p) = previous {
-        for i in 0..def.disks.len() {
-            let before = p.disks.iter().find(|o| o.target == def.disks[i].target).and_then(|o| o.pci_slot);
-            if def.disks[i].pci_slot.is_none()
-                && let Some(s) = before.filter(|s| !used.contains(s))
-            {
-                def.disks[i].pci_slot = Some(s);
+        for n in def.interfaces.iter_mut().filter(|n| n.pci_slot.is_none()) {
+            let before = p.interfaces.iter().find(|o| o.mac == n.mac).and_then(|o| o.pci_slot);
+            if let Some(s) = before.filter(|s| !used.contains(s)) {
+                n.pci_slot = Some(s);
+                used.push(s);
+            }
+        }
+        for d in def.disks.iter_mut().filter(|d| d.pci_slot.is_none()) {
+            let before = p.disks.iter().find(|o| o.target == d.target).and_then(|o| o.pci_slot);
+            if let Some(s) = before.filter(|s| !used.contains(s)) {
+                d.pci_slot = Some(s);
                 used.push(s);
             }
         }
     }
-    for i in 0..def.disks.len() {
-        if def.disks[i].pci_slot.is_some() {
-            continue;
-        }
-        let slot = (FIRST_SLOT..=LAST_SLOT).find(|s| !used.contains(s)).ok_or_else(|| {
-            DomainError::Unsupported(format!("no free PCI slot left on bus 0 for disk '{}'", def.disks[i].target))
-        })?;
-        def.disks[i].pci_slot = Some(slot);
+    let free = |what: String, used: &mut Vec<u8>| {
+        let slot = (FIRST_SLOT..=LAST_SLOT)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| DomainError::Unsupported(format!("no free PCI slot left on bus 0 for {what}")))?;
         used.push(slot);
+        Ok::<u8, DomainError>(slot)
+    };
+    for n in def.interfaces.iter_mut().filter(|n| n.pci_slot.is_none()) {
+        n.pci_slot = Some(free(format!("interface '{}'", n.mac_string()), &mut used)?);
+    }
+    for d in def.disks.iter_mut().filter(|d| d.pci_slot.is_none()) {
+        d.pci_slot = Some(free(format!("disk '{}'", d.target), &mut used)?);
     }
     super::balloon::assign(def, &mut used)
 }
@@ -166,5 +175,23 @@ mod tests {
         let twice = fixed.replace("vdc", "vdd").replace("/c", "/d");
         let e = crate::domain::parse(&domain(&format!("{fixed}{twice}")), false).unwrap_err();
         assert_eq!(e, DomainError::Invalid("Attempted double use of PCI Address 0000:00:03.0".into()));
+    }
+
+    #[test]
+    fn interfaces_get_slots_before_disks_and_keep_them_across_redefines() {
+        let vda = "<disk><source file='/a'/><target dev='vda'/></disk>";
+        let nic = "<interface type='network'><mac address='52:54:00:00:00:01'/><source network='n'/></interface>";
+        let (first, _) = crate::domain::parse(&domain(&format!("{vda}{nic}")), false).unwrap();
+        assert_eq!((first.interfaces[0].pci_slot, first.disks[0].pci_slot), (Some(3), Some(4)));
+        let xml = first.to_xml();
+        assert!(
+            xml.contains("<model type='virtio'/>\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x03'"),
+            "{xml}"
+        );
+        // A second interface added later takes a free slot; the others keep theirs.
+        let nic2 = nic.replace(":01'", ":02'");
+        let (again, _) = crate::domain::parse_with(&domain(&format!("{nic2}{vda}{nic}")), false, Some(&first)).unwrap();
+        let nics: Vec<_> = again.interfaces.iter().map(|n| n.pci_slot).collect();
+        assert_eq!((nics, again.disks[0].pci_slot), (vec![Some(5), Some(3)], Some(4)));
     }
 }

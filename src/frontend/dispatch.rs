@@ -428,6 +428,19 @@ fn call(s: &mut Session, facts: &Facts, h: &Header, payload: &[u8]) -> Result<Ac
             let a: DomainDeviceArgs = args(payload)?;
             fwd(Call::InterfaceStats { uuid: a.dom.uuid.0.into(), device: a.device })
         }
+        P::DomainInterfaceAddresses => {
+            let a: crate::rpc::stats::InterfaceAddressesArgs = args(payload)?;
+            // VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT asks the guest agent,
+            // which libvirt allows read-write connections only.
+            if s.readonly && a.source == 1 {
+                return Err(RpcError::ReadOnly { api: proc_.api(), family: ApiFamily::Domain });
+            }
+            fwd(Call::InterfaceAddresses { uuid: a.dom.uuid.0.into(), source: a.source, flags: a.flags })
+        }
+        P::DomainUpdateDeviceFlags => {
+            let a: DeviceFlagsArgs = args(payload)?;
+            fwd(Call::UpdateDevice { uuid: a.dom.uuid.0.into(), xml: a.xml, flags: a.flags })
+        }
         P::DomainGetSchedulerType => query(args::<DomainArg>(payload)?.dom, Query::SchedulerType),
         P::DomainGetSchedulerParameters => {
             let a: SchedulerParamsArgs = args(payload)?;
@@ -689,6 +702,26 @@ fn shape(h: &Header, v: CallValue) -> Result<Vec<u8>, RpcError> {
         (P::DomainInterfaceStats, CallValue::Figures(v)) => {
             ok_reply(h, &InterfaceStatsRet { values: v.try_into().map_err(|_| mismatch)? })
         }
+        (_, CallValue::Interfaces(list)) => {
+            use crate::rpc::stats::{
+                DomainInterfaceWire, INTERFACE_MAX, IP_ADDR_MAX, InterfaceAddressesRet, IpAddrWire,
+            };
+            let ifaces = list
+                .into_iter()
+                .take(INTERFACE_MAX)
+                .map(|i| DomainInterfaceWire {
+                    name: i.name,
+                    hwaddr: i.hwaddr,
+                    addrs: i
+                        .addrs
+                        .into_iter()
+                        .take(IP_ADDR_MAX)
+                        .map(|(kind, addr, prefix)| IpAddrWire { kind, addr, prefix })
+                        .collect(),
+                })
+                .collect();
+            ok_reply(h, &InterfaceAddressesRet { ifaces })
+        }
         (_, CallValue::BlockInfo { allocation, capacity, physical }) => {
             ok_reply(h, &BlockInfoRet { allocation, capacity, physical })
         }
@@ -930,6 +963,7 @@ mod tests {
             enc(&DeviceArgs { dom: dom.clone(), xml: "<disk/>".into() }),
             enc(&DeviceFlagsArgs { dom: dom.clone(), xml: "<disk/>".into(), flags: 2 }),
             enc(&DetachAliasArgs { dom: dom.clone(), alias: "virtio-disk0".into(), flags: 2 }),
+            enc(&crate::rpc::stats::InterfaceAddressesArgs { dom: dom.clone(), source: 0, flags: 0 }),
             enc(&BlockInfoArgs { dom: dom.clone(), path: "vda".into(), flags: 0 }),
             enc(&DiskErrorsArgs { dom: dom.clone(), maxerrors: 0, flags: 0 }),
             enc(&crate::rpc::tuning::SetParamsArgs { dom: dom.clone(), params: Vec::new() }),

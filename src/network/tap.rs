@@ -35,6 +35,10 @@ pub enum TapError {
     /// The name is not a valid interface name.
     #[error("invalid tap name '{0}'")]
     Name(String),
+    /// An interface of that name exists already (TUNSETIFF would attach to
+    /// a persistent tap of that name rather than fail).
+    #[error("an interface named '{0}' already exists")]
+    Exists(String),
     /// Attaching or bringing it up failed.
     #[error(transparent)]
     Link(#[from] BridgeError),
@@ -55,6 +59,9 @@ pub fn create(name: Option<&str>) -> Result<(OwnedFd, String), TapError> {
     let asked = name.unwrap_or("vnet%d");
     if asked.is_empty() || asked.len() >= libc::IFNAMSIZ || asked.contains('/') {
         return Err(TapError::Name(asked.to_owned()));
+    }
+    if name.is_some() && bridge::ifindex(asked).is_some() {
+        return Err(TapError::Exists(asked.to_owned()));
     }
     let fd: OwnedFd = nix::fcntl::open(
         "/dev/net/tun",
@@ -98,7 +105,17 @@ pub fn attach(tap: &str, bridge_name: &str, mtu: Option<u32>) -> Result<(), TapE
     Ok(())
 }
 
-/// Brings tap `tap` up unattached (`<interface type='ethernet'>`).
-pub fn up(tap: &str) -> Result<(), TapError> {
-    Ok(bridge::set_up(tap)?)
+/// Brings tap `tap` up unattached (`<interface type='ethernet'>`), with
+/// MTU `mtu` when given.
+pub fn up(tap: &str, mtu: Option<u32>) -> Result<(), TapError> {
+    let index = bridge::ifindex(tap).ok_or_else(|| BridgeError::Missing(tap.to_owned()))?;
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.header.flags = LinkFlags::Up;
+    m.header.change_mask = LinkFlags::Up;
+    if let Some(mtu) = mtu {
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    bridge::set_link(m, "bring up", tap)?;
+    Ok(())
 }

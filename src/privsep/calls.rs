@@ -406,6 +406,24 @@ pub enum Call {
         /// Interface name or MAC (compared, never opened).
         device: String,
     },
+    /// `virDomainInterfaceAddresses`.
+    InterfaceAddresses {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// `virDomainInterfaceAddressesSource`.
+        source: u32,
+        /// Must be 0.
+        flags: u32,
+    },
+    /// `virDomainUpdateDeviceFlags` (an interface's link state).
+    UpdateDevice {
+        /// The domain.
+        uuid: crate::domain::Uuid,
+        /// The device's XML.
+        xml: String,
+        /// `virDomainDeviceModifyFlags`.
+        flags: u32,
+    },
     /// `virNodeGetFreePages`.
     NodeFreePages {
         /// Page sizes, KiB (at most `REMOTE_NODE_MAX_CELLS`).
@@ -582,6 +600,17 @@ pub enum CpuTarget {
     },
 }
 
+/// One interface of `virDomainInterfaceAddresses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfaceAddrs {
+    /// Its host-side name (the tap).
+    pub name: String,
+    /// Its MAC.
+    pub hwaddr: Option<String>,
+    /// Each address: `virIPAddrType`, the address, its prefix length.
+    pub addrs: Vec<(i32, String, u32)>,
+}
+
 /// A call's result; the frontend shapes it into the procedure's XDR reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallValue {
@@ -698,6 +727,8 @@ pub enum CallValue {
     },
     /// A fixed row of signed figures (`virDomainBlockStats`, `virDomainInterfaceStats`).
     Figures(Vec<i64>),
+    /// `virDomainInterfaceAddresses`: each interface's addresses.
+    Interfaces(Vec<IfaceAddrs>),
     /// A storage call's result.
     Storage(super::storage::StorageValue),
     /// `virDomainGetBlockInfo`, bytes.

@@ -15,7 +15,9 @@ mod procedure;
 pub mod replica;
 pub mod storage;
 
-pub use calls::{Call, CallError, CallValue, CpuTarget, DomainEvent, DomainRef, EventKind, Query, TuneKind, VcpuInfo};
+pub use calls::{
+    Call, CallError, CallValue, CpuTarget, DomainEvent, DomainRef, EventKind, IfaceAddrs, Query, TuneKind, VcpuInfo,
+};
 pub use channel::{Channel, ChannelError, MAX_FDS, MAX_MESSAGE};
 pub use messages::{
     BrokerError, BrokerReply, ConnId, Envelope, FrontendConfig, FrontendRequest, KeyKind, ListenerKind,

@@ -54,6 +54,8 @@ impl Call {
             Call::BlockStats { params: None, .. } => P::DomainBlockStats,
             Call::BlockStats { .. } => P::DomainBlockStatsFlags,
             Call::InterfaceStats { .. } => P::DomainInterfaceStats,
+            Call::InterfaceAddresses { .. } => P::DomainInterfaceAddresses,
+            Call::UpdateDevice { .. } => P::DomainUpdateDeviceFlags,
             Call::NodeFreePages { .. } => P::NodeGetFreePages,
             Call::CpuModelNames { .. } => P::ConnectGetCpuModelNames,
             Call::GetTime { .. } => P::DomainGetTime,

@@ -285,6 +285,51 @@ pub struct InterfaceStatsRet {
     pub values: [i64; 8],
 }
 
+/// `remote_domain_interface_addresses_args`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceAddressesArgs {
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// `virDomainInterfaceAddressesSource`.
+    pub source: u32,
+    /// Must be 0.
+    pub flags: u32,
+}
+
+/// `remote_domain_ip_addr`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpAddrWire {
+    /// `virIPAddrType`.
+    pub kind: i32,
+    /// The address.
+    pub addr: String,
+    /// Its prefix length.
+    pub prefix: u32,
+}
+
+/// `remote_domain_interface`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInterfaceWire {
+    /// The interface's host-side name.
+    pub name: String,
+    /// Its MAC.
+    pub hwaddr: Option<String>,
+    /// Its addresses (at most [`IP_ADDR_MAX`]).
+    pub addrs: Vec<IpAddrWire>,
+}
+
+/// `remote_domain_interface_addresses_ret`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceAddressesRet {
+    /// The interfaces (at most [`INTERFACE_MAX`]).
+    pub ifaces: Vec<DomainInterfaceWire>,
+}
+
+/// `REMOTE_DOMAIN_INTERFACE_MAX`.
+pub const INTERFACE_MAX: usize = 2048;
+/// `REMOTE_DOMAIN_IP_ADDR_MAX`.
+pub const IP_ADDR_MAX: usize = 2048;
+
 /// `REMOTE_DOMAIN_BLOCK_STATS_PARAMETERS_MAX`.
 pub const BLOCK_STATS_PARAMETERS_MAX: i32 = 16;
 

@@ -15,7 +15,7 @@ use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
 use crate::broker::sampling::Counters;
 use crate::broker::supervisor::{Asker, Awaiting, Wait};
-use crate::broker::{blockinfo, call_audit, io_errors, sampling};
+use crate::broker::{blockinfo, call_audit, io_errors, netinfo, sampling};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
 use crate::privsep::{CallError, CallValue, ChannelError};
@@ -94,9 +94,10 @@ impl Broker {
                         }
                     }
                     Ok((HelperEvent::NetStats(counters), _)) => {
-                        for (conn, id, value) in
-                            sampling::arrived(&mut self.setup.ctx, &uuid, pid, &Counters::Nics(counters))
-                        {
+                        let ctx = &mut self.setup.ctx;
+                        let mut replies = netinfo::answered(ctx, &uuid, pid, &counters);
+                        replies.extend(sampling::arrived(ctx, &uuid, pid, &Counters::Nics(counters)));
+                        for (conn, id, value) in replies {
                             self.answer_client(conn, id, value);
                         }
                     }
@@ -228,6 +229,7 @@ impl Broker {
         let now = Instant::now();
         let mut replies = blockinfo::overdue(&mut self.setup.ctx, now);
         replies.extend(sampling::overdue(&mut self.setup.ctx, now));
+        replies.extend(netinfo::overdue(&mut self.setup.ctx, now));
         for (conn, id, value) in replies {
             self.answer_client(conn, id, value);
         }
@@ -278,6 +280,7 @@ impl Broker {
         let ctx = &mut self.setup.ctx;
         let Some(mut running) = ctx.guests.remove(&uuid) else { return };
         running.remove_cgroup();
+        running.remove_taps();
         if ctx.guests.pending.starting(&uuid).is_some() {
             // The helper ended before the guest ran: the start failed
             // (settling it shuts the domain off).

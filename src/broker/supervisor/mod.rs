@@ -118,7 +118,7 @@ impl Ctx {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
         let g = &mut self.guests;
-        let running = match g.launcher.start(&entry.def, id.unwrap_or(g.next_id), &g.running) {
+        let running = match g.launcher.start(&entry.def, id.unwrap_or(g.next_id), &g.running, &self.networks) {
             Ok(r) => r,
             Err(e) => {
                 // As libvirt does: a start that failed leaves the domain shut off (failed).
@@ -190,6 +190,7 @@ impl Ctx {
         if let Some(mut running) = self.guests.remove(uuid) {
             running.kill();
             running.remove_cgroup();
+            running.remove_taps();
         }
         if !self.domains.by_uuid(uuid).is_ok_and(|e| e.id.is_some()) {
             return false;
@@ -286,6 +287,7 @@ impl Ctx {
         let mut running = self.guests.remove(uuid).ok_or(CallError::NotRunning)?;
         running.kill();
         running.remove_cgroup();
+        running.remove_taps();
         let dom = self.domains.by_uuid(uuid).map(|e| e.stopped_handle());
         self.unrecord(uuid);
         self.domains.set_shutoff(uuid, ShutoffReason::Destroyed);

@@ -48,7 +48,8 @@ impl Ctx {
             };
             let mut seen = Reattachment { name: name.clone(), uuid, pid: s.pid, running: false, unmanageable: None };
             match self.guests.launcher.reattach(&def, s.id, s.pid, s.uid) {
-                Reattached::Attached(running, paused) => {
+                Reattached::Attached(mut running, paused) => {
+                    running.nics = s.nics.clone();
                     // Where the helper says otherwise, a pause or resume
                     // happened that the record missed.
                     let state = match (paused, recorded.is_paused()) {
@@ -61,7 +62,8 @@ impl Ctx {
                     log::info!("re-attached to domain '{name}' (id {}, helper pid {})", s.id, s.pid);
                     seen.running = true;
                 }
-                Reattached::Unmanageable(running, why) => {
+                Reattached::Unmanageable(mut running, why) => {
+                    running.nics = s.nics.clone();
                     // Running, as far as anyone can tell; the record stays
                     // for a daemon that speaks its helper's version.
                     self.domains.set_running(&uuid, s.id, running.pid, recorded);
@@ -77,6 +79,7 @@ impl Ctx {
                         _ => ShutoffReason::Unknown,
                     };
                     log::info!("domain '{name}' stopped while the daemon was away");
+                    super::super::nics::release(&s.nics);
                     status::remove(&self.guests.launcher.state_dir, &name);
                     self.domains.set_shutoff(&uuid, reason);
                 }
