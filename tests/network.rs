@@ -765,10 +765,10 @@ fn setlink_in_the_definition_of_a_stopped_guest_is_kept_and_read_back() {
     assert!(other.2.contains("only its link state can be updated"), "{other:?}");
 }
 
-/// Needs the helper's virtio-net device (its counters and link state): the
-/// guest's traffic is counted, and `domif-setlink` takes effect live.
+/// The helper's virtio-net device counts the guest's traffic, and
+/// `domif-setlink` takes effect live.
 #[test]
-fn needs_device_domifstat_counts_the_guests_traffic_and_setlink_changes_its_link() {
+fn domifstat_counts_the_guests_traffic_and_setlink_changes_its_link() {
     if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
         return;
     }
@@ -823,4 +823,61 @@ fn an_autostart_guest_on_an_autostart_network_starts_with_the_daemon() {
     let link = link_of(&ns, "vnet0").expect("the guest's tap");
     assert!(link.contains("master virbr7"), "{link}");
     ok(rw(&d, &["destroy", "g7"]));
+}
+
+/// The path of two guests on a NAT network: the test guest's DHCP client
+/// gets its lease from the network's dnsmasq through the virtio-net device,
+/// the tap and the bridge, and the lease shows in `net-dhcp-leases` and in
+/// `domifaddr` on the read-only socket.
+#[test]
+fn guests_on_a_nat_network_get_their_leases_from_dnsmasq() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gping");
+    let d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-start", "lab"]));
+    let guests = [
+        ("g8", "52:54:00:77:00:18", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b18"),
+        ("g9", "52:54:00:77:00:19", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b19"),
+    ];
+    for (name, mac, uuid) in guests {
+        let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
+        // The guest's console goes to a log, for what it printed if it fails.
+        let log = d.tree.path(&format!("{name}.log"));
+        let xml = guest_with(&d, name, uuid, &nic).replace(
+            "<serial type='pty'><target port='0'/></serial>",
+            &format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display()),
+        );
+        define_domain(&d, &xml);
+        ok(rw(&d, &["start", name]));
+    }
+    let console = |name: &str| std::fs::read_to_string(d.tree.path(&format!("{name}.log"))).unwrap_or_default();
+    // Each guest's lease, from dnsmasq, by its MAC (the guest's DHCP waits
+    // out dnsmasq's ping check, about 3 s).
+    let lease_of = |mac: &str| -> Option<String> {
+        let text = rw(&d, &["net-dhcp-leases", "lab"]).1;
+        let line = text.lines().find(|l| l.contains(mac))?;
+        let ip = line.split_whitespace().find(|w| w.starts_with("10.77.0."))?;
+        Some(ip.split('/').next()?.to_owned())
+    };
+    let mut ips = Vec::new();
+    for (name, mac, _) in guests {
+        let leased = wait_until(Duration::from_secs(60), || lease_of(mac).is_some());
+        assert!(leased, "no lease for {name}; its console:\n{}\n{}", console(name), d.stderr());
+        let ip = lease_of(mac).unwrap();
+        let addr = ok(ro(&d, &["domifaddr", name, "--source", "lease"]));
+        assert!(addr.contains(mac) && addr.contains(&ip), "{addr}");
+        ips.push(ip);
+    }
+    // Both guests received their lease through the device's receive path.
+    for (name, mac, _) in guests {
+        let text = ok(ro(&d, &["domifstat", name, mac]));
+        let rx = text.lines().find_map(|l| l.split_once(" rx_packets ")?.1.trim().parse::<u64>().ok());
+        assert!(rx.is_some_and(|n| n > 0), "{text}");
+    }
+    for (name, _, _) in guests {
+        ok(rw(&d, &["destroy", name]));
+    }
 }

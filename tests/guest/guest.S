@@ -771,9 +771,11 @@ bln_nq:      .long 0
  * RX queue (queue 0, VQ_SIZE buffers of 2 KiB posted) and one TX queue
  * (queue 1); every frame carries the 12-byte virtio_net_hdr_v1, zeroed.
  * Its address is `ip=A.B.C.D/NN` from the command line for eth0, else
- * DHCP (DISCOVER/OFFER/REQUEST/ACK, by the TSC: four DISCOVERs waiting
- * 2, 4, 8, 16 WAIT_TSC, as dnsmasq pings an address for up to 3 s before
- * it offers it, so about 5 s without a server; then three REQUESTs);
+ * DHCP (DISCOVER/OFFER/REQUEST/ACK, by the TSC: six DISCOVERs waiting
+ * 2, 4, ... 64 WAIT_TSC, as a bridge with STP forwards a new port only
+ * after its forward delay (at least 2 s each for listening and learning)
+ * and dnsmasq then pings an address for up to 3 s before it offers it, so
+ * about 20 s without a server; then three REQUESTs);
  * then it prints
  *     NET eth<n> MAC=<aa:bb:cc:dd:ee:ff> IP=<a.b.c.d>|none
  * Without a NIC nothing is printed and nothing changes. While the shell
@@ -1617,9 +1619,9 @@ dhcp:
         xorl N_MAC+2(%rbx), %eax
         movl %eax, dh_xid(%rip)
         movl $0, dh_server(%rip)
-        movl $1, %r12d                  /* DISCOVER, for an OFFER: ~5 s at most */
+        movl $1, %r12d                  /* DISCOVER, for an OFFER: ~20 s at most */
         movl $2, %r13d
-        movl $4, %ecx
+        movl $6, %ecx
         call dhcp_exchange
         jc 9f
         movl $3, %r12d                  /* REQUEST, for an ACK: ~2 s at most */
@@ -1776,7 +1778,9 @@ dhcp_in:
         movl 2(%rdx), %r12d
 4:      movq %rsi, %rdx
         jmp 1b
-5:      cmpl $2, %r9d                   /* an OFFER */
+5:      cmpl $5, dh_type(%rip)          /* acked already: a late OFFER */
+        je 8f                           /* must not undo it */
+        cmpl $2, %r9d                   /* an OFFER */
         jne 6f
         movl 16(%rdi), %eax
         movl %eax, dh_yiaddr(%rip)
