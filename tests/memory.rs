@@ -144,22 +144,29 @@ fn a_six_gib_guest_gets_ram_above_4_gib_in_both_boot_protocols() {
     }
 }
 
-/// Reserves `n` more 2 MiB huge pages for the test and gives them back after.
-struct HugePages(u64);
+/// Reserves `n` more 2 MiB huge pages for the test and gives them back
+/// after. The pool is the host's, one for every test here: a test holds it
+/// alone, so that another's guest never takes the pages it counts.
+struct HugePages {
+    before: u64,
+    _alone: std::sync::MutexGuard<'static, ()>,
+}
 
 impl HugePages {
     const KNOB: &str = "/proc/sys/vm/nr_hugepages";
 
     fn reserve(n: u64) -> HugePages {
+        static POOL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let alone = POOL.lock().unwrap_or_else(|p| p.into_inner());
         let before: u64 = std::fs::read_to_string(Self::KNOB).unwrap().trim().parse().unwrap();
         std::fs::write(Self::KNOB, (before + n).to_string()).unwrap();
-        HugePages(before)
+        HugePages { before, _alone: alone }
     }
 }
 
 impl Drop for HugePages {
     fn drop(&mut self) {
-        let _ = std::fs::write(Self::KNOB, self.0.to_string());
+        let _ = std::fs::write(Self::KNOB, self.before.to_string());
     }
 }
 
