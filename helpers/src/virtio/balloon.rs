@@ -143,21 +143,6 @@ pub struct Control {
     wake: Option<Arc<EventFd>>,
 }
 
-/// A running balloon thread: stopped and joined when dropped.
-pub struct WorkerHandle {
-    stop: EventFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Balloon {
     /// A balloon for a guest of `ram_bytes` whose memory has pages of
     /// `host_page` bytes (4096, or a huge page size), asking the guest for
@@ -304,17 +289,8 @@ impl Worker {
         self,
         name: String,
         confine: impl FnOnce() -> Result<(), String> + Send + 'static,
-    ) -> std::io::Result<WorkerHandle> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let stop_theirs = stop.try_clone()?;
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            if let Err(e) = confine() {
-                eprintln!("libvirt-helper: balloon thread not confined: {e}");
-                return;
-            }
-            self.run(&stop_theirs);
-        })?;
-        Ok(WorkerHandle { stop, thread: Some(thread) })
+    ) -> std::io::Result<super::worker::WorkerHandle> {
+        super::worker::spawn(name, "balloon", confine, move |stop| self.run(stop))
     }
 
     fn run(mut self, stop: &EventFd) {

@@ -434,21 +434,6 @@ pub struct Worker {
     active: Slot,
 }
 
-/// A running I/O thread: stopped and joined when dropped.
-pub struct WorkerHandle {
-    stop: EventFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Blk {
     /// The device for `config` and its I/O thread's side, over `disk`.
     pub fn new(config: &DiskConfig, disk: Disk) -> std::io::Result<(Blk, Worker)> {
@@ -529,18 +514,8 @@ impl Worker {
         self,
         name: String,
         confine: impl FnOnce() -> Result<(), String> + Send + 'static,
-    ) -> std::io::Result<WorkerHandle> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let stop_theirs = stop.try_clone()?;
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            if let Err(e) = confine() {
-                // Unconfined, it serves nothing: the disk stops answering.
-                eprintln!("libvirt-helper: I/O thread not confined: {e}");
-                return;
-            }
-            self.run(&stop_theirs);
-        })?;
-        Ok(WorkerHandle { stop, thread: Some(thread) })
+    ) -> std::io::Result<super::worker::WorkerHandle> {
+        super::worker::spawn(name, "I/O", confine, move |stop| self.run(stop))
     }
 
     fn run(mut self, stop: &EventFd) {

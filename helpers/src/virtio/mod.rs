@@ -11,6 +11,7 @@ pub mod balloon;
 pub mod blk;
 pub mod net;
 pub mod pci;
+pub mod worker;
 
 use std::sync::Arc;
 

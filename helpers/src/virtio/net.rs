@@ -92,21 +92,6 @@ pub struct Control {
     wake: Arc<EventFd>,
 }
 
-/// A running interface thread: stopped and joined when dropped.
-pub struct WorkerHandle {
-    stop: EventFd,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Control {
     /// The interface's alias.
     pub fn alias(&self) -> &str {
@@ -232,18 +217,8 @@ impl Worker {
         self,
         name: String,
         confine: impl FnOnce() -> Result<(), String> + Send + 'static,
-    ) -> std::io::Result<WorkerHandle> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let stop_theirs = stop.try_clone()?;
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
-            if let Err(e) = confine() {
-                // Unconfined, it serves nothing: the interface goes quiet.
-                eprintln!("libvirt-helper: network thread not confined: {e}");
-                return;
-            }
-            self.run(&stop_theirs);
-        })?;
-        Ok(WorkerHandle { stop, thread: Some(thread) })
+    ) -> std::io::Result<super::worker::WorkerHandle> {
+        super::worker::spawn(name, "network", confine, move |stop| self.run(stop))
     }
 
     fn run(mut self, stop: &EventFd) {
