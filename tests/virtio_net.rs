@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -234,28 +234,11 @@ impl Guest {
     }
 
     fn event(&self, timeout: Duration) -> HelperEvent {
-        let (e, _) = self
-            .channel
-            .recv_blocking::<HelperEvent>(timeout.as_millis() as u16, HelperEvent::fd_count)
-            .expect("no event from the helper");
-        e
+        common::helper_guest::event(&self.channel, timeout)
     }
 
     fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-        let end = Instant::now() + timeout;
-        self.console.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(i) = self.output.find(needle) {
-                let upto = self.output[..i + needle.len()].to_owned();
-                self.output.drain(..i + needle.len());
-                return upto;
-            }
-            assert!(Instant::now() < end, "no {needle:?} on the console; got {:?}", self.output);
-            if let Ok(n) = self.console.read(&mut buf) {
-                self.output.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        }
+        common::helper_guest::expect(&mut self.console, &mut self.output, needle, timeout)
     }
 
     /// Types `line` and waits for the next prompt; returns what came before it.

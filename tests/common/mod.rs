@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cgroup;
+pub mod helper_guest;
 pub mod pki;
 
 use std::io::Read;
