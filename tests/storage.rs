@@ -456,27 +456,7 @@ fn virt_install_creates_the_default_pool_and_a_volume_in_it() {
     // virt-install puts the system default pool at /var/lib/libvirt/images:
     // the daemon runs in a mount namespace of its own with a tmpfs on
     // /var/lib, so the host's is never touched.
-    let tree = Tree::new();
-    tree.write_conf("");
-    let wrap = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", wrap, BIN, "-f"])
-        .arg(tree.conf_path())
-        .arg("-p")
-        .arg(tree.pid_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tree.path("stderr")).unwrap());
-    // SAFETY: setpgid is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setpgid(0, 0);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    let mut d = Daemon { pid: child.id() as i32, child: Some(child), tree };
-    assert!(d.wait_serving(SECS), "{}", d.stderr());
+    let mut d = common::daemon_with_private_var_lib();
     let rw = d.tree.sock("libvirt-sock");
     let home = d.tree.path("home");
     std::fs::create_dir_all(&home).unwrap();

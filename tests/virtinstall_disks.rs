@@ -27,33 +27,6 @@ fn python_libvirt() -> bool {
     Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success())
 }
 
-/// The daemon in a mount namespace of its own with a tmpfs on /var/lib, where
-/// virt-install puts the system `default` pool: the host's is never touched.
-fn daemon_with_private_var_lib() -> Daemon {
-    let tree = Tree::new();
-    tree.write_conf("");
-    let wrap = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", wrap, BIN, "-f"])
-        .arg(tree.conf_path())
-        .arg("-p")
-        .arg(tree.pid_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tree.path("stderr")).unwrap());
-    // SAFETY: setpgid is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setpgid(0, 0);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    let mut d = Daemon { pid: child.id() as i32, child: Some(child), tree };
-    assert!(d.wait_serving(Duration::from_secs(10)), "{}", d.stderr());
-    d
-}
-
 /// Runs virt-install with its home in the test's tree; panics with its
 /// output and the daemon's log when it fails.
 fn virt_install(d: &Daemon, args: &[&str]) -> String {
@@ -164,7 +137,7 @@ fn virt_install_imports_a_qcow2_image_and_the_guest_sees_it() {
     if !have_tools() {
         return;
     }
-    let d = daemon_with_private_var_lib();
+    let d = common::daemon_with_private_var_lib();
     let rw = d.tree.sock("libvirt-sock");
     let boot = boot_arg(&guest_kernel(&d));
     let images = d.tree.path("images");
@@ -195,7 +168,7 @@ fn virt_install_makes_a_volume_in_the_default_pool_and_the_guest_sees_it() {
     if !have_tools() {
         return;
     }
-    let d = daemon_with_private_var_lib();
+    let d = common::daemon_with_private_var_lib();
     let rw = d.tree.sock("libvirt-sock");
     let boot = boot_arg(&guest_kernel(&d));
     virt_install(&d, &["--import", "--name", "vi", "--boot", &boot, "--disk", "size=1"]);

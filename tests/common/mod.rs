@@ -580,3 +580,30 @@ pub fn run_python(d: &Daemon, program: &str, limit: Duration) -> String {
         None => panic!("python did not finish within {limit:?}:\n{out}\n{err}\n--- daemon:\n{}", d.stderr()),
     }
 }
+
+/// The daemon in a mount namespace of its own with a tmpfs on /var/lib, where
+/// virt-install puts the system `default` pool: the host's is never touched.
+pub fn daemon_with_private_var_lib() -> Daemon {
+    let tree = Tree::new();
+    tree.write_conf("");
+    let wrap = "mount -t tmpfs tmpfs /var/lib && exec \"$0\" \"$@\"";
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", wrap, BIN, "-f"])
+        .arg(tree.conf_path())
+        .arg("-p")
+        .arg(tree.pid_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tree.path("stderr")).unwrap());
+    // SAFETY: setpgid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let mut d = Daemon { pid: child.id() as i32, child: Some(child), tree };
+    assert!(d.wait_serving(Duration::from_secs(10)), "{}", d.stderr());
+    d
+}
