@@ -88,6 +88,7 @@ impl Guest {
             balloon: None,
             nics: Vec::new(),
             mem_locked: false,
+            rtc_offset_secs: 0,
         };
         console_tweak(&theirs);
         let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));

@@ -90,6 +90,7 @@ impl Guest {
             balloon: None,
             nics: Vec::new(),
             mem_locked: false,
+            rtc_offset_secs: 0,
         };
         let layer_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
         let fds = StartFds {

@@ -71,6 +71,7 @@ fn fadt() -> Vec<u8> {
     b[at(64)..at(68)].copy_from_slice(&u32::from(PM1A_CNT).to_le_bytes());
     b[at(88)] = 4; // PM1_EVT_LEN
     b[at(89)] = 2; // PM1_CNT_LEN
+    b[at(108)] = crate::devices::rtc::CENTURY; // the CMOS clock's century register
     b[at(109)..at(111)].copy_from_slice(&0x0003u16.to_le_bytes()); // legacy devices, 8042
     let flags: u32 = 1 | (1 << 10); // WBINVD, RESET_REG_SUP
     b[at(112)..at(116)].copy_from_slice(&flags.to_le_bytes());

@@ -326,6 +326,8 @@ pub fn xml_desc(def: &DomainDef, running: Option<&super::guests::Running>, flags
         Some(r) if flags & XML_INACTIVE == 0 => {
             let live: Vec<LiveDisk> = r.disks.iter().map(|d| d.live.clone()).collect();
             let nics: Vec<_> = r.nics.iter().map(|n| n.live.clone()).collect();
+            let mut def = def.clone();
+            def.set_clock(&r.clock.live(&def.clock()));
             def.to_live_xml(&live, &nics)
         }
         _ => def.to_xml(),

@@ -5,11 +5,12 @@
 //! stop, broke its channel, or speaks no protocol of this build; libvirt
 //! sends `VIR_DOMAIN_EVENT_ID_CONTROL_ERROR` when it loses QEMU's monitor).
 //!
-//! I/O errors are raised where disk counters arrive (`blockinfo.rs`). Of the
-//! other events a monitor may register for, none has a source here
-//! yet, so none is sent: RTC change (the helper has no guest-settable RTC
-//! offset), watchdog (no watchdog device), device
-//! added/removed (no hotplug), job completed (no jobs).
+//! I/O errors are raised where disk counters arrive (`io_errors.rs`), RTC
+//! changes where the helper reports the guest setting its CMOS clock
+//! (`rtc.rs`, `VIR_DOMAIN_EVENT_ID_RTC_CHANGE`). Of the other events a
+//! monitor may register for, none has a source here yet, so none is sent:
+//! watchdog (no watchdog device), device added/removed (no hotplug), job
+//! completed (no jobs).
 
 use super::state::Ctx;
 use crate::domain::Uuid;

@@ -53,6 +53,9 @@ pub struct Running {
     /// Its interfaces' taps, in `<interface>` order (from the record for a
     /// helper re-attached after a restart).
     pub nics: Vec<super::nics::GuestNic>,
+    /// Its CMOS clock: where it started, where the guest put it (for a
+    /// helper re-attached after a restart, as the definition starts it).
+    pub clock: super::rtc::LiveClock,
 }
 
 /// What the broker knows of the protocol a helper speaks.
@@ -238,6 +241,8 @@ impl Launcher {
             }
             return Err(e);
         }
+        let now = super::rtc::now();
+        let clock = super::rtc::LiveClock::at_start(&def.clock(), now, super::rtc::local_offset(now));
         let config = GuestConfig {
             memory_mib: def.memory_kib.div_ceil(1024),
             vcpus: def.vcpus,
@@ -249,6 +254,7 @@ impl Launcher {
                 .and_then(|b| Some(BalloonConfig { pci_slot: b.pci_slot?, stats_period: b.stats_period })),
             nics: nics.configs.clone(),
             mem_locked: backing.locked,
+            rtc_offset_secs: clock.base,
         };
         let tap_fds: Vec<_> = nics.fds.iter().map(|f| f.as_fd()).collect();
         let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
@@ -288,6 +294,7 @@ impl Launcher {
             disks,
             cgroup,
             nics: nics.nics,
+            clock,
         })
     }
 
@@ -358,6 +365,7 @@ impl Launcher {
         });
         let greeting = super::greeting::read(&channel, REATTACH_GRACE_MS);
         let cgroup = self.cgroups.as_ref().and_then(|c| GuestCgroup::find(c, id, &def.name, def.vcpus));
+        let now = super::rtc::now();
         let running = |protocol| Running {
             id,
             pid: Pid::from_raw(pid),
@@ -370,6 +378,7 @@ impl Launcher {
             disks: Vec::new(),
             cgroup,
             nics: Vec::new(),
+            clock: super::rtc::LiveClock::at_start(&def.clock(), now, super::rtc::local_offset(now)),
         };
         match greeting {
             Greeting::Stopped(reason) => Reattached::Stopped(reason),

@@ -51,6 +51,7 @@ mod qcow2;
 mod query;
 mod readiness;
 mod restarts;
+mod rtc;
 mod sampling;
 mod sched;
 mod spawn;

@@ -15,6 +15,7 @@
 pub mod backing;
 pub mod balloon;
 mod caps;
+pub mod clock;
 pub mod disk;
 mod emit;
 pub mod nsxml;
@@ -274,6 +275,19 @@ impl DomainDef {
         self.kept.extend(tuning::emit_cputune(&t.cpu));
         self.kept.extend(tuning::emit_memtune(&t.memory));
         self.kept.extend(tuning::emit_blkiotune(&t.blkio));
+        self.kept.sort_by_key(|e| rank(KEPT_ORDER, &e.name));
+    }
+
+    /// The guest's `<clock>` (checked at parse time, so a kept element
+    /// always reads back); UTC without one.
+    pub fn clock(&self) -> clock::Clock {
+        self.kept.iter().find(|e| e.name == "clock").and_then(|e| clock::parse(e).ok()).unwrap_or_default()
+    }
+
+    /// Replaces `<clock>` with `c`, in canonical form.
+    pub fn set_clock(&mut self, c: &clock::Clock) {
+        self.kept.retain(|e| e.name != "clock");
+        self.kept.push(clock::emit(c));
         self.kept.sort_by_key(|e| rank(KEPT_ORDER, &e.name));
     }
 

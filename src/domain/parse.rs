@@ -216,7 +216,11 @@ impl Parser {
                     "cpu" => {
                         platform::cpu(child)?;
                     }
-                    "clock" => platform::clock(child)?,
+                    // The guest's RTC, kept in canonical form (clock.rs).
+                    "clock" => {
+                        def.kept.push(super::clock::emit(&super::clock::parse(child)?));
+                        continue;
+                    }
                     "pm" => platform::pm(child)?,
                     // Host-side limits, kept in canonical form (tuning.rs).
                     "cputune" => {

@@ -1,12 +1,14 @@
 //! The guest's platform, and the domain XML that describes it: the machine
-//! name, `<features>`, `<cpu>`, `<clock>`, `<pm>` and the controllers.
+//! name, `<features>`, `<cpu>`, `<pm>` and the controllers (`<clock>` is
+//! `clock.rs`'s).
 //!
 //! Every guest runs on the helper's one platform, whatever the XML names:
 //! 64-bit x86 with the host's CPU as KVM offers it, local APICs, an I/O APIC
-//! and the legacy PICs, the in-kernel PIT, kvmclock, COM1, the i8042 reset
-//! line and ACPI tables with power-off (`_S5`) and no sleep states. It has
-//! no PCI bus (its ACPI tables describe no host bridge), no CMOS clock (RTC),
-//! no HPET, no VMware port and no firmware configuration device.
+//! and the legacy PICs, the in-kernel PIT, kvmclock, the CMOS clock (RTC,
+//! whose offset and timers `clock.rs` checks), COM1, the i8042 reset line
+//! and ACPI tables with power-off (`_S5`) and no sleep states. It has no
+//! PCI bus (its ACPI tables describe no host bridge), no HPET, no VMware
+//! port and no firmware configuration device.
 //!
 //! An element that describes the platform is kept when it describes this
 //! platform (the guest gets what it says), or when it only tunes a part the
@@ -149,36 +151,6 @@ pub fn cpu(e: &Element) -> Result<Cpu, DomainError> {
     Ok(Cpu { migratable })
 }
 
-/// Checks `<clock>` and its timers.
-///
-/// The platform has no RTC, so the clock's `offset` (which sets the RTC)
-/// and an `rtc` timer's policy have nothing to act on: kept. Its PIT is
-/// KVM's, which re-injects missed ticks (QEMU's `tickpolicy='delay'`); its
-/// kvmclock is always offered; it has no HPET.
-pub fn clock(e: &Element) -> Result<(), DomainError> {
-    if let Some(o) = e.get("offset").filter(|o| !matches!(*o, "utc" | "localtime" | "timezone" | "variable")) {
-        return Err(invalid(format!("unknown clock offset '{o}'")));
-    }
-    for t in &e.children {
-        if t.name != "timer" {
-            return Err(unsupported(format!("<clock><{}> is not supported by this daemon", t.name)));
-        }
-        let name = t.get("name").unwrap_or("");
-        let present = t.get("present");
-        let ok = match name {
-            "rtc" => present != Some("yes"),
-            "pit" => present != Some("no") && matches!(t.get("tickpolicy"), None | Some("delay")),
-            "hpet" => present == Some("no"),
-            "kvmclock" => present != Some("no") && t.attrs.iter().all(|(k, _)| k == "name" || k == "present"),
-            _ => false,
-        };
-        if !ok {
-            return Err(unsupported(format!("<timer name='{name}'> as given is not supported by this daemon")));
-        }
-    }
-    Ok(())
-}
-
 /// Checks `<pm>`: the platform offers no sleep states (its DSDT has no `_S3`
 /// or `_S4`), which is what `enabled='no'` asks for.
 pub fn pm(e: &Element) -> Result<(), DomainError> {
@@ -279,27 +251,6 @@ mod tests {
             assert!(matches!(cpu(&el(bad)), Err(DomainError::Unsupported(_))), "{bad}");
         }
         assert!(matches!(cpu(&el("<cpu mode='host-passthrough' migratable='yes'/>")), Err(DomainError::Invalid(_))));
-    }
-
-    #[test]
-    fn virt_installs_clock_is_the_platforms_and_other_timers_are_refused() {
-        let virt_install = "<clock offset='utc'><timer name='rtc' tickpolicy='catchup'/>\
-            <timer name='pit' tickpolicy='delay'/><timer name='hpet' present='no'/></clock>";
-        assert_eq!(clock(&el(virt_install)), Ok(()));
-        assert_eq!(clock(&el("<clock offset='localtime'><timer name='kvmclock' present='yes'/></clock>")), Ok(()));
-        for (bad, name) in [
-            ("<clock><timer name='hpet'/></clock>", "'hpet'"),
-            ("<clock><timer name='hpet' present='yes'/></clock>", "'hpet'"),
-            ("<clock><timer name='rtc' present='yes'/></clock>", "'rtc'"),
-            ("<clock><timer name='pit' tickpolicy='discard'/></clock>", "'pit'"),
-            ("<clock><timer name='pit' present='no'/></clock>", "'pit'"),
-            ("<clock><timer name='kvmclock' present='no'/></clock>", "'kvmclock'"),
-            ("<clock><timer name='tsc' frequency='1000000000'/></clock>", "'tsc'"),
-            ("<clock><timer name='hypervclock' present='yes'/></clock>", "'hypervclock'"),
-        ] {
-            assert!(matches!(clock(&el(bad)), Err(DomainError::Unsupported(m)) if m.contains(name)), "{bad}");
-        }
-        assert!(matches!(clock(&el("<clock offset='martian'/>")), Err(DomainError::Invalid(_))));
     }
 
     #[test]

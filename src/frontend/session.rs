@@ -51,6 +51,7 @@ impl Session {
             EventKind::ControlError => (ev::ID_CONTROL_ERROR, ev::CALLBACK_CONTROL_ERROR),
             EventKind::IoError { reason: None, .. } => (ev::ID_IO_ERROR, ev::CALLBACK_IO_ERROR),
             EventKind::IoError { reason: Some(_), .. } => (ev::ID_IO_ERROR_REASON, ev::CALLBACK_IO_ERROR_REASON),
+            EventKind::RtcChange { .. } => (ev::ID_RTC_CHANGE, ev::CALLBACK_RTC_CHANGE),
         };
         let mut out = Vec::new();
         for (callback_id, _, _) in self
@@ -67,6 +68,9 @@ impl Session {
                     xdr::to_bytes(&MetadataChangeEventMsg { callback_id, dom, kind: *kind, nsuri: uri.clone() })
                 }
                 EventKind::Reboot | EventKind::ControlError => xdr::to_bytes(&DomainOnlyEventMsg { callback_id, dom }),
+                EventKind::RtcChange { offset } => {
+                    xdr::to_bytes(&ev::RtcChangeEventMsg { callback_id, dom, offset: *offset })
+                }
                 EventKind::IoError { path, alias, action, reason: None } => xdr::to_bytes(&ev::IoErrorEventMsg {
                     callback_id,
                     dom,

@@ -62,6 +62,12 @@ pub enum EventKind {
         /// The backend's error, for the REASON event.
         reason: Option<String>,
     },
+    /// `VIR_DOMAIN_EVENT_ID_RTC_CHANGE`: the guest set its clock; `offset`
+    /// as libvirt's QEMU driver reports it (see `broker/rtc.rs`).
+    RtcChange {
+        /// Seconds.
+        offset: i64,
+    },
 }
 
 /// A question about one domain, identified by UUID.

@@ -92,6 +92,9 @@ pub struct GuestConfig {
     /// (`mlock`), never swapped; the broker raised the helper's
     /// `RLIMIT_MEMLOCK` to fit (appended in version 4).
     pub mem_locked: bool,
+    /// Where the guest's CMOS clock starts: host UTC plus this many seconds
+    /// (`<clock offset=...>`, worked out by the broker at start).
+    pub rtc_offset_secs: i64,
 }
 
 /// One virtio-net interface as the helper builds it, over the tap fd the
@@ -526,6 +529,14 @@ pub enum HelperEvent {
         /// The backend's error, for the event and `virsh domblkerror`.
         detail: String,
     },
+    /// Unsolicited: the guest set its CMOS clock, which now runs at host
+    /// UTC plus `offset_secs`. Sent for the first change and then at most
+    /// once a second (the last change of a burst arrives when its second
+    /// ends), so a guest writing its clock in a loop cannot flood the broker.
+    RtcChange {
+        /// The guest's time minus the host's UTC, in seconds.
+        offset_secs: i64,
+    },
 }
 
 /// One disk's I/O since the guest started, as `virsh domblkstat` shows it.
@@ -576,6 +587,7 @@ impl GuestConfig {
             balloon: None,
             nics: Vec::new(),
             mem_locked: false,
+            rtc_offset_secs: 0,
         }
     }
 }

@@ -11,6 +11,8 @@ use super::remote::NonnullDomain;
 pub const ID_LIFECYCLE: i32 = 0;
 /// `VIR_DOMAIN_EVENT_ID_REBOOT`.
 pub const ID_REBOOT: i32 = 1;
+/// `VIR_DOMAIN_EVENT_ID_RTC_CHANGE`.
+pub const ID_RTC_CHANGE: i32 = 2;
 /// `VIR_DOMAIN_EVENT_ID_IO_ERROR`.
 pub const ID_IO_ERROR: i32 = 4;
 /// `VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON`.
@@ -22,6 +24,8 @@ pub const ID_METADATA_CHANGE: i32 = 23;
 
 /// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_REBOOT`.
 pub const CALLBACK_REBOOT: i32 = 319;
+/// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_RTC_CHANGE`.
+pub const CALLBACK_RTC_CHANGE: i32 = 320;
 /// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_IO_ERROR`.
 pub const CALLBACK_IO_ERROR: i32 = 322;
 /// `REMOTE_PROC_DOMAIN_EVENT_CALLBACK_IO_ERROR_REASON`.
@@ -71,4 +75,16 @@ pub struct IoErrorReasonEventMsg {
     pub action: i32,
     /// Why.
     pub reason: String,
+}
+
+/// `remote_domain_event_callback_rtc_change_msg` (its inner message
+/// flattened, as XDR lays it out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcChangeEventMsg {
+    /// The client's registration.
+    pub callback_id: i32,
+    /// The domain.
+    pub dom: NonnullDomain,
+    /// Seconds (`hyper`).
+    pub offset: i64,
 }

@@ -12,6 +12,7 @@ pub mod acpi_pm;
 pub mod console;
 pub mod i8042;
 pub mod pvpanic;
+pub mod rtc;
 pub mod serial;
 
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub enum DeviceState {
     Pci(crate::pci::bus::PciState),
     /// A virtio-pci function.
     VirtioPci(crate::virtio::pci::VirtioPciState),
+    /// The CMOS real-time clock.
+    Rtc(rtc::RtcState),
 }
 
 impl DeviceState {
@@ -70,6 +73,7 @@ impl DeviceState {
             DeviceState::Pvpanic(_) => "pvpanic",
             DeviceState::Pci(_) => "pci",
             DeviceState::VirtioPci(_) => "virtio-pci",
+            DeviceState::Rtc(_) => "rtc",
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::cpu;
 use crate::devices::console::{ConsoleIo, ConsoleOut};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
-use crate::devices::{IrqFd, acpi_pm, pvpanic};
+use crate::devices::{IrqFd, acpi_pm, pvpanic, rtc};
 use crate::vcpu::kvm::KvmVcpu;
 use crate::virtio::blk::Worker;
 
@@ -126,6 +126,8 @@ pub struct Devices {
     pub balloon: Option<crate::virtio::balloon::Control>,
     /// The network interfaces, for `NetStats` and `SetLink`.
     pub nics: Vec<crate::virtio::net::Control>,
+    /// The CMOS clock's changes, for `RtcChange`.
+    pub rtc: Arc<super::rtc_reports::RtcChanges>,
 }
 
 /// A VM ready to run.
@@ -269,13 +271,26 @@ fn devices(
     bus.insert(Space::Pio, i8042::BASE.into(), i8042::LEN, i8042.clone())?;
     bus.insert(Space::Pio, acpi_pm::BASE.into(), acpi_pm::LEN, Arc::new(Mutex::new(acpi_pm::AcpiPm)))?;
     bus.insert(Space::Pio, pvpanic::BASE.into(), pvpanic::LEN, Arc::new(Mutex::new(pvpanic::Pvpanic)))?;
+    let rtc = Arc::new(super::rtc_reports::RtcChanges::new().map_err(BuildError::Eventfd)?);
+    let mem = config.memory_mib << 20;
+    let (low, high) = (crate::layout::low_top(mem), mem - crate::layout::low_top(mem));
+    let clock = rtc::Rtc::new(Box::new(rtc::SystemClock), config.rtc_offset_secs, rtc.clone(), low, high);
+    bus.insert(Space::Pio, rtc::BASE.into(), rtc::LEN, Arc::new(Mutex::new(clock)))?;
     let mut disks = disks::attach(vm, &routes, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
     let pci = disks.pci.clone();
     let mut plug = PciPlug { vm, routes: &routes, memory, bus: &mut bus, pci: &pci, bars: &mut disks.bars };
     let (nics, nets) = nets::attach(&mut plug, &config.nics, taps)?;
     let (balloon, balloon_worker) = disks.balloon.map_or((None, None), |(c, w)| (Some(c), Some(w)));
-    let devices =
-        Devices { bus: Arc::new(bus), i8042, serial, disks: disks.info, io_errors: disks.io_errors, balloon, nics };
+    let devices = Devices {
+        bus: Arc::new(bus),
+        i8042,
+        serial,
+        disks: disks.info,
+        io_errors: disks.io_errors,
+        balloon,
+        nics,
+        rtc,
+    };
     Ok((devices, disks.workers, balloon_worker, nets))
 }
 

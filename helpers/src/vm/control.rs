@@ -6,6 +6,7 @@
 //! hold across a blocking write.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
 
 use libvirtd::privsep::helper::{DeviceAnswer, GuestStats, HelperCommand, HelperEvent, StopReason};
 use vmm_sys_util::eventfd::EventFd;
@@ -43,13 +44,18 @@ pub struct Control<'a> {
     pub stop: &'a EventFd,
     /// Guest RAM, for `Stats`.
     pub memory_mib: u64,
+    /// Which of the guest's clock changes go to the broker, and when.
+    pub rtc_limit: super::rtc_reports::RateLimit,
 }
 
 impl Control<'_> {
     /// Runs until the guest or the broker ends the VM.
     pub fn run(&mut self) -> Result<Ended, EventError> {
         loop {
-            let mut ready = self.events.wait(None)?;
+            let mut ready = self.events.wait(self.rtc_limit.wait_ms(Instant::now()))?;
+            if let Some(offset_secs) = self.rtc_limit.due(Instant::now()) {
+                self.answer(&HelperEvent::RtcChange { offset_secs });
+            }
             // A reconnecting broker first (it replaces the link), then a
             // stopped guest, then commands.
             ready.sort_by_key(|r| self.rank(r));
@@ -60,6 +66,11 @@ impl Control<'_> {
                     return Ok(Ended::Vcpu);
                 } else if self.devices.io_errors.as_ref().is_some_and(|e| e.as_raw_fd() == r.fd) {
                     self.report_io_errors();
+                } else if r.fd == self.devices.rtc.fd.as_raw_fd() {
+                    let offset = self.devices.rtc.take();
+                    if let Some(offset_secs) = self.rtc_limit.offer(offset, Instant::now()) {
+                        self.answer(&HelperEvent::RtcChange { offset_secs });
+                    }
                 } else if Some(r.fd) == self.link.fd()
                     && let Some(ended) = self.commands()
                 {

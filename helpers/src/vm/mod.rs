@@ -14,6 +14,7 @@ pub mod gsi;
 pub mod machine;
 pub mod nets;
 pub mod pci_plug;
+pub mod rtc_reports;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -125,6 +126,7 @@ pub fn run(
     if let Some(io_errors) = &built.devices.io_errors {
         ops.add(io_errors.as_raw_fd(), EventSet::IN)?;
     }
+    ops.add(built.devices.rtc.fd.as_raw_fd(), EventSet::IN)?;
     link.send(&HelperEvent::Started, &mut ops);
     let devices = built.devices;
     let outcome = control::Control {
@@ -135,6 +137,7 @@ pub fn run(
         listener,
         stop: &stop,
         memory_mib: config.memory_mib,
+        rtc_limit: rtc_reports::RateLimit::default(),
     }
     .run();
     let vcpu_reason = reason.lock().ok().and_then(|mut r| r.take());

@@ -105,6 +105,10 @@ impl Broker {
                         io_errors::raise(&mut self.setup.ctx, &uuid, &alias, &detail);
                         self.flush_events();
                     }
+                    Ok((HelperEvent::RtcChange { offset_secs }, _)) => {
+                        crate::broker::rtc::raise(&mut self.setup.ctx, &uuid, offset_secs);
+                        self.flush_events();
+                    }
                     Ok((HelperEvent::Balloon(figures), _)) => {
                         crate::broker::balloon::answered(&mut self.setup.ctx, &uuid, pid, figures);
                     }
