@@ -329,9 +329,128 @@ shell:
         jc shell
         jmp resources_commands          /* the resources block, below */
 .Lunknown_command:
+        call rtc_command                /* the rtc words, if it is one */
+        jc shell
         leaq msg_unknown(%rip), %rsi
         call puts
         jmp shell
+
+/* ---------------- rtc: the CMOS clock (MC146818 at 0x70/0x71) ----------------
+ * rtc:                   waits out an update in progress (register A's UIP),
+ *                        reads the clock in BCD (as firmware leaves it) and
+ *                        prints RTC=YYYY-MM-DD hh:mm:ss
+ * rtcset YYYYMMDDhhmmss: writes that time with register B's SET bit held
+ *                        (the clock stops while written, runs on from the
+ *                        new time once SET clears), then prints it as `rtc`;
+ *                        RTC bad on anything but 14 digits.
+ * rtc_command: CF set if the line was one of these (done), clear if not.
+ */
+        .set RTC_INDEX, 0x70
+        .set RTC_DATA, 0x71
+        .set RTC_REG_A, 0x0a
+        .set RTC_REG_B, 0x0b
+rtc_command:
+        leaq linebuf(%rip), %rsi
+        leaq w_rtcset(%rip), %rdi
+        call prefix
+        jc 1f
+        leaq linebuf(%rip), %rsi
+        leaq w_rtc(%rip), %rdi
+        call prefix
+        jc rtc_show
+        clc
+        ret
+1:      call skipsp
+        leaq rtc_bcd(%rip), %rdi
+        movl $7, %ecx
+2:      movzbl (%rsi), %eax             /* two digits to one BCD byte */
+        subb $'0', %al
+        cmpb $9, %al
+        ja rtc_bad
+        movzbl 1(%rsi), %edx
+        subb $'0', %dl
+        cmpb $9, %dl
+        ja rtc_bad
+        shlb $4, %al
+        orb %dl, %al
+        movb %al, (%rdi)
+        addq $2, %rsi
+        incq %rdi
+        decl %ecx
+        jnz 2b
+        movb $RTC_REG_B, %al
+        outb %al, $RTC_INDEX
+        inb $RTC_DATA, %al
+        orb $0x80, %al                  /* SET */
+        outb %al, $RTC_DATA
+        leaq rtc_regs(%rip), %rdi
+        leaq rtc_bcd(%rip), %rsi
+        movl $7, %ecx
+3:      movb (%rdi), %al
+        outb %al, $RTC_INDEX
+        movb (%rsi), %al
+        outb %al, $RTC_DATA
+        incq %rdi
+        incq %rsi
+        decl %ecx
+        jnz 3b
+        movb $RTC_REG_B, %al
+        outb %al, $RTC_INDEX
+        inb $RTC_DATA, %al
+        andb $0x7f, %al                 /* SET clear: the new time runs */
+        outb %al, $RTC_DATA
+rtc_show:
+4:      movb $RTC_REG_A, %al
+        outb %al, $RTC_INDEX
+        inb $RTC_DATA, %al
+        testb $0x80, %al                /* UIP: an update is about to happen */
+        jnz 4b
+        leaq msg_rtc(%rip), %rsi
+        call puts
+        leaq rtc_regs(%rip), %rdi
+        leaq rtc_seps(%rip), %rsi
+        movl $7, %ecx
+5:      movb (%rdi), %al
+        outb %al, $RTC_INDEX
+        inb $RTC_DATA, %al
+        movb %al, %dl
+        shrb $4, %al
+        andl $15, %eax
+        call puthexdigit                /* a BCD byte prints as its two hex digits */
+        movb %dl, %al
+        andl $15, %eax
+        call puthexdigit
+        movb (%rsi), %al
+        testb %al, %al
+        jz 6f
+        call putc
+6:      incq %rdi
+        incq %rsi
+        decl %ecx
+        jnz 5b
+        call newline
+        stc
+        ret
+rtc_bad:
+        leaq msg_rtc_bad(%rip), %rsi
+        call puts
+        call newline
+        stc
+        ret
+
+        .pushsection .rodata, "a"
+w_rtcset:    .asciz "rtcset"
+w_rtc:       .asciz "rtc"
+msg_rtc:     .asciz "RTC="
+msg_rtc_bad: .asciz "RTC bad"
+/* century, year, month, day, hours, minutes, seconds; what follows each */
+rtc_regs:    .byte 0x32, 0x09, 0x08, 0x07, 0x04, 0x02, 0x00
+rtc_seps:    .byte 0, '-', '-', ' ', ':', ':', 0
+        .popsection
+        .pushsection .bss, "aw", @nobits
+rtc_bcd:     .fill 8, 1, 0
+        .popsection
+/* ---------------- end of the rtc block ---------------- */
 
 /* ---------------- resources (issue 17): memory commands ----------------
  * touch MIB: writes one byte to every 4 KiB page of MIB MiB from 16 MiB up
