@@ -5,7 +5,7 @@
 //! get the guest's new offset, unasked and rate-limited; `<clock
 //! offset='variable' adjustment=...>` starts the clock that far from UTC,
 //! and the live XML's adjustment follows the guest while the persistent
-//! one keeps its own.
+//! one keeps its own. A reboot keeps the time the guest set.
 
 mod common;
 
@@ -130,6 +130,20 @@ print("burst took under a second:", took < 1)
 print("burst events:", len(ro_events))
 print("last:", ro_events[-1])
 print("same on both:", ro_events == [r[2] for r in rtc if r[0] == "rw"])
+# A reboot keeps the time the guest set, as a PC's clock does.
+st.send(b"reboot\r")
+while st.recv(4096):
+    pass
+st.finish()
+wait(lambda: dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING)
+buf[0] = b""
+console(dom)
+print("clock after a reboot:", rtc_time() - int(time.time()))
+dom.destroy()
+dom.create()
+buf[0] = b""
+console(dom)
+print("clock after a new start:", rtc_time() - int(time.time()))
 dom.destroy()
 "#,
     );
@@ -147,6 +161,8 @@ dom.destroy()
     }
     near(value(&out, "last:"), 6000, "the burst's last offset arrives", &out);
     assert!(out.contains("same on both: True\n"), "{out}");
+    near(value(&out, "clock after a reboot:"), 6000, "a reboot keeps the guest's time", &out);
+    near(value(&out, "clock after a new start:"), 0, "a new start begins at the definition's offset", &out);
 }
 
 #[test]

@@ -175,7 +175,8 @@ impl Launcher {
     }
 
     /// Starts `def` as guest `id`: opens and checks its files, spawns the
-    /// helper and hands everything over. The helper's `Started` (or how it
+    /// helper and hands everything over; its clock starts where `clock`
+    /// (a reset guest's) was, or where the definition says. The helper's `Started` (or how it
     /// failed) arrives on the returned channel.
     pub fn start(
         &self,
@@ -183,6 +184,7 @@ impl Launcher {
         id: i32,
         running: &HashMap<crate::domain::Uuid, Running>,
         networks: &super::networks::Networks,
+        clock: Option<super::rtc::LiveClock>,
     ) -> Result<Running, CallError> {
         // Where the interfaces go, first, as libvirt checks its networks
         // before anything else is prepared.
@@ -242,7 +244,8 @@ impl Launcher {
             return Err(e);
         }
         let now = super::rtc::now();
-        let clock = super::rtc::LiveClock::at_start(&def.clock(), now, super::rtc::local_offset(now));
+        let clock =
+            clock.unwrap_or_else(|| super::rtc::LiveClock::at_start(&def.clock(), now, super::rtc::local_offset(now)));
         let config = GuestConfig {
             memory_mib: def.memory_kib.div_ceil(1024),
             vcpus: def.vcpus,
@@ -254,7 +257,7 @@ impl Launcher {
                 .and_then(|b| Some(BalloonConfig { pci_slot: b.pci_slot?, stats_period: b.stats_period })),
             nics: nics.configs.clone(),
             mem_locked: backing.locked,
-            rtc_offset_secs: clock.base,
+            rtc_offset_secs: clock.offset,
         };
         let tap_fds: Vec<_> = nics.fds.iter().map(|f| f.as_fd()).collect();
         let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();

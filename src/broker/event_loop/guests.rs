@@ -316,6 +316,9 @@ impl Broker {
         log::info!("domain '{name}' (id {}): {op} ({detail})", running.id);
         call_audit::audit_guest(&mut self.setup.auditor, "stop", (&name, &uuid), running.pid.as_raw(), Some(op), true);
         let id = running.id;
+        if matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart {
+            self.setup.ctx.guests.reset_clocks.insert(uuid, running.clock);
+        }
         drop(running);
         let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.stopped_handle());
         self.setup.ctx.unrecord(&uuid);

@@ -40,6 +40,9 @@ pub struct Supervisor {
     /// Requests sent to helpers and not yet answered; the event loop
     /// settles them.
     pub pending: Pending,
+    /// The clocks of guests that reset, for the helper that runs them on:
+    /// a reboot keeps the time the guest set, as a PC's RTC does.
+    pub reset_clocks: HashMap<Uuid, super::rtc::LiveClock>,
 }
 
 impl Supervisor {
@@ -55,6 +58,7 @@ impl Supervisor {
             consoles: HashMap::new(),
             consoles_taken: Vec::new(),
             pending: Pending::default(),
+            reset_clocks: HashMap::new(),
         }
     }
 
@@ -118,7 +122,9 @@ impl Ctx {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
         let g = &mut self.guests;
-        let running = match g.launcher.start(&entry.def, id.unwrap_or(g.next_id), &g.running, &self.networks) {
+        // Only a restart in place runs on with the clock the guest had.
+        let clock = g.reset_clocks.remove(uuid).filter(|_| id.is_some());
+        let running = match g.launcher.start(&entry.def, id.unwrap_or(g.next_id), &g.running, &self.networks, clock) {
             Ok(r) => r,
             Err(e) => {
                 // As libvirt does: a start that failed leaves the domain shut off (failed).
