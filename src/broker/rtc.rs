@@ -90,6 +90,8 @@ pub fn raise(ctx: &mut Ctx, uuid: &Uuid, offset_secs: i64) {
         return;
     }
     ctx.guests.events.push(DomainEvent { dom: e.handle(), kind: EventKind::RtcChange { offset } });
+    // A restarted broker finds the clock where the guest put it.
+    ctx.record(uuid);
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ impl Ctx {
             state: e.state,
             persistent: e.persistent,
             nics: r.nics.clone(),
+            clock: Some(r.clock),
         };
         if let Err(err) = super::status::save(&self.guests.launcher.state_dir, &e.def, &s) {
             log::error!("cannot record running domain '{}': {err}", e.def.name);

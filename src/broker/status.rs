@@ -30,6 +30,9 @@ pub struct Status {
     pub persistent: bool,
     /// Its interfaces' taps (`nic=` lines, see `nics.rs`).
     pub nics: Vec<super::nics::GuestNic>,
+    /// Its CMOS clock (`clock=BASE OFFSET VARIABLE`; `None` in records
+    /// written before the RTC, whose guests start from the definition's).
+    pub clock: Option<super::rtc::LiveClock>,
 }
 
 /// Where guest `name`'s helper listens for a (re)connecting broker.
@@ -64,7 +67,9 @@ pub fn save(dir: &Path, def: &DomainDef, s: &Status) -> std::io::Result<()> {
         u8::from(s.persistent)
     );
     let nics: String = s.nics.iter().map(|n| format!("nic={}\n", super::nics::record_line(n))).collect();
-    write_atomic(&status, &(text + &nics))
+    let clock =
+        s.clock.map(|c| format!("clock={} {} {}\n", c.base, c.offset, u8::from(c.variable))).unwrap_or_default();
+    write_atomic(&status, &(text + &nics + &clock))
 }
 
 /// Removes a guest's record (it stopped).
@@ -89,6 +94,21 @@ fn parse(text: &str) -> Option<Status> {
             .take(MAX_NICS)
             .map(super::nics::parse_record_line)
             .collect::<Option<_>>()?,
+        clock: field("clock").and_then(parse_clock),
+    })
+}
+
+/// A `clock=` line's value; a malformed one is as good as none.
+fn parse_clock(v: &str) -> Option<super::rtc::LiveClock> {
+    let mut words = v.split(' ');
+    let mut num = || words.next()?.parse::<i64>().ok();
+    let (base, offset, variable) = (num()?, num()?, num()?);
+    let bound = crate::domain::clock::MAX_ADJUSTMENT;
+    let bounded = |n: i64| (-bound..=bound).contains(&n);
+    (bounded(base) && bounded(offset) && (0..=1).contains(&variable)).then_some(super::rtc::LiveClock {
+        base,
+        offset,
+        variable: variable == 1,
     })
 }
 
@@ -126,11 +146,23 @@ mod tests {
             state: DomainState::Paused(super::super::lifecycle::PausedReason::User),
             persistent: false,
             nics: Vec::new(),
+            clock: None,
         };
         assert_eq!(parse("id=7\npid=1234\nuid=99\nstate=3\nreason=1\npersistent=0\n"), Some(s.clone()));
         let with_tap = "id=7\npid=1234\nuid=99\nstate=3\nreason=1\npersistent=0\nnic=vnet0 12 virbr0\n";
         let nics = parse(with_tap).map(|s| s.nics).unwrap_or_default();
         assert_eq!(nics.iter().map(super::super::nics::record_line).collect::<Vec<_>>(), ["vnet0 12 virbr0"]);
         assert_eq!(parse("id=x\n"), None);
+        let clock = super::super::rtc::LiveClock { base: 3600, offset: -20, variable: true };
+        let dir = tempfile::tempdir().unwrap();
+        let xml = "<domain type='kvm'><name>c</name><memory>65536</memory><os><type>hvm</type>\
+                   <kernel>/k</kernel></os></domain>";
+        let def = crate::domain::parse(xml, false).unwrap().0;
+        save(dir.path(), &def, &Status { clock: Some(clock), ..s }).unwrap();
+        let (back, _) = load_all(dir.path()).pop().unwrap();
+        assert_eq!(back.clock, Some(clock));
+        for bad in ["1 2", "1 2 3", "x 2 1", "1 99999999999999999 0"] {
+            assert_eq!(parse_clock(bad), None, "{bad}");
+        }
     }
 }

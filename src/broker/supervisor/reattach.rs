@@ -50,6 +50,7 @@ impl Ctx {
             match self.guests.launcher.reattach(&def, s.id, s.pid, s.uid) {
                 Reattached::Attached(mut running, paused) => {
                     running.nics = s.nics.clone();
+                    running.clock = s.clock.unwrap_or(running.clock);
                     // Where the helper says otherwise, a pause or resume
                     // happened that the record missed.
                     let state = match (paused, recorded.is_paused()) {
@@ -64,6 +65,7 @@ impl Ctx {
                 }
                 Reattached::Unmanageable(mut running, why) => {
                     running.nics = s.nics.clone();
+                    running.clock = s.clock.unwrap_or(running.clock);
                     // Running, as far as anyone can tell; the record stays
                     // for a daemon that speaks its helper's version.
                     self.domains.set_running(&uuid, s.id, running.pid, recorded);
