@@ -15,9 +15,12 @@
 //! clears), C (flags, cleared by the read), D (valid RAM and time); the
 //! century at 0x32 (where the FADT points); and 128 bytes of CMOS RAM with
 //! the memory-size bytes a BIOS leaves there. Bit 7 of the index (NMI
-//! disable) is ignored. No interrupt (IRQ 8) is raised: periodic, alarm and
-//! update-ended interrupts are not emulated, though their flags read as a
-//! guest that polls register C expects.
+//! disable) is ignored. The update-ended and alarm interrupts (IRQ 8, as
+//! Linux's rtc-cmos uses them for alarms and `hwclock`'s wait for a tick)
+//! are raised once a second by [`Rtc::tick`], which the helper's control
+//! loop calls while one is enabled ([`Rtc::next_tick_ms`]); a guest that
+//! polls register C sees the same flags. Periodic interrupts are not
+//! emulated (register A's rate is kept, PF never sets).
 //!
 //! Every guest value is checked: a time with a digit that is not BCD, a
 //! field out of range or a day its month lacks changes nothing (the clock
@@ -27,7 +30,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BusDevice, DeviceState, Request, StateError};
+use super::{BusDevice, DeviceState, Irq, Request, StateError};
 
 /// The index port; the data port follows it.
 pub const BASE: u16 = 0x70;
@@ -62,6 +65,14 @@ const REG_A_INIT: u8 = 0x26;
 const SET: u8 = 0x80;
 /// Register B: update-ended interrupt enable (cleared when SET is set).
 const UIE: u8 = 0x10;
+/// Register B: alarm interrupt enable.
+const AIE: u8 = 0x20;
+/// Alarm registers, beside seconds, minutes and hours.
+const ALARM_SECONDS: u8 = 0x01;
+const ALARM_MINUTES: u8 = 0x03;
+const ALARM_HOURS: u8 = 0x05;
+/// An alarm register at or above this matches any value ("don't care").
+const DONT_CARE: u8 = 0xc0;
 /// Register B: binary, not BCD.
 const DM_BINARY: u8 = 0x04;
 /// Register B: 24-hour, not 12-hour.
@@ -106,11 +117,15 @@ impl HostClock for SystemClock {
     }
 }
 
-/// Told each time the guest sets the clock: the guest's time minus the
-/// host's UTC, in seconds. Called on a vCPU thread; must not block.
+/// Told each time the guest sets the clock (the guest's time minus the
+/// host's UTC, in seconds), and when it enables an interrupt that needs
+/// [`Rtc::tick`]. Called on a vCPU thread; must not block.
 pub trait OffsetSink: Send + Sync {
     /// The guest set its clock to host UTC + `offset` seconds.
     fn offset_changed(&self, offset: i64);
+    /// The guest enabled the update or alarm interrupt: whoever calls
+    /// [`Rtc::tick`] must ask [`Rtc::next_tick_ms`] again.
+    fn ticks_wanted(&self);
 }
 
 /// The saved state: the offset and the registers the guest wrote.
@@ -124,19 +139,23 @@ pub struct RtcState {
     pub ram: Vec<u8>,
     /// A time register was written while SET froze them.
     pub dirty: bool,
-    /// The guest second at the last read of register C.
-    pub last_c_second: i64,
+    /// Register C's flags not yet read.
+    pub flags: u8,
+    /// The guest second of the last update cycle seen.
+    pub last_update: i64,
 }
 
 /// The clock.
 pub struct Rtc {
     clock: Box<dyn HostClock>,
     sink: Arc<dyn OffsetSink>,
+    irq: Arc<dyn Irq>,
     offset: i64,
     index: u8,
     ram: [u8; RAM_LEN],
     dirty: bool,
-    last_c_second: i64,
+    flags: u8,
+    last_update: i64,
 }
 
 /// A broken-down time, as the registers hold it.
@@ -152,17 +171,75 @@ struct Fields {
 
 impl Rtc {
     /// A clock showing host UTC + `offset` seconds, telling `sink` when the
-    /// guest sets it; CMOS RAM holds the sizes of the `low` bytes of RAM
-    /// below 4 GiB and the `high` bytes above it, as a BIOS leaves them.
-    pub fn new(clock: Box<dyn HostClock>, offset: i64, sink: Arc<dyn OffsetSink>, low: u64, high: u64) -> Rtc {
+    /// guest sets it and raising `irq` (IRQ 8); `memory` is (bytes of RAM
+    /// below 4 GiB, bytes above), whose sizes CMOS RAM holds as a BIOS
+    /// leaves them.
+    pub fn new(
+        clock: Box<dyn HostClock>,
+        offset: i64,
+        sink: Arc<dyn OffsetSink>,
+        irq: Arc<dyn Irq>,
+        memory: (u64, u64),
+    ) -> Rtc {
         let mut ram = [0u8; RAM_LEN];
         ram[usize::from(REG_A)] = REG_A_INIT;
         ram[usize::from(REG_B)] = REG_B_INIT;
-        memory_sizes(&mut ram, low, high);
-        let mut rtc = Rtc { clock, sink, offset: 0, index: 0, ram, dirty: false, last_c_second: 0 };
+        memory_sizes(&mut ram, memory.0, memory.1);
+        let mut rtc = Rtc { clock, sink, irq, offset: 0, index: 0, ram, dirty: false, flags: 0, last_update: 0 };
         rtc.offset = rtc.bounded(offset);
-        rtc.last_c_second = rtc.guest_now().0;
+        rtc.last_update = rtc.guest_now().0;
         rtc
+    }
+
+    /// Runs the update cycles due since the last: raises IRQ 8 where an
+    /// enabled flag newly set. The control loop calls it when
+    /// [`Rtc::next_tick_ms`] says.
+    pub fn tick(&mut self) {
+        if self.catch_up() {
+            self.irq.raise();
+        }
+    }
+
+    /// Milliseconds until the next update cycle, while an interrupt that
+    /// one raises is enabled; `None` when none is (nothing to wake for).
+    pub fn next_tick_ms(&self) -> Option<u16> {
+        if self.reg_b() & (UIE | AIE) == 0 || self.reg_b() & SET != 0 {
+            return None;
+        }
+        let (_, nanos) = self.guest_now();
+        // Rounded up, so the loop wakes just after the second turns.
+        Some(((1_000_000_000 - nanos.min(999_999_999)) / 1_000_000 + 1) as u16)
+    }
+
+    /// Sets register C's flags for the update cycle, if the second moved
+    /// since the last one seen (none while SET holds the clock); true if
+    /// that newly requests an interrupt.
+    fn catch_up(&mut self) -> bool {
+        let t = self.guest_now().0;
+        if self.reg_b() & SET != 0 || t == self.last_update {
+            return false;
+        }
+        self.last_update = t;
+        self.flags |= UF;
+        let alarm =
+            [(ALARM_SECONDS, SECONDS), (ALARM_MINUTES, MINUTES), (ALARM_HOURS, HOURS)].iter().all(|&(a, reg)| {
+                self.ram[usize::from(a)] >= DONT_CARE || self.ram[usize::from(a)] == self.time_register(reg, t)
+            });
+        if alarm {
+            self.flags |= AF;
+        }
+        self.request()
+    }
+
+    /// Sets IRQF where a flag is set whose interrupt is enabled; true if it
+    /// was not set before.
+    fn request(&mut self) -> bool {
+        let wanted = self.flags & self.reg_b() & (PF | AF | UF) != 0;
+        let new = wanted && self.flags & IRQF == 0;
+        if wanted {
+            self.flags |= IRQF;
+        }
+        new
     }
 
     /// The offset the guest's clock runs at now.
@@ -274,14 +351,9 @@ impl Rtc {
                 self.ram[usize::from(REG_A)] & !UIP | if updating { UIP } else { 0 }
             }
             REG_C => {
-                // An update happened if the second moved since the last
-                // read (none while SET holds the clock); reading clears.
-                let second = self.guest_now().0;
-                let updated = !frozen && second != self.last_c_second;
-                self.last_c_second = second;
-                let flags = if updated { UF } else { 0 };
-                let enabled = self.reg_b() & (PF | AF | UF);
-                flags | if flags & enabled != 0 { IRQF } else { 0 }
+                // A polling guest sees the update it waited for; reading clears.
+                self.catch_up();
+                std::mem::take(&mut self.flags)
             }
             REG_D => VRT,
             _ => self.ram[usize::from(reg)],
@@ -317,14 +389,25 @@ impl Rtc {
         // The format bits first: what the guest wrote while frozen is read
         // in the format that holds when SET clears.
         self.ram[usize::from(REG_B)] = if now { value & !UIE } else { value };
+        // An interrupt enabled while its flag waits is requested at once.
+        if self.request() {
+            self.irq.raise();
+        }
+        if self.next_tick_ms().is_some() {
+            self.sink.ticks_wanted();
+        }
         match (was, now) {
             (false, true) => {
                 self.latch();
                 self.dirty = false;
             }
-            (true, false) if std::mem::take(&mut self.dirty) => {
-                let ram = self.ram;
-                self.apply(&ram);
+            (true, false) => {
+                if std::mem::take(&mut self.dirty) {
+                    let ram = self.ram;
+                    self.apply(&ram);
+                }
+                // The clock runs again from here: no update for the stop.
+                self.last_update = self.guest_now().0;
             }
             _ => {}
         }
@@ -356,7 +439,8 @@ impl BusDevice for Rtc {
             index: self.index,
             ram: self.ram.to_vec(),
             dirty: self.dirty,
-            last_c_second: self.last_c_second,
+            flags: self.flags,
+            last_update: self.last_update,
         })
     }
 
@@ -372,7 +456,8 @@ impl BusDevice for Rtc {
             return Err(invalid(format!("index {:#x} past CMOS RAM", s.index)));
         }
         self.offset = self.bounded(s.offset);
-        (self.index, self.ram, self.dirty, self.last_c_second) = (s.index, ram, s.dirty, s.last_c_second);
+        (self.index, self.ram, self.dirty) = (s.index, ram, s.dirty);
+        (self.flags, self.last_update) = (s.flags & (IRQF | PF | AF | UF), s.last_update);
         Ok(())
     }
 }
@@ -453,6 +538,7 @@ mod tests {
     use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
     use super::*;
+    use crate::devices::testing::CountingIrq;
 
     /// A host clock the test moves.
     #[derive(Clone, Default)]
@@ -472,11 +558,14 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Offsets(Mutex<Vec<i64>>);
+    struct Offsets(Mutex<Vec<i64>>, AtomicU32);
 
     impl OffsetSink for Offsets {
         fn offset_changed(&self, offset: i64) {
             self.0.lock().unwrap().push(offset);
+        }
+        fn ticks_wanted(&self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -484,10 +573,17 @@ mod tests {
     const HOST: i64 = 1_796_337_015;
 
     fn rtc(offset: i64) -> (Rtc, TestClock, Arc<Offsets>) {
+        let (r, clock, sink, _) = rtc_irq(offset);
+        (r, clock, sink)
+    }
+
+    fn rtc_irq(offset: i64) -> (Rtc, TestClock, Arc<Offsets>, Arc<CountingIrq>) {
         let clock = TestClock::default();
         clock.set(HOST, 0);
         let sink = Arc::new(Offsets::default());
-        (Rtc::new(Box::new(clock.clone()), offset, sink.clone(), 256 << 20, 0), clock, sink)
+        let irq = Arc::new(CountingIrq::default());
+        let r = Rtc::new(Box::new(clock.clone()), offset, sink.clone(), irq.clone(), (256 << 20, 0));
+        (r, clock, sink, irq)
     }
 
     fn get(r: &mut Rtc, reg: u8) -> u8 {
@@ -637,6 +733,42 @@ mod tests {
         assert_eq!(get(&mut r, REG_C), UF | IRQF);
         put(&mut r, REG_B, HOURS_24 | UIE | SET);
         assert_eq!(get(&mut r, REG_B) & UIE, 0, "SET clears UIE");
+    }
+
+    #[test]
+    fn update_and_alarm_interrupts_raise_irq_8_once_a_second_while_enabled() {
+        let (mut r, clock, sink, irq) = rtc_irq(0);
+        assert_eq!(r.next_tick_ms(), None, "nothing enabled, nothing to wake for");
+        clock.set(HOST + 1, 0);
+        r.tick();
+        assert_eq!(irq.count(), 0);
+        assert_eq!(get(&mut r, REG_C), UF, "the flag sets without its interrupt");
+        put(&mut r, REG_B, HOURS_24 | UIE);
+        assert_eq!(sink.1.load(Ordering::SeqCst), 1, "the loop was told to tick");
+        clock.set(HOST + 1, 250_000_000);
+        assert_eq!(r.next_tick_ms(), Some(751));
+        clock.set(HOST + 2, 1000);
+        r.tick();
+        r.tick();
+        assert_eq!(irq.count(), 1, "once per update");
+        assert_eq!(get(&mut r, REG_C), IRQF | UF);
+        clock.set(HOST + 3, 0);
+        r.tick();
+        assert_eq!(irq.count(), 2);
+        // An alarm at 22:30:20, the update interrupt off.
+        put(&mut r, REG_B, HOURS_24 | AIE);
+        get(&mut r, REG_C);
+        put(&mut r, ALARM_SECONDS, 0x20);
+        put(&mut r, ALARM_MINUTES, 0x30);
+        put(&mut r, ALARM_HOURS, DONT_CARE);
+        clock.set(HOST + 4, 0);
+        r.tick();
+        assert_eq!((irq.count(), get(&mut r, REG_C)), (2, UF), "22:30:19: no alarm");
+        clock.set(HOST + 5, 0);
+        r.tick();
+        assert_eq!((irq.count(), get(&mut r, REG_C)), (3, IRQF | AF | UF), "22:30:20: the alarm");
+        put(&mut r, REG_B, HOURS_24 | SET);
+        assert_eq!(r.next_tick_ms(), None, "no updates while SET");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::layout::MAX_MEMORY_MIB;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 const COM1_IRQ: u32 = 4;
 const KBD_IRQ: u32 = 1;
+const RTC_IRQ: u32 = 8;
 /// vCPUs per guest (the domain XML's limit).
 const MAX_VCPUS: u32 = 255;
 
@@ -128,6 +129,8 @@ pub struct Devices {
     pub nics: Vec<crate::virtio::net::Control>,
     /// The CMOS clock's changes, for `RtcChange`.
     pub rtc: Arc<super::rtc_reports::RtcChanges>,
+    /// The CMOS clock, for its update and alarm interrupts.
+    pub clock: Arc<Mutex<rtc::Rtc>>,
 }
 
 /// A VM ready to run.
@@ -274,8 +277,10 @@ fn devices(
     let rtc = Arc::new(super::rtc_reports::RtcChanges::new().map_err(BuildError::Eventfd)?);
     let mem = config.memory_mib << 20;
     let (low, high) = (crate::layout::low_top(mem), mem - crate::layout::low_top(mem));
-    let clock = rtc::Rtc::new(Box::new(rtc::SystemClock), config.rtc_offset_secs, rtc.clone(), low, high);
-    bus.insert(Space::Pio, rtc::BASE.into(), rtc::LEN, Arc::new(Mutex::new(clock)))?;
+    let irq = Arc::new(irq_line(vm, RTC_IRQ)?);
+    let clock = rtc::Rtc::new(Box::new(rtc::SystemClock), config.rtc_offset_secs, rtc.clone(), irq, (low, high));
+    let clock = Arc::new(Mutex::new(clock));
+    bus.insert(Space::Pio, rtc::BASE.into(), rtc::LEN, clock.clone())?;
     let mut disks = disks::attach(vm, &routes, memory, &mut bus, &config.disks, disk_files, config.balloon.as_ref())?;
     let pci = disks.pci.clone();
     let mut plug = PciPlug { vm, routes: &routes, memory, bus: &mut bus, pci: &pci, bars: &mut disks.bars };
@@ -290,6 +295,7 @@ fn devices(
         balloon,
         nics,
         rtc,
+        clock,
     };
     Ok((devices, disks.workers, balloon_worker, nets))
 }

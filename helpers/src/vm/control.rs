@@ -52,7 +52,13 @@ impl Control<'_> {
     /// Runs until the guest or the broker ends the VM.
     pub fn run(&mut self) -> Result<Ended, EventError> {
         loop {
-            let mut ready = self.events.wait(self.rtc_limit.wait_ms(Instant::now()))?;
+            // The clock's lock is held only for a register access.
+            let tick = self.devices.clock.lock().unwrap_or_else(|p| p.into_inner()).next_tick_ms();
+            let timeout = [self.rtc_limit.wait_ms(Instant::now()), tick].into_iter().flatten().min();
+            let mut ready = self.events.wait(timeout)?;
+            if tick.is_some() {
+                self.devices.clock.lock().unwrap_or_else(|p| p.into_inner()).tick();
+            }
             if let Some(offset_secs) = self.rtc_limit.due(Instant::now()) {
                 self.answer(&HelperEvent::RtcChange { offset_secs });
             }
@@ -68,7 +74,7 @@ impl Control<'_> {
                     self.report_io_errors();
                 } else if r.fd == self.devices.rtc.fd.as_raw_fd() {
                     let offset = self.devices.rtc.take();
-                    if let Some(offset_secs) = self.rtc_limit.offer(offset, Instant::now()) {
+                    if let Some(offset_secs) = offset.and_then(|o| self.rtc_limit.offer(o, Instant::now())) {
                         self.answer(&HelperEvent::RtcChange { offset_secs });
                     }
                 } else if Some(r.fd) == self.link.fd()

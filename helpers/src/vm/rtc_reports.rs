@@ -10,7 +10,7 @@
 //! loop through an eventfd; the loop sends what [`RateLimit`] lets through.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -20,9 +20,11 @@ use crate::devices::rtc::OffsetSink;
 /// The least time between two reports.
 pub const PERIOD: Duration = Duration::from_secs(1);
 
-/// The clock's side: the latest offset and the control loop's wake-up.
+/// The clock's side: the latest offset and the control loop's wake-up
+/// (also when the guest enables an interrupt the loop must tick for).
 pub struct RtcChanges {
     latest: AtomicI64,
+    changed: AtomicBool,
     /// Readable when the guest set its clock since the last [`RtcChanges::take`].
     pub fd: Arc<EventFd>,
 }
@@ -30,21 +32,30 @@ pub struct RtcChanges {
 impl RtcChanges {
     /// With a fresh eventfd.
     pub fn new() -> std::io::Result<RtcChanges> {
-        Ok(RtcChanges { latest: AtomicI64::new(0), fd: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?) })
+        let fd = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        Ok(RtcChanges { latest: AtomicI64::new(0), changed: AtomicBool::new(false), fd })
     }
 
-    /// The latest offset, once the eventfd was readable (drains it).
-    pub fn take(&self) -> i64 {
+    /// Once the eventfd was readable (drains it): the latest offset, if the
+    /// guest set its clock since the last call (the wake-up may have been
+    /// for an interrupt only).
+    pub fn take(&self) -> Option<i64> {
         // Drains the counter; the offset itself is in `latest`.
         let _ = self.fd.read();
-        self.latest.load(Ordering::SeqCst)
+        self.changed.swap(false, Ordering::SeqCst).then(|| self.latest.load(Ordering::SeqCst))
     }
 }
 
 impl OffsetSink for RtcChanges {
     fn offset_changed(&self, offset: i64) {
         self.latest.store(offset, Ordering::SeqCst);
+        self.changed.store(true, Ordering::SeqCst);
         // Fails only when the counter would overflow: a wake-up is pending.
+        let _ = self.fd.write(1);
+    }
+
+    fn ticks_wanted(&self) {
+        // The loop wakes and asks the clock when to tick next.
         let _ = self.fd.write(1);
     }
 }
@@ -122,7 +133,9 @@ mod tests {
         assert!(c.fd.read().is_err(), "not readable before a change");
         c.offset_changed(3);
         c.offset_changed(-7);
-        assert_eq!(c.take(), -7);
+        assert_eq!(c.take(), Some(-7));
         assert!(c.fd.read().is_err(), "drained");
+        c.ticks_wanted();
+        assert_eq!(c.take(), None, "a wake-up for the interrupts only");
     }
 }
