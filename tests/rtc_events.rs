@@ -1,6 +1,6 @@
 //! The guest's CMOS clock (issue 14's RTC change event): the test guest
 //! reads the clock the helper's MC146818 RTC shows and sets it (`rtc`,
-//! `rtcset`); python-libvirt clients registered for
+//! `rtcset`) and takes its update interrupts (`rtcirq`); python-libvirt clients registered for
 //! `VIR_DOMAIN_EVENT_ID_RTC_CHANGE` on the read-only and read-write sockets
 //! get the guest's new offset, unasked and rate-limited; `<clock
 //! offset='variable' adjustment=...>` starts the clock that far from UTC,
@@ -113,6 +113,10 @@ dom.create()
 console(dom)
 print("clock at start:", rtc_time() - int(time.time()))
 print("none before a set:", rtc == [])
+# The update-ended interrupt: one a second on IRQ 8.
+started = time.time()
+line = cmd("rtcirq", "RTCIRQ=")
+print("interrupts:", line, "seconds apart:", 1.9 < time.time() - started < 6)
 rtcset(86400 * 30 + 12345)
 print("one on each socket:", wait(lambda: len(rtc) == 2))
 print("sockets:", sorted(r[0] for r in rtc), "names:", set(r[1] for r in rtc) == {NAME})
@@ -150,6 +154,7 @@ dom.destroy()
     );
     near(value(&out, "clock at start:"), 0, "a utc clock starts at UTC", &out);
     assert!(out.contains("none before a set: True\n"), "{out}");
+    assert!(out.contains("interrupts: RTCIRQ=3 seconds apart: True\n"), "{out}");
     assert!(out.contains("one on each socket: True\n"), "{out}");
     assert!(out.contains("sockets: ['ro', 'rw'] names: True\n"), "{out}");
     near(value(&out, "first:"), 86400 * 30 + 12345, "the event's offset", &out);

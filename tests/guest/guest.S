@@ -343,6 +343,10 @@ shell:
  *                        (the clock stops while written, runs on from the
  *                        new time once SET clears), then prints it as `rtc`;
  *                        RTC bad on anything but 14 digits.
+ * rtcirq:                enables the update-ended interrupt (IRQ 8, vector
+ *                        0x28 through the slave PIC), idles in hlt until
+ *                        three have arrived (each acknowledged by reading
+ *                        register C), turns it off and prints RTCIRQ=3.
  * rtc_command: CF set if the line was one of these (done), clear if not.
  */
         .set RTC_INDEX, 0x70
@@ -354,6 +358,10 @@ rtc_command:
         leaq w_rtcset(%rip), %rdi
         call prefix
         jc 1f
+        leaq linebuf(%rip), %rsi
+        leaq w_rtcirq(%rip), %rdi
+        call prefix
+        jc rtc_irq_cmd
         leaq linebuf(%rip), %rsi
         leaq w_rtc(%rip), %rdi
         call prefix
@@ -437,9 +445,57 @@ rtc_bad:
         call newline
         stc
         ret
+rtc_irq_cmd:
+        leaq idt+0x28*16(%rip), %rdi
+        leaq rtc_isr(%rip), %rax
+        call set_gate
+        movl $0, rtc_irqs(%rip)
+        inb $0xa1, %al
+        andb $0xfe, %al                 /* slave IRQ 0: IRQ 8 */
+        outb %al, $0xa1
+        inb $0x21, %al
+        andb $0xfb, %al                 /* master IRQ 2: the cascade */
+        outb %al, $0x21
+        movb $RTC_REG_B, %al
+        outb %al, $RTC_INDEX
+        inb $RTC_DATA, %al
+        orb $0x10, %al                  /* UIE */
+        outb %al, $RTC_DATA
+7:      cmpl $3, rtc_irqs(%rip)
+        jae 8f
+        hlt
+        jmp 7b
+8:      movb $RTC_REG_B, %al
+        outb %al, $RTC_INDEX
+        inb $RTC_DATA, %al
+        andb $0xef, %al                 /* UIE off */
+        outb %al, $RTC_DATA
+        inb $0xa1, %al
+        orb $0x01, %al
+        outb %al, $0xa1
+        leaq msg_rtcirq(%rip), %rsi
+        call puts
+        movl rtc_irqs(%rip), %eax
+        call putdec
+        call newline
+        stc
+        ret
+rtc_isr:
+        pushq %rax
+        movb $0x0c, %al                 /* register C: reading acknowledges */
+        outb %al, $RTC_INDEX
+        inb $RTC_DATA, %al
+        incl rtc_irqs(%rip)
+        movb $0x20, %al
+        outb %al, $0xa0
+        outb %al, $0x20
+        popq %rax
+        iretq
 
         .pushsection .rodata, "a"
 w_rtcset:    .asciz "rtcset"
+w_rtcirq:    .asciz "rtcirq"
+msg_rtcirq:  .asciz "RTCIRQ="
 w_rtc:       .asciz "rtc"
 msg_rtc:     .asciz "RTC="
 msg_rtc_bad: .asciz "RTC bad"
@@ -449,6 +505,7 @@ rtc_seps:    .byte 0, '-', '-', ' ', ':', ':', 0
         .popsection
         .pushsection .bss, "aw", @nobits
 rtc_bcd:     .fill 8, 1, 0
+rtc_irqs:    .long 0
         .popsection
 /* ---------------- end of the rtc block ---------------- */
 
