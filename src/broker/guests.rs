@@ -56,6 +56,9 @@ pub struct Running {
     /// Its CMOS clock: where it started, where the guest put it (for a
     /// helper re-attached after a restart, as the definition starts it).
     pub clock: super::rtc::LiveClock,
+    /// When its last RTC change event went out (`rtc.rs` bounds a helper
+    /// that sends them faster than its own limit).
+    pub rtc_event_at: Option<std::time::Instant>,
 }
 
 /// What the broker knows of the protocol a helper speaks.
@@ -298,6 +301,7 @@ impl Launcher {
             cgroup,
             nics: nics.nics,
             clock,
+            rtc_event_at: None,
         })
     }
 
@@ -382,6 +386,7 @@ impl Launcher {
             cgroup,
             nics: Vec::new(),
             clock: super::rtc::LiveClock::at_start(&def.clock(), now, super::rtc::local_offset(now)),
+            rtc_event_at: None,
         };
         match greeting {
             Greeting::Stopped(reason) => Reattached::Stopped(reason),

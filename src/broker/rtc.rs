@@ -16,6 +16,11 @@ use crate::domain::Uuid;
 use crate::domain::clock::{Basis, Clock, MAX_ADJUSTMENT, Offset};
 use crate::privsep::{DomainEvent, EventKind};
 
+/// The least time between two RTC change events of one guest the broker
+/// passes on: half the helper's own period, so that jitter on the channel
+/// never costs a well-behaved helper an event.
+const MIN_EVENT_GAP: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A running guest's clock: where it started and where the guest put it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveClock {
@@ -85,6 +90,14 @@ pub fn now() -> i64 {
 pub fn raise(ctx: &mut Ctx, uuid: &Uuid, offset_secs: i64) {
     let Some(running) = ctx.guests.get_mut(uuid) else { return };
     let offset = running.clock.changed(offset_secs);
+    // The helper sends at most one a second; one that sends more (a
+    // compromised one) gets its clock followed, not its events passed on
+    // or a record written for each.
+    let now = std::time::Instant::now();
+    if running.rtc_event_at.is_some_and(|t| now.duration_since(t) < MIN_EVENT_GAP) {
+        return;
+    }
+    running.rtc_event_at = Some(now);
     let Ok(e) = ctx.domains.by_uuid(uuid) else { return };
     if e.id.is_none() {
         return;
