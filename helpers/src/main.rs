@@ -11,6 +11,7 @@ mod acpi;
 mod block;
 mod boot;
 mod bus;
+mod calendar;
 mod cpu;
 mod devices;
 mod events;

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BusDevice, DeviceState, Irq, Request, StateError};
+use crate::calendar::{Fields, days_in_month, fields, to_seconds, weekday};
 
 /// The index port; the data port follows it.
 pub const BASE: u16 = 0x70;
@@ -156,17 +157,6 @@ pub struct Rtc {
     dirty: bool,
     flags: u8,
     last_update: i64,
-}
-
-/// A broken-down time, as the registers hold it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fields {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
 }
 
 impl Rtc {
@@ -483,55 +473,6 @@ fn memory_sizes(ram: &mut [u8; RAM_LEN], low: u64, high: u64) {
     ram[0x2e..0x30].copy_from_slice(&sum.to_be_bytes());
 }
 
-/// Days since 1970-01-01 of a date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day counted from 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-fn fields(t: i64) -> Fields {
-    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400) as u32);
-    let (year, month, day) = civil_from_days(days);
-    Fields { year, month, day, hour: secs / 3600, minute: secs / 60 % 60, second: secs % 60 }
-}
-
-fn to_seconds(f: Fields) -> i64 {
-    days_from_civil(f.year, f.month, f.day) * 86_400 + i64::from(f.hour * 3600 + f.minute * 60 + f.second)
-}
-
-/// The RTC's day of the week: 1 is Sunday (1970-01-01 was a Thursday).
-fn weekday(t: i64) -> u32 {
-    (t.div_euclid(86_400) + 4).rem_euclid(7) as u32 + 1
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -600,19 +541,6 @@ mod tests {
 
     fn time(r: &mut Rtc) -> [u8; 8] {
         [CENTURY, YEAR, MONTH, DAY, HOURS, MINUTES, SECONDS, WEEKDAY].map(|reg| get(r, reg))
-    }
-
-    #[test]
-    fn the_calendar_agrees_with_known_dates() {
-        assert_eq!(fields(0), Fields { year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0 });
-        assert_eq!(fields(HOST), Fields { year: 2026, month: 12, day: 3, hour: 22, minute: 30, second: 15 });
-        assert_eq!(fields(951_782_400).month, 2, "2000-02-29 exists");
-        assert_eq!(fields(951_782_400).day, 29);
-        for t in [MIN_TIME, -1, 0, 68_169_600, HOST, MAX_TIME] {
-            assert_eq!(to_seconds(fields(t)), t, "{t}");
-        }
-        assert_eq!(weekday(0), 5, "a Thursday");
-        assert_eq!(weekday(HOST), 5);
     }
 
     #[test]
