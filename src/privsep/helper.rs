@@ -36,8 +36,9 @@ pub use manifest::{FdRole, ManifestError, RoleFds};
 /// `PauseFailed` and device attach/detach; 3 added disks (and the
 /// per-device fd roles) to the guest's configuration; 4 added network
 /// interfaces (`nics`, `Tap` fds, `SetLink`, `NetStats`), locked memory,
-/// the balloon's live statistics period and unsolicited disk I/O errors.
-pub const HELPER_PROTOCOL_VERSION: u32 = 4;
+/// the balloon's live statistics period and unsolicited disk I/O errors;
+/// 5 added the guest's RTC offset and the unasked `RtcChange` report.
+pub const HELPER_PROTOCOL_VERSION: u32 = 5;
 
 /// Why a broker cannot manage a helper: it speaks another protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
