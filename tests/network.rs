@@ -841,15 +841,7 @@ fn a_guest_on_a_nat_network_gets_its_lease_from_dnsmasq_and_answers_pings_while_
     ok(rw(&d, &["net-start", "lab"]));
     let (name, mac, uuid) = ("g8", "52:54:00:77:00:18", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b18");
     let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
-    // The guest's console goes to a log, for what it printed if it fails.
-    let log = d.tree.path(&format!("{name}.log"));
-    let xml = guest_with(&d, name, uuid, &nic).replace(
-        "<serial type='pty'><target port='0'/></serial>",
-        &format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display()),
-    );
-    define_domain(&d, &xml);
-    ok(rw(&d, &["start", name]));
-    let console = || std::fs::read_to_string(&log).unwrap_or_default();
+    let console = start_logged(&d, name, uuid, &nic);
     // The guest's DHCP waits out the bridge's forward delay and dnsmasq's
     // ping check; it prints the address it was given.
     let line = format!("NET eth0 MAC={mac} IP=10.77.0.");
@@ -876,4 +868,66 @@ fn a_guest_on_a_nat_network_gets_its_lease_from_dnsmasq_and_answers_pings_while_
     assert!(wait_until(Duration::from_secs(20), ping), "no answer after the link came back");
     assert!(rx() > before);
     ok(rw(&d, &["destroy", name]));
+}
+
+/// Defines and starts the test guest `name` with `nics`, its console to a
+/// log file (for what it printed if a test fails); returns a reader of
+/// that log.
+fn start_logged(d: &Daemon, name: &str, uuid: &str, nics: &str) -> impl Fn() -> String + use<> {
+    let log = d.tree.path(&format!("{name}.log"));
+    let xml = guest_with(d, name, uuid, nics).replace(
+        "<serial type='pty'><target port='0'/></serial>",
+        &format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display()),
+    );
+    let file = d.tree.path(&format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    ok(rw(d, &["define", file.to_str().unwrap()]));
+    ok(rw(d, &["start", name]));
+    move || std::fs::read_to_string(&log).unwrap_or_default()
+}
+
+/// Two guests started together on one network: dnsmasq answers nothing
+/// while it checks an address for one of them, so the other's DHCP must
+/// outwait that; both get their leases and see each other.
+#[test]
+fn two_guests_started_together_on_a_nat_network_both_get_their_leases() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {
+        return;
+    }
+    let ns = Netns::new("gpair");
+    let d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-start", "lab"]));
+    let guests = [
+        ("ga", "52:54:00:77:00:21", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b21"),
+        ("gb", "52:54:00:77:00:22", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b22"),
+    ];
+    let consoles: Vec<_> = guests
+        .iter()
+        .map(|(name, mac, uuid)| {
+            let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
+            start_logged(&d, name, uuid, &nic)
+        })
+        .collect();
+    let mut ips = Vec::new();
+    for ((_, mac, _), console) in guests.iter().zip(&consoles) {
+        let prefix = format!("NET eth0 MAC={mac} IP=");
+        let printed = wait_until(Duration::from_secs(90), || console().contains(&prefix));
+
+        assert!(printed, "no NET line; the console:\n{}\n{}", console(), d.stderr());
+        let text = console();
+        let ip = text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap().trim().to_owned();
+        assert!(ip.starts_with("10.77.0."), "no lease for {mac}; the console:\n{text}");
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    let leases = ok(ro(&d, &["net-dhcp-leases", "lab"]));
+    for ((name, mac, _), ip) in guests.iter().zip(&ips) {
+        assert!(leases.lines().any(|l| l.contains(mac) && l.contains(&format!("{ip}/24"))), "{leases}");
+        let addr = ok(ro(&d, &["domifaddr", name, "--source", "lease"]));
+        assert!(addr.contains(mac) && addr.contains(&format!("{ip}/24")), "{addr}");
+    }
+    for (name, _, _) in guests {
+        ok(rw(&d, &["destroy", name]));
+    }
 }

@@ -775,7 +775,8 @@ bln_nq:      .long 0
  * 2, 4, ... 64 WAIT_TSC, as a bridge with STP forwards a new port only
  * after its forward delay (at least 2 s each for listening and learning)
  * and dnsmasq then pings an address for up to 3 s before it offers it, so
- * about 20 s without a server; then three REQUESTs);
+ * about 20 s without a server; then up to six REQUESTs, as long, since
+ * dnsmasq answers none while it pings addresses for other clients);
  * then it prints
  *     NET eth<n> MAC=<aa:bb:cc:dd:ee:ff> IP=<a.b.c.d>|none
  * Without a NIC nothing is printed and nothing changes. While the shell
@@ -1624,9 +1625,13 @@ dhcp:
         movl $6, %ecx
         call dhcp_exchange
         jc 9f
-        movl $3, %r12d                  /* REQUEST, for an ACK: ~2 s at most */
+        /* REQUEST, for an ACK: ~20 s at most. dnsmasq answers nothing
+           while it pings an address it is about to offer another client
+           (up to 3 s each, one after the other), so a REQUEST sent then
+           waits for all of them. */
+        movl $3, %r12d
         movl $5, %r13d
-        movl $3, %ecx
+        movl $6, %ecx
         call dhcp_exchange
         jc 9f
         movl dh_yiaddr(%rip), %eax
