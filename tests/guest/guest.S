@@ -797,6 +797,9 @@ bln_nq:      .long 0
  *   udprr A.B.C.D PORT N       N round trips against an echo server, each
  *                              waiting up to ~1/3 s for the answer:
  *                              UDPRR N=<n> ERRORS=<lost> CYCLES=<TSC cycles>
+ *   udpburst A.B.C.D PORT N    N datagrams (8 bytes each) back to back,
+ *                              each waiting for the device to use it:
+ *                              UDPBURST N=<n> CYCLES=<TSC cycles>
  *   ping A.B.C.D [N]           N ICMP echo requests (1 if not given, at
  *                              most 100), each waiting up to ~1/3 s for
  *                              its reply: PING SENT=<n> RECEIVED=<m> |
@@ -1846,6 +1849,10 @@ net_commands:
         call prefix
         jc net_udprr_cmd
         leaq linebuf(%rip), %rsi
+        leaq w_udpburst(%rip), %rdi
+        call prefix
+        jc net_udpburst_cmd
+        leaq linebuf(%rip), %rsi
         leaq w_ping(%rip), %rdi
         call prefix
         jc net_ping_cmd
@@ -2048,6 +2055,39 @@ net_ping_cmd:
         call puts
         jmp shell
 
+net_udpburst_cmd:
+        call net_dest
+        movw %r10w, net_dport(%rip)
+        call parsedec
+        movq %rax, %r14                 /* r14: N */
+        movq %rax, %r15                 /* r15: left */
+        call tsc
+        pushq %rax                      /* the start */
+1:      testq %r15, %r15
+        jz 2f
+        leaq rr_payload(%rip), %rsi
+        movl $8, %ecx
+        movl %r13d, %eax
+        movl $UDP_LPORT, %r12d
+        movw net_dport(%rip), %r10w
+        call udp_send
+        decq %r15
+        jmp 1b
+2:      call tsc
+        popq %rdx
+        subq %rdx, %rax
+        pushq %rax
+        leaq msg_udpburst(%rip), %rsi
+        call puts
+        movq %r14, %rax
+        call putdec
+        leaq msg_cycles(%rip), %rsi
+        call puts
+        popq %rax
+        call putdec
+        call newline
+        jmp shell
+
 net_netstat_cmd:
         cmpl $0, net_count(%rip)
         je net_none
@@ -2239,6 +2279,8 @@ w_udpsend:     .asciz "udpsend "
 w_udprr:       .asciz "udprr "
 w_netstat:     .asciz "netstat"
 w_ping:        .asciz "ping "
+w_udpburst:    .asciz "udpburst "
+msg_udpburst:  .asciz "UDPBURST N="
 msg_ping_sent: .asciz "PING SENT="
 msg_ping_rcvd: .asciz " RECEIVED="
 msg_ping_noarp: .asciz "PING NOARP\r\n"
