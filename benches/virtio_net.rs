@@ -14,7 +14,10 @@
 //! image: UDP request/response round trips to an echo server in the
 //! namespace (`udprr`), datagrams sent back to back (`udpburst`, packets/s
 //! the host received) and datagrams the namespace floods the guest with
-//! (packets/s the guest counted, `netstat`). QEMU is the binary
+//! (packets/s the guest counted, `netstat`), each also as the host CPU the
+//! VMM's threads other than the vCPU spent per packet (a figure the
+//! machine's other load changes less than the rates); three rounds in
+//! turns, and their medians. QEMU is the binary
 //! `LIBVIRTD_BENCH_QEMU` names (Debian's packages unpacked with `dpkg -x`
 //! will do: its `usr/share/{qemu,seabios}` and `usr/lib/x86_64-linux-gnu`
 //! beside `usr/bin` are used), else `/usr/bin/qemu-system-x86_64`; without

@@ -93,6 +93,32 @@ enum Vmm {
     Qemu(Child),
 }
 
+impl Vmm {
+    fn pid(&self) -> i32 {
+        match self {
+            Vmm::Helper(pid, _) => pid.as_raw(),
+            Vmm::Qemu(child) => child.id() as i32,
+        }
+    }
+
+    /// CPU time so far of the process's threads that are not vCPUs (ours:
+    /// `helper-vcpu<N>`; QEMU's, named with `debug-threads=on`: `CPU
+    /// <N>/KVM`): what moving the frames cost the host, apart from running
+    /// the guest.
+    fn device_cpu(&self) -> Duration {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
+        let ns: u64 = tasks
+            .filter(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                !comm.starts_with("helper-vcpu") && !comm.trim_end().ends_with("/KVM")
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(ns)
+    }
+}
+
 impl Drop for Vmm {
     fn drop(&mut self) {
         match self {
@@ -226,6 +252,7 @@ fn qemu(ns: &Netns, kernel: &Path, (bin, firmware, libs): &(PathBuf, Vec<PathBuf
     }
     let mut child = cmd
         .args(["-accel", "kvm", "-M", "pc", "-m", "64", "-smp", "1", "-nodefaults", "-display", "none"])
+        .args(["-name", "guest=bench,debug-threads=on"])
         .args(["-no-reboot", "-serial", "stdio", "-monitor", "none", "-kernel"])
         .arg(kernel)
         .args(["-append", &format!("console=ttyS0 ip={GUEST_IP}/24")])
@@ -267,14 +294,18 @@ fn guest_rx(console: &mut Console) -> u64 {
     line.split_whitespace().find_map(|w| w.strip_prefix("RX=")?.parse().ok()).unwrap_or(0)
 }
 
-/// One implementation's figures: round trip (µs), TX packets/s, RX packets/s.
+/// One implementation's figures: round trip (µs), TX packets/s, RX
+/// packets/s, and the host CPU its non-vCPU threads spent per packet sent
+/// and per packet received (µs).
 struct Figures {
     rr_us: f64,
     tx_pps: f64,
     rx_pps: f64,
+    tx_cpu_us: f64,
+    rx_cpu_us: f64,
 }
 
-fn measure(label: &str, ns: &Netns, console: &mut Console) -> Option<Figures> {
+fn measure(label: &str, ns: &Netns, vmm: &Vmm, console: &mut Console) -> Option<Figures> {
     let Some(boot) = console.wait_for("> ", Duration::from_secs(120)) else {
         println!("{label}: the guest did not boot");
         return None;
@@ -289,11 +320,13 @@ fn measure(label: &str, ns: &Netns, console: &mut Console) -> Option<Figures> {
     let (rr, took) = console.run(&format!("udprr {HOST_IP} {ECHO_PORT} {RR}"), "UDPRR ");
     let rr_us = took.as_secs_f64() * 1e6 / f64::from(RR);
 
-    let before = sunk.load(Ordering::Relaxed);
+    let (before, cpu) = (sunk.load(Ordering::Relaxed), vmm.device_cpu());
     let (burst, took) = console.run(&format!("udpburst {HOST_IP} {SINK_PORT} {BURST}"), "UDPBURST ");
+    let tx_cpu = vmm.device_cpu() - cpu;
     std::thread::sleep(Duration::from_millis(200));
     let got = sunk.load(Ordering::Relaxed) - before;
     let tx_pps = got as f64 / took.as_secs_f64();
+    let tx_cpu_us = tx_cpu.as_secs_f64() * 1e6 / f64::from(BURST);
 
     // The namespace floods the guest (to a port it neither echoes nor
     // answers); the guest counts what its driver took.
@@ -313,25 +346,32 @@ fn measure(label: &str, ns: &Netns, console: &mut Console) -> Option<Figures> {
             sent
         })
     };
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), vmm.device_cpu());
     std::thread::sleep(FLOOD);
     flooding.store(false, Ordering::Relaxed);
     let sent = flood.join().unwrap();
     let flooded = t.elapsed();
+    let rx_cpu = vmm.device_cpu() - cpu;
     let rx = guest_rx(console).saturating_sub(rx0);
     let rx_pps = rx as f64 / flooded.as_secs_f64();
+    // The frames the tap dropped cost nothing; those delivered did.
+    let rx_cpu_us = rx_cpu.as_secs_f64() * 1e6 / rx.max(1) as f64;
     stop.store(true, Ordering::Relaxed);
     echo.join().unwrap();
     sink.join().unwrap();
 
     println!("{label}: {net}");
     println!("{label}: {rr}; {rr_us:.0} µs per UDP round trip (wall clock, {RR} round trips)");
-    println!("{label}: {burst}; host received {got} of {BURST}: {tx_pps:.0} packets/s guest to host");
     println!(
-        "{label}: flooded with {sent} datagrams in {:.1} s, the guest took {rx}: {rx_pps:.0} packets/s host to guest",
+        "{label}: {burst}; host received {got} of {BURST}: {tx_pps:.0} packets/s guest to host, \
+         {tx_cpu_us:.1} µs of device-thread CPU each"
+    );
+    println!(
+        "{label}: flooded with {sent} datagrams in {:.1} s, the guest took {rx}: {rx_pps:.0} packets/s host to guest, \
+         {rx_cpu_us:.1} µs of device-thread CPU each",
         flooded.as_secs_f64()
     );
-    Some(Figures { rr_us, tx_pps, rx_pps })
+    Some(Figures { rr_us, tx_pps, rx_pps, tx_cpu_us, rx_cpu_us })
 }
 
 /// Each figure's median over the rounds (the machine's load varies
@@ -346,6 +386,8 @@ fn median(rounds: &[Figures]) -> Option<Figures> {
         rr_us: mid(|r| r.rr_us),
         tx_pps: mid(|r| r.tx_pps),
         rx_pps: mid(|r| r.rx_pps),
+        tx_cpu_us: mid(|r| r.tx_cpu_us),
+        rx_cpu_us: mid(|r| r.rx_cpu_us),
     })
 }
 
@@ -366,13 +408,13 @@ pub fn compare() {
     for round in 1..=ROUNDS {
         let ns = namespace("ng-ours");
         let (vmm, mut console) = ours(&ns, &kernel, &dir);
-        helper.extend(measure(&format!("helper, round {round}"), &ns, &mut console));
+        helper.extend(measure(&format!("helper, round {round}"), &ns, &vmm, &mut console));
         drop(vmm);
         drop(ns);
         if let Some(binary) = &binary {
             let ns = namespace("ng-qemu");
             let (vmm, mut console) = qemu(&ns, &kernel, binary);
-            qemus.extend(measure(&format!("QEMU virtio-net-pci, round {round}"), &ns, &mut console));
+            qemus.extend(measure(&format!("QEMU virtio-net-pci, round {round}"), &ns, &vmm, &mut console));
             drop(vmm);
             drop(ns);
         }
@@ -382,6 +424,11 @@ pub fn compare() {
             "side by side, median of {ROUNDS} (helper / QEMU): round trip {:.0} / {:.0} µs, guest to host {:.0} / {:.0} \
              packets/s, host to guest {:.0} / {:.0} packets/s",
             h.rr_us, q.rr_us, h.tx_pps, q.tx_pps, h.rx_pps, q.rx_pps
+        );
+        println!(
+            "side by side, median of {ROUNDS} (helper / QEMU): device-thread CPU per packet {:.1} / {:.1} µs guest to \
+             host, {:.1} / {:.1} µs host to guest",
+            h.tx_cpu_us, q.tx_cpu_us, h.rx_cpu_us, q.rx_cpu_us
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
