@@ -7,10 +7,24 @@
 //! transmit (64-byte frames to the tap) and receive (UDP datagrams sent
 //! into the tap from the namespace by another thread).
 //!
-//! The guest-level figures (the test guest's `udprr` round trips, ours
-//! beside QEMU's virtio-net-pci) need the test guest's virtio-net driver.
+//! Then, under `cargo bench` only, the same from inside a guest: the test
+//! guest (tests/guest/guest.S, its own virtio-net driver, static `ip=`)
+//! over a tap in a namespace of its own, in our helper and beside it in
+//! QEMU with `-device virtio-net-pci` (tap backend, no vhost), the same
+//! image: UDP request/response round trips to an echo server in the
+//! namespace (`udprr`), datagrams sent back to back (`udpburst`, packets/s
+//! the host received) and datagrams the namespace floods the guest with
+//! (packets/s the guest counted, `netstat`), each also as the host CPU the
+//! VMM's threads other than the vCPU spent per packet (a figure the
+//! machine's other load changes less than the rates); three rounds in
+//! turns, and their medians. QEMU is the binary
+//! `LIBVIRTD_BENCH_QEMU` names (Debian's packages unpacked with `dpkg -x`
+//! will do: its `usr/share/{qemu,seabios}` and `usr/lib/x86_64-linux-gnu`
+//! beside `usr/bin` are used), else `/usr/bin/qemu-system-x86_64`; without
+//! either, its column is skipped with a note.
 //!
-//! Run: `cargo bench --bench virtio_net` (as root, with /dev/net/tun and `ip`).
+//! Run: `cargo bench --bench virtio_net` (as root, with /dev/net/tun, `ip`,
+//! and /dev/kvm for the guest figures).
 
 #[allow(dead_code)]
 #[path = "../helpers/src/virtio/net/datapath.rs"]
@@ -181,6 +195,21 @@ fn main() {
         println!("virtio-net host side: skipped (needs root and /dev/net/tun)");
         return;
     }
+    host_side();
+    // `cargo test --all-targets` runs this binary too, without `--bench`:
+    // the guest figures take a minute, they are for `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("virtio-net guest side: run with `cargo bench --bench virtio_net`");
+        return;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        println!("virtio-net guest side: skipped (needs /dev/kvm)");
+        return;
+    }
+    guest::compare();
+}
+
+fn host_side() {
     let ns = Netns(format!("lvrs-bench-net-{}", std::process::id()));
     let _ = Command::new("ip").args(["netns", "del", &ns.0]).stderr(Stdio::null()).status();
     assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
@@ -195,3 +224,6 @@ fn main() {
     let tap = Tap::new(fd).unwrap();
     receive(&mem, tap, &ns);
 }
+
+#[path = "virtio_net/guest.rs"]
+mod guest;

@@ -841,15 +841,7 @@ fn a_guest_on_a_nat_network_gets_its_lease_from_dnsmasq_and_answers_pings_while_
     ok(rw(&d, &["net-start", "lab"]));
     let (name, mac, uuid) = ("g8", "52:54:00:77:00:18", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b18");
     let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
-    // The guest's console goes to a log, for what it printed if it fails.
-    let log = d.tree.path(&format!("{name}.log"));
-    let xml = guest_with(&d, name, uuid, &nic).replace(
-        "<serial type='pty'><target port='0'/></serial>",
-        &format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display()),
-    );
-    define_domain(&d, &xml);
-    ok(rw(&d, &["start", name]));
-    let console = || std::fs::read_to_string(&log).unwrap_or_default();
+    let console = start_logged(&d, name, uuid, &nic);
     // The guest's DHCP waits out the bridge's forward delay and dnsmasq's
     // ping check; it prints the address it was given.
     let line = format!("NET eth0 MAC={mac} IP=10.77.0.");
@@ -876,4 +868,141 @@ fn a_guest_on_a_nat_network_gets_its_lease_from_dnsmasq_and_answers_pings_while_
     assert!(wait_until(Duration::from_secs(20), ping), "no answer after the link came back");
     assert!(rx() > before);
     ok(rw(&d, &["destroy", name]));
+}
+
+/// Defines and starts the test guest `name` with `nics`, its console to a
+/// log file (for what it printed if a test fails); returns a reader of
+/// that log.
+fn start_logged(d: &Daemon, name: &str, uuid: &str, nics: &str) -> impl Fn() -> String + use<> {
+    let log = d.tree.path(&format!("{name}.log"));
+    let xml = guest_with(d, name, uuid, nics).replace(
+        "<serial type='pty'><target port='0'/></serial>",
+        &format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display()),
+    );
+    let file = d.tree.path(&format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    ok(rw(d, &["define", file.to_str().unwrap()]));
+    ok(rw(d, &["start", name]));
+    move || std::fs::read_to_string(&log).unwrap_or_default()
+}
+
+/// Whether python3 has python-libvirt, to drive the guests' consoles.
+fn have_python_libvirt() -> bool {
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    require(py, "python3-libvirt")
+}
+
+/// Types each `(guest, command)` on that guest's console (python-libvirt's
+/// console stream), in order, and returns the first line of each answer
+/// that starts with `marker`.
+fn on_consoles(d: &Daemon, commands: &[(&str, &str)], marker: &str) -> Vec<String> {
+    let script = format!(
+        "URI = {:?}\nCOMMANDS = {commands:?}\nMARKER = {marker:?}\n{PY_UNTIL}{}",
+        uri(&d.tree.sock("libvirt-sock")),
+        r#"
+import libvirt
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.open(URI)
+streams = {}
+def console(name):
+    if name not in streams:
+        st = conn.newStream(0)
+        conn.lookupByName(name).openConsole(None, st, 0)
+        # The console may open before or after the guest's prompt: a marker
+        # line the guest echoes back says where its answers begin.
+        st.send(b"echo ready-for-commands\r")
+        until(st, b"ready-for-commands\r\n> ")
+        streams[name] = st
+    return streams[name]
+for name, command in COMMANDS:
+    st = console(name)
+    st.send(command.encode() + b"\r")
+    text = until(st, b"\r\n> ").decode()
+    lines = [l for l in text.splitlines() if l.startswith(MARKER)]
+    if not lines:
+        raise SystemExit("no %s line in %s's answer %r" % (MARKER, name, text))
+    print(lines[0])
+"#
+    );
+    run_python(d, &script, Duration::from_secs(120)).lines().map(str::to_owned).collect()
+}
+
+/// Two guests started together on one network: dnsmasq answers nothing
+/// while it checks an address for one of them, so the other's DHCP must
+/// outwait that; both get their leases, use them, and ping each other.
+#[test]
+fn two_guests_on_a_nat_network_both_get_leases_and_ping_each_other() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") || !have_python_libvirt() {
+        return;
+    }
+    let ns = Netns::new("gpair");
+    let d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-start", "lab"]));
+    let guests = [
+        ("ga", "52:54:00:77:00:21", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b21"),
+        ("gb", "52:54:00:77:00:22", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b22"),
+    ];
+    for (name, mac, uuid) in guests {
+        let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
+        define_domain(&d, &guest_with(&d, name, uuid, &nic));
+    }
+    for (name, _, _) in guests {
+        ok(rw(&d, &["start", name]));
+    }
+    // Both leased, in net-dhcp-leases and domifaddr.
+    let lease_of = |mac: &str| -> Option<String> {
+        let leases = ok(ro(&d, &["net-dhcp-leases", "lab"]));
+        let row = leases.lines().find(|l| l.contains(mac))?;
+        row.split_whitespace().find_map(|w| w.strip_suffix("/24")).map(str::to_owned)
+    };
+    let leased = wait_until(Duration::from_secs(90), || guests.iter().all(|(_, mac, _)| lease_of(mac).is_some()));
+    assert!(leased, "{}\n{}", ok(ro(&d, &["net-dhcp-leases", "lab"])), d.stderr());
+    let ips: Vec<String> = guests.iter().map(|(_, mac, _)| lease_of(mac).unwrap()).collect();
+    assert_ne!(ips[0], ips[1]);
+    for ((name, mac, _), ip) in guests.iter().zip(&ips) {
+        let addr = ok(ro(&d, &["domifaddr", name, "--source", "lease"]));
+        assert!(addr.contains(mac) && addr.contains(&format!("{ip}/24")), "{addr}");
+    }
+    // Each pings the other's leased address: both use what dnsmasq gave.
+    let a_to_b = format!("ping {} 3", ips[1]);
+    let b_to_a = format!("ping {} 3", ips[0]);
+    let answers = on_consoles(&d, &[("ga", &a_to_b), ("gb", &b_to_a)], "PING ");
+    assert_eq!(answers, ["PING SENT=3 RECEIVED=3", "PING SENT=3 RECEIVED=3"]);
+    // And the host reaches both.
+    for ip in &ips {
+        assert!(ns.run(&["busybox", "ping", "-c", "1", "-W", "2", ip]).0, "no answer from {ip}");
+    }
+    for (name, _, _) in guests {
+        ok(rw(&d, &["destroy", name]));
+    }
+}
+
+/// A guest on `type='bridge'` with a static address (`ip=` on its kernel
+/// command line, as there is no DHCP server on a plain host bridge) and the
+/// host's address on that bridge reach each other.
+#[test]
+fn a_guest_on_a_host_bridge_and_the_hosts_address_on_it_ping_each_other() {
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") || !have_python_libvirt() {
+        return;
+    }
+    let ns = Netns::new("gbrp");
+    let d = daemon_in(&ns, "");
+    assert!(ns.run(&["ip", "link", "add", "brh0", "type", "bridge", "stp_state", "0", "forward_delay", "0"]).0);
+    assert!(ns.run(&["ip", "addr", "add", "10.88.0.1/24", "dev", "brh0"]).0);
+    assert!(ns.run(&["ip", "link", "set", "brh0", "up"]).0);
+    let nic = "<interface type='bridge'><mac address='52:54:00:77:00:23'/><source bridge='brh0'/>\
+               <model type='virtio'/></interface>";
+    let xml = guest_with(&d, "gh", "7f6d2a1c-4b3e-4c55-9a61-0d2f3e4a5b23", nic)
+        .replace("<cmdline>console=ttyS0</cmdline>", "<cmdline>console=ttyS0 ip=10.88.0.5/24</cmdline>");
+    define_domain(&d, &xml);
+    ok(rw(&d, &["start", "gh"]));
+    let link = link_of(&ns, "vnet0").expect("the guest's tap");
+    assert!(link.contains("master brh0"), "{link}");
+    let ping = || ns.run(&["busybox", "ping", "-c", "1", "-W", "2", "10.88.0.5"]).0;
+    assert!(wait_until(Duration::from_secs(30), ping), "the host got no answer from the guest");
+    let answers = on_consoles(&d, &[("gh", "ping 10.88.0.1 3"), ("gh", "ping 10.88.0.9 1")], "PING ");
+    // Nobody has 10.88.0.9: no ARP answer, no echo request sent.
+    assert_eq!(answers, ["PING SENT=3 RECEIVED=3", "PING NOARP"]);
+    ok(rw(&d, &["destroy", "gh"]));
 }

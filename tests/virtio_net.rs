@@ -10,7 +10,7 @@
 //! The `guest_` tests boot the test guest with its virtio-net driver
 //! (`tests/guest/guest.S`): it prints `NET eth0 MAC=... IP=...`, answers
 //! ARP and ICMP echo, echoes UDP on port 7 and has the shell commands
-//! `udpsend`, `netbad` and `udprr`.
+//! `udpsend`, `netbad`, `udprr` and `udpburst`.
 
 mod common;
 
@@ -558,4 +558,29 @@ fn guest_udp_round_trips_reach_a_host_echo_server() {
     assert!(out.chars().any(|c| c.is_ascii_digit()), "it prints the elapsed time: {out}");
     let c = g.stats();
     assert!(c.tx_packets >= 20 && c.rx_packets >= 20, "{c:?}");
+}
+
+#[test]
+fn guest_udpburst_sends_every_datagram_back_to_back_and_the_device_counts_them() {
+    if !can_run() {
+        return;
+    }
+    let (ns, _tap, mut g) = net_guest("burst");
+    let socket = ns.inside(|| std::net::UdpSocket::bind(format!("{HOST_IP}:9009")).unwrap());
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let before = g.stats().tx_packets;
+    let out = g.run(&format!("udpburst {HOST_IP} 9009 50"));
+    assert!(out.contains("UDPBURST N=50 CYCLES="), "{out}");
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+        assert_eq!((&buf[..n], from.to_string()), (&b"udprr-00"[..], format!("{GUEST_IP}:40000")));
+        got += 1;
+        if got == 50 {
+            break;
+        }
+    }
+    assert_eq!(got, 50, "every datagram reached the host: {out}");
+    // Each went out through the device (ARP for the host's MAC came first).
+    assert!(g.stats().tx_packets >= before + 50);
 }

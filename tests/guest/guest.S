@@ -951,7 +951,8 @@ bln_nq:      .long 0
  * 2, 4, ... 64 WAIT_TSC, as a bridge with STP forwards a new port only
  * after its forward delay (at least 2 s each for listening and learning)
  * and dnsmasq then pings an address for up to 3 s before it offers it, so
- * about 20 s without a server; then three REQUESTs);
+ * about 20 s without a server; then up to six REQUESTs, as long, since
+ * dnsmasq answers none while it pings addresses for other clients);
  * then it prints
  *     NET eth<n> MAC=<aa:bb:cc:dd:ee:ff> IP=<a.b.c.d>|none
  * Without a NIC nothing is printed and nothing changes. While the shell
@@ -972,6 +973,13 @@ bln_nq:      .long 0
  *   udprr A.B.C.D PORT N       N round trips against an echo server, each
  *                              waiting up to ~1/3 s for the answer:
  *                              UDPRR N=<n> ERRORS=<lost> CYCLES=<TSC cycles>
+ *   udpburst A.B.C.D PORT N    N datagrams (8 bytes each) back to back,
+ *                              each waiting for the device to use it:
+ *                              UDPBURST N=<n> CYCLES=<TSC cycles>
+ *   ping A.B.C.D [N]           N ICMP echo requests (1 if not given, at
+ *                              most 100), each waiting up to ~1/3 s for
+ *                              its reply: PING SENT=<n> RECEIVED=<m> |
+ *                              PING NOARP
  *   netstat                    NETSTAT eth<n> RX=<frames> TX=<frames>
  *                              DROP=<frames dropped as malformed>
  *   netbad                     a TX chain whose header descriptor has 6
@@ -1005,6 +1013,9 @@ bln_nq:      .long 0
         .set N_DROP, V_SIZE + 80
         .set N_STRIDE, 128
         .set UDP_LPORT, 40000
+        .set PING_ID, 0x564c            /* "LV": our echo requests' identifier */
+        .set PING_DATA, 32              /* payload bytes of an echo request */
+        .set PING_MAX, 100
         .set WAIT_TSC, 0x18000000       /* ~0.16 s at 2.5 GHz */
         .set BIG_ADDR, 0x10000000000    /* 1 TiB: beyond any test guest's RAM */
         .set PIT_DIVISOR, 11932         /* 1193182 Hz / 100 */
@@ -1511,6 +1522,8 @@ net_ip_in:
 net_icmp_in:
         cmpl $42, %ecx
         jb .Lnf_drop
+        cmpb $0, 34(%rsi)               /* echo reply */
+        je 1f
         cmpb $8, 34(%rsi)               /* echo request */
         jne .Lnf_ignore
         call net_reply_copy             /* rdi: the reply's IP header */
@@ -1526,6 +1539,15 @@ net_icmp_in:
         popq %rcx
         popq %rsi
         jmp net_tx
+        /* A reply to the echo request `ping` waits for: counted. */
+1:      cmpw $PING_ID, 38(%rsi)
+        jne .Lnf_ignore
+        movzwl 40(%rsi), %eax
+        xchgb %al, %ah
+        cmpl net_ping_seq(%rip), %eax
+        jne .Lnf_ignore
+        incl net_ping_got(%rip)
+        ret
 
 net_udp_in:
         cmpl $42, %ecx
@@ -1660,11 +1682,10 @@ net_tx:
         popq %rsi
         ret
 
-/* udp_start: Ethernet (to the MAC at rdx), IPv4 (from N_IP to eax) and
-   UDP (from sport r9w to dport r10w, host order) headers for ecx payload
-   bytes in NIC rbx's TX buffer; rdi = the payload. ecx = the frame's
-   length. */
-udp_start:
+/* ip_start: Ethernet (to the MAC at rdx) and IPv4 (from N_IP to eax,
+   protocol r11b) headers for ecx bytes after the IP header in NIC rbx's
+   TX buffer; rdi = past the IP header. */
+ip_start:
         pushq %rax
         movw $0x0008, %ax
         call eth_start
@@ -1673,13 +1694,28 @@ udp_start:
         movl N_IP(%rbx), %eax
         movl %eax, 12(%rdi)
         movw $0x0045, (%rdi)            /* version 4, 20-byte header, TOS 0 */
-        leal 28(%rcx), %eax
+        leal 20(%rcx), %eax
         xchgb %al, %ah
         movw %ax, 2(%rdi)               /* total length */
         movl $0, 4(%rdi)                /* id 0, no fragments */
-        movw $0x1140, 8(%rdi)           /* TTL 64, UDP */
+        movb $64, 8(%rdi)               /* TTL */
+        movb %r11b, 9(%rdi)
         call ip_csum
         addq $20, %rdi
+        ret
+
+/* udp_start: Ethernet (to the MAC at rdx), IPv4 (from N_IP to eax) and
+   UDP (from sport r9w to dport r10w, host order) headers for ecx payload
+   bytes in NIC rbx's TX buffer; rdi = the payload. ecx = the frame's
+   length. */
+udp_start:
+        pushq %r11
+        pushq %rcx
+        addl $8, %ecx
+        movl $17, %r11d                 /* UDP */
+        call ip_start
+        popq %rcx
+        popq %r11
         movw %r9w, %ax
         xchgb %al, %ah
         movw %ax, 0(%rdi)
@@ -1800,9 +1836,13 @@ dhcp:
         movl $6, %ecx
         call dhcp_exchange
         jc 9f
-        movl $3, %r12d                  /* REQUEST, for an ACK: ~2 s at most */
+        /* REQUEST, for an ACK: ~20 s at most. dnsmasq answers nothing
+           while it pings an address it is about to offer another client
+           (up to 3 s each, one after the other), so a REQUEST sent then
+           waits for all of them. */
+        movl $3, %r12d
         movl $5, %r13d
-        movl $3, %ecx
+        movl $6, %ecx
         call dhcp_exchange
         jc 9f
         movl dh_yiaddr(%rip), %eax
@@ -1985,6 +2025,14 @@ net_commands:
         call prefix
         jc net_udprr_cmd
         leaq linebuf(%rip), %rsi
+        leaq w_udpburst(%rip), %rdi
+        call prefix
+        jc net_udpburst_cmd
+        leaq linebuf(%rip), %rsi
+        leaq w_ping(%rip), %rdi
+        call prefix
+        jc net_ping_cmd
+        leaq linebuf(%rip), %rsi
         leaq w_netstat(%rip), %rdi
         call prefix
         jc net_netstat_cmd
@@ -2091,6 +2139,123 @@ net_udprr_cmd:
         leaq msg_errors(%rip), %rsi
         call puts
         movq %r15, %rax
+        call putdec
+        leaq msg_cycles(%rip), %rsi
+        call puts
+        popq %rax
+        call putdec
+        call newline
+        jmp shell
+
+/* ping A.B.C.D [N]: echo requests to the next hop's MAC as resolved once
+   (copied: N_PEERMAC follows whoever sent to us last). */
+net_ping_cmd:
+        cmpl $0, net_count(%rip)
+        je net_none
+        call skipsp
+        call parse_ip
+        jc .Lunknown_command
+        movl %eax, %r13d                /* r13: the destination */
+        call skipsp
+        call parsedec
+        testq %rax, %rax
+        jnz 1f
+        movl $1, %eax
+1:      cmpq $PING_MAX, %rax
+        jbe 2f
+        movl $PING_MAX, %eax
+2:      movq %rax, %r14                 /* r14: N */
+        movl %r13d, %eax
+        call net_route
+        call net_resolve
+        jc 8f
+        movl N_PEERMAC(%rbx), %eax
+        movl %eax, net_ping_mac(%rip)
+        movw N_PEERMAC+4(%rbx), %ax
+        movw %ax, net_ping_mac+4(%rip)
+        xorl %r15d, %r15d               /* r15: replies */
+        xorl %r12d, %r12d               /* r12: the sequence number */
+3:      cmpq %r14, %r12
+        jae 6f
+        incl %r12d
+        movl %r12d, net_ping_seq(%rip)
+        movl $0, net_ping_got(%rip)
+        movl %r13d, %eax
+        leaq net_ping_mac(%rip), %rdx
+        movl $8 + PING_DATA, %ecx
+        movl $1, %r11d                  /* ICMP */
+        call ip_start
+        movl $8, (%rdi)                 /* echo request, code 0, checksum 0 */
+        movw $PING_ID, 4(%rdi)
+        movl %r12d, %eax
+        xchgb %al, %ah
+        movw %ax, 6(%rdi)
+        pushq %rdi
+        addq $8, %rdi
+        movl $PING_DATA, %ecx
+        movb $'p', %al
+        rep stosb
+        movq (%rsp), %rsi
+        movl $8 + PING_DATA, %ecx
+        xorl %edx, %edx
+        call csum
+        popq %rdi
+        movw %ax, 2(%rdi)
+        movl $34 + 8 + PING_DATA, %ecx
+        call net_tx
+        call tsc
+        leaq WAIT_TSC*2(%rax), %rax
+        pushq %rax                      /* the deadline */
+4:      call net_rx
+        cmpl $0, net_ping_got(%rip)
+        jne 5f
+        call tsc
+        cmpq (%rsp), %rax
+        jb 4b
+        decq %r15
+5:      incq %r15
+        popq %rax
+        jmp 3b
+6:      movl $0, net_ping_seq(%rip)
+        leaq msg_ping_sent(%rip), %rsi
+        call puts
+        movq %r14, %rax
+        call putdec
+        leaq msg_ping_rcvd(%rip), %rsi
+        call puts
+        movq %r15, %rax
+        call putdec
+        call newline
+        jmp shell
+8:      leaq msg_ping_noarp(%rip), %rsi
+        call puts
+        jmp shell
+
+net_udpburst_cmd:
+        call net_dest
+        movw %r10w, net_dport(%rip)
+        call parsedec
+        movq %rax, %r14                 /* r14: N */
+        movq %rax, %r15                 /* r15: left */
+        call tsc
+        pushq %rax                      /* the start */
+1:      testq %r15, %r15
+        jz 2f
+        leaq rr_payload(%rip), %rsi
+        movl $8, %ecx
+        movl %r13d, %eax
+        movl $UDP_LPORT, %r12d
+        movw net_dport(%rip), %r10w
+        call udp_send
+        decq %r15
+        jmp 1b
+2:      call tsc
+        popq %rdx
+        subq %rdx, %rax
+        pushq %rax
+        leaq msg_udpburst(%rip), %rsi
+        call puts
+        movq %r14, %rax
         call putdec
         leaq msg_cycles(%rip), %rsi
         call puts
@@ -2289,6 +2454,12 @@ virtio_isr_clear:
 w_udpsend:     .asciz "udpsend "
 w_udprr:       .asciz "udprr "
 w_netstat:     .asciz "netstat"
+w_ping:        .asciz "ping "
+w_udpburst:    .asciz "udpburst "
+msg_udpburst:  .asciz "UDPBURST N="
+msg_ping_sent: .asciz "PING SENT="
+msg_ping_rcvd: .asciz " RECEIVED="
+msg_ping_noarp: .asciz "PING NOARP\r\n"
 w_netbad:      .asciz "netbad"
 msg_net:       .asciz "NET eth"
 msg_mac:       .asciz " MAC="
@@ -2315,6 +2486,10 @@ net_count:   .long 0
 net_spin:    .long 0
 net_udp_got: .long 0
 net_dport:   .word 0
+        .align 4
+net_ping_seq: .long 0
+net_ping_got: .long 0
+net_ping_mac: .fill 6, 1, 0
         .align 4
 dh_xid:      .long 0
 dh_type:     .long 0

@@ -1,0 +1,435 @@
+//! The guest-level figures of `benches/virtio_net.rs`: the test guest over
+//! a tap in a namespace of its own, in our helper and in QEMU, side by side.
+
+use std::io::{Read, Write};
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, NicConfig, StartFds};
+
+use super::Netns;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
+const TAP: &str = "gtap0";
+const HOST_IP: &str = "10.79.0.1";
+const GUEST_IP: &str = "10.79.0.15";
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x4e, 0x45, 0x54];
+const ECHO_PORT: u16 = 7007;
+const SINK_PORT: u16 = 9009;
+/// Round trips and back-to-back datagrams per run: each costs the guest
+/// about a millisecond where /dev/kvm emulates its instructions.
+const RR: u32 = 500;
+const BURST: u32 = 3000;
+const FLOOD: Duration = Duration::from_secs(3);
+const ROUNDS: u32 = 3;
+const T: Duration = Duration::from_secs(120);
+
+/// A guest's serial console: a thread pumps what it prints into `out`.
+struct Console {
+    input: Box<dyn Write + Send>,
+    out: Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Console {
+    fn new(mut reader: impl Read + Send + 'static, input: impl Write + Send + 'static) -> Console {
+        let (tx, out) = channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Console { input: Box::new(input), out, seen: String::new() }
+    }
+
+    /// Everything up to and including `needle`, or None if it did not come
+    /// within `timeout` (or the guest's console ended).
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.seen.find(needle) {
+                let upto = self.seen[..i + needle.len()].to_owned();
+                self.seen.drain(..i + needle.len());
+                return Some(upto);
+            }
+            let left = end.checked_duration_since(Instant::now())?;
+            let bytes = self.out.recv_timeout(left.min(Duration::from_millis(200)));
+            match bytes {
+                Ok(b) => self.seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Types `line`; returns the answer line that starts with `answer` and
+    /// the wall-clock time from typing to that line.
+    fn run(&mut self, line: &str, answer: &str) -> (String, Duration) {
+        let t = Instant::now();
+        self.input.write_all(format!("{line}\r").as_bytes()).unwrap();
+        self.input.flush().unwrap();
+        self.wait_for(&format!("\n{answer}"), T).unwrap_or_else(|| panic!("no {answer} answer to {line:?}"));
+        let rest = self.wait_for("\r\n", T).unwrap();
+        let took = t.elapsed();
+        self.wait_for("> ", T).unwrap();
+        (format!("{answer}{}", rest.trim_end()), took)
+    }
+}
+
+/// What runs the guest: killed when dropped. (The helper's control
+/// channel is kept open: a helper whose broker hangs up stops its guest.)
+enum Vmm {
+    Helper(nix::unistd::Pid, #[allow(dead_code)] libvirtd::privsep::Channel),
+    Qemu(Child),
+}
+
+impl Vmm {
+    fn pid(&self) -> i32 {
+        match self {
+            Vmm::Helper(pid, _) => pid.as_raw(),
+            Vmm::Qemu(child) => child.id() as i32,
+        }
+    }
+
+    /// CPU time so far of the process's threads that are not vCPUs (ours:
+    /// `helper-vcpu<N>`; QEMU's, named with `debug-threads=on`: `CPU
+    /// <N>/KVM`): what moving the frames cost the host, apart from running
+    /// the guest.
+    fn device_cpu(&self) -> Duration {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
+        let ns: u64 = tasks
+            .filter(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                !comm.starts_with("helper-vcpu") && !comm.trim_end().ends_with("/KVM")
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(ns)
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        match self {
+            Vmm::Helper(pid, _) => {
+                let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(*pid, None);
+            }
+            Vmm::Qemu(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A namespace with a tap up at [`HOST_IP`] and the guest's neighbour
+/// entry fixed (the flood needs no ARP).
+fn namespace(tag: &str) -> Netns {
+    let ns = Netns(format!("lvrs-bench-{tag}-{}", std::process::id()));
+    let _ = Command::new("ip").args(["netns", "del", &ns.0]).stderr(Stdio::null()).status();
+    assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+    ns.run(&["ip", "link", "set", "lo", "up"]);
+    ns
+}
+
+fn address_tap(ns: &Netns) {
+    ns.run(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
+    ns.run(&["ip", "link", "set", TAP, "up"]);
+    let mac = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
+    ns.run(&["ip", "neigh", "replace", GUEST_IP, "lladdr", &mac, "dev", TAP]);
+}
+
+/// Our helper running `kernel` with one NIC over a tap made as the broker
+/// makes it, under the sandbox ids the daemon gives guests.
+fn ours(ns: &Netns, kernel: &Path, dir: &Path) -> (Vmm, Console) {
+    let tap: OwnedFd = ns.inside(|| libvirtd::network::tap::create(Some(TAP)).unwrap().0);
+    address_tap(ns);
+    let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
+    let kvm = OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap());
+    let kernel = OwnedFd::from(std::fs::File::open(kernel).unwrap());
+    let (console, theirs) = UnixStream::pair().unwrap();
+    let listener = {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        let path = dir.join("guest.ctl");
+        // The last round's.
+        let _ = std::fs::remove_file(&path);
+        bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        listen(&fd, Backlog::new(4).unwrap()).unwrap();
+        fd
+    };
+    let id = libvirtd::config::SANDBOX_ID_BASE + 21;
+    let nic = NicConfig { alias: "net0".into(), mac: GUEST_MAC, pci_slot: 3, link_up: true, mtu: None };
+    let config = GuestConfig {
+        cmdline: format!("console=ttyS0 ip={GUEST_IP}/24"),
+        ids: Some((id, id)),
+        nics: vec![nic],
+        ..GuestConfig::test(64)
+    };
+    let taps = [tap.as_fd()];
+    let fds = StartFds {
+        kvm: kvm.as_fd(),
+        kernel: kernel.as_fd(),
+        initrd: None,
+        console: theirs.as_fd(),
+        control_listener: listener.as_fd(),
+        disks: &[],
+        taps: &taps,
+    };
+    let (command, borrowed) = HelperCommand::start(config, &fds);
+    spawned.channel.send(&command, &borrowed).unwrap();
+    loop {
+        let (e, _) = spawned.channel.recv_blocking::<HelperEvent>(30_000, HelperEvent::fd_count).unwrap();
+        match e {
+            HelperEvent::Started => break,
+            HelperEvent::Hello { .. } => {}
+            other => panic!("the helper did not start the guest: {other:?}"),
+        }
+    }
+    let vmm = Vmm::Helper(spawned.pid, spawned.channel);
+    let reader = console.try_clone().unwrap();
+    (vmm, Console::new(reader, console))
+}
+
+/// QEMU's binary, its firmware directories and library directory, if any.
+fn qemu_binary() -> Option<(PathBuf, Vec<PathBuf>, Option<PathBuf>)> {
+    let bin = match std::env::var_os("LIBVIRTD_BENCH_QEMU") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from("/usr/bin/qemu-system-x86_64"),
+    };
+    if !bin.exists() {
+        return None;
+    }
+    // An unpacked package: ROOT/usr/bin/qemu-system-x86_64.
+    let root = bin.parent()?.parent()?.parent()?.to_path_buf();
+    let firmware: Vec<PathBuf> = [root.join("usr/share/qemu"), root.join("usr/share/seabios")]
+        .into_iter()
+        .chain([PathBuf::from("/usr/share/qemu"), PathBuf::from("/usr/share/seabios")])
+        .filter(|d| d.is_dir())
+        .collect();
+    let libs = Some(root.join("usr/lib/x86_64-linux-gnu")).filter(|d| d.is_dir() && root != Path::new("/"));
+    Some((bin, firmware, libs))
+}
+
+/// QEMU running `kernel` in `ns` with `-device virtio-net-pci` over a tap
+/// of the same kind (vnet header; no vhost), its console on stdio.
+fn qemu(ns: &Netns, kernel: &Path, (bin, firmware, libs): &(PathBuf, Vec<PathBuf>, Option<PathBuf>)) -> (Vmm, Console) {
+    ns.run(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"]);
+    address_tap(ns);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0]).arg(bin);
+    for dir in firmware {
+        cmd.arg("-L").arg(dir);
+    }
+    if let Some(libs) = libs {
+        cmd.env("LD_LIBRARY_PATH", libs);
+    }
+    let mac = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
+    // A session of its own, as the broker gives our helper: the scheduler
+    // groups threads by session (autogroups), and a VMM in the benchmark's
+    // own session would share its group with the echo server's thread.
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .args(["-accel", "kvm", "-M", "pc", "-m", "64", "-smp", "1", "-nodefaults", "-display", "none"])
+        .args(["-name", "guest=bench,debug-threads=on"])
+        .args(["-no-reboot", "-serial", "stdio", "-monitor", "none", "-kernel"])
+        .arg(kernel)
+        .args(["-append", &format!("console=ttyS0 ip={GUEST_IP}/24")])
+        .args(["-netdev", &format!("tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=off")])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},disable-legacy=on,romfile=")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    (Vmm::Qemu(child), Console::new(stdout, stdin))
+}
+
+/// A UDP server in `ns` at `port`: echoes (or only counts) what comes,
+/// until `stop`; the count.
+fn server(ns: &Netns, port: u16, echo: bool, stop: Arc<AtomicBool>) -> (std::thread::JoinHandle<()>, Arc<AtomicU64>) {
+    let socket: UdpSocket = ns.inside(move || UdpSocket::bind(format!("{HOST_IP}:{port}")).unwrap());
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                seen.fetch_add(1, Ordering::Relaxed);
+                if echo {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        }
+    });
+    (handle, count)
+}
+
+/// The guest's received-frame count (`netstat`).
+fn guest_rx(console: &mut Console) -> u64 {
+    let (line, _) = console.run("netstat", "NETSTAT eth0");
+    line.split_whitespace().find_map(|w| w.strip_prefix("RX=")?.parse().ok()).unwrap_or(0)
+}
+
+/// One implementation's figures: round trip (µs), TX packets/s, RX
+/// packets/s, and the host CPU its non-vCPU threads spent per packet sent
+/// and per packet received (µs).
+struct Figures {
+    rr_us: f64,
+    tx_pps: f64,
+    rx_pps: f64,
+    tx_cpu_us: f64,
+    rx_cpu_us: f64,
+}
+
+fn measure(label: &str, ns: &Netns, vmm: &Vmm, console: &mut Console) -> Option<Figures> {
+    let Some(boot) = console.wait_for("> ", Duration::from_secs(120)) else {
+        println!("{label}: the guest did not boot");
+        return None;
+    };
+    let net = boot.lines().find(|l| l.starts_with("NET eth0")).unwrap_or("no NET line").trim().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (echo, _) = server(ns, ECHO_PORT, true, stop.clone());
+    let (sink, sunk) = server(ns, SINK_PORT, false, stop.clone());
+
+    // Warm up (ARP, the first frames), then the round trips.
+    console.run(&format!("udprr {HOST_IP} {ECHO_PORT} 10"), "UDPRR ");
+    let (rr, took) = console.run(&format!("udprr {HOST_IP} {ECHO_PORT} {RR}"), "UDPRR ");
+    let rr_us = took.as_secs_f64() * 1e6 / f64::from(RR);
+
+    let (before, cpu) = (sunk.load(Ordering::Relaxed), vmm.device_cpu());
+    let (burst, took) = console.run(&format!("udpburst {HOST_IP} {SINK_PORT} {BURST}"), "UDPBURST ");
+    let tx_cpu = vmm.device_cpu() - cpu;
+    std::thread::sleep(Duration::from_millis(200));
+    let got = sunk.load(Ordering::Relaxed) - before;
+    let tx_pps = got as f64 / took.as_secs_f64();
+    let tx_cpu_us = tx_cpu.as_secs_f64() * 1e6 / f64::from(BURST);
+
+    // The namespace floods the guest (to a port it neither echoes nor
+    // answers); the guest counts what its driver took.
+    let rx0 = guest_rx(console);
+    let flooding = Arc::new(AtomicBool::new(true));
+    let socket: UdpSocket = ns.inside(|| UdpSocket::bind(format!("{HOST_IP}:0")).unwrap());
+    let flood = {
+        let flooding = flooding.clone();
+        std::thread::spawn(move || {
+            let payload = [0x42u8; 18];
+            let mut sent = 0u64;
+            while flooding.load(Ordering::Relaxed) {
+                if socket.send_to(&payload, format!("{GUEST_IP}:9")).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    let (t, cpu) = (Instant::now(), vmm.device_cpu());
+    std::thread::sleep(FLOOD);
+    flooding.store(false, Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    let flooded = t.elapsed();
+    let rx_cpu = vmm.device_cpu() - cpu;
+    let rx = guest_rx(console).saturating_sub(rx0);
+    let rx_pps = rx as f64 / flooded.as_secs_f64();
+    // The frames the tap dropped cost nothing; those delivered did.
+    let rx_cpu_us = rx_cpu.as_secs_f64() * 1e6 / rx.max(1) as f64;
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+    sink.join().unwrap();
+
+    println!("{label}: {net}");
+    println!("{label}: {rr}; {rr_us:.0} µs per UDP round trip (wall clock, {RR} round trips)");
+    println!(
+        "{label}: {burst}; host received {got} of {BURST}: {tx_pps:.0} packets/s guest to host, \
+         {tx_cpu_us:.1} µs of device-thread CPU each"
+    );
+    println!(
+        "{label}: flooded with {sent} datagrams in {:.1} s, the guest took {rx}: {rx_pps:.0} packets/s host to guest, \
+         {rx_cpu_us:.1} µs of device-thread CPU each",
+        flooded.as_secs_f64()
+    );
+    Some(Figures { rr_us, tx_pps, rx_pps, tx_cpu_us, rx_cpu_us })
+}
+
+/// Each figure's median over the rounds (the machine's load varies
+/// between them).
+fn median(rounds: &[Figures]) -> Option<Figures> {
+    let mid = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (!rounds.is_empty()).then(|| Figures {
+        rr_us: mid(|r| r.rr_us),
+        tx_pps: mid(|r| r.tx_pps),
+        rx_pps: mid(|r| r.rx_pps),
+        tx_cpu_us: mid(|r| r.tx_cpu_us),
+        rx_cpu_us: mid(|r| r.rx_cpu_us),
+    })
+}
+
+/// Ours and QEMU's with the same guest image, in turns ([`ROUNDS`] each,
+/// so that a change in the machine's load does not favour one); then the
+/// median of each side by side.
+pub fn compare() {
+    let dir = std::env::temp_dir().join(format!("libvirtd-bench-net-guest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh")).arg(&dir).status();
+    assert!(status.is_ok_and(|s| s.success()), "building the test guest");
+    let kernel = dir.join("pvh.elf");
+    let binary = qemu_binary();
+    if binary.is_none() {
+        println!("QEMU: skipped (no /usr/bin/qemu-system-x86_64 and no LIBVIRTD_BENCH_QEMU)");
+    }
+    let (mut helper, mut qemus) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let ns = namespace("ng-ours");
+        let (vmm, mut console) = ours(&ns, &kernel, &dir);
+        helper.extend(measure(&format!("helper, round {round}"), &ns, &vmm, &mut console));
+        drop(vmm);
+        drop(ns);
+        if let Some(binary) = &binary {
+            let ns = namespace("ng-qemu");
+            let (vmm, mut console) = qemu(&ns, &kernel, binary);
+            qemus.extend(measure(&format!("QEMU virtio-net-pci, round {round}"), &ns, &vmm, &mut console));
+            drop(vmm);
+            drop(ns);
+        }
+    }
+    if let (Some(h), Some(q)) = (median(&helper), median(&qemus)) {
+        println!(
+            "side by side, median of {ROUNDS} (helper / QEMU): round trip {:.0} / {:.0} µs, guest to host {:.0} / {:.0} \
+             packets/s, host to guest {:.0} / {:.0} packets/s",
+            h.rr_us, q.rr_us, h.tx_pps, q.tx_pps, h.rx_pps, q.rx_pps
+        );
+        println!(
+            "side by side, median of {ROUNDS} (helper / QEMU): device-thread CPU per packet {:.1} / {:.1} µs guest to \
+             host, {:.1} / {:.1} µs host to guest",
+            h.tx_cpu_us, q.tx_cpu_us, h.rx_cpu_us, q.rx_cpu_us
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
