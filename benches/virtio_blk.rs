@@ -203,17 +203,30 @@ impl Qemu {
 }
 
 /// `qemu-system-x86_64`, or the binary `LIBVIRTD_BENCH_QEMU` names (one
-/// unpacked from Debian's package beside a newer qemu-utils, say) with
-/// Debian's firmware directories.
+/// unpacked from Debian's package beside a newer qemu-utils, say, not
+/// installed): its firmware and libraries are looked for beside it
+/// (`PREFIX/bin/..` gives `PREFIX/share/{seabios,qemu}` and
+/// `PREFIX/lib/x86_64-linux-gnu`), else in Debian's directories.
 fn qemu() -> Command {
-    match std::env::var_os("LIBVIRTD_BENCH_QEMU") {
-        Some(path) => {
-            let mut c = Command::new(path);
-            c.args(["-L", "/usr/share/seabios", "-L", "/usr/share/qemu"]);
-            c
-        }
-        None => Command::new("qemu-system-x86_64"),
+    let Some(path) = std::env::var_os("LIBVIRTD_BENCH_QEMU") else { return Command::new("qemu-system-x86_64") };
+    let path = std::path::PathBuf::from(path);
+    let prefix = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| "/usr".into());
+    let mut c = Command::new(&path);
+    for firmware in ["share/seabios", "share/qemu"] {
+        let beside = prefix.join(firmware);
+        let dir = if beside.is_dir() { beside } else { Path::new("/usr").join(firmware) };
+        c.arg("-L").arg(dir);
     }
+    let libs = prefix.join("lib/x86_64-linux-gnu");
+    if libs.is_dir() && prefix != Path::new("/usr") {
+        let mut all = libs.into_os_string();
+        if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+            all.push(":");
+            all.push(old);
+        }
+        c.env("LD_LIBRARY_PATH", all);
+    }
+    c
 }
 
 /// Writes the image and makes it durable: a page still under writeback
