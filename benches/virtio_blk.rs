@@ -112,6 +112,20 @@ impl Helper {
         Helper { spawned, console, seen: String::new() }
     }
 
+    /// Mean time the image took per read and per write so far, in µs, from `DiskStats`.
+    fn backend_us(&self) -> (f64, f64) {
+        self.spawned.channel.send(&HelperCommand::DiskStats, &[]).unwrap();
+        loop {
+            let (e, _) = self.spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
+            if let HelperEvent::DiskStats(d) = e {
+                let mean = |ns: u64, n: u64| ns as f64 / n.max(1) as f64 / 1000.0;
+                return d
+                    .first()
+                    .map_or((0.0, 0.0), |d| (mean(d.rd_total_ns, d.rd_reqs), mean(d.wr_total_ns, d.wr_reqs)));
+            }
+        }
+    }
+
     /// Peak RSS in KiB, from `Stats`.
     fn rss_kib(&self) -> u64 {
         self.spawned.channel.send(&HelperCommand::Stats, &[]).unwrap();
@@ -337,6 +351,8 @@ fn main() {
     let (mut our_irqs, mut their_irqs) = (0, 0);
     for round in 1..=ROUNDS {
         let (iops, irqs) = guest_bench(&format!("round {round}, helper"), &mut ours);
+        let (rd, wr) = ours.backend_us();
+        println!("  helper's image so far: {rd:.1} µs a read, {wr:.1} µs a write (mean)");
         our_iops.push(iops);
         our_irqs += irqs;
         if let Some((q, accel)) = theirs.as_mut() {
