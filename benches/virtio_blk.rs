@@ -2,16 +2,20 @@
 //! issuing 4 KiB random reads, then writes (`blkbench`), against a raw
 //! image in the page cache, in our helper and, when `qemu-system-x86_64`
 //! is installed, under QEMU with `-device virtio-blk-pci` (KVM if it
-//! works here, else TCG), the same guest image, side by side. The guest's
-//! BLK line and a sector's checksum must agree under both. Also the
-//! helper's RSS with one qcow2 disk against the same guest with none.
+//! works here, else TCG), the same guest image, side by side: both guests
+//! stay up and take turns, [`ROUNDS`] runs each, and the median counts
+//! (with the MSI-X interrupts each run took). The guest's BLK line and a
+//! sector's checksum must agree under both. Also the helper's RSS with one
+//! qcow2 disk against the same guest with none, and its IOPS over qcow2.
 //!
 //! The device model alone, from the host side, is a unit test of the
 //! helper (it is not a library): `cargo test --release --bin libvirt-helper
 //! -- --ignored --nocapture host_side`.
 //!
-//! Run: `cargo bench --bench virtio_blk` (as root, with /dev/kvm).
-//! QEMU is never required: without it, its column is skipped.
+//! Run: `cargo bench --bench virtio_blk` (as root, with /dev/kvm);
+//! `LIBVIRTD_BENCH_QEMU=/path/to/usr/bin/qemu-system-x86_64` for a QEMU
+//! that is unpacked rather than installed. QEMU is never required:
+//! without it, its column is skipped.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -106,6 +110,20 @@ impl Helper {
         spawned.channel.send(&command, &borrowed).unwrap();
         console.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         Helper { spawned, console, seen: String::new() }
+    }
+
+    /// Mean time the image took per read and per write so far, in µs, from `DiskStats`.
+    fn backend_us(&self) -> (f64, f64) {
+        self.spawned.channel.send(&HelperCommand::DiskStats, &[]).unwrap();
+        loop {
+            let (e, _) = self.spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
+            if let HelperEvent::DiskStats(d) = e {
+                let mean = |ns: u64, n: u64| ns as f64 / n.max(1) as f64 / 1000.0;
+                return d
+                    .first()
+                    .map_or((0.0, 0.0), |d| (mean(d.rd_total_ns, d.rd_reqs), mean(d.wr_total_ns, d.wr_reqs)));
+            }
+        }
     }
 
     /// Peak RSS in KiB, from `Stats`.
@@ -203,17 +221,30 @@ impl Qemu {
 }
 
 /// `qemu-system-x86_64`, or the binary `LIBVIRTD_BENCH_QEMU` names (one
-/// unpacked from Debian's package beside a newer qemu-utils, say) with
-/// Debian's firmware directories.
+/// unpacked from Debian's package beside a newer qemu-utils, say, not
+/// installed): its firmware and libraries are looked for beside it
+/// (`PREFIX/bin/..` gives `PREFIX/share/{seabios,qemu}` and
+/// `PREFIX/lib/x86_64-linux-gnu`), else in Debian's directories.
 fn qemu() -> Command {
-    match std::env::var_os("LIBVIRTD_BENCH_QEMU") {
-        Some(path) => {
-            let mut c = Command::new(path);
-            c.args(["-L", "/usr/share/seabios", "-L", "/usr/share/qemu"]);
-            c
-        }
-        None => Command::new("qemu-system-x86_64"),
+    let Some(path) = std::env::var_os("LIBVIRTD_BENCH_QEMU") else { return Command::new("qemu-system-x86_64") };
+    let path = std::path::PathBuf::from(path);
+    let prefix = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| "/usr".into());
+    let mut c = Command::new(&path);
+    for firmware in ["share/seabios", "share/qemu"] {
+        let beside = prefix.join(firmware);
+        let dir = if beside.is_dir() { beside } else { Path::new("/usr").join(firmware) };
+        c.arg("-L").arg(dir);
     }
+    let libs = prefix.join("lib/x86_64-linux-gnu");
+    if libs.is_dir() && prefix != Path::new("/usr") {
+        let mut all = libs.into_os_string();
+        if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+            all.push(":");
+            all.push(old);
+        }
+        c.env("LD_LIBRARY_PATH", all);
+    }
+    c
 }
 
 /// Writes the image and makes it durable: a page still under writeback
@@ -233,18 +264,37 @@ fn fnv1a(bytes: &[u8]) -> String {
     format!("{h:08x}")
 }
 
-/// The guest's benchmark on `console`: prints and returns IOPS, and the BLK line and checksum seen.
-fn guest_bench(label: &str, console: &mut dyn Console, boot: &str) -> (String, String, f64) {
+/// The BLK line the guest printed at boot and the checksum it reads of sector 77.
+fn identify(console: &mut dyn Console, boot: &str) -> (String, String) {
     let blk = boot.lines().find(|l| l.starts_with("BLK vda")).unwrap_or("none").trim().to_string();
     let (sum, _) = console.run("blkread 0 77", "BLKREAD ");
+    (blk, sum)
+}
+
+/// One `blkbench` on `console`: prints and returns its IOPS and the
+/// MSI-X interrupts the guest took meanwhile.
+fn guest_bench(label: &str, console: &mut dyn Console) -> (f64, u64) {
+    let irqs = |console: &mut dyn Console| -> u64 {
+        let (line, _) = console.run("irqs", "IRQS=");
+        line.trim_start_matches("IRQS=").parse().unwrap_or(0)
+    };
+    let before = irqs(console);
     let (line, took) = console.run(&format!("blkbench 0 {N}"), "BLKBENCH ");
     let iops = f64::from(2 * N) / took.as_secs_f64();
-    // How completions reached the guest: MSI-X interrupts taken, if it enabled MSI-X.
-    let msix = boot.lines().find(|l| l.starts_with("BLK vda MSIX=")).unwrap_or("BLK vda MSIX=?").trim();
-    let (irqs, _) = console.run("irqs", "IRQS=");
-    println!("{label}: {line}; {:.0} IOPS (4 KiB, half read half write, wall clock); {msix}, {irqs}", iops);
-    (blk, sum, iops)
+    let taken = irqs(console).saturating_sub(before);
+    println!("{label}: {line}; {iops:.0} IOPS (4 KiB, half read half write, wall clock); {taken} MSI-X interrupts");
+    (iops, taken)
 }
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Rounds of the guest benchmark, ours and QEMU's taking turns: the load
+/// other processes put on the machine changes from second to second, and
+/// turns spread it over both.
+const ROUNDS: usize = 3;
 
 fn main() {
     // `cargo test --all-targets` runs this binary too, without `--bench`:
@@ -260,17 +310,75 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("libvirtd-bench-blk-{}", std::process::id()));
     common::build_guest(&dir);
     let kernel = dir.join("pvh.elf");
+    // One copy of the image each, written the same way (the page cache
+    // holds both alike), so that neither sees the other's writes.
     let disk = dir.join("disk.raw");
+    let qemu_disk = dir.join("disk-qemu.raw");
     let bytes: Vec<u8> = (0..DISK_SECTORS * 512).map(|i| (i / 512) as u8 ^ (i as u8).wrapping_mul(7)).collect();
     write_synced(&disk, &bytes);
+    write_synced(&qemu_disk, &bytes);
     let want_sum = format!("BLKREAD STATUS=0 SUM={}", fnv1a(&bytes[77 * 512..78 * 512]));
 
     let open = || std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
     let mut ours = Helper::start(&kernel, vec![(DiskConfig::test("vda"), vec![open()])]);
     let boot = ours.wait_for("> ", Duration::from_secs(60));
-    let (our_blk, our_sum, our_iops) = guest_bench("helper", &mut ours, &boot);
+    let (our_blk, our_sum) = identify(&mut ours, &boot);
     assert_eq!(our_sum, want_sum, "our checksum");
+    let msix = boot.lines().find(|l| l.starts_with("BLK vda MSIX=")).unwrap_or("BLK vda MSIX=?").trim().to_string();
+    println!("helper: {msix}");
+
+    let have_qemu = qemu().arg("--version").output().is_ok_and(|o| o.status.success());
+    let mut theirs = None;
+    if have_qemu {
+        for accel in ["kvm", "tcg"] {
+            let Some((mut q, boot)) = Qemu::start(&kernel, &qemu_disk, accel) else {
+                println!("QEMU with -accel {accel}: did not boot the guest");
+                continue;
+            };
+            let (blk, sum) = identify(&mut q, &boot);
+            println!(
+                "QEMU -accel {accel}: BLK line {}; checksum {}",
+                if blk == our_blk { "agrees" } else { "differs" },
+                if sum == our_sum { "agrees" } else { "DIFFERS" }
+            );
+            theirs = Some((q, accel));
+            break;
+        }
+    } else {
+        println!("qemu-system-x86_64 not installed: no side-by-side figure");
+    }
+    let (mut our_iops, mut their_iops) = (Vec::new(), Vec::new());
+    let (mut our_irqs, mut their_irqs) = (0, 0);
+    for round in 1..=ROUNDS {
+        let (iops, irqs) = guest_bench(&format!("round {round}, helper"), &mut ours);
+        let (rd, wr) = ours.backend_us();
+        println!("  helper's image so far: {rd:.1} µs a read, {wr:.1} µs a write (mean)");
+        our_iops.push(iops);
+        our_irqs += irqs;
+        if let Some((q, accel)) = theirs.as_mut() {
+            let (iops, irqs) = guest_bench(&format!("round {round}, QEMU -accel {accel}"), q);
+            their_iops.push(iops);
+            their_irqs += irqs;
+        }
+    }
     drop(ours);
+    let rounds = ROUNDS as u64;
+    let ours_median = median(our_iops);
+    match theirs.take() {
+        Some((q, accel)) => {
+            drop(q);
+            println!(
+                "side by side, median of {ROUNDS} turns: helper {ours_median:.0} IOPS ({} interrupts a run), \
+                 QEMU ({accel}) {:.0} IOPS ({} interrupts a run)",
+                our_irqs / rounds,
+                median(their_iops),
+                their_irqs / rounds
+            );
+        }
+        None => {
+            println!("helper: median of {ROUNDS} runs {ours_median:.0} IOPS ({} interrupts a run)", our_irqs / rounds)
+        }
+    }
 
     // RSS: the same guest with no disk, then with one qcow2 disk (over a raw base).
     let mut bare = Helper::start(&kernel, Vec::new());
@@ -290,38 +398,16 @@ fn main() {
         let top = std::fs::OpenOptions::new().read(true).write(true).open(&overlay).unwrap();
         let mut q = Helper::start(&kernel, vec![(config, vec![top, std::fs::File::open(&disk).unwrap()])]);
         q.wait_for("> ", Duration::from_secs(60));
-        let (line, took) = q.run(&format!("blkbench 0 {N}"), "BLKBENCH ");
+        let (iops, _) = guest_bench("helper, qcow2 over raw", &mut q);
         let rss_disk = q.rss_kib();
         println!(
-            "helper, qcow2 over raw: {line}; {:.0} IOPS; peak RSS {} KiB vs {} KiB with no disk: +{} KiB for the disk",
-            f64::from(2 * N) / took.as_secs_f64(),
+            "helper, qcow2 over raw: {iops:.0} IOPS; peak RSS {} KiB vs {} KiB with no disk: +{} KiB for the disk",
             rss_disk,
             rss_bare,
             rss_disk.saturating_sub(rss_bare)
         );
     } else {
         println!("helper RSS with no disk: {rss_bare} KiB (no qemu-img for the qcow2 figure)");
-    }
-
-    let have_qemu = qemu().arg("--version").output().is_ok_and(|o| o.status.success());
-    if !have_qemu {
-        println!("qemu-system-x86_64 not installed: no side-by-side figure");
-        let _ = std::fs::remove_dir_all(&dir);
-        return;
-    }
-    write_synced(&disk, &bytes);
-    for accel in ["kvm", "tcg"] {
-        let Some((mut q, boot)) = Qemu::start(&kernel, &disk, accel) else {
-            println!("QEMU with -accel {accel}: did not boot the guest");
-            continue;
-        };
-        let (blk, sum, iops) = guest_bench(&format!("QEMU -accel {accel}"), &mut q, &boot);
-        println!(
-            "side by side: helper {our_iops:.0} IOPS, QEMU ({accel}) {iops:.0} IOPS; BLK line {}; checksum {}",
-            if blk == our_blk { "agrees" } else { "differs" },
-            if sum == our_sum { "agrees" } else { "DIFFERS" }
-        );
-        break;
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

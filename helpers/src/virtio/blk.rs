@@ -439,7 +439,9 @@ impl Blk {
     pub fn new(config: &DiskConfig, disk: Disk) -> std::io::Result<(Blk, Worker)> {
         let event = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let active: Slot = Arc::default();
-        let mut features = F_BLK_SIZE | F_FLUSH;
+        // EVENT_IDX: `serve` takes every request available before one
+        // interrupt and re-checks the ring after re-enabling kicks.
+        let mut features = F_BLK_SIZE | F_FLUSH | super::F_EVENT_IDX;
         if config.read_only {
             features |= F_RO;
         } else {
@@ -542,13 +544,24 @@ impl Worker {
         }
     }
 
-    /// Answers every request available, then interrupts the guest if it asked.
+    /// Answers every request available, then interrupts the guest once if
+    /// it asked (with EVENT_IDX: if the used index passed its `used_event`).
+    /// Kicks stay off while requests are taken; once re-enabled the ring is
+    /// read again, so a request made available meanwhile is not left
+    /// waiting for a kick the driver will not send.
     pub fn serve(&mut self) {
         let mut slot = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let Some(Active { queue, memory, interrupt }) = slot.as_mut() else { return };
         let mut used = false;
         let broken = loop {
             if queue.disable_notification(memory).is_err() {
+                break true;
+            }
+            // An available index more than a ring ahead: virtio-queue
+            // would pop nothing while `enable_notification` says there is
+            // more, round and round.
+            if super::pending(memory, queue).is_none() {
+                self.disk.stats.error(Some("an available index past the ring".into()));
                 break true;
             }
             let mut broken = false;
@@ -636,11 +649,18 @@ mod tests {
         let mut image = tempfile::tempfile().unwrap();
         image.write_all(&[0xab; 16 * 512]).unwrap();
         let backend = image.try_clone().unwrap();
-        rig_over(config, image, backend, Arc::new(Stats::default()))
+        rig_over(config, image, backend, Arc::new(Stats::default()), false)
     }
 
-    /// The same over `backend` (the image as the device opens it).
-    fn rig_over(config: DiskConfig, image: std::fs::File, backend: std::fs::File, stats: Arc<Stats>) -> Rig {
+    /// The same over `backend` (the image as the device opens it), with
+    /// VIRTIO_F_EVENT_IDX negotiated if `event_idx`.
+    fn rig_over(
+        config: DiskConfig,
+        image: std::fs::File,
+        backend: std::fs::File,
+        stats: Arc<Stats>,
+        event_idx: bool,
+    ) -> Rig {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let disk = Disk::new(&config, Box::new(Raw::new(backend).unwrap()), stats.clone());
         let (mut blk, worker) = Blk::new(&config, disk).unwrap();
@@ -650,6 +670,7 @@ mod tests {
         q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
         q.set_used_ring_address(Some(USED as u32), Some(0));
         q.set_ready(true);
+        q.set_event_idx(event_idx);
         let irq = Arc::new(Irq::default());
         blk.activate(mem.clone(), 0, vec![q], irq.clone()).unwrap();
         Rig { mem, worker, irq, image, stats }
@@ -673,16 +694,93 @@ mod tests {
 
         /// One chain of `descs` (NEXT added but on the last) from descriptor 0, made available.
         fn submit(&self, descs: &[(u64, u32, u16)]) {
+            self.submit_at(0, descs);
+        }
+
+        /// The same from descriptor `head`.
+        fn submit_at(&self, head: u16, descs: &[(u64, u32, u16)]) {
             for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+                let at = head + i as u16;
                 let last = i + 1 == descs.len();
-                let (flags, next) = if last { (flags, 0) } else { (flags | NEXT, i as u16 + 1) };
+                let (flags, next) = if last { (flags, 0) } else { (flags | NEXT, at + 1) };
                 let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-                self.mem.write_obj(d, GuestAddress(DESC + 16 * i as u64)).unwrap();
+                self.mem.write_obj(d, GuestAddress(DESC + 16 * u64::from(at))).unwrap();
             }
             let idx: u16 = self.mem.read_obj(GuestAddress(AVAIL + 2)).unwrap();
-            self.mem.write_obj(0u16, GuestAddress(AVAIL + 4 + 2 * u64::from(idx % 16))).unwrap();
+            self.mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * u64::from(idx % 16))).unwrap();
             self.mem.write_obj(idx.wrapping_add(1), GuestAddress(AVAIL + 2)).unwrap();
         }
+
+        /// The used ring's index.
+        fn used_idx(&self) -> u16 {
+            self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        }
+
+        /// A 4 KiB read of sector `sector` in slot `n` (descriptors 3n..3n+2,
+        /// its own header, data page and status byte), made available.
+        fn submit_read(&self, n: u16, sector: u64) {
+            let at = u64::from(n);
+            self.mem.write_obj(hdr(T_IN, sector), GuestAddress(0x10000 + 16 * at)).unwrap();
+            self.mem.write_obj(0xeeu8, GuestAddress(0x30000 + at)).unwrap();
+            let descs = [(0x10000 + 16 * at, 16, 0), (0x40000 + 0x1000 * at, 4096, WRITE), (0x30000 + at, 1, WRITE)];
+            self.submit_at(3 * n, &descs);
+        }
+    }
+
+    /// Where the driver's `used_event` and the device's `avail_event` are for a queue of 16.
+    const USED_EVENT: u64 = AVAIL + 4 + 2 * 16;
+    const AVAIL_EVENT: u64 = USED + 4 + 8 * 16;
+
+    #[test]
+    fn with_event_idx_a_batch_costs_one_interrupt_and_used_event_is_honoured() {
+        let mut image = tempfile::tempfile().unwrap();
+        image.write_all(&[0xab; 16 * 512]).unwrap();
+        let backend = image.try_clone().unwrap();
+        let mut r = rig_over(DiskConfig::test("vda"), image, backend, Arc::new(Stats::default()), true);
+        // The driver wants an interrupt once the used index passes 0.
+        r.mem.write_obj(0u16, GuestAddress(USED_EVENT)).unwrap();
+        for n in 0..3 {
+            r.submit_read(n, 2 * u64::from(n));
+        }
+        r.worker.serve();
+        assert_eq!(r.used_idx(), 3, "all three answered in one pass");
+        for n in 0..3 {
+            assert_eq!(r.mem.read_obj::<u8>(GuestAddress(0x30000 + n)).unwrap(), S_OK);
+        }
+        assert_eq!(r.irq.queue.load(Ordering::SeqCst), 1, "one interrupt for the batch");
+        assert_eq!(r.mem.read_obj::<u16>(GuestAddress(AVAIL_EVENT)).unwrap(), 3, "kick me at the next request");
+        // Not yet wanted: the used index must pass 9 first.
+        r.mem.write_obj(9u16, GuestAddress(USED_EVENT)).unwrap();
+        r.submit_read(3, 0);
+        r.worker.serve();
+        assert_eq!((r.used_idx(), r.irq.queue.load(Ordering::SeqCst)), (4, 1), "no interrupt before used_event");
+        // Wanted once the used index passes 4.
+        r.mem.write_obj(4u16, GuestAddress(USED_EVENT)).unwrap();
+        r.submit_read(4, 0);
+        r.worker.serve();
+        assert_eq!((r.used_idx(), r.irq.queue.load(Ordering::SeqCst)), (5, 2));
+        assert_eq!(r.irq.broken.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_avail_index_past_the_ring_breaks_the_device_without_spinning() {
+        let r = rig(DiskConfig::test("vda"));
+        // 1000 chains made available on a ring of 16: virtio-queue pops none of them.
+        r.mem.write_obj(1000u16, GuestAddress(AVAIL + 2)).unwrap();
+        let Rig { mut worker, irq, stats, .. } = r;
+        let (done, finished) = std::sync::mpsc::channel();
+        // On a thread, so that a device that spins fails the test instead of hanging it.
+        std::thread::spawn(move || {
+            worker.serve();
+            let stopped = worker.active.lock().unwrap().is_none();
+            worker.serve();
+            let _ = done.send(stopped);
+        });
+        let stopped = finished.recv_timeout(std::time::Duration::from_secs(10)).expect("serve returned");
+        assert!(stopped, "it stops until reset");
+        assert_eq!(irq.broken.load(Ordering::SeqCst), 1, "broken once, then quiet");
+        assert_eq!(irq.queue.load(Ordering::SeqCst), 0);
+        assert_eq!(stats.snapshot("d").errors, 1);
     }
 
     fn hdr(kind: u32, sector: u64) -> RequestHeader {
@@ -800,7 +898,7 @@ mod tests {
         let backend = std::fs::File::open(format!("/proc/self/fd/{}", image.as_raw_fd())).unwrap();
         let notify = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let stats = Arc::new(Stats::reporting_to(notify.clone()));
-        let mut r = rig_over(DiskConfig::test("vda"), image, backend, stats);
+        let mut r = rig_over(DiskConfig::test("vda"), image, backend, stats, false);
         assert_eq!(r.stats.take_report(), None);
         // A guest's own mistake is counted but is no backend error.
         assert_eq!(r.request(hdr(T_IN, 15), &[(0x40000, 1024, WRITE), STATUS]).0, S_IOERR);

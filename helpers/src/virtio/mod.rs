@@ -13,14 +13,35 @@ pub mod net;
 pub mod pci;
 pub mod worker;
 
+use std::num::Wrapping;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// VIRTIO_F_VERSION_1: a modern (1.x) driver. Required.
 pub const F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_EVENT_IDX (virtio 1.2, 2.7.7 and 2.7.10): the driver says at
+/// which used index it wants its next interrupt and the device at which
+/// available index its next kick, so a batch costs one of each. A device
+/// offers it only if its thread re-checks the ring after re-enabling
+/// kicks (`Queue::enable_notification`) and asks
+/// `Queue::needs_notification` before each interrupt; the transport turns
+/// it on in the queues it hands over when the driver accepted it.
+pub const F_EVENT_IDX: u64 = 1 << 29;
+
+/// How many chains the driver has made available and the device not taken;
+/// `None` for more than the queue holds: a corrupt ring, from which
+/// virtio-queue pops nothing while `enable_notification` still says there
+/// is work (a device thread that trusted both would spin). The device then
+/// needs a reset. (net's data path keeps its own copy: it is also compiled
+/// alone into `benches/virtio_net.rs`.)
+pub fn pending(mem: &GuestMemoryMmap, queue: &Queue) -> Option<u16> {
+    let ahead = (queue.avail_idx(mem, Ordering::Acquire).ok()? - Wrapping(queue.next_avail())).0;
+    (ahead <= queue.size()).then_some(ahead)
+}
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {

@@ -22,7 +22,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{F_VERSION_1, VirtioDevice, VirtioInterrupt, status};
+use super::{F_EVENT_IDX, F_VERSION_1, VirtioDevice, VirtioInterrupt, status};
 use crate::devices::{BusDevice, DeviceState, Irq, Request, StateError};
 use crate::pci::PciDevice;
 use crate::pci::config::{Bar, COMMAND_MEMORY, ConfigEvent, ConfigSpace, Identity};
@@ -271,7 +271,16 @@ impl VirtioPci {
                 return Err(super::ActivateError(format!("queue {i} lies outside guest memory or is misaligned")));
             }
         }
-        let queues = self.queues.iter().filter_map(|q| Queue::try_from(q.state()).ok()).collect();
+        let event_idx = self.driver_features & F_EVENT_IDX != 0;
+        let queues = self
+            .queues
+            .iter()
+            .filter_map(|q| Queue::try_from(q.state()).ok())
+            .map(|mut q| {
+                q.set_event_idx(event_idx);
+                q
+            })
+            .collect();
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
         self.device.activate(self.memory.clone(), self.driver_features, queues, interrupt)
     }
