@@ -184,9 +184,8 @@ impl Broker {
         let ctx = &self.setup.ctx;
         let awaiting = awaiting
             .into_iter()
-            .chain(super::blockinfo::next_deadline(ctx))
+            .chain(super::helper_asks::next_deadline(ctx))
             .chain(super::sampling::next_deadline(ctx))
-            .chain(super::netinfo::next_deadline(ctx))
             .min();
         let restart = self.frontends.iter().filter_map(|s| s.restart.due).min();
         // A frontend with requests left over is served again at once.

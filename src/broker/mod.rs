@@ -25,6 +25,7 @@ mod guest_calls;
 mod guest_events;
 mod guestmem;
 mod guests;
+mod helper_asks;
 mod host;
 mod hostcpu;
 mod hostpages;
@@ -190,8 +191,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             cgroups: guest_cgroups(&config, mode),
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
-        disk_asks: Default::default(),
-        net_asks: Default::default(),
+        helper_asks: Default::default(),
         balloons: Default::default(),
         samples: Default::default(),
         networks: networks::Networks::load(

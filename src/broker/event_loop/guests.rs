@@ -11,11 +11,11 @@ use mio::{Interest, Token};
 
 use super::{Broker, GuestFd};
 use crate::broker::guests::Protocol;
+use crate::broker::helper_asks::{self, Answer};
 use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
-use crate::broker::sampling::Counters;
 use crate::broker::supervisor::{Asker, Awaiting, Wait};
-use crate::broker::{blockinfo, call_audit, io_errors, netinfo, sampling};
+use crate::broker::{call_audit, io_errors};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
 use crate::privsep::{CallError, CallValue, ChannelError};
@@ -86,27 +86,13 @@ impl Broker {
                         _,
                     )) => self.helper_answered(uuid, &event),
                     Ok((HelperEvent::DiskStats(counters), _)) => {
-                        let ctx = &mut self.setup.ctx;
-                        let mut replies = blockinfo::answered(ctx, &uuid, pid, &counters);
-                        replies.extend(sampling::arrived(ctx, &uuid, pid, &Counters::Disks(counters)));
-                        for (conn, id, value) in replies {
-                            self.answer_client(conn, id, value);
-                        }
+                        self.helper_reported(uuid, pid, Answer::Disks(counters))
                     }
-                    Ok((HelperEvent::NetStats(counters), _)) => {
-                        let ctx = &mut self.setup.ctx;
-                        let mut replies = netinfo::answered(ctx, &uuid, pid, &counters);
-                        replies.extend(sampling::arrived(ctx, &uuid, pid, &Counters::Nics(counters)));
-                        for (conn, id, value) in replies {
-                            self.answer_client(conn, id, value);
-                        }
-                    }
+                    Ok((HelperEvent::NetStats(counters), _)) => self.helper_reported(uuid, pid, Answer::Nics(counters)),
+                    Ok((HelperEvent::Balloon(figures), _)) => self.helper_reported(uuid, pid, Answer::Balloon(figures)),
                     Ok((HelperEvent::IoError { alias, detail }, _)) => {
                         io_errors::raise(&mut self.setup.ctx, &uuid, &alias, &detail);
                         self.flush_events();
-                    }
-                    Ok((HelperEvent::Balloon(figures), _)) => {
-                        crate::broker::balloon::answered(&mut self.setup.ctx, &uuid, pid, figures);
                     }
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
@@ -127,6 +113,14 @@ impl Broker {
                     }
                 }
             },
+        }
+    }
+
+    /// Guest `uuid`'s helper `pid` answered one of the questions out to it
+    /// (`helper_asks.rs`): whoever waited for it is answered.
+    fn helper_reported(&mut self, uuid: Uuid, pid: nix::unistd::Pid, answer: Answer) {
+        for (conn, id, value) in helper_asks::answered(&mut self.setup.ctx, &uuid, pid, answer) {
+            self.answer_client(conn, id, value);
         }
     }
 
@@ -227,9 +221,7 @@ impl Broker {
     /// succeeded).
     pub(super) fn fail_awaiting(&mut self, give_up: impl Fn(&Awaiting) -> bool) {
         let now = Instant::now();
-        let mut replies = blockinfo::overdue(&mut self.setup.ctx, now);
-        replies.extend(sampling::overdue(&mut self.setup.ctx, now));
-        replies.extend(netinfo::overdue(&mut self.setup.ctx, now));
+        let replies = helper_asks::overdue(&mut self.setup.ctx, now);
         for (conn, id, value) in replies {
             self.answer_client(conn, id, value);
         }
