@@ -375,6 +375,36 @@ fn a_second_guest_cannot_take_an_image_another_writes() {
     assert!(wait_until(SECS, || qemu_io_write(&img).0));
 }
 
+/// `destroy` answers once the helper has exited and its image locks are
+/// gone: another guest writing the same image starts right after it, every
+/// time, with no wait in between; likewise after a graceful destroy.
+#[test]
+fn a_guest_started_right_after_another_is_destroyed_takes_its_image() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let img = d.tree.path("handed.img");
+    raw_image(&img, 4);
+    let a = with_disks(&test_guest_xml(&d, "ha", UUID_A), &raw_disk(&img, "vda", ""));
+    let b = with_disks(&test_guest_xml(&d, "hb", UUID_B), &raw_disk(&img, "vda", ""));
+    assert_eq!(define(&d, "ha", &a).0, 0);
+    assert_eq!(define(&d, "hb", &b).0, 0);
+    for round in 0..4 {
+        let (first, second) = if round % 2 == 0 { ("ha", "hb") } else { ("hb", "ha") };
+        let (code, _, err) = virsh(&rw, &["start", first]);
+        assert_eq!(code, 0, "round {round}: {err}");
+        let destroy: &[&str] = if round < 3 { &["destroy", first] } else { &["destroy", "--graceful", first] };
+        let (code, _, err) = virsh(&rw, destroy);
+        assert_eq!(code, 0, "round {round}: {err}");
+        let (code, _, err) = virsh(&rw, &["start", second]);
+        assert_eq!(code, 0, "round {round}: {second} could not take the image {first} had: {err}");
+        let (code, _, err) = virsh(&rw, &["destroy", second]);
+        assert_eq!(code, 0, "round {round}: {err}");
+    }
+}
+
 #[test]
 fn a_qcow2_overlay_on_a_relative_backing_file_starts_and_shows_its_chain() {
     if !have_virsh() || !have_kvm() || !have_qemu_img() {

@@ -170,6 +170,9 @@ impl Broker {
             }
             self.check_idle(now);
             self.fail_awaiting(|a| a.deadline <= now);
+            for (conn, id, value) in self.setup.ctx.exits.due(now) {
+                self.answer_client(conn, id, value);
+            }
         }
         self.shutdown();
         self.exit.take().unwrap_or(ExitCode::SUCCESS)
@@ -186,6 +189,7 @@ impl Broker {
             .into_iter()
             .chain(super::helper_asks::next_deadline(ctx))
             .chain(super::sampling::next_deadline(ctx))
+            .chain(ctx.exits.next_deadline())
             .min();
         let restart = self.frontends.iter().filter_map(|s| s.restart.due).min();
         // A frontend with requests left over is served again at once.

@@ -19,6 +19,7 @@ mod devices;
 mod disks;
 mod domains;
 mod event_loop;
+mod exits;
 mod files;
 mod greeting;
 mod guest_calls;
@@ -192,6 +193,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
         helper_asks: Default::default(),
+        exits: Default::default(),
         balloons: Default::default(),
         samples: Default::default(),
         networks: networks::Networks::load(

@@ -23,6 +23,8 @@ pub struct Ctx {
     pub balloons: super::balloon::Balloons,
     /// Bulk statistics calls waiting for their guests' device counters.
     pub samples: super::sampling::Samples,
+    /// Replies that wait for a stopped guest's helper to exit.
+    pub exits: super::exits::Exits,
     /// Virtual networks.
     pub networks: super::networks::Networks,
 }

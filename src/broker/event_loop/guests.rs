@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
+use nix::unistd::Pid;
 
 use super::{Broker, GuestFd};
 use crate::broker::guests::Protocol;
@@ -118,7 +119,7 @@ impl Broker {
 
     /// Guest `uuid`'s helper `pid` answered one of the questions out to it
     /// (`helper_asks.rs`): whoever waited for it is answered.
-    fn helper_reported(&mut self, uuid: Uuid, pid: nix::unistd::Pid, answer: Answer) {
+    fn helper_reported(&mut self, uuid: Uuid, pid: Pid, answer: Answer) {
         for (conn, id, value) in helper_asks::answered(&mut self.setup.ctx, &uuid, pid, answer) {
             self.answer_client(conn, id, value);
         }
@@ -209,6 +210,14 @@ impl Broker {
             Ok(()) => Ok(CallValue::Unit),
         };
         match (&a.asker, &value) {
+            // A guest stopped for a graceful destroy: answered once its
+            // helper has exited and released its images (`exits.rs`).
+            (Asker::Client { conn, reply_to: Some(id), .. }, Ok(_)) if a.wait == Wait::Stopped => {
+                let reply = (*conn, *id, value);
+                if let Some((conn, id, value)) = self.setup.ctx.exits.after_exit(Pid::from_raw(a.pid), reply) {
+                    self.answer_client(conn, id, value);
+                }
+            }
             (Asker::Client { conn, reply_to: Some(id), .. }, _) => self.answer_client(*conn, *id, value),
             (Asker::Client { reply_to: None, .. }, _) => {}
             (Asker::Daemon(why), Err(e)) => log::error!("{why}: {e}"),
