@@ -377,7 +377,8 @@ fn a_second_guest_cannot_take_an_image_another_writes() {
 
 /// `destroy` answers once the helper has exited and its image locks are
 /// gone: another guest writing the same image starts right after it, every
-/// time, with no wait in between; likewise after a graceful destroy.
+/// time, with no wait in between; likewise after a graceful destroy, and
+/// once a guest that shut itself down shows as shut off.
 #[test]
 fn a_guest_started_right_after_another_is_destroyed_takes_its_image() {
     if !have_virsh() || !have_kvm() {
@@ -402,6 +403,39 @@ fn a_guest_started_right_after_another_is_destroyed_takes_its_image() {
         assert_eq!(code, 0, "round {round}: {second} could not take the image {first} had: {err}");
         let (code, _, err) = virsh(&rw, &["destroy", second]);
         assert_eq!(code, 0, "round {round}: {err}");
+    }
+    // A guest that shuts itself down shows as shut off only once its
+    // helper has exited: the other starts the moment it does (python, to
+    // leave no time between the two).
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    if !require(py, "python3-libvirt") {
+        return;
+    }
+    let program = format!(
+        r#"
+import libvirt, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open({uri:?})
+for r in range(4):
+    a, b = c.lookupByName("ha" if r % 2 == 0 else "hb"), c.lookupByName("hb" if r % 2 == 0 else "ha")
+    a.create()
+    time.sleep(0.5)  # time for the guest to set up its keyboard, which hears ctrl-alt-del
+    a.shutdown()
+    deadline = time.time() + 10
+    while a.isActive() and time.time() < deadline:
+        pass
+    try:
+        b.create()
+        b.destroy()
+        print("ROUND %d ok" % r)
+    except libvirt.libvirtError as e:
+        print("ROUND %d failed: %s" % (r, e))
+"#,
+        uri = uri(&rw)
+    );
+    let out = run_python(&d, &program, Duration::from_secs(60));
+    for r in 0..4 {
+        assert!(out.contains(&format!("ROUND {r} ok")), "{out}");
     }
 }
 

@@ -170,9 +170,7 @@ impl Broker {
             }
             self.check_idle(now);
             self.fail_awaiting(|a| a.deadline <= now);
-            for (conn, id, value) in self.setup.ctx.exits.due(now) {
-                self.answer_client(conn, id, value);
-            }
+            self.settle_exits(now);
         }
         self.shutdown();
         self.exit.take().unwrap_or(ExitCode::SUCCESS)

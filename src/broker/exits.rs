@@ -1,13 +1,16 @@
-//! Replies that wait for a stopped guest's helper process to be gone.
+//! What waits for a stopped guest's helper process to be gone: a
+//! `destroy`'s answer, and the end of a guest whose helper reported it
+//! stopped (shut down, reset, crashed).
 //!
 //! A guest's disk images are locked with open file description locks
 //! (`disks.rs`), and the helper holds the same open file descriptions as
 //! the broker: the locks go only when the helper's last fd closes, at its
-//! exit. A `destroy` answered before that would let the client's next
-//! `start` of another guest on the same image fail on a lock nobody holds
-//! a moment later. So the answer waits here until the helper has exited
-//! (a zombie has closed its fds), checked without blocking each time the
-//! event loop turns, and at most [`GRACE`], after which it goes anyway.
+//! exit. A `destroy` answered, or a guest shown shut off (or restarted for
+//! a reboot), before that would let the next `start` on the same image
+//! fail on a lock nobody holds a moment later. So both wait here until the
+//! helper has exited (a zombie has closed its fds), checked without
+//! blocking each time the event loop turns, and at most [`GRACE`], after
+//! which they go on anyway.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,8 @@ use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::domain::Uuid;
+use crate::privsep::helper::StopReason;
 use crate::privsep::{CallError, CallValue};
 
 /// How long an answer waits for a helper to exit at most.
@@ -33,10 +38,25 @@ struct Waiting {
     give_up: Instant,
 }
 
-/// The replies waiting for helpers to exit.
+/// A helper that reported its guest stopped, not yet exited.
+#[derive(Debug)]
+struct Stopping {
+    uuid: Uuid,
+    pid: Pid,
+    reason: StopReason,
+    detail: String,
+    give_up: Instant,
+}
+
+/// A guest whose helper has exited after reporting it stopped: its uuid,
+/// the helper's pid, and what the helper said.
+pub type Stopped = (Uuid, Pid, StopReason, String);
+
+/// The replies and guest ends waiting for helpers to exit.
 #[derive(Debug, Default)]
 pub struct Exits {
     waiting: Vec<Waiting>,
+    stopping: Vec<Stopping>,
 }
 
 impl Exits {
@@ -64,9 +84,34 @@ impl Exits {
             .collect()
     }
 
-    /// When to look again, while a reply waits.
+    /// Guest `uuid`'s helper `pid` reported it stopped: its end, now
+    /// (returned) if the helper has exited, else once it has.
+    pub fn after_stop(&mut self, uuid: Uuid, pid: Pid, reason: StopReason, detail: String) -> Option<Stopped> {
+        if exited(pid) {
+            return Some((uuid, pid, reason, detail));
+        }
+        self.stopping.push(Stopping { uuid, pid, reason, detail, give_up: Instant::now() + GRACE });
+        None
+    }
+
+    /// Whether helper `pid` reported its guest stopped and is exiting:
+    /// nothing more it sends (its channel's end) is read.
+    pub fn is_stopping(&self, pid: Pid) -> bool {
+        self.stopping.iter().any(|s| s.pid == pid)
+    }
+
+    /// The guests whose helper has exited since it reported them stopped,
+    /// or that waited [`GRACE`].
+    pub fn stopped(&mut self, now: Instant) -> Vec<Stopped> {
+        let (done, stopping): (Vec<Stopping>, Vec<Stopping>) =
+            std::mem::take(&mut self.stopping).into_iter().partition(|s| s.give_up <= now || exited(s.pid));
+        self.stopping = stopping;
+        done.into_iter().map(|s| (s.uuid, s.pid, s.reason, s.detail)).collect()
+    }
+
+    /// When to look again, while something waits.
     pub fn next_deadline(&self) -> Option<Instant> {
-        (!self.waiting.is_empty()).then(|| Instant::now() + POLL)
+        (!self.waiting.is_empty() || !self.stopping.is_empty()).then(|| Instant::now() + POLL)
     }
 }
 
@@ -111,6 +156,29 @@ mod tests {
         assert!(exits.next_deadline().is_none());
         // Reaped by the check: nothing is left for std to wait for.
         assert!(child.try_wait().is_err());
+    }
+
+    #[test]
+    fn a_guest_ends_once_its_helper_has_exited() {
+        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let uuid = Uuid([7; 16]);
+        let mut exits = Exits::default();
+        assert!(exits.after_stop(uuid, pid, StopReason::PowerOff, "off".into()).is_none());
+        assert!(exits.is_stopping(pid));
+        assert!(exits.stopped(Instant::now()).is_empty());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut ended = Vec::new();
+        while ended.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+            ended = exits.stopped(Instant::now());
+        }
+        assert_eq!(ended, vec![(uuid, pid, StopReason::PowerOff, "off".to_string())]);
+        assert!(!exits.is_stopping(pid));
+        assert!(exits.next_deadline().is_none());
+        // A helper gone already ends its guest at once.
+        assert!(exits.after_stop(uuid, pid, StopReason::Crash, String::new()).is_some());
+        assert!(child.try_wait().is_err(), "reaped by the check");
     }
 
     #[test]

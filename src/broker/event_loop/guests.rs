@@ -58,6 +58,8 @@ impl Broker {
                     }
                 }
             }
+            // Its guest stopped; only its exit is awaited (`exits.rs`).
+            GuestFd::Channel if self.setup.ctx.exits.is_stopping(pid) => {}
             GuestFd::Channel => loop {
                 let Some(running) = self.setup.ctx.guests.get(&uuid).filter(|r| r.pid == pid) else { return };
                 if let Protocol::Unmanageable(why) = &running.protocol {
@@ -77,7 +79,13 @@ impl Broker {
                     // Anything before the greeting is a protocol this daemon cannot read.
                     Ok(_) if awaiting => self.greeted(uuid, Err(ProtocolMismatch::Garbled)),
                     Ok((HelperEvent::Stopped { reason, detail }, _)) => {
-                        return self.guest_stopped(uuid, reason, &detail);
+                        // Its end waits for its exit: until then its open
+                        // files hold the guest's image locks.
+                        if let Some((_, _, reason, detail)) = self.setup.ctx.exits.after_stop(uuid, pid, reason, detail)
+                        {
+                            self.guest_stopped(uuid, reason, &detail);
+                        }
+                        return;
                     }
                     Ok((
                         event @ (HelperEvent::Started
@@ -251,6 +259,20 @@ impl Broker {
             .collect();
         for (uuid, seq, result) in ended {
             self.settle(uuid, |a| a.seq == seq, result);
+        }
+    }
+
+    /// Answers the destroys whose helper has exited, and ends the guests
+    /// whose helper has exited after reporting them stopped.
+    pub(super) fn settle_exits(&mut self, now: Instant) {
+        for (conn, id, value) in self.setup.ctx.exits.due(now) {
+            self.answer_client(conn, id, value);
+        }
+        for (uuid, pid, reason, detail) in self.setup.ctx.exits.stopped(now) {
+            // Unless it was destroyed meanwhile (and perhaps started again).
+            if self.setup.ctx.guests.get(&uuid).is_some_and(|r| r.pid == pid) {
+                self.guest_stopped(uuid, reason, &detail);
+            }
         }
     }
 
