@@ -375,6 +375,70 @@ fn a_second_guest_cannot_take_an_image_another_writes() {
     assert!(wait_until(SECS, || qemu_io_write(&img).0));
 }
 
+/// `destroy` answers once the helper has exited and its image locks are
+/// gone: another guest writing the same image starts right after it, every
+/// time, with no wait in between; likewise after a graceful destroy, and
+/// once a guest that shut itself down shows as shut off.
+#[test]
+fn a_guest_started_right_after_another_is_destroyed_takes_its_image() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    let img = d.tree.path("handed.img");
+    raw_image(&img, 4);
+    let a = with_disks(&test_guest_xml(&d, "ha", UUID_A), &raw_disk(&img, "vda", ""));
+    let b = with_disks(&test_guest_xml(&d, "hb", UUID_B), &raw_disk(&img, "vda", ""));
+    assert_eq!(define(&d, "ha", &a).0, 0);
+    assert_eq!(define(&d, "hb", &b).0, 0);
+    for round in 0..4 {
+        let (first, second) = if round % 2 == 0 { ("ha", "hb") } else { ("hb", "ha") };
+        let (code, _, err) = virsh(&rw, &["start", first]);
+        assert_eq!(code, 0, "round {round}: {err}");
+        let destroy: &[&str] = if round < 3 { &["destroy", first] } else { &["destroy", "--graceful", first] };
+        let (code, _, err) = virsh(&rw, destroy);
+        assert_eq!(code, 0, "round {round}: {err}");
+        let (code, _, err) = virsh(&rw, &["start", second]);
+        assert_eq!(code, 0, "round {round}: {second} could not take the image {first} had: {err}");
+        let (code, _, err) = virsh(&rw, &["destroy", second]);
+        assert_eq!(code, 0, "round {round}: {err}");
+    }
+    // A guest that shuts itself down shows as shut off only once its
+    // helper has exited: the other starts the moment it does (python, to
+    // leave no time between the two).
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    if !require(py, "python3-libvirt") {
+        return;
+    }
+    let program = format!(
+        r#"
+import libvirt, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open({uri:?})
+for r in range(4):
+    a, b = c.lookupByName("ha" if r % 2 == 0 else "hb"), c.lookupByName("hb" if r % 2 == 0 else "ha")
+    a.create()
+    time.sleep(0.5)  # time for the guest to set up its keyboard, which hears ctrl-alt-del
+    a.shutdown()
+    deadline = time.time() + 10
+    while a.isActive() and time.time() < deadline:
+        pass
+    try:
+        b.create()
+        b.destroy()
+        print("ROUND %d ok" % r)
+    except libvirt.libvirtError as e:
+        print("ROUND %d failed: %s" % (r, e))
+"#,
+        uri = uri(&rw)
+    );
+    let out = run_python(&d, &program, Duration::from_secs(60));
+    for r in 0..4 {
+        assert!(out.contains(&format!("ROUND {r} ok")), "{out}");
+    }
+}
+
 #[test]
 fn a_qcow2_overlay_on_a_relative_backing_file_starts_and_shows_its_chain() {
     if !have_virsh() || !have_kvm() || !have_qemu_img() {

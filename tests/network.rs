@@ -805,6 +805,75 @@ fn domifstat_counts_the_guests_traffic_and_setlink_changes_its_link() {
     ok(rw(&d, &["destroy", "g6"]));
 }
 
+/// Bulk statistics, `domifstat` and `domif-setlink` in flight to the same
+/// helper at once, from several clients: the helper answers `NetStats` to
+/// all three, and each call gets the answer to its own question (a link
+/// change is never answered with the counters a bulk round asked for
+/// before it, which showed the old link state).
+#[test]
+fn setlink_domifstat_and_bulk_statistics_in_flight_together_each_get_their_own_answer() {
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") || !require(py, "python3-libvirt") {
+        return;
+    }
+    let ns = Netns::new("gmix");
+    let d = daemon_in(&ns, "");
+    define(&d, NAT_XML);
+    ok(rw(&d, &["net-start", "lab"]));
+    let mac = "52:54:00:77:00:0e";
+    let nic = format!("<interface type='network'><mac address='{mac}'/><source network='lab'/></interface>");
+    define_domain(&d, &guest_with(&d, "g8", NIC_UUID, &nic));
+    ok(rw(&d, &["start", "g8"]));
+    let program = format!(
+        r##"
+import libvirt, threading
+libvirt.registerErrorHandler(lambda *a: None, None)
+RW, RO, MAC = {rw:?}, {ro:?}, {mac:?}
+stop = threading.Event()
+rounds, errors = [0], []
+def scrape():
+    c = libvirt.openReadOnly(RO)
+    while not stop.is_set():
+        try:
+            for dom, stats in c.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_INTERFACE):
+                if stats.get("net.count") != 1 or "net.0.rx.bytes" not in stats:
+                    errors.append("domstats: %r" % stats)
+            rounds[0] += 1
+        except libvirt.libvirtError as e:
+            errors.append("domstats: %s" % e)
+scrapers = [threading.Thread(target=scrape) for _ in range(2)]
+for t in scrapers:
+    t.start()
+dom = libvirt.open(RW).lookupByName("g8")
+for i in range(40):
+    state = "down" if i % 2 == 0 else "up"
+    xml = "<interface type='network'><mac address='%s'/><source network='lab'/><link state='%s'/></interface>" % (MAC, state)
+    try:
+        dom.updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if ("<link state='down'/>" in dom.XMLDesc(0)) != (state == "down"):
+            errors.append("setlink %s #%d: the live XML does not show it" % (state, i))
+        if len(dom.interfaceStats(MAC)) != 8:
+            errors.append("domifstat #%d: not 8 figures" % i)
+    except libvirt.libvirtError as e:
+        errors.append("#%d (%s): %s" % (i, state, e))
+stop.set()
+for t in scrapers:
+    t.join()
+print("ROUNDS %d" % rounds[0])
+print("ERRORS %d" % len(errors))
+for e in errors[:10]:
+    print(e)
+"##,
+        rw = uri(&d.tree.sock("libvirt-sock")),
+        ro = uri(&d.tree.sock("libvirt-sock-ro")),
+    );
+    let out = run_python(&d, &program, Duration::from_secs(120));
+    assert!(out.contains("ERRORS 0\n"), "{out}");
+    let rounds: u64 = out.lines().find_map(|l| l.strip_prefix("ROUNDS ")?.parse().ok()).unwrap_or(0);
+    assert!(rounds > 0, "no bulk round completed: {out}");
+    ok(rw(&d, &["destroy", "g8"]));
+}
+
 #[test]
 fn an_autostart_guest_on_an_autostart_network_starts_with_the_daemon() {
     if !can_run() || !require(Path::new("/dev/kvm").exists(), "/dev/kvm") {

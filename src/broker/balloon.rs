@@ -1,22 +1,25 @@
 //! The live side of `<memballoon model='virtio'>`: `virsh setmem --live`
 //! sets the balloon's target through the guest's helper
-//! (`HelperCommand::SetBalloon`, sent without waiting, as QEMU's balloon
-//! command answers before the guest has moved), and `dommemstat` shows the
-//! balloon's figures. The helper's answers (`HelperEvent::Balloon`) come
-//! through the event loop into a per-guest cache ([`Balloons`]); every
-//! `dommemstat` answers from it and asks the helper for fresh figures, so
+//! (`HelperCommand::SetBalloon`, through its queue of questions,
+//! `helper_asks.rs`, without waiting, as QEMU's balloon command answers
+//! before the guest has moved), and `dommemstat` shows the balloon's
+//! figures. The helper's answers (`HelperEvent::Balloon`) come through the
+//! event loop into a per-guest cache ([`Balloons`]); every `dommemstat`
+//! answers from it and asks the helper for fresh figures ([`refresh`]), so
 //! what it shows is at most one question old and the broker never waits
 //! on a helper. Guests without a balloon keep libvirt's no-balloon error.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use nix::unistd::Pid;
 
 use super::domains::{AFFECT_CONFIG, AFFECT_LIVE, Entry};
+use super::helper_asks::{self, ASK_TIMEOUT, Question};
 use super::state::Ctx;
 use crate::domain::{DomainDef, Uuid};
 use crate::privsep::admin::{Param, ParamValue};
-use crate::privsep::helper::{BalloonFigures, HelperCommand};
+use crate::privsep::helper::BalloonFigures;
 use crate::privsep::{CallError, CallValue};
 
 /// `virDomainMemoryStatTags` this module fills.
@@ -58,7 +61,7 @@ pub fn set_memory(ctx: &mut Ctx, uuid: &Uuid, kib: u64, flags: u32) -> Option<Re
     if !live {
         return None;
     }
-    Some(set_live(ctx, e, kib).and_then(|()| {
+    Some(set_live(ctx, uuid, kib).and_then(|()| {
         if config {
             let def = super::memsize::set(ctx.domains.by_uuid(uuid)?, kib, flags & !AFFECT_LIVE | AFFECT_CONFIG)?;
             return ctx.domains.replace_def(uuid, def);
@@ -67,19 +70,16 @@ pub fn set_memory(ctx: &mut Ctx, uuid: &Uuid, kib: u64, flags: u32) -> Option<Re
     }))
 }
 
-fn set_live(ctx: &Ctx, e: &Entry, kib: u64) -> Result<(), CallError> {
+fn set_live(ctx: &mut Ctx, uuid: &Uuid, kib: u64) -> Result<(), CallError> {
+    let e = ctx.domains.by_uuid(uuid)?;
     if kib == 0 {
         return Err(CallError::InvalidArg("memory size must be greater than zero".into()));
     }
     if kib > e.def.memory_kib {
         return Err(CallError::InvalidArg("cannot set memory higher than max memory".into()));
     }
-    let running = ctx.guests.get(&e.def.uuid).filter(|_| e.id.is_some()).ok_or(CallError::NotRunning)?;
-    running.manageable(&e.def.name)?;
-    running
-        .channel
-        .send(&HelperCommand::SetBalloon { target_mib: kib / 1024 }, &[])
-        .map_err(|err| CallError::OperationFailed(format!("guest '{}' did not answer: {err}", e.def.name)))
+    // Nobody waits: the answer refreshes the figures kept.
+    helper_asks::ask(ctx, uuid, Question::SetBalloon { target_mib: kib / 1024 }, None, Instant::now() + ASK_TIMEOUT)
 }
 
 /// `virDomainSetMemoryStatsPeriod` (`virsh dommemstat --period`): how
@@ -105,12 +105,8 @@ pub fn set_period(ctx: &mut Ctx, uuid: &Uuid, period: i32, flags: u32) -> Result
         ));
     }
     if live {
-        let running = ctx.guests.get(uuid).filter(|_| e.id.is_some()).ok_or(CallError::NotRunning)?;
-        running.manageable(&e.def.name)?;
-        running
-            .channel
-            .send(&HelperCommand::SetBalloonPeriod { seconds }, &[])
-            .map_err(|err| CallError::OperationFailed(format!("guest '{}' did not answer: {err}", e.def.name)))?;
+        let deadline = Instant::now() + ASK_TIMEOUT;
+        helper_asks::ask(ctx, uuid, Question::SetBalloonPeriod { seconds }, None, deadline)?;
     }
     let name = ctx.domains.replace_def(uuid, def)?;
     if ctx.guests.contains_key(uuid) {
@@ -131,17 +127,24 @@ pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: Pid, figures: Option<BalloonFig
     }
 }
 
-/// The figures of a running guest's balloon from its current helper, and a
-/// question for fresh ones; `None` without a balloon.
+/// Asks running guest `uuid`'s helper for fresh balloon figures, if it has
+/// a balloon (one question out at a time serves every caller).
+pub fn refresh(ctx: &mut Ctx, uuid: &Uuid) {
+    let Ok(e) = ctx.domains.by_uuid(uuid) else { return };
+    if e.id.is_none() || !has_balloon(&e.def) {
+        return;
+    }
+    // Best effort: a helper that cannot be asked only delays the refresh.
+    let _ = helper_asks::ask(ctx, uuid, Question::BalloonStats, None, Instant::now() + ASK_TIMEOUT);
+}
+
+/// The figures of a running guest's balloon from its current helper, as
+/// last reported (see [`refresh`]); `None` without a balloon.
 pub fn figures(ctx: &Ctx, e: &Entry) -> Option<BalloonFigures> {
     if !has_balloon(&e.def) {
         return None;
     }
     let running = ctx.guests.get(&e.def.uuid).filter(|_| e.id.is_some())?;
-    if running.manageable(&e.def.name).is_ok() {
-        // Best effort: a full channel only delays the refresh.
-        let _ = running.channel.send(&HelperCommand::BalloonStats, &[]);
-    }
     let cached = ctx.balloons.get(&e.def.uuid).filter(|(pid, _)| *pid == running.pid).map(|(_, f)| f.clone());
     // Before the first answer the guest has what it started with.
     Some(cached.unwrap_or_else(|| BalloonFigures {

@@ -2,23 +2,21 @@
 //! `virDomainBlockStats(Flags)` and `virDomainGetDiskErrors` for a running
 //! guest with disks, from its helper's counters.
 //!
-//! The counters are asked of the helper (`HelperCommand::DiskStats`) and
-//! the clients answered when its `DiskStats` event comes through the event
-//! loop, or with an error at the deadline: the broker never waits on a
-//! helper. Clients that ask while a question is out wait for the same
-//! answer, so a guest is asked at most once at a time.
+//! The counters are asked of the helper (`HelperCommand::DiskStats`,
+//! through its queue of questions, `helper_asks.rs`) and the clients
+//! answered when its `DiskStats` event comes through the event loop, or
+//! with an error at the deadline: the broker never waits on a helper.
+//! Clients that ask while a `DiskStats` is out wait for the same answer.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::calls::{Answer, Caller, Ctx};
+use super::helper_asks::{self, ASK_TIMEOUT, Question as Asked, Reply};
 use crate::domain::{DomainDef, LiveDisk, Uuid};
 use crate::privsep::admin::{Param, ParamValue};
-use crate::privsep::helper::{DiskCounters, HelperCommand};
+use crate::privsep::helper::DiskCounters;
 use crate::privsep::{Call, CallError, CallValue};
 use crate::rpc::stats as limits;
-
-/// How long a helper gets to report its disks' counters.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// `VIR_TYPED_PARAM_STRING_OKAY`.
 const STRING_OKAY: u32 = 4;
 /// `virDomainDiskErrorCode`: UNSPEC, NO_SPACE.
@@ -51,17 +49,6 @@ pub struct Waiter {
     pub reply_to: u32,
     /// What it asked.
     pub question: Question,
-}
-
-/// The question out to one guest's helper and who waits for its answer.
-#[derive(Debug)]
-pub struct DiskAsk {
-    /// The helper asked (a guest restarted meanwhile is another helper).
-    pub pid: nix::unistd::Pid,
-    /// When the waiters get an error instead.
-    pub deadline: Instant,
-    /// Who waits.
-    pub waiting: Vec<Waiter>,
 }
 
 /// `virDomainGetBlockInfo`: the disk named by target or source path.
@@ -180,7 +167,9 @@ pub fn handle(ctx: &mut Ctx, caller: &Caller, call: Call) -> Answer {
 fn ask(ctx: &mut Ctx, caller: &Caller, uuid: &Uuid, question: Question) -> Result<Option<CallValue>, CallError> {
     let e = ctx.domains.by_uuid(uuid)?;
     check(&e.def, &question)?;
-    let running = ctx.guests.get(uuid).filter(|_| e.id.is_some()).ok_or(CallError::NotRunning)?;
+    if e.id.is_none() || !ctx.guests.contains_key(uuid) {
+        return Err(CallError::NotRunning);
+    }
     if e.def.disks.is_empty() {
         return match &question {
             Question::Stats { path, params } => super::stats::block_stats(e, path, *params),
@@ -188,81 +177,16 @@ fn ask(ctx: &mut Ctx, caller: &Caller, uuid: &Uuid, question: Question) -> Resul
         }
         .map(Some);
     }
-    running.manageable(&e.def.name)?;
-    let waiter = Waiter { conn: caller.conn, reply_to: caller.request, question };
-    match ctx.disk_asks.get_mut(uuid) {
-        Some(ask) if ask.pid == running.pid => ask.waiting.push(waiter),
-        _ => {
-            running
-                .channel
-                .send(&HelperCommand::DiskStats, &[])
-                .map_err(|err| CallError::OperationFailed(format!("guest '{}' did not answer: {err}", e.def.name)))?;
-            let deadline = Instant::now() + ASK_TIMEOUT;
-            ctx.disk_asks.insert(*uuid, DiskAsk { pid: running.pid, deadline, waiting: vec![waiter] });
-        }
-    }
+    let waiter = helper_asks::Waiter::Disk(Waiter { conn: caller.conn, reply_to: caller.request, question });
+    helper_asks::ask(ctx, uuid, Asked::DiskStats, Some(waiter), Instant::now() + ASK_TIMEOUT)?;
     Ok(None)
 }
 
-/// Whether helper `pid` of guest `uuid` has a `DiskStats` question out:
-/// its answer serves whoever else wants the counters meanwhile.
-pub fn asked(ctx: &Ctx, uuid: &Uuid, pid: nix::unistd::Pid) -> bool {
-    ctx.disk_asks.get(uuid).is_some_and(|a| a.pid == pid)
-}
-
-/// An answer for a waiting client: its connection, request and result.
-pub type Reply = (u64, u32, Result<CallValue, CallError>);
-
-/// Guest `uuid`'s helper `pid` reported its disks' counters: the answers
-/// for everyone waiting on it.
-pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[DiskCounters]) -> Vec<Reply> {
-    let Some(ask) = ctx.disk_asks.remove(uuid) else { return Vec::new() };
-    if ask.pid != pid {
-        ctx.disk_asks.insert(*uuid, ask);
-        return Vec::new();
-    }
-    let def = ctx.domains.by_uuid(uuid).map(|e| e.def.clone());
-    ask.waiting
-        .into_iter()
-        .map(|w| {
-            let result = def.clone().and_then(|d| answer(&d, counters, &w.question));
-            (w.conn, w.reply_to, result)
-        })
-        .collect()
-}
-
-/// Waiters whose guest stopped (or restarted in another helper) or whose
-/// helper let the deadline pass, with their errors.
-pub fn overdue(ctx: &mut Ctx, now: Instant) -> Vec<Reply> {
-    let mut replies = Vec::new();
-    let uuids: Vec<Uuid> = ctx.disk_asks.keys().copied().collect();
-    for uuid in uuids {
-        let asked = ctx.disk_asks.get(&uuid).map(|a| a.pid);
-        let gone = ctx.guests.get(&uuid).is_none_or(|r| asked != Some(r.pid));
-        let late = ctx.disk_asks.get(&uuid).is_some_and(|a| a.deadline <= now);
-        if !gone && !late {
-            continue;
-        }
-        let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
-        let Some(ask) = ctx.disk_asks.remove(&uuid) else { continue };
-        for w in ask.waiting {
-            let e = if gone {
-                CallError::NotRunning
-            } else {
-                CallError::OperationFailed(format!(
-                    "guest '{name}' did not report its disks' counters within {} s",
-                    ASK_TIMEOUT.as_secs()
-                ))
-            };
-            replies.push((w.conn, w.reply_to, Err(e)));
-        }
-    }
-    replies
-}
-
-/// The earliest deadline of a question out to a helper.
-pub fn next_deadline(ctx: &Ctx) -> Option<Instant> {
-    ctx.disk_asks.values().map(|a| a.deadline).min()
+/// Guest `uuid`'s helper reported its disks' `counters`: the answer for
+/// waiter `w`.
+pub fn settle(ctx: &Ctx, uuid: &Uuid, w: Waiter, counters: &[DiskCounters]) -> Reply {
+    let result = ctx.domains.by_uuid(uuid).and_then(|e| answer(&e.def, counters, &w.question));
+    (w.conn, w.reply_to, result)
 }
 
 /// The counters of the disk `path` names ("" sums every disk).

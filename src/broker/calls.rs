@@ -176,7 +176,13 @@ fn carry_out(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call) 
             audit_change(auditor, caller, "autostart", &uuid, &result, &[("on", Value::Num(on.into()))]);
             result.map(|_| CallValue::Unit)
         }
-        Call::Query { uuid, query } => query::query_domain(ctx, &uuid, query, caller.readonly),
+        Call::Query { uuid, query } => {
+            if let crate::privsep::Query::MemoryStats { .. } = query {
+                // Fresh balloon figures for the next call (this one has the last ones).
+                super::balloon::refresh(ctx, &uuid);
+            }
+            query::query_domain(ctx, &uuid, query, caller.readonly)
+        }
         Call::NodeFreePages { pages, start, count, flags } => {
             hostpages::free_pages(&pages, start, count, flags).map(CallValue::U64s)
         }

@@ -170,6 +170,7 @@ impl Broker {
             }
             self.check_idle(now);
             self.fail_awaiting(|a| a.deadline <= now);
+            self.settle_exits(now);
         }
         self.shutdown();
         self.exit.take().unwrap_or(ExitCode::SUCCESS)
@@ -184,9 +185,9 @@ impl Broker {
         let ctx = &self.setup.ctx;
         let awaiting = awaiting
             .into_iter()
-            .chain(super::blockinfo::next_deadline(ctx))
+            .chain(super::helper_asks::next_deadline(ctx))
             .chain(super::sampling::next_deadline(ctx))
-            .chain(super::netinfo::next_deadline(ctx))
+            .chain(ctx.exits.next_deadline())
             .min();
         let restart = self.frontends.iter().filter_map(|s| s.restart.due).min();
         // A frontend with requests left over is served again at once.

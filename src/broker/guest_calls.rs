@@ -144,8 +144,10 @@ fn console(
     Ok(CallValue::Console)
 }
 
-/// `virDomainDestroyFlags`: at once, or with GRACEFUL when the helper has
-/// stopped the guest (it never kills).
+/// `virDomainDestroyFlags`: the helper is killed at once, or with GRACEFUL
+/// stops the guest itself (it never kills); either is answered once the
+/// helper process has exited, and with it released the guest's image
+/// locks (`exits.rs`).
 fn destroy(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, uuid: &Uuid, flags: u32) -> Answer {
     // GRACEFUL (1) never kills; REMOVE_LOGS (2) is accepted, there are no logs to remove.
     if flags & !3 != 0 {
@@ -163,5 +165,12 @@ fn destroy(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, uuid: &Uuid, f
     let pid = result.as_ref().map_or(-1, |(_, p)| *p);
     let named = result.as_ref().map(|(n, _)| n.clone()).map_err(Clone::clone);
     audit_change(auditor, caller, "destroy", uuid, &named, &[("vm-pid", Value::Num(pid.into()))]);
-    result.map(|_| CallValue::Unit).into()
+    if let Err(e) = result {
+        return Answer::Now(Err(e));
+    }
+    let reply = (caller.conn, caller.request, Ok(CallValue::Unit));
+    match ctx.exits.after_exit(nix::unistd::Pid::from_raw(pid), reply) {
+        Some((_, _, value)) => Answer::Now(value),
+        None => Answer::Later,
+    }
 }

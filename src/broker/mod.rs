@@ -19,12 +19,14 @@ mod devices;
 mod disks;
 mod domains;
 mod event_loop;
+mod exits;
 mod files;
 mod greeting;
 mod guest_calls;
 mod guest_events;
 mod guestmem;
 mod guests;
+mod helper_asks;
 mod host;
 mod hostcpu;
 mod hostpages;
@@ -191,8 +193,8 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
             cgroups: guest_cgroups(&config, mode),
         }),
         storage: storage::Storage::load(&config.storage_config_dir(), &config.storage_state_dir()),
-        disk_asks: Default::default(),
-        net_asks: Default::default(),
+        helper_asks: Default::default(),
+        exits: Default::default(),
         balloons: Default::default(),
         samples: Default::default(),
         networks: networks::Networks::load(

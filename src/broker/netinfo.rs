@@ -4,24 +4,19 @@
 //! `virDomainInterfaceAddresses` from the leases of the networks it is on.
 //!
 //! The helper answers `NetStats` and `SetLink` alike with a `NetStats`
-//! event, in the order it was asked: each question sent is queued, and each
-//! answer settles the oldest, as `blockinfo.rs` does for disks. The broker
-//! never waits on a helper; a helper that lets a deadline pass fails every
-//! question queued to it.
+//! event, in the order it was asked: both go through its one queue of
+//! questions (`helper_asks.rs`), which hands each answer to the client that
+//! waits for it, or fails the client at the deadline. The broker never
+//! waits on a helper.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::calls::{Answer, Caller, Ctx};
 use super::domains::Entry;
+use super::helper_asks::{self, ASK_TIMEOUT, Question as Asked, Reply};
 use crate::domain::{DomainDef, Uuid, nic_alias, xml};
-use crate::privsep::helper::{HelperCommand, NicCounters};
+use crate::privsep::helper::NicCounters;
 use crate::privsep::{Call, CallError, CallValue};
-
-/// How long a helper gets to answer.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most questions queued to one helper.
-const MAX_QUEUED: usize = 64;
 /// `VIR_DOMAIN_AFFECT_LIVE`, `_CONFIG`, and `VIR_DOMAIN_DEVICE_MODIFY_FORCE`.
 const AFFECT_LIVE: u32 = 1;
 const AFFECT_CONFIG: u32 = 2;
@@ -33,33 +28,23 @@ const SRC_ARP: u32 = 2;
 
 /// What a waiting client asked about interface `alias`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Question {
+pub enum Question {
     /// Its counters.
     Stats,
     /// Set its link; the answer shows whether it took.
     SetLink(bool),
 }
 
-/// One question sent to a helper, and who waits for its answer.
+/// A client waiting for a helper's answer about one of its interfaces.
 #[derive(Debug)]
-struct Waiter {
-    conn: u64,
-    reply_to: u32,
+pub struct Waiter {
+    /// Its connection.
+    pub conn: u64,
+    /// The frontend request to answer.
+    pub reply_to: u32,
     alias: String,
     question: Question,
-    deadline: Instant,
 }
-
-/// The questions out to one guest's helper, oldest first.
-#[derive(Debug)]
-pub struct NetAsks {
-    /// The helper asked (a guest restarted meanwhile is another helper).
-    pid: nix::unistd::Pid,
-    waiting: VecDeque<Waiter>,
-}
-
-/// An answer for a waiting client: its connection, request and result.
-pub type Reply = (u64, u32, Result<CallValue, CallError>);
 
 /// Whether [`handle`] answers `call`.
 pub fn handles(call: &Call) -> bool {
@@ -117,35 +102,17 @@ fn stats_alias(ctx: &Ctx, uuid: &Uuid, device: &str) -> Result<String, CallError
 /// Sends `question` about `alias` to guest `uuid`'s helper and queues
 /// `caller` for its answer.
 fn ask(ctx: &mut Ctx, caller: &Caller, uuid: &Uuid, alias: String, question: Question) -> Result<(), CallError> {
-    let name = ctx.domains.by_uuid(uuid)?.def.name.clone();
-    let running = ctx.guests.get(uuid).ok_or(CallError::NotRunning)?;
-    running.manageable(&name)?;
-    let pid = running.pid;
-    let asks = ctx.net_asks.entry(*uuid).or_insert_with(|| NetAsks { pid, waiting: VecDeque::new() });
-    if asks.pid != pid {
-        *asks = NetAsks { pid, waiting: VecDeque::new() };
-    }
-    if asks.waiting.len() >= MAX_QUEUED {
-        return Err(CallError::OperationFailed(format!("guest '{name}' has too many interface requests in flight")));
-    }
-    let command = match question {
-        Question::Stats => HelperCommand::NetStats,
-        Question::SetLink(up) => HelperCommand::SetLink { alias: alias.clone(), up },
+    let asked = match question {
+        Question::Stats => Asked::NetStats,
+        Question::SetLink(up) => Asked::SetLink { alias: alias.clone(), up },
     };
-    running
-        .channel
-        .send(&command, &[])
-        .map_err(|err| CallError::OperationFailed(format!("guest '{name}' did not answer: {err}")))?;
-    let deadline = Instant::now() + ASK_TIMEOUT;
-    asks.waiting.push_back(Waiter { conn: caller.conn, reply_to: caller.request, alias, question, deadline });
-    Ok(())
+    let waiter = Waiter { conn: caller.conn, reply_to: caller.request, alias, question };
+    helper_asks::ask(ctx, uuid, asked, Some(helper_asks::Waiter::Net(waiter)), Instant::now() + ASK_TIMEOUT)
 }
 
-/// Guest `uuid`'s helper `pid` reported its interfaces' counters: the
-/// answer for the oldest question out to it.
-pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[NicCounters]) -> Vec<Reply> {
-    let Some(asks) = ctx.net_asks.get_mut(uuid).filter(|a| a.pid == pid) else { return Vec::new() };
-    let Some(w) = asks.waiting.pop_front() else { return Vec::new() };
+/// Guest `uuid`'s helper reported its interfaces' `counters`: the answer
+/// for waiter `w` (a link change is recorded once the helper shows it).
+pub fn settle(ctx: &mut Ctx, uuid: &Uuid, w: Waiter, counters: &[NicCounters]) -> Reply {
     let name = ctx.domains.by_uuid(uuid).map(|e| e.def.name.clone()).unwrap_or_default();
     let found = counters.iter().find(|c| c.alias == w.alias);
     let result = match (&w.question, found) {
@@ -167,7 +134,7 @@ pub fn answered(ctx: &mut Ctx, uuid: &Uuid, pid: nix::unistd::Pid, counters: &[N
             Ok(CallValue::Unit)
         }
     };
-    vec![(w.conn, w.reply_to, result)]
+    (w.conn, w.reply_to, result)
 }
 
 /// Records the live link state of interface `alias` (shown by the live
@@ -178,40 +145,6 @@ fn set_live_link(ctx: &mut Ctx, uuid: &Uuid, alias: &str, up: bool) {
         n.live.link_down = Some(!up);
     }
     ctx.record(uuid);
-}
-
-/// Questions whose guest stopped (or runs in another helper now) or whose
-/// helper let a deadline pass, with their errors.
-pub fn overdue(ctx: &mut Ctx, now: Instant) -> Vec<Reply> {
-    let mut replies = Vec::new();
-    let uuids: Vec<Uuid> = ctx.net_asks.keys().copied().collect();
-    for uuid in uuids {
-        let Some(asks) = ctx.net_asks.get(&uuid) else { continue };
-        let gone = ctx.guests.get(&uuid).is_none_or(|r| r.pid != asks.pid);
-        let late = asks.waiting.front().is_some_and(|w| w.deadline <= now);
-        if !gone && !late && !asks.waiting.is_empty() {
-            continue;
-        }
-        let name = ctx.domains.by_uuid(&uuid).map(|e| e.def.name.clone()).unwrap_or_default();
-        let Some(asks) = ctx.net_asks.remove(&uuid) else { continue };
-        for w in asks.waiting {
-            let e = if gone {
-                CallError::NotRunning
-            } else {
-                CallError::OperationFailed(format!(
-                    "guest '{name}' did not report its interfaces within {} s",
-                    ASK_TIMEOUT.as_secs()
-                ))
-            };
-            replies.push((w.conn, w.reply_to, Err(e)));
-        }
-    }
-    replies
-}
-
-/// The earliest deadline of a question out to a helper.
-pub fn next_deadline(ctx: &Ctx) -> Option<Instant> {
-    ctx.net_asks.values().filter_map(|a| a.waiting.front().map(|w| w.deadline)).min()
 }
 
 /// `virDomainUpdateDeviceFlags` for an `<interface>`: only its link state

@@ -1,38 +1,28 @@
 //! The device groups of the bulk statistics (`net.*`, `block.*` of
 //! `virConnectGetAllDomainStats`), whose counters live in the helpers.
 //!
-//! One call asks every running guest it covers at once (`DiskStats`,
-//! `NetStats`, sent without waiting) and is answered when all of them have
+//! One call (a round) asks every running guest it covers at once
+//! (`DiskStats`, `NetStats`, through each helper's queue of questions,
+//! `helper_asks.rs`, never waiting) and is answered when all of them have
 //! reported or at [`DEADLINE`], whichever comes first: a guest that did not
 //! answer in time is left without its counters (its names, paths and sizes
 //! are still there), and nothing waits on a helper, neither the call nor
-//! the broker's loop. A guest with a `domblkstat` question out is not asked
-//! again: its answer serves both.
+//! the broker's loop. A read already out to a helper (a `domblkstat`'s, an
+//! earlier round's) serves the round too.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
-
-use super::blockinfo::Reply;
 use super::calls::{Answer, Caller};
+use super::helper_asks::{Kind, Question, Reply, Waiter};
 use super::state::Ctx;
 use super::stats::{Record, group};
 use crate::domain::Uuid;
-use crate::privsep::helper::{DiskCounters, HelperCommand, NicCounters};
+use crate::privsep::helper::{DiskCounters, NicCounters};
 use crate::privsep::{CallError, CallValue};
 
 /// How long a bulk call waits for the helpers' counters.
 pub const DEADLINE: Duration = Duration::from_millis(500);
-
-/// Which counters a helper was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `DiskStats`.
-    Disks,
-    /// `NetStats`.
-    Nics,
-}
 
 /// What a helper reported.
 #[derive(Debug, Clone)]
@@ -55,6 +45,8 @@ impl Counters {
 /// One bulk call waiting for counters.
 #[derive(Debug)]
 pub struct Sample {
+    /// Its number, by which the helpers' queues name it.
+    round: u64,
     conn: u64,
     reply_to: u32,
     groups: u32,
@@ -63,20 +55,23 @@ pub struct Sample {
     disks: HashMap<Uuid, Vec<DiskCounters>>,
     nics: HashMap<Uuid, Vec<NicCounters>>,
     /// The helpers still to answer.
-    waiting: Vec<(Uuid, Pid, Kind)>,
+    waiting: Vec<(Uuid, Kind)>,
     deadline: Instant,
 }
 
 /// The bulk calls waiting for counters.
-pub type Samples = Vec<Sample>;
+#[derive(Debug, Default)]
+pub struct Samples {
+    open: Vec<Sample>,
+    /// The number of the next round.
+    next: u64,
+}
 
 impl Sample {
-    /// Takes `counters` from helper `pid` of guest `uuid` if this call
-    /// waits for them; whether it did.
-    fn take(&mut self, uuid: &Uuid, pid: Pid, counters: &Counters) -> bool {
-        let before = self.waiting.len();
-        self.waiting.retain(|w| *w != (*uuid, pid, counters.kind()));
-        if self.waiting.len() == before {
+    /// Takes `counters` from guest `uuid` if this call waits for them;
+    /// whether it did.
+    fn take(&mut self, uuid: &Uuid, counters: &Counters) -> bool {
+        if !self.forget(uuid, counters.kind()) {
             return false;
         }
         match counters {
@@ -90,9 +85,11 @@ impl Sample {
         true
     }
 
-    /// Stops waiting for helpers that `alive` says are gone.
-    fn forget_gone(&mut self, alive: impl Fn(&Uuid, Pid) -> bool) {
-        self.waiting.retain(|(u, pid, _)| alive(u, *pid));
+    /// Stops waiting for guest `uuid`'s counters of `kind`; whether it did.
+    fn forget(&mut self, uuid: &Uuid, kind: Kind) -> bool {
+        let before = self.waiting.len();
+        self.waiting.retain(|w| *w != (*uuid, kind));
+        self.waiting.len() != before
     }
 
     /// Whether the call is answered now: nothing left to wait for, or its time is up.
@@ -109,7 +106,17 @@ pub fn handle(ctx: &mut Ctx, caller: &Caller, doms: &[Uuid], stats: u32, flags: 
         Ok(v) => v,
         Err(e) => return Answer::Now(Err(e)),
     };
+    if groups & group::BALLOON != 0 {
+        // Fresh balloon figures for the next call (this one has the last ones).
+        let uuids: Vec<Uuid> = records.iter().map(|(d, _)| d.uuid).collect();
+        for uuid in &uuids {
+            super::balloon::refresh(ctx, uuid);
+        }
+    }
+    let round = ctx.samples.next;
+    ctx.samples.next += 1;
     let mut sample = Sample {
+        round,
         conn: caller.conn,
         reply_to: caller.request,
         groups,
@@ -121,38 +128,38 @@ pub fn handle(ctx: &mut Ctx, caller: &Caller, doms: &[Uuid], stats: u32, flags: 
     };
     if groups & group::DEVICES != 0 {
         for (dom, _) in &sample.records {
-            sample.waiting.extend(ask(ctx, &dom.uuid, groups));
+            sample.waiting.extend(ask(ctx, round, &dom.uuid, groups, sample.deadline));
         }
     }
     if sample.waiting.is_empty() {
         return Answer::Now(Ok(finish(ctx, sample)));
     }
-    ctx.samples.push(sample);
+    ctx.samples.open.push(sample);
     Answer::Later
 }
 
-/// Asks running guest `uuid`'s helper for the counters `groups` need; the
-/// questions out. A helper that cannot be asked is left out.
-fn ask(ctx: &Ctx, uuid: &Uuid, groups: u32) -> Vec<(Uuid, Pid, Kind)> {
+/// Asks running guest `uuid`'s helper, for round `round`, for the counters
+/// `groups` need; the questions out. A helper that cannot be asked is left
+/// out.
+fn ask(ctx: &mut Ctx, round: u64, uuid: &Uuid, groups: u32, deadline: Instant) -> Vec<(Uuid, Kind)> {
     let Ok(e) = ctx.domains.by_uuid(uuid) else { return Vec::new() };
-    let Some(running) = ctx.guests.get(uuid).filter(|_| e.id.is_some()) else { return Vec::new() };
-    if running.manageable(&e.def.name).is_err() {
+    if e.id.is_none() || !ctx.guests.contains_key(uuid) {
         return Vec::new();
     }
-    let mut out = Vec::new();
+    let mut wanted = Vec::new();
     if groups & group::BLOCK != 0 && !e.def.disks.is_empty() {
-        let out_already = super::blockinfo::asked(ctx, uuid, running.pid);
-        if out_already || running.channel.send(&HelperCommand::DiskStats, &[]).is_ok() {
-            out.push((*uuid, running.pid, Kind::Disks));
-        }
+        wanted.push(Question::DiskStats);
     }
-    if groups & group::INTERFACE != 0
-        && !e.def.interfaces.is_empty()
-        && running.channel.send(&HelperCommand::NetStats, &[]).is_ok()
-    {
-        out.push((*uuid, running.pid, Kind::Nics));
+    if groups & group::INTERFACE != 0 && !e.def.interfaces.is_empty() {
+        wanted.push(Question::NetStats);
     }
-    out
+    wanted
+        .into_iter()
+        .filter_map(|q| {
+            let kind = q.kind();
+            super::helper_asks::ask(ctx, uuid, q, Some(Waiter::Round(round)), deadline).ok().map(|()| (*uuid, kind))
+        })
+        .collect()
 }
 
 /// The records with the device groups added from the counters that came.
@@ -178,29 +185,33 @@ fn finish(ctx: &Ctx, sample: Sample) -> CallValue {
     CallValue::DomainStats(records)
 }
 
-/// Guest `uuid`'s helper `pid` reported `counters`: the bulk calls that
-/// now have everything they waited for, answered.
-pub fn arrived(ctx: &mut Ctx, uuid: &Uuid, pid: Pid, counters: &Counters) -> Vec<Reply> {
-    for s in ctx.samples.iter_mut() {
-        s.take(uuid, pid, counters);
-    }
+/// Guest `uuid`'s helper reported `counters` for round `round`: the round
+/// answered if that was all it waited for.
+pub fn arrived(ctx: &mut Ctx, round: u64, uuid: &Uuid, counters: Counters) -> Vec<Reply> {
+    let Some(s) = ctx.samples.open.iter_mut().find(|s| s.round == round) else { return Vec::new() };
+    s.take(uuid, &counters);
     settle(ctx, |s| s.waiting.is_empty())
 }
 
-/// The bulk calls whose deadline passed, or whose remaining helpers are
-/// gone (their guests stopped), answered with what came.
+/// Guest `uuid`'s helper will not report its counters of `kind` for round
+/// `round` (it ended, or skipped the question): the round answered if
+/// they were all it waited for.
+pub fn given_up(ctx: &mut Ctx, round: u64, uuid: &Uuid, kind: Kind) -> Vec<Reply> {
+    let Some(s) = ctx.samples.open.iter_mut().find(|s| s.round == round) else { return Vec::new() };
+    s.forget(uuid, kind);
+    settle(ctx, |s| s.waiting.is_empty())
+}
+
+/// The bulk calls whose deadline passed, answered with what came.
 pub fn overdue(ctx: &mut Ctx, now: Instant) -> Vec<Reply> {
-    let guests = &ctx.guests;
-    for s in ctx.samples.iter_mut() {
-        s.forget_gone(|u, pid| guests.get(u).is_some_and(|r| r.pid == pid));
-    }
     settle(ctx, |s| s.due(now))
 }
 
 /// Answers and forgets the bulk calls `done` picks.
 fn settle(ctx: &mut Ctx, done: impl Fn(&Sample) -> bool) -> Vec<Reply> {
-    let (finished, waiting): (Vec<Sample>, Vec<Sample>) = std::mem::take(&mut ctx.samples).into_iter().partition(done);
-    ctx.samples = waiting;
+    let (finished, waiting): (Vec<Sample>, Vec<Sample>) =
+        std::mem::take(&mut ctx.samples.open).into_iter().partition(done);
+    ctx.samples.open = waiting;
     finished
         .into_iter()
         .map(|s| {
@@ -213,7 +224,7 @@ fn settle(ctx: &mut Ctx, done: impl Fn(&Sample) -> bool) -> Vec<Reply> {
 
 /// The earliest deadline of a bulk call waiting for counters.
 pub fn next_deadline(ctx: &Ctx) -> Option<Instant> {
-    ctx.samples.iter().map(|s| s.deadline).min()
+    ctx.samples.open.iter().map(|s| s.deadline).min()
 }
 
 #[cfg(test)]
@@ -223,31 +234,30 @@ mod tests {
     #[test]
     fn a_call_waits_only_for_the_helpers_it_asked_and_never_past_its_deadline() {
         let (a, b) = (Uuid([1; 16]), Uuid([2; 16]));
-        let (pa, pb) = (Pid::from_raw(100), Pid::from_raw(200));
         let now = Instant::now();
         let mut s = Sample {
+            round: 1,
             conn: 1,
             reply_to: 2,
             groups: group::DEVICES,
             records: Vec::new(),
             disks: HashMap::new(),
             nics: HashMap::new(),
-            waiting: vec![(a, pa, Kind::Disks), (a, pa, Kind::Nics), (b, pb, Kind::Disks)],
+            waiting: vec![(a, Kind::Disks), (a, Kind::Nics), (b, Kind::Disks)],
             deadline: now + DEADLINE,
         };
         let disks =
             Counters::Disks(vec![DiskCounters { alias: "virtio-disk0".into(), rd_reqs: 3, ..Default::default() }]);
-        // Another helper of the same guest (restarted), or counters not asked for, are not taken.
-        assert!(!s.take(&a, Pid::from_raw(101), &disks));
-        assert!(!s.take(&b, pb, &Counters::Nics(Vec::new())));
-        assert!(s.take(&a, pa, &disks));
-        assert!(!s.take(&a, pa, &disks), "taken once");
+        // Counters not asked for are not taken.
+        assert!(!s.take(&b, &Counters::Nics(Vec::new())));
+        assert!(s.take(&a, &disks));
+        assert!(!s.take(&a, &disks), "taken once");
         assert_eq!(s.disks[&a][0].rd_reqs, 3);
-        assert!(s.take(&a, pa, &Counters::Nics(vec![NicCounters { alias: "net0".into(), ..Default::default() }])));
+        assert!(s.take(&a, &Counters::Nics(vec![NicCounters { alias: "net0".into(), ..Default::default() }])));
         assert!(!s.due(now), "b has not answered");
         assert!(s.due(now + DEADLINE), "but the deadline passes");
-        // A guest that stopped is not waited for.
-        s.forget_gone(|u, _| *u != b);
+        // A helper that will not answer (its guest stopped) is not waited for.
+        assert!(s.forget(&b, Kind::Disks));
         assert!(s.due(now));
         assert!(!s.disks.contains_key(&b));
     }

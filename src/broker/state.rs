@@ -16,16 +16,17 @@ pub struct Ctx {
     pub guests: Supervisor,
     /// Storage pools and volumes.
     pub storage: super::storage::Storage,
-    /// Disk counters asked of helpers, and the clients waiting for them.
-    pub disk_asks: std::collections::HashMap<Uuid, super::blockinfo::DiskAsk>,
+    /// The questions out to each running guest's helper, and who waits
+    /// for their answers.
+    pub helper_asks: super::helper_asks::Asks,
     /// The balloon figures running guests' helpers last reported.
     pub balloons: super::balloon::Balloons,
     /// Bulk statistics calls waiting for their guests' device counters.
     pub samples: super::sampling::Samples,
+    /// Replies that wait for a stopped guest's helper to exit.
+    pub exits: super::exits::Exits,
     /// Virtual networks.
     pub networks: super::networks::Networks,
-    /// Interface questions asked of helpers, and the clients waiting for them.
-    pub net_asks: std::collections::HashMap<Uuid, super::netinfo::NetAsks>,
 }
 
 impl Ctx {

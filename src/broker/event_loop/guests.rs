@@ -8,14 +8,15 @@ use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
+use nix::unistd::Pid;
 
 use super::{Broker, GuestFd};
 use crate::broker::guests::Protocol;
+use crate::broker::helper_asks::{self, Answer};
 use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
-use crate::broker::sampling::Counters;
 use crate::broker::supervisor::{Asker, Awaiting, Wait};
-use crate::broker::{blockinfo, call_audit, io_errors, netinfo, sampling};
+use crate::broker::{call_audit, io_errors};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
 use crate::privsep::{CallError, CallValue, ChannelError};
@@ -57,6 +58,8 @@ impl Broker {
                     }
                 }
             }
+            // Its guest stopped; only its exit is awaited (`exits.rs`).
+            GuestFd::Channel if self.setup.ctx.exits.is_stopping(pid) => {}
             GuestFd::Channel => loop {
                 let Some(running) = self.setup.ctx.guests.get(&uuid).filter(|r| r.pid == pid) else { return };
                 if let Protocol::Unmanageable(why) = &running.protocol {
@@ -76,7 +79,13 @@ impl Broker {
                     // Anything before the greeting is a protocol this daemon cannot read.
                     Ok(_) if awaiting => self.greeted(uuid, Err(ProtocolMismatch::Garbled)),
                     Ok((HelperEvent::Stopped { reason, detail }, _)) => {
-                        return self.guest_stopped(uuid, reason, &detail);
+                        // Its end waits for its exit: until then its open
+                        // files hold the guest's image locks.
+                        if let Some((_, _, reason, detail)) = self.setup.ctx.exits.after_stop(uuid, pid, reason, detail)
+                        {
+                            self.guest_stopped(uuid, reason, &detail);
+                        }
+                        return;
                     }
                     Ok((
                         event @ (HelperEvent::Started
@@ -86,21 +95,10 @@ impl Broker {
                         _,
                     )) => self.helper_answered(uuid, &event),
                     Ok((HelperEvent::DiskStats(counters), _)) => {
-                        let ctx = &mut self.setup.ctx;
-                        let mut replies = blockinfo::answered(ctx, &uuid, pid, &counters);
-                        replies.extend(sampling::arrived(ctx, &uuid, pid, &Counters::Disks(counters)));
-                        for (conn, id, value) in replies {
-                            self.answer_client(conn, id, value);
-                        }
+                        self.helper_reported(uuid, pid, Answer::Disks(counters))
                     }
-                    Ok((HelperEvent::NetStats(counters), _)) => {
-                        let ctx = &mut self.setup.ctx;
-                        let mut replies = netinfo::answered(ctx, &uuid, pid, &counters);
-                        replies.extend(sampling::arrived(ctx, &uuid, pid, &Counters::Nics(counters)));
-                        for (conn, id, value) in replies {
-                            self.answer_client(conn, id, value);
-                        }
-                    }
+                    Ok((HelperEvent::NetStats(counters), _)) => self.helper_reported(uuid, pid, Answer::Nics(counters)),
+                    Ok((HelperEvent::Balloon(figures), _)) => self.helper_reported(uuid, pid, Answer::Balloon(figures)),
                     Ok((HelperEvent::IoError { alias, detail }, _)) => {
                         io_errors::raise(&mut self.setup.ctx, &uuid, &alias, &detail);
                         self.flush_events();
@@ -108,9 +106,6 @@ impl Broker {
                     Ok((HelperEvent::RtcChange { offset_secs }, _)) => {
                         crate::broker::rtc::raise(&mut self.setup.ctx, &uuid, offset_secs);
                         self.flush_events();
-                    }
-                    Ok((HelperEvent::Balloon(figures), _)) => {
-                        crate::broker::balloon::answered(&mut self.setup.ctx, &uuid, pid, figures);
                     }
                     Ok(_) => {}
                     Err(ChannelError::WouldBlock) => return,
@@ -131,6 +126,14 @@ impl Broker {
                     }
                 }
             },
+        }
+    }
+
+    /// Guest `uuid`'s helper `pid` answered one of the questions out to it
+    /// (`helper_asks.rs`): whoever waited for it is answered.
+    fn helper_reported(&mut self, uuid: Uuid, pid: Pid, answer: Answer) {
+        for (conn, id, value) in helper_asks::answered(&mut self.setup.ctx, &uuid, pid, answer) {
+            self.answer_client(conn, id, value);
         }
     }
 
@@ -219,6 +222,14 @@ impl Broker {
             Ok(()) => Ok(CallValue::Unit),
         };
         match (&a.asker, &value) {
+            // A guest stopped for a graceful destroy: answered once its
+            // helper has exited and released its images (`exits.rs`).
+            (Asker::Client { conn, reply_to: Some(id), .. }, Ok(_)) if a.wait == Wait::Stopped => {
+                let reply = (*conn, *id, value);
+                if let Some((conn, id, value)) = self.setup.ctx.exits.after_exit(Pid::from_raw(a.pid), reply) {
+                    self.answer_client(conn, id, value);
+                }
+            }
             (Asker::Client { conn, reply_to: Some(id), .. }, _) => self.answer_client(*conn, *id, value),
             (Asker::Client { reply_to: None, .. }, _) => {}
             (Asker::Daemon(why), Err(e)) => log::error!("{why}: {e}"),
@@ -231,9 +242,7 @@ impl Broker {
     /// succeeded).
     pub(super) fn fail_awaiting(&mut self, give_up: impl Fn(&Awaiting) -> bool) {
         let now = Instant::now();
-        let mut replies = blockinfo::overdue(&mut self.setup.ctx, now);
-        replies.extend(sampling::overdue(&mut self.setup.ctx, now));
-        replies.extend(netinfo::overdue(&mut self.setup.ctx, now));
+        let replies = helper_asks::overdue(&mut self.setup.ctx, now);
         for (conn, id, value) in replies {
             self.answer_client(conn, id, value);
         }
@@ -254,6 +263,20 @@ impl Broker {
             .collect();
         for (uuid, seq, result) in ended {
             self.settle(uuid, |a| a.seq == seq, result);
+        }
+    }
+
+    /// Answers the destroys whose helper has exited, and ends the guests
+    /// whose helper has exited after reporting them stopped.
+    pub(super) fn settle_exits(&mut self, now: Instant) {
+        for (conn, id, value) in self.setup.ctx.exits.due(now) {
+            self.answer_client(conn, id, value);
+        }
+        for (uuid, pid, reason, detail) in self.setup.ctx.exits.stopped(now) {
+            // Unless it was destroyed meanwhile (and perhaps started again).
+            if self.setup.ctx.guests.get(&uuid).is_some_and(|r| r.pid == pid) {
+                self.guest_stopped(uuid, reason, &detail);
+            }
         }
     }
 
