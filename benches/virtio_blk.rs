@@ -91,10 +91,10 @@ impl Helper {
     fn start(kernel: &Path, disks: Vec<(DiskConfig, Vec<std::fs::File>)>) -> Helper {
         let spawned = libvirtd::broker::spawn_helper(Path::new(HELPER)).unwrap();
         let kvm = OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap());
+        let socket = kernel.with_file_name(format!("control-{}.ctl", spawned.pid));
         let kernel = OwnedFd::from(std::fs::File::open(kernel).unwrap());
         let (console, theirs) = UnixStream::pair().unwrap();
-        let (listener, _) = libvirtd::privsep::Channel::pair().unwrap();
-        let listener = listener.fd().try_clone_to_owned().unwrap();
+        let listener = control_listener(&socket);
         let layers: Vec<Vec<_>> = disks.iter().map(|(_, l)| l.iter().map(|f| f.as_fd()).collect()).collect();
         let fds = StartFds {
             kvm: kvm.as_fd(),
@@ -112,16 +112,17 @@ impl Helper {
         Helper { spawned, console, seen: String::new() }
     }
 
-    /// Mean time the image took per read and per write so far, in µs, from `DiskStats`.
-    fn backend_us(&self) -> (f64, f64) {
+    /// Mean time the image took per read and per write so far, in µs, and
+    /// the time it took for both in all, in ns, from `DiskStats`.
+    fn backend_us(&self) -> (f64, f64, u64) {
         self.spawned.channel.send(&HelperCommand::DiskStats, &[]).unwrap();
         loop {
             let (e, _) = self.spawned.channel.recv_blocking::<HelperEvent>(10_000, HelperEvent::fd_count).unwrap();
             if let HelperEvent::DiskStats(d) = e {
                 let mean = |ns: u64, n: u64| ns as f64 / n.max(1) as f64 / 1000.0;
-                return d
-                    .first()
-                    .map_or((0.0, 0.0), |d| (mean(d.rd_total_ns, d.rd_reqs), mean(d.wr_total_ns, d.wr_reqs)));
+                return d.first().map_or((0.0, 0.0, 0), |d| {
+                    (mean(d.rd_total_ns, d.rd_reqs), mean(d.wr_total_ns, d.wr_reqs), d.rd_total_ns + d.wr_total_ns)
+                });
             }
         }
     }
@@ -136,6 +137,19 @@ impl Helper {
             }
         }
     }
+}
+
+/// A listening socket, as the broker gives each helper: a socket that is
+/// not listening (one end of a pair, say) fails every accept while epoll
+/// keeps reporting it ready, and the helper's control thread would spin on
+/// it, taking a core from the guest under test.
+fn control_listener(path: &Path) -> OwnedFd {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+    let _ = std::fs::remove_file(path);
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
+    listen(&fd, Backlog::new(4).unwrap()).unwrap();
+    fd
 }
 
 impl Drop for Helper {
@@ -249,9 +263,16 @@ fn qemu() -> Command {
 
 /// Writes the image and makes it durable: a page still under writeback
 /// makes a later write to it wait, which would measure the host's disk.
+/// Written 4 KiB at a time, so that the page cache holds each copy in
+/// 4 KiB folios, both alike: written at once, ext4 caches a file in large
+/// folios when memory lets it, and a 4 KiB write into a 2 MiB folio walks
+/// its 512 buffer heads (about 12 µs here against 3), so whichever copy
+/// happened to get large folios had the slow writes.
 fn write_synced(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(bytes).unwrap();
+    for page in bytes.chunks(4096) {
+        f.write_all(page).unwrap();
+    }
     f.sync_all().unwrap();
 }
 
@@ -273,7 +294,7 @@ fn identify(console: &mut dyn Console, boot: &str) -> (String, String) {
 
 /// One `blkbench` on `console`: prints and returns its IOPS and the
 /// MSI-X interrupts the guest took meanwhile.
-fn guest_bench(label: &str, console: &mut dyn Console) -> (f64, u64) {
+fn guest_bench(label: &str, console: &mut dyn Console) -> (f64, u64, Duration) {
     let irqs = |console: &mut dyn Console| -> u64 {
         let (line, _) = console.run("irqs", "IRQS=");
         line.trim_start_matches("IRQS=").parse().unwrap_or(0)
@@ -283,7 +304,7 @@ fn guest_bench(label: &str, console: &mut dyn Console) -> (f64, u64) {
     let iops = f64::from(2 * N) / took.as_secs_f64();
     let taken = irqs(console).saturating_sub(before);
     println!("{label}: {line}; {iops:.0} IOPS (4 KiB, half read half write, wall clock); {taken} MSI-X interrupts");
-    (iops, taken)
+    (iops, taken, took)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -293,8 +314,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Rounds of the guest benchmark, ours and QEMU's taking turns: the load
 /// other processes put on the machine changes from second to second, and
-/// turns spread it over both.
-const ROUNDS: usize = 3;
+/// turns spread it over both. A run takes under a second, and on a shared
+/// machine one run of each can differ by half: seven make the median steadier.
+const ROUNDS: usize = 7;
 
 fn main() {
     // `cargo test --all-targets` runs this binary too, without `--bench`:
@@ -349,14 +371,22 @@ fn main() {
     }
     let (mut our_iops, mut their_iops) = (Vec::new(), Vec::new());
     let (mut our_irqs, mut their_irqs) = (0, 0);
+    let mut busy_before = ours.backend_us().2;
     for round in 1..=ROUNDS {
-        let (iops, irqs) = guest_bench(&format!("round {round}, helper"), &mut ours);
-        let (rd, wr) = ours.backend_us();
-        println!("  helper's image so far: {rd:.1} µs a read, {wr:.1} µs a write (mean)");
+        let (iops, irqs, took) = guest_bench(&format!("round {round}, helper"), &mut ours);
+        let (rd, wr, busy) = ours.backend_us();
+        // How much of the run the I/O thread spent in the image: the most a
+        // faster (or parallel) backend could take off the guest's wall clock.
+        let share = (busy - busy_before) as f64 / took.as_nanos().max(1) as f64 * 100.0;
+        busy_before = busy;
+        println!(
+            "  helper's image so far: {rd:.1} µs a read, {wr:.1} µs a write (mean); \
+             the I/O thread was in the image {share:.0}% of this run"
+        );
         our_iops.push(iops);
         our_irqs += irqs;
         if let Some((q, accel)) = theirs.as_mut() {
-            let (iops, irqs) = guest_bench(&format!("round {round}, QEMU -accel {accel}"), q);
+            let (iops, irqs, _) = guest_bench(&format!("round {round}, QEMU -accel {accel}"), q);
             their_iops.push(iops);
             their_irqs += irqs;
         }
@@ -398,7 +428,7 @@ fn main() {
         let top = std::fs::OpenOptions::new().read(true).write(true).open(&overlay).unwrap();
         let mut q = Helper::start(&kernel, vec![(config, vec![top, std::fs::File::open(&disk).unwrap()])]);
         q.wait_for("> ", Duration::from_secs(60));
-        let (iops, _) = guest_bench("helper, qcow2 over raw", &mut q);
+        let (iops, _, _) = guest_bench("helper, qcow2 over raw", &mut q);
         let rss_disk = q.rss_kib();
         println!(
             "helper, qcow2 over raw: {iops:.0} IOPS; peak RSS {} KiB vs {} KiB with no disk: +{} KiB for the disk",
