@@ -45,9 +45,12 @@ impl Run {
         let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap();
         let kernel = std::fs::File::open(image).unwrap();
         let (console, theirs) = UnixStream::pair().unwrap();
-        // The control listener a restarted broker would reconnect on; unused here.
-        let (listener, _) = libvirtd::privsep::Channel::pair().unwrap();
-        let listener = listener.fd().try_clone_to_owned().unwrap();
+        // The control listener a restarted broker would reconnect on; unused
+        // here, but a real one: the helper watches it.
+        let path = std::env::temp_dir().join(format!("libvirtd-bench-boot-{}.ctl", std::process::id()));
+        let listener = common::helper_guest::control_listener(&path);
+        // The helper keeps the socket, not its name.
+        let _ = std::fs::remove_file(&path);
         let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));
         let fds = StartFds {
             kvm: kvm.as_fd(),

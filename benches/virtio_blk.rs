@@ -94,7 +94,7 @@ impl Helper {
         let socket = kernel.with_file_name(format!("control-{}.ctl", spawned.pid));
         let kernel = OwnedFd::from(std::fs::File::open(kernel).unwrap());
         let (console, theirs) = UnixStream::pair().unwrap();
-        let listener = control_listener(&socket);
+        let listener = common::helper_guest::control_listener(&socket);
         let layers: Vec<Vec<_>> = disks.iter().map(|(_, l)| l.iter().map(|f| f.as_fd()).collect()).collect();
         let fds = StartFds {
             kvm: kvm.as_fd(),
@@ -137,19 +137,6 @@ impl Helper {
             }
         }
     }
-}
-
-/// A listening socket, as the broker gives each helper: a socket that is
-/// not listening (one end of a pair, say) fails every accept while epoll
-/// keeps reporting it ready, and the helper's control thread would spin on
-/// it, taking a core from the guest under test.
-fn control_listener(path: &Path) -> OwnedFd {
-    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
-    let _ = std::fs::remove_file(path);
-    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
-    listen(&fd, Backlog::new(4).unwrap()).unwrap();
-    fd
 }
 
 impl Drop for Helper {

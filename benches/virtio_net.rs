@@ -225,5 +225,7 @@ fn host_side() {
     receive(&mem, tap, &ns);
 }
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "virtio_net/guest.rs"]
 mod guest;

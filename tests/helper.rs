@@ -92,7 +92,7 @@ impl Guest {
         };
         console_tweak(&theirs);
         let (kvm, kernel, theirs) = (OwnedFd::from(kvm), OwnedFd::from(kernel), OwnedFd::from(theirs));
-        let listener = control_listener(&control_path);
+        let listener = common::helper_guest::control_listener(&control_path);
         let initrd = initrd.map(|p| OwnedFd::from(std::fs::File::open(p).unwrap()));
         use std::os::fd::AsFd;
         let fds = StartFds {
@@ -389,15 +389,6 @@ fn the_guest_outlives_its_console_hanging_up() {
     assert!(!stats(&g).paused, "the helper stopped answering");
     g.channel.send(&HelperCommand::Stop, &[]).unwrap();
     assert!(matches!(g.event(Duration::from_secs(10)), HelperEvent::Stopped { reason: StopReason::Destroyed, .. }));
-}
-
-/// A listening seqpacket socket at `path`, as the broker binds for each guest.
-fn control_listener(path: &Path) -> OwnedFd {
-    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
-    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
-    listen(&fd, Backlog::new(4).unwrap()).unwrap();
-    fd
 }
 
 /// Connects to a helper's control socket as a restarted broker would,

@@ -77,7 +77,7 @@ impl Guest {
         let kernel = OwnedFd::from(std::fs::File::open(guest().join("pvh.elf")).unwrap());
         let (console, theirs) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let listener = control_listener(&dir.path().join("guest.ctl"));
+        let listener = common::helper_guest::control_listener(&dir.path().join("guest.ctl"));
         let id = libvirtd::config::SANDBOX_ID_BASE + 9;
         let ids = common::is_root().then_some((id, id));
         let config = GuestConfig {
@@ -155,14 +155,6 @@ impl Drop for Guest {
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(self.pid, None);
     }
-}
-
-fn control_listener(path: &Path) -> OwnedFd {
-    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
-    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path).unwrap()).unwrap();
-    listen(&fd, Backlog::new(4).unwrap()).unwrap();
-    fd
 }
 
 /// A raw image of `sectors` sectors holding `pattern(sectors, seed)`.
@@ -405,7 +397,7 @@ fn a_disk_without_its_layers_is_refused_at_start() {
     let kvm = OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap());
     let kernel = OwnedFd::from(std::fs::File::open(guest().join("pvh.elf")).unwrap());
     let (_console, theirs) = UnixStream::pair().unwrap();
-    let listener = control_listener(&dir.path().join("c.ctl"));
+    let listener = common::helper_guest::control_listener(&dir.path().join("c.ctl"));
     let config = GuestConfig { disks: vec![disk.config.clone()], ..GuestConfig::test(32) };
     let layers = vec![disk.layers.iter().map(|f| f.as_fd()).collect::<Vec<_>>()];
     let fds = StartFds {

@@ -164,14 +164,6 @@ fn nic(alias: &str, slot: u8) -> NicConfig {
     NicConfig { alias: alias.into(), mac: GUEST_MAC, pci_slot: slot, link_up: true, mtu: None }
 }
 
-fn control_listener(path: &Path) -> OwnedFd {
-    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
-    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    bind(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-    listen(&fd, Backlog::new(4).unwrap()).unwrap();
-    fd
-}
-
 /// A helper running the test guest, its console and control channel.
 struct Guest {
     pid: nix::unistd::Pid,
@@ -196,7 +188,7 @@ impl Guest {
         let kernel = OwnedFd::from(std::fs::File::open(guest().join("pvh.elf")).unwrap());
         let (console, theirs) = UnixStream::pair().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let listener = control_listener(&dir.path().join("guest.ctl"));
+        let listener = common::helper_guest::control_listener(&dir.path().join("guest.ctl"));
         let id = libvirtd::config::SANDBOX_ID_BASE + 11;
         let config = GuestConfig { cmdline: cmdline.into(), ids: Some((id, id)), nics, ..GuestConfig::test(32) };
         let fds = StartFds {

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::UdpSocket;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -160,16 +160,8 @@ fn ours(ns: &Netns, kernel: &Path, dir: &Path) -> (Vmm, Console) {
     let kvm = OwnedFd::from(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").unwrap());
     let kernel = OwnedFd::from(std::fs::File::open(kernel).unwrap());
     let (console, theirs) = UnixStream::pair().unwrap();
-    let listener = {
-        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
-        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
-        let path = dir.join("guest.ctl");
-        // The last round's.
-        let _ = std::fs::remove_file(&path);
-        bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
-        listen(&fd, Backlog::new(4).unwrap()).unwrap();
-        fd
-    };
+    // The last round's socket is replaced.
+    let listener = super::common::helper_guest::control_listener(&dir.join("guest.ctl"));
     let id = libvirtd::config::SANDBOX_ID_BASE + 21;
     let nic = NicConfig { alias: "net0".into(), mac: GUEST_MAC, pci_slot: 3, link_up: true, mtu: None };
     let config = GuestConfig {
