@@ -943,9 +943,14 @@ bln_nq:      .long 0
 /* ---------------- virtio-net and a tiny IPv4 stack (issue 16) ----------
  * At boot (after the BLK lines) each virtio-net function (1af4:1041, or
  * a transitional 1af4:1000 through its modern interface) in PCI order
- * becomes ethN: VERSION_1, MAC and STATUS (when offered), one
+ * becomes ethN: VERSION_1, MAC, STATUS and EVENT_IDX (when offered), one
  * RX queue (queue 0, VQ_SIZE buffers of 2 KiB posted) and one TX queue
  * (queue 1); every frame carries the 12-byte virtio_net_hdr_v1, zeroed.
+ * With EVENT_IDX a queue is notified only when the device asked for it
+ * (avail_event: it waits at the index before the new chain), TX
+ * completions are polled with no interrupt asked for (used_event stays
+ * 0), and an RX interrupt is asked for (used_event = the next used entry,
+ * then one more look at used.idx) only before the shell sleeps.
  * Its address is `ip=A.B.C.D/NN` from the command line for eth0, else
  * DHCP (DISCOVER/OFFER/REQUEST/ACK, by the TSC: six DISCOVERs waiting
  * 2, 4, ... 64 WAIT_TSC, as a bridge with STP forwards a new port only
@@ -1002,6 +1007,9 @@ bln_nq:      .long 0
         .set N_RXAV, V_SIZE + 24        /* 16-bit available indexes, last used seen */
         .set N_RXLAST, V_SIZE + 26
         .set N_TXAV, V_SIZE + 28
+        .set N_EVIDX, V_SIZE + 30       /* EVENT_IDX negotiated (byte) */
+        .set NQ_USED_EVENT, 0x114       /* in a queue page: after avail.ring[VQ_SIZE] */
+        .set NQ_AVAIL_EVENT, 0x244      /* after used.ring[VQ_SIZE] */
         .set N_MAC, V_SIZE + 32         /* 6 bytes */
         .set N_IP, V_SIZE + 40          /* addresses in network byte order */
         .set N_MASK, V_SIZE + 44
@@ -1070,10 +1078,12 @@ net_probe:
         movl %r12d, %edi
         call vpci_caps
         jc 9f
-        movl $0x10020, %eax             /* STATUS (16), MAC (5) */
+        movl $0x20010020, %eax          /* EVENT_IDX (29), STATUS (16), MAC (5) */
         call vpci_start
         jc 9f
         movl %eax, %r8d
+        testl $0x20000000, %eax
+        setnz N_EVIDX(%rbx)
         /* The MAC: the device's, or 52:54:00:12:34:(56+n) without one. */
         movl $0x12005452, N_MAC(%rbx)
         movl net_count(%rip), %eax
@@ -1349,10 +1359,12 @@ net_poll:
         pushq %r11
         pushq %r12
         call virtio_isr_clear           /* before the rings: no lost wake-up */
+        movb $0, net_more(%rip)
         xorl %r12d, %r12d
 2:      movl %r12d, %eax
         call net_rec
         call net_rx
+        call net_rx_arm
         incl %r12d
         cmpl net_count(%rip), %r12d
         jb 2b
@@ -1402,13 +1414,34 @@ net_rx:
         jmp 3f
 2:      incq N_DROP(%rbx)
 3:      movl %r12d, %edx
-        call net_rx_post
-        movq N_RXNOT(%rbx), %rax
+        call net_rx_post                /* eax: the new available index */
+        cmpb $0, N_EVIDX(%rbx)
+        je 4f
+        decl %eax                       /* kick only if the device waits at */
+        cmpw NQ_AVAIL_EVENT(%rdi), %ax  /* the index before this buffer */
+        jne 1b
+4:      movq N_RXNOT(%rbx), %rax
         movw $0, (%rax)
         jmp 1b
 9:      popq %r13
         popq %r12
         ret
+
+/* net_rx_arm: with EVENT_IDX, asks NIC rbx's device for an interrupt at
+   the next frame it receives (used_event = the next used entry), then
+   looks at the used index once more: a frame used before the device saw
+   the request raised none, so net_more tells getc not to sleep. */
+net_rx_arm:
+        cmpb $0, N_EVIDX(%rbx)
+        je 9f
+        movq N_RXQ(%rbx), %rdi
+        movzwl N_RXLAST(%rbx), %eax
+        movw %ax, NQ_USED_EVENT(%rdi)
+        mfence                          /* before reading the device's side */
+        cmpw 0x202(%rdi), %ax           /* used.idx */
+        je 9f
+        movb $1, net_more(%rip)
+9:      ret
 
 /* net_frame: one Ethernet frame at rsi of ecx bytes (at least 14) on NIC
    rbx. Anything malformed or not for us is dropped (counted). */
@@ -1662,10 +1695,15 @@ net_tx:
         movzwl 0x202(%rdi), %r9d        /* used.idx before */
         xorl %edx, %edx
         leaq N_TXAV(%rbx), %r8
-        call vq_push
-        movq N_TXNOT(%rbx), %rax
+        call vq_push                    /* eax: the new available index */
+        cmpb $0, N_EVIDX(%rbx)
+        je 4f
+        decl %eax                       /* kick only if the device waits at */
+        cmpw NQ_AVAIL_EVENT(%rdi), %ax  /* the index before this frame (its */
+        jne 5f                          /* used_event stays 0: no interrupts) */
+4:      movq N_TXNOT(%rbx), %rax
         movw $1, (%rax)
-        incq N_TX(%rbx)
+5:      incq N_TX(%rbx)
         call tsc
         leaq WAIT_TSC(%rax), %r8
 1:      cmpw 0x202(%rdi), %r9w
@@ -2484,6 +2522,8 @@ net_table:   .fill N_STRIDE * MAX_NET, 1, 0
 net_cmdline: .quad 0
 net_count:   .long 0
 net_spin:    .long 0
+net_more:    .byte 0
+        .align 4
 net_udp_got: .long 0
 net_dport:   .word 0
         .align 4
@@ -2663,6 +2703,8 @@ getc:
         testb $1, %al
         jnz 24f
         cmpl $0, net_spin(%rip)         /* a NIC without an interrupt line */
+        jne 28f
+        cmpb $0, net_more(%rip)         /* frames used after the last look */
         jne 28f
         sti
         hlt                             /* sti's shadow: no lost wake-up */
