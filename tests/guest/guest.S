@@ -1114,12 +1114,12 @@ net_probe:
         movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
         /* Every RX buffer posted: descriptor i -> buffer i. */
         xorl %edx, %edx
-2:      call net_rx_post
+2:      call net_rx_desc
+        call net_rx_post
         incl %edx
         cmpl $VQ_SIZE, %edx
         jb 2b
-        movq N_RXNOT(%rbx), %rax
-        movw $0, (%rax)
+        call net_rx_publish
         incl net_count(%rip)
         /* Its address: ip= (eth0 only), else DHCP. */
         cmpl $1, net_count(%rip)        /* eth0? */
@@ -1148,11 +1148,10 @@ net_probe:
 6:      call newline
 9:      ret
 
-/* net_rx_post: (re)posts RX buffer edx of NIC rbx, without notifying. */
-net_rx_post:
-        pushq %rdx
+/* net_rx_desc: descriptor edx of NIC rbx's RX queue -> RX buffer edx
+   (written once: the device never changes a descriptor). */
+net_rx_desc:
         pushq %rcx
-        pushq %r8
         movq N_RXQ(%rbx), %rdi
         movl %edx, %eax
         shll $11, %eax                  /* RXBUF_LEN */
@@ -1163,11 +1162,49 @@ net_rx_post:
         movl $RXBUF_LEN, 8(%rdi,%rcx)
         movw $2, 12(%rdi,%rcx)          /* device-writable */
         movw $0, 14(%rdi,%rcx)
-        leaq N_RXAV(%rbx), %r8
-        call vq_push
-        popq %r8
         popq %rcx
-        popq %rdx
+        ret
+
+/* net_rx_post: (re)posts RX buffer edx of NIC rbx in its available ring,
+   not yet published (net_rx_publish). Clobbers rax, rdi. */
+net_rx_post:
+        pushq %rcx
+        movq N_RXQ(%rbx), %rdi
+        movzwl N_RXAV(%rbx), %eax
+        movl %eax, %ecx
+        andl $VQ_SIZE - 1, %ecx
+        movw %dx, 0x104(%rdi,%rcx,2)    /* avail.ring[idx] = descriptor edx */
+        incl %eax
+        movw %ax, N_RXAV(%rbx)
+        popq %rcx
+        ret
+
+/* net_rx_publish: makes NIC rbx's posted RX buffers available (avail.idx
+   = N_RXAV), one notification for all of them if the device asked
+   (EVENT_IDX: avail_event in [old, new), vring_need_event; else always).
+   Clobbers rax, rdi. */
+net_rx_publish:
+        pushq %rcx
+        pushq %rdx
+        movq N_RXQ(%rbx), %rdi
+        movzwl 0x102(%rdi), %ecx        /* old avail.idx */
+        movzwl N_RXAV(%rbx), %eax
+        cmpw %cx, %ax
+        je 9f
+        movw %ax, 0x102(%rdi)           /* after the entries (x86 keeps stores in order) */
+        mfence                          /* before reading the device's side */
+        cmpb $0, N_EVIDX(%rbx)
+        je 8f
+        movl %eax, %edx
+        subw NQ_AVAIL_EVENT(%rdi), %dx
+        decw %dx                        /* new - avail_event - 1 */
+        subw %cx, %ax                   /* new - old */
+        cmpw %ax, %dx
+        jae 9f
+8:      movq N_RXNOT(%rbx), %rax
+        movw $0, (%rax)
+9:      popq %rdx
+        popq %rcx
         ret
 
 /* net_static: eth0's address from "ip=A.B.C.D/NN" (at the start of the
@@ -1382,7 +1419,7 @@ net_poll:
         ret
 
 /* net_rx: handles the used RX buffers of NIC rbx (at most 4 * VQ_SIZE a
-   call), reposting each. */
+   call), reposting them together at the end: one notification at most. */
 net_rx:
         pushq %r12
         pushq %r13
@@ -1414,16 +1451,10 @@ net_rx:
         jmp 3f
 2:      incq N_DROP(%rbx)
 3:      movl %r12d, %edx
-        call net_rx_post                /* eax: the new available index */
-        cmpb $0, N_EVIDX(%rbx)
-        je 4f
-        decl %eax                       /* kick only if the device waits at */
-        cmpw NQ_AVAIL_EVENT(%rdi), %ax  /* the index before this buffer */
-        jne 1b
-4:      movq N_RXNOT(%rbx), %rax
-        movw $0, (%rax)
+        call net_rx_post
         jmp 1b
-9:      popq %r13
+9:      call net_rx_publish             /* the batch's buffers back at once */
+        popq %r13
         popq %r12
         ret
 
