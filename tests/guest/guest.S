@@ -943,9 +943,14 @@ bln_nq:      .long 0
 /* ---------------- virtio-net and a tiny IPv4 stack (issue 16) ----------
  * At boot (after the BLK lines) each virtio-net function (1af4:1041, or
  * a transitional 1af4:1000 through its modern interface) in PCI order
- * becomes ethN: VERSION_1, MAC and STATUS (when offered), one
+ * becomes ethN: VERSION_1, MAC, STATUS and EVENT_IDX (when offered), one
  * RX queue (queue 0, VQ_SIZE buffers of 2 KiB posted) and one TX queue
  * (queue 1); every frame carries the 12-byte virtio_net_hdr_v1, zeroed.
+ * With EVENT_IDX a queue is notified only when the device asked for it
+ * (avail_event: it waits at the index before the new chain), TX
+ * completions are polled with no interrupt asked for (used_event stays
+ * 0), and an RX interrupt is asked for (used_event = the next used entry,
+ * then one more look at used.idx) only before the shell sleeps.
  * Its address is `ip=A.B.C.D/NN` from the command line for eth0, else
  * DHCP (DISCOVER/OFFER/REQUEST/ACK, by the TSC: six DISCOVERs waiting
  * 2, 4, ... 64 WAIT_TSC, as a bridge with STP forwards a new port only
@@ -1002,6 +1007,9 @@ bln_nq:      .long 0
         .set N_RXAV, V_SIZE + 24        /* 16-bit available indexes, last used seen */
         .set N_RXLAST, V_SIZE + 26
         .set N_TXAV, V_SIZE + 28
+        .set N_EVIDX, V_SIZE + 30       /* EVENT_IDX negotiated (byte) */
+        .set NQ_USED_EVENT, 0x114       /* in a queue page: after avail.ring[VQ_SIZE] */
+        .set NQ_AVAIL_EVENT, 0x244      /* after used.ring[VQ_SIZE] */
         .set N_MAC, V_SIZE + 32         /* 6 bytes */
         .set N_IP, V_SIZE + 40          /* addresses in network byte order */
         .set N_MASK, V_SIZE + 44
@@ -1070,10 +1078,12 @@ net_probe:
         movl %r12d, %edi
         call vpci_caps
         jc 9f
-        movl $0x10020, %eax             /* STATUS (16), MAC (5) */
+        movl $0x20010020, %eax          /* EVENT_IDX (29), STATUS (16), MAC (5) */
         call vpci_start
         jc 9f
         movl %eax, %r8d
+        testl $0x20000000, %eax
+        setnz N_EVIDX(%rbx)
         /* The MAC: the device's, or 52:54:00:12:34:(56+n) without one. */
         movl $0x12005452, N_MAC(%rbx)
         movl net_count(%rip), %eax
@@ -1104,12 +1114,12 @@ net_probe:
         movb $0x0f, 0x14(%rdi)          /* DRIVER_OK */
         /* Every RX buffer posted: descriptor i -> buffer i. */
         xorl %edx, %edx
-2:      call net_rx_post
+2:      call net_rx_desc
+        call net_rx_post
         incl %edx
         cmpl $VQ_SIZE, %edx
         jb 2b
-        movq N_RXNOT(%rbx), %rax
-        movw $0, (%rax)
+        call net_rx_publish
         incl net_count(%rip)
         /* Its address: ip= (eth0 only), else DHCP. */
         cmpl $1, net_count(%rip)        /* eth0? */
@@ -1138,11 +1148,10 @@ net_probe:
 6:      call newline
 9:      ret
 
-/* net_rx_post: (re)posts RX buffer edx of NIC rbx, without notifying. */
-net_rx_post:
-        pushq %rdx
+/* net_rx_desc: descriptor edx of NIC rbx's RX queue -> RX buffer edx
+   (written once: the device never changes a descriptor). */
+net_rx_desc:
         pushq %rcx
-        pushq %r8
         movq N_RXQ(%rbx), %rdi
         movl %edx, %eax
         shll $11, %eax                  /* RXBUF_LEN */
@@ -1153,11 +1162,49 @@ net_rx_post:
         movl $RXBUF_LEN, 8(%rdi,%rcx)
         movw $2, 12(%rdi,%rcx)          /* device-writable */
         movw $0, 14(%rdi,%rcx)
-        leaq N_RXAV(%rbx), %r8
-        call vq_push
-        popq %r8
         popq %rcx
-        popq %rdx
+        ret
+
+/* net_rx_post: (re)posts RX buffer edx of NIC rbx in its available ring,
+   not yet published (net_rx_publish). Clobbers rax, rdi. */
+net_rx_post:
+        pushq %rcx
+        movq N_RXQ(%rbx), %rdi
+        movzwl N_RXAV(%rbx), %eax
+        movl %eax, %ecx
+        andl $VQ_SIZE - 1, %ecx
+        movw %dx, 0x104(%rdi,%rcx,2)    /* avail.ring[idx] = descriptor edx */
+        incl %eax
+        movw %ax, N_RXAV(%rbx)
+        popq %rcx
+        ret
+
+/* net_rx_publish: makes NIC rbx's posted RX buffers available (avail.idx
+   = N_RXAV), one notification for all of them if the device asked
+   (EVENT_IDX: avail_event in [old, new), vring_need_event; else always).
+   Clobbers rax, rdi. */
+net_rx_publish:
+        pushq %rcx
+        pushq %rdx
+        movq N_RXQ(%rbx), %rdi
+        movzwl 0x102(%rdi), %ecx        /* old avail.idx */
+        movzwl N_RXAV(%rbx), %eax
+        cmpw %cx, %ax
+        je 9f
+        movw %ax, 0x102(%rdi)           /* after the entries (x86 keeps stores in order) */
+        mfence                          /* before reading the device's side */
+        cmpb $0, N_EVIDX(%rbx)
+        je 8f
+        movl %eax, %edx
+        subw NQ_AVAIL_EVENT(%rdi), %dx
+        decw %dx                        /* new - avail_event - 1 */
+        subw %cx, %ax                   /* new - old */
+        cmpw %ax, %dx
+        jae 9f
+8:      movq N_RXNOT(%rbx), %rax
+        movw $0, (%rax)
+9:      popq %rdx
+        popq %rcx
         ret
 
 /* net_static: eth0's address from "ip=A.B.C.D/NN" (at the start of the
@@ -1349,10 +1396,12 @@ net_poll:
         pushq %r11
         pushq %r12
         call virtio_isr_clear           /* before the rings: no lost wake-up */
+        movb $0, net_more(%rip)
         xorl %r12d, %r12d
 2:      movl %r12d, %eax
         call net_rec
         call net_rx
+        call net_rx_arm
         incl %r12d
         cmpl net_count(%rip), %r12d
         jb 2b
@@ -1370,7 +1419,7 @@ net_poll:
         ret
 
 /* net_rx: handles the used RX buffers of NIC rbx (at most 4 * VQ_SIZE a
-   call), reposting each. */
+   call), reposting them together at the end: one notification at most. */
 net_rx:
         pushq %r12
         pushq %r13
@@ -1403,12 +1452,27 @@ net_rx:
 2:      incq N_DROP(%rbx)
 3:      movl %r12d, %edx
         call net_rx_post
-        movq N_RXNOT(%rbx), %rax
-        movw $0, (%rax)
         jmp 1b
-9:      popq %r13
+9:      call net_rx_publish             /* the batch's buffers back at once */
+        popq %r13
         popq %r12
         ret
+
+/* net_rx_arm: with EVENT_IDX, asks NIC rbx's device for an interrupt at
+   the next frame it receives (used_event = the next used entry), then
+   looks at the used index once more: a frame used before the device saw
+   the request raised none, so net_more tells getc not to sleep. */
+net_rx_arm:
+        cmpb $0, N_EVIDX(%rbx)
+        je 9f
+        movq N_RXQ(%rbx), %rdi
+        movzwl N_RXLAST(%rbx), %eax
+        movw %ax, NQ_USED_EVENT(%rdi)
+        mfence                          /* before reading the device's side */
+        cmpw 0x202(%rdi), %ax           /* used.idx */
+        je 9f
+        movb $1, net_more(%rip)
+9:      ret
 
 /* net_frame: one Ethernet frame at rsi of ecx bytes (at least 14) on NIC
    rbx. Anything malformed or not for us is dropped (counted). */
@@ -1662,10 +1726,15 @@ net_tx:
         movzwl 0x202(%rdi), %r9d        /* used.idx before */
         xorl %edx, %edx
         leaq N_TXAV(%rbx), %r8
-        call vq_push
-        movq N_TXNOT(%rbx), %rax
+        call vq_push                    /* eax: the new available index */
+        cmpb $0, N_EVIDX(%rbx)
+        je 4f
+        decl %eax                       /* kick only if the device waits at */
+        cmpw NQ_AVAIL_EVENT(%rdi), %ax  /* the index before this frame (its */
+        jne 5f                          /* used_event stays 0: no interrupts) */
+4:      movq N_TXNOT(%rbx), %rax
         movw $1, (%rax)
-        incq N_TX(%rbx)
+5:      incq N_TX(%rbx)
         call tsc
         leaq WAIT_TSC(%rax), %r8
 1:      cmpw 0x202(%rdi), %r9w
@@ -2484,6 +2553,8 @@ net_table:   .fill N_STRIDE * MAX_NET, 1, 0
 net_cmdline: .quad 0
 net_count:   .long 0
 net_spin:    .long 0
+net_more:    .byte 0
+        .align 4
 net_udp_got: .long 0
 net_dport:   .word 0
         .align 4
@@ -2663,6 +2734,8 @@ getc:
         testb $1, %al
         jnz 24f
         cmpl $0, net_spin(%rip)         /* a NIC without an interrupt line */
+        jne 28f
+        cmpb $0, net_more(%rip)         /* frames used after the last look */
         jne 28f
         sti
         hlt                             /* sti's shadow: no lost wake-up */

@@ -53,6 +53,10 @@ const PCI_CFG_DATA: usize = 16;
 /// The PCI vendor capability id virtio uses.
 const CAP_VENDOR: u8 = 0x09;
 
+/// ISR status bits (virtio 1.2, 4.1.4.5): a queue was used, the configuration changed.
+const ISR_QUEUE: u8 = 1;
+const ISR_CONFIG: u8 = 2;
+
 /// The transport's interrupt side, shared with the device's thread.
 struct Interrupt {
     isr: AtomicU8,
@@ -67,8 +71,19 @@ impl Interrupt {
     /// A configuration-change interrupt: the config vector under MSI-X,
     /// else INTx; either way ISR bit 1 says so.
     fn raise_config(&self) {
-        self.isr.fetch_or(2, Ordering::SeqCst);
+        let old = self.isr.fetch_or(ISR_CONFIG, Ordering::SeqCst);
         if !self.msix.signal(self.config_vector.load(Ordering::SeqCst)) {
+            self.raise_line(old, ISR_CONFIG);
+        }
+    }
+
+    /// Pulses INTx for `bit` newly set in the ISR (`old` before it was).
+    /// A bit already set has had its edge and the driver has not yet read
+    /// the ISR (which clears it): that read will see this cause too, so a
+    /// second pulse would only cost the guest another interrupt. This is
+    /// what QEMU's level line does (high while the ISR is not 0).
+    fn raise_line(&self, old: u8, bit: u8) {
+        if old & bit == 0 {
             self.line.raise();
         }
     }
@@ -85,8 +100,8 @@ impl VirtioInterrupt for Interrupt {
     fn queue(&self, index: u16) {
         let vector = self.queue_vectors.get(usize::from(index)).map_or(NO_VECTOR, |v| v.load(Ordering::SeqCst));
         if !self.msix.signal(vector) {
-            self.isr.fetch_or(1, Ordering::SeqCst);
-            self.line.raise();
+            let old = self.isr.fetch_or(ISR_QUEUE, Ordering::SeqCst);
+            self.raise_line(old, ISR_QUEUE);
         }
     }
     fn broken(&self) {
@@ -882,6 +897,22 @@ mod tests {
         t.interrupt.queue(0);
         assert_eq!(lines.intx.count(), 2);
         assert_eq!(lines.routes.0.lock().unwrap()[&24], None, "disabled: unrouted");
+    }
+
+    #[test]
+    fn intx_is_pulsed_once_per_isr_cause_until_the_driver_reads_it() {
+        let (mut t, _, _, _, lines) = transport_with_lines();
+        t.interrupt.queue(0);
+        t.interrupt.queue(0);
+        assert_eq!(lines.intx.count(), 1, "the second use waits for the same ISR read");
+        t.interrupt.config();
+        assert_eq!(lines.intx.count(), 2, "a new cause: a new edge");
+        t.interrupt.config();
+        assert_eq!(lines.intx.count(), 2);
+        assert_eq!(r8(&mut t, ISR), 3, "the read sees both causes");
+        t.interrupt.queue(0);
+        assert_eq!(lines.intx.count(), 3, "after the read an interrupt is raised again: none lost");
+        assert_eq!(r8(&mut t, ISR), 1);
     }
 
     #[test]
