@@ -53,6 +53,7 @@ mod readiness;
 mod restarts;
 mod sampling;
 mod sched;
+mod snapshots;
 mod spawn;
 mod state;
 mod stats;
@@ -194,6 +195,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         net_asks: Default::default(),
         balloons: Default::default(),
         samples: Default::default(),
+        snapshots: Default::default(),
         networks: networks::Networks::load(
             &config.domain_config_dir,
             &config.domain_state_dir,

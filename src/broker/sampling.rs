@@ -155,8 +155,11 @@ fn ask(ctx: &Ctx, uuid: &Uuid, groups: u32) -> Vec<(Uuid, Pid, Kind)> {
     out
 }
 
-/// The records with the device groups added from the counters that came.
-fn finish(ctx: &Ctx, sample: Sample) -> CallValue {
+/// The records with the device groups added from the counters that came
+/// (and left as the domains' statistics snapshots).
+fn finish(ctx: &mut Ctx, sample: Sample) -> CallValue {
+    let unanswered: Vec<Uuid> = sample.waiting.iter().map(|w| w.0).collect();
+    let began = sample.deadline - DEADLINE;
     let Sample { groups, mut records, disks, nics, .. } = sample;
     for (dom, params) in &mut records {
         let Ok(e) = ctx.domains.by_uuid(&dom.uuid) else { continue };
@@ -175,6 +178,7 @@ fn finish(ctx: &Ctx, sample: Sample) -> CallValue {
             params.extend(super::blockinfo::stats_group(&e.def, live.as_deref(), counters));
         }
     }
+    super::snapshots::sampled(ctx, groups, &records, &unanswered, began);
     CallValue::DomainStats(records)
 }
 
@@ -201,14 +205,13 @@ pub fn overdue(ctx: &mut Ctx, now: Instant) -> Vec<Reply> {
 fn settle(ctx: &mut Ctx, done: impl Fn(&Sample) -> bool) -> Vec<Reply> {
     let (finished, waiting): (Vec<Sample>, Vec<Sample>) = std::mem::take(&mut ctx.samples).into_iter().partition(done);
     ctx.samples = waiting;
-    finished
-        .into_iter()
-        .map(|s| {
-            let (conn, id) = (s.conn, s.reply_to);
-            let value: Result<CallValue, CallError> = Ok(finish(ctx, s));
-            (conn, id, value)
-        })
-        .collect()
+    let mut replies = Vec::with_capacity(finished.len());
+    for s in finished {
+        let (conn, id) = (s.conn, s.reply_to);
+        let value: Result<CallValue, CallError> = Ok(finish(ctx, s));
+        replies.push((conn, id, value));
+    }
+    replies
 }
 
 /// The earliest deadline of a bulk call waiting for counters.

@@ -22,6 +22,8 @@ pub struct Ctx {
     pub balloons: super::balloon::Balloons,
     /// Bulk statistics calls waiting for their guests' device counters.
     pub samples: super::sampling::Samples,
+    /// The statistics snapshots published to the frontends.
+    pub snapshots: super::snapshots::Snapshots,
     /// Virtual networks.
     pub networks: super::networks::Networks,
     /// Interface questions asked of helpers, and the clients waiting for them.
