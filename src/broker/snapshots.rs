@@ -3,9 +3,9 @@
 //!
 //! Snapshots are refreshed on request only: a bulk statistics call that
 //! reached the broker leaves, when its sampling round ends (`sampling.rs`),
-//! every domain's record, `virDomainGetInfo` and `virDomainMemoryStats`
-//! figures; a `dominfo` or `dommemstat` the broker answered leaves its
-//! answer. Nothing samples guests periodically, so idle guests cost nothing
+//! every domain's record and `virDomainGetInfo` figures (and, for a guest
+//! without a balloon, its `virDomainMemoryStats`); a `dominfo` or
+//! `dommemstat` the broker answered leaves its answer. Nothing samples guests periodically, so idle guests cost nothing
 //! when nobody asks, and a scraper polling faster than the frontends'
 //! freshness bound is answered by them, without the broker or a helper.
 //!
@@ -109,8 +109,8 @@ impl Snapshots {
 /// A sampling round that began at `began` for `groups` ended with
 /// `records`; the domains in `unanswered` lack their device counters.
 /// Each record becomes its domain's snapshot, with its `dominfo` and
-/// `dommemstat` figures read now, unless the domain changed state while its
-/// helpers were asked.
+/// (without a balloon) `dommemstat` figures read now, unless the domain
+/// changed state while its helpers were asked.
 pub fn sampled(ctx: &mut Ctx, groups: u32, records: &[StatsRecord], unanswered: &[Uuid], began: Instant) {
     let sampled = snapshot::ns_at(began);
     for (dom, params) in records {
@@ -126,7 +126,10 @@ pub fn sampled(ctx: &mut Ctx, groups: u32, records: &[StatsRecord], unanswered: 
         let held = if unanswered.contains(&dom.uuid) { groups & !group::DEVICES } else { groups };
         let record = Record { sampled, groups: held, params: keep(params, held) };
         let info = read(ctx, &dom.uuid, Query::Info);
-        let memory = read(ctx, &dom.uuid, full_memory_stats());
+        // A balloon's figures are asked of its helper at each read; the
+        // record's read asked already, so only a `dommemstat` refreshes them.
+        let memory =
+            (!super::balloon::has_balloon(&e.def)).then(|| read(ctx, &dom.uuid, full_memory_stats())).flatten();
         let s = ctx.snapshots.stamped(dom.uuid, dom.id, (state, reason));
         s.record = Some(record);
         if let Some(v) = info {
