@@ -108,9 +108,9 @@ impl Snapshots {
 
 /// A sampling round that began at `began` for `groups` ended with
 /// `records`; the domains in `unanswered` lack their device counters.
-/// Each record becomes its domain's snapshot, with its `dominfo` and
-/// (without a balloon) `dommemstat` figures read now, unless the domain
-/// changed state while its helpers were asked.
+/// Each record becomes its domain's snapshot, with its `dominfo` figures
+/// read now and (without a balloon) its `dommemstat` figures, unless the
+/// domain changed state while its helpers were asked.
 pub fn sampled(ctx: &mut Ctx, groups: u32, records: &[StatsRecord], unanswered: &[Uuid], began: Instant) {
     let sampled = snapshot::ns_at(began);
     for (dom, params) in records {
@@ -126,24 +126,21 @@ pub fn sampled(ctx: &mut Ctx, groups: u32, records: &[StatsRecord], unanswered: 
         let held = if unanswered.contains(&dom.uuid) { groups & !group::DEVICES } else { groups };
         let record = Record { sampled, groups: held, params: keep(params, held) };
         let info = read(ctx, &dom.uuid, Query::Info);
-        // A balloon's figures are asked of its helper at each read; the
-        // record's read asked already, so only a `dommemstat` refreshes them.
-        let memory =
-            (!super::balloon::has_balloon(&e.def)).then(|| read(ctx, &dom.uuid, full_memory_stats())).flatten();
+        // A running guest's `dommemstat` figures are in its record's balloon
+        // group, unless it has a balloon (whose guest figures are not: only
+        // a `dommemstat` refreshes those).
+        let memory = (e.id.is_some() && !super::balloon::has_balloon(&e.def))
+            .then(|| super::stats::memory_stats_of_record(params))
+            .flatten();
         let s = ctx.snapshots.stamped(dom.uuid, dom.id, (state, reason));
         s.record = Some(record);
         if let Some(v) = info {
             answered_into(s, &Query::Info, &v);
         }
-        if let Some(v) = memory {
-            answered_into(s, &full_memory_stats(), &v);
+        if let Some(m) = memory {
+            s.memory = Some((sampled, m));
         }
     }
-}
-
-/// `virDomainMemoryStats` asked for every figure there is.
-fn full_memory_stats() -> Query {
-    Query::MemoryStats { max: crate::rpc::stats::DOMAIN_MEMORY_STATS_MAX, flags: 0 }
 }
 
 /// The broker's answer to `query` on domain `uuid` now, when it has one.

@@ -166,6 +166,22 @@ pub fn memory_stats(e: &Entry, max: u32, flags: u32) -> Result<CallValue, CallEr
     Ok(CallValue::MemoryStats(stats))
 }
 
+/// `virDomainMemoryStats` of a running guest without a balloon, every
+/// figure, from its bulk record's balloon group, which holds the same two
+/// figures [`memory_stats`] reads (so a sampling round need not read them
+/// again); `None` when the record lacks the group.
+pub fn memory_stats_of_record(record: &[Param]) -> Option<Vec<(i32, u64)>> {
+    let field = |name: &str| {
+        record.iter().find(|p| p.field == name).and_then(|p| match p.value {
+            ParamValue::ULLong(v) => Some(v),
+            _ => None,
+        })
+    };
+    let mut stats = vec![(MEMORY_STAT_ACTUAL, field("balloon.current")?)];
+    stats.extend(field("balloon.rss").map(|kib| (MEMORY_STAT_RSS, kib)));
+    Some(stats)
+}
+
 /// The helper's CPU time: total (its process CPU clock), user and system.
 fn cpu_times(pid: nix::unistd::Pid) -> (u64, u64, u64) {
     let stat = procfs::process_stat(pid).unwrap_or_default();
@@ -443,6 +459,10 @@ mod tests {
         let CallValue::MemoryStats(m) = memory_stats(&e, 13, 0).unwrap() else { panic!() };
         assert_eq!(m[0], (MEMORY_STAT_ACTUAL, 65536));
         assert!(m[1].0 == MEMORY_STAT_RSS && m[1].1 > 0, "{m:?}");
+        let from_record = memory_stats_of_record(&record(&e, group::BALLOON)).unwrap();
+        assert_eq!(from_record.iter().map(|s| s.0).collect::<Vec<_>>(), [MEMORY_STAT_ACTUAL, MEMORY_STAT_RSS]);
+        assert_eq!(from_record[0], m[0]);
+        assert_eq!(memory_stats_of_record(&record(&e, group::STATE)), None);
         let CallValue::MemoryStats(one) = memory_stats(&e, 1, 0).unwrap() else { panic!() };
         assert_eq!(one.len(), 1);
         let CallValue::Params { params, count } = cpu_stats(&e, None, 3, -1, 1, 0).unwrap() else { panic!() };
