@@ -205,13 +205,14 @@ pub fn overdue(ctx: &mut Ctx, now: Instant) -> Vec<Reply> {
 fn settle(ctx: &mut Ctx, done: impl Fn(&Sample) -> bool) -> Vec<Reply> {
     let (finished, waiting): (Vec<Sample>, Vec<Sample>) = std::mem::take(&mut ctx.samples).into_iter().partition(done);
     ctx.samples = waiting;
-    let mut replies = Vec::with_capacity(finished.len());
-    for s in finished {
-        let (conn, id) = (s.conn, s.reply_to);
-        let value: Result<CallValue, CallError> = Ok(finish(ctx, s));
-        replies.push((conn, id, value));
-    }
-    replies
+    finished
+        .into_iter()
+        .map(|s| {
+            let (conn, id) = (s.conn, s.reply_to);
+            let value: Result<CallValue, CallError> = Ok(finish(ctx, s));
+            (conn, id, value)
+        })
+        .collect()
 }
 
 /// The earliest deadline of a bulk call waiting for counters.
