@@ -331,6 +331,7 @@ ro = libvirt.openReadOnly(URI_RO)
 
 #[test]
 fn python_sees_cpu_time_grow_while_the_guest_spins_through_a_read_only_connection() {
+    assert!(libvirtd::privsep::snapshot::FRESH < Duration::from_millis(1100));
     let Some((d, xml)) = python_guest("py-mon", UUID_G) else { return };
     let out = python(
         &d,
@@ -350,6 +351,8 @@ def record():
 before, vcpu_before, total_before = record(), rdom.vcpus()[0][0][2], rdom.getCPUStats(True)[0]["cpu_time"]
 st.send(b"spin 300\r")
 until(st, b"SPUN")
+# Past the read-only socket's snapshot freshness bound (FRESH): figures sampled anew.
+time.sleep(1.1)
 after, vcpu_after, total_after = record(), rdom.vcpus()[0][0][2], rdom.getCPUStats(True)[0]["cpu_time"]
 print("cpu.time grew:", after["cpu.time"] > before["cpu.time"])
 print("vcpu.0.time grew by 50 ms or more:", after["vcpu.0.time"] - before["vcpu.0.time"] >= 50000000)
@@ -469,6 +472,70 @@ print("still 20 running:", len(ro.listDomainsID()) == 20)
         "one scrape: 100 records, 20 running, groups filled: True\nevery scrape saw 100: True\nchurn calls: 60\n\
          most churn calls answered while a scrape was in flight: True\nchurn max latency under 2 s: True\n\
          still 20 running: True\n"
+    );
+}
+
+/// Fast reads of issue 14: after one bulk statistics call on the read-only
+/// socket, `getAllDomainStats`, `domainListGetStats`, `dominfo` and
+/// `dommemstat` there are answered by the frontend from the broker's
+/// snapshot while it is younger than `FRESH`, even with the broker itself
+/// stopped, with the very figures sampled; once the snapshot is older, the
+/// broker samples again (the CPU time of a guest that spun meanwhile has
+/// grown), and a read-write connection always gets figures sampled for it.
+#[test]
+fn read_only_statistics_come_from_the_snapshot_while_young_and_are_sampled_again_once_old() {
+    let fresh = libvirtd::privsep::snapshot::FRESH;
+    assert!(fresh < Duration::from_millis(1100));
+    let Some((d, xml)) = python_guest("py-mon", UUID_G) else { return };
+    let script = format!(
+        r#"
+import os, signal, threading
+BROKER = {broker}
+dom = conn.createXML(XML, 0)
+st = conn.newStream(0)
+dom.openConsole(None, st, 0)
+st.send(b"\r")
+until(st, b"> ")
+rdom = ro.lookupByName(NAME)
+S = libvirt
+CPU = S.VIR_DOMAIN_STATS_STATE | S.VIR_DOMAIN_STATS_CPU_TOTAL
+first = ro.getAllDomainStats(0)
+info0, mem0 = rdom.info(), rdom.memoryStats()
+# The broker stops; a timer lets it go on, so a call that waits for it
+# fails the test rather than hanging it.
+os.kill(BROKER, signal.SIGSTOP)
+timer = threading.Timer(3.0, lambda: os.kill(BROKER, signal.SIGCONT))
+timer.start()
+t = time.monotonic()
+again = ro.getAllDomainStats(0)
+info, mem = rdom.info(), rdom.memoryStats()
+one = ro.domainListGetStats([rdom], CPU)
+active = ro.getAllDomainStats(S.VIR_DOMAIN_STATS_BALLOON, S.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+took = time.monotonic() - t
+timer.cancel()
+os.kill(BROKER, signal.SIGCONT)
+print("answered with the broker stopped:", took < 0.5, "%.3f" % took if took >= 0.5 else "")
+print("the figures sampled:", [(d.name(), s) for d, s in again] == [(d.name(), s) for d, s in first], info == info0, mem == mem0)
+print("groups picked as the broker does:", sorted(one[0][1]) == ["cpu.system", "cpu.time", "cpu.user", "state.reason", "state.state"],
+      [d.name() for d, _ in active], sorted(active[0][1]))
+st.send(b"spin 300\r")
+until(st, b"SPUN")
+print("read-write: sampled for it:", conn.lookupByName(NAME).info()[4] - info0[4] >= 100000000)
+time.sleep(1.1)
+later = ro.getAllDomainStats(CPU)[0][1]
+print("sampled again once old:", later["cpu.time"] - first[0][1]["cpu.time"] >= 100000000)
+print("dominfo too:", rdom.info()[4] >= later["cpu.time"] > info0[4])
+st.finish()
+dom.destroy()
+"#,
+        broker = d.pid
+    );
+    let out = python(&d, &xml, &script);
+    assert_eq!(
+        out,
+        "answered with the broker stopped: True \nthe figures sampled: True True True\n\
+         groups picked as the broker does: True ['py-mon'] ['balloon.current', 'balloon.maximum', 'balloon.rss']\n\
+         read-write: sampled for it: True\nsampled again once old: True\ndominfo too: True\n"
     );
 }
 
@@ -713,6 +780,8 @@ print("listed:", [d.name() for d, _ in one], one[0][1]["block.0.wr.reqs"])
     // deadline, that guest with its disk's names and sizes only.
     let ro = d.tree.sock("libvirt-sock-ro");
     assert_eq!(virsh(&ro, &["domstate", "blk-b"]).1, "running\n\n");
+    // The read-only socket's snapshots of the calls above grow old first.
+    std::thread::sleep(libvirtd::privsep::snapshot::FRESH);
     let stalled = nix::unistd::Pid::from_raw(helper_pid(&d, "blk-b"));
     nix::sys::signal::kill(stalled, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let started = std::time::Instant::now();

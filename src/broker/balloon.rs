@@ -42,7 +42,7 @@ mod tag {
 pub type Balloons = HashMap<Uuid, (Pid, BalloonFigures)>;
 
 /// The definition's balloon, when it is a running virtio one.
-fn has_balloon(def: &DomainDef) -> bool {
+pub fn has_balloon(def: &DomainDef) -> bool {
     crate::domain::balloon::of(def).is_some_and(|b| b.pci_slot.is_some())
 }
 

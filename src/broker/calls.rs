@@ -66,6 +66,14 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
         audit(auditor, caller, op_of(&call), &[("reason", Value::Text("read-only"))], false);
         return Answer::Now(Err(CallError::ReadOnly(api.into())));
     }
+    // A change drops the statistics snapshots before its reply leaves.
+    if call.mutates() {
+        ctx.snapshots.clear();
+    }
+    let read = match &call {
+        Call::Query { uuid, query } => Some((*uuid, *query)),
+        _ => None,
+    };
     let answer = if guest_calls::handles(&call) {
         guest_calls::handle(ctx, auditor, caller, call)
     } else if blockinfo::handles(&call) {
@@ -81,6 +89,9 @@ pub fn handle(ctx: &mut Ctx, auditor: &mut Auditor, caller: &Caller, call: Call)
     } else {
         Answer::Now(carry_out(ctx, auditor, caller, call))
     };
+    if let (Some((uuid, query)), Answer::Now(result)) = (&read, &answer) {
+        super::snapshots::answered(ctx, uuid, query, result);
+    }
     match answer {
         Answer::Now(result) => Answer::Now(result.map_err(CallError::clipped)),
         Answer::Later => Answer::Later,

@@ -56,6 +56,7 @@ mod restarts;
 mod rtc;
 mod sampling;
 mod sched;
+mod snapshots;
 mod spawn;
 mod state;
 mod stats;
@@ -197,6 +198,7 @@ fn start(cli: &Cli, readiness: &mut Readiness) -> Result<Broker, StartError> {
         exits: Default::default(),
         balloons: Default::default(),
         samples: Default::default(),
+        snapshots: Default::default(),
         networks: networks::Networks::load(
             &config.domain_config_dir,
             &config.domain_state_dir,

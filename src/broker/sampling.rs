@@ -162,8 +162,11 @@ fn ask(ctx: &mut Ctx, round: u64, uuid: &Uuid, groups: u32, deadline: Instant) -
         .collect()
 }
 
-/// The records with the device groups added from the counters that came.
-fn finish(ctx: &Ctx, sample: Sample) -> CallValue {
+/// The records with the device groups added from the counters that came
+/// (and left as the domains' statistics snapshots).
+fn finish(ctx: &mut Ctx, sample: Sample) -> CallValue {
+    let unanswered: Vec<Uuid> = sample.waiting.iter().map(|w| w.0).collect();
+    let began = sample.deadline - DEADLINE;
     let Sample { groups, mut records, disks, nics, .. } = sample;
     for (dom, params) in &mut records {
         let Ok(e) = ctx.domains.by_uuid(&dom.uuid) else { continue };
@@ -182,6 +185,7 @@ fn finish(ctx: &Ctx, sample: Sample) -> CallValue {
             params.extend(super::blockinfo::stats_group(&e.def, live.as_deref(), counters));
         }
     }
+    super::snapshots::sampled(ctx, groups, &records, &unanswered, began);
     CallValue::DomainStats(records)
 }
 

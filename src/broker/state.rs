@@ -25,6 +25,8 @@ pub struct Ctx {
     pub samples: super::sampling::Samples,
     /// Replies that wait for a stopped guest's helper to exit.
     pub exits: super::exits::Exits,
+    /// The statistics snapshots published to the frontends.
+    pub snapshots: super::snapshots::Snapshots,
     /// Virtual networks.
     pub networks: super::networks::Networks,
 }

@@ -13,6 +13,7 @@ use super::hoststats::{online_cpus, pack, present_cpus};
 use super::procfs::{self, VcpuThread};
 use super::state::Ctx;
 use crate::privsep::admin::{Param, ParamValue};
+use crate::privsep::domstats;
 use crate::privsep::{CallError, CallValue, DomainRef, VcpuInfo};
 use crate::rpc::stats as limits;
 
@@ -39,36 +40,8 @@ const CONTROL_OCCUPIED: u32 = 2;
 /// Parameters of the CPU total (`cpu_time`, `user_time`, `system_time`).
 const CPU_TOTAL_PARAMS: u32 = 3;
 
-/// `virDomainStatsTypes` groups.
-pub mod group {
-    /// `state.*`.
-    pub const STATE: u32 = 1;
-    /// `cpu.*`.
-    pub const CPU_TOTAL: u32 = 2;
-    /// `balloon.*`.
-    pub const BALLOON: u32 = 4;
-    /// `vcpu.*`.
-    pub const VCPU: u32 = 8;
-    /// `net.*`: per interface, its helper's counters (`ifstats.rs`).
-    pub const INTERFACE: u32 = 16;
-    /// `block.*`: per disk, its image's sizes and its helper's counters
-    /// (`blockinfo.rs`).
-    pub const BLOCK: u32 = 32;
-    /// The groups whose figures come from the helpers' device counters,
-    /// sampled for each call (`sampling.rs`).
-    pub const DEVICES: u32 = INTERFACE | BLOCK;
-    /// The groups this daemon fills; the others (perf, iothread, memory,
-    /// dirtyrate, vm) are left out, as libvirt leaves out what its QEMU
-    /// cannot provide.
-    pub const SUPPORTED: u32 = STATE | CPU_TOTAL | BALLOON | VCPU | DEVICES;
-}
-
-/// `virConnectGetAllDomainStatsFlags`: the list filters (as
-/// `virConnectListAllDomains`), NOWAIT, BACKING and ENFORCE_STATS.
-const STATS_FILTERS: u32 = 0xff;
-const STATS_NOWAIT: u32 = 1 << 29;
-const STATS_BACKING: u32 = 1 << 30;
-const STATS_ENFORCE: u32 = 1 << 31;
+/// The groups, shared with the frontends' answers from snapshots.
+pub use crate::privsep::domstats::group;
 
 fn check_flags(flags: u32, known: u32, function: &str) -> Result<(), CallError> {
     match flags & !known {
@@ -191,6 +164,22 @@ pub fn memory_stats(e: &Entry, max: u32, flags: u32) -> Result<CallValue, CallEr
     }
     stats.truncate(max.min(MEMORY_STAT_NR) as usize);
     Ok(CallValue::MemoryStats(stats))
+}
+
+/// `virDomainMemoryStats` of a running guest without a balloon, every
+/// figure, from its bulk record's balloon group, which holds the same two
+/// figures [`memory_stats`] reads (so a sampling round need not read them
+/// again); `None` when the record lacks the group.
+pub fn memory_stats_of_record(record: &[Param]) -> Option<Vec<(i32, u64)>> {
+    let field = |name: &str| {
+        record.iter().find(|p| p.field == name).and_then(|p| match p.value {
+            ParamValue::ULLong(v) => Some(v),
+            _ => None,
+        })
+    };
+    let mut stats = vec![(MEMORY_STAT_ACTUAL, field("balloon.current")?)];
+    stats.extend(field("balloon.rss").map(|kib| (MEMORY_STAT_RSS, kib)));
+    Some(stats)
 }
 
 /// The helper's CPU time: total (its process CPU clock), user and system.
@@ -327,24 +316,9 @@ pub fn domain_stats(
     stats: u32,
     flags: u32,
 ) -> Result<(u32, Vec<Record>), CallError> {
-    check_flags(flags, STATS_FILTERS | STATS_NOWAIT | STATS_BACKING | STATS_ENFORCE, "qemuConnectGetAllDomainStats")?;
-    if doms.len() > limits::DOMAIN_LIST_MAX {
-        return Err(CallError::InvalidArg(format!("at most {} domains", limits::DOMAIN_LIST_MAX)));
-    }
-    let missing = stats & !group::SUPPORTED;
-    if flags & STATS_ENFORCE != 0 && stats != 0 && missing != 0 {
-        return Err(CallError::ArgumentUnsupported(format!(
-            "Stats types bits 0x{missing:x} are not supported by this daemon or QEMU"
-        )));
-    }
-    let groups = if stats == 0 { group::SUPPORTED } else { stats & group::SUPPORTED };
-    let matching = ctx.domains.list(flags & STATS_FILTERS)?;
-    let picked: Vec<&DomainRef> = if doms.is_empty() {
-        matching.iter().collect()
-    } else {
-        // Domains asked for that are gone, or filtered out, are skipped.
-        doms.iter().filter_map(|u| matching.iter().find(|d| &d.uuid == u)).collect()
-    };
+    let groups = domstats::plan(stats, flags, doms.len())?;
+    let matching = ctx.domains.list(flags & domstats::FILTERS)?;
+    let picked = domstats::pick(&matching, doms);
     let mut records = Vec::with_capacity(picked.len());
     for d in picked {
         let e = ctx.domains.by_uuid(&d.uuid)?;
@@ -485,6 +459,10 @@ mod tests {
         let CallValue::MemoryStats(m) = memory_stats(&e, 13, 0).unwrap() else { panic!() };
         assert_eq!(m[0], (MEMORY_STAT_ACTUAL, 65536));
         assert!(m[1].0 == MEMORY_STAT_RSS && m[1].1 > 0, "{m:?}");
+        let from_record = memory_stats_of_record(&record(&e, group::BALLOON)).unwrap();
+        assert_eq!(from_record.iter().map(|s| s.0).collect::<Vec<_>>(), [MEMORY_STAT_ACTUAL, MEMORY_STAT_RSS]);
+        assert_eq!(from_record[0], m[0]);
+        assert_eq!(memory_stats_of_record(&record(&e, group::STATE)), None);
         let CallValue::MemoryStats(one) = memory_stats(&e, 1, 0).unwrap() else { panic!() };
         assert_eq!(one.len(), 1);
         let CallValue::Params { params, count } = cpu_stats(&e, None, 3, -1, 1, 0).unwrap() else { panic!() };

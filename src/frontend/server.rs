@@ -597,8 +597,10 @@ impl Server {
                 // From the copy only behind no call of this client's still
                 // at the broker, so its answers keep their order.
                 Action::Forward(call) => {
-                    let answered =
-                        (client.in_flight == 0 && forwards.is_empty()).then(|| self.replica.answer(&call)).flatten();
+                    let readonly = client.session.readonly;
+                    let answered = (client.in_flight == 0 && forwards.is_empty())
+                        .then(|| self.replica.answer(&call, readonly, crate::privsep::snapshot::now_ns()))
+                        .flatten();
                     match answered {
                         Some(result) => client.queue(&dispatch::reply(&header, result)),
                         None => {
@@ -758,6 +760,7 @@ impl Server {
                 BrokerReply::Event(event) => self.deliver(&event),
                 BrokerReply::PoolEvent(event) => self.deliver_pool(&event),
                 BrokerReply::Replica(table) => self.replica.update(table),
+                BrokerReply::Stats(update) => self.replica.update_stats(update),
                 BrokerReply::NetEvent(event) => self.deliver_net(&event),
                 BrokerReply::ConsoleTaken(uuid) => {
                     let holders: Vec<Token> = self

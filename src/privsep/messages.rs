@@ -300,6 +300,9 @@ pub enum BrokerReply {
     /// Unsolicited: the domain table changed; read-only calls are answered
     /// from this copy from now on (`privsep::replica`).
     Replica(super::replica::DomainTable),
+    /// Unsolicited: statistics snapshots changed (`privsep::snapshot`);
+    /// read-only statistics calls are answered from them while they are young.
+    Stats(super::snapshot::Update),
 }
 
 impl BrokerReply {
@@ -320,7 +323,8 @@ impl BrokerReply {
             | BrokerReply::NetEvent(_)
             | BrokerReply::ConsoleTaken(_)
             | BrokerReply::Disconnect(_)
-            | BrokerReply::Replica(_) => 0,
+            | BrokerReply::Replica(_)
+            | BrokerReply::Stats(_) => 0,
         }
     }
 }

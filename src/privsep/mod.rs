@@ -8,11 +8,13 @@
 pub mod admin;
 mod calls;
 mod channel;
+pub mod domstats;
 pub mod helper;
 mod messages;
 pub mod network;
 mod procedure;
 pub mod replica;
+pub mod snapshot;
 pub mod storage;
 
 pub use calls::{
