@@ -640,7 +640,11 @@ mod tests {
         assert_eq!(check_version(HELPER_PROTOCOL_VERSION), Ok(()));
         assert_eq!(check_version(1), Err(ProtocolMismatch::Version(1)));
         let e = check_version(HELPER_PROTOCOL_VERSION + 1).unwrap_err().to_string();
-        assert!(e.contains("version 5") && e.contains("this daemon speaks version 4"), "{e}");
+        let (theirs, ours) = (HELPER_PROTOCOL_VERSION + 1, HELPER_PROTOCOL_VERSION);
+        assert!(
+            e.contains(&format!("version {theirs}")) && e.contains(&format!("this daemon speaks version {ours}")),
+            "{e}"
+        );
     }
 
     #[test]
