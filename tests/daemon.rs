@@ -164,6 +164,8 @@ fn timeout_exits_when_idle_but_not_while_a_client_is_connected() {
 #[test]
 fn a_killed_frontend_is_replaced_and_clients_reconnect() {
     let mut d = Daemon::start("", &[]);
+    // Start-up is over only once every class's frontend is ready.
+    assert!(d.wait_all_frontends_ready(SECS), "{}", d.stderr());
     let first = d.frontend_pid().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
     assert!(wait_until(SECS, || d.frontend_pid().is_some_and(|p| p != first)), "{}", d.stderr());

@@ -103,6 +103,12 @@ impl Tree {
         }
         std::fs::write(self.conf_path(), text + extra).unwrap();
     }
+    /// Whether an audit record containing every one of `needles` arrived
+    /// (left for [`Tree::audit`] to take).
+    pub fn audited(&self, needles: &[&str]) -> bool {
+        self.unmatched.lock().unwrap().iter().any(|l| needles.iter().all(|n| l.contains(n)))
+    }
+
     /// Waits for an audit record containing every one of `needles`, in any
     /// order of arrival; each record is returned at most once.
     pub fn audit(&self, needles: &[&str], timeout: Duration) -> Option<String> {
@@ -173,6 +179,16 @@ impl Daemon {
         wait_until(timeout, || {
             self.frontend_pid().is_some_and(|f| status_field(f, "Seccomp").as_deref() == Some("2"))
                 && UnixStream::connect(self.tree.sock("libvirt-sock")).is_ok()
+        })
+    }
+
+    /// Waits until the broker took every frontend's readiness (its
+    /// `frontend-start` audit record), the moment start-up ends: a frontend
+    /// lost before then ends the daemon, one lost after is replaced.
+    pub fn wait_all_frontends_ready(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            let pids = self.frontend_pids();
+            !pids.is_empty() && pids.iter().all(|p| self.tree.audited(&["op=frontend-start", &format!("pid={p} ")]))
         })
     }
 
