@@ -56,6 +56,10 @@ pub struct Sample {
     nics: HashMap<Uuid, Vec<NicCounters>>,
     /// The helpers still to answer.
     waiting: Vec<(Uuid, Kind)>,
+    /// The guests whose counters will not come (their helper ended, skipped
+    /// the question, or let its deadline pass): their records are not whole,
+    /// so no snapshot may stand for them.
+    missed: Vec<Uuid>,
     deadline: Instant,
 }
 
@@ -92,6 +96,19 @@ impl Sample {
         self.waiting.len() != before
     }
 
+    /// Stops waiting for counters that will not come, and remembers whose
+    /// record they leave short.
+    fn give_up(&mut self, uuid: &Uuid, kind: Kind) {
+        if self.forget(uuid, kind) {
+            self.missed.push(*uuid);
+        }
+    }
+
+    /// The guests whose records lack counters the call asked for.
+    fn unanswered(&self) -> Vec<Uuid> {
+        self.waiting.iter().map(|w| w.0).chain(self.missed.iter().copied()).collect()
+    }
+
     /// Whether the call is answered now: nothing left to wait for, or its time is up.
     fn due(&self, now: Instant) -> bool {
         self.waiting.is_empty() || self.deadline <= now
@@ -124,6 +141,7 @@ pub fn handle(ctx: &mut Ctx, caller: &Caller, doms: &[Uuid], stats: u32, flags: 
         disks: HashMap::new(),
         nics: HashMap::new(),
         waiting: Vec::new(),
+        missed: Vec::new(),
         deadline: Instant::now() + DEADLINE,
     };
     if groups & group::DEVICES != 0 {
@@ -165,7 +183,7 @@ fn ask(ctx: &mut Ctx, round: u64, uuid: &Uuid, groups: u32, deadline: Instant) -
 /// The records with the device groups added from the counters that came
 /// (and left as the domains' statistics snapshots).
 fn finish(ctx: &mut Ctx, sample: Sample) -> CallValue {
-    let unanswered: Vec<Uuid> = sample.waiting.iter().map(|w| w.0).collect();
+    let unanswered = sample.unanswered();
     let began = sample.deadline - DEADLINE;
     let Sample { groups, mut records, disks, nics, .. } = sample;
     for (dom, params) in &mut records {
@@ -202,7 +220,7 @@ pub fn arrived(ctx: &mut Ctx, round: u64, uuid: &Uuid, counters: Counters) -> Ve
 /// they were all it waited for.
 pub fn given_up(ctx: &mut Ctx, round: u64, uuid: &Uuid, kind: Kind) -> Vec<Reply> {
     let Some(s) = ctx.samples.open.iter_mut().find(|s| s.round == round) else { return Vec::new() };
-    s.forget(uuid, kind);
+    s.give_up(uuid, kind);
     settle(ctx, |s| s.waiting.is_empty())
 }
 
@@ -248,6 +266,7 @@ mod tests {
             disks: HashMap::new(),
             nics: HashMap::new(),
             waiting: vec![(a, Kind::Disks), (a, Kind::Nics), (b, Kind::Disks)],
+            missed: Vec::new(),
             deadline: now + DEADLINE,
         };
         let disks =
@@ -260,9 +279,12 @@ mod tests {
         assert!(s.take(&a, &Counters::Nics(vec![NicCounters { alias: "net0".into(), ..Default::default() }])));
         assert!(!s.due(now), "b has not answered");
         assert!(s.due(now + DEADLINE), "but the deadline passes");
-        // A helper that will not answer (its guest stopped) is not waited for.
-        assert!(s.forget(&b, Kind::Disks));
+        assert_eq!(s.unanswered(), [b], "at the deadline b's record is short");
+        // A helper that will not answer (its guest stopped) is not waited
+        // for, and its record is still known to be short (no snapshot of it).
+        s.give_up(&b, Kind::Disks);
         assert!(s.due(now));
         assert!(!s.disks.contains_key(&b));
+        assert_eq!(s.unanswered(), [b]);
     }
 }
