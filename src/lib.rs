@@ -7,6 +7,8 @@
 
 /// The privileged process: owns state, sockets and files, validates every frontend request.
 pub mod broker;
+/// UTC dates from seconds and back, for log stamps and the guest's CMOS clock.
+pub mod calendar;
 /// The manual page's command line.
 pub mod cli;
 /// `libvirtd.conf` and the default paths for root and non-root daemons.

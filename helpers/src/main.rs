@@ -11,7 +11,6 @@ mod acpi;
 mod block;
 mod boot;
 mod bus;
-mod calendar;
 mod cpu;
 mod devices;
 mod events;

@@ -3,21 +3,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A UTC timestamp split into calendar fields.
+use crate::calendar::Fields;
+
+/// A UTC timestamp split into calendar fields, to the millisecond.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Utc {
-    /// Year.
-    pub year: i64,
-    /// Month, 1-12.
-    pub month: u32,
-    /// Day of month, 1-31.
-    pub day: u32,
-    /// Hour.
-    pub hour: u32,
-    /// Minute.
-    pub minute: u32,
-    /// Second.
-    pub second: u32,
+    /// The date and time to the second.
+    pub date: Fields,
     /// Millisecond.
     pub milli: u32,
 }
@@ -31,43 +23,25 @@ impl Utc {
         Self::from_unix_millis(d.as_millis() as i64)
     }
 
-    /// From milliseconds since the epoch (days-from-civil inverse, Howard Hinnant's algorithm).
+    /// From milliseconds since the epoch.
     pub fn from_unix_millis(ms: i64) -> Self {
-        let secs = ms.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400) as u32;
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Utc {
-            year,
-            month,
-            day,
-            hour: rem / 3600,
-            minute: rem / 60 % 60,
-            second: rem % 60,
-            milli: ms.rem_euclid(1000) as u32,
-        }
+        Utc { date: crate::calendar::fields(ms.div_euclid(1000)), milli: ms.rem_euclid(1000) as u32 }
     }
 
     /// `2026-11-26 06:22:55.123+0000`, as libvirt's log lines start.
     pub fn log_stamp(&self) -> String {
+        let d = &self.date;
         format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}+0000",
-            self.year, self.month, self.day, self.hour, self.minute, self.second, self.milli
+            d.year, d.month, d.day, d.hour, d.minute, d.second, self.milli
         )
     }
 
     /// `Nov 26 06:22:55`, the RFC 3164 syslog timestamp.
     pub fn syslog_stamp(&self) -> String {
-        let mon = MONTHS[(self.month as usize).saturating_sub(1) % 12];
-        format!("{mon} {:2} {:02}:{:02}:{:02}", self.day, self.hour, self.minute, self.second)
+        let d = &self.date;
+        let mon = MONTHS[(d.month as usize).saturating_sub(1) % 12];
+        format!("{mon} {:2} {:02}:{:02}:{:02}", d.day, d.hour, d.minute, d.second)
     }
 }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{BusDevice, DeviceState, Irq, Request, StateError};
-use crate::calendar::{Fields, days_in_month, fields, to_seconds, weekday};
+use libvirtd::calendar::{Fields, days_in_month, fields, to_seconds, weekday};
 
 /// The index port; the data port follows it.
 pub const BASE: u16 = 0x70;

@@ -1,7 +1,9 @@
-//! Calendar arithmetic in UTC, for the CMOS clock's registers: seconds
-//! since 1970 to a date and time and back, the day of the week, the days
-//! in a month (proleptic Gregorian, Howard Hinnant's day-count method).
-//! Pure, total over the years 0 to 9999 the clock holds.
+//! Calendar arithmetic in UTC, without the time-zone database (which a
+//! sandboxed process cannot open): seconds since 1970 to a date and time
+//! and back, the day of the week, the days in a month (proleptic
+//! Gregorian, Howard Hinnant's day-count method). Pure. The helper's CMOS
+//! clock keeps its registers with it, over the years 0 to 9999 it holds;
+//! the log and syslog stamps are made with it.
 
 /// A broken-down UTC time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
