@@ -8,8 +8,9 @@
 //! (`qemu-system-x86_64 -accel kvm -m N -kernel pvh.elf`, its PVH entry;
 //! the domain XML's devices: one serial console, nothing else) where
 //! `/usr/bin/qemu-system-x86_64` is installed, or Debian's packages are
-//! unpacked (`dpkg -x` of qemu-system-x86, -common, -data and seabios) in
-//! `$LIBVIRTD_BENCH_QEMU_ROOT`; without either, only ours.
+//! unpacked (`dpkg -x` of qemu-system-x86, -common, -data and seabios) where
+//! `$LIBVIRTD_BENCH_QEMU_ROOT` or `$LIBVIRTD_BENCH_QEMU` says
+//! (`shared/qemu.rs`); without either, only ours.
 //!
 //! Run: `cargo bench --bench guest_boot` (as root, with /dev/kvm).
 
@@ -26,6 +27,8 @@ const RUNS: usize = 10;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/qemu.rs"]
+mod qemu;
 
 fn build_guest() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("libvirtd-bench-guest-{}", std::process::id()));
@@ -96,19 +99,6 @@ impl Drop for Run {
     }
 }
 
-/// Where Debian's QEMU is, if installed.
-const QEMU: &str = "/usr/bin/qemu-system-x86_64";
-
-/// QEMU's binary and its firmware directories (`-L`), if there is one.
-fn qemu() -> Option<(PathBuf, Vec<PathBuf>)> {
-    if let Some(root) = std::env::var_os("LIBVIRTD_BENCH_QEMU_ROOT").map(PathBuf::from) {
-        let bin = root.join(QEMU.trim_start_matches('/'));
-        let firmware = ["usr/share/qemu", "usr/share/seabios"].map(|d| root.join(d)).to_vec();
-        return bin.exists().then_some((bin, firmware));
-    }
-    Path::new(QEMU).exists().then(|| (PathBuf::from(QEMU), Vec::new()))
-}
-
 /// QEMU running the test guest's PVH image with `mib` of RAM, its serial
 /// console on a pipe; killed when dropped.
 struct Qemu {
@@ -117,12 +107,9 @@ struct Qemu {
 }
 
 impl Qemu {
-    fn start((bin, firmware): &(PathBuf, Vec<PathBuf>), image: &Path, mib: u64) -> Qemu {
-        let mut cmd = std::process::Command::new(bin);
-        for dir in firmware {
-            cmd.arg("-L").arg(dir);
-        }
-        let child = cmd
+    fn start(qemu: &qemu::Qemu, image: &Path, mib: u64) -> Qemu {
+        let child = qemu
+            .command()
             .args(["-accel", "kvm", "-smp", "1", "-m"])
             .arg(format!("{mib}M"))
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-kernel"])
@@ -223,7 +210,7 @@ fn main() {
         }
         summary(&format!("spawn to prompt, {gib} GiB guest"), times, "ms");
         summary(&format!("helper RSS, {gib} GiB guest"), rss, "MiB");
-        let Some(qemu) = qemu() else { continue };
+        let Some(qemu) = qemu::find() else { continue };
         let (mut times, mut rss) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
             let t = Instant::now();
@@ -243,8 +230,10 @@ fn main() {
         summary(&format!("QEMU: spawn to prompt, {gib} GiB guest"), times, "ms");
         summary(&format!("QEMU: RSS, {gib} GiB guest"), rss, "MiB");
     }
-    if qemu().is_none() {
-        println!("({QEMU} is not installed and $LIBVIRTD_BENCH_QEMU_ROOT is unset: QEMU's figures left out)");
+    if qemu::find().is_none() {
+        println!(
+            "(no QEMU installed, and neither $LIBVIRTD_BENCH_QEMU nor $LIBVIRTD_BENCH_QEMU_ROOT names one: QEMU's figures left out)"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -26,6 +26,8 @@ mod common;
 mod debian;
 #[path = "shared/guests.rs"]
 mod guests;
+#[path = "shared/qemu.rs"]
+mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -13,8 +13,9 @@
 //! -- --ignored --nocapture host_side`.
 //!
 //! Run: `cargo bench --bench virtio_blk` (as root, with /dev/kvm);
-//! `LIBVIRTD_BENCH_QEMU=/path/to/usr/bin/qemu-system-x86_64` for a QEMU
-//! that is unpacked rather than installed. QEMU is never required:
+//! `LIBVIRTD_BENCH_QEMU=/path/to/usr/bin/qemu-system-x86_64` or
+//! `LIBVIRTD_BENCH_QEMU_ROOT=/path` for a QEMU that is unpacked rather than
+//! installed (`shared/qemu.rs`). QEMU is never required:
 //! without it, its column is skipped.
 
 use std::io::{Read, Write};
@@ -28,6 +29,8 @@ use libvirtd::privsep::helper::{DiskConfig, GuestConfig, HelperCommand, HelperEv
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/qemu.rs"]
+mod qemu;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
 /// Requests per direction in one guest benchmark.
@@ -221,31 +224,10 @@ impl Qemu {
     }
 }
 
-/// `qemu-system-x86_64`, or the binary `LIBVIRTD_BENCH_QEMU` names (one
-/// unpacked from Debian's package beside a newer qemu-utils, say, not
-/// installed): its firmware and libraries are looked for beside it
-/// (`PREFIX/bin/..` gives `PREFIX/share/{seabios,qemu}` and
-/// `PREFIX/lib/x86_64-linux-gnu`), else in Debian's directories.
+/// The QEMU to measure beside (`shared/qemu.rs`), else whatever
+/// `qemu-system-x86_64` the path has.
 fn qemu() -> Command {
-    let Some(path) = std::env::var_os("LIBVIRTD_BENCH_QEMU") else { return Command::new("qemu-system-x86_64") };
-    let path = std::path::PathBuf::from(path);
-    let prefix = path.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| "/usr".into());
-    let mut c = Command::new(&path);
-    for firmware in ["share/seabios", "share/qemu"] {
-        let beside = prefix.join(firmware);
-        let dir = if beside.is_dir() { beside } else { Path::new("/usr").join(firmware) };
-        c.arg("-L").arg(dir);
-    }
-    let libs = prefix.join("lib/x86_64-linux-gnu");
-    if libs.is_dir() && prefix != Path::new("/usr") {
-        let mut all = libs.into_os_string();
-        if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
-            all.push(":");
-            all.push(old);
-        }
-        c.env("LD_LIBRARY_PATH", all);
-    }
-    c
+    qemu::find().map_or_else(|| Command::new("qemu-system-x86_64"), |q| q.command())
 }
 
 /// Writes the image and makes it durable: a page still under writeback

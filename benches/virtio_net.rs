@@ -17,11 +17,10 @@
 //! (packets/s the guest counted, `netstat`), each also as the host CPU the
 //! VMM's threads other than the vCPU spent per packet (a figure the
 //! machine's other load changes less than the rates); three rounds in
-//! turns, and their medians. QEMU is the binary
-//! `LIBVIRTD_BENCH_QEMU` names (Debian's packages unpacked with `dpkg -x`
-//! will do: its `usr/share/{qemu,seabios}` and `usr/lib/x86_64-linux-gnu`
-//! beside `usr/bin` are used), else `/usr/bin/qemu-system-x86_64`; without
-//! either, its column is skipped with a note.
+//! turns, and their medians. QEMU is the one `shared/qemu.rs` finds (the
+//! installed one, or Debian's packages unpacked where
+//! `$LIBVIRTD_BENCH_QEMU` or `$LIBVIRTD_BENCH_QEMU_ROOT` says); without
+//! one, its column is skipped with a note.
 //!
 //! Run: `cargo bench --bench virtio_net` (as root, with /dev/net/tun, `ip`,
 //! and /dev/kvm for the guest figures).
@@ -229,3 +228,5 @@ fn host_side() {
 mod common;
 #[path = "virtio_net/guest.rs"]
 mod guest;
+#[path = "shared/qemu.rs"]
+mod qemu;

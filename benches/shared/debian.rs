@@ -6,11 +6,9 @@
 //! no cgroups) and its sockets in a temporary directory. Killing the
 //! namespace's init ends it and every QEMU it started.
 //!
-//! QEMU is `/usr/bin/qemu-system-x86_64`, or, when `$LIBVIRTD_BENCH_QEMU_ROOT`
-//! names a directory holding Debian's `qemu-system-x86` and
-//! `qemu-system-common` packages unpacked (`dpkg -x`), that tree laid over
-//! `/usr` inside the namespace only: for hosts where installing QEMU would
-//! replace packages others use.
+//! QEMU is the one `shared/qemu.rs` finds: the installed one, or an
+//! unpacked tree of Debian's `qemu-system-x86` and `qemu-system-common`
+//! packages laid over `/usr` inside the namespace only.
 
 #![allow(dead_code)]
 
@@ -33,10 +31,9 @@ const DIRS: [(&str, &str); 4] = [
     ("log", "/var/log/libvirt"),
 ];
 
-/// The unpacked QEMU tree of `$LIBVIRTD_BENCH_QEMU_ROOT`, if it holds QEMU.
+/// The unpacked QEMU tree, if QEMU is one.
 fn qemu_root() -> Option<PathBuf> {
-    let root: PathBuf = std::env::var_os("LIBVIRTD_BENCH_QEMU_ROOT")?.into();
-    root.join(QEMU.trim_start_matches('/')).exists().then_some(root)
+    super::qemu::find()?.root
 }
 
 /// Err says why Debian's daemon cannot run here.
@@ -47,8 +44,8 @@ pub fn available() -> Result<(), String> {
     if !Path::new(LIBVIRTD).exists() {
         return Err(format!("{LIBVIRTD} is not installed (libvirt-daemon, libvirt-daemon-driver-qemu)"));
     }
-    if !Path::new(QEMU).exists() && qemu_root().is_none() {
-        return Err(format!("{QEMU} is not installed (qemu-system-x86, or $LIBVIRTD_BENCH_QEMU_ROOT)"));
+    if super::qemu::find().is_none() {
+        return Err(format!("{QEMU} is not installed (qemu-system-x86, or $LIBVIRTD_BENCH_QEMU(_ROOT))"));
     }
     Ok(())
 }

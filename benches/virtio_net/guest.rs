@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use libvirtd::privsep::helper::{GuestConfig, HelperCommand, HelperEvent, NicConfig, StartFds};
 
 use super::Netns;
+use super::qemu::Qemu;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_libvirt-helper");
 const TAP: &str = "gtap0";
@@ -195,39 +196,14 @@ fn ours(ns: &Netns, kernel: &Path, dir: &Path) -> (Vmm, Console) {
     (vmm, Console::new(reader, console))
 }
 
-/// QEMU's binary, its firmware directories and library directory, if any.
-fn qemu_binary() -> Option<(PathBuf, Vec<PathBuf>, Option<PathBuf>)> {
-    let bin = match std::env::var_os("LIBVIRTD_BENCH_QEMU") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from("/usr/bin/qemu-system-x86_64"),
-    };
-    if !bin.exists() {
-        return None;
-    }
-    // An unpacked package: ROOT/usr/bin/qemu-system-x86_64.
-    let root = bin.parent()?.parent()?.parent()?.to_path_buf();
-    let firmware: Vec<PathBuf> = [root.join("usr/share/qemu"), root.join("usr/share/seabios")]
-        .into_iter()
-        .chain([PathBuf::from("/usr/share/qemu"), PathBuf::from("/usr/share/seabios")])
-        .filter(|d| d.is_dir())
-        .collect();
-    let libs = Some(root.join("usr/lib/x86_64-linux-gnu")).filter(|d| d.is_dir() && root != Path::new("/"));
-    Some((bin, firmware, libs))
-}
-
 /// QEMU running `kernel` in `ns` with `-device virtio-net-pci` over a tap
 /// of the same kind (vnet header; no vhost), its console on stdio.
-fn qemu(ns: &Netns, kernel: &Path, (bin, firmware, libs): &(PathBuf, Vec<PathBuf>, Option<PathBuf>)) -> (Vmm, Console) {
+fn qemu(ns: &Netns, kernel: &Path, q: &Qemu) -> (Vmm, Console) {
     ns.run(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"]);
     address_tap(ns);
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0]).arg(bin);
-    for dir in firmware {
-        cmd.arg("-L").arg(dir);
-    }
-    if let Some(libs) = libs {
-        cmd.env("LD_LIBRARY_PATH", libs);
-    }
+    cmd.args(["netns", "exec", &ns.0]).arg(&q.bin);
+    q.set_up(&mut cmd);
     let mac = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
     // A session of its own, as the broker gives our helper: the scheduler
     // groups threads by session (autogroups), and a VMM in the benchmark's
@@ -392,9 +368,11 @@ pub fn compare() {
     let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/guest/build.sh")).arg(&dir).status();
     assert!(status.is_ok_and(|s| s.success()), "building the test guest");
     let kernel = dir.join("pvh.elf");
-    let binary = qemu_binary();
+    let binary = super::qemu::find();
     if binary.is_none() {
-        println!("QEMU: skipped (no /usr/bin/qemu-system-x86_64 and no LIBVIRTD_BENCH_QEMU)");
+        println!(
+            "QEMU: skipped (not installed, and neither $LIBVIRTD_BENCH_QEMU nor $LIBVIRTD_BENCH_QEMU_ROOT names one)"
+        );
     }
     let (mut helper, mut qemus) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
