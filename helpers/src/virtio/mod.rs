@@ -13,11 +13,9 @@ pub mod net;
 pub mod pci;
 pub mod worker;
 
-use std::num::Wrapping;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -36,11 +34,9 @@ pub const F_EVENT_IDX: u64 = 1 << 29;
 /// `None` for more than the queue holds: a corrupt ring, from which
 /// virtio-queue pops nothing while `enable_notification` still says there
 /// is work (a device thread that trusted both would spin). The device then
-/// needs a reset. (net's data path keeps its own copy: it is also compiled
-/// alone into `benches/virtio_net.rs`.)
+/// needs a reset.
 pub fn pending(mem: &GuestMemoryMmap, queue: &Queue) -> Option<u16> {
-    let ahead = (queue.avail_idx(mem, Ordering::Acquire).ok()? - Wrapping(queue.next_avail())).0;
-    (ahead <= queue.size()).then_some(ahead)
+    net::datapath::pending(mem, queue).ok()
 }
 
 /// Device status bits (virtio 1.2, 2.1).
