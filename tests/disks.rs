@@ -638,16 +638,7 @@ fn drive_guest(d: &Daemon, name: &str, xml: &str, script: &str) -> String {
     );
     let body = format!(
         r#"
-buf = [b""]
-def upto(st, needle):
-    while needle not in buf[0]:
-        data = st.recv(4096)
-        if not data:
-            sys.exit("end of file while waiting for %r; got %r" % (needle, buf[0]))
-        buf[0] += data
-    at = buf[0].index(needle) + len(needle)
-    seen, buf[0] = buf[0][:at], buf[0][at:]
-    return seen
+{PY_UPTO}
 dom = conn.defineXML({xml:?})
 st = conn.newStream(0)
 # Paused until the console is open: output with nobody attached is not kept.

@@ -87,20 +87,11 @@ threading.Thread(target=loop, daemon=True).start()
 dom = rw.lookupByName("ioe")
 st = rw.newStream(0)
 dom.openConsole(None, st, 0)
-buf = [b""]
-def upto(needle):
-    while needle not in buf[0]:
-        data = st.recv(4096)
-        if not data:
-            sys.exit("end of file waiting for %r: %r" % (needle, buf[0]))
-        buf[0] += data
-    at = buf[0].index(needle) + len(needle)
-    seen, buf[0] = buf[0][:at], buf[0][at:]
-    return seen.decode(errors="replace")
+{PY_UPTO}
 for sector in (5, 6):
     st.send(b"blkwrite 0 %d 7\r" % sector)
-    upto(b"BLKWRITE ")
-    print("BLKWRITE " + upto(b"\r\n").strip())
+    upto(st, b"BLKWRITE ")
+    print("BLKWRITE " + upto(st, b"\r\n").decode(errors="replace").strip())
 st.abort()
 # No statistics call: the helper's own report brings the events.
 deadline = time.time() + 10

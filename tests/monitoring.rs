@@ -711,16 +711,7 @@ fn bulk_statistics_bring_every_running_guests_disk_counters_and_never_wait_for_a
         r#"
 XMLS = {xmls:?}
 PATHS = {paths:?}
-buf = [b""]
-def upto(st, needle):
-    while needle not in buf[0]:
-        data = st.recv(4096)
-        if not data:
-            sys.exit("end of file waiting for %r: %r" % (needle, buf[0]))
-        buf[0] += data
-    at = buf[0].index(needle) + len(needle)
-    seen, buf[0] = buf[0][:at], buf[0][at:]
-    return seen
+{PY_UPTO}
 # One guest at a time, each driven through its console, then left running.
 WORK = {{"blk-a": ["blkwrite 0 3 7", "blkwrite 0 4 8", "blkflush 0", "blkread 0 3"], "blk-b": ["blkread 0 1"]}}
 for xml in XMLS:

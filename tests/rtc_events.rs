@@ -50,27 +50,18 @@ def wait(cond, timeout=15):
         time.sleep(0.05)
     return cond()
 
-st, buf = None, [b""]
+st = None
 def console(dom):
     global st
     st = conn.newStream(0)
     dom.openConsole(None, st, 0)
     st.send(b"\r")
-    upto(b"> ")
-def upto(needle):
-    while needle not in buf[0]:
-        data = st.recv(4096)
-        if not data:
-            sys.exit("end of file waiting for %r: %r" % (needle, buf[0]))
-        buf[0] += data
-    at = buf[0].index(needle) + len(needle)
-    seen, buf[0] = buf[0][:at], buf[0][at:]
-    return seen.decode(errors="replace")
+    upto(st, b"> ")
 def cmd(line, needle):
     st.send(line.encode() + b"\r")
-    upto(needle.encode())
-    out = needle + upto(b"\r\n").strip()
-    upto(b"> ")
+    upto(st, needle.encode())
+    out = needle + upto(st, b"\r\n").decode(errors="replace").strip()
+    upto(st, b"> ")
     return out
 def rtc_time():
     line = cmd("rtc", "RTC=")
@@ -86,7 +77,7 @@ fn python(d: &Daemon, name: &str, xml: &str, script: &str) -> String {
         uri(&d.tree.sock("libvirt-sock")),
         uri(&d.tree.sock("libvirt-sock-ro")),
     );
-    run_python(d, &format!("{head}{PRELUDE}{script}"), Duration::from_secs(120))
+    run_python(d, &format!("{head}{PY_UPTO}{PRELUDE}{script}"), Duration::from_secs(120))
 }
 
 /// The number after `key` on the line that starts with it.

@@ -82,22 +82,13 @@ import libvirt, sys
 libvirt.registerErrorHandler(lambda *a: None, None)
 conn = libvirt.open({uri:?})
 dom = conn.lookupByName({name:?})
-buf = [b""]
-def upto(st, needle):
-    while needle not in buf[0]:
-        data = st.recv(4096)
-        if not data:
-            sys.exit("end of file while waiting for %r; got %r" % (needle, buf[0]))
-        buf[0] += data
-    at = buf[0].index(needle) + len(needle)
-    seen, buf[0] = buf[0][:at], buf[0][at:]
-    return seen.decode(errors="replace")
+{PY_UPTO}
 st = conn.newStream(0)
 dom.openConsole(None, st, 0)
 for sector in ({last}, {last} + 1):
     st.send(b"blkread 0 %d\r" % sector)
     upto(st, b"BLKREAD ")
-    print("BLKREAD " + upto(st, b"\r\n").strip())
+    print("BLKREAD " + upto(st, b"\r\n").decode(errors="replace").strip())
 st.abort()
 "#,
         uri = uri(&d.tree.sock("libvirt-sock"))

@@ -404,6 +404,23 @@ def until(st, needle):
     return seen
 "#;
 
+/// Python helper for python-libvirt scripts that talk to a guest's console
+/// line by line: `upto(st, needle)` returns what `st` brings up to and
+/// including `needle` (bytes) and keeps what came after it in `buf[0]` for
+/// the next call; end of file fails the script.
+pub const PY_UPTO: &str = r#"
+buf = [b""]
+def upto(st, needle):
+    while needle not in buf[0]:
+        data = st.recv(4096)
+        if not data:
+            sys.exit("end of file while waiting for %r; got %r" % (needle, buf[0]))
+        buf[0] += data
+    at = buf[0].index(needle) + len(needle)
+    seen, buf[0] = buf[0][:at], buf[0][at:]
+    return seen
+"#;
+
 /// A raw libvirt RPC client, for what the stock clients will not send.
 pub struct RawClient {
     pub stream: UnixStream,
