@@ -28,8 +28,11 @@ const SINK_PORT: u16 = 9009;
 /// about a millisecond where /dev/kvm emulates its instructions.
 const RR: u32 = 500;
 const BURST: u32 = 3000;
-const FLOOD: Duration = Duration::from_secs(3);
-const ROUNDS: u32 = 3;
+/// Each side's flood comes in slices, the two sides' alternating.
+const FLOOD_SLICE: Duration = Duration::from_millis(750);
+const FLOOD_SLICES: u32 = 4;
+const ROUNDS: u32 = 5;
+const IDLE: Duration = Duration::from_secs(1);
 const T: Duration = Duration::from_secs(120);
 
 /// A guest's serial console: a thread pumps what it prints into `out`.
@@ -107,11 +110,21 @@ impl Vmm {
     /// <N>/KVM`): what moving the frames cost the host, apart from running
     /// the guest.
     fn device_cpu(&self) -> Duration {
+        self.cpu(false)
+    }
+
+    /// CPU time so far of the vCPU threads: running the guest, which an
+    /// emulating KVM does an instruction at a time, and serving its exits.
+    fn vcpu_cpu(&self) -> Duration {
+        self.cpu(true)
+    }
+
+    fn cpu(&self, vcpus: bool) -> Duration {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
         let ns: u64 = tasks
             .filter(|t| {
                 let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                !comm.starts_with("helper-vcpu") && !comm.trim_end().ends_with("/KVM")
+                vcpus == (comm.starts_with("helper-vcpu") || comm.trim_end().ends_with("/KVM"))
             })
             .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
             .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
@@ -256,15 +269,18 @@ fn server(ns: &Netns, port: u16, echo: bool, stop: Arc<AtomicBool>) -> (std::thr
     (handle, count)
 }
 
-/// The guest's received-frame count (`netstat`).
-fn guest_rx(console: &mut Console) -> u64 {
+/// The guest's counts (`netstat`): frames received, receive batches (passes
+/// that found frames) and sleeps (waits in `hlt` for an interrupt).
+fn guest_rx(console: &mut Console) -> [u64; 3] {
     let (line, _) = console.run("netstat", "NETSTAT eth0");
-    line.split_whitespace().find_map(|w| w.strip_prefix("RX=")?.parse().ok()).unwrap_or(0)
+    let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)?.parse().ok()).unwrap_or(0);
+    [field("RX="), field("BATCHES="), field("SLEEPS=")]
 }
 
 /// One implementation's figures: round trip (µs), TX packets/s, RX
 /// packets/s, and the host CPU its non-vCPU threads spent per packet sent
 /// and per packet received (µs).
+#[derive(Clone, Copy)]
 struct Figures {
     rr_us: f64,
     tx_pps: f64,
@@ -273,73 +289,147 @@ struct Figures {
     rx_cpu_us: f64,
 }
 
-fn measure(label: &str, ns: &Netns, vmm: &Vmm, console: &mut Console) -> Option<Figures> {
-    let Some(boot) = console.wait_for("> ", Duration::from_secs(120)) else {
-        println!("{label}: the guest did not boot");
-        return None;
-    };
-    let net = boot.lines().find(|l| l.starts_with("NET eth0")).unwrap_or("no NET line").trim().to_owned();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (echo, _) = server(ns, ECHO_PORT, true, stop.clone());
-    let (sink, sunk) = server(ns, SINK_PORT, false, stop.clone());
+/// One implementation under test, booted: its guest, namespace and the
+/// host's UDP servers there. (Fields drop in order: the VMM before its
+/// namespace.)
+struct Side {
+    label: String,
+    vmm: Vmm,
+    console: Console,
+    ns: Netns,
+    net: String,
+    stop: Arc<AtomicBool>,
+    servers: Vec<std::thread::JoinHandle<()>>,
+    sunk: Arc<AtomicU64>,
+    flood: Flood,
+}
 
-    // Warm up (ARP, the first frames), then the round trips.
-    console.run(&format!("udprr {HOST_IP} {ECHO_PORT} 10"), "UDPRR ");
-    let (rr, took) = console.run(&format!("udprr {HOST_IP} {ECHO_PORT} {RR}"), "UDPRR ");
-    let rr_us = took.as_secs_f64() * 1e6 / f64::from(RR);
+/// What the flood slices of one side added up to.
+#[derive(Default)]
+struct Flood {
+    sent: u64,
+    frames: u64,
+    batches: u64,
+    sleeps: u64,
+    wall: Duration,
+    device: Duration,
+    vcpu: Duration,
+}
 
-    let (before, cpu) = (sunk.load(Ordering::Relaxed), vmm.device_cpu());
-    let (burst, took) = console.run(&format!("udpburst {HOST_IP} {SINK_PORT} {BURST}"), "UDPBURST ");
-    let tx_cpu = vmm.device_cpu() - cpu;
-    std::thread::sleep(Duration::from_millis(200));
-    let got = sunk.load(Ordering::Relaxed) - before;
-    let tx_pps = got as f64 / took.as_secs_f64();
-    let tx_cpu_us = tx_cpu.as_secs_f64() * 1e6 / f64::from(BURST);
+impl Side {
+    /// Waits for the guest's prompt and starts the servers; `None` (said
+    /// why) if it did not boot.
+    fn boot(label: String, ns: Netns, vmm: Vmm, mut console: Console) -> Option<Side> {
+        let Some(boot) = console.wait_for("> ", Duration::from_secs(120)) else {
+            println!("{label}: the guest did not boot");
+            return None;
+        };
+        let net = boot.lines().find(|l| l.starts_with("NET eth0")).unwrap_or("no NET line").trim().to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (echo, _) = server(&ns, ECHO_PORT, true, stop.clone());
+        let (sink, sunk) = server(&ns, SINK_PORT, false, stop.clone());
+        let mut side =
+            Side { label, vmm, console, ns, net, stop, servers: vec![echo, sink], sunk, flood: Flood::default() };
+        // Warm up: ARP, the first frames.
+        side.console.run(&format!("udprr {HOST_IP} {ECHO_PORT} 10"), "UDPRR ");
+        Some(side)
+    }
 
-    // The namespace floods the guest (to a port it neither echoes nor
-    // answers); the guest counts what its driver took.
-    let rx0 = guest_rx(console);
-    let flooding = Arc::new(AtomicBool::new(true));
-    let socket: UdpSocket = ns.inside(|| UdpSocket::bind(format!("{HOST_IP}:0")).unwrap());
-    let flood = {
-        let flooding = flooding.clone();
-        std::thread::spawn(move || {
-            let payload = [0x42u8; 18];
-            let mut sent = 0u64;
-            while flooding.load(Ordering::Relaxed) {
-                if socket.send_to(&payload, format!("{GUEST_IP}:9")).is_ok() {
-                    sent += 1;
+    /// Microseconds per UDP round trip, guest to the echo server and back.
+    fn round_trip(&mut self) -> f64 {
+        let (rr, took) = self.console.run(&format!("udprr {HOST_IP} {ECHO_PORT} {RR}"), "UDPRR ");
+        let rr_us = took.as_secs_f64() * 1e6 / f64::from(RR);
+        println!("{}: {rr}; {rr_us:.0} µs per UDP round trip (wall clock, {RR} round trips)", self.label);
+        rr_us
+    }
+
+    /// Packets per second from the guest to the sink, and device-thread
+    /// CPU per packet (µs).
+    fn burst(&mut self) -> (f64, f64) {
+        let (before, cpu) = (self.sunk.load(Ordering::Relaxed), self.vmm.device_cpu());
+        let (burst, took) = self.console.run(&format!("udpburst {HOST_IP} {SINK_PORT} {BURST}"), "UDPBURST ");
+        let tx_cpu = self.vmm.device_cpu() - cpu;
+        std::thread::sleep(Duration::from_millis(200));
+        let got = self.sunk.load(Ordering::Relaxed) - before;
+        let tx_pps = got as f64 / took.as_secs_f64();
+        let tx_cpu_us = tx_cpu.as_secs_f64() * 1e6 / f64::from(BURST);
+        println!(
+            "{}: {burst}; host received {got} of {BURST}: {tx_pps:.0} packets/s guest to host, \
+             {tx_cpu_us:.1} µs of device-thread CPU each",
+            self.label
+        );
+        (tx_pps, tx_cpu_us)
+    }
+
+    /// One slice of flood: the namespace sends datagrams to the guest (to
+    /// a port it neither echoes nor answers) as fast as it can for
+    /// `FLOOD_SLICE`; the guest counts what its driver took.
+    fn flood_slice(&mut self) {
+        let rx0 = guest_rx(&mut self.console);
+        let flooding = Arc::new(AtomicBool::new(true));
+        let socket: UdpSocket = self.ns.inside(|| UdpSocket::bind(format!("{HOST_IP}:0")).unwrap());
+        let flood = {
+            let flooding = flooding.clone();
+            std::thread::spawn(move || {
+                let payload = [0x42u8; 18];
+                let to: std::net::SocketAddr = format!("{GUEST_IP}:9").parse().unwrap();
+                let mut sent = 0u64;
+                while flooding.load(Ordering::Relaxed) {
+                    if socket.send_to(&payload, to).is_ok() {
+                        sent += 1;
+                    }
                 }
-            }
-            sent
-        })
-    };
-    let (t, cpu) = (Instant::now(), vmm.device_cpu());
-    std::thread::sleep(FLOOD);
-    flooding.store(false, Ordering::Relaxed);
-    let sent = flood.join().unwrap();
-    let flooded = t.elapsed();
-    let rx_cpu = vmm.device_cpu() - cpu;
-    let rx = guest_rx(console).saturating_sub(rx0);
-    let rx_pps = rx as f64 / flooded.as_secs_f64();
-    // The frames the tap dropped cost nothing; those delivered did.
-    let rx_cpu_us = rx_cpu.as_secs_f64() * 1e6 / rx.max(1) as f64;
-    stop.store(true, Ordering::Relaxed);
-    echo.join().unwrap();
-    sink.join().unwrap();
+                sent
+            })
+        };
+        let (t, device, vcpu) = (Instant::now(), self.vmm.device_cpu(), self.vmm.vcpu_cpu());
+        std::thread::sleep(FLOOD_SLICE);
+        flooding.store(false, Ordering::Relaxed);
+        let sent = flood.join().unwrap();
+        let f = &mut self.flood;
+        f.wall += t.elapsed();
+        f.device += self.vmm.device_cpu() - device;
+        f.vcpu += self.vmm.vcpu_cpu() - vcpu;
+        f.sent += sent;
+        let rx1 = guest_rx(&mut self.console);
+        let [frames, batches, sleeps] = [0, 1, 2].map(|i| rx1[i].saturating_sub(rx0[i]));
+        f.frames += frames;
+        f.batches += batches;
+        f.sleeps += sleeps;
+    }
 
-    println!("{label}: {net}");
-    println!("{label}: {rr}; {rr_us:.0} µs per UDP round trip (wall clock, {RR} round trips)");
-    println!(
-        "{label}: {burst}; host received {got} of {BURST}: {tx_pps:.0} packets/s guest to host, \
-         {tx_cpu_us:.1} µs of device-thread CPU each"
-    );
-    println!(
-        "{label}: flooded with {sent} datagrams in {:.1} s, the guest took {rx}: {rx_pps:.0} packets/s host to guest, \
-         {rx_cpu_us:.1} µs of device-thread CPU each",
-        flooded.as_secs_f64()
-    );
-    Some(Figures { rr_us, tx_pps, rx_pps, tx_cpu_us, rx_cpu_us })
+    /// Packets per second host to guest over the slices, device-thread CPU
+    /// per packet (µs); what they were, said.
+    fn flooded(&self) -> (f64, f64) {
+        let f = &self.flood;
+        let rx_pps = f.frames as f64 / f.wall.as_secs_f64();
+        // The frames the tap dropped cost nothing; those delivered did.
+        let rx_cpu_us = f.device.as_secs_f64() * 1e6 / f.frames.max(1) as f64;
+        // The guest's own pace: frames per second of its vCPU thread's CPU,
+        // whatever share of the machine it got beside the flood's sender.
+        let per_vcpu_s = f.frames as f64 / f.vcpu.as_secs_f64().max(1e-9);
+        println!(
+            "{}: flooded with {} datagrams in {:.1} s, the guest took {}: {rx_pps:.0} packets/s host to guest, \
+             {rx_cpu_us:.1} µs of device-thread CPU each; {:.2} frames a batch, {} sleeps, {per_vcpu_s:.0} frames \
+             per vCPU-second",
+            self.label,
+            f.sent,
+            f.wall.as_secs_f64(),
+            f.frames,
+            f.frames as f64 / f.batches.max(1) as f64,
+            f.sleeps
+        );
+        (rx_pps, rx_cpu_us)
+    }
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+    }
 }
 
 /// Each figure's median over the rounds (the machine's load varies
@@ -359,9 +449,12 @@ fn median(rounds: &[Figures]) -> Option<Figures> {
     })
 }
 
-/// Ours and QEMU's with the same guest image, in turns ([`ROUNDS`] each,
-/// so that a change in the machine's load does not favour one); then the
-/// median of each side by side.
+/// Ours and QEMU's with the same guest image, both up at once, in
+/// [`ROUNDS`]: each round measures them in turns (the first to go changes
+/// every round), and their floods in alternating slices, so that a change
+/// in the machine's speed, which an emulating KVM feels at once, falls on
+/// both alike. Then each figure's median, and the median of the rounds'
+/// ratios.
 pub fn compare() {
     let dir = std::env::temp_dir().join(format!("libvirtd-bench-net-guest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -374,20 +467,42 @@ pub fn compare() {
             "QEMU: skipped (not installed, and neither $LIBVIRTD_BENCH_QEMU nor $LIBVIRTD_BENCH_QEMU_ROOT names one)"
         );
     }
-    let (mut helper, mut qemus) = (Vec::new(), Vec::new());
+    let (mut helper, mut qemus, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
+        let mut sides = Vec::new();
         let ns = namespace("ng-ours");
-        let (vmm, mut console) = ours(&ns, &kernel, &dir);
-        helper.extend(measure(&format!("helper, round {round}"), &ns, &vmm, &mut console));
-        drop(vmm);
-        drop(ns);
+        let (vmm, console) = ours(&ns, &kernel, &dir);
+        sides.extend(Side::boot(format!("helper, round {round}"), ns, vmm, console));
         if let Some(binary) = &binary {
             let ns = namespace("ng-qemu");
-            let (vmm, mut console) = qemu(&ns, &kernel, binary);
-            qemus.extend(measure(&format!("QEMU virtio-net-pci, round {round}"), &ns, &vmm, &mut console));
-            drop(vmm);
-            drop(ns);
+            let (vmm, console) = qemu(&ns, &kernel, binary);
+            sides.extend(Side::boot(format!("QEMU virtio-net-pci, round {round}"), ns, vmm, console));
         }
+        if round % 2 == 0 {
+            sides.reverse();
+        }
+        // Each measures while the other idles: what an idle guest costs
+        // the machine is taken from the one measured.
+        let idle: Vec<Duration> = sides.iter().map(|s| s.vmm.vcpu_cpu() + s.vmm.device_cpu()).collect();
+        std::thread::sleep(IDLE);
+        for (side, before) in sides.iter().zip(idle) {
+            let idle = (side.vmm.vcpu_cpu() + side.vmm.device_cpu() - before).as_secs_f64() / IDLE.as_secs_f64();
+            println!("{}: {}; idle, it takes {:.1} % of a core", side.label, side.net, idle * 100.0);
+        }
+        let rr: Vec<f64> = sides.iter_mut().map(Side::round_trip).collect();
+        let tx: Vec<(f64, f64)> = sides.iter_mut().map(Side::burst).collect();
+        for _ in 0..FLOOD_SLICES {
+            sides.iter_mut().for_each(Side::flood_slice);
+        }
+        let (mut h, mut q) = (None, None);
+        for (i, side) in sides.iter().enumerate() {
+            let (rx_pps, rx_cpu_us) = side.flooded();
+            let figures = Figures { rr_us: rr[i], tx_pps: tx[i].0, rx_pps, tx_cpu_us: tx[i].1, rx_cpu_us };
+            *(if side.label.starts_with("helper") { &mut h } else { &mut q }) = Some(figures);
+        }
+        helper.extend(h);
+        qemus.extend(q);
+        pairs.extend(h.zip(q));
     }
     if let (Some(h), Some(q)) = (median(&helper), median(&qemus)) {
         println!(
@@ -400,6 +515,32 @@ pub fn compare() {
              host, {:.1} / {:.1} µs host to guest",
             h.tx_cpu_us, q.tx_cpu_us, h.rx_cpu_us, q.rx_cpu_us
         );
+        // Within a round both met the same machine: their ratio is the
+        // figure that does not drift with it.
+        let ratios: Vec<Figures> = pairs
+            .iter()
+            .map(|(h, q)| Figures {
+                rr_us: q.rr_us / h.rr_us,
+                tx_pps: h.tx_pps / q.tx_pps,
+                rx_pps: h.rx_pps / q.rx_pps,
+                tx_cpu_us: q.tx_cpu_us / h.tx_cpu_us,
+                rx_cpu_us: q.rx_cpu_us / h.rx_cpu_us,
+            })
+            .collect();
+        let each = |f: fn(&Figures) -> f64| ratios.iter().map(|r| format!("{:.2}", f(r))).collect::<Vec<_>>().join(" ");
+        if let Some(r) = median(&ratios) {
+            println!(
+                "helper against QEMU, each round's ratio (above 1: the helper ahead), median of {}: round trip {:.2} ({}), \
+                 guest to host {:.2} ({}), host to guest {:.2} ({})",
+                ratios.len(),
+                r.rr_us,
+                each(|r| r.rr_us),
+                r.tx_pps,
+                each(|r| r.tx_pps),
+                r.rx_pps,
+                each(|r| r.rx_pps)
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1019,7 +1019,8 @@ bln_nq:      .long 0
         .set N_RX, V_SIZE + 64
         .set N_TX, V_SIZE + 72
         .set N_DROP, V_SIZE + 80
-        .set N_STRIDE, 128
+        .set N_BATCH, V_SIZE + 88       /* net_rx calls that found frames */
+        .set N_STRIDE, 256
         .set UDP_LPORT, 40000
         .set PING_ID, 0x564c            /* "LV": our echo requests' identifier */
         .set PING_DATA, 32              /* payload bytes of an echo request */
@@ -1453,7 +1454,10 @@ net_rx:
 3:      movl %r12d, %edx
         call net_rx_post
         jmp 1b
-9:      call net_rx_publish             /* the batch's buffers back at once */
+9:      cmpl $4 * VQ_SIZE, %r13d
+        je 8f
+        incq N_BATCH(%rbx)
+8:      call net_rx_publish             /* the batch's buffers back at once */
         popq %r13
         popq %r12
         ret
@@ -2355,6 +2359,14 @@ net_netstat_cmd:
         call puts
         movq N_DROP(%rbx), %rax
         call putdec
+        leaq msg_batcheq(%rip), %rsi
+        call puts
+        movq N_BATCH(%rbx), %rax
+        call putdec
+        leaq msg_sleepeq(%rip), %rsi
+        call puts
+        movq net_sleeps(%rip), %rax
+        call putdec
         call newline
         incl %r12d
         cmpl net_count(%rip), %r12d
@@ -2542,6 +2554,8 @@ msg_netstat:   .asciz "NETSTAT eth"
 msg_rxeq:      .asciz " RX="
 msg_txeq:      .asciz " TX="
 msg_dropeq:    .asciz " DROP="
+msg_batcheq:   .asciz " BATCHES="
+msg_sleepeq:   .asciz " SLEEPS="
 msg_netbad:    .asciz "NETBAD SENT\r\n"
 bcast_mac:     .byte 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
 rr_payload:    .ascii "udprr-00"
@@ -2554,6 +2568,8 @@ net_cmdline: .quad 0
 net_count:   .long 0
 net_spin:    .long 0
 net_more:    .byte 0
+        .balign 8
+net_sleeps:  .quad 0                    /* hlts in getc: waits for a wake-up */
         .align 4
 net_udp_got: .long 0
 net_dport:   .word 0
@@ -2737,6 +2753,7 @@ getc:
         jne 28f
         cmpb $0, net_more(%rip)         /* frames used after the last look */
         jne 28f
+        incq net_sleeps(%rip)
         sti
         hlt                             /* sti's shadow: no lost wake-up */
         jmp getc

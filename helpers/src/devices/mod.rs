@@ -15,6 +15,7 @@ pub mod pvpanic;
 pub mod rtc;
 pub mod serial;
 
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -120,6 +121,50 @@ impl Irq for IrqFd {
     }
 }
 
+vmm_sys_util::ioctl_iow_nr!(KVM_IRQ_LINE, kvm_bindings::KVMIO, 0x61, kvm_bindings::kvm_irq_level);
+
+/// A PCI INTx line, pulsed with `KVM_IRQ_LINE` by the thread that raises
+/// it. KVM injects an irqfd whose route is the PIC or IOAPIC from a
+/// kworker (only MSI routes are injected in the writer's context), so
+/// every such interrupt wakes one more thread before the vCPU's, and a
+/// guest waiting on a reply (a UDP round trip, a disk read) pays that hop
+/// each time. QEMU, too, raises INTx with this ioctl on the raising thread.
+/// The pulse (high, then low) is what an irqfd without a resample fd does.
+#[derive(Debug)]
+pub struct IrqLine {
+    vm: OwnedFd,
+    gsi: u32,
+}
+
+impl IrqLine {
+    /// A line on `gsi` of the VM `vm` (an fd of its own, the VM's).
+    pub fn new(vm: BorrowedFd<'_>, gsi: u32) -> std::io::Result<IrqLine> {
+        Ok(IrqLine { vm: vm.try_clone_to_owned()?, gsi })
+    }
+
+    fn set(&self, level: u32) {
+        let mut line = kvm_bindings::kvm_irq_level { level, ..Default::default() };
+        line.__bindgen_anon_1.irq = self.gsi;
+        // SAFETY: KVM_IRQ_LINE reads one kvm_irq_level, which outlives the
+        // call, from an fd this line owns. It fails only for a GSI the
+        // irqchip lacks, which the builder never gives.
+        let _ = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.vm, KVM_IRQ_LINE(), &line) };
+    }
+}
+
+impl std::os::fd::AsFd for IrqLine {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.vm.as_fd()
+    }
+}
+
+impl Irq for IrqLine {
+    fn raise(&self) {
+        self.set(1);
+        self.set(0);
+    }
+}
+
 #[cfg(test)]
 pub mod testing {
     //! A counting interrupt line for device tests.
@@ -140,6 +185,91 @@ pub mod testing {
     impl super::Irq for CountingIrq {
         fn raise(&self) {
             self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use kvm_ioctls::VmFd;
+    use libvirtd::sandbox::Thread;
+
+    use super::*;
+
+    /// A VM with the in-kernel irqchip, or `None` (a failure under CI)
+    /// without /dev/kvm.
+    fn vm() -> Option<VmFd> {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI requires /dev/kvm");
+            return None;
+        };
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        Some(vm)
+    }
+
+    /// Whether IRQ 10 (the slave PIC's line 2) is requested.
+    fn irq10_requested(vm: &VmFd) -> bool {
+        let mut chip = kvm_bindings::kvm_irqchip { chip_id: kvm_bindings::KVM_IRQCHIP_PIC_SLAVE, ..Default::default() };
+        vm.get_irqchip(&mut chip).unwrap();
+        // SAFETY: the PIC variant is what KVM_GET_IRQCHIP fills for a PIC.
+        unsafe { chip.chip.pic.irr & 0b100 != 0 }
+    }
+
+    #[test]
+    fn a_pulse_sets_the_request_bit_of_its_line_in_the_in_kernel_pic() {
+        let Some(vm) = vm() else { return };
+        // SAFETY: `vm` is open for the borrow.
+        let line = IrqLine::new(unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }, 10).unwrap();
+        assert_ne!(line.as_fd().as_raw_fd(), vm.as_raw_fd(), "a VM fd of its own");
+        assert!(!irq10_requested(&vm));
+        line.raise();
+        assert!(irq10_requested(&vm), "IRQ 10 requested after the pulse");
+    }
+
+    /// Every thread that may raise a virtio device's INTx (the vCPU that
+    /// made the access, the device threads, the control thread for the
+    /// balloon) may pulse it under its own seccomp filter, whose default
+    /// kills the process: so the pulses run in a test process of their own.
+    #[test]
+    fn every_thread_that_raises_intx_may_pulse_it_under_its_filter() {
+        if vm().is_none() {
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "devices::tests::pulses_under_each_filter", "--ignored", "--nocapture"])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{:?}: {said}", out.status);
+        assert!(said.contains("1 passed"), "{said}");
+    }
+
+    #[test]
+    #[ignore = "run by every_thread_that_raises_intx_may_pulse_it_under_its_filter in a process of its own"]
+    fn pulses_under_each_filter() {
+        for thread in [Thread::HelperVmm, Thread::HelperVcpu, Thread::HelperIo, Thread::HelperNet] {
+            let vm = vm().unwrap();
+            // SAFETY: `vm` is open for the borrow.
+            let line = IrqLine::new(unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }, 10).unwrap();
+            // A thread of this process (KVM refuses a VM's ioctls from
+            // another), under the filter alone: it applies to that thread.
+            std::thread::spawn(move || {
+                let program: Vec<seccompiler::sock_filter> = thread
+                    .policy()
+                    .instructions()
+                    .iter()
+                    .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+                    .collect();
+                seccompiler::apply_filter(&program).unwrap();
+                line.raise();
+            })
+            .join()
+            .unwrap();
+            assert!(irq10_requested(&vm), "{thread:?}: the pulse reached the PIC");
         }
     }
 }

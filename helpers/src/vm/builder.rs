@@ -69,6 +69,9 @@ pub enum BuildError {
     /// An interrupt eventfd could not be made.
     #[error("eventfd: {0}")]
     Eventfd(std::io::Error),
+    /// A PCI interrupt line could not have its own VM fd (fd limit).
+    #[error("an interrupt line's VM fd: {0}")]
+    IrqLine(std::io::Error),
     /// The kernel did not load.
     #[error(transparent)]
     Boot(#[from] BootError),
