@@ -128,27 +128,90 @@ st.finish()
 }
 
 #[test]
-fn a_reboot_that_on_reboot_makes_a_stop_ends_the_console() {
+fn a_console_ends_when_a_reboot_or_crash_stops_the_guest_or_its_helper_dies() {
     if !ready() {
         return;
     }
     let d = Daemon::start("", &[]);
     let xml = test_guest_xml(&d, "con-stop", UUID);
-    assert!(!xml.contains("<on_reboot>"), "{xml}");
-    let xml = xml.replace("</domain>", "  <on_reboot>destroy</on_reboot>\n</domain>");
-    let out = python(
-        &d,
-        "con-stop",
-        &xml,
-        r#"
+    assert!(!xml.contains("<on_reboot>") && !xml.contains("<on_crash>"), "{xml}");
+    let xml = xml.replace("</domain>", "  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n</domain>");
+    let script = format!("import os\nDAEMON = {}\n{}", d.pid, STOPS);
+    let out = python(&d, "con-stop", &xml, &script);
+    assert_eq!(
+        out,
+        "on_reboot destroy ends it: True 0\non_crash destroy ends it: True 0\na dead helper ends it: True 0\n"
+    );
+}
+
+/// The guest stops three ways under an open console.
+const STOPS: &str = r#"
+def helper():
+    # The broker's child running libvirt-helper (the others are its frontends).
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open("/proc/%s/stat" % pid).read()
+            cmd = open("/proc/%s/cmdline" % pid, "rb").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == DAEMON and b"libvirt-helper" in cmd:
+            return int(pid)
+
+def inactive(dom):
+    end = time.time() + 15
+    while dom.isActive() and time.time() < end:
+        time.sleep(0.05)
+    return dom.isActive()
+
+dom = conn.defineXML(XML)
+for label, stop in (("on_reboot destroy", lambda st: st.send(b"reboot\r")),
+                    ("on_crash destroy", lambda st: st.send(b"panic\r")),
+                    ("a dead helper", lambda st: os.kill(helper(), 9))):
+    dom.create()
+    st = console(dom)
+    prompt(st)
+    stop(st)
+    print(label + " ends it:", ends(st), inactive(dom))
+    st.finish()
+"#;
+
+#[test]
+fn with_nobody_on_the_console_each_new_boot_goes_to_the_serial_log() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let log = d.tree.path("con-log.log");
+    let serial = "<serial type='pty'><target port='0'/></serial>";
+    let xml = test_guest_xml(&d, "con-log", UUID);
+    assert!(xml.contains(serial), "{xml}");
+    let file = format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display());
+    let xml = xml.replace(serial, &file);
+    let script = format!("LOG = {:?}\n{}", log.display().to_string(), LOGGED);
+    let out = python(&d, "con-log", &xml, &script);
+    assert_eq!(out, "first boot: True\nafter a reset: True\nafter a reboot: True\n");
+}
+
+/// Boots counted in the serial log: the broker drains the console the
+/// next helper took over while nobody holds it.
+const LOGGED: &str = r#"
+def boots(n):
+    end = time.time() + 15
+    while time.time() < end:
+        try:
+            if open(LOG, "rb").read().count(b"GUEST-READY") >= n:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
 dom = conn.defineXML(XML)
 dom.create()
-st = console(dom)
-prompt(st)
-st.send(b"reboot\r")
-print("ends:", ends(st), dom.isActive())
-st.finish()
-"#,
-    );
-    assert_eq!(out, "ends: True 0\n");
-}
+print("first boot:", boots(1))
+dom.reset(0)
+print("after a reset:", boots(2))
+dom.reboot(0)
+print("after a reboot:", boots(3))
+dom.destroy()
+"#;
