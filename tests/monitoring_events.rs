@@ -79,8 +79,7 @@ dom.openConsole(None, st, 0)
 st.send(b"\r")
 until(st, b"> ")
 st.send(b"reboot\r")
-while st.recv(4096):
-    pass
+until(st, b"GUEST-READY")
 st.finish()
 print("guest's reboot:", wait(lambda: len(seen) == 2), sorted(seen) == [("ro", NAME, first), ("rw", NAME, first)])
 dom.reset(0)

@@ -38,6 +38,12 @@ pub struct Running {
     pub channel: Channel,
     /// The broker's end of the guest console.
     pub console: UnixStream,
+    /// The helper's end of the console, which the broker keeps as well: the
+    /// broker's end (and the copy a client's console stream holds) then
+    /// reaches end of file only when the broker lets go of it, not when a
+    /// helper exits, and a reboot hands both ends to the next helper
+    /// ([`Console`]), so that an open console goes on with the new boot.
+    pub console_peer: OwnedFd,
     /// Where console output goes while nobody is attached (`<serial type='file'>`).
     pub log: Option<std::fs::File>,
     /// This broker spawned it (one re-attached after a restart is not our child).
@@ -59,6 +65,19 @@ pub struct Running {
     /// When its last RTC change event went out (`rtc.rs` bounds a helper
     /// that sends them faster than its own limit).
     pub rtc_event_at: Option<std::time::Instant>,
+}
+
+/// A guest's console socket pair (the broker's end, the helper's), handed
+/// from a helper whose guest rebooted to the one that runs it on. The
+/// kernel's socket buffers bound what waits in it meanwhile: guest output
+/// for the client, and client input for the new guest.
+pub type Console = (UnixStream, OwnedFd);
+
+impl Running {
+    /// The guest's console, for the helper that runs it on after a reboot.
+    pub fn into_console(self) -> Console {
+        (self.console, self.console_peer)
+    }
 }
 
 /// What the broker knows of the protocol a helper speaks.
@@ -139,6 +158,13 @@ fn open_regular(domain: &str, what: &'static str, path: &str) -> Result<OwnedFd,
     Ok(Purpose { domain, what }.open_read(Path::new(path))?.into())
 }
 
+/// A new console socket pair: the broker's end, non-blocking, and the helper's.
+fn new_console() -> Result<Console, CallError> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
+    ours.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
+    Ok((ours, theirs.into()))
+}
+
 /// The file a `<serial type='file'>` console is logged to, opened for
 /// appending (created if missing; anything but a regular file is refused).
 fn serial_log(def: &DomainDef) -> Result<Option<std::fs::File>, CallError> {
@@ -179,8 +205,10 @@ impl Launcher {
 
     /// Starts `def` as guest `id`: opens and checks its files, spawns the
     /// helper and hands everything over; its clock starts where `clock`
-    /// (a reset guest's) was, or where the definition says. The helper's `Started` (or how it
-    /// failed) arrives on the returned channel.
+    /// (a reset guest's) was, or where the definition says, and its console
+    /// is `console` (a reset guest's, which a client may hold open) or a new
+    /// one. The helper's `Started` (or how it failed) arrives on the
+    /// returned channel.
     pub fn start(
         &self,
         def: &DomainDef,
@@ -188,6 +216,7 @@ impl Launcher {
         running: &HashMap<crate::domain::Uuid, Running>,
         networks: &super::networks::Networks,
         clock: Option<super::rtc::LiveClock>,
+        console: Option<Console>,
     ) -> Result<Running, CallError> {
         // Where the interfaces go, first, as libvirt checks its networks
         // before anything else is prepared.
@@ -219,8 +248,10 @@ impl Launcher {
         // The taps last, as they are the only thing here the host sees: a
         // start that fails later removes them with their fds.
         let nics = super::nics::open_all(def, ports)?;
-        let (console, guest_console) = UnixStream::pair().map_err(|e| CallError::Internal(format!("console: {e}")))?;
-        console.set_nonblocking(true).map_err(|e| CallError::Internal(format!("console: {e}")))?;
+        let (console, guest_console) = match console {
+            Some(carried) => carried,
+            None => new_console()?,
+        };
         std::fs::create_dir_all(&self.state_dir).map_err(|e| failed("cannot create", &self.state_dir, e))?;
         let listener = control_listener(&super::status::control_socket(&self.state_dir, &def.name))?;
 
@@ -264,7 +295,6 @@ impl Launcher {
         };
         let tap_fds: Vec<_> = nics.fds.iter().map(|f| f.as_fd()).collect();
         let disk_fds: Vec<Vec<_>> = disks.iter().map(|d| d.layers.iter().map(|f| f.as_fd()).collect()).collect();
-        let guest_console: OwnedFd = guest_console.into();
         let fds = StartFds {
             kvm: kvm.as_fd(),
             kernel: kernel.as_fd(),
@@ -294,6 +324,7 @@ impl Launcher {
             uid: uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
             channel: spawned.channel,
             console,
+            console_peer: guest_console,
             log,
             child: true,
             protocol: Protocol::Awaiting,
@@ -363,8 +394,7 @@ impl Launcher {
                 Channel::from_fd(fd).ok()
             });
         let Some(channel) = connected else { return Reattached::Gone };
-        let Ok((console, theirs)) = UnixStream::pair() else { return Reattached::Gone };
-        let _ = console.set_nonblocking(true);
+        let Ok((console, console_peer)) = new_console() else { return Reattached::Gone };
         // The guest runs on whether or not its log can be reopened.
         let log = serial_log(def).unwrap_or_else(|e| {
             log::warn!("domain '{}': {e}", def.name);
@@ -379,6 +409,7 @@ impl Launcher {
             uid,
             channel,
             console,
+            console_peer,
             log,
             child: false,
             protocol,
@@ -400,8 +431,7 @@ impl Launcher {
                 {
                     return Reattached::Stopped(reason);
                 }
-                let theirs: OwnedFd = theirs.into();
-                let (command, fds) = HelperCommand::console(theirs.as_fd());
+                let (command, fds) = HelperCommand::console(r.console_peer.as_fd());
                 if r.channel.send(&command, &fds).is_err() {
                     return Reattached::Gone;
                 }

@@ -341,8 +341,13 @@ impl Broker {
         let id = running.id;
         if matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart {
             self.setup.ctx.guests.reset_clocks.insert(uuid, running.clock);
+            // The console goes on with the next helper: its end, watched
+            // again under that helper, and with it any client's stream.
+            let _ = self.poll.registry().deregister(&mut SourceFd(&running.console.as_raw_fd()));
+            self.setup.ctx.guests.reset_consoles.insert(uuid, running.into_console());
+        } else {
+            drop(running);
         }
-        drop(running);
         let dom = self.setup.ctx.domains.by_uuid(&uuid).map(|e| e.stopped_handle());
         self.setup.ctx.unrecord(&uuid);
         if action == LifecycleAction::Restart {
@@ -377,6 +382,8 @@ impl Broker {
                 }
                 Err(e) => {
                     log::error!("domain '{name}' could not be restarted: {e}");
+                    // A console it kept for the next helper ends here.
+                    self.setup.ctx.guests.reset_consoles.remove(&uuid);
                     call_audit::audit_guest(&mut self.setup.auditor, "start", (&name, &uuid), -1, Some(op), false);
                     // A reboot's stop was not announced; this one is.
                     if let (true, Ok(dom)) =

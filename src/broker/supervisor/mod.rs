@@ -43,6 +43,10 @@ pub struct Supervisor {
     /// The clocks of guests that reset, for the helper that runs them on:
     /// a reboot keeps the time the guest set, as a PC's RTC does.
     pub reset_clocks: HashMap<Uuid, super::rtc::LiveClock>,
+    /// The consoles of guests that reset, for the helper that runs them on:
+    /// a client's console stream goes on through a reboot, as it does with
+    /// QEMU, whose reboot keeps the process and its chardev.
+    pub reset_consoles: HashMap<Uuid, super::guests::Console>,
 }
 
 impl Supervisor {
@@ -59,6 +63,7 @@ impl Supervisor {
             consoles_taken: Vec::new(),
             pending: Pending::default(),
             reset_clocks: HashMap::new(),
+            reset_consoles: HashMap::new(),
         }
     }
 
@@ -124,7 +129,9 @@ impl Ctx {
         let g = &mut self.guests;
         // Only a restart in place runs on with the clock the guest had.
         let clock = g.reset_clocks.remove(uuid).filter(|_| id.is_some());
-        let running = match g.launcher.start(&entry.def, id.unwrap_or(g.next_id), &g.running, &self.networks, clock) {
+        let console = g.reset_consoles.remove(uuid).filter(|_| id.is_some());
+        let next = id.unwrap_or(g.next_id);
+        let running = match g.launcher.start(&entry.def, next, &g.running, &self.networks, clock, console) {
             Ok(r) => r,
             Err(e) => {
                 // As libvirt does: a start that failed leaves the domain shut off (failed).

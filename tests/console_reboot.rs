@@ -1,0 +1,217 @@
+//! A console stream open while its guest reboots goes on with the new boot,
+//! as with libvirt and QEMU (whose reboot keeps the process and its
+//! chardev), though here a reboot hands the guest over to a new helper:
+//! the client reads the new boot's output and types to the new guest
+//! without opening the console again, and a console opened during the hand-over
+//! waits for the new helper. The stream ends when the guest really stops.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const UUID: &str = "8e1f0c2a-5b3d-4c6e-9f70-1a2b3c4d5e6f";
+
+fn ready() -> bool {
+    let kvm = require(std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok(), "/dev/kvm");
+    let py = Command::new("/usr/bin/python3").args(["-c", "import libvirt"]).output().is_ok_and(|o| o.status.success());
+    kvm && require(py, "python3-libvirt")
+}
+
+/// `conn`, `console(dom, flags, connection)`, `prompt(st)`, `ends(st)` (whether the
+/// stream reaches end of file within 15 s, whatever it brings first).
+const PRELUDE: &str = r#"
+import libvirt, sys, threading, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.open(URI)
+
+def console(dom, flags=0, c=conn):
+    st = c.newStream(0)
+    dom.openConsole(None, st, flags)
+    return st
+
+def prompt(st):
+    st.send(b"\r")
+    until(st, b"> ")
+
+def ends(st):
+    done = []
+    def drain():
+        while st.recv(4096):
+            pass
+        done.append(True)
+    threading.Thread(target=drain, daemon=True).start()
+    end = time.time() + 15
+    while not done and time.time() < end:
+        time.sleep(0.05)
+    return bool(done)
+
+def new_boot(st):
+    until(st, b"GUEST-READY")
+    until(st, b"> ")
+    st.send(b"echo hello\r")
+    until(st, b"\nhello\r\n")
+    return True
+"#;
+
+fn python(d: &Daemon, name: &str, xml: &str, script: &str) -> String {
+    let head = format!("URI = {:?}\nNAME = {name:?}\nXML = {xml:?}\n", uri(&d.tree.sock("libvirt-sock")));
+    run_python(d, &(head + PRELUDE + PY_UNTIL + script), Duration::from_secs(120))
+}
+
+#[test]
+fn an_open_console_shows_each_new_boot_and_reaches_the_new_guest_then_ends_with_destroy() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let xml = test_guest_xml(&d, "con-reboot", UUID);
+    let out = python(
+        &d,
+        "con-reboot",
+        &xml,
+        r#"
+dom = conn.defineXML(XML)
+dom.create()
+first = dom.ID()
+st = console(dom)
+prompt(st)
+# The guest's own reboot (i8042 reset): a new helper runs it on.
+st.send(b"reboot\r")
+print("guest's reboot:", new_boot(st), dom.ID() == first)
+# virDomainReset and virDomainReboot hand over likewise.
+dom.reset(0)
+print("reset:", new_boot(st))
+dom.reboot(0)
+print("reboot:", new_boot(st))
+dom.destroy()
+print("destroy ends it:", ends(st))
+st.finish()
+"#,
+    );
+    assert_eq!(out, "guest's reboot: True True\nreset: True\nreboot: True\ndestroy ends it: True\n");
+}
+
+#[test]
+fn a_console_opened_as_the_guest_reboots_waits_for_the_new_helper() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let xml = test_guest_xml(&d, "con-handover", UUID);
+    let out = python(
+        &d,
+        "con-handover",
+        &xml,
+        r#"
+dom = conn.defineXML(XML)
+dom.create()
+old = console(dom)
+prompt(old)
+# Taken over (FORCE, by another client) at once after the reboot word,
+# while the old helper goes and the new one comes.
+other = libvirt.open(URI)
+old.send(b"reboot\r")
+until(old, b"reboot")
+st = console(other.lookupByName(NAME), libvirt.VIR_DOMAIN_CONSOLE_FORCE, other)
+print("new boot:", new_boot(st))
+print("taken over one ends:", ends(old))
+old.finish()
+dom.shutdown()
+print("poweroff ends it:", ends(st))
+st.finish()
+"#,
+    );
+    assert_eq!(out, "new boot: True\ntaken over one ends: True\npoweroff ends it: True\n");
+}
+
+#[test]
+fn a_console_ends_when_a_reboot_or_crash_stops_the_guest_or_its_helper_dies() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let xml = test_guest_xml(&d, "con-stop", UUID);
+    assert!(!xml.contains("<on_reboot>") && !xml.contains("<on_crash>"), "{xml}");
+    let xml = xml.replace("</domain>", "  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n</domain>");
+    let script = format!("import os\nDAEMON = {}\n{}", d.pid, STOPS);
+    let out = python(&d, "con-stop", &xml, &script);
+    assert_eq!(
+        out,
+        "on_reboot destroy ends it: True 0\non_crash destroy ends it: True 0\na dead helper ends it: True 0\n"
+    );
+}
+
+/// The guest stops three ways under an open console.
+const STOPS: &str = r#"
+def helper():
+    # The broker's child running libvirt-helper (the others are its frontends).
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open("/proc/%s/stat" % pid).read()
+            cmd = open("/proc/%s/cmdline" % pid, "rb").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == DAEMON and b"libvirt-helper" in cmd:
+            return int(pid)
+
+def inactive(dom):
+    end = time.time() + 15
+    while dom.isActive() and time.time() < end:
+        time.sleep(0.05)
+    return dom.isActive()
+
+dom = conn.defineXML(XML)
+for label, stop in (("on_reboot destroy", lambda st: st.send(b"reboot\r")),
+                    ("on_crash destroy", lambda st: st.send(b"panic\r")),
+                    ("a dead helper", lambda st: os.kill(helper(), 9))):
+    dom.create()
+    st = console(dom)
+    prompt(st)
+    stop(st)
+    print(label + " ends it:", ends(st), inactive(dom))
+    st.finish()
+"#;
+
+#[test]
+fn with_nobody_on_the_console_each_new_boot_goes_to_the_serial_log() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let log = d.tree.path("con-log.log");
+    let serial = "<serial type='pty'><target port='0'/></serial>";
+    let xml = test_guest_xml(&d, "con-log", UUID);
+    assert!(xml.contains(serial), "{xml}");
+    let file = format!("<serial type='file'><source path='{}'/><target port='0'/></serial>", log.display());
+    let xml = xml.replace(serial, &file);
+    let script = format!("LOG = {:?}\n{}", log.display().to_string(), LOGGED);
+    let out = python(&d, "con-log", &xml, &script);
+    assert_eq!(out, "first boot: True\nafter a reset: True\nafter a reboot: True\n");
+}
+
+/// Boots counted in the serial log: the broker drains the console the
+/// next helper took over while nobody holds it.
+const LOGGED: &str = r#"
+def boots(n):
+    end = time.time() + 15
+    while time.time() < end:
+        try:
+            if open(LOG, "rb").read().count(b"GUEST-READY") >= n:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+dom = conn.defineXML(XML)
+dom.create()
+print("first boot:", boots(1))
+dom.reset(0)
+print("after a reset:", boots(2))
+dom.reboot(0)
+print("after a reboot:", boots(3))
+dom.destroy()
+"#;
