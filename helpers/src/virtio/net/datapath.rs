@@ -237,8 +237,15 @@ impl Datapath {
             pending(mem, queue)?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
-                self.transmit_one(mem, chain, features, link_up);
+                let frame = self.take(mem, chain, features, link_up);
+                // The frame is copied out: the buffer goes back before the
+                // tap write, which runs the host's stack for the frame (and
+                // wakes its receiver) before it returns. A driver that waits
+                // on each completion sees it that much sooner.
                 queue.add_used(mem, head, 0)?;
+                if let Some(len) = frame {
+                    self.send(len);
+                }
                 pass.used = true;
                 n += 1;
                 if n == BATCH {
@@ -252,21 +259,35 @@ impl Datapath {
         }
     }
 
-    fn transmit_one(
+    /// Copies a transmit chain into `frame` and checks it: its length if
+    /// it is to be sent, else `None` (counted as an error, or as dropped
+    /// with the link down).
+    fn take(
         &mut self,
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
         features: u64,
         up: bool,
-    ) {
-        let c = std::sync::Arc::clone(&self.counters);
-        let Some(len) = self.gather(mem, chain) else { return bump(&c.tx_errs, 1) };
+    ) -> Option<usize> {
+        let Some(len) = self.gather(mem, chain) else {
+            bump(&self.counters.tx_errs, 1);
+            return None;
+        };
+        let c = &self.counters;
         if !tx_header_ok(&mut self.frame[..len], features) {
-            return bump(&c.tx_errs, 1);
+            bump(&c.tx_errs, 1);
+            return None;
         }
         if !up {
-            return bump(&c.tx_drop, 1);
+            bump(&c.tx_drop, 1);
+            return None;
         }
+        Some(len)
+    }
+
+    /// Writes the first `len` bytes of `frame` to the tap, counted.
+    fn send(&mut self, len: usize) {
+        let c = &self.counters;
         match self.tap.write(&self.frame[..len]) {
             Ok(n) if n == len => {
                 bump(&c.tx_packets, 1);
