@@ -16,8 +16,12 @@
 //! the host received) and datagrams the namespace floods the guest with
 //! (packets/s the guest counted, `netstat`), each also as the host CPU the
 //! VMM's threads other than the vCPU spent per packet (a figure the
-//! machine's other load changes less than the rates); three rounds in
-//! turns, and their medians. QEMU is the one `shared/qemu.rs` finds (the
+//! machine's other load changes less than the rates). Where KVM emulates
+//! the guest's instructions the guest's own pace sets the rates, and the
+//! machine's speed drifts by ±15 % within seconds; so both guests run at
+//! once, in nine rounds, each measuring them in turns (who goes first
+//! alternates) and their floods in alternating slices; then each figure's
+//! median and the median of the rounds' ratios. QEMU is the one `shared/qemu.rs` finds (the
 //! installed one, or Debian's packages unpacked where
 //! `$LIBVIRTD_BENCH_QEMU` or `$LIBVIRTD_BENCH_QEMU_ROOT` says); without
 //! one, its column is skipped with a note.

@@ -31,7 +31,7 @@ const BURST: u32 = 3000;
 /// Each side's flood comes in slices, the two sides' alternating.
 const FLOOD_SLICE: Duration = Duration::from_millis(750);
 const FLOOD_SLICES: u32 = 4;
-const ROUNDS: u32 = 5;
+const ROUNDS: u32 = 9;
 const IDLE: Duration = Duration::from_secs(1);
 const T: Duration = Duration::from_secs(120);
 
