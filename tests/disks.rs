@@ -806,3 +806,54 @@ fn after_a_daemon_restart_the_helper_still_holds_its_images_and_answers_for_them
     // The helper gone, the image is free.
     assert!(wait_until(SECS, || qemu_io_write(&img).0));
 }
+
+/// Whether process `pid` is gone: absent, or a zombie (its fds, and with
+/// them its image locks, closed).
+fn gone(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    stat.rfind(')').and_then(|at| stat[at + 1..].split_whitespace().next()).is_none_or(|s| s == "Z" || s == "X")
+}
+
+/// `destroy` answers only once the helper is gone, and promptly: the
+/// helper's exit itself wakes the broker (SIGCHLD for a helper it spawned,
+/// a pidfd for one re-attached after a daemon restart, not its child), so
+/// the answer waits neither on a timer nor for the 10 s bound.
+#[test]
+fn destroy_answers_promptly_once_the_helper_is_gone_spawned_or_re_attached() {
+    if !have_virsh() || !have_kvm() {
+        return;
+    }
+    const PROMPT: Duration = Duration::from_secs(3);
+    let mut d = Daemon::start("", &[]);
+    let rw = d.tree.sock("libvirt-sock");
+    assert_eq!(define(&d, "pa", &test_guest_xml(&d, "pa", UUID_A)).0, 0);
+    // A helper the broker spawned, destroyed outright and gracefully.
+    for destroy in [&["destroy", "pa"][..], &["destroy", "--graceful", "pa"]] {
+        let (code, _, err) = virsh(&rw, &["start", "pa"]);
+        assert_eq!(code, 0, "{err}");
+        let helper = helpers(&d);
+        assert_eq!(helper.len(), 1);
+        let asked = std::time::Instant::now();
+        let (code, _, err) = virsh(&rw, destroy);
+        let took = asked.elapsed();
+        assert_eq!(code, 0, "{destroy:?}: {err}");
+        assert!(gone(helper[0]), "{destroy:?} answered before helper {} was gone", helper[0]);
+        assert!(took < PROMPT, "{destroy:?} took {took:?}");
+    }
+    // A helper re-attached by a restarted daemon: nobody's child here.
+    assert_eq!(virsh(&rw, &["start", "pa"]).0, 0);
+    let helper = helpers(&d);
+    assert_eq!(helper.len(), 1);
+    let _reaper = KillOnDrop(helper[0]);
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(d.wait_exit(SECS).is_some());
+    assert!(wait_until(SECS, || d.frontend_pid().is_none()));
+    d.restart();
+    assert_eq!(virsh(&rw, &["domstate", "pa"]).1, "running\n\n");
+    let asked = std::time::Instant::now();
+    let (code, _, err) = virsh(&rw, &["destroy", "pa"]);
+    let took = asked.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(gone(helper[0]), "destroy answered before re-attached helper {} was gone", helper[0]);
+    assert!(took < PROMPT, "destroy of a re-attached helper took {took:?}");
+}

@@ -95,7 +95,7 @@ pub struct Broker {
 
 impl Broker {
     /// Blocks the signals we take through signalfd and sets up the poller.
-    pub fn new(setup: Setup) -> Result<Broker, StartError> {
+    pub fn new(mut setup: Setup) -> Result<Broker, StartError> {
         let err = |what: &str, e: &dyn std::fmt::Display| StartError::Setup(format!("{what}: {e}"));
         let mut mask = SigSet::empty();
         for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
@@ -108,6 +108,8 @@ impl Broker {
         poll.registry()
             .register(&mut SourceFd(&signals.as_fd().as_raw_fd()), SIGNALS, Interest::READABLE)
             .map_err(|e| err("epoll", &e))?;
+        // Helpers that are not our children are watched for their exit here.
+        setup.ctx.exits.watch_with(poll.registry().try_clone().map_err(|e| err("epoll", &e))?);
         let frontends = Slot::for_listeners(setup.listeners.sockets.iter().map(|(k, _)| *k), Instant::now());
         Ok(Broker {
             setup,
@@ -146,6 +148,8 @@ impl Broker {
             for ev in &events {
                 match ev.token() {
                     SIGNALS => self.on_signals(),
+                    // A helper that is not our child exited: settled below.
+                    super::exits::Exits::TOKEN => {}
                     Token(t) if (FIRST_FRONTEND..FIRST_GUEST).contains(&t) => {
                         let slot = (t - FIRST_FRONTEND) / 2;
                         match (t - FIRST_FRONTEND) % 2 {
@@ -233,6 +237,10 @@ impl Broker {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(ref s) => s.pid(),
             };
+            // A helper exited: what waited for it is settled this turn.
+            if let Some(p) = pid {
+                self.setup.ctx.exits.reaped(p);
+            }
             let slot = self.frontends.iter().position(|s| s.link.as_ref().map(|l| l.pid) == pid);
             if let (Some(slot), Some(_)) = (slot, pid) {
                 self.frontend_gone(slot, describe(status));
