@@ -109,8 +109,9 @@ impl Snapshots {
 /// A sampling round that began at `began` for `groups` ended with
 /// `records`; the domains in `unanswered` lack their device counters.
 /// Each record becomes its domain's snapshot, with its `dominfo` figures
-/// read now and (without a balloon) its `dommemstat` figures, unless the
-/// domain changed state while its helpers were asked.
+/// (from the record when it holds them, else read now) and (without a
+/// balloon) its `dommemstat` figures, unless the domain changed state
+/// while its helpers were asked.
 pub fn sampled(ctx: &mut Ctx, groups: u32, records: &[StatsRecord], unanswered: &[Uuid], began: Instant) {
     let sampled = snapshot::ns_at(began);
     for (dom, params) in records {
@@ -125,7 +126,10 @@ pub fn sampled(ctx: &mut Ctx, groups: u32, records: &[StatsRecord], unanswered: 
         }
         let held = if unanswered.contains(&dom.uuid) { groups & !group::DEVICES } else { groups };
         let record = Record { sampled, groups: held, params: keep(params, held) };
-        let info = read(ctx, &dom.uuid, Query::Info);
+        // Its `dominfo` figures are in the record too, when it has the
+        // groups that hold them; else they are read now.
+        let derived = super::stats::info_of_record(e, params);
+        let info = if derived.is_none() { read(ctx, &dom.uuid, Query::Info) } else { None };
         // A running guest's `dommemstat` figures are in its record's balloon
         // group, unless it has a balloon (whose guest figures are not: only
         // a `dommemstat` refreshes those).
@@ -134,7 +138,9 @@ pub fn sampled(ctx: &mut Ctx, groups: u32, records: &[StatsRecord], unanswered: 
             .flatten();
         let s = ctx.snapshots.stamped(dom.uuid, dom.id, (state, reason));
         s.record = Some(record);
-        if let Some(v) = info {
+        if let Some(i) = derived {
+            s.info = Some((sampled, i));
+        } else if let Some(v) = info {
             answered_into(s, &Query::Info, &v);
         }
         if let Some(m) = memory {

@@ -15,6 +15,7 @@ use super::state::Ctx;
 use crate::privsep::admin::{Param, ParamValue};
 use crate::privsep::domstats;
 use crate::privsep::{CallError, CallValue, DomainRef, VcpuInfo};
+use crate::rpc::remote::DomainInfoRet;
 use crate::rpc::stats as limits;
 
 /// `virVcpuState`.
@@ -180,6 +181,33 @@ pub fn memory_stats_of_record(record: &[Param]) -> Option<Vec<(i32, u64)>> {
     let mut stats = vec![(MEMORY_STAT_ACTUAL, field("balloon.current")?)];
     stats.extend(field("balloon.rss").map(|kib| (MEMORY_STAT_RSS, kib)));
     Some(stats)
+}
+
+/// `virDomainGetInfo` of domain `e` ([`Entry::info`]) from its bulk
+/// record, whose state, CPU, balloon and vCPU groups hold the same figures
+/// (so a sampling round need not read them again): the state, the
+/// maximum memory (`balloon.maximum`), the vCPUs (`vcpu.current`) and the
+/// CPU time (`cpu.time`, absent for a guest with no helper, whose time is
+/// 0). The memory is the definition's current memory, as `Entry::info`
+/// reads it: `balloon.current` is what the guest has, not that. `None`
+/// when the record lacks a figure.
+pub fn info_of_record(e: &Entry, record: &[Param]) -> Option<DomainInfoRet> {
+    let field = |name: &str| record.iter().find(|p| p.field == name).map(|p| &p.value);
+    let ParamValue::Int(state) = field("state.state")? else { return None };
+    let ParamValue::ULLong(max_mem) = field("balloon.maximum")? else { return None };
+    let ParamValue::UInt(vcpus) = field("vcpu.current")? else { return None };
+    let cpu_time = match (field("cpu.time"), e.pid) {
+        (Some(ParamValue::ULLong(t)), Some(_)) => *t,
+        (None, None) => 0,
+        _ => return None,
+    };
+    Some(DomainInfoRet {
+        state: u8::try_from(*state).ok()?,
+        max_mem: *max_mem,
+        memory: e.def.current_memory_kib,
+        nr_virt_cpu: u16::try_from(*vcpus).ok()?,
+        cpu_time,
+    })
 }
 
 /// The helper's CPU time: total (its process CPU clock), user and system.
@@ -481,6 +509,41 @@ mod tests {
         for f in ["state.state", "cpu.time", "balloon.rss", "vcpu.maximum", "vcpu.1.state", "vcpu.1.delay"] {
             assert!(fields.iter().any(|x| x == f), "{f}: {fields:?}");
         }
+    }
+
+    #[test]
+    fn dominfo_from_a_record_is_what_the_info_query_gives() {
+        let all = group::STATE | group::CPU_TOTAL | group::BALLOON | group::VCPU;
+        let helper = StandIn::start();
+        let mut e = entry_of(Some(&helper));
+        // Less current memory than maximum: the record's balloon figure is
+        // not `dominfo`'s memory.
+        e.def.current_memory_kib = 32_768;
+        let pid = e.pid.unwrap();
+        // The stand-in asleep: its CPU time no longer moves.
+        let mut last = 0;
+        while super::super::guests::cpu_time_ns(pid) != last {
+            last = super::super::guests::cpu_time_ns(pid);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        for state in [
+            crate::broker::lifecycle::DomainState::Running(crate::broker::lifecycle::RunningReason::Booted),
+            crate::broker::lifecycle::DomainState::Paused(crate::broker::lifecycle::PausedReason::User),
+        ] {
+            e.state = state;
+            let derived = info_of_record(&e, &record(&e, all)).unwrap();
+            assert_eq!(derived, e.info(), "{state:?}");
+            assert!(derived.cpu_time > 0 && derived.memory == 32_768 && derived.max_mem == 65_536);
+        }
+        // Without a group that holds a figure, the query is asked.
+        for without in [group::STATE, group::CPU_TOTAL, group::BALLOON, group::VCPU] {
+            assert_eq!(info_of_record(&e, &record(&e, all & !without)), None, "{without:#x}");
+        }
+        // A shut-off domain: no CPU group figures, and none needed.
+        let off = entry_of(None);
+        let derived = info_of_record(&off, &record(&off, all)).unwrap();
+        assert_eq!(derived, off.info());
+        assert_eq!((derived.cpu_time, derived.nr_virt_cpu), (0, 2));
     }
 
     #[test]
