@@ -217,15 +217,21 @@ dom.destroy()
 "#;
 
 /// Lifecycle and reboot events of the domain, as `events` ("reboot", or
-/// (event, detail)), on a connection of their own with an event loop;
+/// (event, detail)) and `ids` (the domain ID each event names), on a
+/// connection of their own with an event loop;
 /// `clear_after_start()` waits for the first boot's STARTED and forgets it.
 const EVENTS: &str = r#"
 libvirt.virEventRegisterDefaultImpl()
 ev = libvirt.open(URI)
-events = []
-ev.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                          lambda c, d, e, detail, o: events.append((e, detail)), None)
-ev.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, lambda c, d, o: events.append("reboot"), None)
+events, ids = [], []
+def lifecycle(c, d, e, detail, o):
+    ids.append(d.ID())
+    events.append((e, detail))
+def reboot(c, d, o):
+    ids.append(d.ID())
+    events.append("reboot")
+ev.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None)
+ev.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, reboot, None)
 def loop():
     while True:
         libvirt.virEventRunDefaultImpl()
@@ -242,6 +248,7 @@ def settled(n):
 def clear_after_start():
     settled(1)
     events.clear()
+    ids.clear()
 "#;
 
 /// `on_poweroff` or `on_crash` set to `restart` and the guest's word for it:
@@ -255,7 +262,7 @@ st = console(dom)
 prompt(st)
 st.send(WORD + b"\r")
 print("new boot on the same stream:", new_boot(st), "same id:", dom.ID() == first)
-print("events:", settled(N))
+print("events:", settled(N), "of the same id:", set(ids) == {first})
 print("state:", dom.state())
 dom.destroy()
 print("destroy ends it:", ends(st))
@@ -284,7 +291,7 @@ fn on_poweroff_restart_runs_on_in_place_as_libvirts_fake_reboot() {
     let out = fake_reboot("con-poweroff", "on_poweroff", "poweroff", 1);
     assert_eq!(
         out,
-        "new boot on the same stream: True same id: True\nevents: ['reboot']\nstate: [1, 1]\ndestroy ends it: True\n"
+        "new boot on the same stream: True same id: True\nevents: ['reboot'] of the same id: True\nstate: [1, 1]\ndestroy ends it: True\n"
     );
 }
 
@@ -298,7 +305,7 @@ fn on_crash_restart_runs_on_in_place_as_libvirts_fake_reboot() {
     let out = fake_reboot("con-crash", "on_crash", "panic", 3);
     assert_eq!(
         out,
-        "new boot on the same stream: True same id: True\nevents: [(8, 0), 'reboot', (4, 0)]\nstate: [1, 9]\n\
+        "new boot on the same stream: True same id: True\nevents: [(8, 0), 'reboot', (4, 0)] of the same id: True\nstate: [1, 9]\n\
          destroy ends it: True\n"
     );
 }

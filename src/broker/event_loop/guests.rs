@@ -19,7 +19,7 @@ use crate::broker::supervisor::{Asker, Awaiting, Wait};
 use crate::broker::{call_audit, io_errors};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
-use crate::privsep::{CallError, CallValue, ChannelError};
+use crate::privsep::{CallError, CallValue, ChannelError, DomainRef};
 
 impl Broker {
     /// Watches the channel and console of every running guest, and forgets
@@ -376,8 +376,9 @@ impl Broker {
         }
         self.fail_awaiting(|_| false);
         if let (Ok(dom), true) = (&dom, crashed_in_place) {
-            // The guest panicked: libvirt says so before it fake-reboots.
-            self.setup.ctx.emit(dom.clone(), event::CRASHED, 0);
+            // The guest panicked: libvirt says so (of the domain, which
+            // keeps its id) before it fake-reboots.
+            self.setup.ctx.emit(DomainRef { id, ..dom.clone() }, event::CRASHED, 0);
             self.setup.ctx.guests.crash_restarts.insert(uuid);
         }
         if let (Ok(dom), false) = (dom, in_place) {
