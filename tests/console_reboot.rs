@@ -252,16 +252,36 @@ def clear_after_start():
 "#;
 
 /// `on_poweroff` or `on_crash` set to `restart` and the guest's word for it:
-/// libvirt's "fake reboot" (QEMU stopped, reset and resumed in place).
+/// libvirt's "fake reboot" (QEMU stopped, reset and resumed in place), which
+/// keeps the time the guest set its clock to, as QEMU's reset keeps its RTC.
 const FAKE_REBOOT: &str = r#"
+import calendar, re
+
+def clock(st):
+    # The guest's clock (`rtc`) less the host's, in seconds.
+    st.send(b"rtc\r")
+    seen = b""
+    while not re.search(rb"RTC=(\S+ \S+)\r\n", seen):
+        data = st.recv(4096)
+        if not data:
+            sys.exit("end of file while waiting for RTC=; got %r" % seen)
+        seen += data
+    when = re.search(rb"RTC=(\S+ \S+)\r\n", seen).group(1).decode()
+    return calendar.timegm(time.strptime(when, "%Y-%m-%d %H:%M:%S")) - int(time.time())
+
 dom = conn.defineXML(XML)
 dom.create()
 clear_after_start()
 first = dom.ID()
 st = console(dom)
 prompt(st)
+ahead = time.strftime("%Y%m%d%H%M%S", time.gmtime(int(time.time()) + 86400))
+st.send(b"rtcset " + ahead.encode() + b"\r")
+until(st, b"RTC=")
+prompt(st)
 st.send(WORD + b"\r")
 print("new boot on the same stream:", new_boot(st), "same id:", dom.ID() == first)
+print("clock kept:", abs(clock(st) - 86400) <= 3)
 print("events:", settled(N), "of the same id:", set(ids) == {first})
 print("state:", dom.state())
 dom.destroy()
@@ -291,7 +311,7 @@ fn on_poweroff_restart_runs_on_in_place_as_libvirts_fake_reboot() {
     let out = fake_reboot("con-poweroff", "on_poweroff", "poweroff", 1);
     assert_eq!(
         out,
-        "new boot on the same stream: True same id: True\nevents: ['reboot'] of the same id: True\nstate: [1, 1]\ndestroy ends it: True\n"
+        "new boot on the same stream: True same id: True\nclock kept: True\nevents: ['reboot'] of the same id: True\nstate: [1, 1]\ndestroy ends it: True\n"
     );
 }
 
@@ -305,7 +325,7 @@ fn on_crash_restart_runs_on_in_place_as_libvirts_fake_reboot() {
     let out = fake_reboot("con-crash", "on_crash", "panic", 3);
     assert_eq!(
         out,
-        "new boot on the same stream: True same id: True\nevents: [(8, 0), 'reboot', (4, 0)] of the same id: True\nstate: [1, 9]\n\
+        "new boot on the same stream: True same id: True\nclock kept: True\nevents: [(8, 0), 'reboot', (4, 0)] of the same id: True\nstate: [1, 9]\n\
          destroy ends it: True\n"
     );
 }
