@@ -378,3 +378,31 @@ b.finish()
         )
     );
 }
+
+#[test]
+fn on_crash_destroy_reports_the_panic_then_the_stop_as_libvirt_does() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let xml = test_guest_xml(&d, "con-panic", UUID);
+    let xml = xml.replace("</domain>", "  <on_crash>destroy</on_crash>\n</domain>");
+    let script = format!(
+        "{EVENTS}{}",
+        r#"
+dom = conn.defineXML(XML)
+dom.create()
+clear_after_start()
+first = dom.ID()
+st = console(dom)
+prompt(st)
+st.send(b"panic\r")
+print("ends:", ends(st), "events:", settled(2), "ids:", ids == [first, -1])
+print("state:", dom.state())
+st.finish()
+"#
+    );
+    let out = python(&d, "con-panic", &xml, &script);
+    // CRASHED (panicked) of the running domain, then STOPPED (crashed).
+    assert_eq!(out, "ends: True events: [(8, 0), (5, 2)] ids: True\nstate: [5, 3]\n");
+}

@@ -345,6 +345,8 @@ impl Broker {
             StopReason::Failed => (LifecycleAction::Destroy, "failed"),
         };
         // A guest restarting itself in a loop ends as crashed (restarts.rs).
+        // The guest itself said it panicked (pvpanic), as QEMU's GUEST_PANICKED does.
+        let panicked = reported && matches!(reason, StopReason::Crash);
         let planned = Outcome { reason, action, op };
         let Outcome { reason, action, op } = g.restarts.judge(uuid, Instant::now(), planned, requested, def.on_crash);
         log::info!("domain '{name}' (id {}): {op} ({detail})", running.id);
@@ -356,7 +358,7 @@ impl Broker {
                 StopReason::Crash => reported,
                 StopReason::Destroyed | StopReason::Failed => false,
             };
-        let crashed_in_place = in_place && matches!(reason, StopReason::Crash);
+        let crashed_in_place = in_place && panicked;
         self.setup.ctx.guests.crash_restarts.remove(&uuid);
         if in_place {
             self.setup.ctx.guests.reset_clocks.insert(uuid, running.clock);
@@ -388,7 +390,13 @@ impl Broker {
                     ctx.emit(dom.clone(), event::SHUTDOWN, 0);
                     ctx.emit(dom, event::STOPPED, 0);
                 }
-                StopReason::Crash => ctx.emit(dom, event::STOPPED, 2),
+                StopReason::Crash => {
+                    // libvirt reports the panic before the stop.
+                    if panicked {
+                        ctx.emit(DomainRef { id, ..dom.clone() }, event::CRASHED, 0);
+                    }
+                    ctx.emit(dom, event::STOPPED, 2);
+                }
                 StopReason::Destroyed => ctx.emit(dom, event::STOPPED, 1),
                 StopReason::Failed => ctx.emit(dom, event::STOPPED, 5),
                 StopReason::Reset => ctx.emit(dom, event::STOPPED, 0),
