@@ -4,6 +4,9 @@
 //! the client reads the new boot's output and types to the new guest
 //! without opening the console again, and a console opened during the hand-over
 //! waits for the new helper. The stream ends when the guest really stops.
+//! `on_poweroff`/`on_crash` `restart` run on likewise (libvirt's "fake
+//! reboot"), with libvirt's events. A console is one stream's: FORCE ends
+//! the other one, on the same connection too; without it a second open fails.
 
 mod common;
 
