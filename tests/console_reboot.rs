@@ -4,6 +4,9 @@
 //! the client reads the new boot's output and types to the new guest
 //! without opening the console again, and a console opened during the hand-over
 //! waits for the new helper. The stream ends when the guest really stops.
+//! `on_poweroff`/`on_crash` `restart` run on likewise (libvirt's "fake
+//! reboot"), with libvirt's events. A console is one stream's: FORCE ends
+//! the other one, on the same connection too; without it a second open fails.
 
 mod common;
 
@@ -215,3 +218,194 @@ dom.reboot(0)
 print("after a reboot:", boots(3))
 dom.destroy()
 "#;
+
+/// Lifecycle and reboot events of the domain, as `events` ("reboot", or
+/// (event, detail)) and `ids` (the domain ID each event names), on a
+/// connection of their own with an event loop;
+/// `clear_after_start()` waits for the first boot's STARTED and forgets it.
+const EVENTS: &str = r#"
+libvirt.virEventRegisterDefaultImpl()
+ev = libvirt.open(URI)
+events, ids = [], []
+def lifecycle(c, d, e, detail, o):
+    ids.append(d.ID())
+    events.append((e, detail))
+def reboot(c, d, o):
+    ids.append(d.ID())
+    events.append("reboot")
+ev.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None)
+ev.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, reboot, None)
+def loop():
+    while True:
+        libvirt.virEventRunDefaultImpl()
+threading.Thread(target=loop, daemon=True).start()
+
+def settled(n):
+    end = time.time() + 15
+    while len(events) < n and time.time() < end:
+        time.sleep(0.05)
+    # Anything more would come at once.
+    time.sleep(0.5)
+    return list(events)
+
+def clear_after_start():
+    settled(1)
+    events.clear()
+    ids.clear()
+"#;
+
+/// `on_poweroff` or `on_crash` set to `restart` and the guest's word for it:
+/// libvirt's "fake reboot" (QEMU stopped, reset and resumed in place), which
+/// keeps the time the guest set its clock to, as QEMU's reset keeps its RTC.
+const FAKE_REBOOT: &str = r#"
+import calendar, re
+
+def clock(st):
+    # The guest's clock (`rtc`) less the host's, in seconds.
+    st.send(b"rtc\r")
+    seen = b""
+    while not re.search(rb"RTC=(\S+ \S+)\r\n", seen):
+        data = st.recv(4096)
+        if not data:
+            sys.exit("end of file while waiting for RTC=; got %r" % seen)
+        seen += data
+    when = re.search(rb"RTC=(\S+ \S+)\r\n", seen).group(1).decode()
+    return calendar.timegm(time.strptime(when, "%Y-%m-%d %H:%M:%S")) - int(time.time())
+
+dom = conn.defineXML(XML)
+dom.create()
+clear_after_start()
+first = dom.ID()
+st = console(dom)
+prompt(st)
+ahead = time.strftime("%Y%m%d%H%M%S", time.gmtime(int(time.time()) + 86400))
+st.send(b"rtcset " + ahead.encode() + b"\r")
+until(st, b"RTC=")
+prompt(st)
+st.send(WORD + b"\r")
+print("new boot on the same stream:", new_boot(st), "same id:", dom.ID() == first)
+print("clock kept:", abs(clock(st) - 86400) <= 3)
+print("events:", settled(N), "of the same id:", set(ids) == {first})
+print("state:", dom.state())
+dom.destroy()
+print("destroy ends it:", ends(st))
+st.finish()
+"#;
+
+fn fake_reboot(name: &str, action: &str, word: &str, events: usize) -> String {
+    let d = Daemon::start("", &[]);
+    let xml = test_guest_xml(&d, name, UUID);
+    let xml = match action {
+        "on_poweroff" => xml.replace("<on_poweroff>destroy</on_poweroff>", "<on_poweroff>restart</on_poweroff>"),
+        _ => xml.replace("</domain>", "  <on_crash>restart</on_crash>\n</domain>"),
+    };
+    assert!(xml.contains(&format!("<{action}>restart</{action}>")), "{xml}");
+    let script = format!("WORD = b{word:?}\nN = {events}\n{EVENTS}{FAKE_REBOOT}");
+    python(&d, name, &xml, &script)
+}
+
+#[test]
+fn on_poweroff_restart_runs_on_in_place_as_libvirts_fake_reboot() {
+    if !ready() {
+        return;
+    }
+    // libvirt hides the transient shutdown (no SHUTDOWN, STOPPED or
+    // STARTED): a reboot event alone, and the domain stays running (booted).
+    let out = fake_reboot("con-poweroff", "on_poweroff", "poweroff", 1);
+    assert_eq!(
+        out,
+        "new boot on the same stream: True same id: True\nclock kept: True\nevents: ['reboot'] of the same id: True\nstate: [1, 1]\ndestroy ends it: True\n"
+    );
+}
+
+#[test]
+fn on_crash_restart_runs_on_in_place_as_libvirts_fake_reboot() {
+    if !ready() {
+        return;
+    }
+    // CRASHED (panicked), the reset's reboot event, RESUMED (unpaused);
+    // the domain then runs with the reason "crashed" (9).
+    let out = fake_reboot("con-crash", "on_crash", "panic", 3);
+    assert_eq!(
+        out,
+        "new boot on the same stream: True same id: True\nclock kept: True\nevents: [(8, 0), 'reboot', (4, 0)] of the same id: True\nstate: [1, 9]\n\
+         destroy ends it: True\n"
+    );
+}
+
+#[test]
+fn force_on_the_same_connection_ends_its_other_stream_and_without_force_a_second_open_fails() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let xml = test_guest_xml(&d, "con-force", UUID);
+    let out = python(
+        &d,
+        "con-force",
+        &xml,
+        r#"
+def refused(dom, c=conn):
+    try:
+        console(dom, 0, c)
+        return "opened"
+    except libvirt.libvirtError as e:
+        return (e.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED, e.get_error_message())
+
+dom = conn.defineXML(XML)
+dom.create()
+a = console(dom)
+prompt(a)
+print("second open on the same connection:", refused(dom))
+b = console(dom, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+print("A ends:", ends(a))
+a.finish()
+prompt(b)
+b.send(b"echo hello\r")
+until(b, b"\nhello\r\n")
+print("B echoes: True")
+# The console is still B's: another client is refused without FORCE.
+other = libvirt.open(URI)
+print("another connection:", refused(other.lookupByName(NAME), other))
+dom.destroy()
+print("destroy ends B:", ends(b))
+b.finish()
+"#,
+    );
+    let refused = "(True, 'operation failed: Active console session exists for this domain')";
+    assert_eq!(
+        out,
+        format!(
+            "second open on the same connection: {refused}\nA ends: True\nB echoes: True\n\
+             another connection: {refused}\ndestroy ends B: True\n"
+        )
+    );
+}
+
+#[test]
+fn on_crash_destroy_reports_the_panic_then_the_stop_as_libvirt_does() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start("", &[]);
+    let xml = test_guest_xml(&d, "con-panic", UUID);
+    let xml = xml.replace("</domain>", "  <on_crash>destroy</on_crash>\n</domain>");
+    let script = format!(
+        "{EVENTS}{}",
+        r#"
+dom = conn.defineXML(XML)
+dom.create()
+clear_after_start()
+first = dom.ID()
+st = console(dom)
+prompt(st)
+st.send(b"panic\r")
+print("ends:", ends(st), "events:", settled(2), "ids:", ids == [first, -1])
+print("state:", dom.state())
+st.finish()
+"#
+    );
+    let out = python(&d, "con-panic", &xml, &script);
+    // CRASHED (panicked) of the running domain, then STOPPED (crashed).
+    assert_eq!(out, "ends: True events: [(8, 0), (5, 2)] ids: True\nstate: [5, 3]\n");
+}

@@ -26,6 +26,8 @@ pub enum RunningReason {
     Booted = 1,
     /// `VIR_DOMAIN_RUNNING_UNPAUSED`.
     Unpaused = 5,
+    /// `VIR_DOMAIN_RUNNING_CRASHED`: running on after a panic (`on_crash` restart).
+    Crashed = 9,
 }
 
 /// `virDomainPausedReason`, the ones this daemon gives.
@@ -82,6 +84,7 @@ impl DomainState {
             RUNNING => DomainState::Running(match reason {
                 1 => RunningReason::Booted,
                 5 => RunningReason::Unpaused,
+                9 => RunningReason::Crashed,
                 _ => RunningReason::Unknown,
             }),
             PAUSED => DomainState::Paused(match reason {
@@ -144,6 +147,8 @@ pub mod event {
     pub const STOPPED: i32 = 5;
     /// SHUTDOWN: FINISHED 0.
     pub const SHUTDOWN: i32 = 6;
+    /// CRASHED: PANICKED 0.
+    pub const CRASHED: i32 = 8;
 }
 
 #[cfg(test)]
@@ -155,6 +160,7 @@ mod tests {
         for s in [
             DomainState::Running(RunningReason::Booted),
             DomainState::Running(RunningReason::Unpaused),
+            DomainState::Running(RunningReason::Crashed),
             DomainState::Paused(PausedReason::User),
             DomainState::Paused(PausedReason::StartingUp),
             DomainState::Shutoff(ShutoffReason::Failed),

@@ -313,6 +313,11 @@ pub struct Client {
     pub relay: Option<super::streams::Relay>,
     /// Its stream's far side was not read to the end, for want of room.
     pub relay_starved: bool,
+    /// Streams a newer one replaced (a client relays one at a time), sent
+    /// end of file: the client's finish or abort of one is still answered,
+    /// as it would otherwise wait for that answer for ever. Bounded by
+    /// [`super::streams::RETIRED_MAX`].
+    pub retired: Vec<super::streams::Relay>,
     /// When the incomplete frame at the head of `inbuf` began to arrive.
     pub frame_since: Option<Instant>,
     /// When its socket last took bytes (or output began to wait).

@@ -475,6 +475,7 @@ impl Server {
                 pings: 0,
                 relay: None,
                 relay_starved: false,
+                retired: Vec::new(),
                 frame_since: None,
                 last_tx: Instant::now(),
                 stalled: false,
@@ -877,7 +878,7 @@ impl Server {
     /// the relay's token when it must be pumped without a readiness event
     /// (a volume download: files are not polled).
     fn attach_stream(&mut self, token: Token, call: Header, kind: StreamKind, fd: OwnedFd) -> Option<Token> {
-        self.end_stream(token, false, true);
+        self.retire_stream(token);
         let client = self.clients.get_mut(&token)?;
         let mut fd = match kind {
             // The broker's socket is already non-blocking (a shared file description).
@@ -897,13 +898,38 @@ impl Server {
         matches!(kind, StreamKind::Volume { upload: false, .. }).then_some(relay_token)
     }
 
+    /// Ends the client's stream, if any, for a new one: the old one's
+    /// client reads end of file (a console that a FORCE open on the same
+    /// connection took over has had it already, from `ConsoleTaken`), and
+    /// its finish or abort is answered later.
+    fn retire_stream(&mut self, token: Token) {
+        self.stream_eof(token, true);
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        if let Some(old) = client.relay.take() {
+            if client.retired.len() >= super::streams::RETIRED_MAX {
+                client.retired.remove(0);
+            }
+            client.retired.push(old);
+        }
+    }
+
     /// A stream packet from the client: data, finish or abort.
     fn client_stream(&mut self, token: Token, h: &Header, data: &[u8]) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
         let Some(relay) = client.relay.as_mut().filter(|r| r.is_for(h)) else {
-            // No such stream: dropped, as libvirtd does.
+            // A replaced stream's finish or abort is answered; anything
+            // else for no such stream is dropped, as libvirtd does.
+            if h.status != crate::rpc::frame::Status::Continue as i32
+                && let Some(i) = client.retired.iter().position(|r| r.is_for(h))
+            {
+                let old = client.retired.remove(i);
+                client.queue(&old.finish_packet());
+                self.settle(token);
+            }
             return;
         };
         match h.status {

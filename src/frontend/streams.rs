@@ -21,6 +21,11 @@ use crate::rpc::frame::{Header, Status};
 /// Most bytes read from a relay's fd in one go.
 const CHUNK: usize = 16 * 1024;
 
+/// Most replaced streams a client keeps awaiting its finish or abort
+/// (each is a header and no fd): one that opens stream after stream
+/// without finishing them costs no more.
+pub const RETIRED_MAX: usize = 8;
+
 /// What a stream relays, and so what the broker hears when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {

@@ -19,7 +19,7 @@ use crate::broker::supervisor::{Asker, Awaiting, Wait};
 use crate::broker::{call_audit, io_errors};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
-use crate::privsep::{CallError, CallValue, ChannelError};
+use crate::privsep::{CallError, CallValue, ChannelError, DomainRef};
 
 impl Broker {
     /// Watches the channel and console of every running guest, and forgets
@@ -69,7 +69,7 @@ impl Broker {
                         Err(ChannelError::WouldBlock) => return,
                         Err(_) => {
                             let detail = format!("the helper ended; {why}");
-                            return self.guest_stopped(uuid, StopReason::Failed, &detail);
+                            return self.guest_stopped(uuid, StopReason::Failed, &detail, false);
                         }
                     }
                 }
@@ -83,7 +83,7 @@ impl Broker {
                         // files hold the guest's image locks.
                         if let Some((_, _, reason, detail)) = self.setup.ctx.exits.after_stop(uuid, pid, reason, detail)
                         {
-                            self.guest_stopped(uuid, reason, &detail);
+                            self.guest_stopped(uuid, reason, &detail, true);
                         }
                         return;
                     }
@@ -112,7 +112,7 @@ impl Broker {
                     Err(ChannelError::Closed) if awaiting => {
                         let detail = "its helper ended without greeting (is libvirt-helper from the same build as \
                                       libvirtd?)";
-                        return self.guest_stopped(uuid, StopReason::Failed, detail);
+                        return self.guest_stopped(uuid, StopReason::Failed, detail, false);
                     }
                     Err(e) => {
                         // A helper the kernel killed over its memory limit: a crash, said so.
@@ -120,8 +120,10 @@ impl Broker {
                             self.setup.ctx.domains.by_uuid(&uuid).ok().and_then(|e| e.def.tuning().memory.hard_limit);
                         let oom = running.cgroup.as_ref().and_then(|c| c.out_of_memory(limit));
                         return match oom {
-                            Some(detail) => self.guest_stopped(uuid, StopReason::Crash, &detail),
-                            None => self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}")),
+                            Some(detail) => self.guest_stopped(uuid, StopReason::Crash, &detail, false),
+                            None => {
+                                self.guest_stopped(uuid, StopReason::Failed, &format!("helper channel: {e}"), false)
+                            }
                         };
                     }
                 }
@@ -275,7 +277,7 @@ impl Broker {
         for (uuid, pid, reason, detail) in self.setup.ctx.exits.stopped(now) {
             // Unless it was destroyed meanwhile (and perhaps started again).
             if self.setup.ctx.guests.get(&uuid).is_some_and(|r| r.pid == pid) {
-                self.guest_stopped(uuid, reason, &detail);
+                self.guest_stopped(uuid, reason, &detail, true);
             }
         }
     }
@@ -302,8 +304,17 @@ impl Broker {
     }
 
     /// A guest ended by itself: record why, and start it again where its
-    /// `on_poweroff`/`on_reboot`/`on_crash` says so.
-    fn guest_stopped(&mut self, uuid: Uuid, reason: StopReason, detail: &str) {
+    /// `on_poweroff`/`on_reboot`/`on_crash` says so. `reported`: its helper
+    /// said why (a helper the kernel killed did not).
+    ///
+    /// A restart the guest caused runs on in place, as with QEMU: a reset
+    /// (QEMU resets the machine in its process) and, for `on_poweroff` and
+    /// (pvpanic) `on_crash` set to `restart`, libvirt's "fake reboot" (the
+    /// stopped QEMU is reset and resumed). The domain keeps its id, its
+    /// clock and an open console; clients hear what libvirt sends then:
+    /// the reboot event, after a crash between CRASHED (panicked) and
+    /// RESUMED, and no SHUTDOWN, STOPPED or STARTED.
+    fn guest_stopped(&mut self, uuid: Uuid, reason: StopReason, detail: &str, reported: bool) {
         let ctx = &mut self.setup.ctx;
         let Some(mut running) = ctx.guests.remove(&uuid) else { return };
         running.remove_cgroup();
@@ -334,12 +345,22 @@ impl Broker {
             StopReason::Failed => (LifecycleAction::Destroy, "failed"),
         };
         // A guest restarting itself in a loop ends as crashed (restarts.rs).
+        // The guest itself said it panicked (pvpanic), as QEMU's GUEST_PANICKED does.
+        let panicked = reported && matches!(reason, StopReason::Crash);
         let planned = Outcome { reason, action, op };
         let Outcome { reason, action, op } = g.restarts.judge(uuid, Instant::now(), planned, requested, def.on_crash);
         log::info!("domain '{name}' (id {}): {op} ({detail})", running.id);
         call_audit::audit_guest(&mut self.setup.auditor, "stop", (&name, &uuid), running.pid.as_raw(), Some(op), true);
         let id = running.id;
-        if matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart {
+        let in_place = action == LifecycleAction::Restart
+            && match reason {
+                StopReason::Reset | StopReason::PowerOff => true,
+                StopReason::Crash => reported,
+                StopReason::Destroyed | StopReason::Failed => false,
+            };
+        let crashed_in_place = in_place && panicked;
+        self.setup.ctx.guests.crash_restarts.remove(&uuid);
+        if in_place {
             self.setup.ctx.guests.reset_clocks.insert(uuid, running.clock);
             // The console goes on with the next helper: its end, watched
             // again under that helper, and with it any client's stream.
@@ -356,7 +377,12 @@ impl Broker {
             self.setup.ctx.domains.set_shutoff(&uuid, ShutoffReason::from(reason));
         }
         self.fail_awaiting(|_| false);
-        let in_place = matches!(reason, StopReason::Reset) && action == LifecycleAction::Restart;
+        if let (Ok(dom), true) = (&dom, crashed_in_place) {
+            // The guest panicked: libvirt says so (of the domain, which
+            // keeps its id) before it fake-reboots.
+            self.setup.ctx.emit(DomainRef { id, ..dom.clone() }, event::CRASHED, 0);
+            self.setup.ctx.guests.crash_restarts.insert(uuid);
+        }
         if let (Ok(dom), false) = (dom, in_place) {
             let ctx = &mut self.setup.ctx;
             match reason {
@@ -364,7 +390,13 @@ impl Broker {
                     ctx.emit(dom.clone(), event::SHUTDOWN, 0);
                     ctx.emit(dom, event::STOPPED, 0);
                 }
-                StopReason::Crash => ctx.emit(dom, event::STOPPED, 2),
+                StopReason::Crash => {
+                    // libvirt reports the panic before the stop.
+                    if panicked {
+                        ctx.emit(DomainRef { id, ..dom.clone() }, event::CRASHED, 0);
+                    }
+                    ctx.emit(dom, event::STOPPED, 2);
+                }
                 StopReason::Destroyed => ctx.emit(dom, event::STOPPED, 1),
                 StopReason::Failed => ctx.emit(dom, event::STOPPED, 5),
                 StopReason::Reset => ctx.emit(dom, event::STOPPED, 0),
@@ -384,6 +416,7 @@ impl Broker {
                     log::error!("domain '{name}' could not be restarted: {e}");
                     // A console it kept for the next helper ends here.
                     self.setup.ctx.guests.reset_consoles.remove(&uuid);
+                    self.setup.ctx.guests.crash_restarts.remove(&uuid);
                     call_audit::audit_guest(&mut self.setup.auditor, "start", (&name, &uuid), -1, Some(op), false);
                     // A reboot's stop was not announced; this one is.
                     if let (true, Ok(dom)) =

@@ -47,6 +47,10 @@ pub struct Supervisor {
     /// a client's console stream goes on through a reboot, as it does with
     /// QEMU, whose reboot keeps the process and its chardev.
     pub reset_consoles: HashMap<Uuid, super::guests::Console>,
+    /// Guests restarting in place after a panic (`on_crash` restart): once
+    /// the next helper runs them they are running (crashed) and resumed, as
+    /// libvirt's fake reboot of a crashed domain makes them.
+    pub crash_restarts: HashSet<Uuid>,
 }
 
 impl Supervisor {
@@ -64,6 +68,7 @@ impl Supervisor {
             pending: Pending::default(),
             reset_clocks: HashMap::new(),
             reset_consoles: HashMap::new(),
+            crash_restarts: HashSet::new(),
         }
     }
 
@@ -176,10 +181,15 @@ impl Ctx {
             super::pinning::place(pid, vcpus, &cputune, running.cgroup.as_ref())
                 .map_err(|e| CallError::OperationFailed(format!("guest '{name}' cannot be placed: {e}")))?;
         }
-        self.domains.set_running(uuid, id, pid, DomainState::Running(RunningReason::Booted));
+        let crashed = !fresh && self.guests.crash_restarts.remove(uuid);
+        let reason = if crashed { RunningReason::Crashed } else { RunningReason::Booted };
+        self.domains.set_running(uuid, id, pid, DomainState::Running(reason));
         self.record(uuid);
-        if fresh && let Ok(dom) = self.domains.by_uuid(uuid).map(|e| e.handle()) {
-            self.emit(dom, event::STARTED, 0);
+        if let (true, Ok(dom)) = (fresh || crashed, self.domains.by_uuid(uuid).map(|e| e.handle())) {
+            match fresh {
+                true => self.emit(dom, event::STARTED, 0),
+                false => self.emit(dom, event::RESUMED, 0),
+            }
         }
         if !paused {
             return Ok(false);
