@@ -58,7 +58,7 @@ fn python(d: &Daemon, name: &str, xml: &str, event: &str, script: &str) -> Strin
         uri(&d.tree.sock("libvirt-sock-ro")),
         d.pid
     );
-    let program = format!("import libvirt\n{head}{PRELUDE}{PY_UNTIL}{script}");
+    let program = format!("import libvirt\n{head}{PRELUDE}{PY_UNTIL}{PY_HELPER_PID}{script}");
     run_python(d, &program, Duration::from_secs(90))
 }
 
@@ -110,16 +110,6 @@ fn a_helper_killed_under_the_daemon_is_a_control_error_on_both_sockets() {
         &xml,
         "VIR_DOMAIN_EVENT_ID_CONTROL_ERROR",
         r#"
-def helper():
-    # The broker's child running libvirt-helper (the others are its frontends).
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open("/proc/%s/stat" % pid).read()
-            cmd = open("/proc/%s/cmdline" % pid, "rb").read()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == DAEMON and b"libvirt-helper" in cmd:
-            return int(pid)
 
 dom = conn.defineXML(XML)
 dom.create()

@@ -421,6 +421,23 @@ def upto(st, needle):
     return seen
 "#;
 
+/// Python helper for python-libvirt scripts that set `DAEMON` (the
+/// daemon's pid): `helper()`, the pid of the daemon's child that runs
+/// libvirt-helper (the others are its frontends), or None.
+pub const PY_HELPER_PID: &str = r#"
+import os
+def helper():
+    # The broker's child running libvirt-helper (the others are its frontends).
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open("/proc/%s/stat" % pid).read()
+            cmd = open("/proc/%s/cmdline" % pid, "rb").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == DAEMON and b"libvirt-helper" in cmd:
+            return int(pid)
+"#;
+
 /// A raw libvirt RPC client, for what the stock clients will not send.
 pub struct RawClient {
     pub stream: UnixStream,
