@@ -768,6 +768,21 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Kills the daemon under running guest `dom` (its one helper) and starts
+/// it again, which re-attaches the helper: nobody's child now, so the
+/// guard kills it whatever the test does. The helper's pid, and the guard.
+fn reattached(d: &mut Daemon, rw: &std::path::Path, dom: &str) -> (i32, KillOnDrop) {
+    let helper = helpers(d);
+    assert_eq!(helper.len(), 1);
+    let reaper = KillOnDrop(helper[0]);
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(d.wait_exit(SECS).is_some());
+    assert!(wait_until(SECS, || d.frontend_pid().is_none()));
+    d.restart();
+    assert_eq!(virsh(rw, &["domstate", dom]).1, "running\n\n");
+    (helper[0], reaper)
+}
+
 #[test]
 fn after_a_daemon_restart_the_helper_still_holds_its_images_and_answers_for_them() {
     if !have_virsh() || !have_kvm() || !have_qemu_img() {
@@ -780,15 +795,7 @@ fn after_a_daemon_restart_the_helper_still_holds_its_images_and_answers_for_them
     let a = with_disks(&test_guest_xml(&d, "ka", UUID_A), &raw_disk(&img, "vda", ""));
     assert_eq!(define(&d, "ka", &a).0, 0);
     assert_eq!(virsh(&rw, &["start", "ka"]).0, 0);
-    // Once the daemon is killed, the helper is nobody's child: ended here whatever happens.
-    let helper = helpers(&d);
-    assert_eq!(helper.len(), 1);
-    let _reaper = KillOnDrop(helper[0]);
-    d.signal(nix::sys::signal::Signal::SIGKILL);
-    assert!(d.wait_exit(SECS).is_some());
-    assert!(wait_until(SECS, || d.frontend_pid().is_none()));
-    d.restart();
-    assert_eq!(virsh(&rw, &["domstate", "ka"]).1, "running\n\n");
+    let (_, _reaper) = reattached(&mut d, &rw, "ka");
     // The broker that re-attached did not reopen the image: the helper's
     // open file descriptions still hold QEMU's locks.
     let (ok, text) = qemu_io_write(&img);
@@ -842,18 +849,11 @@ fn destroy_answers_promptly_once_the_helper_is_gone_spawned_or_re_attached() {
     }
     // A helper re-attached by a restarted daemon: nobody's child here.
     assert_eq!(virsh(&rw, &["start", "pa"]).0, 0);
-    let helper = helpers(&d);
-    assert_eq!(helper.len(), 1);
-    let _reaper = KillOnDrop(helper[0]);
-    d.signal(nix::sys::signal::Signal::SIGKILL);
-    assert!(d.wait_exit(SECS).is_some());
-    assert!(wait_until(SECS, || d.frontend_pid().is_none()));
-    d.restart();
-    assert_eq!(virsh(&rw, &["domstate", "pa"]).1, "running\n\n");
+    let (helper, _reaper) = reattached(&mut d, &rw, "pa");
     let asked = std::time::Instant::now();
     let (code, _, err) = virsh(&rw, &["destroy", "pa"]);
     let took = asked.elapsed();
     assert_eq!(code, 0, "{err}");
-    assert!(gone(helper[0]), "destroy answered before re-attached helper {} was gone", helper[0]);
+    assert!(gone(helper), "destroy answered before re-attached helper {helper} was gone");
     assert!(took < PROMPT, "destroy of a re-attached helper took {took:?}");
 }
