@@ -16,10 +16,8 @@ pub mod rtc;
 pub mod serial;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vmm_sys_util::eventfd::EventFd;
 
 /// What a guest asked of the machine through a device, beyond the access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,21 +107,10 @@ pub trait Irq: Send + Sync {
     fn raise(&self);
 }
 
-/// An interrupt raised through a KVM irqfd.
-#[derive(Debug, Clone)]
-pub struct IrqFd(pub Arc<EventFd>);
-
-impl Irq for IrqFd {
-    fn raise(&self) {
-        // An eventfd write fails only when the counter would overflow, and
-        // then an interrupt is pending anyway.
-        let _ = self.0.write(1);
-    }
-}
-
 vmm_sys_util::ioctl_iow_nr!(KVM_IRQ_LINE, kvm_bindings::KVMIO, 0x61, kvm_bindings::kvm_irq_level);
 
-/// A PCI INTx line, pulsed with `KVM_IRQ_LINE` by the thread that raises
+/// An interrupt line of the in-kernel PIC/IOAPIC (an ISA device's, a PCI
+/// function's INTx), pulsed with `KVM_IRQ_LINE` by the thread that raises
 /// it. KVM injects an irqfd whose route is the PIC or IOAPIC from a
 /// kworker (only MSI routes are injected in the writer's context), so
 /// every such interrupt wakes one more thread before the vCPU's, and a

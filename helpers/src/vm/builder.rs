@@ -5,7 +5,7 @@
 //! it runs guest code.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +25,7 @@ use crate::cpu;
 use crate::devices::console::{ConsoleIo, ConsoleOut};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
-use crate::devices::{IrqFd, acpi_pm, pvpanic, rtc};
+use crate::devices::{IrqLine, acpi_pm, pvpanic, rtc};
 use crate::vcpu::kvm::KvmVcpu;
 use crate::virtio::blk::Worker;
 
@@ -250,11 +250,11 @@ fn register_memory(machine: &Machine) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// An interrupt line wired to `irq` through a KVM irqfd.
-pub(super) fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqFd, BuildError> {
-    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::Eventfd)?;
-    vm.register_irqfd(&fd, irq).map_err(kvm("KVM_IRQFD"))?;
-    Ok(IrqFd(Arc::new(fd)))
+/// ISA interrupt line `irq` of the VM, pulsed on the raising thread.
+pub(super) fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqLine, BuildError> {
+    // SAFETY: the VM fd is open while `vm` is borrowed.
+    let vm = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) };
+    IrqLine::new(vm, irq).map_err(BuildError::IrqLine)
 }
 
 /// What [`devices`] gives: the devices and the threads to start.

@@ -1,20 +1,18 @@
 //! Plugs a virtio device into the VM being built, the same way for every
 //! kind: its virtio-pci function in its slot, BAR 0 (the virtio
 //! structures) and BAR 1 (MSI-X) from the 32-bit hole, KVM ioeventfds on
-//! its notify addresses, its INTx line ([`IrqLine`]), and a GSI with an
+//! its notify addresses, its INTx line (a `devices::IrqLine`), and a GSI with an
 //! irqfd per MSI-X vector, routed through the VM's one [`GsiRoutes`].
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::builder::BuildError;
+use super::builder::{BuildError, irq_line};
 use super::gsi::GsiRoutes;
 use crate::bus::{Bus, Space};
-use crate::devices::IrqLine;
 use crate::pci::BarAllocator;
 use crate::pci::bus::PciBus;
 use crate::pci::msix_irq::{MsixIrq, Vector};
@@ -47,9 +45,7 @@ impl PciPlug<'_> {
         // INTx: INTA of each slot on GSI 10 or 11, alternating as a PCI
         // swizzle would.
         let irq = 10 + (slot % 2);
-        // SAFETY: the VM fd is open while `self.vm` is borrowed.
-        let vm = unsafe { BorrowedFd::borrow_raw(self.vm.as_raw_fd()) };
-        let line = Arc::new(IrqLine::new(vm, u32::from(irq)).map_err(BuildError::IrqLine)?);
+        let line = Arc::new(irq_line(self.vm, u32::from(irq))?);
         let mut vectors = Vec::new();
         for _ in 0..VirtioPci::vectors_for(device.as_ref()) {
             let gsi = self.routes.allocate().ok_or_else(|| fail("no interrupt routes left".into()))?;
