@@ -125,7 +125,9 @@ pub struct IrqLine {
 
 impl IrqLine {
     /// A line on `gsi` of the VM `vm` (an fd of its own, the VM's).
-    pub fn new(vm: BorrowedFd<'_>, gsi: u32) -> std::io::Result<IrqLine> {
+    pub fn new(vm: &kvm_ioctls::VmFd, gsi: u32) -> std::io::Result<IrqLine> {
+        // SAFETY: the VM fd is open while `vm` is borrowed.
+        let vm = unsafe { BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(vm)) };
         Ok(IrqLine { vm: vm.try_clone_to_owned()?, gsi })
     }
 
@@ -181,7 +183,7 @@ mod tests {
     use std::os::fd::{AsFd, AsRawFd};
 
     use kvm_ioctls::VmFd;
-    use libvirtd::sandbox::Thread;
+    use libvirtd::sandbox::{Thread, seccomp};
 
     use super::*;
 
@@ -208,18 +210,18 @@ mod tests {
     #[test]
     fn a_pulse_sets_the_request_bit_of_its_line_in_the_in_kernel_pic() {
         let Some(vm) = vm() else { return };
-        // SAFETY: `vm` is open for the borrow.
-        let line = IrqLine::new(unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }, 10).unwrap();
+        let line = IrqLine::new(&vm, 10).unwrap();
         assert_ne!(line.as_fd().as_raw_fd(), vm.as_raw_fd(), "a VM fd of its own");
         assert!(!irq10_requested(&vm));
         line.raise();
         assert!(irq10_requested(&vm), "IRQ 10 requested after the pulse");
     }
 
-    /// Every thread that may raise a virtio device's INTx (the vCPU that
-    /// made the access, the device threads, the control thread for the
-    /// balloon) may pulse it under its own seccomp filter, whose default
-    /// kills the process: so the pulses run in a test process of their own.
+    /// Every thread that may raise a line (the vCPU that made the access,
+    /// the device threads, the control thread for console input, injected
+    /// keys and the balloon) may pulse it under its own seccomp filter,
+    /// whose default kills the process: so the pulses run in a test process
+    /// of their own.
     #[test]
     fn every_thread_that_raises_intx_may_pulse_it_under_its_filter() {
         if vm().is_none() {
@@ -240,18 +242,12 @@ mod tests {
     fn pulses_under_each_filter() {
         for thread in [Thread::HelperVmm, Thread::HelperVcpu, Thread::HelperIo, Thread::HelperNet] {
             let vm = vm().unwrap();
-            // SAFETY: `vm` is open for the borrow.
-            let line = IrqLine::new(unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }, 10).unwrap();
+            let line = IrqLine::new(&vm, 10).unwrap();
             // A thread of this process (KVM refuses a VM's ioctls from
-            // another), under the filter alone: it applies to that thread.
+            // another), under the filter as the helper loads it: it
+            // applies to that thread alone.
             std::thread::spawn(move || {
-                let program: Vec<seccompiler::sock_filter> = thread
-                    .policy()
-                    .instructions()
-                    .iter()
-                    .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
-                    .collect();
-                seccompiler::apply_filter(&program).unwrap();
+                seccomp::apply(thread).unwrap();
                 line.raise();
             })
             .join()

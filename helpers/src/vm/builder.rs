@@ -5,7 +5,7 @@
 //! it runs guest code.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -252,8 +252,6 @@ fn register_memory(machine: &Machine) -> Result<(), BuildError> {
 
 /// ISA interrupt line `irq` of the VM, pulsed on the raising thread.
 pub(super) fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqLine, BuildError> {
-    // SAFETY: the VM fd is open while `vm` is borrowed.
-    let vm = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) };
     IrqLine::new(vm, irq).map_err(BuildError::IrqLine)
 }
 
