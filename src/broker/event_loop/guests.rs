@@ -15,7 +15,7 @@ use crate::broker::guests::Protocol;
 use crate::broker::helper_asks::{self, Answer};
 use crate::broker::lifecycle::{ShutoffReason, event};
 use crate::broker::restarts::Outcome;
-use crate::broker::supervisor::{Asker, Awaiting, Wait};
+use crate::broker::supervisor::{Asker, Awaiting, Carried, Wait};
 use crate::broker::{call_audit, io_errors};
 use crate::domain::{LifecycleAction, Uuid};
 use crate::privsep::helper::{HelperEvent, ProtocolMismatch, StopReason, check_version};
@@ -359,13 +359,12 @@ impl Broker {
                 StopReason::Destroyed | StopReason::Failed => false,
             };
         let crashed_in_place = in_place && panicked;
-        self.setup.ctx.guests.crash_restarts.remove(&uuid);
         if in_place {
-            self.setup.ctx.guests.reset_clocks.insert(uuid, running.clock);
             // The console goes on with the next helper: its end, watched
             // again under that helper, and with it any client's stream.
             let _ = self.poll.registry().deregister(&mut SourceFd(&running.console.as_raw_fd()));
-            self.setup.ctx.guests.reset_consoles.insert(uuid, running.into_console());
+            let carried = Carried { clock: running.clock, console: running.into_console(), crashed: crashed_in_place };
+            self.setup.ctx.guests.carried.insert(uuid, carried);
         } else {
             drop(running);
         }
@@ -381,7 +380,6 @@ impl Broker {
             // The guest panicked: libvirt says so (of the domain, which
             // keeps its id) before it fake-reboots.
             self.setup.ctx.emit(DomainRef { id, ..dom.clone() }, event::CRASHED, 0);
-            self.setup.ctx.guests.crash_restarts.insert(uuid);
         }
         if let (Ok(dom), false) = (dom, in_place) {
             let ctx = &mut self.setup.ctx;
@@ -414,9 +412,8 @@ impl Broker {
                 }
                 Err(e) => {
                     log::error!("domain '{name}' could not be restarted: {e}");
-                    // A console it kept for the next helper ends here.
-                    self.setup.ctx.guests.reset_consoles.remove(&uuid);
-                    self.setup.ctx.guests.crash_restarts.remove(&uuid);
+                    // What it kept for the next helper (its console) ends here.
+                    self.setup.ctx.guests.carried.remove(&uuid);
                     call_audit::audit_guest(&mut self.setup.auditor, "start", (&name, &uuid), -1, Some(op), false);
                     // A reboot's stop was not announced; this one is.
                     if let (true, Ok(dom)) =

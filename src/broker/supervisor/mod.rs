@@ -40,17 +40,24 @@ pub struct Supervisor {
     /// Requests sent to helpers and not yet answered; the event loop
     /// settles them.
     pub pending: Pending,
-    /// The clocks of guests that reset, for the helper that runs them on:
-    /// a reboot keeps the time the guest set, as a PC's RTC does.
-    pub reset_clocks: HashMap<Uuid, super::rtc::LiveClock>,
-    /// The consoles of guests that reset, for the helper that runs them on:
-    /// a client's console stream goes on through a reboot, as it does with
-    /// QEMU, whose reboot keeps the process and its chardev.
-    pub reset_consoles: HashMap<Uuid, super::guests::Console>,
-    /// Guests restarting in place after a panic (`on_crash` restart): once
-    /// the next helper runs them they are running (crashed) and resumed, as
-    /// libvirt's fake reboot of a crashed domain makes them.
-    pub crash_restarts: HashSet<Uuid>,
+    /// What guests restarting in place (reboot, reset, libvirt's fake
+    /// reboot) bring to the helper that runs them on.
+    pub carried: HashMap<Uuid, Carried>,
+}
+
+/// What a guest restarting in place keeps, as it would in QEMU's one
+/// process: the time the guest set (as a PC's RTC does), its console (a
+/// client's stream goes on, as with QEMU's chardev), and whether it
+/// panicked (libvirt's fake reboot of a crashed domain leaves it running,
+/// crashed, and resumed).
+#[derive(Debug)]
+pub struct Carried {
+    /// Its clock.
+    pub clock: super::rtc::LiveClock,
+    /// Its console, both ends.
+    pub console: super::guests::Console,
+    /// It restarts after a panic (`on_crash` restart).
+    pub crashed: bool,
 }
 
 impl Supervisor {
@@ -66,9 +73,7 @@ impl Supervisor {
             consoles: HashMap::new(),
             consoles_taken: Vec::new(),
             pending: Pending::default(),
-            reset_clocks: HashMap::new(),
-            reset_consoles: HashMap::new(),
-            crash_restarts: HashSet::new(),
+            carried: HashMap::new(),
         }
     }
 
@@ -132,9 +137,10 @@ impl Ctx {
             return Err(CallError::OperationInvalid("domain is already running".into()));
         }
         let g = &mut self.guests;
-        // Only a restart in place runs on with the clock the guest had.
-        let clock = g.reset_clocks.remove(uuid).filter(|_| id.is_some());
-        let console = g.reset_consoles.remove(uuid).filter(|_| id.is_some());
+        // Only a restart in place runs on with what the guest had.
+        let carried = g.carried.remove(uuid).filter(|_| id.is_some());
+        let crashed = carried.as_ref().is_some_and(|c| c.crashed);
+        let (clock, console) = carried.map(|c| (c.clock, c.console)).unzip();
         let next = id.unwrap_or(g.next_id);
         let running = match g.launcher.start(&entry.def, next, &g.running, &self.networks, clock, console) {
             Ok(r) => r,
@@ -154,7 +160,7 @@ impl Ctx {
         self.guests.insert(*uuid, running);
         // Recorded at once: a broker restarted mid-start finds the helper.
         self.record(uuid);
-        self.expect(uuid, Wait::Started { paused, fresh }, op, asker, pid.as_raw());
+        self.expect(uuid, Wait::Started { paused, fresh, crashed }, op, asker, pid.as_raw());
         Ok(self.domains.by_uuid(uuid)?.handle())
     }
 
@@ -169,7 +175,8 @@ impl Ctx {
     /// pause it (START_PAUSED), or why that cannot be asked.
     pub fn started(&mut self, uuid: &Uuid) -> Result<bool, CallError> {
         let started = |a: &Awaiting| matches!(a.wait, Wait::Started { .. });
-        let Some(&Awaiting { wait: Wait::Started { paused, fresh }, .. }) = self.guests.pending.find(uuid, started)
+        let Some(&Awaiting { wait: Wait::Started { paused, fresh, crashed }, .. }) =
+            self.guests.pending.find(uuid, started)
         else {
             return Ok(false);
         };
@@ -181,7 +188,6 @@ impl Ctx {
             super::pinning::place(pid, vcpus, &cputune, running.cgroup.as_ref())
                 .map_err(|e| CallError::OperationFailed(format!("guest '{name}' cannot be placed: {e}")))?;
         }
-        let crashed = !fresh && self.guests.crash_restarts.remove(uuid);
         let reason = if crashed { RunningReason::Crashed } else { RunningReason::Booted };
         self.domains.set_running(uuid, id, pid, DomainState::Running(reason));
         self.record(uuid);

@@ -43,8 +43,9 @@ pub struct Awaiting {
 pub enum Wait {
     /// A new helper's `Started`; with `paused` it is then asked to pause
     /// (START_PAUSED). `fresh` is false for a restart in place (reboot),
-    /// which keeps its id and is no new start for clients.
-    Started { paused: bool, fresh: bool },
+    /// which keeps its id and is no new start for clients; `crashed`, one
+    /// after a panic, which then runs on as crashed and resumed.
+    Started { paused: bool, fresh: bool, crashed: bool },
     /// `Paused` after a START_PAUSED start.
     StartPaused,
     /// `Paused` (virDomainSuspend).
