@@ -16,8 +16,10 @@ pub mod rtc;
 pub mod serial;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
 
 /// What a guest asked of the machine through a device, beyond the access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +109,22 @@ pub trait Irq: Send + Sync {
     fn raise(&self);
 }
 
+/// An interrupt raised through a KVM irqfd: the ISA devices' lines (COM1,
+/// the i8042, the CMOS clock), which a kworker pulses one at a time.
+#[derive(Debug, Clone)]
+pub struct IrqFd(pub Arc<EventFd>);
+
+impl Irq for IrqFd {
+    fn raise(&self) {
+        // An eventfd write fails only when the counter would overflow, and
+        // then an interrupt is pending anyway.
+        let _ = self.0.write(1);
+    }
+}
+
 vmm_sys_util::ioctl_iow_nr!(KVM_IRQ_LINE, kvm_bindings::KVMIO, 0x61, kvm_bindings::kvm_irq_level);
 
-/// An interrupt line of the in-kernel PIC/IOAPIC (an ISA device's, a PCI
-/// function's INTx), pulsed with `KVM_IRQ_LINE` by the thread that raises
+/// A PCI INTx line, pulsed with `KVM_IRQ_LINE` by the thread that raises
 /// it. KVM injects an irqfd whose route is the PIC or IOAPIC from a
 /// kworker (only MSI routes are injected in the writer's context), so
 /// every such interrupt wakes one more thread before the vCPU's, and a
@@ -217,9 +231,9 @@ mod tests {
         assert!(irq10_requested(&vm), "IRQ 10 requested after the pulse");
     }
 
-    /// Every thread that may raise a line (the vCPU that made the access,
-    /// the device threads, the control thread for console input, injected
-    /// keys and the balloon) may pulse it under its own seccomp filter,
+    /// Every thread that may raise a virtio device's INTx (the vCPU that
+    /// made the access, the device threads, the control thread for the
+    /// balloon) may pulse it under its own seccomp filter,
     /// whose default kills the process: so the pulses run in a test process
     /// of their own.
     #[test]

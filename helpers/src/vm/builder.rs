@@ -25,7 +25,7 @@ use crate::cpu;
 use crate::devices::console::{ConsoleIo, ConsoleOut};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{self, Serial};
-use crate::devices::{IrqLine, acpi_pm, pvpanic, rtc};
+use crate::devices::{IrqFd, IrqLine, acpi_pm, pvpanic, rtc};
 use crate::vcpu::kvm::KvmVcpu;
 use crate::virtio::blk::Worker;
 
@@ -250,9 +250,16 @@ fn register_memory(machine: &Machine) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// ISA interrupt line `irq` of the VM, pulsed on the raising thread.
+/// A virtio function's INTx line `irq`, pulsed on the raising thread.
 pub(super) fn irq_line(vm: &VmFd, irq: u32) -> Result<IrqLine, BuildError> {
     IrqLine::new(vm, irq).map_err(BuildError::IrqLine)
+}
+
+/// An ISA device's line `irq`, wired through a KVM irqfd.
+fn isa_irq(vm: &VmFd, irq: u32) -> Result<IrqFd, BuildError> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::Eventfd)?;
+    vm.register_irqfd(&fd, irq).map_err(kvm("KVM_IRQFD"))?;
+    Ok(IrqFd(Arc::new(fd)))
 }
 
 /// What [`devices`] gives: the devices and the threads to start.
@@ -268,8 +275,8 @@ fn devices(
 ) -> Result<Assembled, BuildError> {
     let (vm, memory) = (machine.vm(), machine.memory());
     let routes = Arc::new(super::gsi::GsiRoutes::new(machine.vm_weak()));
-    let serial = Arc::new(Mutex::new(Serial::new(Arc::new(irq_line(vm, COM1_IRQ)?), ConsoleOut::default())));
-    let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(irq_line(vm, KBD_IRQ)?))));
+    let serial = Arc::new(Mutex::new(Serial::new(Arc::new(isa_irq(vm, COM1_IRQ)?), ConsoleOut::default())));
+    let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(isa_irq(vm, KBD_IRQ)?))));
     let mut bus = Bus::default();
     bus.insert(Space::Pio, serial::BASE.into(), serial::LEN, serial.clone())?;
     bus.insert(Space::Pio, i8042::BASE.into(), i8042::LEN, i8042.clone())?;
@@ -278,7 +285,7 @@ fn devices(
     let rtc = Arc::new(super::rtc_reports::RtcChanges::new().map_err(BuildError::Eventfd)?);
     let mem = config.memory_mib << 20;
     let (low, high) = (crate::layout::low_top(mem), mem - crate::layout::low_top(mem));
-    let irq = Arc::new(irq_line(vm, RTC_IRQ)?);
+    let irq = Arc::new(isa_irq(vm, RTC_IRQ)?);
     let clock = rtc::Rtc::new(Box::new(rtc::SystemClock), config.rtc_offset_secs, rtc.clone(), irq, (low, high));
     let clock = Arc::new(Mutex::new(clock));
     bus.insert(Space::Pio, rtc::BASE.into(), rtc::LEN, clock.clone())?;
